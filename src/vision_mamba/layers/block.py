@@ -1,0 +1,32 @@
+"""Vim's block: Add -> RMSNorm -> bidirectional mixer, with an fp32 residual stream (no MLP)."""
+from __future__ import annotations
+
+from typing import Optional, Tuple
+
+from timm.layers import DropPath
+from torch import Tensor, nn
+
+from .mixer import BiMambaMixer
+from .norm import RMSNorm
+
+
+class VimBlock(nn.Module):
+    """(hidden, residual) -> (hidden', residual'), all [B, L, D].
+
+    residual' = hidden (first block, residual None) or residual + drop_path(hidden), kept in fp32;
+    hidden' = mixer(norm(residual')).
+    """
+
+    def __init__(self, dim: int, drop_path: float = 0.0, norm_eps: float = 1e-5, residual_in_fp32: bool = True,
+                 **mixer_kwargs):
+        super().__init__()
+        self.residual_in_fp32 = residual_in_fp32
+        self.mixer = BiMambaMixer(dim, **mixer_kwargs)
+        self.norm = RMSNorm(dim, eps=norm_eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
+
+    def forward(self, hidden: Tensor, residual: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+        residual = hidden if residual is None else residual + self.drop_path(hidden)
+        if self.residual_in_fp32:
+            residual = residual.float()
+        return self.mixer(self.norm(residual)), residual

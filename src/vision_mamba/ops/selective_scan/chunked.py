@@ -1,0 +1,231 @@
+"""The selective scan in plain, vectorised PyTorch: the ``torch`` backend, and the path every CPU user gets.
+
+The sequence is cut into chunks; only one chunk's [B, T, E, N] decay / state tensors exist at a time. Inside a
+chunk the linear recurrence h_t = a_t * h_{t-1} + b_t runs in about 3 * sqrt(T) in-place tensor operations
+instead of T: the chunk is viewed as G groups of S steps; one pass of S steps scans every group at once from a
+zero state while turning a into its running product, and one pass over the G groups adds each group's true
+incoming state times that running product (see README.md). The backward pass is written by hand: it recomputes
+the states of each chunk from the saved chunk-boundary states and runs the adjoint recurrence in reverse.
+"""
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+# Elements of one [B, T, E, N] chunk buffer (fp32). 2**20 elements = 4 MiB keeps a chunk in the CPU's caches.
+DEFAULT_CHUNK_ELEMENTS = 1 << 20
+
+
+def _chunk_length(batch: int, channels: int, states: int, length: int, chunk_elements: int) -> int:
+    return max(1, min(length, chunk_elements // max(1, batch * channels * states)))
+
+
+def _group_steps(length: int) -> int:
+    """Steps per group (S) for a chunk of ``length``: about sqrt(length) keeps S + G smallest."""
+    return max(1, math.ceil(math.sqrt(length)))
+
+
+def linear_recurrence_(a: Tensor, b: Tensor, steps: int, reverse: bool = False) -> None:
+    """In place over dim 1 of [B, T, ...] (T a multiple of ``steps``): b <- h, with
+
+        forward:  h_t = a_t * h_{t-1} + b_t   (h_{-1} = 0)
+        reverse:  h_t = a_t * h_{t+1} + b_t   (h_T = 0)
+
+    ``a`` is overwritten (with running products). Zero padding at the end of the time axis is harmless in both
+    directions.
+    """
+    batch, length = a.shape[:2]
+    groups = length // steps
+    assert groups * steps == length, "pad the chunk to a multiple of the group size"
+    a4 = a.view(batch, groups, steps, *a.shape[2:])
+    b4 = b.view(batch, groups, steps, *b.shape[2:])
+    if not reverse:
+        for s in range(1, steps):
+            b4[:, :, s].addcmul_(a4[:, :, s], b4[:, :, s - 1])
+            a4[:, :, s].mul_(a4[:, :, s - 1])
+        for g in range(1, groups):
+            b4[:, g].addcmul_(a4[:, g], b4[:, g - 1, steps - 1:])
+    else:
+        for s in range(steps - 2, -1, -1):
+            b4[:, :, s].addcmul_(a4[:, :, s], b4[:, :, s + 1])
+            a4[:, :, s].mul_(a4[:, :, s + 1])
+        for g in range(groups - 2, -1, -1):
+            b4[:, g].addcmul_(a4[:, g], b4[:, g + 1, :1])
+
+
+def _decay_and_input(delta: Tensor, u: Tensor, A: Tensor, B: Tensor, padded: int) -> Tuple[Tensor, Tensor]:
+    """exp(delta * A) and delta * u * B for one chunk, zero-padded in time to ``padded``: [B, T', E, N] each."""
+    batch, length, channels = delta.shape
+    a = delta.new_empty(batch, padded, channels, A.shape[1])
+    b = torch.empty_like(a)
+    torch.mul(delta.unsqueeze(-1), A, out=a[:, :length])
+    a[:, :length].exp_()
+    torch.mul((delta * u).unsqueeze(-1), B.unsqueeze(2), out=b[:, :length])
+    if padded > length:
+        a[:, length:].zero_()
+        b[:, length:].zero_()
+    return a, b
+
+
+def _bounds(length: int, chunk: int):
+    return [(t, min(t + chunk, length)) for t in range(0, length, chunk)]
+
+
+def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int,
+                  keep_states: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """y_t = <h_t, C_t> (no D, no gate) for fp32 forward-ordered inputs; optionally the state entering each chunk."""
+    batch, length, channels = u.shape
+    y = u.new_empty(batch, length, channels)
+    spans = _bounds(length, chunk)
+    states = u.new_zeros(batch, len(spans), channels, A.shape[1]) if keep_states else None
+    h0 = None
+    for i, (t0, t1) in enumerate(spans):
+        T = t1 - t0
+        S = _group_steps(T)
+        a, b = _decay_and_input(delta[:, t0:t1], u[:, t0:t1], A, B[:, t0:t1], -(-T // S) * S)
+        if h0 is not None:
+            if states is not None:
+                states[:, i] = h0
+            b[:, 0].addcmul_(a[:, 0], h0)
+        linear_recurrence_(a, b, S)
+        h = b[:, :T]
+        y[:, t0:t1] = torch.matmul(h, C[:, t0:t1].unsqueeze(-1)).squeeze(-1)
+        h0 = h[:, -1].clone()
+    return y, states
+
+
+def _dsilu(z: Tensor) -> Tuple[Tensor, Tensor]:
+    s = torch.sigmoid(z)
+    return z * s, s * (1 + z * (1 - s))
+
+
+class _SelectiveScanChunked(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, reverse: bool, chunk_elements: int):
+        dtype = u.dtype
+        batch, length, channels = u.shape
+        flip = (lambda t: t.flip(1)) if reverse else (lambda t: t)
+        uf, Bf, Cf = flip(u.float()), flip(B.float()), flip(C.float())
+        dl = flip(delta.float())
+        if delta_bias is not None:
+            dl = dl + delta_bias.float()
+        if delta_softplus:
+            dl = F.softplus(dl)
+        Af = A.float()
+        chunk = _chunk_length(batch, channels, A.shape[1], length, chunk_elements)
+        needs_grad = any(ctx.needs_input_grad[:8])
+        y, states = _scan_forward(uf, dl, Af, Bf, Cf, chunk, keep_states=needs_grad)
+        if D is not None:
+            y.addcmul_(uf, D.float())
+        if z is not None:
+            y.mul_(F.silu(flip(z.float())))
+        if needs_grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, states)
+            ctx.options = (delta_softplus, reverse, chunk)
+        return flip(y).to(dtype)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        u, delta, A, B, C, D, z, delta_bias, states = ctx.saved_tensors
+        delta_softplus, reverse, chunk = ctx.options
+        flip = (lambda t: t.flip(1)) if reverse else (lambda t: t)
+        with torch.no_grad():
+            g = flip(grad_out.float())
+            uf, Bf, Cf = flip(u.float()), flip(B.float()), flip(C.float())
+            Af = A.float()
+            raw = flip(delta.float())
+            if delta_bias is not None:
+                raw = raw + delta_bias.float()
+            dl = F.softplus(raw) if delta_softplus else raw
+            if z is not None:
+                zf = flip(z.float())
+                gate, dgate = _dsilu(zf)
+                g_y = g * gate
+                g_z = torch.empty_like(g)
+            else:
+                g_y, g_z = g, None
+            g_u = g_y * D.float() if D is not None else torch.zeros_like(uf)
+            g_D = (g_y * uf).sum((0, 1)) if D is not None else None
+            g_dl = torch.empty_like(dl)
+            g_A = torch.zeros_like(Af)
+            g_B = torch.empty_like(Bf)
+            g_C = torch.empty_like(Cf)
+            spans = _bounds(uf.shape[1], chunk)
+            carry = None  # d loss / d h entering from the chunk after, already multiplied by its first decay
+            for i in range(len(spans) - 1, -1, -1):
+                t0, t1 = spans[i]
+                T = t1 - t0
+                S = _group_steps(T)
+                Tp = -(-T // S) * S
+                d_c, u_c, B_c, C_c, gy_c = dl[:, t0:t1], uf[:, t0:t1], Bf[:, t0:t1], Cf[:, t0:t1], g_y[:, t0:t1]
+                a, h = _decay_and_input(d_c, u_c, Af, B_c, Tp)
+                decay = a.clone()
+                h0 = states[:, i] if i > 0 else None
+                if h0 is not None:
+                    h[:, 0].addcmul_(a[:, 0], h0)
+                linear_recurrence_(a, h, S)
+                h = h[:, :T]
+                if g_z is not None:
+                    y_c = torch.matmul(h, C_c.unsqueeze(-1)).squeeze(-1)
+                    if D is not None:
+                        y_c.addcmul_(u_c, D.float())
+                    g_z[:, t0:t1] = g[:, t0:t1] * y_c * dgate[:, t0:t1]
+                g_C[:, t0:t1] = torch.matmul(gy_c.unsqueeze(-2), h).squeeze(-2)
+                # adjoint: lam_t = g_y_t C_t + decay_{t+1} lam_{t+1}, run as a reverse recurrence
+                lam = torch.empty_like(decay)
+                torch.mul(gy_c.unsqueeze(-1), C_c.unsqueeze(2), out=lam[:, :T])
+                lam[:, T:].zero_()
+                if carry is not None:
+                    lam[:, T - 1].add_(carry)
+                shifted = a  # the running products are no longer needed: reuse the buffer
+                shifted[:, :T - 1] = decay[:, 1:T]
+                shifted[:, T - 1:].zero_()
+                linear_recurrence_(shifted, lam, S, reverse=True)
+                lam = lam[:, :T]
+                carry = decay[:, 0] * lam[:, 0]
+                lam_B = torch.matmul(lam, B_c.unsqueeze(-1)).squeeze(-1)                      # [B, T, E]
+                g_B[:, t0:t1] = torch.matmul((d_c * u_c).unsqueeze(-2), lam).squeeze(-2)
+                g_u[:, t0:t1].addcmul_(d_c, lam_B)
+                # d loss / d decay_t = lam_t * h_{t-1}; fold in d decay / d(delta A) = decay
+                lam.mul_(decay[:, :T])
+                lam[:, 1:].mul_(h[:, :-1])
+                if h0 is not None:
+                    lam[:, 0].mul_(h0)
+                else:
+                    lam[:, 0].zero_()
+                torch.mul(lam, Af, out=decay[:, :T])
+                g_dl[:, t0:t1] = decay[:, :T].sum(-1)
+                g_dl[:, t0:t1].addcmul_(u_c, lam_B)
+                g_A.add_(torch.einsum("bten,bte->en", lam, d_c))
+            g_raw = g_dl * torch.sigmoid(raw) if delta_softplus else g_dl
+            g_bias = g_raw.sum((0, 1)) if delta_bias is not None else None
+            grads = (
+                flip(g_u).to(u.dtype), flip(g_raw).to(delta.dtype), g_A.to(A.dtype),
+                flip(g_B).to(B.dtype), flip(g_C).to(C.dtype),
+                g_D.to(D.dtype) if D is not None else None,
+                flip(g_z).to(z.dtype) if z is not None else None,
+                g_bias.to(delta_bias.dtype) if delta_bias is not None else None,
+            )
+        return grads + (None, None, None)
+
+
+def selective_scan_chunked(
+    u: Tensor,
+    delta: Tensor,
+    A: Tensor,
+    B: Tensor,
+    C: Tensor,
+    D: Optional[Tensor] = None,
+    z: Optional[Tensor] = None,
+    delta_bias: Optional[Tensor] = None,
+    delta_softplus: bool = True,
+    reverse: bool = False,
+    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+) -> Tensor:
+    """Same contract as :func:`selective_scan_ref` (shapes [B, L, E], [E, N], [B, L, N]); fp32 state, output in
+    u's dtype, differentiable in every tensor argument."""
+    return _SelectiveScanChunked.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, chunk_elements)
