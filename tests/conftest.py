@@ -1,0 +1,48 @@
+"""Shared test plumbing: real data through $VISION_MAMBA_DATA, clean skips for GPU / Triton / data tests."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+import pytest
+import torch
+
+import vision_mamba  # noqa: F401  (registers the models with timm)
+
+torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+def data_root() -> Optional[Path]:
+    """The folder holding imagenette-160/ and coco128/ (set VISION_MAMBA_DATA), or None."""
+    value = os.environ.get("VISION_MAMBA_DATA")
+    return Path(value) if value and Path(value).is_dir() else None
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    root = data_root()
+    if root is None:
+        pytest.skip("real-data test: set VISION_MAMBA_DATA to the folder holding imagenette-160/ and coco128/")
+    return root
+
+
+def _triton_importable() -> bool:
+    try:
+        import triton  # noqa: F401
+    except Exception:
+        return False
+    return True
+
+
+def pytest_collection_modifyitems(config, items):
+    skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
+    skip_triton = pytest.mark.skip(reason="needs Triton")
+    skip_data = pytest.mark.skip(reason="real-data test: set VISION_MAMBA_DATA")
+    for item in items:
+        if "gpu" in item.keywords and not torch.cuda.is_available():
+            item.add_marker(skip_gpu)
+        if "triton" in item.keywords and not _triton_importable():
+            item.add_marker(skip_triton)
+        if "data" in item.keywords and data_root() is None:
+            item.add_marker(skip_data)
