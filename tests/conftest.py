@@ -39,6 +39,7 @@ def pytest_collection_modifyitems(config, items):
     skip_gpu = pytest.mark.skip(reason="needs a CUDA device")
     skip_triton = pytest.mark.skip(reason="needs Triton")
     skip_data = pytest.mark.skip(reason="real-data test: set VISION_MAMBA_DATA")
+    _skip_slow(config, items)
     for item in items:
         if "gpu" in item.keywords and not torch.cuda.is_available():
             item.add_marker(skip_gpu)
@@ -46,3 +47,25 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip_triton)
         if "data" in item.keywords and data_root() is None:
             item.add_marker(skip_data)
+
+
+def pytest_addoption(parser):
+    parser.addoption("--runslow", action="store_true", default=False, help="also run tests marked slow")
+
+
+def pytest_configure(config):
+    if config.getoption("--runslow"):
+        return
+    # slow tests are skipped by default; `pytest --runslow` (or -m slow) runs them
+    markexpr = config.getoption("-m", default="")
+    if "slow" in (markexpr or ""):
+        config.option.runslow_from_marker = True
+
+
+def _skip_slow(config, items):
+    if config.getoption("--runslow") or getattr(config.option, "runslow_from_marker", False):
+        return
+    skip = pytest.mark.skip(reason="slow: run with --runslow")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)

@@ -47,7 +47,10 @@ def read_checkpoint(path: "str | os.PathLike") -> Any:
         torch.serialization.add_safe_globals([argparse.Namespace])
         return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        lines = [line.strip() for line in str(e).splitlines() if "global" in line.lower()]
+        if not lines:  # not a refused class: the file is not a pickle torch can read at all
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).strip()[-200:]})") from e
+        first = lines[0]
         raise CheckpointError(
             f"{path}: refused. The file holds pickled objects other than tensors and argparse.Namespace, and "
             f"loading them could run code. Only weights are loaded here. ({first})") from e

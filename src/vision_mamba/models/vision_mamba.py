@@ -35,7 +35,8 @@ class VisionMamba(nn.Module):
     Args:
         img_size: the input size the position embedding is made for.
         patch_size / stride: the patch-embedding conv (stride 8 with patch 16 gives the long-sequence variants).
-        class_token: 'middle' (Vim: inserted at index N // 2) or None (dense tasks).
+        class_token: 'middle' (Vim: inserted at index N // 2), or None / False / 'none' for no class token (dense
+            tasks; through timm.create_model use False or 'none', since timm drops keyword arguments set to None).
         global_pool: 'token' (the class token) or 'avg' (mean of the patch tokens).
         dynamic_img_size: accept other input sizes, resizing the position embedding at run time.
         check_finite: refuse inputs with NaN / Inf (skipped while compiling or capturing a CUDA graph).
@@ -57,14 +58,16 @@ class VisionMamba(nn.Module):
         drop_rate: float = 0.0,
         drop_path_rate: float = 0.0,
         norm_eps: float = 1e-5,
-        class_token: Optional[str] = "middle",
+        class_token: Union[str, bool, None] = "middle",
         global_pool: str = "token",
         dynamic_img_size: bool = False,
         check_finite: bool = True,
     ):
         super().__init__()
-        if class_token not in ("middle", None):
-            raise ValueError(f"class_token must be 'middle' or None, got {class_token!r}")
+        if class_token in (None, False, "none"):
+            class_token = None
+        elif class_token not in ("middle", True):
+            raise ValueError(f"class_token must be 'middle' or None / False / 'none', got {class_token!r}")
         if global_pool not in ("token", "avg", ""):
             raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
         if global_pool == "token" and class_token is None:
@@ -383,6 +386,12 @@ default_cfgs = generate_default_cfgs({
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionMamba:
     out_indices = kwargs.pop("out_indices", 4)
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    if overlay and overlay.get("file") and "custom_load" not in overlay:
+        # A local file goes through load_pretrained: weights-only, official 'model' weights rather than the
+        # 'model_ema' that timm's generic loader would pick, pos_embed resized. (Recent timm resets custom_load
+        # for file overlays.)
+        kwargs["pretrained_cfg_overlay"] = dict(overlay, custom_load=True)
     return build_model_with_cfg(
         VisionMamba, variant, pretrained,
         pretrained_filter_fn=checkpoint_filter_fn,

@@ -1,0 +1,189 @@
+"""Checkpoints: official format, plain state dicts and safetensors round trips; timm's pretrained path; the
+pickle-payload checkpoint refused; errors that say what does not fit; pos_embed resizing."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import pytest
+import timm
+import torch
+
+from vision_mamba import CheckpointError, load_checkpoint, save_state_dict
+from vision_mamba.layers import resample_pos_embed
+from vision_mamba.models import read_checkpoint
+
+
+def perturbed(name="test_vim", **kwargs):
+    model = timm.create_model(name, **kwargs).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    return model
+
+
+def official_checkpoint(model, path, with_ema=True):
+    """A file shaped like the released ones: torch.save of a training dict with an argparse.Namespace."""
+    state = {
+        "model": model.state_dict(),
+        "optimizer": {"state": {}, "param_groups": [{"lr": 1e-3, "params": [0, 1]}]},
+        "lr_scheduler": {"last_epoch": 299},
+        "epoch": 299,
+        "scaler": {"scale": 65536.0},
+        "args": argparse.Namespace(model="vim_tiny_patch16_224", lr=1e-3, drop_path=0.0),
+    }
+    if with_ema:  # the EMA weights differ from the released ones; loaders must pick 'model'
+        state["model_ema"] = {k: v + 1.0 for k, v in model.state_dict().items()}
+    torch.save(state, path)
+    return path
+
+
+def test_official_format_round_trip(tmp_path):
+    source = perturbed()
+    path = official_checkpoint(source, tmp_path / "vim_t_midclstok.pth")
+    target = timm.create_model("test_vim").eval()
+    load_checkpoint(target, path)
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(target(x), source(x))
+    ema = timm.create_model("test_vim")
+    load_checkpoint(ema, path, use_ema=True)
+    assert torch.equal(ema.head.bias, source.head.bias + 1.0)
+
+
+def test_timm_pretrained_file(tmp_path):
+    source = perturbed()
+    path = official_checkpoint(source, tmp_path / "ckpt.pth")
+    model = timm.create_model("test_vim", pretrained=True, pretrained_cfg_overlay=dict(file=str(path))).eval()
+    x = torch.randn(1, 3, 64, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), source(x))
+    # other classes: the head is kept as initialised, the rest loads
+    model3 = timm.create_model("test_vim", pretrained=True, num_classes=3,
+                               pretrained_cfg_overlay=dict(file=str(path)))
+    assert model3.head.weight.shape == (3, 32)
+    assert torch.equal(model3.layers[1].mixer.A_log, source.layers[1].mixer.A_log)
+
+
+@pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
+def test_plain_state_dict_round_trip(tmp_path, suffix):
+    source = perturbed("test_vim_stride8")
+    path = tmp_path / f"weights{suffix}"
+    save_state_dict(source, path)
+    assert not list(tmp_path.glob("*.tmp"))
+    target = timm.create_model("test_vim_stride8").eval()
+    load_checkpoint(target, path)
+    for (k, a), b in zip(source.state_dict().items(), target.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+class _Payload:
+    def __reduce__(self):
+        return (os.makedirs, (self.marker,))
+
+
+def test_pickle_payload_is_refused(tmp_path):
+    marker = tmp_path / "payload_ran"
+    payload = _Payload()
+    payload.marker = str(marker)
+    path = tmp_path / "evil.pth"
+    torch.save({"model": timm.create_model("test_vim").state_dict(), "extra": payload}, path)
+    with pytest.raises(CheckpointError, match="refused"):
+        load_checkpoint(timm.create_model("test_vim"), path)
+    with pytest.raises(CheckpointError, match="refused"):
+        timm.create_model("test_vim", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert not marker.exists()
+
+
+def test_missing_file_and_garbage(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        read_checkpoint(tmp_path / "nope.pth")
+    bad = tmp_path / "bad.pth"
+    bad.write_bytes(b"not a checkpoint at all")
+    with pytest.raises(CheckpointError, match="not a readable PyTorch checkpoint"):
+        read_checkpoint(bad)
+    bad_st = tmp_path / "bad.safetensors"
+    bad_st.write_bytes(b"\x00" * 16)
+    with pytest.raises(CheckpointError, match="safetensors"):
+        read_checkpoint(bad_st)
+
+
+def test_errors_name_what_does_not_fit(tmp_path):
+    sd = perturbed().state_dict()
+    sd.pop("layers.1.mixer.D_b")
+    sd["layers.7.mixer.extra"] = torch.zeros(3)
+    sd["layers.0.mixer.in_proj.weight"] = torch.zeros(10, 32)
+    path = tmp_path / "wrong.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(timm.create_model("test_vim"), path)
+    msg = str(err.value)
+    assert "missing keys: layers.1.mixer.D_b" in msg
+    assert "unexpected keys: layers.7.mixer.extra" in msg
+    assert "layers.0.mixer.in_proj.weight: checkpoint (10, 32) vs model (128, 32)" in msg
+    # non-strict loading reports the same and loads the rest
+    report = load_checkpoint(timm.create_model("test_vim"), path, strict=False)
+    assert report["missing"] == ["layers.1.mixer.D_b"]
+
+
+def test_state_dict_of_another_model_is_refused(tmp_path):
+    path = tmp_path / "deit.pth"
+    torch.save({"model": {"blocks.0.attn.qkv.weight": torch.zeros(3, 3)}}, path)
+    with pytest.raises(CheckpointError, match="missing keys"):
+        load_checkpoint(timm.create_model("test_vim"), path)
+    torch.save({"model": {"a": 1}}, path)
+    with pytest.raises(CheckpointError, match="not a state dict"):
+        load_checkpoint(timm.create_model("test_vim"), path)
+
+
+def test_pos_embed_resize_same_grid_is_identity():
+    pos = torch.randn(1, 17, 8)
+    assert resample_pos_embed(pos, (4, 4)) is pos
+
+
+def test_pos_embed_resize_keeps_class_token_row():
+    pos = torch.randn(1, 17, 8)
+    out = resample_pos_embed(pos, (6, 6))
+    assert out.shape == (1, 37, 8)
+    assert torch.equal(out[:, 18], pos[:, 8])
+    # the patch rows are a bicubic resize of the 4x4 grid without the class-token row
+    grid = torch.cat([pos[:, :8], pos[:, 9:]], 1).reshape(1, 4, 4, 8).permute(0, 3, 1, 2)
+    expected = torch.nn.functional.interpolate(grid, size=(6, 6), mode="bicubic", align_corners=False)
+    patches = torch.cat([out[:, :18], out[:, 19:]], 1).reshape(1, 6, 6, 8).permute(0, 3, 1, 2)
+    assert torch.allclose(patches, expected, atol=1e-6)
+    # 'first' (ViT / DeiT convention) keeps row 0
+    out = resample_pos_embed(pos, (2, 2), class_token="first")
+    assert out.shape == (1, 5, 8) and torch.equal(out[:, 0], pos[:, 0])
+
+
+def test_checkpoint_into_model_of_other_resolution(tmp_path):
+    source = perturbed()  # 64 px: 4x4 grid, 17 rows
+    path = official_checkpoint(source, tmp_path / "c.pth")
+    big = timm.create_model("test_vim", img_size=96)  # 6x6 grid, 37 rows
+    load_checkpoint(big, path)
+    assert torch.equal(big.pos_embed[:, 18], source.pos_embed[:, 8])
+    assert big(torch.randn(1, 3, 96, 96)).shape == (1, 10)
+    # stride-8 weights (7x7 + 1 rows at 64 px) into a stride-8 model at 96 px (11x11 + 1)
+    s8 = perturbed("test_vim_stride8")
+    path8 = official_checkpoint(s8, tmp_path / "s8.pth")
+    big8 = timm.create_model("test_vim_stride8", img_size=96)
+    load_checkpoint(big8, path8)
+    assert big8.pos_embed.shape == (1, 122, 32)
+    assert torch.equal(big8.pos_embed[:, 60], s8.pos_embed[:, 24])
+
+
+def test_class_token_dropped_for_dense_models(tmp_path):
+    source = perturbed()
+    path = official_checkpoint(source, tmp_path / "c.pth")
+    dense = timm.create_model("test_vim", img_size=96, class_token=False, global_pool="avg", num_classes=0)
+    load_checkpoint(dense, path, adapt_head=True)
+    assert dense.pos_embed.shape == (1, 36, 32)
+
+
+def test_pos_embed_that_is_not_a_grid_is_reported(tmp_path):
+    sd = perturbed().state_dict()
+    sd["pos_embed"] = torch.zeros(1, 20, 32)
+    path = tmp_path / "odd.pth"
+    torch.save(sd, path)
+    with pytest.raises(CheckpointError, match=r"pos_embed: the checkpoint's \(1, 20, 32\) is not a square patch grid.*4x4"):
+        load_checkpoint(timm.create_model("test_vim"), path)
