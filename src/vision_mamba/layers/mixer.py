@@ -79,5 +79,5 @@ class BiMambaMixer(nn.Module):
 
     def forward(self, hidden: Tensor) -> Tensor:
         xz = self.in_proj(hidden)
-        y = bimamba_inner_fn(xz, self.direction_params(False), self.direction_params(True))
-        return self.out_proj(y)
+        return bimamba_inner_fn(xz, self.direction_params(False), self.direction_params(True),
+                                out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias)

@@ -53,13 +53,16 @@ def bimamba_inner_composed(xz: Tensor, forward: DirectionParams, backward: Direc
 
 
 def bimamba_inner_fn(xz: Tensor, forward: DirectionParams, backward: DirectionParams, *,
+                     out_proj_weight: Optional[Tensor] = None, out_proj_bias: Optional[Tensor] = None,
                      backend: Optional[str] = None) -> Tensor:
-    """xz: [B, L, 2E] (in_proj output) -> y: [B, L, E] (out_proj input), on the configured backend."""
+    """xz: [B, L, 2E] (in_proj output) -> out_proj(y): [B, L, D], or y: [B, L, E] when no out_proj weight is
+    given; on the configured backend. Passing out_proj lets a backend fold the (forward + backward) / 2 combine
+    into it."""
     name = resolve_backend(xz.device, backend)
-    if name == "reference":
-        return bimamba_inner_composed(xz, forward, backward, selective_scan_ref)
-    if name == "torch":
-        return bimamba_inner_composed(xz, forward, backward, selective_scan_chunked)
-    from .selective_scan.triton import bimamba_inner_triton
+    if name == "triton":
+        from .selective_scan.triton_scan import bimamba_inner_triton
 
-    return bimamba_inner_triton(xz, forward, backward)
+        return bimamba_inner_triton(xz, forward, backward, out_proj_weight, out_proj_bias)
+    scan = selective_scan_ref if name == "reference" else selective_scan_chunked
+    y = bimamba_inner_composed(xz, forward, backward, scan)
+    return y if out_proj_weight is None else F.linear(y, out_proj_weight, out_proj_bias)

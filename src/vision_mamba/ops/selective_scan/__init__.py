@@ -36,6 +36,6 @@ def selective_scan_fn(
         return selective_scan_ref(*args)
     if name == "torch":
         return selective_scan_chunked(*args)
-    from .triton import selective_scan_triton
+    from .triton_scan import selective_scan_triton
 
     return selective_scan_triton(*args)

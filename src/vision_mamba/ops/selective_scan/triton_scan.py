@@ -1,0 +1,335 @@
+"""Autograd functions and launch logic around the Triton kernels (``triton_kernels.py``): the ``triton`` backend.
+
+Two entry points:
+- :func:`selective_scan_triton`: the generic single-direction scan (same contract as ``selective_scan_ref``).
+- :func:`bimamba_inner_triton`: Vim's whole bidirectional mixer between in_proj and out_proj: one conv launch
+  for both directions, x_proj as two matmuls, one scan launch for both directions with dt_proj + softplus, D,
+  silu(z) folded in, and the (forward + backward) / 2 combine folded into out_proj.
+"""
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch import Tensor
+
+from .triton_kernels import (
+    chunk_carry_kernel,
+    conv_bwd_kernel,
+    conv_fwd_kernel,
+    scan_bwd_kernel,
+    scan_fwd_kernel,
+)
+
+SAVE_EVERY = 16  # the forward pass saves the state every SAVE_EVERY steps for the backward pass
+
+
+def _env_int(name: str, default: int) -> int:
+    value = os.environ.get(name)
+    return int(value) if value else default
+
+
+def _config():
+    """Launch parameters (overridable by environment variables, for tuning sweeps)."""
+    return dict(
+        block_e=_env_int("VISION_MAMBA_TRITON_BLOCK_E", 32),
+        num_warps=_env_int("VISION_MAMBA_TRITON_WARPS", 4),
+        unroll=_env_int("VISION_MAMBA_TRITON_UNROLL", 4),
+        bwd_block_e=_env_int("VISION_MAMBA_TRITON_BWD_BLOCK_E", 32),
+        bwd_num_warps=_env_int("VISION_MAMBA_TRITON_BWD_WARPS", 4),
+        # chunk-parallel forward when there are fewer programs than this (0: never)
+        min_programs=_env_int("VISION_MAMBA_TRITON_MIN_PROGRAMS", -1),
+    )
+
+
+def _min_programs(device: torch.device, configured: int) -> int:
+    if configured >= 0:
+        return configured
+    if device.type != "cuda":
+        return 0
+    return 8 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _rows(t: Tensor, length: int) -> Tuple[int, int]:
+    """(batch stride, time stride) of a [B, L, C] or [B * L, C] tensor whose last dim is contiguous."""
+    if t.dim() == 2:
+        return length * t.stride(0), t.stride(0)
+    return t.stride(0), t.stride(1)
+
+
+def _last_contiguous(t: Optional[Tensor]) -> Optional[Tensor]:
+    if t is None:
+        return None
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+class _ScanArgs:
+    """Everything a scan launch needs, gathered once for forward and backward."""
+
+    def __init__(self, x, z, dt, bm, cm, w, bias, a, dskip, *, n_dirs, dir_base, dt_proj, softplus, a_is_log):
+        # x: [ND, B, L, E]; dt/bm/cm: pairs (forward, backward) of [B, L, C] or [B*L, C]; params: pairs too
+        self.x, self.z, self.dt, self.bm, self.cm = x, z, dt, bm, cm
+        self.w, self.bias, self.a, self.dskip = w, bias, a, dskip
+        self.n_dirs, self.dir_base = n_dirs, dir_base
+        self.dt_proj, self.softplus, self.a_is_log = dt_proj, softplus, a_is_log
+        _, self.B, self.L, self.E = x.shape
+        self.N = a[0].shape[1]
+        self.R = w[0].shape[1] if dt_proj else 1
+
+    def common(self):
+        x, z = self.x, self.z
+        dt_b, dt_l = _rows(self.dt[0], self.L)
+        bc_b, bc_l = _rows(self.bm[0], self.L)
+        zt = z if z is not None else x
+        return dict(
+            tensors=(x, zt, self.dt[0], self.dt[1], self.bm[0], self.bm[1], self.cm[0], self.cm[1],
+                     self.w[0], self.w[1], self.bias[0], self.bias[1], self.a[0], self.a[1],
+                     self.dskip[0], self.dskip[1]),
+            strides=(x.stride(0), x.stride(1), x.stride(2), zt.stride(0), zt.stride(1), dt_b, dt_l, bc_b, bc_l),
+            flags=dict(N=self.N, BLOCK_R=max(2, triton.next_power_of_2(self.R)), DT_PROJ=self.dt_proj,
+                       HAS_BIAS=self.bias[0] is not None, SOFTPLUS=self.softplus, HAS_D=self.dskip[0] is not None,
+                       HAS_Z=z is not None, A_IS_LOG=self.a_is_log),
+        )
+
+
+def _dummy(device):
+    return torch.empty(1, device=device, dtype=torch.float32)
+
+
+def _or(t, device):
+    return t if t is not None else _dummy(device)
+
+
+def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, config=None) -> Tuple[Tensor, Optional[Tensor]]:
+    """y: [B, L, ND, E]; the states saved every SAVE_EVERY steps: [B, ND, ceil(L / SAVE_EVERY), E, N] fp32."""
+    cfg = config or _config()
+    B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
+    dev = args.x.device
+    block_e = min(cfg["block_e"], max(16, triton.next_power_of_2(E)))
+    n_eb = triton.cdiv(E, block_e)
+    y = torch.empty(B, L, ND, E, device=dev, dtype=y_dtype)
+    n_save = triton.cdiv(L, SAVE_EVERY)
+    hsave = torch.empty(B, ND, n_save, E, N, device=dev, dtype=torch.float32) if save_states else None
+    common = args.common()
+    t = [_or(v, dev) for v in common["tensors"]]
+    w_stride = args.w[0].stride(0) if args.dt_proj else 0
+    programs = B * n_eb * ND
+    min_programs = _min_programs(dev, cfg["min_programs"])
+    n_chunks = 1
+    if min_programs and programs < min_programs and L > 4 * SAVE_EVERY:
+        n_chunks = min(triton.cdiv(min_programs, programs), triton.cdiv(L, 4 * SAVE_EVERY))
+    steps = triton.cdiv(triton.cdiv(L, n_chunks), SAVE_EVERY) * SAVE_EVERY
+    n_chunks = triton.cdiv(L, steps)
+    unroll = cfg["unroll"]
+    assert SAVE_EVERY % unroll == 0
+    hs = hsave if hsave is not None else _dummy(dev)
+    s_strides = (hs.stride(0), hs.stride(1), hs.stride(2)) if hsave is not None else (0, 0, 0)
+    flags = common["flags"]
+
+    def launch(hinit, hend, dsum, write_y, write_end, save):
+        h_strides = (hinit if hinit is not None else hend)
+        h_strides = (h_strides.stride(0), h_strides.stride(1), h_strides.stride(2)) if h_strides is not None else (0, 0, 0)
+        scan_fwd_kernel[(B * n_eb, n_chunks, ND)](
+            *t, y, _or(hinit, dev), _or(hend, dev), _or(dsum, dev), hs,
+            L, E, args.R, steps, args.dir_base,
+            *common["strides"], y.stride(0), y.stride(1), y.stride(2), w_stride,
+            *h_strides, *s_strides,
+            BLOCK_E=block_e, UNROLL=unroll, SAVE_EVERY=SAVE_EVERY,
+            HAS_INIT=hinit is not None, WRITE_END=write_end, WRITE_Y=write_y, SAVE_STATES=save,
+            num_warps=cfg["num_warps"], **flags,
+        )
+
+    if n_chunks == 1:
+        launch(None, None, None, True, False, save_states)
+        return y, hsave
+    # chunk-parallel: local end states, the carry across chunks, then every chunk again from its true start
+    hend = torch.empty(B, ND, n_chunks, E, N, device=dev, dtype=torch.float32)
+    dsum = torch.empty(B, ND, n_chunks, E, device=dev, dtype=torch.float32)
+    hinit = torch.empty_like(hend)
+    launch(None, hend, dsum, False, True, False)
+    chunk_carry_kernel[(B * n_eb, ND)](
+        hend, dsum, hinit, t[12], t[13], E, n_chunks, hend.stride(0), hend.stride(1), hend.stride(2),
+        N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, num_warps=cfg["num_warps"])
+    launch(hinit, None, None, True, False, save_states)
+    return y, hsave
+
+
+def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
+    """Gradients of the scan: dx [ND, B, L, E], dz per direction [ND, B, L, E] (or None), d dt / dB / dC per
+    direction (fp32; d dt is [B*L, R] with dt_proj folded in, else [B, L, E]), and fp32 parameter gradients
+    [ND, ...] for A (or A_log), D, W_dt, bias."""
+    cfg = config or _config()
+    B, L, E, N, ND, R = args.B, args.L, args.E, args.N, args.n_dirs, args.R
+    dev = args.x.device
+    block_e = min(cfg["bwd_block_e"], max(16, triton.next_power_of_2(E)))
+    n_eb = triton.cdiv(E, block_e)
+    gy = _last_contiguous(gy)
+    f32 = dict(device=dev, dtype=torch.float32)
+    gx = torch.empty(ND, B, L, E, device=dev, dtype=args.x.dtype)
+    gz = torch.empty(ND, B, L, E, device=dev, dtype=args.z.dtype) if args.z is not None else _dummy(dev)
+    if args.dt_proj:
+        gdt_full = [torch.zeros(B * L, R + 2 * N, **f32) for _ in range(ND)]
+        gdt = [g[:, :R] for g in gdt_full]
+        gbm = [g[:, R:R + N] for g in gdt_full]
+        gcm = [g[:, R + N:] for g in gdt_full]
+    else:
+        gdt_full = None
+        gdt = [torch.empty(B, L, E, **f32) for _ in range(ND)]
+        gbm = [torch.zeros(B, L, N, **f32) for _ in range(ND)]
+        gcm = [torch.zeros(B, L, N, **f32) for _ in range(ND)]
+    ga = torch.zeros(ND, E, N, **f32)
+    gd = torch.zeros(ND, E, **f32)
+    gw = torch.zeros(ND, E, max(R, 1), **f32)
+    gbias = torch.zeros(ND, E, **f32)
+    scratch = torch.empty(B * 2 * n_eb * SAVE_EVERY * block_e * N, **f32)
+    common = args.common()
+    t = [_or(v, dev) for v in common["tensors"]]
+    gdt_b, gdt_l = _rows(gdt[0], L)
+    gbc_b, gbc_l = _rows(gbm[0], L)
+    second = (lambda lst: lst[1] if ND > 1 else lst[0])
+    scan_bwd_kernel[(B * n_eb, ND)](
+        *t, gy, hsave, scratch,
+        gx, gz, gdt[0], second(gdt), gbm[0], second(gbm), gcm[0], second(gcm),
+        ga, gd, gw, gbias,
+        L, E, args.R, args.dir_base,
+        *common["strides"], gy.stride(0), gy.stride(1), gy.stride(2),
+        args.w[0].stride(0) if args.dt_proj else 0,
+        hsave.stride(0), hsave.stride(1), hsave.stride(2),
+        gx.stride(0), gx.stride(1), gx.stride(2),
+        gdt_b, gdt_l, gbc_b, gbc_l,
+        BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, num_warps=cfg["bwd_num_warps"], **common["flags"],
+    )
+    return dict(gx=gx, gz=gz if args.z is not None else None, gdt=gdt, gbm=gbm, gcm=gcm, gdt_full=gdt_full,
+                ga=ga, gd=gd, gw=gw, gbias=gbias)
+
+
+# ------------------------------------------------------------------------------------------------ generic scan
+class _TritonScan(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+        u, delta, B, C, z = (_last_contiguous(v) for v in (u, delta, B, C, z))
+        pair = lambda v: (v, v)  # noqa: E731  (one direction: both slots point at the same tensors)
+        args = _ScanArgs(u.unsqueeze(0), z, pair(delta), pair(B), pair(C), (None, None), pair(delta_bias), pair(A),
+                         pair(D), n_dirs=1, dir_base=1 if reverse else 0, dt_proj=False, softplus=delta_softplus,
+                         a_is_log=False)
+        needs_grad = any(ctx.needs_input_grad[:8])
+        y, hsave = scan_forward(args, u.dtype, save_states=needs_grad)
+        if needs_grad:
+            ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hsave)
+            ctx.options = (delta_softplus, reverse)
+        return y.view(u.shape)
+
+    @staticmethod
+    def backward(ctx, grad):
+        u, delta, A, B, C, D, z, delta_bias, hsave = ctx.saved_tensors
+        delta_softplus, reverse = ctx.options
+        pair = lambda v: (v, v)  # noqa: E731
+        args = _ScanArgs(u.unsqueeze(0), z, pair(delta), pair(B), pair(C), (None, None), pair(delta_bias), pair(A),
+                         pair(D), n_dirs=1, dir_base=1 if reverse else 0, dt_proj=False, softplus=delta_softplus,
+                         a_is_log=False)
+        g = scan_backward(args, hsave, grad.unsqueeze(2))
+        return (g["gx"][0], g["gdt"][0].to(delta.dtype), g["ga"][0].to(A.dtype), g["gbm"][0].to(B.dtype),
+                g["gcm"][0].to(C.dtype), g["gd"][0].to(D.dtype) if D is not None else None,
+                g["gz"][0] if z is not None else None,
+                g["gbias"][0].to(delta_bias.dtype) if delta_bias is not None else None, None, None)
+
+
+def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, reverse=False):
+    """The selective scan on the Triton kernels (same contract as ``selective_scan_ref``)."""
+    return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+
+
+# ----------------------------------------------------------------------------------------- Vim's fused mixer
+class _TritonBiScan(torch.autograd.Function):
+    """ys[b, t, d, e] = silu(z) * (scan_d + D_d * x_d) with dt_proj + softplus folded in; both directions."""
+
+    @staticmethod
+    def forward(ctx, xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b):
+        R, N = w_f.shape[1], alog_f.shape[1]
+        args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
+        needs_grad = any(ctx.needs_input_grad)
+        y, hsave = scan_forward(args, xs.dtype, save_states=needs_grad)
+        if needs_grad:
+            ctx.save_for_backward(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, hsave)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, hsave = ctx.saved_tensors
+        R, N = w_f.shape[1], alog_f.shape[1]
+        args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
+        g = scan_backward(args, hsave, gy)
+        gz = (g["gz"][0].float() + g["gz"][1].float()).to(z.dtype)
+        gdbl = [gf.view(dbl_f.shape).to(dbl_f.dtype) for gf in g["gdt_full"]]
+        cast = lambda v, ref: v.to(ref.dtype)  # noqa: E731
+        return (g["gx"], gz, gdbl[0], gdbl[1], cast(g["gw"][0], w_f), cast(g["gw"][1], w_b),
+                cast(g["gbias"][0], bias_f), cast(g["gbias"][1], bias_b), cast(g["ga"][0], alog_f),
+                cast(g["ga"][1], alog_b), cast(g["gd"][0], d_f), cast(g["gd"][1], d_b))
+
+
+def _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N):
+    rows_f, rows_b = dbl_f.reshape(-1, dbl_f.shape[-1]), dbl_b.reshape(-1, dbl_b.shape[-1])
+    cols = lambda t, a, b: t[:, a:b]  # noqa: E731
+    return _ScanArgs(
+        xs, z, (cols(rows_f, 0, R), cols(rows_b, 0, R)), (cols(rows_f, R, R + N), cols(rows_b, R, R + N)),
+        (cols(rows_f, R + N, R + 2 * N), cols(rows_b, R + N, R + 2 * N)), (w_f, w_b), (bias_f, bias_b),
+        (alog_f, alog_b), (d_f, d_b), n_dirs=2, dir_base=0, dt_proj=True, softplus=True, a_is_log=True)
+
+
+class _TritonBiConv(torch.autograd.Function):
+    """xs[d] = silu(conv_d(x)): causal for d = 0, anti-causal (time-reversed) for d = 1. x: [B, L, E]."""
+
+    @staticmethod
+    def forward(ctx, x, w_f, w_b, bias_f, bias_b):
+        x = _last_contiguous(x)
+        B, L, E = x.shape
+        K = w_f.shape[-1]
+        if K != 4:
+            raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
+        out = torch.empty(2, B, L, E, device=x.device, dtype=x.dtype)
+        block_l, block_e = 32, 64
+        conv_fwd_kernel[(triton.cdiv(L, block_l), triton.cdiv(E, block_e), B * 2)](
+            x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E, 0,
+            x.stride(0), x.stride(1), out.stride(0), out.stride(1), out.stride(2),
+            K=K, BLOCK_L=block_l, BLOCK_E=block_e, HAS_BIAS=bias_f is not None, N_DIRS=2, num_warps=4)
+        ctx.save_for_backward(x, w_f, w_b, bias_f, bias_b)
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        x, w_f, w_b, bias_f, bias_b = ctx.saved_tensors
+        gout = _last_contiguous(gout)
+        B, L, E = x.shape
+        K = w_f.shape[-1]
+        gx = torch.empty_like(x)
+        gw = torch.zeros(2, E, K, device=x.device, dtype=torch.float32)
+        gbias = torch.zeros(2, E, device=x.device, dtype=torch.float32)
+        block_l, block_e = 32, 64
+        conv_bwd_kernel[(triton.cdiv(L, block_l), triton.cdiv(E, block_e), B)](
+            x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gx, gw, gbias, L, E, 0,
+            x.stride(0), x.stride(1), gout.stride(0), gout.stride(1), gout.stride(2), gx.stride(0), gx.stride(1),
+            K=K, BLOCK_L=block_l, BLOCK_E=block_e, HAS_BIAS=bias_f is not None, N_DIRS=2, num_warps=4)
+        gb = (lambda i, ref: gbias[i].to(ref.dtype) if ref is not None else None)
+        return gx, gw[0].view_as(w_f).to(w_f.dtype), gw[1].view_as(w_b).to(w_b.dtype), gb(0, bias_f), gb(1, bias_b)
+
+
+def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optional[Tensor] = None,
+                         out_proj_bias: Optional[Tensor] = None) -> Tensor:
+    """Vim's mixer on the Triton kernels. xz: [B, L, 2E] -> [B, L, D] (or [B, L, E] without out_proj)."""
+    B, L, _ = xz.shape
+    x, z = xz.chunk(2, dim=-1)
+    E = x.shape[-1]
+    xs = _TritonBiConv.apply(x, forward.conv_weight, backward.conv_weight, forward.conv_bias, backward.conv_bias)
+    dbl_f = F.linear(xs[0], forward.x_proj_weight)
+    dbl_b = F.linear(xs[1], backward.x_proj_weight)
+    ys = _TritonBiScan.apply(xs, z, dbl_f, dbl_b, forward.dt_proj_weight, backward.dt_proj_weight,
+                             forward.dt_proj_bias, backward.dt_proj_bias, forward.A_log, backward.A_log,
+                             forward.D, backward.D)
+    if out_proj_weight is None:
+        return (ys[:, :, 0] + ys[:, :, 1]) / 2
+    # out_proj((y_f + y_b) / 2) = [y_f | y_b] @ ([W, W] / 2)^T: the combine costs no extra pass over memory
+    weight = torch.cat([out_proj_weight, out_proj_weight], dim=1) * 0.5
+    return F.linear(ys.view(B, L, 2 * E), weight, out_proj_bias)
