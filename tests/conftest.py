@@ -1,14 +1,21 @@
 """Shared test plumbing: real data through $VISION_MAMBA_DATA, clean skips for GPU / Triton / data tests."""
 from __future__ import annotations
 
+import glob
 import os
 from pathlib import Path
 from typing import Optional
 
-import pytest
-import torch
+# Without a GPU, the Triton kernels are tested under Triton's interpreter on the CPU. The variable must be set
+# before triton is first imported (importing torch or timm imports it), or its own library functions are
+# compiled-mode and cannot run in the interpreter.
+if not glob.glob("/dev/nvidia[0-9]*") and "TRITON_INTERPRET" not in os.environ:
+    os.environ["TRITON_INTERPRET"] = "1"
 
-import vision_mamba  # noqa: F401  (registers the models with timm)
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+import vision_mamba  # noqa: F401,E402  (registers the models with timm)
 
 torch.set_num_threads(min(2, torch.get_num_threads()))
 

@@ -9,8 +9,8 @@ reverse direction is read by index, never through flipped copies.
 
 A program owns one (batch, block of channels, direction[, chunk]) and keeps the [BLOCK_E, N] state in fp32
 registers while it walks through time; B_t and C_t are loaded once per tile and step. See README.md for the math
-and for how the backward pass recovers states (saved every SAVE_EVERY steps, recomputed into a small per-program
-scratch, then walked backwards).
+and for how the backward pass recovers states (saved every SAVE_EVERY steps by the forward pass, recomputed in
+registers, then walked backwards).
 """
 from __future__ import annotations
 
@@ -53,23 +53,46 @@ def _time_index(s, L, rev):
 
 
 @triton.jit
-def _delta(dt_base, t, stride_dt_l, offs_e, emask, offs_r, rmask, w, bias, valid,
-           DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
-    """delta_t for a block of channels: softplus(W_dt @ dt_low_t + bias) or softplus(delta_t + bias).
-    Returns (delta, raw pre-softplus value, dt_low row or None)."""
-    if DT_PROJ:
-        dtl = tl.load(dt_base + t * stride_dt_l + offs_r, mask=_both(rmask, valid), other=0.0).to(tl.float32)
-        raw = tl.sum(w * dtl[None, :], axis=1)
+def _load_step(s, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l, bm_base, cm_base,
+               stride_bc_l, offs_e, emask, offs_r, rmask, nmask,
+               DT_PROJ: tl.constexpr, HAS_Z: tl.constexpr, LOAD_C: tl.constexpr):
+    """The inputs of scan step s (time index t(s)), masked past s_end, in their storage dtype:
+    x [BE], z [BE] (x when there is no gate), dt_low [BR] or delta [BE], B [N], C [N] (B when not asked for)."""
+    valid = s < s_end
+    t = _time_index(s, L, rev)
+    em = _both(emask, valid)
+    xv = tl.load(x_base + t * stride_x_l, mask=em, other=0.0)
+    if HAS_Z:
+        zv = tl.load(z_base + t * stride_z_l, mask=em, other=0.0)
     else:
-        dtl = tl.zeros_like(offs_r).to(tl.float32)
-        raw = tl.load(dt_base + t * stride_dt_l + offs_e, mask=_both(emask, valid), other=0.0).to(tl.float32)
+        zv = xv
+    if DT_PROJ:
+        dv = tl.load(dt_base + t * stride_dt_l + offs_r, mask=_both(rmask, valid), other=0.0)
+    else:
+        dv = tl.load(dt_base + t * stride_dt_l + offs_e, mask=em, other=0.0)
+    nm = _both(nmask, valid)
+    bv = tl.load(bm_base + t * stride_bc_l, mask=nm, other=0.0)
+    if LOAD_C:
+        cv = tl.load(cm_base + t * stride_bc_l, mask=nm, other=0.0)
+    else:
+        cv = bv
+    return xv, zv, dv, bv, cv
+
+
+@triton.jit
+def _delta_of(dv, w, bias, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
+    """delta = softplus(W_dt @ dt_low + bias) (dt_proj folded in) or softplus(delta + bias); also the raw value."""
+    if DT_PROJ:
+        raw = tl.sum(w * dv.to(tl.float32)[None, :], axis=1)
+    else:
+        raw = dv.to(tl.float32)
     if HAS_BIAS:
         raw = raw + bias
     if SOFTPLUS:
         delta = _softplus(raw)
     else:
         delta = raw
-    return delta, raw, dtl
+    return delta, raw
 
 
 @triton.jit
@@ -98,7 +121,7 @@ def _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask,
     return a, w, bias, dskip
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base"])
 def scan_fwd_kernel(
     x_ptr, z_ptr, dt_f, dt_b, b_f, b_b, c_f, c_b,
     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
@@ -112,8 +135,7 @@ def scan_fwd_kernel(
     stride_w_e,
     stride_h_b, stride_h_d, stride_h_c,
     stride_s_b, stride_s_d, stride_s_c,
-    N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, UNROLL: tl.constexpr,
-    SAVE_EVERY: tl.constexpr,
+    N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, SAVE_EVERY: tl.constexpr,
     DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr,
     HAS_INIT: tl.constexpr, WRITE_END: tl.constexpr, WRITE_Y: tl.constexpr, SAVE_STATES: tl.constexpr,
@@ -121,7 +143,7 @@ def scan_fwd_kernel(
     pid_be = tl.program_id(0)
     chunk = tl.program_id(1)
     d = tl.program_id(2)
-    n_eblocks = tl.cdiv(E, BLOCK_E)
+    n_eblocks = (E + BLOCK_E - 1) // BLOCK_E
     b = pid_be // n_eblocks
     eb = pid_be % n_eblocks
     rev = (d + dir_base) == 1
@@ -150,38 +172,54 @@ def scan_fwd_kernel(
     else:
         h = tl.zeros([BLOCK_E, N], dtype=tl.float32)
     dsum = tl.zeros([BLOCK_E], dtype=tl.float32)
-    for s0 in range(s_begin, s_end, UNROLL):
+    nmask = offs_n < N
+    hsave_base = hsave_ptr + b * stride_s_b + d * stride_s_d + state_off
+    # A rotating prefetch pipeline: the inputs of step s + 4 are requested before step s stores its output
+    # (a load cannot be moved above an earlier store that may alias it, so without this every step would wait
+    # a full memory latency).
+    xa, za, da, ba, ca = _load_step(s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
+                                    stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
+                                    nmask, DT_PROJ, HAS_Z, WRITE_Y)
+    xb, zb, db, bb, cb = _load_step(s_begin + 1, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
+                                    stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
+                                    nmask, DT_PROJ, HAS_Z, WRITE_Y)
+    xc, zc, dc, bc, cc = _load_step(s_begin + 2, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
+                                    stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
+                                    nmask, DT_PROJ, HAS_Z, WRITE_Y)
+    xd, zd, dd, bd, cd = _load_step(s_begin + 3, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
+                                    stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
+                                    nmask, DT_PROJ, HAS_Z, WRITE_Y)
+    for s in range(s_begin, s_end):
+        xe, ze, de, be, ce = _load_step(s + 4, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
+                                        stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
+                                        nmask, DT_PROJ, HAS_Z, WRITE_Y)
         if SAVE_STATES:
-            tl.store(hsave_ptr + b * stride_s_b + d * stride_s_d + (s0 // SAVE_EVERY) * stride_s_c + state_off, h,
-                     mask=_both(smask, (s0 % SAVE_EVERY) == 0))
-        for u in tl.static_range(UNROLL):
-            s = s0 + u
-            valid = s < s_end
+            tl.store(hsave_base + (s // SAVE_EVERY) * stride_s_c, h, mask=_both(smask, (s % SAVE_EVERY) == 0))
+        delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
+        xv = xa.to(tl.float32)
+        h = tl.exp2(delta[:, None] * a2) * h + (delta * xv)[:, None] * ba.to(tl.float32)[None, :]
+        if WRITE_END:
+            dsum += delta
+        if WRITE_Y:
+            yv = tl.sum(h * ca.to(tl.float32)[None, :], axis=1)
+            if HAS_D:
+                yv += dskip * xv
+            if HAS_Z:
+                zv = za.to(tl.float32)
+                yv = yv * zv * _sigmoid(zv)
             t = _time_index(s, L, rev)
-            delta, raw, dtl = _delta(dt_base, t, stride_dt_l, offs_e, emask, offs_r, rmask, w, bias, valid,
-                                     DT_PROJ, HAS_BIAS, SOFTPLUS)
-            xv = tl.load(x_base + t * stride_x_l, mask=_both(emask, valid), other=0.0).to(tl.float32)
-            bv = tl.load(bm_base + t * stride_bc_l, mask=_both(offs_n < N, valid), other=0.0).to(tl.float32)
-            decay = tl.exp2(delta[:, None] * a2)
-            h = tl.where(valid, decay * h + (delta * xv)[:, None] * bv[None, :], h)
-            if WRITE_END:
-                dsum += tl.where(valid, delta, 0.0)
-            if WRITE_Y:
-                cv = tl.load(cm_base + t * stride_bc_l, mask=_both(offs_n < N, valid), other=0.0).to(tl.float32)
-                yv = tl.sum(h * cv[None, :], axis=1)
-                if HAS_D:
-                    yv += dskip * xv
-                if HAS_Z:
-                    zv = tl.load(z_base + t * stride_z_l, mask=_both(emask, valid), other=0.0).to(tl.float32)
-                    yv = yv * zv * _sigmoid(zv)
-                tl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty), mask=_both(emask, valid))
+            tl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty), mask=emask)
+        xa, za, da, ba, ca = xb, zb, db, bb, cb
+        xb, zb, db, bb, cb = xc, zc, dc, bc, cc
+        xc, zc, dc, bc, cc = xd, zd, dd, bd, cd
+        xd, zd, dd, bd, cd = xe, ze, de, be, ce
     if WRITE_END:
         off = b * stride_h_b + d * stride_h_d + chunk * stride_h_c
         tl.store(hend_ptr + off + state_off, h, mask=smask)
         tl.store(dsum_ptr + (off // N) + offs_e, dsum, mask=emask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["n_chunks"])
 def chunk_carry_kernel(
     hend_ptr, dsum_ptr, hinit_ptr, a_f, a_b, E, n_chunks,
     stride_h_b, stride_h_d, stride_h_c,
@@ -190,7 +228,7 @@ def chunk_carry_kernel(
     """States entering each chunk: H_c = exp(A * sum(delta over chunk c-1)) * H_{c-1} + hend_{c-1}."""
     pid_be = tl.program_id(0)
     d = tl.program_id(1)
-    n_eblocks = tl.cdiv(E, BLOCK_E)
+    n_eblocks = (E + BLOCK_E - 1) // BLOCK_E
     b = pid_be // n_eblocks
     eb = pid_be % n_eblocks
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -211,10 +249,83 @@ def chunk_carry_kernel(
 
 
 @triton.jit
+def _bwd_recompute(s, s_end, L, rev, h, a2, w, bias, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
+                   bm_base, cm_base, stride_bc_l, gy_base, stride_y_l, offs_e, emask, offs_r, rmask, nmask,
+                   DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr):
+    """Step s forward again from state h, returning the new state and everything its backward step needs."""
+    xv, zv, dv, bv, cv = _load_step(s, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
+                                    bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask, nmask,
+                                    DT_PROJ, HAS_Z, True)
+    t = _time_index(s, L, rev)
+    gout = tl.load(gy_base + t * stride_y_l, mask=_both(emask, s < s_end), other=0.0)
+    delta, raw = _delta_of(dv, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
+    decay = tl.exp2(delta[:, None] * a2)
+    xf = xv.to(tl.float32)
+    bf = bv.to(tl.float32)
+    h = decay * h + (delta * xf)[:, None] * bf[None, :]
+    return h, decay, delta, raw, xf, zv, gout, dv, bf, cv
+
+
+@triton.jit
+def _bwd_step(mu, g_a, g_d, g_bias, g_w, h, decay, delta, raw, xf, zv, gout, dv, bf, cv, s, s_end, L, rev, a, w,
+              dskip, gx_base, gz_base, gdt_base, gb_base, gc_base, stride_gx_l, stride_gdt_l, stride_gbc_l,
+              offs_e, emask, offs_r, rmask, nmask,
+              DT_PROJ: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
+    """The backward step of scan step s: writes d x, d z, d delta (or d dt_low), accumulates d B, d C with
+    relaxed atomics, and the parameter gradients in registers; returns the adjoint carried to step s - 1."""
+    valid = s < s_end
+    t = _time_index(s, L, rev)
+    em = _both(emask, valid)
+    gout = gout.to(tl.float32)
+    cf = cv.to(tl.float32)
+    if HAS_Z:
+        zf = zv.to(tl.float32)
+        sig = _sigmoid(zf)
+        gy = gout * zf * sig
+        yv = tl.sum(h * cf[None, :], axis=1)
+        if HAS_D:
+            yv += dskip * xf
+        gz = gout * yv * sig * (1.0 + zf * (1.0 - sig))
+        tl.store(gz_base + t * stride_gx_l, gz.to(gz_base.dtype.element_ty), mask=em)
+    else:
+        gy = gout
+    gy = tl.where(em, gy, 0.0)
+    lam = gy[:, None] * cf[None, :] + mu
+    dx = delta * xf
+    # d loss / d(delta * A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
+    gdec = lam * (h - dx[:, None] * bf[None, :])
+    lam_b = tl.sum(lam * bf[None, :], axis=1)
+    g_delta = tl.sum(gdec * a, axis=1) + xf * lam_b
+    gx = delta * lam_b
+    if HAS_D:
+        gx += gy * dskip
+        g_d += gy * xf
+    tl.store(gx_base + t * stride_gx_l, gx.to(gx_base.dtype.element_ty), mask=em)
+    g_a += gdec * delta[:, None]
+    nm = _both(nmask, valid)
+    tl.atomic_add(gb_base + t * stride_gbc_l, tl.sum(lam * dx[:, None], axis=0), mask=nm, sem="relaxed")
+    tl.atomic_add(gc_base + t * stride_gbc_l, tl.sum(h * gy[:, None], axis=0), mask=nm, sem="relaxed")
+    if SOFTPLUS:
+        g_raw = g_delta * _sigmoid(raw)
+    else:
+        g_raw = g_delta
+    g_raw = tl.where(em, g_raw, 0.0)
+    g_bias += g_raw
+    if DT_PROJ:
+        tl.atomic_add(gdt_base + t * stride_gdt_l + offs_r, tl.sum(g_raw[:, None] * w, axis=0),
+                      mask=_both(rmask, valid), sem="relaxed")
+        g_w += g_raw[:, None] * dv.to(tl.float32)[None, :]
+    else:
+        tl.store(gdt_base + t * stride_gdt_l + offs_e, g_raw.to(gdt_base.dtype.element_ty), mask=em)
+    mu = tl.where(valid, decay * lam, mu)
+    return mu, g_a, g_d, g_bias, g_w
+
+
+@triton.jit(do_not_specialize=["L", "dir_base"])
 def scan_bwd_kernel(
     x_ptr, z_ptr, dt_f, dt_b, b_f, b_b, c_f, c_b,
     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
-    gy_ptr, hsave_ptr, scratch_ptr,
+    gy_ptr, hsave_ptr,
     gx_ptr, gz_ptr, gdt_f, gdt_b, gb_f, gb_b, gc_f, gc_b,
     ga_ptr, gd_ptr, gw_ptr, gbias_ptr,
     L, E, R, dir_base,
@@ -232,15 +343,20 @@ def scan_bwd_kernel(
     DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr,
 ):
+    """One program per (batch, block of channels, direction) walks its sequence backwards, SAVE_EVERY (= 16)
+    steps at a time: (A) from the state saved by the forward pass, 12 steps are recomputed to get the states
+    entering its four 4-step sub-chunks (no memory traffic but the inputs); (B) per sub-chunk, last first, the 4
+    steps are recomputed into registers (states, decays and inputs all kept), then differentiated in reverse."""
     pid_be = tl.program_id(0)
     d = tl.program_id(1)
-    n_eblocks = tl.cdiv(E, BLOCK_E)
+    n_eblocks = (E + BLOCK_E - 1) // BLOCK_E
     b = pid_be // n_eblocks
     eb = pid_be % n_eblocks
     rev = (d + dir_base) == 1
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = offs_e < E
     offs_n = tl.arange(0, N)
+    nmask = offs_n < N
     offs_r = tl.arange(0, BLOCK_R)
     rmask = offs_r < R
     a, w, bias, dskip = _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias_f, bias_b,
@@ -259,97 +375,85 @@ def scan_bwd_kernel(
     gc_base = _pick(d, gc_f, gc_b) + b * stride_gbc_b + offs_n
     state_off = offs_e[:, None] * N + offs_n[None, :]
     smask = emask[:, None]
-    # this program's scratch rows: the states of the chunk being differentiated
-    scratch = scratch_ptr + ((b * 2 + d) * n_eblocks + eb) * (SAVE_EVERY * BLOCK_E * N) \
-        + tl.arange(0, BLOCK_E)[:, None] * N + offs_n[None, :]
 
     mu = tl.zeros([BLOCK_E, N], dtype=tl.float32)  # decay_{t+1} * lambda_{t+1}: the adjoint carried backwards
     g_a = tl.zeros([BLOCK_E, N], dtype=tl.float32)
     g_d = tl.zeros([BLOCK_E], dtype=tl.float32)
     g_bias = tl.zeros([BLOCK_E], dtype=tl.float32)
     g_w = tl.zeros([BLOCK_E, BLOCK_R], dtype=tl.float32)
-    n_chunks = tl.cdiv(L, SAVE_EVERY)
+    n_chunks = (L + SAVE_EVERY - 1) // SAVE_EVERY
     for ci in range(n_chunks):
         c = n_chunks - 1 - ci
         s_begin = c * SAVE_EVERY
         s_end = tl.minimum(s_begin + SAVE_EVERY, L)
-        # 1. recompute the chunk's states from the saved one, into the scratch
         h = tl.load(hsave_ptr + b * stride_s_b + d * stride_s_d + c * stride_s_c + state_off, mask=smask, other=0.0)
-        for u in tl.static_range(SAVE_EVERY):
-            s = s_begin + u
-            valid = s < s_end
-            t = _time_index(s, L, rev)
-            delta, raw, dtl = _delta(dt_base, t, stride_dt_l, offs_e, emask, offs_r, rmask, w, bias, valid,
-                                     DT_PROJ, HAS_BIAS, SOFTPLUS)
-            xv = tl.load(x_base + t * stride_x_l, mask=_both(emask, valid), other=0.0).to(tl.float32)
-            bv = tl.load(bm_base + t * stride_bc_l, mask=_both(offs_n < N, valid), other=0.0).to(tl.float32)
-            h = tl.exp2(delta[:, None] * a2) * h + (delta * xv)[:, None] * bv[None, :]
-            tl.store(scratch + u * (BLOCK_E * N), h)
-        tl.debug_barrier()
-        # 2. walk the chunk backwards
-        for ui in tl.static_range(SAVE_EVERY):
-            u = SAVE_EVERY - 1 - ui
-            s = s_begin + u
-            valid = s < s_end
-            t = _time_index(s, L, rev)
-            delta, raw, dtl = _delta(dt_base, t, stride_dt_l, offs_e, emask, offs_r, rmask, w, bias, valid,
-                                     DT_PROJ, HAS_BIAS, SOFTPLUS)
-            lmask = _both(emask, valid)
-            xv = tl.load(x_base + t * stride_x_l, mask=lmask, other=0.0).to(tl.float32)
-            bv = tl.load(bm_base + t * stride_bc_l, mask=_both(offs_n < N, valid), other=0.0).to(tl.float32)
-            cv = tl.load(cm_base + t * stride_bc_l, mask=_both(offs_n < N, valid), other=0.0).to(tl.float32)
-            gout = tl.load(gy_base + t * stride_y_l, mask=lmask, other=0.0).to(tl.float32)
-            h = tl.load(scratch + u * (BLOCK_E * N))
-            if HAS_Z:
-                zv = tl.load(z_base + t * stride_z_l, mask=lmask, other=0.0).to(tl.float32)
-                sig = _sigmoid(zv)
-                gy = gout * zv * sig
-                yv = tl.sum(h * cv[None, :], axis=1)
-                if HAS_D:
-                    yv += dskip * xv
-                gz = gout * yv * sig * (1.0 + zv * (1.0 - sig))
-                tl.store(gz_base + t * stride_gx_l, gz.to(gz_ptr.dtype.element_ty), mask=lmask)
+        # (A) the states entering steps s_begin + 4, + 8, + 12
+        st0 = h
+        for u in tl.static_range(12):
+            if u == 4:
+                st1 = h
+            if u == 8:
+                st2 = h
+            xv, zv, dv, bv, cv = _load_step(s_begin + u, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                            dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask,
+                                            offs_r, rmask, nmask, DT_PROJ, False, False)
+            delta, raw = _delta_of(dv, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
+            h = tl.exp2(delta[:, None] * a2) * h + (delta * xv.to(tl.float32))[:, None] * bv.to(tl.float32)[None, :]
+        st3 = h
+        # (B) the four sub-chunks, last first
+        for jj in tl.static_range(4):
+            j = 3 - jj
+            if j == 3:
+                h0 = st3
+            elif j == 2:
+                h0 = st2
+            elif j == 1:
+                h0 = st1
             else:
-                gy = gout
-            gy = tl.where(lmask, gy, 0.0)
-            lam = gy[:, None] * cv[None, :] + mu
-            dx = delta * xv
-            # d loss / d(delta * A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
-            gdec = lam * (h - dx[:, None] * bv[None, :])
-            lam_b = tl.sum(lam * bv[None, :], axis=1)
-            g_delta = tl.sum(gdec * a, axis=1) + xv * lam_b
-            gx = delta * lam_b
-            if HAS_D:
-                gx += gy * dskip
-                g_d += gy * xv
-            tl.store(gx_base + t * stride_gx_l, gx.to(gx_ptr.dtype.element_ty), mask=lmask)
-            g_a += gdec * delta[:, None]
-            tl.atomic_add(gb_base + t * stride_gbc_l, tl.sum(lam * dx[:, None], axis=0), mask=_both(offs_n < N, valid))
-            tl.atomic_add(gc_base + t * stride_gbc_l, tl.sum(h * gy[:, None], axis=0), mask=_both(offs_n < N, valid))
-            if SOFTPLUS:
-                g_raw = g_delta * _sigmoid(raw)
-            else:
-                g_raw = g_delta
-            g_raw = tl.where(lmask, g_raw, 0.0)
-            g_bias += g_raw
-            if DT_PROJ:
-                tl.atomic_add(gdt_base + t * stride_gdt_l + offs_r, tl.sum(g_raw[:, None] * w, axis=0),
-                              mask=_both(rmask, valid))
-                g_w += g_raw[:, None] * dtl[None, :]
-            else:
-                tl.store(gdt_base + t * stride_gdt_l + offs_e, g_raw.to(gdt_f.dtype.element_ty), mask=lmask)
-            mu = tl.where(valid, tl.exp2(delta[:, None] * a2) * lam, mu)
-        tl.debug_barrier()
+                h0 = st0
+            s0 = s_begin + 4 * j
+            h1, dc1, dl1, rw1, x1, z1, g1, v1, b1, c1 = _bwd_recompute(
+                s0, s_end, L, rev, h0, a2, w, bias, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
+                bm_base, cm_base, stride_bc_l, gy_base, stride_y_l, offs_e, emask, offs_r, rmask, nmask,
+                DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_Z)
+            h2, dc2, dl2, rw2, x2, z2, g2, v2, b2, c2 = _bwd_recompute(
+                s0 + 1, s_end, L, rev, h1, a2, w, bias, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
+                bm_base, cm_base, stride_bc_l, gy_base, stride_y_l, offs_e, emask, offs_r, rmask, nmask,
+                DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_Z)
+            h3, dc3, dl3, rw3, x3, z3, g3, v3, b3, c3 = _bwd_recompute(
+                s0 + 2, s_end, L, rev, h2, a2, w, bias, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
+                bm_base, cm_base, stride_bc_l, gy_base, stride_y_l, offs_e, emask, offs_r, rmask, nmask,
+                DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_Z)
+            h4, dc4, dl4, rw4, x4, z4, g4, v4, b4, c4 = _bwd_recompute(
+                s0 + 3, s_end, L, rev, h3, a2, w, bias, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
+                bm_base, cm_base, stride_bc_l, gy_base, stride_y_l, offs_e, emask, offs_r, rmask, nmask,
+                DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_Z)
+            mu, g_a, g_d, g_bias, g_w = _bwd_step(
+                mu, g_a, g_d, g_bias, g_w, h4, dc4, dl4, rw4, x4, z4, g4, v4, b4, c4, s0 + 3, s_end, L, rev, a, w,
+                dskip, gx_base, gz_base, gdt_base, gb_base, gc_base, stride_gx_l, stride_gdt_l, stride_gbc_l,
+                offs_e, emask, offs_r, rmask, nmask, DT_PROJ, SOFTPLUS, HAS_D, HAS_Z)
+            mu, g_a, g_d, g_bias, g_w = _bwd_step(
+                mu, g_a, g_d, g_bias, g_w, h3, dc3, dl3, rw3, x3, z3, g3, v3, b3, c3, s0 + 2, s_end, L, rev, a, w,
+                dskip, gx_base, gz_base, gdt_base, gb_base, gc_base, stride_gx_l, stride_gdt_l, stride_gbc_l,
+                offs_e, emask, offs_r, rmask, nmask, DT_PROJ, SOFTPLUS, HAS_D, HAS_Z)
+            mu, g_a, g_d, g_bias, g_w = _bwd_step(
+                mu, g_a, g_d, g_bias, g_w, h2, dc2, dl2, rw2, x2, z2, g2, v2, b2, c2, s0 + 1, s_end, L, rev, a, w,
+                dskip, gx_base, gz_base, gdt_base, gb_base, gc_base, stride_gx_l, stride_gdt_l, stride_gbc_l,
+                offs_e, emask, offs_r, rmask, nmask, DT_PROJ, SOFTPLUS, HAS_D, HAS_Z)
+            mu, g_a, g_d, g_bias, g_w = _bwd_step(
+                mu, g_a, g_d, g_bias, g_w, h1, dc1, dl1, rw1, x1, z1, g1, v1, b1, c1, s0, s_end, L, rev, a, w,
+                dskip, gx_base, gz_base, gdt_base, gb_base, gc_base, stride_gx_l, stride_gdt_l, stride_gbc_l,
+                offs_e, emask, offs_r, rmask, nmask, DT_PROJ, SOFTPLUS, HAS_D, HAS_Z)
     if A_IS_LOG:
         g_a = g_a * a  # d A / d A_log = A
-    tl.atomic_add(ga_ptr + d * E * N + state_off, g_a, mask=smask)
+    tl.atomic_add(ga_ptr + d * E * N + state_off, g_a, mask=smask, sem="relaxed")
     if HAS_D:
-        tl.atomic_add(gd_ptr + d * E + offs_e, g_d, mask=emask)
+        tl.atomic_add(gd_ptr + d * E + offs_e, g_d, mask=emask, sem="relaxed")
     if HAS_BIAS:
-        tl.atomic_add(gbias_ptr + d * E + offs_e, g_bias, mask=emask)
+        tl.atomic_add(gbias_ptr + d * E + offs_e, g_bias, mask=emask, sem="relaxed")
     if DT_PROJ:
         tl.atomic_add(gw_ptr + d * E * R + offs_e[:, None] * R + offs_r[None, :], g_w,
-                      mask=emask[:, None] & rmask[None, :])
+                      mask=emask[:, None] & rmask[None, :], sem="relaxed")
 
 
 # ---------------------------------------------------------------------------------------------------------- conv
@@ -444,13 +548,13 @@ def conv_bwd_kernel(
         g_pre = g.to(tl.float32) * sig * (1.0 + pre * (1.0 - sig))
         g_pre = tl.where(tmask[:, None], g_pre, 0.0)
         if HAS_BIAS:
-            tl.atomic_add(gbias_ptr + d * E + offs_e, tl.sum(g_pre, axis=0), mask=emask)
+            tl.atomic_add(gbias_ptr + d * E + offs_e, tl.sum(g_pre, axis=0), mask=emask, sem="relaxed")
         for k in tl.static_range(4):
             rows = offs_t + sign * (k - 3)
             m = (rows >= 0) & (rows < L)
             xv = tl.load(x_base + rows[:, None] * stride_x_l, mask=m[:, None] & emask[None, :], other=0.0)
             tl.atomic_add(gw_ptr + d * E * K + offs_e * K + k, tl.sum(g_pre * xv.to(tl.float32), axis=0),
-                          mask=emask)
+                          mask=emask, sem="relaxed")
         # input gradient: x[t] feeds out[t - off(k)] through tap k
         for k in tl.static_range(4):
             if k == 0:

@@ -37,12 +37,20 @@ def _config():
     return dict(
         block_e=_env_int("VISION_MAMBA_TRITON_BLOCK_E", 32),
         num_warps=_env_int("VISION_MAMBA_TRITON_WARPS", 4),
-        unroll=_env_int("VISION_MAMBA_TRITON_UNROLL", 4),
         bwd_block_e=_env_int("VISION_MAMBA_TRITON_BWD_BLOCK_E", 32),
         bwd_num_warps=_env_int("VISION_MAMBA_TRITON_BWD_WARPS", 4),
         # chunk-parallel forward when there are fewer programs than this (0: never)
         min_programs=_env_int("VISION_MAMBA_TRITON_MIN_PROGRAMS", -1),
     )
+
+
+def _new(*shape, device, dtype) -> Tensor:
+    """torch.empty for kernel outputs; filled with NaN when VISION_MAMBA_POISON=1, so that tests see any element a
+    kernel failed to write."""
+    out = torch.empty(*shape, device=device, dtype=dtype)
+    if os.environ.get("VISION_MAMBA_POISON") == "1" and out.is_floating_point():
+        out.fill_(float("nan"))
+    return out
 
 
 def _min_programs(device: torch.device, configured: int) -> int:
@@ -110,9 +118,9 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     dev = args.x.device
     block_e = min(cfg["block_e"], max(16, triton.next_power_of_2(E)))
     n_eb = triton.cdiv(E, block_e)
-    y = torch.empty(B, L, ND, E, device=dev, dtype=y_dtype)
+    y = _new(B, L, ND, E, device=dev, dtype=y_dtype)
     n_save = triton.cdiv(L, SAVE_EVERY)
-    hsave = torch.empty(B, ND, n_save, E, N, device=dev, dtype=torch.float32) if save_states else None
+    hsave = _new(B, ND, n_save, E, N, device=dev, dtype=torch.float32) if save_states else None
     common = args.common()
     t = [_or(v, dev) for v in common["tensors"]]
     w_stride = args.w[0].stride(0) if args.dt_proj else 0
@@ -123,8 +131,6 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
         n_chunks = min(triton.cdiv(min_programs, programs), triton.cdiv(L, 4 * SAVE_EVERY))
     steps = triton.cdiv(triton.cdiv(L, n_chunks), SAVE_EVERY) * SAVE_EVERY
     n_chunks = triton.cdiv(L, steps)
-    unroll = cfg["unroll"]
-    assert SAVE_EVERY % unroll == 0
     hs = hsave if hsave is not None else _dummy(dev)
     s_strides = (hs.stride(0), hs.stride(1), hs.stride(2)) if hsave is not None else (0, 0, 0)
     flags = common["flags"]
@@ -137,7 +143,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
             L, E, args.R, steps, args.dir_base,
             *common["strides"], y.stride(0), y.stride(1), y.stride(2), w_stride,
             *h_strides, *s_strides,
-            BLOCK_E=block_e, UNROLL=unroll, SAVE_EVERY=SAVE_EVERY,
+            BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY,
             HAS_INIT=hinit is not None, WRITE_END=write_end, WRITE_Y=write_y, SAVE_STATES=save,
             num_warps=cfg["num_warps"], **flags,
         )
@@ -146,9 +152,9 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
         launch(None, None, None, True, False, save_states)
         return y, hsave
     # chunk-parallel: local end states, the carry across chunks, then every chunk again from its true start
-    hend = torch.empty(B, ND, n_chunks, E, N, device=dev, dtype=torch.float32)
-    dsum = torch.empty(B, ND, n_chunks, E, device=dev, dtype=torch.float32)
-    hinit = torch.empty_like(hend)
+    hend = _new(B, ND, n_chunks, E, N, device=dev, dtype=torch.float32)
+    dsum = _new(B, ND, n_chunks, E, device=dev, dtype=torch.float32)
+    hinit = _new(B, ND, n_chunks, E, N, device=dev, dtype=torch.float32)
     launch(None, hend, dsum, False, True, False)
     chunk_carry_kernel[(B * n_eb, ND)](
         hend, dsum, hinit, t[12], t[13], E, n_chunks, hend.stride(0), hend.stride(1), hend.stride(2),
@@ -168,8 +174,8 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     n_eb = triton.cdiv(E, block_e)
     gy = _last_contiguous(gy)
     f32 = dict(device=dev, dtype=torch.float32)
-    gx = torch.empty(ND, B, L, E, device=dev, dtype=args.x.dtype)
-    gz = torch.empty(ND, B, L, E, device=dev, dtype=args.z.dtype) if args.z is not None else _dummy(dev)
+    gx = _new(ND, B, L, E, device=dev, dtype=args.x.dtype)
+    gz = _new(ND, B, L, E, device=dev, dtype=args.z.dtype) if args.z is not None else _dummy(dev)
     if args.dt_proj:
         gdt_full = [torch.zeros(B * L, R + 2 * N, **f32) for _ in range(ND)]
         gdt = [g[:, :R] for g in gdt_full]
@@ -177,21 +183,20 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
         gcm = [g[:, R + N:] for g in gdt_full]
     else:
         gdt_full = None
-        gdt = [torch.empty(B, L, E, **f32) for _ in range(ND)]
+        gdt = [_new(B, L, E, **f32) for _ in range(ND)]
         gbm = [torch.zeros(B, L, N, **f32) for _ in range(ND)]
         gcm = [torch.zeros(B, L, N, **f32) for _ in range(ND)]
     ga = torch.zeros(ND, E, N, **f32)
     gd = torch.zeros(ND, E, **f32)
     gw = torch.zeros(ND, E, max(R, 1), **f32)
     gbias = torch.zeros(ND, E, **f32)
-    scratch = torch.empty(B * 2 * n_eb * SAVE_EVERY * block_e * N, **f32)
     common = args.common()
     t = [_or(v, dev) for v in common["tensors"]]
     gdt_b, gdt_l = _rows(gdt[0], L)
     gbc_b, gbc_l = _rows(gbm[0], L)
     second = (lambda lst: lst[1] if ND > 1 else lst[0])
     scan_bwd_kernel[(B * n_eb, ND)](
-        *t, gy, hsave, scratch,
+        *t, gy, hsave,
         gx, gz, gdt[0], second(gdt), gbm[0], second(gbm), gcm[0], second(gcm),
         ga, gd, gw, gbias,
         L, E, args.R, args.dir_base,
@@ -289,7 +294,7 @@ class _TritonBiConv(torch.autograd.Function):
         K = w_f.shape[-1]
         if K != 4:
             raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
-        out = torch.empty(2, B, L, E, device=x.device, dtype=x.dtype)
+        out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
         block_l, block_e = 32, 64
         conv_fwd_kernel[(triton.cdiv(L, block_l), triton.cdiv(E, block_e), B * 2)](
             x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E, 0,
@@ -304,7 +309,7 @@ class _TritonBiConv(torch.autograd.Function):
         gout = _last_contiguous(gout)
         B, L, E = x.shape
         K = w_f.shape[-1]
-        gx = torch.empty_like(x)
+        gx = _new(B, L, E, device=x.device, dtype=x.dtype)
         gw = torch.zeros(2, E, K, device=x.device, dtype=torch.float32)
         gbias = torch.zeros(2, E, device=x.device, dtype=torch.float32)
         block_l, block_e = 32, 64

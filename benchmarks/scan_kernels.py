@@ -1,0 +1,154 @@
+"""The Triton kernels alone at Vim-Ti shapes, timed against the floors computed from measured ceilings.
+
+    PYTHONPATH=src python benchmarks/scan_kernels.py --out results/kernels.json
+
+Ceilings measured first on the device: copy bandwidth (device-to-device, bytes read + written) and exp2
+throughput (a Triton kernel of independent exp2 chains: the special-function unit). The floor of a kernel is
+max(its exp2 count / exp2 rate, the bytes it must move / bandwidth); we report time, floor and floor / time.
+Each shape is run for several launch configurations (channels per program, warps, unroll)."""
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+import triton
+import triton.language as tl
+from triton.testing import do_bench
+
+from vision_mamba.ops.selective_scan import triton_scan as ts
+
+E, N, R = 384, 16, 12  # Vim-Ti: d_inner, d_state, dt_rank
+
+
+@triton.jit
+def _exp2_kernel(x_ptr, out_ptr, ITERS: tl.constexpr, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    x = tl.load(x_ptr + offs)
+    acc = tl.zeros_like(x)
+    for _ in range(ITERS):
+        x = tl.exp2(x * -0.5)
+        acc += x
+    tl.store(out_ptr + offs, acc)
+
+
+def ceilings(device):
+    n = 1 << 28  # 1 GiB of fp32
+    src = torch.randn(n, device=device)
+    dst = torch.empty_like(src)
+    ms = do_bench(lambda: dst.copy_(src), warmup=50, rep=300, return_mode="median")
+    bandwidth = 2 * src.numel() * 4 / (ms * 1e-3)
+    del src, dst
+    block, iters, programs = 1024, 512, 132 * 64
+    x = torch.rand(programs * block, device=device)
+    out = torch.empty_like(x)
+    ms = do_bench(lambda: _exp2_kernel[(programs,)](x, out, ITERS=iters, BLOCK=block, num_warps=4),
+                  warmup=50, rep=300, return_mode="median")
+    exp_rate = programs * block * iters / (ms * 1e-3)
+    return bandwidth, exp_rate
+
+
+def make_inputs(batch, length, dtype, device):
+    g = torch.Generator(device=device).manual_seed(0)
+    rnd = lambda *s, scale=1.0: torch.randn(*s, generator=g, device=device) * scale  # noqa: E731
+    xs = rnd(2, batch, length, E).to(dtype)
+    z = rnd(batch, length, E).to(dtype)
+    dbl = [rnd(batch * length, R + 2 * N).to(dtype) for _ in range(2)]
+    w = [rnd(E, R, scale=R ** -0.5) for _ in range(2)]
+    bias = [rnd(E, scale=0.5) - 4.0 for _ in range(2)]
+    alog = [torch.log(torch.arange(1, N + 1, device=device, dtype=torch.float32)).repeat(E, 1) for _ in range(2)]
+    dd = [torch.ones(E, device=device) for _ in range(2)]
+    return xs, z, dbl, w, bias, alog, dd
+
+
+def scan_bytes(batch, length, itemsize, backward):
+    tokens = batch * length
+    read = 2 * tokens * E * itemsize + tokens * E * itemsize + 2 * tokens * (R + 2 * N) * itemsize  # xs, z, dbl
+    write = tokens * 2 * E * itemsize  # ys
+    if not backward:
+        return read + write
+    # backward reads the forward inputs, the output gradient and the saved states; writes dx, dz (2 directions)
+    # and d dbl (fp32)
+    states = batch * 2 * triton.cdiv(length, ts.SAVE_EVERY) * E * N * 4
+    return read + write + states + 2 * tokens * E * itemsize * 2 + 2 * tokens * (R + 2 * N) * 4
+
+
+CONFIGS = [
+    dict(block_e=32, num_warps=4),
+    dict(block_e=32, num_warps=2),
+    dict(block_e=16, num_warps=1),
+    dict(block_e=64, num_warps=4),
+    dict(block_e=64, num_warps=2),
+]
+BWD_CONFIGS = [dict(bwd_block_e=32, bwd_num_warps=4), dict(bwd_block_e=16, bwd_num_warps=1),
+               dict(bwd_block_e=32, bwd_num_warps=2), dict(bwd_block_e=64, bwd_num_warps=4)]
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default=None, help="write the records as JSON here")
+    parser.add_argument("--shapes", default="224:128,1248:16,1248:1", help="res:batch list")
+    parser.add_argument("--quick", action="store_true", help="first configuration only")
+    args = parser.parse_args()
+    device = torch.device("cuda")
+    bandwidth, exp_rate = ceilings(device)
+    print(f"ceilings: copy {bandwidth / 1e12:.2f} TB/s, exp2 {exp_rate / 1e12:.2f} T/s")
+    records = []
+    base = ts._config()
+    for spec in args.shapes.split(","):
+        res, batch = (int(v) for v in spec.split(":"))
+        length = (res // 16) ** 2 + 1
+        dtype = torch.bfloat16
+        xs, z, dbl, w, bias, alog, dd = make_inputs(batch, length, dtype, device)
+        exps = batch * length * 2 * E * N
+        for kind in ("forward", "backward"):
+            configs = CONFIGS if kind == "forward" else BWD_CONFIGS
+            for cfg_part in configs[:1] if args.quick else configs:
+                cfg = dict(base, **cfg_part)
+                scan_args = ts._bi_args(xs, z, dbl[0], dbl[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1],
+                                        dd[0], dd[1], R, N)
+                if kind == "forward":
+                    fn = lambda: ts.scan_forward(scan_args, dtype, save_states=False, config=cfg)  # noqa: E731
+                    n_exp = exps
+                else:
+                    _, hsave = ts.scan_forward(scan_args, dtype, save_states=True, config=cfg)
+                    gy = torch.randn(batch, length, 2, E, device=device, dtype=dtype)
+                    fn = lambda: ts.scan_backward(scan_args, hsave, gy, config=cfg)  # noqa: E731
+                    n_exp = 2 * exps  # the states are recomputed, and the adjoint needs the decay again
+                try:
+                    ms = do_bench(fn, warmup=20, rep=200, return_mode="median")
+                except Exception as e:  # a configuration the compiler rejects is reported, not fatal
+                    print(f"{res}/{batch} {kind} {cfg_part}: failed: {str(e)[:200]}")
+                    continue
+                nbytes = scan_bytes(batch, length, 2, kind == "backward")
+                floor_ms = max(n_exp / exp_rate, nbytes / bandwidth) * 1e3
+                rec = dict(kernel="bimamba_scan", **{"pass": kind}, res=res, batch=batch, tokens=length, dtype="bf16",
+                           config=cfg_part, ms=ms, floor_ms=floor_ms, floor_fraction=floor_ms / ms,
+                           exp_ms=n_exp / exp_rate * 1e3, bytes_ms=nbytes / bandwidth * 1e3)
+                records.append(rec)
+                print(f"{res:5d}/{batch:<4d} {kind:8s} {str(cfg_part):55s} {ms:8.3f} ms  floor {floor_ms:7.3f} ms"
+                      f"  ({100 * floor_ms / ms:5.1f}% of floor)")
+        # the conv, both directions in one launch
+        x = torch.randn(batch, length, 2 * E, device=device, dtype=dtype)[..., :E]
+        cw = [torch.randn(E, 1, 4, device=device) for _ in range(2)]
+        cb = [torch.randn(E, device=device) for _ in range(2)]
+        ms = do_bench(lambda: ts._TritonBiConv.apply(x, cw[0], cw[1], cb[0], cb[1]), warmup=20, rep=200,
+                      return_mode="median")
+        nbytes = batch * length * E * 2 * 3
+        records.append(dict(kernel="bimamba_conv", **{"pass": "forward"}, res=res, batch=batch, tokens=length,
+                            dtype="bf16", ms=ms, floor_ms=nbytes / bandwidth * 1e3,
+                            floor_fraction=nbytes / bandwidth * 1e3 / ms))
+        print(f"{res:5d}/{batch:<4d} conv fwd {ms:8.3f} ms  floor {nbytes / bandwidth * 1e3:7.3f} ms")
+        del xs, z, dbl
+        torch.cuda.empty_cache()
+    out = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+               copy_tb_s=bandwidth / 1e12, exp2_t_s=exp_rate / 1e12, records=records,
+               command="PYTHONPATH=src python benchmarks/scan_kernels.py", time=time.strftime("%Y-%m-%d %H:%M"))
+    if args.out:
+        with open(args.out, "w") as f:
+            json.dump(out, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
