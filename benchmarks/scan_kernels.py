@@ -74,15 +74,15 @@ def scan_bytes(batch, length, itemsize, backward):
     return read + write + states + 2 * tokens * E * itemsize * 2 + 2 * tokens * (R + 2 * N) * 4
 
 
-CONFIGS = [
-    dict(block_e=32, num_warps=4),
-    dict(block_e=32, num_warps=2),
-    dict(block_e=16, num_warps=1),
-    dict(block_e=64, num_warps=4),
+CONFIGS = [  # channels per program = 32 * warps * channels per thread
+    dict(block_e=32, num_warps=1),
     dict(block_e=64, num_warps=2),
+    dict(block_e=64, num_warps=1),
+    dict(block_e=128, num_warps=4),
+    dict(block_e=128, num_warps=2),
 ]
-BWD_CONFIGS = [dict(bwd_block_e=32, bwd_num_warps=4), dict(bwd_block_e=16, bwd_num_warps=1),
-               dict(bwd_block_e=32, bwd_num_warps=2), dict(bwd_block_e=64, bwd_num_warps=4)]
+BWD_CONFIGS = [dict(bwd_block_e=32, bwd_num_warps=1), dict(bwd_block_e=64, bwd_num_warps=2),
+               dict(bwd_block_e=64, bwd_num_warps=1)]
 
 
 def main():

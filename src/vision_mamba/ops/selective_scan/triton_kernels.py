@@ -7,8 +7,11 @@ Layout is token-major throughout (what the linear layers produce), channels cont
 ND is the number of directions (2 for Vim). Direction d runs reversed in time when (d + dir_base) == 1: the
 reverse direction is read by index, never through flipped copies.
 
-A program owns one (batch, block of channels, direction[, chunk]) and keeps the [BLOCK_E, N] state in fp32
-registers while it walks through time; B_t and C_t are loaded once per tile and step. See README.md for the math
+A program owns one (batch, block of channels, direction[, chunk]) and keeps the [N, BLOCK_E] state in fp32
+registers while it walks through time; B_t and C_t are loaded once per tile and step. The state tile is laid out
+states-major with BLOCK_E = 32 * num_warps (* k), so that each thread owns whole channels: the reductions over
+the states (the output) and over the dt rank (dt_proj) stay inside a thread, with no shuffles, no shared memory
+and no layout conversion in the time loop. See README.md for the math
 and for how the backward pass recovers states (saved every SAVE_EVERY steps by the forward pass, recomputed in
 registers, then walked backwards).
 """
@@ -83,7 +86,7 @@ def _load_step(s, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base
 def _delta_of(dv, w, bias, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """delta = softplus(W_dt @ dt_low + bias) (dt_proj folded in) or softplus(delta + bias); also the raw value."""
     if DT_PROJ:
-        raw = tl.sum(w * dv.to(tl.float32)[None, :], axis=1)
+        raw = tl.sum(w * dv.to(tl.float32)[:, None], axis=0)
     else:
         raw = dv.to(tl.float32)
     if HAS_BIAS:
@@ -96,20 +99,24 @@ def _delta_of(dv, w, bias, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPL
 
 
 @triton.jit
-def _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask,
-                      w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b, stride_w_e,
+def _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
+                      stride_a_e, stride_a_n, stride_w_e, stride_w_r,
                       N: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
                       A_IS_LOG: tl.constexpr):
+    """A (or A_log) as an [N, BE] tile, W_dt as [BR, BE], bias and D as [BE]. The strides are run-time values the
+    compiler does not specialise on, so it cannot see that these tiles are contiguous along the states: that would
+    make it lay the states across threads, which the time loop must avoid."""
     a_ptr = _pick(d, a_f, a_b)
-    a = tl.load(a_ptr + offs_e[:, None] * N + offs_n[None, :], mask=emask[:, None], other=0.0).to(tl.float32)
+    a = tl.load(a_ptr + offs_e[None, :] * stride_a_e + offs_n[:, None] * stride_a_n, mask=emask[None, :],
+                other=0.0).to(tl.float32)
     if A_IS_LOG:
         a = -tl.exp(a)
     if DT_PROJ:
         w_ptr = _pick(d, w_f, w_b)
-        w = tl.load(w_ptr + offs_e[:, None] * stride_w_e + offs_r[None, :], mask=emask[:, None] & rmask[None, :],
-                    other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + offs_e[None, :] * stride_w_e + offs_r[:, None] * stride_w_r,
+                    mask=emask[None, :] & rmask[:, None], other=0.0).to(tl.float32)
     else:
-        w = tl.zeros([offs_e.shape[0], offs_r.shape[0]], dtype=tl.float32)
+        w = tl.zeros([offs_r.shape[0], offs_e.shape[0]], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(_pick(d, bias_f, bias_b) + offs_e, mask=emask, other=0.0).to(tl.float32)
     else:
@@ -121,7 +128,7 @@ def _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask,
     return a, w, bias, dskip
 
 
-@triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base"])
+@triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
 def scan_fwd_kernel(
     x_ptr, z_ptr, dt_f, dt_b, b_f, b_b, c_f, c_b,
     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
@@ -132,7 +139,7 @@ def scan_fwd_kernel(
     stride_dt_b, stride_dt_l,
     stride_bc_b, stride_bc_l,
     stride_y_b, stride_y_l, stride_y_d,
-    stride_w_e,
+    stride_a_e, stride_a_n, stride_w_e, stride_w_r,
     stride_h_b, stride_h_d, stride_h_c,
     stride_s_b, stride_s_d, stride_s_c,
     N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, SAVE_EVERY: tl.constexpr,
@@ -153,7 +160,8 @@ def scan_fwd_kernel(
     offs_r = tl.arange(0, BLOCK_R)
     rmask = offs_r < R
     a, w, bias, dskip = _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias_f, bias_b,
-                                          a_f, a_b, dd_f, dd_b, stride_w_e, N, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG)
+                                          a_f, a_b, dd_f, dd_b, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+                                          N, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG)
     a2 = a * 1.4426950408889634  # exp(x) = exp2(x * log2(e))
     x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
     z_base = z_ptr + b * stride_z_b + offs_e
@@ -161,8 +169,8 @@ def scan_fwd_kernel(
     bm_base = _pick(d, b_f, b_b) + b * stride_bc_b + offs_n
     cm_base = _pick(d, c_f, c_b) + b * stride_bc_b + offs_n
     y_base = y_ptr + b * stride_y_b + d * stride_y_d + offs_e
-    state_off = offs_e[:, None] * N + offs_n[None, :]
-    smask = emask[:, None]
+    state_off = offs_n[:, None] * E + offs_e[None, :]
+    smask = emask[None, :]
 
     s_begin = chunk * steps_per_chunk
     s_end = tl.minimum(s_begin + steps_per_chunk, L)
@@ -170,7 +178,7 @@ def scan_fwd_kernel(
         h = tl.load(hinit_ptr + b * stride_h_b + d * stride_h_d + chunk * stride_h_c + state_off, mask=smask,
                     other=0.0)
     else:
-        h = tl.zeros([BLOCK_E, N], dtype=tl.float32)
+        h = tl.zeros([N, BLOCK_E], dtype=tl.float32)
     dsum = tl.zeros([BLOCK_E], dtype=tl.float32)
     nmask = offs_n < N
     hsave_base = hsave_ptr + b * stride_s_b + d * stride_s_d + state_off
@@ -197,11 +205,11 @@ def scan_fwd_kernel(
             tl.store(hsave_base + (s // SAVE_EVERY) * stride_s_c, h, mask=_both(smask, (s % SAVE_EVERY) == 0))
         delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
         xv = xa.to(tl.float32)
-        h = tl.exp2(delta[:, None] * a2) * h + (delta * xv)[:, None] * ba.to(tl.float32)[None, :]
+        h = tl.exp2(a2 * delta[None, :]) * h + ba.to(tl.float32)[:, None] * (delta * xv)[None, :]
         if WRITE_END:
             dsum += delta
         if WRITE_Y:
-            yv = tl.sum(h * ca.to(tl.float32)[None, :], axis=1)
+            yv = tl.sum(h * ca.to(tl.float32)[:, None], axis=0)
             if HAS_D:
                 yv += dskip * xv
             if HAS_Z:
@@ -219,10 +227,10 @@ def scan_fwd_kernel(
         tl.store(dsum_ptr + (off // N) + offs_e, dsum, mask=emask)
 
 
-@triton.jit(do_not_specialize=["n_chunks"])
+@triton.jit(do_not_specialize=["n_chunks", "stride_a_e", "stride_a_n"])
 def chunk_carry_kernel(
     hend_ptr, dsum_ptr, hinit_ptr, a_f, a_b, E, n_chunks,
-    stride_h_b, stride_h_d, stride_h_c,
+    stride_h_b, stride_h_d, stride_h_c, stride_a_e, stride_a_n,
     N: tl.constexpr, BLOCK_E: tl.constexpr, A_IS_LOG: tl.constexpr,
 ):
     """States entering each chunk: H_c = exp(A * sum(delta over chunk c-1)) * H_{c-1} + hend_{c-1}."""
@@ -234,18 +242,19 @@ def chunk_carry_kernel(
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = offs_e < E
     offs_n = tl.arange(0, N)
-    state_off = offs_e[:, None] * N + offs_n[None, :]
-    a = tl.load(_pick(d, a_f, a_b) + state_off, mask=emask[:, None], other=0.0).to(tl.float32)
+    state_off = offs_n[:, None] * E + offs_e[None, :]
+    a = tl.load(_pick(d, a_f, a_b) + offs_e[None, :] * stride_a_e + offs_n[:, None] * stride_a_n,
+                mask=emask[None, :], other=0.0).to(tl.float32)
     if A_IS_LOG:
         a = -tl.exp(a)
-    h = tl.zeros([BLOCK_E, N], dtype=tl.float32)
+    h = tl.zeros([N, BLOCK_E], dtype=tl.float32)
     base = b * stride_h_b + d * stride_h_d
     for c in range(n_chunks):
         off = base + c * stride_h_c
-        tl.store(hinit_ptr + off + state_off, h, mask=emask[:, None])
+        tl.store(hinit_ptr + off + state_off, h, mask=emask[None, :])
         dsum = tl.load(dsum_ptr + (off // N) + offs_e, mask=emask, other=0.0)
-        hend = tl.load(hend_ptr + off + state_off, mask=emask[:, None], other=0.0)
-        h = tl.exp(dsum[:, None] * a) * h + hend
+        hend = tl.load(hend_ptr + off + state_off, mask=emask[None, :], other=0.0)
+        h = tl.exp(a * dsum[None, :]) * h + hend
 
 
 @triton.jit
@@ -259,10 +268,10 @@ def _bwd_recompute(s, s_end, L, rev, h, a2, w, bias, x_base, stride_x_l, z_base,
     t = _time_index(s, L, rev)
     gout = tl.load(gy_base + t * stride_y_l, mask=_both(emask, s < s_end), other=0.0)
     delta, raw = _delta_of(dv, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
-    decay = tl.exp2(delta[:, None] * a2)
+    decay = tl.exp2(a2 * delta[None, :])
     xf = xv.to(tl.float32)
     bf = bv.to(tl.float32)
-    h = decay * h + (delta * xf)[:, None] * bf[None, :]
+    h = decay * h + bf[:, None] * (delta * xf)[None, :]
     return h, decay, delta, raw, xf, zv, gout, dv, bf, cv
 
 
@@ -282,7 +291,7 @@ def _bwd_step(mu, g_a, g_d, g_bias, g_w, h, decay, delta, raw, xf, zv, gout, dv,
         zf = zv.to(tl.float32)
         sig = _sigmoid(zf)
         gy = gout * zf * sig
-        yv = tl.sum(h * cf[None, :], axis=1)
+        yv = tl.sum(h * cf[:, None], axis=0)
         if HAS_D:
             yv += dskip * xf
         gz = gout * yv * sig * (1.0 + zf * (1.0 - sig))
@@ -290,21 +299,21 @@ def _bwd_step(mu, g_a, g_d, g_bias, g_w, h, decay, delta, raw, xf, zv, gout, dv,
     else:
         gy = gout
     gy = tl.where(em, gy, 0.0)
-    lam = gy[:, None] * cf[None, :] + mu
+    lam = cf[:, None] * gy[None, :] + mu
     dx = delta * xf
     # d loss / d(delta * A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
-    gdec = lam * (h - dx[:, None] * bf[None, :])
-    lam_b = tl.sum(lam * bf[None, :], axis=1)
-    g_delta = tl.sum(gdec * a, axis=1) + xf * lam_b
+    gdec = lam * (h - bf[:, None] * dx[None, :])
+    lam_b = tl.sum(lam * bf[:, None], axis=0)
+    g_delta = tl.sum(gdec * a, axis=0) + xf * lam_b
     gx = delta * lam_b
     if HAS_D:
         gx += gy * dskip
         g_d += gy * xf
     tl.store(gx_base + t * stride_gx_l, gx.to(gx_base.dtype.element_ty), mask=em)
-    g_a += gdec * delta[:, None]
+    g_a += gdec * delta[None, :]
     nm = _both(nmask, valid)
-    tl.atomic_add(gb_base + t * stride_gbc_l, tl.sum(lam * dx[:, None], axis=0), mask=nm, sem="relaxed")
-    tl.atomic_add(gc_base + t * stride_gbc_l, tl.sum(h * gy[:, None], axis=0), mask=nm, sem="relaxed")
+    tl.atomic_add(gb_base + t * stride_gbc_l, tl.sum(lam * dx[None, :], axis=1), mask=nm, sem="relaxed")
+    tl.atomic_add(gc_base + t * stride_gbc_l, tl.sum(h * gy[None, :], axis=1), mask=nm, sem="relaxed")
     if SOFTPLUS:
         g_raw = g_delta * _sigmoid(raw)
     else:
@@ -312,16 +321,16 @@ def _bwd_step(mu, g_a, g_d, g_bias, g_w, h, decay, delta, raw, xf, zv, gout, dv,
     g_raw = tl.where(em, g_raw, 0.0)
     g_bias += g_raw
     if DT_PROJ:
-        tl.atomic_add(gdt_base + t * stride_gdt_l + offs_r, tl.sum(g_raw[:, None] * w, axis=0),
+        tl.atomic_add(gdt_base + t * stride_gdt_l + offs_r, tl.sum(w * g_raw[None, :], axis=1),
                       mask=_both(rmask, valid), sem="relaxed")
-        g_w += g_raw[:, None] * dv.to(tl.float32)[None, :]
+        g_w += dv.to(tl.float32)[:, None] * g_raw[None, :]
     else:
         tl.store(gdt_base + t * stride_gdt_l + offs_e, g_raw.to(gdt_base.dtype.element_ty), mask=em)
     mu = tl.where(valid, decay * lam, mu)
     return mu, g_a, g_d, g_bias, g_w
 
 
-@triton.jit(do_not_specialize=["L", "dir_base"])
+@triton.jit(do_not_specialize=["L", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
 def scan_bwd_kernel(
     x_ptr, z_ptr, dt_f, dt_b, b_f, b_b, c_f, c_b,
     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
@@ -334,7 +343,7 @@ def scan_bwd_kernel(
     stride_dt_b, stride_dt_l,
     stride_bc_b, stride_bc_l,
     stride_y_b, stride_y_l, stride_y_d,
-    stride_w_e,
+    stride_a_e, stride_a_n, stride_w_e, stride_w_r,
     stride_s_b, stride_s_d, stride_s_c,
     stride_gx_d, stride_gx_b, stride_gx_l,
     stride_gdt_b, stride_gdt_l,
@@ -360,7 +369,8 @@ def scan_bwd_kernel(
     offs_r = tl.arange(0, BLOCK_R)
     rmask = offs_r < R
     a, w, bias, dskip = _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias_f, bias_b,
-                                          a_f, a_b, dd_f, dd_b, stride_w_e, N, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG)
+                                          a_f, a_b, dd_f, dd_b, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+                                          N, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG)
     a2 = a * 1.4426950408889634
     x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
     z_base = z_ptr + b * stride_z_b + offs_e
@@ -373,14 +383,14 @@ def scan_bwd_kernel(
     gdt_base = _pick(d, gdt_f, gdt_b) + b * stride_gdt_b
     gb_base = _pick(d, gb_f, gb_b) + b * stride_gbc_b + offs_n
     gc_base = _pick(d, gc_f, gc_b) + b * stride_gbc_b + offs_n
-    state_off = offs_e[:, None] * N + offs_n[None, :]
-    smask = emask[:, None]
+    state_off = offs_n[:, None] * E + offs_e[None, :]
+    smask = emask[None, :]
 
-    mu = tl.zeros([BLOCK_E, N], dtype=tl.float32)  # decay_{t+1} * lambda_{t+1}: the adjoint carried backwards
-    g_a = tl.zeros([BLOCK_E, N], dtype=tl.float32)
+    mu = tl.zeros([N, BLOCK_E], dtype=tl.float32)  # decay_{t+1} * lambda_{t+1}: the adjoint carried backwards
+    g_a = tl.zeros([N, BLOCK_E], dtype=tl.float32)
     g_d = tl.zeros([BLOCK_E], dtype=tl.float32)
     g_bias = tl.zeros([BLOCK_E], dtype=tl.float32)
-    g_w = tl.zeros([BLOCK_E, BLOCK_R], dtype=tl.float32)
+    g_w = tl.zeros([BLOCK_R, BLOCK_E], dtype=tl.float32)
     n_chunks = (L + SAVE_EVERY - 1) // SAVE_EVERY
     for ci in range(n_chunks):
         c = n_chunks - 1 - ci
@@ -398,7 +408,7 @@ def scan_bwd_kernel(
                                             dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask,
                                             offs_r, rmask, nmask, DT_PROJ, False, False)
             delta, raw = _delta_of(dv, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
-            h = tl.exp2(delta[:, None] * a2) * h + (delta * xv.to(tl.float32))[:, None] * bv.to(tl.float32)[None, :]
+            h = tl.exp2(a2 * delta[None, :]) * h + bv.to(tl.float32)[:, None] * (delta * xv.to(tl.float32))[None, :]
         st3 = h
         # (B) the four sub-chunks, last first
         for jj in tl.static_range(4):
@@ -446,14 +456,14 @@ def scan_bwd_kernel(
                 offs_e, emask, offs_r, rmask, nmask, DT_PROJ, SOFTPLUS, HAS_D, HAS_Z)
     if A_IS_LOG:
         g_a = g_a * a  # d A / d A_log = A
-    tl.atomic_add(ga_ptr + d * E * N + state_off, g_a, mask=smask, sem="relaxed")
+    tl.atomic_add(ga_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], g_a, mask=smask, sem="relaxed")
     if HAS_D:
         tl.atomic_add(gd_ptr + d * E + offs_e, g_d, mask=emask, sem="relaxed")
     if HAS_BIAS:
         tl.atomic_add(gbias_ptr + d * E + offs_e, g_bias, mask=emask, sem="relaxed")
     if DT_PROJ:
-        tl.atomic_add(gw_ptr + d * E * R + offs_e[:, None] * R + offs_r[None, :], g_w,
-                      mask=emask[:, None] & rmask[None, :], sem="relaxed")
+        tl.atomic_add(gw_ptr + d * E * R + offs_e[None, :] * R + offs_r[:, None], g_w,
+                      mask=emask[None, :] & rmask[:, None], sem="relaxed")
 
 
 # ---------------------------------------------------------------------------------------------------------- conv

@@ -35,10 +35,11 @@ def _env_int(name: str, default: int) -> int:
 def _config():
     """Launch parameters (overridable by environment variables, for tuning sweeps)."""
     return dict(
+        # 32 channels per warp: each thread owns one channel's 16 states (see triton_kernels.py)
         block_e=_env_int("VISION_MAMBA_TRITON_BLOCK_E", 32),
-        num_warps=_env_int("VISION_MAMBA_TRITON_WARPS", 4),
+        num_warps=_env_int("VISION_MAMBA_TRITON_WARPS", 1),
         bwd_block_e=_env_int("VISION_MAMBA_TRITON_BWD_BLOCK_E", 32),
-        bwd_num_warps=_env_int("VISION_MAMBA_TRITON_BWD_WARPS", 4),
+        bwd_num_warps=_env_int("VISION_MAMBA_TRITON_BWD_WARPS", 1),
         # chunk-parallel forward when there are fewer programs than this (0: never)
         min_programs=_env_int("VISION_MAMBA_TRITON_MIN_PROGRAMS", -1),
     )
@@ -87,6 +88,12 @@ class _ScanArgs:
         self.N = a[0].shape[1]
         self.R = w[0].shape[1] if dt_proj else 1
 
+    def param_strides(self):
+        """(A's channel and state strides, W_dt's channel and rank strides)."""
+        w = self.w[0] if self.dt_proj else None
+        return (self.a[0].stride(0), self.a[0].stride(1), w.stride(0) if w is not None else 0,
+                w.stride(1) if w is not None else 0)
+
     def common(self):
         x, z = self.x, self.z
         dt_b, dt_l = _rows(self.dt[0], self.L)
@@ -112,7 +119,8 @@ def _or(t, device):
 
 
 def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, config=None) -> Tuple[Tensor, Optional[Tensor]]:
-    """y: [B, L, ND, E]; the states saved every SAVE_EVERY steps: [B, ND, ceil(L / SAVE_EVERY), E, N] fp32."""
+    """y: [B, L, ND, E]; the states saved every SAVE_EVERY steps: [B, ND, ceil(L / SAVE_EVERY), N, E] fp32
+    (channels contiguous, as the kernels hold them)."""
     cfg = config or _config()
     B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
     dev = args.x.device
@@ -120,10 +128,10 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     n_eb = triton.cdiv(E, block_e)
     y = _new(B, L, ND, E, device=dev, dtype=y_dtype)
     n_save = triton.cdiv(L, SAVE_EVERY)
-    hsave = _new(B, ND, n_save, E, N, device=dev, dtype=torch.float32) if save_states else None
+    hsave = _new(B, ND, n_save, N, E, device=dev, dtype=torch.float32) if save_states else None
     common = args.common()
     t = [_or(v, dev) for v in common["tensors"]]
-    w_stride = args.w[0].stride(0) if args.dt_proj else 0
+    pstrides = args.param_strides()
     programs = B * n_eb * ND
     min_programs = _min_programs(dev, cfg["min_programs"])
     n_chunks = 1
@@ -141,7 +149,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
         scan_fwd_kernel[(B * n_eb, n_chunks, ND)](
             *t, y, _or(hinit, dev), _or(hend, dev), _or(dsum, dev), hs,
             L, E, args.R, steps, args.dir_base,
-            *common["strides"], y.stride(0), y.stride(1), y.stride(2), w_stride,
+            *common["strides"], y.stride(0), y.stride(1), y.stride(2), *pstrides,
             *h_strides, *s_strides,
             BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY,
             HAS_INIT=hinit is not None, WRITE_END=write_end, WRITE_Y=write_y, SAVE_STATES=save,
@@ -152,12 +160,12 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
         launch(None, None, None, True, False, save_states)
         return y, hsave
     # chunk-parallel: local end states, the carry across chunks, then every chunk again from its true start
-    hend = _new(B, ND, n_chunks, E, N, device=dev, dtype=torch.float32)
+    hend = _new(B, ND, n_chunks, N, E, device=dev, dtype=torch.float32)
     dsum = _new(B, ND, n_chunks, E, device=dev, dtype=torch.float32)
-    hinit = _new(B, ND, n_chunks, E, N, device=dev, dtype=torch.float32)
+    hinit = _new(B, ND, n_chunks, N, E, device=dev, dtype=torch.float32)
     launch(None, hend, dsum, False, True, False)
     chunk_carry_kernel[(B * n_eb, ND)](
-        hend, dsum, hinit, t[12], t[13], E, n_chunks, hend.stride(0), hend.stride(1), hend.stride(2),
+        hend, dsum, hinit, t[12], t[13], E, n_chunks, hend.stride(0), hend.stride(1), hend.stride(2), *pstrides[:2],
         N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, num_warps=cfg["num_warps"])
     launch(hinit, None, None, True, False, save_states)
     return y, hsave
@@ -201,7 +209,7 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
         ga, gd, gw, gbias,
         L, E, args.R, args.dir_base,
         *common["strides"], gy.stride(0), gy.stride(1), gy.stride(2),
-        args.w[0].stride(0) if args.dt_proj else 0,
+        *args.param_strides(),
         hsave.stride(0), hsave.stride(1), hsave.stride(2),
         gx.stride(0), gx.stride(1), gx.stride(2),
         gdt_b, gdt_l, gbc_b, gbc_l,
