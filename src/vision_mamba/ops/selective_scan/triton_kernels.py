@@ -7,11 +7,10 @@ Layout is token-major throughout (what the linear layers produce), channels cont
 ND is the number of directions (2 for Vim). Direction d runs reversed in time when (d + dir_base) == 1: the
 reverse direction is read by index, never through flipped copies.
 
-A program owns one (batch, block of channels, direction[, chunk]) and keeps the [N, BLOCK_E] state in fp32
-registers while it walks through time; B_t and C_t are loaded once per tile and step. The state tile is laid out
-states-major with BLOCK_E = 32 * num_warps (* k), so that each thread owns whole channels: the reductions over
-the states (the output) and over the dt rank (dt_proj) stay inside a thread, with no shuffles, no shared memory
-and no layout conversion in the time loop. See README.md for the math
+A program owns one (batch, block of channels, direction[, chunk]) and keeps the [BLOCK_E, N] state in fp32
+registers while it walks through time; B_t and C_t are loaded once per tile and step. The tile's layout is anchored
+by its first load (contiguous along the states): 4 consecutive states per thread, 4 threads per channel, so that
+the per-step vectors (B, C, dt_low) cost each thread 4 values and the reductions over states 2 shuffle rounds. See README.md for the math
 and for how the backward pass recovers states (saved every SAVE_EVERY steps by the forward pass, recomputed in
 registers, then walked backwards).
 """
@@ -56,12 +55,12 @@ def _time_index(s, L, rev):
 
 
 @triton.jit
-def _load_step(s, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l, bm_base, cm_base,
-               stride_bc_l, offs_e, emask, offs_r, rmask, nmask,
+def _load_step(s, s_lo, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l, bm_base,
+               cm_base, stride_bc_l, offs_e, emask, offs_r, rmask, nmask,
                DT_PROJ: tl.constexpr, HAS_Z: tl.constexpr, LOAD_C: tl.constexpr):
-    """The inputs of scan step s (time index t(s)), masked past s_end, in their storage dtype:
+    """The inputs of scan step s (time index t(s)), masked outside [s_lo, s_end), in their storage dtype:
     x [BE], z [BE] (x when there is no gate), dt_low [BR] or delta [BE], B [N], C [N] (B when not asked for)."""
-    valid = s < s_end
+    valid = (s >= s_lo) & (s < s_end)
     t = _time_index(s, L, rev)
     em = _both(emask, valid)
     xv = tl.load(x_base + t * stride_x_l, mask=em, other=0.0)
@@ -86,7 +85,7 @@ def _load_step(s, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base
 def _delta_of(dv, w, bias, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr):
     """delta = softplus(W_dt @ dt_low + bias) (dt_proj folded in) or softplus(delta + bias); also the raw value."""
     if DT_PROJ:
-        raw = tl.sum(w * dv.to(tl.float32)[:, None], axis=0)
+        raw = tl.sum(w * dv.to(tl.float32)[None, :], axis=1)
     else:
         raw = dv.to(tl.float32)
     if HAS_BIAS:
@@ -103,20 +102,19 @@ def _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias
                       stride_a_e, stride_a_n, stride_w_e, stride_w_r,
                       N: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
                       A_IS_LOG: tl.constexpr):
-    """A (or A_log) as an [N, BE] tile, W_dt as [BR, BE], bias and D as [BE]. The strides are run-time values the
-    compiler does not specialise on, so it cannot see that these tiles are contiguous along the states: that would
-    make it lay the states across threads, which the time loop must avoid."""
+    """A (or A_log) as a [BE, N] tile, W_dt as [BE, BR], bias and D as [BE]. (Loaded once, outside the time
+    loop: their layout is converted to the state tile's.)"""
     a_ptr = _pick(d, a_f, a_b)
-    a = tl.load(a_ptr + offs_e[None, :] * stride_a_e + offs_n[:, None] * stride_a_n, mask=emask[None, :],
+    a = tl.load(a_ptr + offs_e[:, None] * stride_a_e + offs_n[None, :] * stride_a_n, mask=emask[:, None],
                 other=0.0).to(tl.float32)
     if A_IS_LOG:
         a = -tl.exp(a)
     if DT_PROJ:
         w_ptr = _pick(d, w_f, w_b)
-        w = tl.load(w_ptr + offs_e[None, :] * stride_w_e + offs_r[:, None] * stride_w_r,
-                    mask=emask[None, :] & rmask[:, None], other=0.0).to(tl.float32)
+        w = tl.load(w_ptr + offs_e[:, None] * stride_w_e + offs_r[None, :] * stride_w_r,
+                    mask=emask[:, None] & rmask[None, :], other=0.0).to(tl.float32)
     else:
-        w = tl.zeros([offs_r.shape[0], offs_e.shape[0]], dtype=tl.float32)
+        w = tl.zeros([offs_e.shape[0], offs_r.shape[0]], dtype=tl.float32)
     if HAS_BIAS:
         bias = tl.load(_pick(d, bias_f, bias_b) + offs_e, mask=emask, other=0.0).to(tl.float32)
     else:
@@ -128,24 +126,26 @@ def _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias
     return a, w, bias, dskip
 
 
-@triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
+@triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e",
+                              "stride_w_r"])
 def scan_fwd_kernel(
-    x_ptr, z_ptr, dt_f, dt_b, b_f, b_b, c_f, c_b,
+    x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
     y_ptr, hinit_ptr, hend_ptr, dsum_ptr, hsave_ptr,
-    L, E, R, steps_per_chunk, dir_base,
+    L, E, R: tl.constexpr, steps_per_chunk, dir_base,
     stride_x_d, stride_x_b, stride_x_l,
     stride_z_b, stride_z_l,
-    stride_dt_b, stride_dt_l,
-    stride_bc_b, stride_bc_l,
+    stride_dt_b, stride_dt_l: tl.constexpr,
+    stride_bc_b, stride_bc_l: tl.constexpr,
     stride_y_b, stride_y_l, stride_y_d,
     stride_a_e, stride_a_n, stride_w_e, stride_w_r,
     stride_h_b, stride_h_d, stride_h_c,
     stride_s_b, stride_s_d, stride_s_c,
     N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, SAVE_EVERY: tl.constexpr,
-    DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
+    B_COL: tl.constexpr, C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr,
     HAS_INIT: tl.constexpr, WRITE_END: tl.constexpr, WRITE_Y: tl.constexpr, SAVE_STATES: tl.constexpr,
+    PREFETCH: tl.constexpr,
 ):
     pid_be = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -165,51 +165,57 @@ def scan_fwd_kernel(
     a2 = a * 1.4426950408889634  # exp(x) = exp2(x * log2(e))
     x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
     z_base = z_ptr + b * stride_z_b + offs_e
-    dt_base = _pick(d, dt_f, dt_b) + b * stride_dt_b
-    bm_base = _pick(d, b_f, b_b) + b * stride_bc_b + offs_n
-    cm_base = _pick(d, c_f, c_b) + b * stride_bc_b + offs_n
+    # direction 1's dt / B / C live dir_off elements after direction 0's; B and C sit at constant columns of the
+    # same rows: plain pointer arithmetic keeps the alignment the compiler needs for vector loads.
+    dt_base = dt_ptr + d * dir_off + b * stride_dt_b
+    bm_base = bm_ptr + d * dir_off + B_COL + b * stride_bc_b + offs_n
+    cm_base = cm_ptr + d * dir_off + C_COL + b * stride_bc_b + offs_n
     y_base = y_ptr + b * stride_y_b + d * stride_y_d + offs_e
-    state_off = offs_n[:, None] * E + offs_e[None, :]
-    smask = emask[None, :]
+    state_off = offs_n[None, :] * E + offs_e[:, None]
+    smask = emask[:, None]
 
     s_begin = chunk * steps_per_chunk
     s_end = tl.minimum(s_begin + steps_per_chunk, L)
+    # The state starts from a load even when it is zero (hinit_ptr is then a zero buffer): that load, contiguous
+    # along the states, anchors the tile's layout (4 consecutive states per thread, 4 threads per channel), which
+    # keeps the per-step vectors B, C and dt_low small per thread and the reductions short.
     if HAS_INIT:
         h = tl.load(hinit_ptr + b * stride_h_b + d * stride_h_d + chunk * stride_h_c + state_off, mask=smask,
                     other=0.0)
     else:
-        h = tl.zeros([N, BLOCK_E], dtype=tl.float32)
+        h = tl.load(hinit_ptr + state_off, mask=smask, other=0.0)
     dsum = tl.zeros([BLOCK_E], dtype=tl.float32)
     nmask = offs_n < N
     hsave_base = hsave_ptr + b * stride_s_b + d * stride_s_d + state_off
-    # A rotating prefetch pipeline: the inputs of step s + 4 are requested before step s stores its output
-    # (a load cannot be moved above an earlier store that may alias it, so without this every step would wait
-    # a full memory latency).
-    xa, za, da, ba, ca = _load_step(s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
+    # A rotating prefetch pipeline: the inputs of step s + PREFETCH are requested before step s stores its output
+    # (a load cannot be moved above an earlier store that may alias it, so otherwise every step would wait a full
+    # memory latency).
+    xa, za, da, ba, ca = _load_step(s_begin, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
                                     stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
                                     nmask, DT_PROJ, HAS_Z, WRITE_Y)
-    xb, zb, db, bb, cb = _load_step(s_begin + 1, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
+    xb, zb, db, bb, cb = _load_step(s_begin + 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
                                     stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
                                     nmask, DT_PROJ, HAS_Z, WRITE_Y)
-    xc, zc, dc, bc, cc = _load_step(s_begin + 2, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
-                                    stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
-                                    nmask, DT_PROJ, HAS_Z, WRITE_Y)
-    xd, zd, dd, bd, cd = _load_step(s_begin + 3, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
-                                    stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
-                                    nmask, DT_PROJ, HAS_Z, WRITE_Y)
+    if PREFETCH == 4:
+        xc, zc, dc, bc, cc = _load_step(s_begin + 2, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                        dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
+                                        rmask, nmask, DT_PROJ, HAS_Z, WRITE_Y)
+        xd, zd, dd, bd, cd = _load_step(s_begin + 3, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                        dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
+                                        rmask, nmask, DT_PROJ, HAS_Z, WRITE_Y)
     for s in range(s_begin, s_end):
-        xe, ze, de, be, ce = _load_step(s + 4, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
-                                        stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
-                                        nmask, DT_PROJ, HAS_Z, WRITE_Y)
+        xn, zn, dn, bn, cn = _load_step(s + PREFETCH, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                        dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
+                                        rmask, nmask, DT_PROJ, HAS_Z, WRITE_Y)
         if SAVE_STATES:
             tl.store(hsave_base + (s // SAVE_EVERY) * stride_s_c, h, mask=_both(smask, (s % SAVE_EVERY) == 0))
         delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
         xv = xa.to(tl.float32)
-        h = tl.exp2(a2 * delta[None, :]) * h + ba.to(tl.float32)[:, None] * (delta * xv)[None, :]
+        h = tl.exp2(delta[:, None] * a2) * h + (delta * xv)[:, None] * ba.to(tl.float32)[None, :]
         if WRITE_END:
             dsum += delta
         if WRITE_Y:
-            yv = tl.sum(h * ca.to(tl.float32)[:, None], axis=0)
+            yv = tl.sum(h * ca.to(tl.float32)[None, :], axis=1)
             if HAS_D:
                 yv += dskip * xv
             if HAS_Z:
@@ -218,9 +224,12 @@ def scan_fwd_kernel(
             t = _time_index(s, L, rev)
             tl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty), mask=emask)
         xa, za, da, ba, ca = xb, zb, db, bb, cb
-        xb, zb, db, bb, cb = xc, zc, dc, bc, cc
-        xc, zc, dc, bc, cc = xd, zd, dd, bd, cd
-        xd, zd, dd, bd, cd = xe, ze, de, be, ce
+        if PREFETCH == 4:
+            xb, zb, db, bb, cb = xc, zc, dc, bc, cc
+            xc, zc, dc, bc, cc = xd, zd, dd, bd, cd
+            xd, zd, dd, bd, cd = xn, zn, dn, bn, cn
+        else:
+            xb, zb, db, bb, cb = xn, zn, dn, bn, cn
     if WRITE_END:
         off = b * stride_h_b + d * stride_h_d + chunk * stride_h_c
         tl.store(hend_ptr + off + state_off, h, mask=smask)
@@ -242,120 +251,65 @@ def chunk_carry_kernel(
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = offs_e < E
     offs_n = tl.arange(0, N)
-    state_off = offs_n[:, None] * E + offs_e[None, :]
-    a = tl.load(_pick(d, a_f, a_b) + offs_e[None, :] * stride_a_e + offs_n[:, None] * stride_a_n,
-                mask=emask[None, :], other=0.0).to(tl.float32)
+    state_off = offs_n[None, :] * E + offs_e[:, None]
+    a = tl.load(_pick(d, a_f, a_b) + offs_e[:, None] * stride_a_e + offs_n[None, :] * stride_a_n,
+                mask=emask[:, None], other=0.0).to(tl.float32)
     if A_IS_LOG:
         a = -tl.exp(a)
-    h = tl.zeros([N, BLOCK_E], dtype=tl.float32)
+    h = tl.zeros([BLOCK_E, N], dtype=tl.float32)
     base = b * stride_h_b + d * stride_h_d
     for c in range(n_chunks):
         off = base + c * stride_h_c
-        tl.store(hinit_ptr + off + state_off, h, mask=emask[None, :])
+        tl.store(hinit_ptr + off + state_off, h, mask=emask[:, None])
         dsum = tl.load(dsum_ptr + (off // N) + offs_e, mask=emask, other=0.0)
-        hend = tl.load(hend_ptr + off + state_off, mask=emask[None, :], other=0.0)
-        h = tl.exp(a * dsum[None, :]) * h + hend
+        hend = tl.load(hend_ptr + off + state_off, mask=emask[:, None], other=0.0)
+        h = tl.exp(dsum[:, None] * a) * h + hend
 
 
 @triton.jit
-def _bwd_recompute(s, s_end, L, rev, h, a2, w, bias, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
-                   bm_base, cm_base, stride_bc_l, gy_base, stride_y_l, offs_e, emask, offs_r, rmask, nmask,
-                   DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_Z: tl.constexpr):
-    """Step s forward again from state h, returning the new state and everything its backward step needs."""
-    xv, zv, dv, bv, cv = _load_step(s, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
+def _load_bwd(s, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l, bm_base, cm_base,
+              stride_bc_l, gy_base, stride_y_l, scratch, s_begin, offs_e, emask, offs_r, rmask, nmask, smask,
+              BLOCK_E: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, HAS_Z: tl.constexpr):
+    """Everything backward step s reads: its inputs, the output gradient and its recomputed state."""
+    xv, zv, dv, bv, cv = _load_step(s, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
                                     bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask, nmask,
                                     DT_PROJ, HAS_Z, True)
+    valid = (s >= s_begin) & (s < s_end)
     t = _time_index(s, L, rev)
-    gout = tl.load(gy_base + t * stride_y_l, mask=_both(emask, s < s_end), other=0.0)
-    delta, raw = _delta_of(dv, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
-    decay = tl.exp2(a2 * delta[None, :])
-    xf = xv.to(tl.float32)
-    bf = bv.to(tl.float32)
-    h = decay * h + bf[:, None] * (delta * xf)[None, :]
-    return h, decay, delta, raw, xf, zv, gout, dv, bf, cv
-
-
-@triton.jit
-def _bwd_step(mu, g_a, g_d, g_bias, g_w, h, decay, delta, raw, xf, zv, gout, dv, bf, cv, s, s_end, L, rev, a, w,
-              dskip, gx_base, gz_base, gdt_base, gb_base, gc_base, stride_gx_l, stride_gdt_l, stride_gbc_l,
-              offs_e, emask, offs_r, rmask, nmask,
-              DT_PROJ: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr, HAS_Z: tl.constexpr):
-    """The backward step of scan step s: writes d x, d z, d delta (or d dt_low), accumulates d B, d C with
-    relaxed atomics, and the parameter gradients in registers; returns the adjoint carried to step s - 1."""
-    valid = s < s_end
-    t = _time_index(s, L, rev)
-    em = _both(emask, valid)
-    gout = gout.to(tl.float32)
-    cf = cv.to(tl.float32)
-    if HAS_Z:
-        zf = zv.to(tl.float32)
-        sig = _sigmoid(zf)
-        gy = gout * zf * sig
-        yv = tl.sum(h * cf[:, None], axis=0)
-        if HAS_D:
-            yv += dskip * xf
-        gz = gout * yv * sig * (1.0 + zf * (1.0 - sig))
-        tl.store(gz_base + t * stride_gx_l, gz.to(gz_base.dtype.element_ty), mask=em)
-    else:
-        gy = gout
-    gy = tl.where(em, gy, 0.0)
-    lam = cf[:, None] * gy[None, :] + mu
-    dx = delta * xf
-    # d loss / d(delta * A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
-    gdec = lam * (h - bf[:, None] * dx[None, :])
-    lam_b = tl.sum(lam * bf[:, None], axis=0)
-    g_delta = tl.sum(gdec * a, axis=0) + xf * lam_b
-    gx = delta * lam_b
-    if HAS_D:
-        gx += gy * dskip
-        g_d += gy * xf
-    tl.store(gx_base + t * stride_gx_l, gx.to(gx_base.dtype.element_ty), mask=em)
-    g_a += gdec * delta[None, :]
-    nm = _both(nmask, valid)
-    tl.atomic_add(gb_base + t * stride_gbc_l, tl.sum(lam * dx[None, :], axis=1), mask=nm, sem="relaxed")
-    tl.atomic_add(gc_base + t * stride_gbc_l, tl.sum(h * gy[None, :], axis=1), mask=nm, sem="relaxed")
-    if SOFTPLUS:
-        g_raw = g_delta * _sigmoid(raw)
-    else:
-        g_raw = g_delta
-    g_raw = tl.where(em, g_raw, 0.0)
-    g_bias += g_raw
-    if DT_PROJ:
-        tl.atomic_add(gdt_base + t * stride_gdt_l + offs_r, tl.sum(w * g_raw[None, :], axis=1),
-                      mask=_both(rmask, valid), sem="relaxed")
-        g_w += dv.to(tl.float32)[:, None] * g_raw[None, :]
-    else:
-        tl.store(gdt_base + t * stride_gdt_l + offs_e, g_raw.to(gdt_base.dtype.element_ty), mask=em)
-    mu = tl.where(valid, decay * lam, mu)
-    return mu, g_a, g_d, g_bias, g_w
+    gout = tl.load(gy_base + t * stride_y_l, mask=_both(emask, valid), other=0.0)
+    h = tl.load(scratch + (s - s_begin) * (BLOCK_E * N), mask=_both(smask, valid), other=0.0)
+    return xv, zv, dv, bv, cv, gout, h
 
 
 @triton.jit(do_not_specialize=["L", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
 def scan_bwd_kernel(
-    x_ptr, z_ptr, dt_f, dt_b, b_f, b_b, c_f, c_b,
+    x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
-    gy_ptr, hsave_ptr,
-    gx_ptr, gz_ptr, gdt_f, gdt_b, gb_f, gb_b, gc_f, gc_b,
+    gy_ptr, hsave_ptr, scratch_ptr,
+    gx_ptr, gz_ptr, gdt_ptr, gbc_ptr,
     ga_ptr, gd_ptr, gw_ptr, gbias_ptr,
-    L, E, R, dir_base,
+    L, E, R: tl.constexpr, dir_base,
     stride_x_d, stride_x_b, stride_x_l,
     stride_z_b, stride_z_l,
-    stride_dt_b, stride_dt_l,
-    stride_bc_b, stride_bc_l,
+    stride_dt_b, stride_dt_l: tl.constexpr,
+    stride_bc_b, stride_bc_l: tl.constexpr,
     stride_y_b, stride_y_l, stride_y_d,
     stride_a_e, stride_a_n, stride_w_e, stride_w_r,
     stride_s_b, stride_s_d, stride_s_c,
     stride_gx_d, stride_gx_b, stride_gx_l,
-    stride_gdt_b, stride_gdt_l,
-    stride_gbc_b, stride_gbc_l,
+    stride_gdt_d, stride_gdt_b, stride_gdt_l,
+    stride_gbc_d, stride_gbc_eb, stride_gbc_b, stride_gbc_l,
     N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, SAVE_EVERY: tl.constexpr,
-    DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
+    B_COL: tl.constexpr, C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr,
 ):
-    """One program per (batch, block of channels, direction) walks its sequence backwards, SAVE_EVERY (= 16)
-    steps at a time: (A) from the state saved by the forward pass, 12 steps are recomputed to get the states
-    entering its four 4-step sub-chunks (no memory traffic but the inputs); (B) per sub-chunk, last first, the 4
-    steps are recomputed into registers (states, decays and inputs all kept), then differentiated in reverse."""
+    """One program per (batch, block of channels, direction) walks its sequence backwards, SAVE_EVERY steps at a
+    time: the chunk's states are recomputed from the one the forward pass saved into this program's scratch rows
+    (written and read back by the same threads), then the chunk is differentiated from its last step to its first.
+
+    Outputs: d x and d z per direction; d delta (or, with dt_proj folded in, this block's partial sum of d dt_low)
+    and this block's partial sums of d B and d C (gbc: [ND, n_eblocks, B, L, R + 2N]: dt_low | B | C columns; the
+    caller sums over the blocks); parameter gradients accumulated in registers, added atomically at the end."""
     pid_be = tl.program_id(0)
     d = tl.program_id(1)
     n_eblocks = (E + BLOCK_E - 1) // BLOCK_E
@@ -374,96 +328,120 @@ def scan_bwd_kernel(
     a2 = a * 1.4426950408889634
     x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
     z_base = z_ptr + b * stride_z_b + offs_e
-    dt_base = _pick(d, dt_f, dt_b) + b * stride_dt_b
-    bm_base = _pick(d, b_f, b_b) + b * stride_bc_b + offs_n
-    cm_base = _pick(d, c_f, c_b) + b * stride_bc_b + offs_n
+    # direction 1's dt / B / C live dir_off elements after direction 0's; B and C sit at constant columns of the
+    # same rows: plain pointer arithmetic keeps the alignment the compiler needs for vector loads.
+    dt_base = dt_ptr + d * dir_off + b * stride_dt_b
+    bm_base = bm_ptr + d * dir_off + B_COL + b * stride_bc_b + offs_n
+    cm_base = cm_ptr + d * dir_off + C_COL + b * stride_bc_b + offs_n
     gy_base = gy_ptr + b * stride_y_b + d * stride_y_d + offs_e
     gx_base = gx_ptr + d * stride_gx_d + b * stride_gx_b + offs_e
     gz_base = gz_ptr + d * stride_gx_d + b * stride_gx_b + offs_e
-    gdt_base = _pick(d, gdt_f, gdt_b) + b * stride_gdt_b
-    gb_base = _pick(d, gb_f, gb_b) + b * stride_gbc_b + offs_n
-    gc_base = _pick(d, gc_f, gc_b) + b * stride_gbc_b + offs_n
-    state_off = offs_n[:, None] * E + offs_e[None, :]
-    smask = emask[None, :]
+    gdt_base = gdt_ptr + d * stride_gdt_d + b * stride_gdt_b
+    gbc_base = gbc_ptr + d * stride_gbc_d + eb * stride_gbc_eb + b * stride_gbc_b
+    state_off = offs_n[None, :] * E + offs_e[:, None]
+    smask = emask[:, None]
+    scratch = scratch_ptr + ((b * 2 + d) * n_eblocks + eb) * (SAVE_EVERY * BLOCK_E * N) \
+        + tl.arange(0, BLOCK_E)[:, None] * N + offs_n[None, :]
 
-    mu = tl.zeros([N, BLOCK_E], dtype=tl.float32)  # decay_{t+1} * lambda_{t+1}: the adjoint carried backwards
-    g_a = tl.zeros([N, BLOCK_E], dtype=tl.float32)
+    mu = tl.zeros([BLOCK_E, N], dtype=tl.float32)  # decay_{t+1} * lambda_{t+1}: the adjoint carried backwards
+    g_a = tl.zeros([BLOCK_E, N], dtype=tl.float32)
     g_d = tl.zeros([BLOCK_E], dtype=tl.float32)
     g_bias = tl.zeros([BLOCK_E], dtype=tl.float32)
-    g_w = tl.zeros([BLOCK_R, BLOCK_E], dtype=tl.float32)
+    g_w = tl.zeros([BLOCK_E, BLOCK_R], dtype=tl.float32)
     n_chunks = (L + SAVE_EVERY - 1) // SAVE_EVERY
     for ci in range(n_chunks):
         c = n_chunks - 1 - ci
         s_begin = c * SAVE_EVERY
         s_end = tl.minimum(s_begin + SAVE_EVERY, L)
+        # 1. recompute the chunk's states into the scratch (inputs prefetched two steps ahead)
         h = tl.load(hsave_ptr + b * stride_s_b + d * stride_s_d + c * stride_s_c + state_off, mask=smask, other=0.0)
-        # (A) the states entering steps s_begin + 4, + 8, + 12
-        st0 = h
-        for u in tl.static_range(12):
-            if u == 4:
-                st1 = h
-            if u == 8:
-                st2 = h
-            xv, zv, dv, bv, cv = _load_step(s_begin + u, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
-                                            dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask,
-                                            offs_r, rmask, nmask, DT_PROJ, False, False)
-            delta, raw = _delta_of(dv, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
-            h = tl.exp2(a2 * delta[None, :]) * h + bv.to(tl.float32)[:, None] * (delta * xv.to(tl.float32))[None, :]
-        st3 = h
-        # (B) the four sub-chunks, last first
-        for jj in tl.static_range(4):
-            j = 3 - jj
-            if j == 3:
-                h0 = st3
-            elif j == 2:
-                h0 = st2
-            elif j == 1:
-                h0 = st1
+        xa, za, da, ba, ca = _load_step(s_begin, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
+                                        stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
+                                        nmask, DT_PROJ, False, False)
+        xb, zb, db, bb, cb = _load_step(s_begin + 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                        dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
+                                        rmask, nmask, DT_PROJ, False, False)
+        for s in range(s_begin, s_end):
+            xn, zn, dn, bn, cn = _load_step(s + 2, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
+                                            stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
+                                            rmask, nmask, DT_PROJ, False, False)
+            delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
+            h = tl.exp2(delta[:, None] * a2) * h + (delta * xa.to(tl.float32))[:, None] * ba.to(tl.float32)[None, :]
+            tl.store(scratch + (s - s_begin) * (BLOCK_E * N), h)
+            xa, za, da, ba, ca = xb, zb, db, bb, cb
+            xb, zb, db, bb, cb = xn, zn, dn, bn, cn
+        # 2. walk the chunk backwards (the same threads read back the states they wrote)
+        s_last = s_end - 1
+        xa, za, da, ba, ca, ga, ha = _load_bwd(s_last, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                               dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, gy_base,
+                                               stride_y_l, scratch, s_begin, offs_e, emask, offs_r, rmask, nmask,
+                                               smask, BLOCK_E, N, DT_PROJ, HAS_Z)
+        xb, zb, db, bb, cb, gb, hb = _load_bwd(s_last - 1, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                               dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, gy_base,
+                                               stride_y_l, scratch, s_begin, offs_e, emask, offs_r, rmask, nmask,
+                                               smask, BLOCK_E, N, DT_PROJ, HAS_Z)
+        for si in range(s_end - s_begin):
+            s = s_last - si
+            xn, zn, dn, bn, cn, gn, hn = _load_bwd(s - 2, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                                   dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, gy_base,
+                                                   stride_y_l, scratch, s_begin, offs_e, emask, offs_r, rmask,
+                                                   nmask, smask, BLOCK_E, N, DT_PROJ, HAS_Z)
+            t = _time_index(s, L, rev)
+            delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
+            xf = xa.to(tl.float32)
+            bf = ba.to(tl.float32)
+            cf = ca.to(tl.float32)
+            gout = ga.to(tl.float32)
+            if HAS_Z:
+                zf = za.to(tl.float32)
+                sig = _sigmoid(zf)
+                gy = gout * zf * sig
+                yv = tl.sum(ha * cf[None, :], axis=1)
+                if HAS_D:
+                    yv += dskip * xf
+                gz = gout * yv * sig * (1.0 + zf * (1.0 - sig))
+                tl.store(gz_base + t * stride_gx_l, gz.to(gz_ptr.dtype.element_ty), mask=emask)
             else:
-                h0 = st0
-            s0 = s_begin + 4 * j
-            h1, dc1, dl1, rw1, x1, z1, g1, v1, b1, c1 = _bwd_recompute(
-                s0, s_end, L, rev, h0, a2, w, bias, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
-                bm_base, cm_base, stride_bc_l, gy_base, stride_y_l, offs_e, emask, offs_r, rmask, nmask,
-                DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_Z)
-            h2, dc2, dl2, rw2, x2, z2, g2, v2, b2, c2 = _bwd_recompute(
-                s0 + 1, s_end, L, rev, h1, a2, w, bias, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
-                bm_base, cm_base, stride_bc_l, gy_base, stride_y_l, offs_e, emask, offs_r, rmask, nmask,
-                DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_Z)
-            h3, dc3, dl3, rw3, x3, z3, g3, v3, b3, c3 = _bwd_recompute(
-                s0 + 2, s_end, L, rev, h2, a2, w, bias, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
-                bm_base, cm_base, stride_bc_l, gy_base, stride_y_l, offs_e, emask, offs_r, rmask, nmask,
-                DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_Z)
-            h4, dc4, dl4, rw4, x4, z4, g4, v4, b4, c4 = _bwd_recompute(
-                s0 + 3, s_end, L, rev, h3, a2, w, bias, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
-                bm_base, cm_base, stride_bc_l, gy_base, stride_y_l, offs_e, emask, offs_r, rmask, nmask,
-                DT_PROJ, HAS_BIAS, SOFTPLUS, HAS_Z)
-            mu, g_a, g_d, g_bias, g_w = _bwd_step(
-                mu, g_a, g_d, g_bias, g_w, h4, dc4, dl4, rw4, x4, z4, g4, v4, b4, c4, s0 + 3, s_end, L, rev, a, w,
-                dskip, gx_base, gz_base, gdt_base, gb_base, gc_base, stride_gx_l, stride_gdt_l, stride_gbc_l,
-                offs_e, emask, offs_r, rmask, nmask, DT_PROJ, SOFTPLUS, HAS_D, HAS_Z)
-            mu, g_a, g_d, g_bias, g_w = _bwd_step(
-                mu, g_a, g_d, g_bias, g_w, h3, dc3, dl3, rw3, x3, z3, g3, v3, b3, c3, s0 + 2, s_end, L, rev, a, w,
-                dskip, gx_base, gz_base, gdt_base, gb_base, gc_base, stride_gx_l, stride_gdt_l, stride_gbc_l,
-                offs_e, emask, offs_r, rmask, nmask, DT_PROJ, SOFTPLUS, HAS_D, HAS_Z)
-            mu, g_a, g_d, g_bias, g_w = _bwd_step(
-                mu, g_a, g_d, g_bias, g_w, h2, dc2, dl2, rw2, x2, z2, g2, v2, b2, c2, s0 + 1, s_end, L, rev, a, w,
-                dskip, gx_base, gz_base, gdt_base, gb_base, gc_base, stride_gx_l, stride_gdt_l, stride_gbc_l,
-                offs_e, emask, offs_r, rmask, nmask, DT_PROJ, SOFTPLUS, HAS_D, HAS_Z)
-            mu, g_a, g_d, g_bias, g_w = _bwd_step(
-                mu, g_a, g_d, g_bias, g_w, h1, dc1, dl1, rw1, x1, z1, g1, v1, b1, c1, s0, s_end, L, rev, a, w,
-                dskip, gx_base, gz_base, gdt_base, gb_base, gc_base, stride_gx_l, stride_gdt_l, stride_gbc_l,
-                offs_e, emask, offs_r, rmask, nmask, DT_PROJ, SOFTPLUS, HAS_D, HAS_Z)
+                gy = gout
+            lam = gy[:, None] * cf[None, :] + mu
+            dx = delta * xf
+            # d loss / d(delta * A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
+            gdec = lam * (ha - dx[:, None] * bf[None, :])
+            lam_b = tl.sum(lam * bf[None, :], axis=1)
+            g_delta = tl.sum(gdec * a, axis=1) + xf * lam_b
+            gx = delta * lam_b
+            if HAS_D:
+                gx += gy * dskip
+                g_d += gy * xf
+            tl.store(gx_base + t * stride_gx_l, gx.to(gx_ptr.dtype.element_ty), mask=emask)
+            g_a += gdec * delta[:, None]
+            row = gbc_base + t * stride_gbc_l
+            tl.store(row + R + offs_n, tl.sum(lam * dx[:, None], axis=0))
+            tl.store(row + R + N + offs_n, tl.sum(ha * gy[:, None], axis=0))
+            if SOFTPLUS:
+                g_raw = g_delta * _sigmoid(raw)
+            else:
+                g_raw = g_delta
+            g_raw = tl.where(emask, g_raw, 0.0)
+            g_bias += g_raw
+            if DT_PROJ:
+                tl.store(row + offs_r, tl.sum(w * g_raw[:, None], axis=0), mask=rmask)
+                g_w += g_raw[:, None] * da.to(tl.float32)[None, :]
+            else:
+                tl.store(gdt_base + t * stride_gdt_l + offs_e, g_raw, mask=emask)
+            mu = tl.exp2(delta[:, None] * a2) * lam
+            xa, za, da, ba, ca, ga, ha = xb, zb, db, bb, cb, gb, hb
+            xb, zb, db, bb, cb, gb, hb = xn, zn, dn, bn, cn, gn, hn
     if A_IS_LOG:
         g_a = g_a * a  # d A / d A_log = A
-    tl.atomic_add(ga_ptr + d * E * N + offs_e[None, :] * N + offs_n[:, None], g_a, mask=smask, sem="relaxed")
+    tl.atomic_add(ga_ptr + d * E * N + offs_e[:, None] * N + offs_n[None, :], g_a, mask=smask, sem="relaxed")
     if HAS_D:
         tl.atomic_add(gd_ptr + d * E + offs_e, g_d, mask=emask, sem="relaxed")
     if HAS_BIAS:
         tl.atomic_add(gbias_ptr + d * E + offs_e, g_bias, mask=emask, sem="relaxed")
     if DT_PROJ:
-        tl.atomic_add(gw_ptr + d * E * R + offs_e[None, :] * R + offs_r[:, None], g_w,
-                      mask=emask[None, :] & rmask[:, None], sem="relaxed")
+        tl.atomic_add(gw_ptr + d * E * R + offs_e[:, None] * R + offs_r[None, :], g_w,
+                      mask=emask[:, None] & rmask[None, :], sem="relaxed")
 
 
 # ---------------------------------------------------------------------------------------------------------- conv

@@ -40,6 +40,7 @@ def _config():
         num_warps=_env_int("VISION_MAMBA_TRITON_WARPS", 1),
         bwd_block_e=_env_int("VISION_MAMBA_TRITON_BWD_BLOCK_E", 32),
         bwd_num_warps=_env_int("VISION_MAMBA_TRITON_BWD_WARPS", 1),
+        prefetch=_env_int("VISION_MAMBA_TRITON_PREFETCH", 2),
         # chunk-parallel forward when there are fewer programs than this (0: never)
         min_programs=_env_int("VISION_MAMBA_TRITON_MIN_PROGRAMS", -1),
     )
@@ -76,17 +77,32 @@ def _last_contiguous(t: Optional[Tensor]) -> Optional[Tensor]:
 
 
 class _ScanArgs:
-    """Everything a scan launch needs, gathered once for forward and backward."""
+    """Everything a scan launch needs, gathered once for forward and backward.
 
-    def __init__(self, x, z, dt, bm, cm, w, bias, a, dskip, *, n_dirs, dir_base, dt_proj, softplus, a_is_log):
-        # x: [ND, B, L, E]; dt/bm/cm: pairs (forward, backward) of [B, L, C] or [B*L, C]; params: pairs too
-        self.x, self.z, self.dt, self.bm, self.cm = x, z, dt, bm, cm
+    x: [ND, B, L, E]; z: [B, L, E] or None. dt / B / C: per direction, rows of one tensor each (with dt_proj
+    folded in: x_proj's output [B*L, R + 2N], dt_low | B | C; otherwise delta [B, L, E], B and C [B, L, N]).
+    Direction 1's rows must sit a whole number of elements after direction 0's (``dir_off``), which holds for any
+    two tensors of one dtype. Parameters come in (forward, backward) pairs."""
+
+    def __init__(self, x, z, dt, bm, cm, w, bias, a, dskip, *, n_dirs, dir_base, dt_proj, softplus, a_is_log,
+                 b_col=0, c_col=0):
+        self.x, self.z = x, z
+        self.dt, self.bm, self.cm = dt, bm, cm  # pairs
         self.w, self.bias, self.a, self.dskip = w, bias, a, dskip
         self.n_dirs, self.dir_base = n_dirs, dir_base
         self.dt_proj, self.softplus, self.a_is_log = dt_proj, softplus, a_is_log
+        self.b_col, self.c_col = b_col, c_col
         _, self.B, self.L, self.E = x.shape
         self.N = a[0].shape[1]
         self.R = w[0].shape[1] if dt_proj else 1
+        if n_dirs == 2:
+            size = dt[0].element_size()
+            diff = dt[1].data_ptr() - dt[0].data_ptr()
+            assert diff % size == 0 and bm[1].data_ptr() - bm[0].data_ptr() == diff \
+                and cm[1].data_ptr() - cm[0].data_ptr() == diff, "both directions' dt / B / C must share offsets"
+            self.dir_off = diff // size
+        else:
+            self.dir_off = 0
 
     def param_strides(self):
         """(A's channel and state strides, W_dt's channel and rank strides)."""
@@ -100,13 +116,13 @@ class _ScanArgs:
         bc_b, bc_l = _rows(self.bm[0], self.L)
         zt = z if z is not None else x
         return dict(
-            tensors=(x, zt, self.dt[0], self.dt[1], self.bm[0], self.bm[1], self.cm[0], self.cm[1],
+            tensors=(x, zt, self.dt[0], self.bm[0], self.cm[0], self.dir_off,
                      self.w[0], self.w[1], self.bias[0], self.bias[1], self.a[0], self.a[1],
                      self.dskip[0], self.dskip[1]),
             strides=(x.stride(0), x.stride(1), x.stride(2), zt.stride(0), zt.stride(1), dt_b, dt_l, bc_b, bc_l),
             flags=dict(N=self.N, BLOCK_R=max(2, triton.next_power_of_2(self.R)), DT_PROJ=self.dt_proj,
                        HAS_BIAS=self.bias[0] is not None, SOFTPLUS=self.softplus, HAS_D=self.dskip[0] is not None,
-                       HAS_Z=z is not None, A_IS_LOG=self.a_is_log),
+                       HAS_Z=z is not None, A_IS_LOG=self.a_is_log, B_COL=self.b_col, C_COL=self.c_col),
         )
 
 
@@ -118,9 +134,20 @@ def _or(t, device):
     return t if t is not None else _dummy(device)
 
 
+_ZEROS = {}
+
+
+def _zero_state(E: int, N: int, device) -> Tensor:
+    """A zero [N, E] state shared by every program that starts from zero (cached: no launch per call)."""
+    key = (E, N, str(device))
+    if key not in _ZEROS:
+        _ZEROS[key] = torch.zeros(N, E, device=device, dtype=torch.float32)
+    return _ZEROS[key]
+
+
 def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, config=None) -> Tuple[Tensor, Optional[Tensor]]:
     """y: [B, L, ND, E]; the states saved every SAVE_EVERY steps: [B, ND, ceil(L / SAVE_EVERY), N, E] fp32
-    (channels contiguous, as the kernels hold them)."""
+    (channels contiguous)."""
     cfg = config or _config()
     B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
     dev = args.x.device
@@ -130,7 +157,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     n_save = triton.cdiv(L, SAVE_EVERY)
     hsave = _new(B, ND, n_save, N, E, device=dev, dtype=torch.float32) if save_states else None
     common = args.common()
-    t = [_or(v, dev) for v in common["tensors"]]
+    t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
     pstrides = args.param_strides()
     programs = B * n_eb * ND
     min_programs = _min_programs(dev, cfg["min_programs"])
@@ -144,14 +171,14 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     flags = common["flags"]
 
     def launch(hinit, hend, dsum, write_y, write_end, save):
-        h_strides = (hinit if hinit is not None else hend)
-        h_strides = (h_strides.stride(0), h_strides.stride(1), h_strides.stride(2)) if h_strides is not None else (0, 0, 0)
+        ref = hinit if hinit is not None else hend
+        h_strides = (ref.stride(0), ref.stride(1), ref.stride(2)) if ref is not None else (0, 0, 0)
         scan_fwd_kernel[(B * n_eb, n_chunks, ND)](
-            *t, y, _or(hinit, dev), _or(hend, dev), _or(dsum, dev), hs,
+            *t, y, hinit if hinit is not None else _zero_state(E, N, dev), _or(hend, dev), _or(dsum, dev), hs,
             L, E, args.R, steps, args.dir_base,
             *common["strides"], y.stride(0), y.stride(1), y.stride(2), *pstrides,
             *h_strides, *s_strides,
-            BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY,
+            BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, PREFETCH=cfg["prefetch"],
             HAS_INIT=hinit is not None, WRITE_END=write_end, WRITE_Y=write_y, SAVE_STATES=save,
             num_warps=cfg["num_warps"], **flags,
         )
@@ -165,16 +192,16 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     hinit = _new(B, ND, n_chunks, N, E, device=dev, dtype=torch.float32)
     launch(None, hend, dsum, False, True, False)
     chunk_carry_kernel[(B * n_eb, ND)](
-        hend, dsum, hinit, t[12], t[13], E, n_chunks, hend.stride(0), hend.stride(1), hend.stride(2), *pstrides[:2],
+        hend, dsum, hinit, args.a[0], args.a[1], E, n_chunks, hend.stride(0), hend.stride(1), hend.stride(2), *pstrides[:2],
         N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, num_warps=cfg["num_warps"])
     launch(hinit, None, None, True, False, save_states)
     return y, hsave
 
 
 def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
-    """Gradients of the scan: dx [ND, B, L, E], dz per direction [ND, B, L, E] (or None), d dt / dB / dC per
-    direction (fp32; d dt is [B*L, R] with dt_proj folded in, else [B, L, E]), and fp32 parameter gradients
-    [ND, ...] for A (or A_log), D, W_dt, bias."""
+    """Gradients of the scan: dx [ND, B, L, E]; dz per direction [ND, B, L, E] (or None); d(dt_low | B | C)
+    [ND, B, L, R + 2N] fp32 (summed over channel blocks; the dt_low columns only with dt_proj folded in); d delta
+    [ND, B, L, E] fp32 without dt_proj; fp32 parameter gradients [ND, ...] for A (or A_log), D, W_dt, bias."""
     cfg = config or _config()
     B, L, E, N, ND, R = args.B, args.L, args.E, args.N, args.n_dirs, args.R
     dev = args.x.device
@@ -184,39 +211,33 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     f32 = dict(device=dev, dtype=torch.float32)
     gx = _new(ND, B, L, E, device=dev, dtype=args.x.dtype)
     gz = _new(ND, B, L, E, device=dev, dtype=args.z.dtype) if args.z is not None else _dummy(dev)
-    if args.dt_proj:
-        gdt_full = [torch.zeros(B * L, R + 2 * N, **f32) for _ in range(ND)]
-        gdt = [g[:, :R] for g in gdt_full]
-        gbm = [g[:, R:R + N] for g in gdt_full]
-        gcm = [g[:, R + N:] for g in gdt_full]
-    else:
-        gdt_full = None
-        gdt = [_new(B, L, E, **f32) for _ in range(ND)]
-        gbm = [torch.zeros(B, L, N, **f32) for _ in range(ND)]
-        gcm = [torch.zeros(B, L, N, **f32) for _ in range(ND)]
+    gbc = _new(ND, n_eb, B, L, R + 2 * N, **f32)
+    if not args.dt_proj:
+        gbc[..., :R].zero_()  # no dt_low columns: keep them defined
+    gdelta = _new(ND, B, L, E, **f32) if not args.dt_proj else _dummy(dev)
     ga = torch.zeros(ND, E, N, **f32)
     gd = torch.zeros(ND, E, **f32)
     gw = torch.zeros(ND, E, max(R, 1), **f32)
     gbias = torch.zeros(ND, E, **f32)
+    scratch = torch.empty(B * 2 * n_eb * SAVE_EVERY * block_e * N, **f32)
     common = args.common()
-    t = [_or(v, dev) for v in common["tensors"]]
-    gdt_b, gdt_l = _rows(gdt[0], L)
-    gbc_b, gbc_l = _rows(gbm[0], L)
-    second = (lambda lst: lst[1] if ND > 1 else lst[0])
+    t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
+    gd_strides = (gdelta.stride(0), gdelta.stride(1), gdelta.stride(2)) if not args.dt_proj else (0, 0, 0)
     scan_bwd_kernel[(B * n_eb, ND)](
-        *t, gy, hsave,
-        gx, gz, gdt[0], second(gdt), gbm[0], second(gbm), gcm[0], second(gcm),
+        *t, gy, hsave, scratch,
+        gx, gz, gdelta, gbc,
         ga, gd, gw, gbias,
         L, E, args.R, args.dir_base,
         *common["strides"], gy.stride(0), gy.stride(1), gy.stride(2),
         *args.param_strides(),
         hsave.stride(0), hsave.stride(1), hsave.stride(2),
         gx.stride(0), gx.stride(1), gx.stride(2),
-        gdt_b, gdt_l, gbc_b, gbc_l,
+        *gd_strides,
+        gbc.stride(0), gbc.stride(1), gbc.stride(2), gbc.stride(3),
         BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, num_warps=cfg["bwd_num_warps"], **common["flags"],
     )
-    return dict(gx=gx, gz=gz if args.z is not None else None, gdt=gdt, gbm=gbm, gcm=gcm, gdt_full=gdt_full,
-                ga=ga, gd=gd, gw=gw, gbias=gbias)
+    return dict(gx=gx, gz=gz if args.z is not None else None, gbc=gbc.sum(1),
+                gdelta=gdelta if not args.dt_proj else None, ga=ga, gd=gd, gw=gw, gbias=gbias)
 
 
 # ------------------------------------------------------------------------------------------------ generic scan
@@ -224,6 +245,8 @@ class _TritonScan(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
         u, delta, B, C, z = (_last_contiguous(v) for v in (u, delta, B, C, z))
+        if B.stride() != C.stride():  # the kernels read B and C with one set of strides
+            B, C = B.contiguous(), C.contiguous()
         pair = lambda v: (v, v)  # noqa: E731  (one direction: both slots point at the same tensors)
         args = _ScanArgs(u.unsqueeze(0), z, pair(delta), pair(B), pair(C), (None, None), pair(delta_bias), pair(A),
                          pair(D), n_dirs=1, dir_base=1 if reverse else 0, dt_proj=False, softplus=delta_softplus,
@@ -244,8 +267,10 @@ class _TritonScan(torch.autograd.Function):
                          pair(D), n_dirs=1, dir_base=1 if reverse else 0, dt_proj=False, softplus=delta_softplus,
                          a_is_log=False)
         g = scan_backward(args, hsave, grad.unsqueeze(2))
-        return (g["gx"][0], g["gdt"][0].to(delta.dtype), g["ga"][0].to(A.dtype), g["gbm"][0].to(B.dtype),
-                g["gcm"][0].to(C.dtype), g["gd"][0].to(D.dtype) if D is not None else None,
+        N = A.shape[1]
+        gbc = g["gbc"][0]
+        return (g["gx"][0], g["gdelta"][0].to(delta.dtype), g["ga"][0].to(A.dtype), gbc[..., 1:1 + N].to(B.dtype),
+                gbc[..., 1 + N:].to(C.dtype), g["gd"][0].to(D.dtype) if D is not None else None,
                 g["gz"][0] if z is not None else None,
                 g["gbias"][0].to(delta_bias.dtype) if delta_bias is not None else None, None, None)
 
@@ -276,7 +301,7 @@ class _TritonBiScan(torch.autograd.Function):
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
         g = scan_backward(args, hsave, gy)
         gz = (g["gz"][0].float() + g["gz"][1].float()).to(z.dtype)
-        gdbl = [gf.view(dbl_f.shape).to(dbl_f.dtype) for gf in g["gdt_full"]]
+        gdbl = [g["gbc"][i].view(dbl_f.shape).to(dbl_f.dtype) for i in range(2)]
         cast = lambda v, ref: v.to(ref.dtype)  # noqa: E731
         return (g["gx"], gz, gdbl[0], gdbl[1], cast(g["gw"][0], w_f), cast(g["gw"][1], w_b),
                 cast(g["gbias"][0], bias_f), cast(g["gbias"][1], bias_b), cast(g["ga"][0], alog_f),
@@ -284,12 +309,13 @@ class _TritonBiScan(torch.autograd.Function):
 
 
 def _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N):
-    rows_f, rows_b = dbl_f.reshape(-1, dbl_f.shape[-1]), dbl_b.reshape(-1, dbl_b.shape[-1])
-    cols = lambda t, a, b: t[:, a:b]  # noqa: E731
+    # x_proj's outputs as whole rows (dt_low | B | C): B and C are read at constant column offsets
+    rows = (_last_contiguous(dbl_f.reshape(-1, dbl_f.shape[-1])), _last_contiguous(dbl_b.reshape(-1, dbl_b.shape[-1])))
+    if rows[0].stride() != rows[1].stride():
+        rows = (rows[0].contiguous(), rows[1].contiguous())
     return _ScanArgs(
-        xs, z, (cols(rows_f, 0, R), cols(rows_b, 0, R)), (cols(rows_f, R, R + N), cols(rows_b, R, R + N)),
-        (cols(rows_f, R + N, R + 2 * N), cols(rows_b, R + N, R + 2 * N)), (w_f, w_b), (bias_f, bias_b),
-        (alog_f, alog_b), (d_f, d_b), n_dirs=2, dir_base=0, dt_proj=True, softplus=True, a_is_log=True)
+        xs, z, rows, rows, rows, (w_f, w_b), (bias_f, bias_b), (alog_f, alog_b), (d_f, d_b),
+        n_dirs=2, dir_base=0, dt_proj=True, softplus=True, a_is_log=True, b_col=R, c_col=R + N)
 
 
 class _TritonBiConv(torch.autograd.Function):
