@@ -62,6 +62,11 @@ def check_scan(batch, length, channels, dtype, reverse):
     assert rel_err(y, y_ref) < tol
     for name, a, b in zip(NAMES, g, g_ref):
         assert torch.isfinite(a).all(), name
+        if not b.any():
+            # with one time step dL/dA is exactly zero (h_{-1} = 0): only rounding may remain
+            scale = max(v.detach().abs().max().item() for v in g_ref if v.any())
+            assert a.abs().max().item() < 1e-5 * scale, name
+            continue
         assert rel_err(a, b) < tol, name
 
 
