@@ -16,8 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-# Elements of one [B, T, E, N] chunk buffer (fp32). 2**20 elements = 4 MiB keeps a chunk in the CPU's caches.
-DEFAULT_CHUNK_ELEMENTS = 1 << 20
+# Elements of one [B, T, E, N] chunk buffer (fp32): 2**18 (1 MiB) measured fastest at Vim-Ti shapes on a 2-core CPU.
+DEFAULT_CHUNK_ELEMENTS = 1 << 18
 
 
 def _chunk_length(batch: int, channels: int, states: int, length: int, chunk_elements: int) -> int:
@@ -57,42 +57,67 @@ def linear_recurrence_(a: Tensor, b: Tensor, steps: int, reverse: bool = False) 
             b4[:, g].addcmul_(a4[:, g], b4[:, g + 1, :1])
 
 
-def _decay_and_input(delta: Tensor, u: Tensor, A: Tensor, B: Tensor, padded: int) -> Tuple[Tensor, Tensor]:
-    """exp(delta * A) and delta * u * B for one chunk, zero-padded in time to ``padded``: [B, T', E, N] each."""
-    batch, length, channels = delta.shape
-    a = delta.new_empty(batch, padded, channels, A.shape[1])
-    b = torch.empty_like(a)
+class _Buffers:
+    """Flat fp32 storage for the chunk tensors, allocated once per call and reused by every chunk: fresh large
+    allocations cost page faults on the CPU (first touch), which would otherwise dominate the scan."""
+
+    def __init__(self, count: int, numel: int, like: Tensor):
+        self.flat = [like.new_empty(numel) for _ in range(count)]
+
+    def view(self, i: int, *shape: int) -> Tensor:
+        n = 1
+        for d in shape:
+            n *= d
+        return self.flat[i][:n].view(*shape)
+
+
+def _decay_and_input(delta: Tensor, u: Tensor, A: Tensor, B: Tensor, a: Tensor, b: Tensor) -> None:
+    """a <- exp(delta * A), b <- delta * u * B for one chunk, zero-padded in time: a, b are [B, T', E, N]."""
+    length = delta.shape[1]
     torch.mul(delta.unsqueeze(-1), A, out=a[:, :length])
     a[:, :length].exp_()
     torch.mul((delta * u).unsqueeze(-1), B.unsqueeze(2), out=b[:, :length])
-    if padded > length:
+    if a.shape[1] > length:
         a[:, length:].zero_()
         b[:, length:].zero_()
-    return a, b
+
+
+def softplus(x: Tensor) -> Tensor:
+    """log(1 + exp(x)) as max(x, 0) + log(1 + exp(-|x|)): F.softplus goes through log1p, which some CPU builds
+    of torch do not vectorise (several times slower)."""
+    return x.clamp(min=0) + torch.log(torch.exp(-x.abs()) + 1)
 
 
 def _bounds(length: int, chunk: int):
     return [(t, min(t + chunk, length)) for t in range(0, length, chunk)]
 
 
+def _padded(length: int) -> Tuple[int, int]:
+    steps = _group_steps(length)
+    return steps, -(-length // steps) * steps
+
+
 def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chunk: int,
                   keep_states: bool) -> Tuple[Tensor, Optional[Tensor]]:
     """y_t = <h_t, C_t> (no D, no gate) for fp32 forward-ordered inputs; optionally the state entering each chunk."""
     batch, length, channels = u.shape
+    states_n = A.shape[1]
     y = u.new_empty(batch, length, channels)
     spans = _bounds(length, chunk)
-    states = u.new_zeros(batch, len(spans), channels, A.shape[1]) if keep_states else None
+    states = u.new_zeros(batch, len(spans), channels, states_n) if keep_states else None
+    longest = max(_padded(t1 - t0)[1] for t0, t1 in spans)
+    buf = _Buffers(2, batch * longest * channels * states_n, u)
     h0 = None
     for i, (t0, t1) in enumerate(spans):
-        T = t1 - t0
-        S = _group_steps(T)
-        a, b = _decay_and_input(delta[:, t0:t1], u[:, t0:t1], A, B[:, t0:t1], -(-T // S) * S)
+        S, Tp = _padded(t1 - t0)
+        a, b = buf.view(0, batch, Tp, channels, states_n), buf.view(1, batch, Tp, channels, states_n)
+        _decay_and_input(delta[:, t0:t1], u[:, t0:t1], A, B[:, t0:t1], a, b)
         if h0 is not None:
             if states is not None:
                 states[:, i] = h0
             b[:, 0].addcmul_(a[:, 0], h0)
         linear_recurrence_(a, b, S)
-        h = b[:, :T]
+        h = b[:, :t1 - t0]
         y[:, t0:t1] = torch.matmul(h, C[:, t0:t1].unsqueeze(-1)).squeeze(-1)
         h0 = h[:, -1].clone()
     return y, states
@@ -114,7 +139,7 @@ class _SelectiveScanChunked(torch.autograd.Function):
         if delta_bias is not None:
             dl = dl + delta_bias.float()
         if delta_softplus:
-            dl = F.softplus(dl)
+            dl = softplus(dl)
         Af = A.float()
         chunk = _chunk_length(batch, channels, A.shape[1], length, chunk_elements)
         needs_grad = any(ctx.needs_input_grad[:8])
@@ -140,7 +165,7 @@ class _SelectiveScanChunked(torch.autograd.Function):
             raw = flip(delta.float())
             if delta_bias is not None:
                 raw = raw + delta_bias.float()
-            dl = F.softplus(raw) if delta_softplus else raw
+            dl = softplus(raw) if delta_softplus else raw
             if z is not None:
                 zf = flip(z.float())
                 gate, dgate = _dsilu(zf)
@@ -155,15 +180,19 @@ class _SelectiveScanChunked(torch.autograd.Function):
             g_B = torch.empty_like(Bf)
             g_C = torch.empty_like(Cf)
             spans = _bounds(uf.shape[1], chunk)
+            batch, channels, states_n = uf.shape[0], uf.shape[2], Af.shape[1]
+            longest = max(_padded(t1 - t0)[1] for t0, t1 in spans)
+            buf = _Buffers(4, batch * longest * channels * states_n, uf)
             carry = None  # d loss / d h entering from the chunk after, already multiplied by its first decay
             for i in range(len(spans) - 1, -1, -1):
                 t0, t1 = spans[i]
                 T = t1 - t0
-                S = _group_steps(T)
-                Tp = -(-T // S) * S
+                S, Tp = _padded(T)
+                shape = (batch, Tp, channels, states_n)
+                a, h, decay, lam = (buf.view(k, *shape) for k in range(4))
                 d_c, u_c, B_c, C_c, gy_c = dl[:, t0:t1], uf[:, t0:t1], Bf[:, t0:t1], Cf[:, t0:t1], g_y[:, t0:t1]
-                a, h = _decay_and_input(d_c, u_c, Af, B_c, Tp)
-                decay = a.clone()
+                _decay_and_input(d_c, u_c, Af, B_c, a, h)
+                decay.copy_(a)
                 h0 = states[:, i] if i > 0 else None
                 if h0 is not None:
                     h[:, 0].addcmul_(a[:, 0], h0)
@@ -176,7 +205,6 @@ class _SelectiveScanChunked(torch.autograd.Function):
                     g_z[:, t0:t1] = g[:, t0:t1] * y_c * dgate[:, t0:t1]
                 g_C[:, t0:t1] = torch.matmul(gy_c.unsqueeze(-2), h).squeeze(-2)
                 # adjoint: lam_t = g_y_t C_t + decay_{t+1} lam_{t+1}, run as a reverse recurrence
-                lam = torch.empty_like(decay)
                 torch.mul(gy_c.unsqueeze(-1), C_c.unsqueeze(2), out=lam[:, :T])
                 lam[:, T:].zero_()
                 if carry is not None:
@@ -224,8 +252,9 @@ def selective_scan_chunked(
     delta_bias: Optional[Tensor] = None,
     delta_softplus: bool = True,
     reverse: bool = False,
-    chunk_elements: int = DEFAULT_CHUNK_ELEMENTS,
+    chunk_elements: Optional[int] = None,
 ) -> Tensor:
     """Same contract as :func:`selective_scan_ref` (shapes [B, L, E], [E, N], [B, L, N]); fp32 state, output in
     u's dtype, differentiable in every tensor argument."""
+    chunk_elements = chunk_elements or DEFAULT_CHUNK_ELEMENTS
     return _SelectiveScanChunked.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, chunk_elements)
