@@ -1,0 +1,212 @@
+"""Imagenette results: collect them on the device, publish them into docs/ on the development machine.
+
+    # on the device (benchmarks/device_imagenette.sh calls this):
+    python benchmarks/imagenette_results.py collect --runs runs/device_imagenette --out $OUT/imagenette.json
+    # here, after fetching the device outputs into FOLDER:
+    python benchmarks/imagenette_results.py publish --from FOLDER [--note "what was tried"]
+
+``publish`` writes docs/results/imagenette.json (the records), docs/results/imagenette_*.{png,csv} (curves and
+per-epoch metrics) and docs/imagenette.md (a table, the curves and the verdict on the target: Vim-Ti >= 90% top-1
+and >= DeiT-Ti + 3 points).
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shutil
+import statistics
+import sys
+from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+NAMES = {"vim": ("Vim-Ti", "vim_tiny_patch16_224"), "deit": ("DeiT-Ti", "deit_tiny_patch16_224")}
+TARGET_TOP1 = 90.0
+TARGET_MARGIN = 3.0
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _read_text(path: Path) -> Optional[str]:
+    return path.read_text().strip() if path.is_file() else None
+
+
+def _metrics(path: Path) -> List[Dict[str, Any]]:
+    if not path.is_file():
+        return []
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    out = []
+    for row in rows:
+        out.append({k: (float(v) if v not in ("", None) else None) for k, v in row.items()})
+    return out
+
+
+def _device() -> Optional[str]:
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            return f"{torch.cuda.get_device_name(0)}, torch {torch.__version__}"
+        return f"cpu, torch {torch.__version__}"
+    except Exception:
+        return None
+
+
+def collect(runs: Path, out: Path) -> Dict[str, Any]:
+    """One record per run directory under ``runs`` (vim/, deit/) from its results.json and metrics.csv."""
+    records = []
+    for key, (name, arch) in NAMES.items():
+        run = runs / key
+        if not run.is_dir():
+            continue
+        results_path = run / "results.json"
+        results = json.loads(results_path.read_text()) if results_path.is_file() else {}
+        metrics = _metrics(run / "metrics.csv")
+        rates = [r["img_per_s"] for r in metrics if r.get("img_per_s")]
+        eval_rates = [r["val_img_per_s"] for r in metrics if r.get("val_img_per_s")]
+        wall = _read_text(run / "wall_seconds.txt")
+        status = _read_text(run / "exit_status.txt")
+        records.append(dict(
+            model=name, arch=results.get("model", arch), img_size=results.get("img_size"),
+            epochs=results.get("epochs"), top1=results.get("top1"), top5=results.get("top5"),
+            minutes=round(int(wall) / 60, 2) if wall else results.get("minutes"),
+            train_minutes=results.get("train_minutes"), best_top1=results.get("best_top1"),
+            best_epoch=results.get("best_epoch"),
+            train_img_per_s=round(statistics.median(rates[1:] or rates)) if rates else None,
+            eval_img_per_s=round(statistics.median(eval_rates[1:] or eval_rates)) if eval_rates else None,
+            skipped_steps=results.get("skipped_steps"), interrupted=results.get("interrupted"),
+            exit_status=int(status) if status not in (None, "") else None,
+            command=_read_text(run / "command.txt"),
+        ))
+    summary = verdict(records)
+    report = dict(dataset="Imagenette-160 (fast.ai; train 9,469 / val 3,925 images, 10 classes), from scratch",
+                  device=_device(), target=dict(vim_top1=TARGET_TOP1, margin_over_deit=TARGET_MARGIN),
+                  records=records, summary=summary)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    for r in records:
+        print(f"{r['model']:8s} epochs {r['epochs']}  top-1 {r['top1']}  top-5 {r['top5']}  {r['minutes']} min")
+    print(f"summary: {summary}")
+    return report
+
+
+def verdict(records: List[Dict[str, Any]]) -> Dict[str, Any]:
+    by = {r["model"]: r for r in records}
+    vim, deit = by.get("Vim-Ti", {}).get("top1"), by.get("DeiT-Ti", {}).get("top1")
+    if vim is None or deit is None:
+        return dict(vim_minus_deit=None, target_met=None)
+    gap = round(vim - deit, 2)
+    return dict(vim_minus_deit=gap, target_met=bool(vim >= TARGET_TOP1 and gap >= TARGET_MARGIN))
+
+
+# ---------------------------------------------------------------------- publishing into docs/
+def _combined_plot(folder: Path, path: Path) -> Optional[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    series = {key: _metrics(folder / f"{key}_metrics.csv") for key in NAMES}
+    series = {k: v for k, v in series.items() if v}
+    if not series:
+        return None
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    for key, rows in series.items():
+        name = NAMES[key][0]
+        axes[0].plot([r["epoch"] for r in rows], [r["train_loss"] for r in rows], label=name)
+        val = [(r["epoch"], r["val_top1"]) for r in rows if r.get("val_top1") is not None]
+        if val:
+            axes[1].plot(*zip(*val), marker=".", label=name)
+    axes[0].set(xlabel="epoch", ylabel="train loss (mixup / cutmix targets)")
+    axes[1].set(xlabel="epoch", ylabel="val top-1 (%)")
+    for ax in axes:
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle("Imagenette-160 from scratch, same recipe and epochs")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def _fmt(value, digits: int = 2) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def publish(folder: Path, docs: Path, note: Optional[str] = None) -> Path:
+    report = json.loads((folder / "imagenette.json").read_text())
+    results = docs / "results"
+    results.mkdir(parents=True, exist_ok=True)
+    if note:
+        report["note"] = note
+    (results / "imagenette.json").write_text(json.dumps(report, indent=2) + "\n")
+    for key in NAMES:
+        for suffix in ("curves.png", "metrics.csv"):
+            src = folder / f"{key}_{suffix}"
+            if src.is_file():
+                shutil.copyfile(src, results / f"imagenette_{key}_{suffix}")
+    combined = _combined_plot(folder, results / "imagenette_curves.png")
+
+    lines = ["# Imagenette-160 from scratch: Vim-Ti vs DeiT-Ti", "",
+             f"{report['dataset']}. Device: {report.get('device') or 'see log'}. Same recipe "
+             "(configs/imagenette/vim_tiny.yaml; deit_tiny.yaml changes only the model), same number of epochs, "
+             "same wall-clock budget; the reasoning behind the recipe is in [training.md](training.md). "
+             "Produced by `benchmarks/device_imagenette.sh`, published by `benchmarks/imagenette_results.py`.", "",
+             "| model | img size | epochs | top-1 (%) | top-5 (%) | best top-1 (epoch) | train img/s | eval img/s "
+             "| minutes | skipped steps |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in report["records"]:
+        lines.append(f"| {r['model']} (`{r['arch']}`) | {_fmt(r['img_size'])} | {_fmt(r['epochs'])} | "
+                     f"{_fmt(r['top1'])} | {_fmt(r['top5'])} | {_fmt(r['best_top1'])} ({_fmt(r['best_epoch'])}) | "
+                     f"{_fmt(r['train_img_per_s'])} | {_fmt(r['eval_img_per_s'])} | {_fmt(r['minutes'])} | "
+                     f"{_fmt(r['skipped_steps'])} |")
+    s = report["summary"]
+    target = report["target"]
+    lines += ["", f"Target: Vim-Ti >= {target['vim_top1']:g}% top-1 and >= DeiT-Ti + {target['margin_over_deit']:g} "
+              f"points (the paper's ImageNet-1k gap is +3.9). Vim-Ti minus DeiT-Ti: {_fmt(s['vim_minus_deit'])} "
+              f"points; target {'met' if s['target_met'] else 'not met' if s['target_met'] is False else 'unknown'}.",
+              "", "Top-1 / top-5 are of the final weights (last epoch), not the best epoch."]
+    if report.get("note"):
+        lines += ["", "## Notes", "", report["note"]]
+    if combined:
+        lines += ["", "![Vim-Ti vs DeiT-Ti](results/imagenette_curves.png)"]
+    for key, (name, _) in NAMES.items():
+        if (results / f"imagenette_{key}_curves.png").is_file():
+            lines += ["", f"{name}: ![{name} curves](results/imagenette_{key}_curves.png)"]
+    lines += ["", "Commands:", ""]
+    lines += [f"    {r['command']}" for r in report["records"] if r.get("command")]
+    page = docs / "imagenette.md"
+    page.write_text("\n".join(lines) + "\n")
+    print(f"wrote {page}, {results / 'imagenette.json'}" + (f", {combined}" if combined else ""))
+    return page
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    c = sub.add_parser("collect", help="(device) gather the runs into imagenette.json")
+    c.add_argument("--runs", type=Path, default=Path("runs/device_imagenette"))
+    c.add_argument("--out", type=Path, required=True)
+    p = sub.add_parser("publish", help="(here) write docs/results/imagenette.json and docs/imagenette.md")
+    p.add_argument("--from", dest="folder", type=Path, required=True, help="the fetched device outputs")
+    p.add_argument("--docs", type=Path, default=REPO / "docs")
+    p.add_argument("--note", help="what was tried (printed under Notes), e.g. when the target is not met")
+    args = parser.parse_args(argv)
+    if args.command == "collect":
+        if not args.runs.is_dir():
+            print(f"error: no run directories under {args.runs}", file=sys.stderr)
+            return 2
+        collect(args.runs, args.out)
+        return 0
+    if not (args.folder / "imagenette.json").is_file():
+        print(f"error: {args.folder / 'imagenette.json'} not found (fetch the device outputs first)", file=sys.stderr)
+        return 2
+    publish(args.folder, args.docs, args.note)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

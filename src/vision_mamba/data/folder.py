@@ -1,0 +1,202 @@
+"""ImageFolder datasets that check their folders before training starts and survive unreadable images.
+
+``root/<class>/<image>`` as torchvision's ImageFolder (classes sorted by folder name). Checked when built: a
+missing path, a file where a folder is expected, no class folders, or a class folder without images is a
+:class:`DatasetError` naming the path. While training, an image that cannot be decoded (truncated, corrupt, not an
+image) is replaced by the next readable one, counted, and reported with a warning; evaluation leaves it out.
+"""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+
+__all__ = ["DatasetError", "UnreadableImageWarning", "scan_image_folder", "ImageFolderDataset",
+           "TensorImageDataset", "load_rgb", "ignore_stop_signals"]
+
+# Substitutes tried for an unreadable training image before giving up (a folder of mostly broken files).
+MAX_SUBSTITUTES = 16
+
+
+class DatasetError(ValueError):
+    """A dataset that cannot be used (missing path, empty class folder, ...); the message names the path."""
+
+
+class UnreadableImageWarning(UserWarning):
+    """An image file that could not be decoded and was skipped."""
+
+
+def scan_image_folder(root: "str | Path") -> Tuple[List[Tuple[str, int]], List[str]]:
+    """List ``root/<class>/<image>``: (samples [(path, class index)], class names). Raises :class:`DatasetError`
+    for a missing path, no class folders, or class folders without images."""
+    root = Path(root)
+    if not root.exists():
+        raise DatasetError(f"dataset folder not found: {root}")
+    if not root.is_dir():
+        raise DatasetError(f"dataset path is not a folder: {root}")
+    try:
+        classes, class_to_idx = find_classes(str(root))
+    except FileNotFoundError:
+        raise DatasetError(f"{root}: no class folders found; expected the ImageFolder layout root/<class>/<image> "
+                           f"with images ending in {', '.join(IMG_EXTENSIONS)}") from None
+    try:
+        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
+    except TypeError:  # torchvision < 0.18 has no allow_empty: it raises on an empty class folder itself
+        samples = _make_dataset_strict(root, class_to_idx)
+    counts = [0] * len(classes)
+    for _, target in samples:
+        counts[target] += 1
+    empty = [classes[i] for i, c in enumerate(counts) if c == 0]
+    if empty:
+        shown = ", ".join(str(root / c) for c in empty[:5]) + (f" ... ({len(empty)} in all)" if len(empty) > 5 else "")
+        raise DatasetError(f"{root}: class folder{'s' if len(empty) > 1 else ''} without images: {shown} "
+                           f"(image files must end in {', '.join(IMG_EXTENSIONS)})")
+    return samples, classes
+
+
+def _make_dataset_strict(root: Path, class_to_idx: Dict[str, int]) -> List[Tuple[str, int]]:
+    try:
+        return make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
+    except FileNotFoundError as e:
+        raise DatasetError(f"{root}: {e}") from None
+
+
+def ignore_stop_signals(_worker_id: int = 0) -> None:
+    """DataLoader ``worker_init_fn``: workers ignore SIGINT / SIGTERM. A Ctrl-C, ``timeout`` or a cluster's stop
+    signal reaches the whole process group; the main process then finishes its step, saves and shuts the workers
+    down, instead of dying on "DataLoader worker is killed by signal"."""
+    import signal
+
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+
+
+def load_rgb(path: str) -> Image.Image:
+    """Decode an image file fully (``Image.open`` is lazy: ``convert`` forces the decode) as RGB."""
+    with open(path, "rb") as f:
+        img = Image.open(f)
+        return img.convert("RGB")
+
+
+def _warn_unreadable(path: str, error: BaseException) -> None:
+    warnings.warn(f"unreadable image skipped: {path} ({type(error).__name__}: {error})", UnreadableImageWarning,
+                  stacklevel=3)
+
+
+class ImageFolderDataset(Dataset):
+    """``root/<class>/<image>`` -> (transform(image), class index, readable).
+
+    ``readable`` is 1, or 0 when the image at that index could not be decoded. With ``substitute=True``
+    (training) the sample is then the next readable image, so a batch keeps its size; with ``substitute=False``
+    (evaluation) it is a placeholder the caller leaves out. An index may be a pair (index, seed): the random
+    augmentations of that sample then draw from ``seed``, so a sample looks the same whichever worker loads it
+    (exact resumption, any number of workers).
+    """
+
+    def __init__(self, root: "str | Path", transform: Optional[Callable] = None, substitute: bool = True,
+                 loader: Callable[[str], Any] = load_rgb):
+        self.root = Path(root)
+        self.samples, self.classes = scan_image_folder(self.root)
+        self.class_to_idx = {c: i for i, c in enumerate(self.classes)}
+        self.targets = [t for _, t in self.samples]
+        self.transform = transform
+        self.substitute = substitute
+        self.loader = loader
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _load(self, index: int):
+        path, target = self.samples[index]
+        try:
+            return self.loader(path), target, 1
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except BaseException as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
+            _warn_unreadable(path, e)
+            return None, target, 0
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, (tuple, list)) else (item, None)
+        image, target, readable = self._load(index)
+        if image is None:
+            tries = 0
+            substitute = index
+            while image is None and tries < MAX_SUBSTITUTES:
+                substitute = (substitute + 1) % len(self.samples)
+                image, sub_target, _ = self._load(substitute)
+                tries += 1
+            if image is None:
+                raise DatasetError(f"{self.root}: {MAX_SUBSTITUTES + 1} images in a row could not be read, starting "
+                                   f"at {self.samples[index][0]}; is the dataset intact?")
+            if self.substitute:
+                target = sub_target
+        if self.transform is not None:
+            if seed is not None:
+                with _seeded(seed):
+                    image = self.transform(image)
+            else:
+                image = self.transform(image)
+        return image, target, readable
+
+
+class TensorImageDataset(Dataset):
+    """In-memory uint8 images [N, 3, H, W] (e.g. the synthetic set) served as PIL images through ``transform``,
+    with the same (image, target, readable) items and (index, seed) indices as :class:`ImageFolderDataset`."""
+
+    def __init__(self, images: Tensor, labels: Tensor, classes: Sequence[str], transform: Optional[Callable] = None):
+        if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected uint8 images [N, 3, H, W], got {images.dtype} {tuple(images.shape)}")
+        self.images, self.labels = images, labels
+        self.classes = list(classes)
+        self.targets = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, item):
+        index, seed = item if isinstance(item, (tuple, list)) else (item, None)
+        image = Image.fromarray(self.images[index].permute(1, 2, 0).numpy())
+        if self.transform is not None:
+            if seed is not None:
+                with _seeded(seed):
+                    image = self.transform(image)
+            else:
+                image = self.transform(image)
+        return image, int(self.labels[index]), 1
+
+
+class _seeded:
+    """Seed python's, numpy's and torch's RNGs (what torchvision / timm transforms draw from; timm's RandAugment
+    picks its ops with numpy) for one sample, then put the previous states back."""
+
+    def __init__(self, seed: int):
+        self.seed = int(seed)
+
+    def __enter__(self):
+        import random
+
+        import numpy as np
+
+        self._py = random.getstate()
+        self._np = np.random.get_state()
+        self._torch = torch.get_rng_state()
+        random.seed(self.seed)
+        np.random.seed(self.seed % 2 ** 32)
+        torch.default_generator.manual_seed(self.seed)  # the CPU generator only (CUDA's is left alone)
+
+    def __exit__(self, *exc):
+        import random
+
+        import numpy as np
+
+        random.setstate(self._py)
+        np.random.set_state(self._np)
+        torch.set_rng_state(self._torch)

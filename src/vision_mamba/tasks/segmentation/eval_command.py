@@ -1,0 +1,77 @@
+"""``vision-mamba seg-eval``: mIoU, per-class IoU and pixel accuracy of a segmentation checkpoint.
+
+    vision-mamba seg-eval --checkpoint runs/seg_vim/model.safetensors --data-root DATA/coco128 --mode slide
+
+The checkpoint (model.safetensors or last.pth of seg-train) carries its config and class list; ``--set`` changes
+data or inference keys (test_scale, slide_stride, val_images, ...).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+from ...engine import resolve_device, resolve_precision
+from .config import parse_overrides
+from .datasets import dataset_from_config
+from .inference import InferenceSettings, Predictor, evaluate
+from .metrics import json_safe, per_class_table
+from .model import load_segmentation_model
+from .train_command import USER_ERRORS
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, help="model.safetensors (or last.pth) written by seg-train")
+    parser.add_argument("--data-root", help="dataset folder (default: the one the model was trained on)")
+    parser.add_argument("--split", choices=("val", "train"), default="val")
+    parser.add_argument("--mode", choices=("whole", "slide"), help="inference mode (default: the config's test_mode)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="change a config key, e.g. --set test_scale=[1024,256]")
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
+    parser.add_argument("--num-workers", type=int, default=0, help="decoding processes (uncached datasets)")
+    parser.add_argument("--output", help="write the metrics (with per-class IoU by name) to this JSON file")
+    parser.add_argument("--top", type=int, default=20, help="per-class lines to print (0: all)")
+
+
+def run_eval(args: argparse.Namespace) -> Dict[str, Any]:
+    overrides = parse_overrides(args.overrides)
+    if args.data_root:
+        overrides["data_root"] = args.data_root
+    if args.mode:
+        overrides["test_mode"] = args.mode
+    path = Path(args.checkpoint)
+    model, config, classes = load_segmentation_model(path, overrides)
+    dataset = dataset_from_config(config, args.split)
+    if tuple(dataset.classes.names) != tuple(classes.names):
+        raise ValueError(f"the dataset's class list ({dataset.classes.num_classes} classes) differs from the one the "
+                         f"model was trained with ({classes.num_classes})")
+    device = resolve_device(args.device)
+    dtype = resolve_precision(args.precision, device)
+    predictor = Predictor(model.to(device), InferenceSettings.from_config(config), device, dtype)
+    metrics = evaluate(predictor, dataset, classes.num_classes, config.ignore_index, desc=args.split,
+                       num_workers=args.num_workers, class_names=classes.names)
+    return {"checkpoint": str(path), "split": args.split, "mode": config.test_mode, "images": len(dataset),
+            "backbone": config.backbone, **metrics}
+
+
+def main(args: argparse.Namespace) -> int:
+    try:
+        result = run_eval(args)
+    except USER_ERRORS as e:
+        print(f"seg-eval: error: {e}", file=sys.stderr)
+        return 2
+    print(f"{result['split']} ({result['images']} images, {result['mode']}): mIoU {100 * result['miou']:.2f}, "
+          f"pixel acc {100 * result['pixel_acc']:.2f}, mean acc {100 * result['mean_acc']:.2f}, "
+          f"{result['classes_scored']} classes scored")
+    print("\n".join(per_class_table(result, result["class_names"], top=args.top or None)))
+    if args.output:
+        out = dict(result)
+        out["per_class_iou"] = dict(zip(result["class_names"], result["per_class_iou"]))
+        out["per_class_acc"] = dict(zip(result["class_names"], result["per_class_acc"]))
+        out.pop("class_names")
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(json.dumps(json_safe(out), indent=2))
+    return 0

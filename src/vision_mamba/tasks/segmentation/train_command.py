@@ -1,0 +1,84 @@
+"""``vision-mamba seg-train``: train an UperNet segmentation model on a Vim (or timm ViT) backbone.
+
+    vision-mamba seg-train --config configs/segmentation/coco128_vim_tiny.yaml --data-root DATA/coco128 \\
+        --output runs/seg_vim --init-checkpoint vim_tiny_imagenette.safetensors --set iters=2000
+
+Settings come from the defaults, then the YAML file, then the flags, then ``--set KEY=VALUE`` (any config key;
+values read as YAML). ``--resume`` continues the run in --output from its last.pth. Under torchrun each process
+trains on its own share (batch_size is per process).
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Any, Dict, List
+
+import yaml
+
+from ...models.checkpoint import CheckpointError
+from .config import ConfigError, SegConfig, build_config, parse_overrides
+from .datasets import DatasetError
+
+# flag dest -> config key (a flag left out changes nothing)
+FLAG_KEYS = {"data_root": "data_root", "output": "output", "init_checkpoint": "init_checkpoint", "iters": "iters",
+             "batch_size": "batch_size", "time_budget": "time_budget_s", "device": "device",
+             "precision": "precision", "num_workers": "num_workers"}
+
+USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError, FileExistsError)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="YAML config (e.g. configs/segmentation/coco128_vim_tiny.yaml)")
+    g = parser.add_argument_group("common settings (each is also a config key)")
+    g.add_argument("--data-root", help="dataset folder (data_root)")
+    g.add_argument("--output", help="run directory (output)")
+    g.add_argument("--init-checkpoint", help="classification checkpoint for the backbone (init_checkpoint)")
+    g.add_argument("--iters", type=int, help="training iterations (iters)")
+    g.add_argument("--batch-size", type=int, help="images per process and iteration (batch_size)")
+    g.add_argument("--time-budget", type=float, help="seconds for the training loop; the schedule is fitted to it "
+                                                      "(time_budget_s)")
+    g.add_argument("--device", help="auto, cpu, cuda, cuda:1 (device)")
+    g.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), help="(precision)")
+    g.add_argument("--num-workers", type=int, help="data loading processes (num_workers)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="set any config key, e.g. --set lr=2e-4 --set crop_size=[256,256]")
+    parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pth")
+    parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def config_from_args(args: argparse.Namespace) -> SegConfig:
+    flags: Dict[str, Any] = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items()
+                             if getattr(args, dest, None) is not None}
+    return build_config(args.config, flags, parse_overrides(args.overrides))
+
+
+def command_line(args: argparse.Namespace, name: str = "seg-train") -> str:
+    """The command that reproduces this run (recorded in summary.json)."""
+    parts: List[str] = ["vision-mamba", name]
+    if args.config:
+        parts += ["--config", str(args.config)]
+    for dest in FLAG_KEYS:
+        value = getattr(args, dest, None)
+        if value is not None:
+            parts += ["--" + dest.replace("_", "-"), str(value)]
+    for item in args.overrides:
+        parts += ["--set", item]
+    if args.resume:
+        parts.append("--resume")
+    return shlex.join(parts)
+
+
+def main(args: argparse.Namespace) -> int:
+    from .trainer import train
+
+    try:
+        config = config_from_args(args)
+        if args.print_config:
+            print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
+            return 0
+        summary = train(config, resume=args.resume, command=command_line(args))
+    except USER_ERRORS as e:
+        print(f"seg-train: error: {e}", file=sys.stderr)
+        return 2
+    return 130 if summary.get("interrupted") else 0

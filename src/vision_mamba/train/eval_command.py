@@ -1,0 +1,148 @@
+"""``vision-mamba eval``: top-1, top-5 and throughput of a classifier checkpoint on an ImageFolder split.
+
+    vision-mamba eval --checkpoint runs/vim/final.safetensors            # config.yaml of the run next to it
+    vision-mamba eval --checkpoint runs/vim/last.pth --ema --json out.json
+    vision-mamba eval --model vim_tiny_patch16_224 --checkpoint vim_t_midclstok_76p1acc.pth \
+        --data /data/imagenet --img-size 224
+
+The model, resolution and data come from the run's configuration (``config.yaml`` beside the checkpoint, or
+the configuration inside a ``last.pth``), then ``--config``, then the flags. Throughput is images per second over
+the whole evaluation loop (model and batching; on the device-resident path the data is already on the device).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Dict
+
+__all__ = ["add_arguments", "main", "run_eval"]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", required=True, metavar="PATH",
+                        help="weights: a training checkpoint (last.pth), safetensors, or an official .pth")
+    parser.add_argument("--config", metavar="YAML", help="training config or a run's config.yaml "
+                        "(default: the config.yaml next to the checkpoint, or the one inside it)")
+    parser.add_argument("--model", help="timm model name (default: from the config)")
+    parser.add_argument("--data", help="ImageFolder root (default: from the config), or 'synthetic'")
+    parser.add_argument("--split", help="the folder under --data to evaluate (default: the config's val_split)")
+    parser.add_argument("--img-size", type=int)
+    parser.add_argument("--crop-pct", type=float)
+    parser.add_argument("--batch-size", type=int, help="evaluation batch per process")
+    parser.add_argument("--device")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
+    parser.add_argument("--gpu-resident", choices=["auto", "true", "false"],
+                        help="decode the split into device memory first (default: the config's choice)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override any training-config key that matters here (model_kwargs, mean, std, ...)")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--no-progress", action="store_true")
+
+
+def _config(args: argparse.Namespace):
+    from ..engine import load_state
+    from .config import QUICKSTART, TrainConfig, apply_overrides, load_yaml, parse_overrides
+
+    values = TrainConfig().to_dict()
+    checkpoint = Path(args.checkpoint)
+    if not checkpoint.is_file():
+        raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
+    beside = checkpoint.parent / "config.yaml"
+    if args.config:
+        apply_overrides(values, load_yaml(args.config), f"config {args.config}")
+    elif beside.is_file():
+        apply_overrides(values, load_yaml(beside), f"config {beside}")
+    elif checkpoint.suffix in (".pth", ".pt"):
+        try:
+            saved = load_state(checkpoint).get("config")
+        except Exception:  # an official or foreign checkpoint: no configuration inside
+            saved = None
+        if isinstance(saved, dict):
+            apply_overrides(values, saved, f"configuration saved in {checkpoint}")
+    if not args.config and not beside.is_file() and args.model is None and args.data is None:
+        apply_overrides(values, load_yaml(QUICKSTART), "the quick-start preset")
+    flags: Dict[str, Any] = {}
+    for flag, key in (("model", "model"), ("data", "data"), ("split", "val_split"), ("img_size", "img_size"),
+                      ("crop_pct", "crop_pct"), ("device", "device"), ("precision", "precision"),
+                      ("workers", "workers"), ("batch_size", "eval_batch_size")):
+        if getattr(args, flag) is not None:
+            flags[key] = getattr(args, flag)
+    if args.gpu_resident is not None:
+        flags["gpu_resident"] = {"true": True, "false": False}.get(args.gpu_resident, "auto")
+    apply_overrides(values, parse_overrides(args.overrides), "--set")
+    apply_overrides(values, flags, "command line")
+    values["resume"] = values["finetune"] = None
+    return TrainConfig.from_dict(values, source="evaluation configuration")
+
+
+def run_eval(cfg, checkpoint: "str | Path", use_ema: bool = False, progress: bool = True) -> Dict[str, Any]:
+    """Evaluate ``checkpoint`` as configured by ``cfg`` (model, data, val_split, resolution, precision)."""
+    from ..data import build_eval_data, check_data_source
+    from ..engine import cleanup_distributed, init_distributed, resolve_precision
+    from ..models.checkpoint import load_checkpoint
+    from .evaluate import evaluate
+    from .model import create_classifier
+
+    import torch
+
+    classes = check_data_source(cfg.data, None, cfg.val_split)
+    ctx = init_distributed(cfg.device)
+    threads = torch.get_num_threads()
+    if ctx.device.type == "cpu" and cfg.cpu_threads:
+        torch.set_num_threads(cfg.cpu_threads)
+    try:
+        model = create_classifier(cfg.model, num_classes=len(classes), img_size=cfg.img_size,
+                                  model_kwargs=cfg.model_kwargs)
+        load_checkpoint(model, checkpoint, strict=True, use_ema=use_ema)
+        if hasattr(model, "check_finite"):
+            model.check_finite = False
+        model.to(ctx.device).eval()
+        if ctx.device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
+            torch.backends.cudnn.benchmark = True
+        batch = cfg.eval_batch_size or 256
+        data = build_eval_data(
+            cfg.data, split=cfg.val_split, img_size=cfg.img_size, batch_size=batch, eval_batch_size=batch,
+            device=ctx.device, world_size=ctx.world_size, rank=ctx.rank, seed=cfg.seed, workers=cfg.workers,
+            gpu_resident=cfg.gpu_resident, crop_pct=cfg.crop_pct, interpolation=cfg.interpolation, mean=cfg.mean,
+            std=cfg.std, synthetic_val=cfg.synthetic_val, synthetic_size=cfg.synthetic_size,
+            progress=progress and ctx.is_main)
+        metrics = evaluate(model, data.val, ctx.device, resolve_precision(cfg.precision, ctx.device), ctx,
+                           progress=progress and ctx.is_main)
+        metrics["unreadable"] += len(data.unreadable)
+        return dict(model=cfg.model, checkpoint=str(checkpoint), ema=use_ema, data=cfg.data, split=cfg.val_split,
+                    img_size=cfg.img_size, crop_pct=cfg.crop_pct, batch_size=batch, device=str(ctx.device),
+                    world_size=ctx.world_size, **metrics)
+    finally:
+        torch.set_num_threads(threads)
+        cleanup_distributed()
+
+
+def main(args: argparse.Namespace) -> int:
+    import os
+
+    from ..data import DatasetError
+    from ..models.checkpoint import CheckpointError
+    from .config import ConfigError
+
+    try:
+        cfg = _config(args)
+        result = run_eval(cfg, args.checkpoint, use_ema=args.ema, progress=not args.no_progress)
+    except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0
+    print(f"{result['model']} on {result['data']} [{result['split']}], {result['images']} images at "
+          f"{result['img_size']} px: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+          f"loss {result['loss']:.4f}  {result['img_per_s']:.0f} img/s"
+          + (f"  ({result['unreadable']} unreadable images left out)" if result["unreadable"] else ""))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0

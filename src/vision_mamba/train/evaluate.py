@@ -1,0 +1,60 @@
+"""Top-1 / top-5 accuracy, loss and throughput of a classifier over an evaluation loader (sharded under DDP)."""
+from __future__ import annotations
+
+import time
+from typing import Dict, Iterable, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..engine import DistributedContext, autocast
+
+__all__ = ["evaluate"]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
+             ctx: Optional[DistributedContext] = None, progress: bool = False, desc: str = "eval") -> Dict[str, float]:
+    """Run ``model`` over ``loader`` (batches (images, targets, readable mask or None)).
+
+    Returns top1 / top5 (percent), loss (cross-entropy, no smoothing), images (counted over all processes),
+    img_per_s (images / wall time of the loop, all processes together) and unreadable (images left out).
+    Accuracies are summed on the device and read once at the end.
+    """
+    from tqdm import tqdm
+
+    was_training = model.training
+    model.eval()
+    sums = torch.zeros(4, dtype=torch.float64, device=device)  # top1 hits, top5 hits, loss sum, count
+    _sync(device)
+    start = time.perf_counter()
+    for images, targets, readable in tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=2.0):
+        with autocast(device, amp_dtype):
+            logits = model(images)
+        logits = logits.float()
+        k = min(5, logits.shape[1])
+        hits = logits.topk(k, dim=1).indices == targets[:, None]
+        losses = F.cross_entropy(logits, targets, reduction="none")
+        weight = readable.to(torch.float64) if readable is not None else torch.ones_like(losses, dtype=torch.float64)
+        sums += torch.stack([(hits[:, 0] * weight).sum(), (hits.any(dim=1) * weight).sum(),
+                             (losses.double() * weight).sum(), weight.sum()])
+    _sync(device)
+    elapsed = time.perf_counter() - start
+    unreadable = torch.tensor([float(getattr(loader, "unreadable", 0))], dtype=torch.float64, device=device)
+    if ctx is not None and ctx.is_distributed:
+        ctx.all_reduce_sum(sums)
+        ctx.all_reduce_sum(unreadable)
+        elapsed_t = torch.tensor([elapsed], dtype=torch.float64, device=device)
+        torch.distributed.all_reduce(elapsed_t, op=torch.distributed.ReduceOp.MAX)
+        elapsed = float(elapsed_t)
+    top1, top5, loss, count = sums.tolist()
+    model.train(was_training)
+    count = max(count, 1.0)
+    return dict(top1=100.0 * top1 / count, top5=100.0 * top5 / count, loss=loss / count, images=int(count),
+                img_per_s=count / max(elapsed, 1e-9), unreadable=int(unreadable.item()))
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)

@@ -1,0 +1,295 @@
+"""Data: the synthetic set, ImageFolder checks and corrupt files, sampling, the device-resident path."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from vision_mamba.data import (
+    AugmentOptions,
+    DatasetError,
+    DeviceAugment,
+    EpochSampler,
+    ImageFolderDataset,
+    SYNTHETIC_CLASSES,
+    UnreadableImageWarning,
+    build_classification_data,
+    check_data_source,
+    export_image_folder,
+    generate_shapes,
+    scan_image_folder,
+)
+from vision_mamba.data.folder import load_rgb
+from vision_mamba.data.resident import decode_images
+from vision_mamba.data.transforms import eval_resize_size, eval_transform, resize_crop_uint8
+
+
+# ---------------------------------------------------------------------- helpers
+def make_folder(root: Path, classes=("a", "b"), per_class: int = 4, size: int = 40, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for c in classes:
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            Image.fromarray(rng.integers(0, 256, (size, size + 6, 3), dtype=np.uint8)).save(root / c / f"{i}.png")
+    return root
+
+
+def make_split_root(root: Path, **kwargs) -> Path:
+    make_folder(root / "train", **kwargs)
+    make_folder(root / "val", **kwargs)
+    return root
+
+
+# ---------------------------------------------------------------------- synthetic
+def test_synthetic_is_deterministic_balanced_and_seed_dependent():
+    a, la = generate_shapes(40, size=32, seed=3)
+    b, lb = generate_shapes(40, size=32, seed=3)
+    c, _ = generate_shapes(40, size=32, seed=4)
+    assert a.dtype == torch.uint8 and a.shape == (40, 3, 32, 32) and la.dtype == torch.int64
+    assert torch.equal(a, b) and torch.equal(la, lb)
+    assert not torch.equal(a, c)
+    assert torch.bincount(la, minlength=len(SYNTHETIC_CLASSES)).tolist() == [4] * len(SYNTHETIC_CLASSES)
+    # the images are not blank: object and background differ in every image
+    assert (a.float().flatten(1).std(dim=1) > 10).all()
+
+
+def test_synthetic_rejects_bad_sizes():
+    with pytest.raises(ValueError, match="num_images"):
+        generate_shapes(0)
+    with pytest.raises(ValueError, match="16 pixels"):
+        generate_shapes(10, size=8)
+
+
+# ---------------------------------------------------------------------- folder checks
+def test_missing_path_is_a_clear_error(tmp_path):
+    with pytest.raises(DatasetError, match="not found"):
+        scan_image_folder(tmp_path / "nope")
+    with pytest.raises(DatasetError, match="dataset folder not found"):
+        check_data_source(str(tmp_path / "nope"))
+
+
+def test_file_instead_of_folder_and_no_classes(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DatasetError, match="not a folder"):
+        scan_image_folder(tmp_path / "file.txt")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no class folders"):
+        scan_image_folder(tmp_path / "empty")
+
+
+def test_empty_class_folder_is_named(tmp_path):
+    root = make_folder(tmp_path / "train")
+    (root / "zzz_empty").mkdir()
+    (root / "zzz_empty" / "notes.txt").write_text("not an image")
+    with pytest.raises(DatasetError, match="zzz_empty"):
+        scan_image_folder(root)
+
+
+def test_missing_split_and_class_mismatch(tmp_path):
+    make_folder(tmp_path / "train")
+    with pytest.raises(DatasetError, match="no 'val' folder"):
+        check_data_source(str(tmp_path))
+    make_folder(tmp_path / "val", classes=("a", "c"))
+    with pytest.raises(DatasetError, match="differ"):
+        check_data_source(str(tmp_path))
+
+
+# ---------------------------------------------------------------------- corrupt files
+def _corrupt(root: Path) -> tuple:
+    garbage = root / "a" / "garbage.jpg"
+    garbage.write_bytes(b"definitely not an image" * 10)
+    good = root / "a" / "0.png"
+    truncated = root / "b" / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[:200])
+    return garbage, truncated
+
+
+def test_training_dataset_substitutes_and_counts_unreadable_images(tmp_path):
+    root = make_folder(tmp_path / "train")
+    garbage, truncated = _corrupt(root)
+    ds = ImageFolderDataset(root, transform=resize_crop_uint8(32, 32), substitute=True)
+    bad = [i for i, (p, _) in enumerate(ds.samples) if p in (str(garbage), str(truncated))]
+    assert len(bad) == 2
+    with pytest.warns(UnreadableImageWarning, match="unreadable image skipped"):
+        items = [ds[i] for i in range(len(ds))]
+    assert sum(1 - r for _, _, r in items) == 2
+    for i in bad:  # a substitute of the right size and the substitute's label
+        image, target, readable = items[i]
+        assert readable == 0 and image.shape == (3, 32, 32)
+        assert target == ds.samples[(i + 1) % len(ds)][1] or target == ds.samples[(i + 2) % len(ds)][1]
+
+
+def test_evaluation_leaves_unreadable_images_out(tmp_path):
+    make_split_root(tmp_path, per_class=3)
+    _corrupt(tmp_path / "val")
+    for resident in (False, True):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            data = build_classification_data(str(tmp_path), img_size=32, batch_size=4, workers=0, device="cpu",
+                                             gpu_resident=resident, train_split=None, progress=False)
+            count = valid = 0
+            for images, targets, readable in data.val:
+                count += images.shape[0]
+                valid += images.shape[0] if readable is None else int(readable.sum())
+        assert any("unreadable image skipped" in str(w.message) for w in caught)
+        assert valid == 6, resident  # 3 + 3 readable images, the 2 broken ones left out
+        assert (data.val.unreadable + len(data.unreadable)) == 2
+
+
+def test_resident_decode_drops_and_reports_corrupt_files(tmp_path):
+    root = make_folder(tmp_path / "x", per_class=2)
+    garbage, _ = _corrupt(root)
+    paths = sorted(str(p) for p in root.rglob("*.*"))
+    with pytest.warns(UserWarning, match="unreadable"):
+        images, keep, failures = decode_images(paths, resize_crop_uint8(24, 24), 24, workers=0, progress=False)
+    assert images.shape == (len(paths) - 2, 3, 24, 24)
+    assert {p for p, _ in failures} == {str(garbage), str(root / "b" / "truncated.png")}
+    assert len(keep) == len(paths) - 2
+
+
+# ---------------------------------------------------------------------- sampling
+def test_sharded_batches_cover_the_single_process_batches():
+    single = EpochSampler(50, batch_size=8, world_size=1, rank=0, seed=1)
+    ranks = [EpochSampler(50, batch_size=8, world_size=2, rank=r, seed=1) for r in range(2)]
+    assert single.steps_per_epoch == ranks[0].steps_per_epoch == 6
+    for epoch in (0, 3):
+        single.set_epoch(epoch)
+        one = [i for i, _ in single]
+        per_rank = []
+        for s in ranks:
+            s.set_epoch(epoch)
+            per_rank.append([i for i, _ in s])
+        for step in range(6):
+            together = per_rank[0][step * 4:(step + 1) * 4] + per_rank[1][step * 4:(step + 1) * 4]
+            assert sorted(together) == sorted(one[step * 8:(step + 1) * 8])
+    single.set_epoch(0)
+    first = [i for i, _ in single]
+    single.set_epoch(1)
+    assert [i for i, _ in single] != first  # a new order every epoch
+
+
+def test_resuming_mid_epoch_gives_the_rest_of_the_epoch_with_the_same_seeds():
+    s = EpochSampler(40, batch_size=8, seed=5)
+    s.set_epoch(2)
+    full = list(s)
+    s.set_epoch(2, start_step=3)
+    assert list(s) == full[24:] and len(s) == 16
+    with pytest.raises(ValueError, match="outside the epoch"):
+        s.set_epoch(0, start_step=9)
+
+
+def test_repeated_augmentation_and_batch_checks():
+    s = EpochSampler(64, batch_size=8, repeats=3, seed=0)
+    s.set_epoch(0)
+    indices = [i for i, _ in s]
+    counts = np.bincount(indices)
+    assert counts.max() == 3  # each selected image three times
+    with pytest.raises(ValueError, match="larger than"):
+        EpochSampler(5, batch_size=8)
+    with pytest.raises(ValueError, match="divisible"):
+        EpochSampler(50, batch_size=9, world_size=2)
+
+
+# ---------------------------------------------------------------------- device-side augmentation
+def test_crop_boxes_follow_the_scale_and_ratio_ranges():
+    torch.manual_seed(0)
+    aug = DeviceAugment(16, scale=(0.25, 0.5), ratio=(0.75, 4 / 3), auto_augment=None, re_prob=0)
+    boxes = aug.crop_boxes(500, 40, 40)
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    area = w * h / 1600
+    assert (boxes[:, :2] >= 0).all() and (boxes[:, 2] <= 40 + 1e-4).all() and (boxes[:, 3] <= 40 + 1e-4).all()
+    assert area.min() >= 0.25 - 1e-4 and area.max() <= 0.5 + 1e-4
+    assert (w / h).min() >= 0.75 - 1e-4 and (w / h).max() <= 4 / 3 + 1e-4
+    full = DeviceAugment(16, scale=(1, 1), ratio=(1, 1), auto_augment=None, re_prob=0).crop_boxes(4, 40, 40)
+    assert torch.allclose(full, torch.tensor([[0.0, 0.0, 40.0, 40.0]]).expand(4, 4))
+
+
+def test_device_augment_full_recipe_is_seeded_and_normalised():
+    images, _ = generate_shapes(16, size=40, seed=0)
+    aug = DeviceAugment(32, auto_augment="rand-m9-mstd0.5-inc1", group_size=4, re_prob=0.5, device="cpu")
+    torch.manual_seed(1)
+    import random
+    random.seed(1)
+    a = aug(images)
+    torch.manual_seed(1)
+    random.seed(1)
+    b = aug(images)
+    c = aug(images)
+    assert a.shape == (16, 3, 32, 32) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.abs().max() < 10
+
+
+def test_device_augment_without_augmentation_is_normalisation_only():
+    images, _ = generate_shapes(4, size=32, seed=0)
+    aug = DeviceAugment(32, no_aug=True, mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
+    assert torch.allclose(aug(images), images.float() / 127.5 - 1)
+    with pytest.raises(ValueError, match="already be 24 px"):
+        DeviceAugment(24, no_aug=True)(images)
+    with pytest.raises(ValueError, match="RandAugment"):
+        DeviceAugment(24, auto_augment="augmix-m5")
+
+
+def test_resident_eval_images_equal_timm_eval_transform(tmp_path):
+    """Decode-once evaluation crops are exactly what timm's eval pipeline feeds the model."""
+    root = make_folder(tmp_path / "v", classes=("a",), per_class=2, size=50)
+    path = str(sorted(root.rglob("*.png"))[0])
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    reference = eval_transform(32, crop_pct=0.875, mean=mean, std=std)(load_rgb(path))
+    stored = resize_crop_uint8(eval_resize_size(32, 0.875), 32)(load_rgb(path))
+    mine = (stored.float() / 255 - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1)
+    assert torch.allclose(mine, reference, atol=1e-5)
+
+
+def test_both_paths_give_batches_of_the_configured_shape(tmp_path):
+    make_split_root(tmp_path, per_class=5)
+    for resident in (True, False):
+        data = build_classification_data(str(tmp_path), img_size=24, batch_size=4, workers=0, device="cpu",
+                                         gpu_resident=resident, progress=False,
+                                         augment=AugmentOptions(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5))
+        assert data.resident is resident and data.classes == ["a", "b"]
+        batches = list(data.train.epoch(0))
+        assert len(batches) == data.train.steps_per_epoch == 2
+        images, targets = batches[0]
+        assert images.shape == (4, 3, 24, 24) and images.dtype == torch.float32
+        assert targets.dtype == torch.int64 and targets.shape == (4,)
+
+
+def test_export_image_folder_round_trip(tmp_path):
+    images, labels = generate_shapes(10, size=32, seed=0)
+    export_image_folder(images, labels, tmp_path / "syn")
+    samples, classes = scan_image_folder(tmp_path / "syn")
+    assert classes == sorted(SYNTHETIC_CLASSES) and len(samples) == 10
+    first = next(p for p in sorted((tmp_path / "syn").rglob("000000.png")))
+    assert torch.equal(torch.from_numpy(np.array(load_rgb(str(first)))).permute(2, 0, 1), images[0])
+
+
+def test_streaming_randaugment_survives_its_largest_magnitude():
+    """timm's PosterizeIncreasing asks for 0 bits at magnitude 10, which recent Pillow rejects mid-epoch."""
+    from vision_mamba.data.transforms import train_transform
+
+    transform = train_transform(32, auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.0)
+    rand_augment = next(t for t in transform.transforms if hasattr(t, "ops"))
+    for op in rand_augment.ops:
+        op.prob, op.magnitude, op.magnitude_std = 1.0, 10, 0.0
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    np.random.seed(0)  # timm picks the ops with numpy: this seed draws PosterizeIncreasing several times
+    for _ in range(3 * len(rand_augment.ops)):
+        assert transform(image).shape == (3, 32, 32)
+
+
+def test_streaming_augmentation_does_not_depend_on_the_worker_processes(tmp_path):
+    """Each sample carries its own seed: the same batches with 0 or 2 workers (and so after a resume)."""
+    make_split_root(tmp_path, per_class=4)
+    batches = {}
+    for workers in (0, 2):
+        data = build_classification_data(
+            str(tmp_path), img_size=24, batch_size=4, workers=workers, device="cpu", gpu_resident=False,
+            val_split=None, progress=False, augment=AugmentOptions(auto_augment="rand-m9-mstd0.5-inc1", re_prob=0.5))
+        batches[workers] = [images for images, _ in data.train.epoch(1)]
+    assert len(batches[0]) == 2
+    assert all(torch.equal(a, b) for a, b in zip(batches[0], batches[2]))

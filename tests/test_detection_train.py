@@ -1,0 +1,178 @@
+"""Detection training (issue 6): a two-image overfit, and det-train / det-eval / det-predict end to end with
+checkpoints, time limit, interruption and resume, on the synthetic COCO set of test_detection.py."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from test_detection import TINY_MODEL, _float_batch, make_coco, single_thread, tiny_detector  # noqa: F401
+from vision_mamba.cli import main as cli
+from vision_mamba.engine import load_state
+from vision_mamba.tasks.detection import trainer
+from vision_mamba.tasks.detection.datasets import CocoInstances
+from vision_mamba.tasks.detection.evaluation import evaluate_model
+from vision_mamba.tasks.detection.trainer import param_groups
+
+
+def test_two_image_overfit_losses_go_down_and_ap_rises(tmp_path):
+    image_dir, ann = make_coco(tmp_path, num_images=2)
+    ds = CocoInstances(image_dir, ann, progress=False)
+    model = tiny_detector()
+    model.train()
+    images, targets = _float_batch(ds, [0, 1])
+    optimizer = torch.optim.AdamW(param_groups(model, weight_decay=0.0, layer_decay=1.0), lr=2e-3)
+    history = []
+    for _ in range(30):
+        losses = model(images, targets)
+        loss = sum(losses.values())
+        assert torch.isfinite(loss)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append({k: float(v.detach()) for k, v in losses.items()} | {"total": float(loss.detach())})
+    first = sum(h["total"] for h in history[:3]) / 3
+    last = sum(h["total"] for h in history[-3:]) / 3
+    assert last < 0.5 * first, [round(h["total"], 3) for h in history]
+    for key in ("loss_classifier", "loss_mask", "loss_objectness"):
+        assert history[-1][key] < history[0][key], key
+    # the memorised images are found again through the whole eval path (postprocess, RLE, COCOeval)
+    metrics = evaluate_model(model, ds, "cpu", progress=False)
+    assert metrics["bbox_AP50"] >= 0.75 and metrics["segm_AP50"] >= 0.75, metrics
+
+
+def _write_config(tmp_path: Path, root: Path, **train) -> Path:
+    config = {
+        "model": {**TINY_MODEL},
+        "data": {"root": str(root), "train_images": "images", "train_annotations": "instances.json",
+                 "val_images": "images", "val_annotations": "instances.json", "scale_range": [0.5, 1.5],
+                 "workers": 0},
+        "train": {"iters": 4, "batch_size": 2, "lr": 1e-3, "warmup_iters": 1, "log_every": 1,
+                  "checkpoint_every": 2, **train},
+        "eval": {"batch_size": 2, "train_set": True},
+    }
+    path = tmp_path / "det.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def test_det_train_time_limit_resume_eval_predict(tmp_path, capsys):
+    data = tmp_path / "data"
+    make_coco(data, num_images=3)
+    config = _write_config(tmp_path, data)
+    run = tmp_path / "run"
+    # A zero time limit stops after the first iteration, saves, and still evaluates.
+    assert cli(["det-train", "--config", str(config), "--output", str(run), "--no-progress",
+                "--set", "train.time_limit_minutes=0"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["iters"] == 1 and results["stopped"] == "time limit" and results["iters_planned"] == 4
+    assert 0.0 <= results["val"]["bbox_AP"] <= 1.0 and results["train"]["num_images"] == 3
+    for name in ("config.yaml", "checkpoint.pt", "model.safetensors", "metrics.jsonl", "curves.png"):
+        assert (run / name).is_file(), name
+    assert load_state(run / "checkpoint.pt")["iter"] == 1
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    assert saved["train"]["time_limit_minutes"] == 0 and saved["model"]["backbone"] == "test_vim"
+
+    # Resume: the stored config is the base, the time limit lifted on the command line.
+    assert cli(["det-train", "--resume", str(run), "--no-progress", "--set", "train.time_limit_minutes=null"]) == 0
+    results = json.loads((run / "results.json").read_text())
+    assert results["iters"] == 4 and results["stopped"] == "completed"
+    logged = [json.loads(line)["iter"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 1, 2, 3, 4, 4]  # iteration 1 and its evaluation, resumed: 2, 3, 4 and the evaluation
+    assert load_state(run / "checkpoint.pt")["iter"] == 4
+
+    out = tmp_path / "ap.json"
+    assert cli(["det-eval", "--checkpoint", str(run / "model.safetensors"), "--output", str(out),
+                "--no-progress", "--device", "cpu"]) == 0
+    metrics = json.loads(out.read_text())
+    # the same weights and images as the evaluation at the end of training give the same AP
+    assert metrics["bbox_AP"] == pytest.approx(results["val"]["bbox_AP"])
+    assert metrics["segm_AP"] == pytest.approx(results["val"]["segm_AP"])
+
+    png = tmp_path / "pred.png"
+    assert cli(["det-predict", "--checkpoint", str(run / "checkpoint.pt"), "--image",
+                str(data / "images" / "img_000.png"), "--output", str(png), "--score-thresh", "0.0",
+                "--device", "cpu"]) == 0
+    with Image.open(png) as img:
+        assert img.size == (64, 48) and img.mode == "RGB"
+    assert "drawn into" in capsys.readouterr().out
+
+
+def _det_results_module():
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "det_results.py"
+    spec = importlib.util.spec_from_file_location("det_results", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_det_results_collect_and_publish(tmp_path, monkeypatch):
+    det_results = _det_results_module()
+    data = tmp_path / "data"
+    make_coco(data, num_images=2)
+    run = tmp_path / "runs" / "vim"
+    assert cli(["det-train", "--config", str(_write_config(tmp_path, data, iters=2)), "--output", str(run),
+                "--no-progress"]) == 0
+    (tmp_path / "runs" / "deit").mkdir()  # a run that failed before writing results
+    out = tmp_path / "out" / "det" / "coco128_detection.json"
+    assert det_results.main(["collect", "--init", "scratch", "--output", str(out), str(run),
+                             str(tmp_path / "runs" / "deit")]) == 1  # one run has no results
+    records = json.loads(out.read_text())["records"]
+    vim = records[0]
+    assert vim["backbone"] == "test_vim" and vim["iters"] == 2 and vim["init"] == "scratch"
+    summary = json.loads((run / "results.json").read_text())
+    assert vim["box_ap"] == pytest.approx(100 * summary["val"]["bbox_AP"], abs=0.01)
+    assert vim["train_box_ap"] == pytest.approx(100 * summary["train"]["bbox_AP"], abs=0.01)
+    assert "error" in records[1]
+    Image.new("RGB", (8, 8)).save(out.parent / "pred_vim_tiny.png")
+    repo = tmp_path / "repo"
+    (repo / "docs").mkdir(parents=True)
+    (repo / "docs" / "detection.md").write_text(f"intro\n{det_results.START}\nold\n{det_results.END}\nrest\n")
+    monkeypatch.setattr(det_results, "REPO", repo)
+    assert det_results.main(["publish", str(out)]) == 0
+    doc = (repo / "docs" / "detection.md").read_text()
+    assert "| test_vim | scratch | 2 |" in doc and "old" not in doc and doc.endswith("rest\n")
+    assert "images/detection/pred_vim_tiny.png" in doc
+    assert (repo / "docs" / "images" / "detection" / "pred_vim_tiny.png").is_file()
+    assert json.loads((repo / "docs" / "results" / "coco128_detection.json").read_text())["records"] == records
+
+
+def test_interrupt_saves_checkpoint_and_skips_eval(tmp_path, monkeypatch):
+    data = tmp_path / "data"
+    make_coco(data, num_images=2)
+    config = _write_config(tmp_path, data, checkpoint_every=100)
+
+    class SignalledGuard(trainer.InterruptGuard):
+        """As if SIGTERM arrived during the first iteration."""
+
+        def __enter__(self):
+            super().__enter__()
+            self.requested, self.signal_name = True, "SIGTERM"
+            return self
+
+    monkeypatch.setattr(trainer, "InterruptGuard", SignalledGuard)
+    run = tmp_path / "run"
+    assert cli(["det-train", "--config", str(config), "--output", str(run), "--no-progress"]) == 1
+    assert load_state(run / "checkpoint.pt")["iter"] == 1
+    assert not (run / "results.json").exists() and not (run / "model.safetensors").exists()
+
+
+def test_det_train_reports_bad_data_before_training(tmp_path, capsys):
+    data = tmp_path / "data"
+    _, ann = make_coco(data, num_images=2)
+    content = json.loads(ann.read_text())
+    content["annotations"][0]["bbox"] = [3, 4, -10, 5]
+    ann.write_text(json.dumps(content))
+    config = _write_config(tmp_path, data)
+    assert cli(["det-train", "--config", str(config), "--output", str(tmp_path / "run"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "annotation 1 (image 100) bbox [3, 4, -10, 5] has a non-positive width or height" in err
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()
+    assert cli(["det-train", "--config", str(config), "--set", "train.itres=3"]) == 2
+    assert "did you mean 'train.iters'" in capsys.readouterr().err

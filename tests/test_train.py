@@ -1,0 +1,281 @@
+"""Training and evaluation on the CPU: end to end through the CLI, learning, exact resumption, the non-finite
+guard, the time budget, fine-tuning at another resolution, a timm baseline, and a slice of Imagenette."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vision_mamba import cli
+from vision_mamba.engine import NonFiniteLossError, load_state
+from vision_mamba.train import TrainConfig, Trainer
+from vision_mamba.train.budget import plan_epochs
+
+TINY = dict(
+    model="test_vim", model_kwargs={"patch_size": 8}, data="synthetic", synthetic_train=96, synthetic_val=40,
+    synthetic_size=32, img_size=32, crop_pct=1.0, batch_size=16, eval_batch_size=64, epochs=2, warmup_epochs=1,
+    lr=2e-3, weight_decay=0.05, scale=[0.5, 1.0], auto_augment=None, reprob=0.0, mixup=0.0, cutmix=0.0,
+    smoothing=0.1, repeated_aug=1, ema=False, workers=0, progress=False, device="cpu", log_interval=1, cpu_threads=1,
+)
+
+
+def tiny_config(tmp_path: Path, name: str = "run", **overrides) -> TrainConfig:
+    values = {**TrainConfig().to_dict(), **TINY, "output": str(tmp_path / name), **overrides}
+    return TrainConfig.from_dict(values)
+
+
+class Recorder:
+    """A step hook that records (epoch, step, loss) and can send this process a signal after a given step."""
+
+    def __init__(self, signal_after=None, signum=signal.SIGINT):
+        self.losses = []
+        self.signal_after, self.signum = signal_after, signum
+
+    def __call__(self, trainer, epoch, step, loss):
+        self.losses.append((epoch, step, float(loss)))
+        if self.signal_after == (epoch, step):
+            os.kill(os.getpid(), self.signum)
+
+
+def params(path: Path):
+    return load_file(str(path))
+
+
+# ---------------------------------------------------------------------- end to end
+def test_train_then_eval_through_the_cli(tmp_path, capsys):
+    run = tmp_path / "cli"
+    argv = ["train", "--epochs", "2", "--batch-size", "16", "--output", str(run), "--device", "cpu",
+            "--set", "synthetic_train=64", "--set", "synthetic_val=32", "--set", "progress=false",
+            "--set", "model_kwargs={embed_dim: 32, depth: 2, patch_size: 8}", "--set", "eval_batch_size=32"]
+    assert cli.main(argv) == 0
+    out = capsys.readouterr().out
+    assert "final: top-1" in out
+    for name in ("config.yaml", "last.pth", "final.safetensors", "best.safetensors", "metrics.csv",
+                 "metrics.jsonl", "curves.png", "results.json"):
+        assert (run / name).is_file(), name
+    results = json.loads((run / "results.json").read_text())
+    assert results["epochs"] == 2 and 0 <= results["top1"] <= 100 and results["top5"] >= results["top1"]
+    # eval of the exported weights with the run's own config reproduces the final evaluation
+    report = tmp_path / "eval.json"
+    assert cli.main(["eval", "--checkpoint", str(run / "final.safetensors"), "--json", str(report),
+                     "--no-progress"]) == 0
+    evaluated = json.loads(report.read_text())
+    assert evaluated["images"] == 32
+    assert evaluated["top1"] == pytest.approx(results["top1"]) and evaluated["top5"] == pytest.approx(results["top5"])
+    assert evaluated["img_per_s"] > 0
+    assert "top-1" in capsys.readouterr().out
+    # the training checkpoint evaluates the same
+    assert cli.main(["eval", "--checkpoint", str(run / "last.pth"), "--json", str(report), "--no-progress"]) == 0
+    assert json.loads(report.read_text())["top1"] == pytest.approx(results["top1"])
+
+
+def test_loss_goes_down_when_overfitting_a_tiny_set(tmp_path):
+    cfg = tiny_config(tmp_path, synthetic_train=32, batch_size=32, epochs=30, warmup_epochs=2, lr=4e-3,
+                      no_aug=True, smoothing=0.0, weight_decay=0.0, eval_interval=30, save_interval=30,
+                      model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2})
+    rec = Recorder()
+    threads = torch.get_num_threads()
+    result = Trainer(cfg, step_hook=rec).run()
+    assert torch.get_num_threads() == threads  # cpu_threads applies to the run only
+    first = sum(l for *_, l in rec.losses[:3]) / 3
+    last = sum(l for *_, l in rec.losses[-3:]) / 3
+    assert len(rec.losses) == 30 and last < 0.5 * first, (first, last)  # from chance level (ln 10) to < half
+    assert result.final["top1"] >= 0 and not result.interrupted
+
+
+# ---------------------------------------------------------------------- resumption
+@pytest.mark.parametrize("resident", [True, False], ids=["device-resident", "streaming"])
+def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tmp_path, resident):
+    """Full augmentation (crop, flip, RandAugment, erasing, mixup / cutmix, drop path): the resumed run repeats
+    the uninterrupted run's next steps bit for bit, and ends with the same weights."""
+    recipe = dict(gpu_resident=resident, auto_augment="rand-m9-mstd0.5-inc1", ra_group=4, reprob=0.25, mixup=0.8,
+                  cutmix=1.0, drop_path=0.1, ema=True, ema_decay=0.9, synthetic_train=64, epochs=2, batch_size=16,
+                  eval_interval=2, model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2})
+    full = Recorder()
+    Trainer(tiny_config(tmp_path, "full", **recipe), step_hook=full).run()
+
+    stopped = Recorder(signal_after=(0, 1))  # interrupted after the 2nd of 4 steps of epoch 1
+    result = Trainer(tiny_config(tmp_path, "cut", **recipe), step_hook=stopped).run()
+    assert result.interrupted and result.weights is None
+    state = load_state(tmp_path / "cut" / "last.pth")
+    assert (state["epoch"], state["step"]) == (0, 2)
+
+    resumed = Recorder()
+    cfg = tiny_config(tmp_path, "cut", resume=str(tmp_path / "cut" / "last.pth"), **recipe)
+    Trainer(cfg, step_hook=resumed).run()
+    assert stopped.losses == full.losses[:2]
+    assert resumed.losses[0] == full.losses[2]  # the next step, exactly
+    assert resumed.losses == full.losses[2:]
+    a, b = params(tmp_path / "full" / "final.safetensors"), params(tmp_path / "cut" / "final.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    ema_a, ema_b = params(tmp_path / "full" / "final_ema.safetensors"), params(tmp_path / "cut" / "final_ema.safetensors")
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    rows = (tmp_path / "cut" / "metrics.csv").read_text().strip().splitlines()
+    assert len(rows) == 3  # header + two epochs, nothing duplicated
+
+
+def test_sigterm_saves_and_resume_auto_continues(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, "term", synthetic_train=48, epochs=2)
+    assert Trainer(cfg, step_hook=Recorder(signal_after=(1, 0), signum=signal.SIGTERM)).run().interrupted
+    assert "stopped by SIGTERM" in capsys.readouterr().out
+    argv = ["train", "--resume", "auto", "--output", str(tmp_path / "term"), "--set", "progress=false"]
+    assert cli.main(argv) == 0  # the saved configuration is the base: no --config needed
+    state = load_state(tmp_path / "term" / "last.pth")
+    assert (state["epoch"], state["step"]) == (2, 0)
+    assert "resumed from" in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------- robustness
+class NaNAt:
+    """Wraps a loss: returns NaN at the given calls."""
+
+    def __init__(self, criterion, bad):
+        self.criterion, self.bad, self.calls = criterion, set(bad), 0
+
+    def __call__(self, output, target):
+        loss = self.criterion(output, target)
+        self.calls += 1
+        return loss * float("nan") if self.calls - 1 in self.bad else loss
+
+
+def test_non_finite_losses_are_skipped_counted_and_stop_the_run(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "nan", synthetic_train=64, epochs=2))
+    trainer.setup()
+    trainer.criterion = NaNAt(trainer.criterion, bad={1, 2})
+    before = {k: v.clone() for k, v in trainer.model.state_dict().items()}
+    result = trainer.run()
+    assert result.skipped_steps == 2 and not result.interrupted
+    assert any(not torch.equal(before[k], v) for k, v in trainer.model.state_dict().items())
+    results = json.loads((tmp_path / "nan" / "results.json").read_text())
+    assert results["skipped_steps"] == 2
+
+    trainer = Trainer(tiny_config(tmp_path, "nan2", synthetic_train=64, epochs=2, max_nonfinite=2))
+    trainer.setup()
+    trainer.criterion = NaNAt(trainer.criterion, bad=range(100))
+    with pytest.raises(NonFiniteLossError, match="non-finite loss"):
+        trainer.run()
+
+
+def test_time_budget_plan():
+    plan = plan_epochs(limit_s=100, elapsed_s=10, epochs_done=1, epoch_train_s=8, eval_s=2, eval_interval=2,
+                       save_s=1, save_interval=1, final_s=5, min_epochs=2, max_epochs=50, margin=0.0)
+    assert plan.epochs == 1 + (100 - 10 - 5) // 10 and plan.fits
+    capped = plan_epochs(limit_s=1e6, elapsed_s=0, epochs_done=1, epoch_train_s=1, eval_s=0, eval_interval=1,
+                         save_s=0, save_interval=1, final_s=0, min_epochs=2, max_epochs=7)
+    assert capped.epochs == 7
+    short = plan_epochs(limit_s=10, elapsed_s=9, epochs_done=1, epoch_train_s=5, eval_s=0, eval_interval=1,
+                        save_s=0, save_interval=1, final_s=0, min_epochs=3, max_epochs=7)
+    assert short.epochs == 3 and not short.fits
+
+
+def test_time_limit_fixes_the_epochs_after_the_first(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, "budget", synthetic_train=48, epochs=50, warmup_epochs=1, time_limit_min=0.12)
+    result = Trainer(cfg).run()
+    assert 2 <= result.planned_epochs <= 50 and result.epochs_done == result.planned_epochs
+    assert "time limit 0.12 min" in capsys.readouterr().out
+    assert result.minutes < 0.12 * 1.5  # the plan holds (generously: a busy CI machine)
+    assert load_state(tmp_path / "budget" / "last.pth")["planned_epochs"] == result.planned_epochs
+
+
+class SlowAfter:
+    """A step hook that makes every step from epoch ``epoch`` on take ``seconds`` longer (a machine that slows)."""
+
+    def __init__(self, epoch: int, seconds: float):
+        self.epoch, self.seconds = epoch, seconds
+
+    def __call__(self, trainer, epoch, step, loss):
+        if epoch >= self.epoch:
+            import time
+
+            time.sleep(self.seconds)
+
+
+def test_time_limit_shortens_the_schedule_when_the_machine_slows_down(tmp_path, capsys):
+    cfg = tiny_config(tmp_path, "slow", synthetic_train=48, epochs=200, warmup_epochs=1, time_limit_min=0.15,
+                      eval_interval=50)
+    result = Trainer(cfg, step_hook=SlowAfter(epoch=3, seconds=0.2)).run()
+    out = capsys.readouterr().out
+    planned = int(out.split("epochs planned")[0].rsplit(":", 1)[1])
+    assert "the schedule is shortened" in out
+    assert result.epochs_done == result.planned_epochs < planned
+    assert result.minutes < 0.15 * 1.3 and result.final["images"] == 40
+
+
+def test_stop_signals_reaching_the_data_workers_do_not_crash_the_run(tmp_path):
+    """SIGTERM to the whole process group (timeout, a cluster): the workers ignore it, the run saves and stops."""
+    import multiprocessing
+
+    def hook(trainer, epoch, step, loss):
+        if (epoch, step) == (0, 0):  # the signal reaches the workers first ...
+            import time
+
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGTERM)
+            time.sleep(0.5)
+        if (epoch, step) == (0, 1):  # ... the main process one batch later (it still needs its workers)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    cfg = tiny_config(tmp_path, "workers", synthetic_train=64, gpu_resident=False, workers=2)
+    result = Trainer(cfg, step_hook=hook).run()
+    assert result.interrupted and load_state(tmp_path / "workers" / "last.pth")["step"] == 2
+
+
+# ---------------------------------------------------------------------- models
+def test_finetune_at_another_resolution_resizes_pos_embed(tmp_path):
+    source = Trainer(tiny_config(tmp_path, "src", synthetic_train=32, epochs=2, model_kwargs={})).run()
+    cfg = tiny_config(tmp_path, "ft", finetune=str(source.weights), img_size=48, synthetic_size=48, epochs=2,
+                      synthetic_train=32, model="test_vim_stride8", model_kwargs={})
+    trainer = Trainer(cfg)
+    trainer.setup()
+    loaded = trainer.model.state_dict()
+    weights = params(source.weights)
+    assert loaded["pos_embed"].shape[1] == 5 * 5 + 1 != weights["pos_embed"].shape[1]
+    assert torch.equal(loaded["layers.1.mixer.in_proj.weight"], weights["layers.1.mixer.in_proj.weight"])
+    assert not trainer.run().interrupted
+
+
+def test_a_timm_baseline_trains_through_the_same_loop(tmp_path):
+    cfg = tiny_config(tmp_path, "deit", model="deit_tiny_patch16_224", synthetic_train=32, epochs=2,
+                      model_kwargs=dict(patch_size=8, depth=2, embed_dim=32, num_heads=2), mixup=0.8, cutmix=1.0)
+    result = Trainer(cfg).run()
+    assert result.final["images"] == 40 and (tmp_path / "deit" / "final.safetensors").is_file()
+
+
+# ---------------------------------------------------------------------- real data
+@pytest.mark.data
+def test_a_slice_of_imagenette(shared_data, tmp_path):
+    """A few steps on 12 images per class of Imagenette-160, both data paths, then eval of the result."""
+    root = tmp_path / "slice"
+    for split, per_class in (("train", 12), ("val", 4)):
+        for folder in sorted((shared_data / "imagenette-160" / split).iterdir()):
+            (root / split / folder.name).mkdir(parents=True)
+            for f in sorted(folder.iterdir())[:per_class]:
+                (root / split / folder.name / f.name).symlink_to(f)
+    for resident in (True, False):
+        cfg = tiny_config(tmp_path, f"inette{resident}", data=str(root), img_size=64, crop_pct=0.875,
+                          gpu_resident=resident, epochs=2, batch_size=20, auto_augment="rand-m9-mstd0.5-inc1",
+                          mixup=0.8, cutmix=1.0, reprob=0.25, model_kwargs={})
+        result = Trainer(cfg).run()
+        assert result.final["images"] == 40 and result.unreadable_images == 0
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "inetteTrue" / "final.safetensors"),
+                     "--no-progress"]) == 0
+
+
+def test_no_weight_decay_on_1d_params_pos_embed_cls_token_a_log_and_d(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path, "groups", synthetic_train=32, epochs=2))
+    trainer.setup()
+    names = {id(p): n for n, p in trainer.model.named_parameters()}
+    decayed = {names[id(p)] for g in trainer.optimizer.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    plain = {names[id(p)] for g in trainer.optimizer.param_groups if g["weight_decay"] == 0 for p in g["params"]}
+    assert decayed and plain and decayed | plain == set(names.values())
+    for name in plain:
+        assert name in ("pos_embed", "cls_token") or name.split(".")[-1] in ("A_log", "A_b_log", "D", "D_b") \
+            or trainer.model.get_parameter(name).ndim <= 1, name
+    assert {"pos_embed", "cls_token", "layers.0.mixer.A_log", "layers.0.mixer.D"} <= plain
+    assert "layers.0.mixer.in_proj.weight" in decayed and "head.weight" in decayed
+    trainer.logger.close()

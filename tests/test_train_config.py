@@ -1,0 +1,91 @@
+"""Training configuration: files, overrides, clear errors; every shipped config resolves."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from vision_mamba import cli
+from vision_mamba.train.config import QUICKSTART, ConfigError, TrainConfig, parse_overrides, resolve_config
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
+TRAIN_CONFIGS = [p for p in CONFIGS if p.parts[-2] in ("imagenette", "imagenet", "synthetic")]
+
+
+def test_unknown_key_in_a_file_names_the_key_and_suggests(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("model: test_vim\nlearning_rate: 0.1\n")
+    with pytest.raises(ConfigError, match=r"unknown config key 'learning_rate'"):
+        resolve_config(path)
+    with pytest.raises(ConfigError, match=r"did you mean .*batch_size"):
+        resolve_config(None, parse_overrides(["batch_sise=3"]), {"data": "synthetic"})
+
+
+def test_types_ranges_and_required_keys(tmp_path):
+    with pytest.raises(ConfigError, match="'lr' must be a number"):
+        resolve_config(None, parse_overrides(["lr=fast", "data=synthetic"]))
+    with pytest.raises(ConfigError, match="'hflip'.*in \\[0, 1\\]"):
+        resolve_config(None, {"hflip": 1.5, "data": "synthetic"})
+    with pytest.raises(ConfigError, match="'data'.*required"):
+        resolve_config(None)
+    with pytest.raises(ConfigError, match="'precision'"):
+        resolve_config(None, {"precision": "fp8", "data": "synthetic"})
+    with pytest.raises(ConfigError, match="'warmup_epochs'"):
+        resolve_config(None, {"warmup_epochs": 5, "epochs": 5, "data": "synthetic"})
+    (tmp_path / "list.yaml").write_text("- 1\n- 2\n")
+    with pytest.raises(ConfigError, match="mapping"):
+        resolve_config(tmp_path / "list.yaml")
+    with pytest.raises(ConfigError, match="not found"):
+        resolve_config(tmp_path / "missing.yaml")
+
+
+def test_precedence_base_chain_and_dotted_mapping_keys(tmp_path):
+    (tmp_path / "base.yaml").write_text("data: synthetic\nlr: 0.01\nepochs: 7\nmodel_kwargs: {depth: 3}\n")
+    (tmp_path / "child.yaml").write_text("base: base.yaml\nlr: 0.02\n")
+    cfg = resolve_config(tmp_path / "child.yaml", parse_overrides(["epochs=9", "model_kwargs.embed_dim=48"]))
+    assert (cfg.lr, cfg.epochs) == (0.02, 9)
+    assert cfg.model_kwargs == {"depth": 3, "embed_dim": 48}
+    assert cfg.data == "synthetic" and cfg.batch_size == TrainConfig.batch_size  # untouched default
+    with pytest.raises(ConfigError, match="dotted sub-key"):
+        resolve_config(tmp_path / "child.yaml", {"lr.x": 1})
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(ConfigError, match="loops"):
+        resolve_config(tmp_path / "loop.yaml")
+
+
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+def test_every_shipped_training_config_resolves(path):
+    cfg = resolve_config(path, {"data": "synthetic"})
+    assert cfg.model
+
+
+def test_synthetic_config_is_the_quickstart_preset():
+    assert resolve_config(REPO / "configs" / "synthetic" / "vim.yaml") == resolve_config(QUICKSTART)
+
+
+def test_imagenette_baselines_share_the_vim_recipe():
+    vim = resolve_config(REPO / "configs" / "imagenette" / "vim_tiny.yaml").to_dict()
+    deit = resolve_config(REPO / "configs" / "imagenette" / "deit_tiny.yaml").to_dict()
+    different = {k for k in vim if vim[k] != deit[k]}
+    assert different == {"model"}
+
+
+def test_cli_reports_config_errors_before_any_work(tmp_path, capsys):
+    (tmp_path / "bad.yaml").write_text("modle: vim_tiny_patch16_224\n")
+    assert cli.main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
+    assert "unknown config key 'modle'" in capsys.readouterr().err
+    out = tmp_path / "run"
+    assert cli.main(["train", "--data", str(tmp_path / "no_such_folder"), "--output", str(out)]) == 2
+    assert "dataset folder not found" in capsys.readouterr().err
+    assert not out.exists()  # nothing was created
+    assert cli.main(["train", "--model", "vim_tinny_patch16_224", "--epochs", "2", "--output", str(out),
+                     "--set", "synthetic_train=64"]) == 2
+    assert "did you mean vim_tiny_patch16_224" in capsys.readouterr().err
+
+
+def test_print_config_shows_the_resolved_values(capsys):
+    assert cli.main(["train", "--print-config", "--lr", "0.5", "--set", "model_kwargs.depth=3"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed["lr"] == 0.5 and printed["model_kwargs"]["depth"] == 3 and printed["data"] == "synthetic"

@@ -1,0 +1,58 @@
+"""DDP on the CPU: two gloo processes under torchrun match one process on the same global batch."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+import torch.distributed as dist
+from vision_mamba.train import TrainConfig, Trainer
+
+# No augmentation and no dropout: the only randomness left would be per-process, so both runs see the same batches.
+DETERMINISTIC = dict(
+    model="test_vim", model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2}, data="synthetic",
+    synthetic_train=64, synthetic_val=30, synthetic_size=32, img_size=32, crop_pct=1.0, batch_size=16,
+    eval_batch_size=16, epochs=2, warmup_epochs=1, lr=3e-3, no_aug=True, smoothing=0.1, drop_path=0.0,
+    mixup=0.0, cutmix=0.0, reprob=0.0, auto_augment=None, repeated_aug=1, ema=True, ema_decay=0.9, workers=0,
+    progress=False, device="cpu", clip_grad=1.0, cpu_threads=1,
+)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_two_gloo_processes_match_one_process(tmp_path):
+    single_cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **DETERMINISTIC, "output": str(tmp_path / "one")})
+    single = Trainer(single_cfg).run()
+
+    config = tmp_path / "ddp.yaml"
+    config.write_text(yaml.safe_dump({**DETERMINISTIC, "output": str(tmp_path / "two")}))
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vision_mamba.cli", "train", "--config", str(config)]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "2 process(es)" in proc.stdout
+
+    one, two = load_file(str(single.weights)), load_file(str(tmp_path / "two" / "final.safetensors"))
+    assert one.keys() == two.keys()
+    for key in one:
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+    ema_one = load_file(str(tmp_path / "one" / "final_ema.safetensors"))
+    ema_two = load_file(str(tmp_path / "two" / "final_ema.safetensors"))
+    for key in ema_one:
+        torch.testing.assert_close(ema_two[key], ema_one[key], rtol=1e-4, atol=1e-5, msg=key)
+    r1 = json.loads((tmp_path / "one" / "results.json").read_text())
+    r2 = json.loads((tmp_path / "two" / "results.json").read_text())
+    assert r2["world_size"] == 2 and r1["world_size"] == 1
+    assert r2["top1"] == pytest.approx(r1["top1"]) and r2["top5"] == pytest.approx(r1["top5"])
+    m1 = [json.loads(line) for line in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    m2 = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["train_loss"] for r in m2] == pytest.approx([r["train_loss"] for r in m1], rel=1e-4)
+    assert [r["val_images"] for r in m2] == [30, 30]  # the sharded evaluation counts every image once
