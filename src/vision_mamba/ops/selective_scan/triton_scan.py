@@ -243,7 +243,7 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
 # ------------------------------------------------------------------------------------------------ generic scan
 class _TritonScan(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse):
+    def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, grad_enabled):
         u, delta, B, C, z = (_last_contiguous(v) for v in (u, delta, B, C, z))
         if B.stride() != C.stride():  # the kernels read B and C with one set of strides
             B, C = B.contiguous(), C.contiguous()
@@ -251,7 +251,8 @@ class _TritonScan(torch.autograd.Function):
         args = _ScanArgs(u.unsqueeze(0), z, pair(delta), pair(B), pair(C), (None, None), pair(delta_bias), pair(A),
                          pair(D), n_dirs=1, dir_base=1 if reverse else 0, dt_proj=False, softplus=delta_softplus,
                          a_is_log=False)
-        needs_grad = any(ctx.needs_input_grad[:8])
+        # (ctx.needs_input_grad alone is true under inference_mode too when a parameter is passed in directly)
+        needs_grad = grad_enabled and any(ctx.needs_input_grad[:8])
         y, hsave = scan_forward(args, u.dtype, save_states=needs_grad)
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hsave)
@@ -272,12 +273,12 @@ class _TritonScan(torch.autograd.Function):
         return (g["gx"][0], g["gdelta"][0].to(delta.dtype), g["ga"][0].to(A.dtype), gbc[..., 1:1 + N].to(B.dtype),
                 gbc[..., 1 + N:].to(C.dtype), g["gd"][0].to(D.dtype) if D is not None else None,
                 g["gz"][0] if z is not None else None,
-                g["gbias"][0].to(delta_bias.dtype) if delta_bias is not None else None, None, None)
+                g["gbias"][0].to(delta_bias.dtype) if delta_bias is not None else None, None, None, None)
 
 
 def selective_scan_triton(u, delta, A, B, C, D=None, z=None, delta_bias=None, delta_softplus=True, reverse=False):
     """The selective scan on the Triton kernels (same contract as ``selective_scan_ref``)."""
-    return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
+    return _TritonScan.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, torch.is_grad_enabled())
 
 
 # ----------------------------------------------------------------------------------------- Vim's fused mixer
@@ -285,10 +286,10 @@ class _TritonBiScan(torch.autograd.Function):
     """ys[b, t, d, e] = silu(z) * (scan_d + D_d * x_d) with dt_proj + softplus folded in; both directions."""
 
     @staticmethod
-    def forward(ctx, xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b):
+    def forward(ctx, xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, grad_enabled):
         R, N = w_f.shape[1], alog_f.shape[1]
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
-        needs_grad = any(ctx.needs_input_grad)
+        needs_grad = grad_enabled and any(ctx.needs_input_grad[:12])
         y, hsave = scan_forward(args, xs.dtype, save_states=needs_grad)
         if needs_grad:
             ctx.save_for_backward(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, hsave)
@@ -305,7 +306,7 @@ class _TritonBiScan(torch.autograd.Function):
         cast = lambda v, ref: v.to(ref.dtype)  # noqa: E731
         return (g["gx"], gz, gdbl[0], gdbl[1], cast(g["gw"][0], w_f), cast(g["gw"][1], w_b),
                 cast(g["gbias"][0], bias_f), cast(g["gbias"][1], bias_b), cast(g["ga"][0], alog_f),
-                cast(g["ga"][1], alog_b), cast(g["gd"][0], d_f), cast(g["gd"][1], d_b))
+                cast(g["ga"][1], alog_b), cast(g["gd"][0], d_f), cast(g["gd"][1], d_b), None)
 
 
 def _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N):
@@ -366,7 +367,7 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
     dbl_b = F.linear(xs[1], backward.x_proj_weight)
     ys = _TritonBiScan.apply(xs, z, dbl_f, dbl_b, forward.dt_proj_weight, backward.dt_proj_weight,
                              forward.dt_proj_bias, backward.dt_proj_bias, forward.A_log, backward.A_log,
-                             forward.D, backward.D)
+                             forward.D, backward.D, torch.is_grad_enabled())
     if out_proj_weight is None:
         return (ys[:, :, 0] + ys[:, :, 1]) / 2
     # out_proj((y_f + y_b) / 2) = [y_f | y_b] @ ([W, W] / 2)^T: the combine costs no extra pass over memory
