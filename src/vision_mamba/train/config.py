@@ -14,21 +14,18 @@ minutes on a laptop CPU). ``configs/`` holds the recipes per model and dataset.
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Union
+from typing import Any, Dict, List, Optional, Union
 
-import yaml
+from ..engine.config import ConfigError, coerce, parse_overrides
+from ..engine.config import check_keys as _check_keys
+from ..engine.config import load_yaml as _load_yaml
 
 __all__ = ["TrainConfig", "ConfigError", "load_yaml", "parse_overrides", "apply_overrides", "resolve_config", "QUICKSTART"]
 
 QUICKSTART = Path(__file__).with_name("presets") / "quickstart.yaml"
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message names the key and says why."""
 
 
 @dataclass
@@ -124,7 +121,7 @@ class TrainConfig:
     def from_dict(cls, values: Dict[str, Any], source: str = "config") -> "TrainConfig":
         check_keys(values, source)
         hints = typing.get_type_hints(cls)
-        config = cls(**{k: _coerce(k, v, hints[k], source) for k, v in values.items()})
+        config = cls(**{k: coerce(k, v, hints[k], source) for k, v in values.items()})
         config.validate()
         return config
 
@@ -196,125 +193,12 @@ class TrainConfig:
 
 
 def check_keys(values: Dict[str, Any], source: str) -> None:
-    known = TrainConfig.keys()
-    unknown = [k for k in values if k not in known]
-    if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, known, n=3)
-            hints.append(f"'{k}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        raise ConfigError(f"{source}: unknown config key{'s' if len(unknown) > 1 else ''} {'; '.join(hints)}. "
-                          f"Known keys: {', '.join(known)}")
+    _check_keys(values, TrainConfig.keys(), source)
 
 
-def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
-    """Check ``value`` against the field type; ints are accepted for floats, numbers written as strings
-    ('1e-4' is a string to YAML) are converted."""
-    def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: config key '{key}' must be {expected}, got {value!r}")
-
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Union:
-        if value is None and type(None) in args:
-            return None
-        members = [a for a in args if a is not type(None)]
-        if bool in members and isinstance(value, bool):
-            return value
-        if bool in members and isinstance(value, str) and value.lower() in ("true", "false"):
-            return value.lower() == "true"
-        errors = []
-        for member in members:
-            try:
-                return _coerce(key, value, member, source)
-            except ConfigError as e:
-                errors.append(str(e))
-        raise fail(" or ".join(getattr(m, "__name__", str(m)) for m in members))
-    if value is None:
-        raise fail(f"a {getattr(hint, '__name__', hint)} (null is not allowed)")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no"):
-            return value.lower() in ("true", "yes")
-        raise fail("true or false")
-    if hint is int:
-        if isinstance(value, bool):
-            raise fail("an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                raise fail("an integer") from None
-            if number.is_integer():
-                return int(number)
-        raise fail("an integer")
-    if hint is float:
-        if isinstance(value, bool):
-            raise fail("a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise fail("a number") from None
-        raise fail("a number")
-    if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise fail("a string")
-    if origin in (list, List):
-        if not isinstance(value, (list, tuple)):
-            raise fail("a list")
-        return [_coerce(f"{key}[{i}]", v, args[0], source) for i, v in enumerate(value)] if args else list(value)
-    if origin in (dict, Dict):
-        if not isinstance(value, dict):
-            raise fail("a mapping")
-        return dict(value)
-    return value
-
-
-def load_yaml(path: "str | Path", _seen: Optional[List[Path]] = None) -> Dict[str, Any]:
+def load_yaml(path: "str | Path") -> Dict[str, Any]:
     """Read a YAML config file, its ``base:`` chain first. Returns the raw mapping (keys checked)."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    seen = list(_seen or [])
-    if path.resolve() in seen:
-        raise ConfigError(f"config {path}: its 'base' chain loops back to itself")
-    seen.append(path.resolve())
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path}: not valid YAML ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path}: expected a mapping of keys to values, got {type(data).__name__}")
-    base = data.pop("base", None)
-    merged: Dict[str, Any] = {}
-    if base is not None:
-        merged.update(load_yaml(path.parent / str(base), seen))
-    check_keys(data, f"config {path}")
-    merged.update(data)
-    return merged
-
-
-def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
-    """``['lr=2e-4', 'model_kwargs.depth=6']`` -> {'lr': '2e-4', 'model_kwargs.depth': 6} (values read as YAML)."""
-    out: Dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        try:
-            out[key] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: cannot read the value {text!r} ({e})") from e
-    return out
+    return _load_yaml(path, TrainConfig.keys())
 
 
 def apply_overrides(values: Dict[str, Any], overrides: Dict[str, Any], source: str) -> None:

@@ -17,14 +17,12 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
+from ...engine.config import ConfigError
+
 __all__ = [
     "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "EvalConfig", "DetectionConfig", "load_config",
     "parse_overrides",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration key that does not exist, or a value of the wrong type."""
 
 
 @dataclass

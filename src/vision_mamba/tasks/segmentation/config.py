@@ -7,20 +7,20 @@ names the key and suggests the nearest known ones. A YAML file may start from an
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Iterable, List, Optional, Tuple, Union
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 import yaml
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
+from ...engine.config import ConfigError, coerce
+from ...engine.config import check_keys as _check_keys
+from ...engine.config import load_yaml as _load_yaml
+from ...engine.config import parse_overrides as _parse_overrides
+
 __all__ = ["SegConfig", "ConfigError", "load_config", "parse_overrides", "build_config"]
-
-
-class ConfigError(ValueError):
-    """A configuration that cannot be used; the message says which key and why."""
 
 
 @dataclass
@@ -100,7 +100,7 @@ class SegConfig:
     def from_dict(cls, values: Dict[str, Any], source: str = "config") -> "SegConfig":
         check_keys(values, source)
         hints = typing.get_type_hints(cls)
-        coerced = {k: _coerce(k, v, hints[k], source) for k, v in values.items()}
+        coerced = {k: coerce(k, _as_list(v, hints[k]), hints[k], source) for k, v in values.items()}
         config = cls(**coerced)
         config.validate()
         return config
@@ -186,118 +186,29 @@ def _pair(value) -> Tuple[int, int]:
 
 
 def check_keys(values: Dict[str, Any], source: str) -> None:
-    known = SegConfig.keys()
-    unknown = [k for k in values if k not in known]
-    if unknown:
-        hints = []
-        for k in unknown:
-            close = difflib.get_close_matches(k, known, n=3)
-            hints.append(f"'{k}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
-        raise ConfigError(f"{source}: unknown config key{'s' if len(unknown) > 1 else ''} {'; '.join(hints)}. "
-                          f"Known keys: {', '.join(known)}")
+    _check_keys(values, SegConfig.keys(), source)
 
 
-def _coerce(key: str, value: Any, hint: Any, source: str) -> Any:
-    """Check ``value`` against the field's type; numbers given as strings (YAML reads '1e-4' as a string) and ints
-    for floats are converted."""
-    def fail(expected: str) -> ConfigError:
-        return ConfigError(f"{source}: config key '{key}' must be {expected}, got {value!r}")
-
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if origin is Union:  # Optional[X]
-        if value is None:
-            return None
-        inner = [a for a in args if a is not type(None)]
-        return _coerce(key, value, inner[0], source)
-    if value is None:
-        raise fail(f"a {getattr(hint, '__name__', hint)} (null is not allowed)")
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
-            return value.lower() in ("true", "yes", "1")
-        raise fail("true or false")
-    if hint is int:
-        if isinstance(value, bool):
-            raise fail("an integer")
-        if isinstance(value, int):
-            return value
-        if isinstance(value, float) and value.is_integer():
-            return int(value)
-        if isinstance(value, str):
-            try:
-                number = float(value)
-            except ValueError:
-                raise fail("an integer") from None
-            if number.is_integer():
-                return int(number)
-        raise fail("an integer")
-    if hint is float:
-        if isinstance(value, bool):
-            raise fail("a number")
-        if isinstance(value, (int, float)):
-            return float(value)
-        if isinstance(value, str):
-            try:
-                return float(value)
-            except ValueError:
-                raise fail("a number") from None
-        raise fail("a number")
-    if hint is str:
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
-            return str(value)
-        raise fail("a string")
-    if origin in (list, List):
-        if isinstance(value, (int, float)) and not isinstance(value, bool) and args and args[0] in (int, float):
-            value = [value]  # crop_size: 512 -> [512]; validate() makes it a pair
-        if not isinstance(value, (list, tuple)):
-            raise fail("a list")
-        return [_coerce(f"{key}[{i}]", v, args[0], source) for i, v in enumerate(value)] if args else list(value)
-    if origin in (dict, Dict):
-        if not isinstance(value, dict):
-            raise fail("a mapping")
-        return dict(value)
-    return value
-
-
-def load_config(path: "str | Path", _seen: Optional[List[Path]] = None) -> Dict[str, Any]:
+def load_config(path: "str | Path") -> Dict[str, Any]:
     """Read a YAML config, following ``base:`` (a path relative to the file) first. Returns the raw mapping."""
-    path = Path(path)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    seen = list(_seen or [])
-    if path.resolve() in seen:
-        raise ConfigError(f"config {path}: 'base' chain loops back to itself ({' -> '.join(map(str, seen))})")
-    seen.append(path.resolve())
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"config {path}: not valid YAML ({e})") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"config {path}: expected a mapping of keys to values, got {type(data).__name__}")
-    base = data.pop("base", None)
-    merged: Dict[str, Any] = {}
-    if base is not None:
-        merged.update(load_config(path.parent / base, seen))
-    check_keys(data, f"config {path}")
-    merged.update(data)
-    return merged
+    return _load_yaml(path, SegConfig.keys())
 
 
 def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
     """``['lr=2e-4', 'crop_size=[256, 256]']`` -> {'lr': '2e-4', 'crop_size': [256, 256]} (values read as YAML)."""
-    out: Dict[str, Any] = {}
-    for item in items:
-        if "=" not in item:
-            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
-        key, text = item.split("=", 1)
-        key = key.strip()
-        try:
-            out[key] = yaml.safe_load(text) if text.strip() else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"--set {key}: cannot read value {text!r} ({e})") from e
+    out = _parse_overrides(items)
     check_keys(out, "--set")
     return out
+
+
+def _as_list(value: Any, hint: Any) -> Any:
+    """A bare number for a list-of-numbers field (``crop_size: 512``) is a one-element list; validate() makes
+    the pairs."""
+    args = typing.get_args(hint)
+    is_list = typing.get_origin(hint) in (list, List) or any(typing.get_origin(a) in (list, List) for a in args)
+    if is_list and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return [value]
+    return value
 
 
 def build_config(path: "str | Path | None" = None, *overrides: Dict[str, Any]) -> SegConfig:

@@ -1,0 +1,139 @@
+"""Typed run configurations, shared by the training commands: a dataclass's fields are the schema; YAML files (with
+``base:`` chains) and ``key=value`` overrides are merged over its defaults; every key and value is checked, with a
+message that names the key (and the nearest known ones) or says what the value should be."""
+from __future__ import annotations
+
+import difflib
+import typing
+from pathlib import Path
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
+
+import yaml
+
+__all__ = ["ConfigError", "check_keys", "coerce", "load_yaml", "parse_overrides"]
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message names the key and says why."""
+
+
+def check_keys(values: Dict[str, Any], known: Sequence[str], source: str) -> None:
+    """Raise ConfigError for keys of ``values`` not in ``known``, suggesting the nearest known ones."""
+    unknown = [k for k in values if k not in known]
+    if unknown:
+        hints = []
+        for k in unknown:
+            close = difflib.get_close_matches(k, list(known), n=3)
+            hints.append(f"'{k}'" + (f" (did you mean {', '.join(close)}?)" if close else ""))
+        raise ConfigError(f"{source}: unknown config key{'s' if len(unknown) > 1 else ''} {'; '.join(hints)}. "
+                          f"Known keys: {', '.join(known)}")
+
+
+def coerce(key: str, value: Any, hint: Any, source: str) -> Any:
+    """``value`` checked against the type ``hint`` of field ``key``: ints are accepted for floats, numbers written as
+    strings ('1e-4' is a string to YAML) are converted, 'true' / 'yes' / '1' are booleans."""
+    def fail(expected: str) -> ConfigError:
+        return ConfigError(f"{source}: config key '{key}' must be {expected}, got {value!r}")
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Union:
+        if value is None and type(None) in args:
+            return None
+        members = [a for a in args if a is not type(None)]
+        if bool in members and isinstance(value, bool):
+            return value
+        for member in members:
+            try:
+                return coerce(key, value, member, source)
+            except ConfigError:
+                pass
+        raise fail(" or ".join(getattr(m, "__name__", str(m)) for m in members))
+    if value is None:
+        raise fail(f"a {getattr(hint, '__name__', hint)} (null is not allowed)")
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "1", "0"):
+            return value.lower() in ("true", "yes", "1")
+        raise fail("true or false")
+    if hint is int:
+        if isinstance(value, bool):
+            raise fail("an integer")
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                raise fail("an integer") from None
+            if number.is_integer():
+                return int(number)
+        raise fail("an integer")
+    if hint is float:
+        if isinstance(value, bool):
+            raise fail("a number")
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise fail("a number") from None
+        raise fail("a number")
+    if hint is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise fail("a string")
+    if origin in (list, List):
+        if not isinstance(value, (list, tuple)):
+            raise fail("a list")
+        return [coerce(f"{key}[{i}]", v, args[0], source) for i, v in enumerate(value)] if args else list(value)
+    if origin in (dict, Dict):
+        if not isinstance(value, dict):
+            raise fail("a mapping")
+        return dict(value)
+    return value
+
+
+def load_yaml(path: "str | Path", known: Sequence[str], _seen: Optional[List[Path]] = None) -> Dict[str, Any]:
+    """Read a YAML config file, its ``base:`` chain first (paths relative to the file); keys checked against
+    ``known``. Returns the merged raw mapping."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    seen = list(_seen or [])
+    if path.resolve() in seen:
+        raise ConfigError(f"config {path}: its 'base' chain loops back to itself "
+                          f"({' -> '.join(map(str, seen + [path.resolve()]))})")
+    seen.append(path.resolve())
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config {path}: not valid YAML ({e})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"config {path}: expected a mapping of keys to values, got {type(data).__name__}")
+    base = data.pop("base", None)
+    merged: Dict[str, Any] = {}
+    if base is not None:
+        merged.update(load_yaml(path.parent / str(base), known, seen))
+    check_keys(data, known, f"config {path}")
+    merged.update(data)
+    return merged
+
+
+def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
+    """``['lr=2e-4', 'model_kwargs.depth=6']`` -> {'lr': '2e-4', 'model_kwargs.depth': 6} (values read as YAML;
+    keys are checked by the caller, which knows its schema)."""
+    out: Dict[str, Any] = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects KEY=VALUE, got {item!r}")
+        key, text = item.split("=", 1)
+        key = key.strip()
+        try:
+            out[key] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"--set {key}: cannot read the value {text!r} ({e})") from e
+    return out
