@@ -9,8 +9,8 @@ reverse direction is read by index, never through flipped copies.
 
 A program owns one (batch, block of channels, direction[, chunk]) and keeps the [BLOCK_E, N] state in fp32
 registers while it walks through time; B_t and C_t are loaded once per tile and step. The tile's layout is anchored
-by its first load (contiguous along the states): 4 consecutive states per thread, 4 threads per channel, so that
-the per-step vectors (B, C, dt_low) cost each thread 4 values and the reductions over states 2 shuffle rounds. See README.md for the math
+by its first load (state buffers are [N, E], channels contiguous): threads along the channels, each owning whole
+channels, so that the reductions over states and over the dt rank need no shuffles or shared memory. See README.md for the math
 and for how the backward pass recovers states (saved every SAVE_EVERY steps by the forward pass, recomputed in
 registers, then walked backwards).
 """
@@ -126,6 +126,39 @@ def _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias
     return a, w, bias, dskip
 
 
+@triton.jit
+def _program(pid_be, d, dir_base, E, R: tl.constexpr, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
+             w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
+             stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
+             stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+             N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, B_COL: tl.constexpr,
+             C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
+             A_IS_LOG: tl.constexpr):
+    """What a scan program (forward or backward) works with: its batch row and block of channels, the direction's
+    parameters, and the base pointers of its inputs."""
+    n_eblocks = (E + BLOCK_E - 1) // BLOCK_E
+    b = pid_be // n_eblocks
+    eb = pid_be % n_eblocks
+    rev = (d + dir_base) == 1
+    offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
+    emask = offs_e < E
+    offs_n = tl.arange(0, N)
+    offs_r = tl.arange(0, BLOCK_R)
+    rmask = offs_r < R
+    a, w, bias, dskip = _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias_f, bias_b,
+                                          a_f, a_b, dd_f, dd_b, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+                                          N, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG)
+    x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
+    z_base = z_ptr + b * stride_z_b + offs_e
+    # direction 1's dt / B / C live dir_off elements after direction 0's; B and C sit at constant columns of the
+    # same rows: plain pointer arithmetic keeps the alignment the compiler needs for vector loads.
+    dt_base = dt_ptr + d * dir_off + b * stride_dt_b
+    bm_base = bm_ptr + d * dir_off + B_COL + b * stride_bc_b + offs_n
+    cm_base = cm_ptr + d * dir_off + C_COL + b * stride_bc_b + offs_n
+    return (b, eb, n_eblocks, rev, offs_e, emask, offs_n, offs_r, rmask, a, w, bias, dskip,
+            x_base, z_base, dt_base, bm_base, cm_base)
+
+
 @triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e",
                               "stride_w_r"])
 def scan_fwd_kernel(
@@ -150,26 +183,13 @@ def scan_fwd_kernel(
     pid_be = tl.program_id(0)
     chunk = tl.program_id(1)
     d = tl.program_id(2)
-    n_eblocks = (E + BLOCK_E - 1) // BLOCK_E
-    b = pid_be // n_eblocks
-    eb = pid_be % n_eblocks
-    rev = (d + dir_base) == 1
-    offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
-    emask = offs_e < E
-    offs_n = tl.arange(0, N)
-    offs_r = tl.arange(0, BLOCK_R)
-    rmask = offs_r < R
-    a, w, bias, dskip = _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias_f, bias_b,
-                                          a_f, a_b, dd_f, dd_b, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
-                                          N, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG)
+    b, eb, n_eblocks, rev, offs_e, emask, offs_n, offs_r, rmask, a, w, bias, dskip, x_base, z_base, dt_base, \
+        bm_base, cm_base = _program(pid_be, d, dir_base, E, R, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
+                                    w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
+                                    stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
+                                    stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+                                    N, BLOCK_E, BLOCK_R, B_COL, C_COL, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG)
     a2 = a * 1.4426950408889634  # exp(x) = exp2(x * log2(e))
-    x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
-    z_base = z_ptr + b * stride_z_b + offs_e
-    # direction 1's dt / B / C live dir_off elements after direction 0's; B and C sit at constant columns of the
-    # same rows: plain pointer arithmetic keeps the alignment the compiler needs for vector loads.
-    dt_base = dt_ptr + d * dir_off + b * stride_dt_b
-    bm_base = bm_ptr + d * dir_off + B_COL + b * stride_bc_b + offs_n
-    cm_base = cm_ptr + d * dir_off + C_COL + b * stride_bc_b + offs_n
     y_base = y_ptr + b * stride_y_b + d * stride_y_d + offs_e
     state_off = offs_n[None, :] * E + offs_e[:, None]
     smask = emask[:, None]
@@ -177,8 +197,8 @@ def scan_fwd_kernel(
     s_begin = chunk * steps_per_chunk
     s_end = tl.minimum(s_begin + steps_per_chunk, L)
     # The state starts from a load even when it is zero (hinit_ptr is then a zero buffer): that load, contiguous
-    # along the states, anchors the tile's layout (4 consecutive states per thread, 4 threads per channel), which
-    # keeps the per-step vectors B, C and dt_low small per thread and the reductions short.
+    # along the channels, anchors the tile's layout: threads along the channels, each owning whole channels, so the
+    # reductions over states and over the dt rank stay inside a thread.
     if HAS_INIT:
         h = tl.load(hinit_ptr + b * stride_h_b + d * stride_h_d + chunk * stride_h_c + state_off, mask=smask,
                     other=0.0)
@@ -312,27 +332,14 @@ def scan_bwd_kernel(
     caller sums over the blocks); parameter gradients accumulated in registers, added atomically at the end."""
     pid_be = tl.program_id(0)
     d = tl.program_id(1)
-    n_eblocks = (E + BLOCK_E - 1) // BLOCK_E
-    b = pid_be // n_eblocks
-    eb = pid_be % n_eblocks
-    rev = (d + dir_base) == 1
-    offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
-    emask = offs_e < E
-    offs_n = tl.arange(0, N)
+    b, eb, n_eblocks, rev, offs_e, emask, offs_n, offs_r, rmask, a, w, bias, dskip, x_base, z_base, dt_base, \
+        bm_base, cm_base = _program(pid_be, d, dir_base, E, R, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
+                                    w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
+                                    stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
+                                    stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+                                    N, BLOCK_E, BLOCK_R, B_COL, C_COL, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG)
     nmask = offs_n < N
-    offs_r = tl.arange(0, BLOCK_R)
-    rmask = offs_r < R
-    a, w, bias, dskip = _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias_f, bias_b,
-                                          a_f, a_b, dd_f, dd_b, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
-                                          N, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG)
     a2 = a * 1.4426950408889634
-    x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
-    z_base = z_ptr + b * stride_z_b + offs_e
-    # direction 1's dt / B / C live dir_off elements after direction 0's; B and C sit at constant columns of the
-    # same rows: plain pointer arithmetic keeps the alignment the compiler needs for vector loads.
-    dt_base = dt_ptr + d * dir_off + b * stride_dt_b
-    bm_base = bm_ptr + d * dir_off + B_COL + b * stride_bc_b + offs_n
-    cm_base = cm_ptr + d * dir_off + C_COL + b * stride_bc_b + offs_n
     gy_base = gy_ptr + b * stride_y_b + d * stride_y_d + offs_e
     gx_base = gx_ptr + d * stride_gx_d + b * stride_gx_b + offs_e
     gz_base = gz_ptr + d * stride_gx_d + b * stride_gx_b + offs_e
