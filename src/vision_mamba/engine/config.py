@@ -3,6 +3,7 @@
 message that names the key (and the nearest known ones) or says what the value should be."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import typing
 from pathlib import Path
@@ -10,11 +11,36 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import yaml
 
-__all__ = ["ConfigError", "check_keys", "coerce", "load_yaml", "parse_overrides"]
+__all__ = ["ConfigError", "TypedConfig", "check_keys", "coerce", "load_yaml", "parse_overrides"]
 
 
 class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the key and says why."""
+
+
+class TypedConfig:
+    """Mixin for a dataclass of run settings: its fields are the keys, ``from_dict`` checks and converts values and
+    calls ``validate()`` (which the dataclass defines)."""
+
+    @classmethod
+    def keys(cls) -> List[str]:
+        return [f.name for f in dataclasses.fields(cls)]
+
+    def to_dict(self) -> Dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def normalise(cls, value: Any, hint: Any) -> Any:
+        """A hook for shorthand values (before type checking); the identity by default."""
+        return value
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any], source: str = "config"):
+        check_keys(values, cls.keys(), source)
+        hints = typing.get_type_hints(cls)
+        config = cls(**{k: coerce(k, cls.normalise(v, hints[k]), hints[k], source) for k, v in values.items()})
+        config.validate()
+        return config
 
 
 def check_keys(values: Dict[str, Any], known: Sequence[str], source: str) -> None:

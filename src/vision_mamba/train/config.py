@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..engine.config import ConfigError, coerce, parse_overrides
+from ..engine.config import ConfigError, TypedConfig, parse_overrides
 from ..engine.config import check_keys as _check_keys
 from ..engine.config import load_yaml as _load_yaml
 
@@ -29,7 +29,7 @@ QUICKSTART = Path(__file__).with_name("presets") / "quickstart.yaml"
 
 
 @dataclass
-class TrainConfig:
+class TrainConfig(TypedConfig):
     """Every setting of a training run. The defaults are the paper's ImageNet-1k recipe for Vim-Ti (DeiT's
     recipe; see docs/training.md); a YAML file and the command line override them."""
     # ---------------------------------------------------------------- model
@@ -109,21 +109,7 @@ class TrainConfig:
     export_dtype: str = "float32"  # dtype of the exported safetensors weights: float32, float16, bfloat16
     progress: bool = True  # tqdm progress bars
 
-    # ---------------------------------------------------------------- helpers
-    @classmethod
-    def keys(cls) -> List[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any], source: str = "config") -> "TrainConfig":
-        check_keys(values, source)
-        hints = typing.get_type_hints(cls)
-        config = cls(**{k: coerce(k, v, hints[k], source) for k, v in values.items()})
-        config.validate()
-        return config
+    # ---------------------------------------------------------------- helpers (keys, to_dict, from_dict: TypedConfig)
 
     @property
     def mixup_active(self) -> bool:

@@ -453,19 +453,25 @@ def scan_bwd_kernel(
 
 # ---------------------------------------------------------------------------------------------------------- conv
 @triton.jit
+def _tap(k: tl.constexpr, w0, w1, w2, w3):
+    """The conv weight of tap k (k a compile-time constant)."""
+    if k == 0:
+        return w0
+    elif k == 1:
+        return w1
+    elif k == 2:
+        return w2
+    else:
+        return w3
+
+
+@triton.jit
 def _conv_pre(x_base, t_rows, L, stride_x_l, offs_e, emask, w0, w1, w2, w3, bias, rev):
     """bias + sum_k w_k x[t + off(k)] for a tile of rows; off(k) = k - 3 (causal) or 3 - k (anti-causal)."""
     sign = tl.where(rev, -1, 1)
     acc = tl.zeros([t_rows.shape[0], offs_e.shape[0]], dtype=tl.float32) + bias[None, :]
     for k in tl.static_range(4):
-        if k == 0:
-            wk = w0
-        elif k == 1:
-            wk = w1
-        elif k == 2:
-            wk = w2
-        else:
-            wk = w3
+        wk = _tap(k, w0, w1, w2, w3)
         rows = t_rows + sign * (k - 3)
         m = (rows >= 0) & (rows < L)
         xv = tl.load(x_base + rows[:, None] * stride_x_l, mask=m[:, None] & emask[None, :], other=0.0)
@@ -552,14 +558,7 @@ def conv_bwd_kernel(
                           mask=emask, sem="relaxed")
         # input gradient: x[t] feeds out[t - off(k)] through tap k
         for k in tl.static_range(4):
-            if k == 0:
-                wk = w0
-            elif k == 1:
-                wk = w1
-            elif k == 2:
-                wk = w2
-            else:
-                wk = w3
+            wk = _tap(k, w0, w1, w2, w3)
             rows = offs_t - sign * (k - 3)
             m = (rows >= 0) & (rows < L)
             pre_k = _conv_pre(x_base, rows, L, stride_x_l, offs_e, emask, w0, w1, w2, w3, bias, rev)

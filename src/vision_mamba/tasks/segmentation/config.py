@@ -15,7 +15,7 @@ from typing import Any, Dict, Iterable, List, Optional, Tuple
 import yaml
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 
-from ...engine.config import ConfigError, coerce
+from ...engine.config import ConfigError, TypedConfig
 from ...engine.config import check_keys as _check_keys
 from ...engine.config import load_yaml as _load_yaml
 from ...engine.config import parse_overrides as _parse_overrides
@@ -24,7 +24,7 @@ __all__ = ["SegConfig", "ConfigError", "load_config", "parse_overrides", "build_
 
 
 @dataclass
-class SegConfig:
+class SegConfig(TypedConfig):
     # ---------------------------------------------------------------- model
     backbone: str = "vim_tiny_patch16_224"  # any timm model with forward_intermediates (Vim, ViT / DeiT)
     backbone_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments
@@ -88,22 +88,10 @@ class SegConfig:
     seed: int = 0
     device: str = "auto"
 
-    # ---------------------------------------------------------------- helpers
+    # ---------------------------------------------------------------- helpers (keys, to_dict, from_dict: TypedConfig)
     @classmethod
-    def keys(cls) -> List[str]:
-        return [f.name for f in dataclasses.fields(cls)]
-
-    def to_dict(self) -> Dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, values: Dict[str, Any], source: str = "config") -> "SegConfig":
-        check_keys(values, source)
-        hints = typing.get_type_hints(cls)
-        coerced = {k: coerce(k, _as_list(v, hints[k]), hints[k], source) for k, v in values.items()}
-        config = cls(**coerced)
-        config.validate()
-        return config
+    def normalise(cls, value: Any, hint: Any) -> Any:
+        return _as_list(value, hint)
 
     @property
     def crop_hw(self) -> Tuple[int, int]:
