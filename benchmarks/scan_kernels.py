@@ -74,15 +74,13 @@ def scan_bytes(batch, length, itemsize, backward):
     return read + write + states + 2 * tokens * E * itemsize * 2 + 2 * tokens * (R + 2 * N) * 4
 
 
-CONFIGS = [  # channels per program = 32 * warps * channels per thread
+CONFIGS = [  # channels per program = 32 * warps * channels per thread (the first is the default)
     dict(block_e=32, num_warps=1),
     dict(block_e=64, num_warps=2),
     dict(block_e=64, num_warps=1),
-    dict(block_e=128, num_warps=4),
-    dict(block_e=128, num_warps=2),
 ]
-BWD_CONFIGS = [dict(bwd_block_e=32, bwd_num_warps=1), dict(bwd_block_e=64, bwd_num_warps=2),
-               dict(bwd_block_e=64, bwd_num_warps=1)]
+# (capping registers, e.g. dict(bwd_maxnreg=168), was slower for both passes in the v4 sweep)
+BWD_CONFIGS = [dict(bwd_block_e=32, bwd_num_warps=1), dict(bwd_block_e=64, bwd_num_warps=2)]
 
 
 def main():

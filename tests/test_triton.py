@@ -110,8 +110,27 @@ def check_mixer(batch, length, dim, dtype=torch.float32, min_programs="0", monke
         assert rel_err(a, b) < tol, name
 
 
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_scan_chunk_parallel(reverse, monkeypatch):
+    # few programs -> forward and backward split the sequence into chunks (150 steps: 64 + 64 + 22) joined by
+    # carries (the backward's adjoint carried from the last chunk to the first)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_MIN_PROGRAMS", "64")
+    from vision_mamba.ops.selective_scan.triton_scan import _chunking
+
+    assert _chunking(2, 150, 64) == (3, 64)
+    check_scan(1, 150, 20, torch.float32, reverse)
+
+
 def test_mixer_matches_reference(monkeypatch):
     # width 20 -> 40 channels: not a multiple of the channel block; length 19 crosses a state-saving boundary
+    check_mixer(2, 19, 20, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("params_t", ["0", "1"], ids=["direct", "transposed"])
+def test_mixer_both_parameter_layouts(params_t, monkeypatch):
+    # both ways of loading A / W_dt (the default depends on the Triton version) compute the same thing
+    monkeypatch.setenv("VISION_MAMBA_TRITON_PARAMS_T", params_t)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_BWD_PARAMS_T", params_t)
     check_mixer(2, 19, 20, monkeypatch=monkeypatch)
 
 

@@ -354,8 +354,11 @@ class Trainer:
             with autocast(self.device, self.amp_dtype):
                 output = self.train_model(images)
                 loss = self.criterion(output, targets)
+            self._backward(loss)
+            # (checked after the backward pass has been queued: the host waits once per step, for the whole
+            # forward and backward, instead of idling the GPU while it queues the backward pass)
             if self.guard.ok(loss):
-                self._backward_and_step(loss)
+                self._step()
                 loss_sum += loss.detach().double()
                 steps_ok += 1
             else:
@@ -390,18 +393,23 @@ class Trainer:
         self.epoch_stats["seconds"] += seconds
         return not interrupted
 
-    def _backward_and_step(self, loss: torch.Tensor) -> None:
+    def _backward(self, loss: torch.Tensor) -> None:
+        if self.scaler is not None:
+            self.scaler.scale(loss).backward()
+        else:
+            loss.backward()
+
+    def _step(self) -> None:
+        """Clip, step the optimizer (through the scaler with fp16), clear the gradients, update the EMA."""
         cfg = self.cfg
         params = [p for p in self.model.parameters() if p.requires_grad]
         if self.scaler is not None:
-            self.scaler.scale(loss).backward()
             if cfg.clip_grad:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             self.scaler.step(self.optimizer)
             self.scaler.update()
         else:
-            loss.backward()
             if cfg.clip_grad:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             self.optimizer.step()

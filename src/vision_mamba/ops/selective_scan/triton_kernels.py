@@ -101,18 +101,32 @@ def _delta_of(dv, w, bias, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPL
 def _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
                       stride_a_e, stride_a_n, stride_w_e, stride_w_r,
                       N: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
-                      A_IS_LOG: tl.constexpr):
-    """A (or A_log) as a [BE, N] tile, W_dt as [BE, BR], bias and D as [BE]. (Loaded once, outside the time
-    loop: their layout is converted to the state tile's.)"""
+                      A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr):
+    """A (or A_log) as a [BE, N] tile, W_dt as [BE, BR], bias and D as [BE], loaded once, outside the time loop.
+
+    Their layout matters: every product of a parameter tile with the state tile must happen in the state tile's
+    layout (a thread per channel, its states in registers), or the compiler converts through shared memory inside
+    the loop. Which way of loading gets there depends on the compiler's layout heuristics, so both are kept:
+    PARAMS_T=False loads [BE, N] / [BE, BR] tiles directly, PARAMS_T=True loads the transposed [N, BE] / [BR, BE]
+    tiles (whose default layout, transposed, is the state tile's) and transposes them in registers. The launch
+    code picks per kernel and Triton version what the generated code showed to be conversion-free."""
     a_ptr = _pick(d, a_f, a_b)
-    a = tl.load(a_ptr + offs_e[:, None] * stride_a_e + offs_n[None, :] * stride_a_n, mask=emask[:, None],
-                other=0.0).to(tl.float32)
+    if PARAMS_T:
+        a = tl.trans(tl.load(a_ptr + offs_n[:, None] * stride_a_n + offs_e[None, :] * stride_a_e,
+                             mask=emask[None, :], other=0.0).to(tl.float32))
+    else:
+        a = tl.load(a_ptr + offs_e[:, None] * stride_a_e + offs_n[None, :] * stride_a_n, mask=emask[:, None],
+                    other=0.0).to(tl.float32)
     if A_IS_LOG:
         a = -tl.exp(a)
     if DT_PROJ:
         w_ptr = _pick(d, w_f, w_b)
-        w = tl.load(w_ptr + offs_e[:, None] * stride_w_e + offs_r[None, :] * stride_w_r,
-                    mask=emask[:, None] & rmask[None, :], other=0.0).to(tl.float32)
+        if PARAMS_T:
+            w = tl.trans(tl.load(w_ptr + offs_r[:, None] * stride_w_r + offs_e[None, :] * stride_w_e,
+                                 mask=rmask[:, None] & emask[None, :], other=0.0).to(tl.float32))
+        else:
+            w = tl.load(w_ptr + offs_e[:, None] * stride_w_e + offs_r[None, :] * stride_w_r,
+                        mask=emask[:, None] & rmask[None, :], other=0.0).to(tl.float32)
     else:
         w = tl.zeros([offs_e.shape[0], offs_r.shape[0]], dtype=tl.float32)
     if HAS_BIAS:
@@ -133,7 +147,7 @@ def _program(pid_be, d, dir_base, E, R: tl.constexpr, x_ptr, z_ptr, dt_ptr, bm_p
              stride_a_e, stride_a_n, stride_w_e, stride_w_r,
              N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, B_COL: tl.constexpr,
              C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
-             A_IS_LOG: tl.constexpr):
+             A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr):
     """What a scan program (forward or backward) works with: its batch row and block of channels, the direction's
     parameters, and the base pointers of its inputs."""
     n_eblocks = (E + BLOCK_E - 1) // BLOCK_E
@@ -147,7 +161,7 @@ def _program(pid_be, d, dir_base, E, R: tl.constexpr, x_ptr, z_ptr, dt_ptr, bm_p
     rmask = offs_r < R
     a, w, bias, dskip = _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias_f, bias_b,
                                           a_f, a_b, dd_f, dd_b, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
-                                          N, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG)
+                                          N, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG, PARAMS_T)
     x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
     z_base = z_ptr + b * stride_z_b + offs_e
     # direction 1's dt / B / C live dir_off elements after direction 0's; B and C sit at constant columns of the
@@ -176,7 +190,7 @@ def scan_fwd_kernel(
     stride_s_b, stride_s_d, stride_s_c,
     N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, SAVE_EVERY: tl.constexpr,
     B_COL: tl.constexpr, C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr,
+    HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr,
     HAS_INIT: tl.constexpr, WRITE_END: tl.constexpr, WRITE_Y: tl.constexpr, SAVE_STATES: tl.constexpr,
     PREFETCH: tl.constexpr,
 ):
@@ -188,7 +202,8 @@ def scan_fwd_kernel(
                                     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
                                     stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
                                     stride_a_e, stride_a_n, stride_w_e, stride_w_r,
-                                    N, BLOCK_E, BLOCK_R, B_COL, C_COL, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG)
+                                    N, BLOCK_E, BLOCK_R, B_COL, C_COL, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG,
+                                    PARAMS_T)
     a2 = a * 1.4426950408889634  # exp(x) = exp2(x * log2(e))
     y_base = y_ptr + b * stride_y_b + d * stride_y_d + offs_e
     state_off = offs_n[None, :] * E + offs_e[:, None]
@@ -260,9 +275,11 @@ def scan_fwd_kernel(
 def chunk_carry_kernel(
     hend_ptr, dsum_ptr, hinit_ptr, a_f, a_b, E, n_chunks,
     stride_h_b, stride_h_d, stride_h_c, stride_a_e, stride_a_n,
-    N: tl.constexpr, BLOCK_E: tl.constexpr, A_IS_LOG: tl.constexpr,
+    N: tl.constexpr, BLOCK_E: tl.constexpr, A_IS_LOG: tl.constexpr, REVERSE: tl.constexpr,
 ):
-    """States entering each chunk: H_c = exp(A * sum(delta over chunk c-1)) * H_{c-1} + hend_{c-1}."""
+    """States entering each chunk: H_c = exp(A * sum(delta over chunk c-1)) * H_{c-1} + hend_{c-1}; with REVERSE
+    the same recurrence from the last chunk to the first (the backward pass's adjoint entering each chunk from
+    its end: M_c = exp(A * sum(delta over chunk c+1)) * M_{c+1} + mu_local_{c+1})."""
     pid_be = tl.program_id(0)
     d = tl.program_id(1)
     n_eblocks = (E + BLOCK_E - 1) // BLOCK_E
@@ -278,7 +295,11 @@ def chunk_carry_kernel(
         a = -tl.exp(a)
     h = tl.zeros([BLOCK_E, N], dtype=tl.float32)
     base = b * stride_h_b + d * stride_h_d
-    for c in range(n_chunks):
+    for i in range(n_chunks):
+        if REVERSE:
+            c = n_chunks - 1 - i
+        else:
+            c = i
         off = base + c * stride_h_c
         tl.store(hinit_ptr + off + state_off, h, mask=emask[:, None])
         dsum = tl.load(dsum_ptr + (off // N) + offs_e, mask=emask, other=0.0)
@@ -286,29 +307,105 @@ def chunk_carry_kernel(
         h = tl.exp(dsum[:, None] * a) * h + hend
 
 
+@triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e",
+                              "stride_w_r"])
+def adjoint_chunk_kernel(
+    x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
+    w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
+    gy_ptr, zero_ptr, muend_ptr, dsum_ptr,
+    L, E, R: tl.constexpr, steps_per_chunk, dir_base,
+    stride_x_d, stride_x_b, stride_x_l,
+    stride_z_b, stride_z_l,
+    stride_dt_b, stride_dt_l: tl.constexpr,
+    stride_bc_b, stride_bc_l: tl.constexpr,
+    stride_y_b, stride_y_l, stride_y_d,
+    stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+    stride_h_b, stride_h_d, stride_h_c,
+    N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr,
+    B_COL: tl.constexpr, C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr,
+):
+    """The chunk-parallel backward's first pass: each program walks its chunk of steps backwards from a zero
+    adjoint (mu <- exp(delta A) * (gy C + mu)) and writes where that leaves the adjoint at the chunk's start, and
+    the chunk's sum of delta. The adjoint needs no states, so this pass is as cheap as a forward one; a reverse
+    carry then gives each chunk the adjoint entering it from its end."""
+    pid_be = tl.program_id(0)
+    chunk = tl.program_id(1)
+    d = tl.program_id(2)
+    b, eb, n_eblocks, rev, offs_e, emask, offs_n, offs_r, rmask, a, w, bias, dskip, x_base, z_base, dt_base, \
+        bm_base, cm_base = _program(pid_be, d, dir_base, E, R, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
+                                    w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
+                                    stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
+                                    stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+                                    N, BLOCK_E, BLOCK_R, B_COL, C_COL, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG,
+                                    PARAMS_T)
+    a2 = a * 1.4426950408889634
+    nmask = offs_n < N
+    gy_base = gy_ptr + b * stride_y_b + d * stride_y_d + offs_e
+    state_off = offs_n[None, :] * E + offs_e[:, None]
+    s_begin = chunk * steps_per_chunk
+    s_end = tl.minimum(s_begin + steps_per_chunk, L)
+    off = b * stride_h_b + d * stride_h_d + chunk * stride_h_c
+    # (loaded from a zero [N, E] buffer: the load anchors the adjoint tile's layout like the forward's state)
+    mu = tl.load(zero_ptr + state_off, mask=emask[:, None], other=0.0)
+    dsum = tl.zeros([BLOCK_E], dtype=tl.float32)
+    xa, za, da, ba, ca = _load_step(s_end - 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                    dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
+                                    rmask, nmask, DT_PROJ, HAS_Z, True)
+    ga = tl.load(gy_base + _time_index(s_end - 1, L, rev) * stride_y_l, mask=emask, other=0.0)
+    for si in range(s_end - s_begin):
+        s = s_end - 1 - si
+        xn, zn, dn, bn, cn = _load_step(s - 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                        dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
+                                        rmask, nmask, DT_PROJ, HAS_Z, True)
+        gn = tl.load(gy_base + _time_index(s - 1, L, rev) * stride_y_l, mask=_both(emask, s - 1 >= s_begin),
+                     other=0.0)
+        delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
+        gy = ga.to(tl.float32)
+        if HAS_Z:
+            zf = za.to(tl.float32)
+            gy = gy * zf * _sigmoid(zf)
+        mu = tl.exp2(delta[:, None] * a2) * (gy[:, None] * ca.to(tl.float32)[None, :] + mu)
+        dsum += tl.where(emask, delta, 0.0)
+        xa, za, da, ba, ca, ga = xn, zn, dn, bn, cn, gn
+    tl.store(muend_ptr + off + state_off, mu, mask=emask[:, None])
+    tl.store(dsum_ptr + (off // N) + offs_e, dsum, mask=emask)
+
+
 @triton.jit
-def _load_bwd(s, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l, bm_base, cm_base,
-              stride_bc_l, gy_base, stride_y_l, scratch, s_begin, offs_e, emask, offs_r, rmask, nmask, smask,
-              BLOCK_E: tl.constexpr, N: tl.constexpr, DT_PROJ: tl.constexpr, HAS_Z: tl.constexpr):
-    """Everything backward step s reads: its inputs, the output gradient and its recomputed state."""
-    xv, zv, dv, bv, cv = _load_step(s, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l,
-                                    bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask, nmask,
-                                    DT_PROJ, HAS_Z, True)
+def _load_bwd(s, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, bm_base, cm_base, stride_bc_l,
+              gy_base, stride_y_l, scratch, scratch_vec, stride_scratch_n, stride_scratch_s, emask, nmask, smask,
+              HAS_Z: tl.constexpr):
+    """Everything backward step s reads: x, z, B, C and the output gradient from memory; its recomputed state,
+    delta and softplus'(raw delta) from the scratch."""
     valid = (s >= s_begin) & (s < s_end)
     t = _time_index(s, L, rev)
-    gout = tl.load(gy_base + t * stride_y_l, mask=_both(emask, valid), other=0.0)
-    h = tl.load(scratch + (s - s_begin) * (BLOCK_E * N), mask=_both(smask, valid), other=0.0)
-    return xv, zv, dv, bv, cv, gout, h
+    em = _both(emask, valid)
+    xv = tl.load(x_base + t * stride_x_l, mask=em, other=0.0)
+    if HAS_Z:
+        zv = tl.load(z_base + t * stride_z_l, mask=em, other=0.0)
+    else:
+        zv = xv
+    nm = _both(nmask, valid)
+    bv = tl.load(bm_base + t * stride_bc_l, mask=nm, other=0.0)
+    cv = tl.load(cm_base + t * stride_bc_l, mask=nm, other=0.0)
+    gout = tl.load(gy_base + t * stride_y_l, mask=em, other=0.0)
+    row = (s - s_begin) * stride_scratch_s
+    h = tl.load(scratch + row, mask=_both(smask, valid), other=0.0)
+    delta = tl.load(scratch_vec + row, mask=em, other=0.0)
+    dsp = tl.load(scratch_vec + row + stride_scratch_n, mask=em, other=0.0)
+    return xv, zv, bv, cv, gout, h, delta, dsp
 
 
-@triton.jit(do_not_specialize=["L", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
+@triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e",
+                              "stride_w_r", "stride_scratch_n", "stride_scratch_s"])
 def scan_bwd_kernel(
     x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
-    gy_ptr, hsave_ptr, scratch_ptr,
+    gy_ptr, hsave_ptr, scratch_ptr, muinit_ptr,
     gx_ptr, gz_ptr, gdt_ptr, gbc_ptr,
-    ga_ptr, gd_ptr, gw_ptr, gbias_ptr,
-    L, E, R: tl.constexpr, dir_base,
+    ga_ptr, gd_ptr, gbias_ptr,
+    L, E, R: tl.constexpr, steps_per_chunk, dir_base,
     stride_x_d, stride_x_b, stride_x_l,
     stride_z_b, stride_z_l,
     stride_dt_b, stride_dt_l: tl.constexpr,
@@ -318,49 +415,75 @@ def scan_bwd_kernel(
     stride_s_b, stride_s_d, stride_s_c,
     stride_gx_d, stride_gx_b, stride_gx_l,
     stride_gdt_d, stride_gdt_b, stride_gdt_l,
-    stride_gbc_d, stride_gbc_eb, stride_gbc_b, stride_gbc_l,
+    stride_gbc_d, stride_gbc_eb, stride_gbc_b, stride_gbc_l, stride_scratch_n, stride_scratch_s,
+    stride_m_b, stride_m_d, stride_m_c,
     N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, SAVE_EVERY: tl.constexpr,
     B_COL: tl.constexpr, C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr,
+    HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr, HAS_MU_INIT: tl.constexpr,
 ):
     """One program per (batch, block of channels, direction) walks its sequence backwards, SAVE_EVERY steps at a
-    time: the chunk's states are recomputed from the one the forward pass saved into this program's scratch rows
-    (written and read back by the same threads), then the chunk is differentiated from its last step to its first.
+    time: the chunk's states (and deltas) are recomputed from the state the forward pass saved, into this
+    program's scratch rows (written and read back by the same threads), then the chunk is differentiated from its
+    last step to its first.
 
-    Outputs: d x and d z per direction; d delta (or, with dt_proj folded in, this block's partial sum of d dt_low)
-    and this block's partial sums of d B and d C (gbc: [ND, n_eblocks, B, L, R + 2N]: dt_low | B | C columns; the
-    caller sums over the blocks); parameter gradients accumulated in registers, added atomically at the end."""
+    Outputs: d x and d z per direction; d raw delta (gdt: the gradient before softplus, i.e. of dt_proj's output
+    when dt_proj is folded in: the caller turns it into d dt_low and d W_dt with two matmuls); this block's partial
+    sums of d B and d C (gbc: [ND, n_eblocks, B, L, 2N]: B | C columns; the caller sums over the blocks); the
+    gradients of A, D and the delta bias accumulated in registers, added atomically at the end.
+
+    Every [BLOCK_E, N] tile has one layout (a thread per channel, its N states in registers; the scratch rows are
+    [N + 2, BLOCK_E], channels contiguous, like the saved states), so per-channel vectors and tiles meet without
+    layout conversions through shared memory; the only cross-thread work in the loop is the two reductions over
+    channels (d B, d C). The backward walk reads delta from the scratch instead of recomputing it, so it holds
+    neither W_dt's products nor dt_low rows in registers."""
     pid_be = tl.program_id(0)
     d = tl.program_id(1)
+    chunk = tl.program_id(2)
     b, eb, n_eblocks, rev, offs_e, emask, offs_n, offs_r, rmask, a, w, bias, dskip, x_base, z_base, dt_base, \
         bm_base, cm_base = _program(pid_be, d, dir_base, E, R, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
                                     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
                                     stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
                                     stride_a_e, stride_a_n, stride_w_e, stride_w_r,
-                                    N, BLOCK_E, BLOCK_R, B_COL, C_COL, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG)
+                                    N, BLOCK_E, BLOCK_R, B_COL, C_COL, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG,
+                                    PARAMS_T)
+    n_prog_chunks = tl.num_programs(2)
     nmask = offs_n < N
-    a2 = a * 1.4426950408889634
+    a2 = a * 1.4426950408889634  # exp(x) = exp2(x * log2(e)); a itself is not kept (a = a2 * ln 2)
     gy_base = gy_ptr + b * stride_y_b + d * stride_y_d + offs_e
     gx_base = gx_ptr + d * stride_gx_d + b * stride_gx_b + offs_e
     gz_base = gz_ptr + d * stride_gx_d + b * stride_gx_b + offs_e
-    gdt_base = gdt_ptr + d * stride_gdt_d + b * stride_gdt_b
-    gbc_base = gbc_ptr + d * stride_gbc_d + eb * stride_gbc_eb + b * stride_gbc_b
+    gdt_base = gdt_ptr + d * stride_gdt_d + b * stride_gdt_b + offs_e
+    gbc_base = gbc_ptr + d * stride_gbc_d + eb * stride_gbc_eb + b * stride_gbc_b + offs_n
     state_off = offs_n[None, :] * E + offs_e[:, None]
     smask = emask[:, None]
-    scratch = scratch_ptr + ((b * 2 + d) * n_eblocks + eb) * (SAVE_EVERY * BLOCK_E * N) \
-        + tl.arange(0, BLOCK_E)[:, None] * N + offs_n[None, :]
+    # Scratch rows per step: N states, then delta, then softplus'(raw delta), each BLOCK_E channels. (Its strides
+    # are runtime values on purpose: provably aligned rows would make the compiler vectorise the accesses with 4
+    # channels per thread, a second layout for every tile.)
+    local_e = tl.arange(0, BLOCK_E)
+    prog_scratch = scratch_ptr + (((b * 2 + d) * n_eblocks + eb) * n_prog_chunks + chunk) \
+        * (SAVE_EVERY * stride_scratch_s)
+    scratch = prog_scratch + offs_n[None, :] * stride_scratch_n + local_e[:, None]
+    scratch_vec = prog_scratch + N * stride_scratch_n + local_e
 
-    mu = tl.zeros([BLOCK_E, N], dtype=tl.float32)  # decay_{t+1} * lambda_{t+1}: the adjoint carried backwards
+    # this program's steps: [p_begin, p_end), a whole number of SAVE_EVERY blocks (all of them unless the
+    # sequence is split for parallelism; then the adjoint entering the range from its end comes from the carry)
+    p_begin = chunk * steps_per_chunk
+    p_end = tl.minimum(p_begin + steps_per_chunk, L)
+    if HAS_MU_INIT:
+        # decay_{t+1} * lambda_{t+1}: the adjoint carried backwards
+        mu = tl.load(muinit_ptr + b * stride_m_b + d * stride_m_d + chunk * stride_m_c + state_off, mask=smask,
+                     other=0.0)
+    else:
+        mu = tl.zeros([BLOCK_E, N], dtype=tl.float32)
     g_a = tl.zeros([BLOCK_E, N], dtype=tl.float32)
     g_d = tl.zeros([BLOCK_E], dtype=tl.float32)
     g_bias = tl.zeros([BLOCK_E], dtype=tl.float32)
-    g_w = tl.zeros([BLOCK_E, BLOCK_R], dtype=tl.float32)
-    n_chunks = (L + SAVE_EVERY - 1) // SAVE_EVERY
-    for ci in range(n_chunks):
-        c = n_chunks - 1 - ci
+    n_blocks = (p_end - p_begin + SAVE_EVERY - 1) // SAVE_EVERY
+    for ci in range(n_blocks):
+        c = p_begin // SAVE_EVERY + n_blocks - 1 - ci
         s_begin = c * SAVE_EVERY
         s_end = tl.minimum(s_begin + SAVE_EVERY, L)
-        # 1. recompute the chunk's states into the scratch (inputs prefetched two steps ahead)
+        # 1. recompute the chunk's states and deltas into the scratch (inputs prefetched two steps ahead)
         h = tl.load(hsave_ptr + b * stride_s_b + d * stride_s_d + c * stride_s_c + state_off, mask=smask, other=0.0)
         xa, za, da, ba, ca = _load_step(s_begin, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
                                         stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
@@ -374,27 +497,29 @@ def scan_bwd_kernel(
                                             rmask, nmask, DT_PROJ, False, False)
             delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
             h = tl.exp2(delta[:, None] * a2) * h + (delta * xa.to(tl.float32))[:, None] * ba.to(tl.float32)[None, :]
-            tl.store(scratch + (s - s_begin) * (BLOCK_E * N), h)
+            row = (s - s_begin) * stride_scratch_s
+            tl.store(scratch + row, h)
+            tl.store(scratch_vec + row, delta)
+            if SOFTPLUS:
+                tl.store(scratch_vec + row + stride_scratch_n, _sigmoid(raw))  # d softplus(raw) / d raw
+            else:
+                tl.store(scratch_vec + row + stride_scratch_n, tl.full([BLOCK_E], 1.0, tl.float32))
             xa, za, da, ba, ca = xb, zb, db, bb, cb
             xb, zb, db, bb, cb = xn, zn, dn, bn, cn
-        # 2. walk the chunk backwards (the same threads read back the states they wrote)
+        # 2. walk the chunk backwards (the same threads read back what they wrote), inputs prefetched a step ahead
         s_last = s_end - 1
-        xa, za, da, ba, ca, ga, ha = _load_bwd(s_last, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
-                                               dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, gy_base,
-                                               stride_y_l, scratch, s_begin, offs_e, emask, offs_r, rmask, nmask,
-                                               smask, BLOCK_E, N, DT_PROJ, HAS_Z)
-        xb, zb, db, bb, cb, gb, hb = _load_bwd(s_last - 1, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
-                                               dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, gy_base,
-                                               stride_y_l, scratch, s_begin, offs_e, emask, offs_r, rmask, nmask,
-                                               smask, BLOCK_E, N, DT_PROJ, HAS_Z)
+        xa, za, ba, ca, ga, ha, dla, spa = _load_bwd(s_last, s_begin, s_end, L, rev, x_base, stride_x_l, z_base,
+                                                     stride_z_l, bm_base, cm_base, stride_bc_l, gy_base, stride_y_l,
+                                                     scratch, scratch_vec, stride_scratch_n, stride_scratch_s, emask,
+                                                     nmask, smask, HAS_Z)
         for si in range(s_end - s_begin):
             s = s_last - si
-            xn, zn, dn, bn, cn, gn, hn = _load_bwd(s - 2, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
-                                                   dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, gy_base,
-                                                   stride_y_l, scratch, s_begin, offs_e, emask, offs_r, rmask,
-                                                   nmask, smask, BLOCK_E, N, DT_PROJ, HAS_Z)
+            xn, zn, bn, cn, gn, hn, dln, spn = _load_bwd(s - 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base,
+                                                         stride_z_l, bm_base, cm_base, stride_bc_l, gy_base,
+                                                         stride_y_l, scratch, scratch_vec, stride_scratch_n,
+                                                         stride_scratch_s, emask, nmask, smask, HAS_Z)
             t = _time_index(s, L, rev)
-            delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
+            delta = dla
             xf = xa.to(tl.float32)
             bf = ba.to(tl.float32)
             cf = ca.to(tl.float32)
@@ -415,7 +540,7 @@ def scan_bwd_kernel(
             # d loss / d(delta * A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
             gdec = lam * (ha - dx[:, None] * bf[None, :])
             lam_b = tl.sum(lam * bf[None, :], axis=1)
-            g_delta = tl.sum(gdec * a, axis=1) + xf * lam_b
+            g_delta = tl.sum(gdec * a2, axis=1) * 0.6931471805599453 + xf * lam_b
             gx = delta * lam_b
             if HAS_D:
                 gx += gy * dskip
@@ -423,32 +548,20 @@ def scan_bwd_kernel(
             tl.store(gx_base + t * stride_gx_l, gx.to(gx_ptr.dtype.element_ty), mask=emask)
             g_a += gdec * delta[:, None]
             row = gbc_base + t * stride_gbc_l
-            tl.store(row + R + offs_n, tl.sum(lam * dx[:, None], axis=0))
-            tl.store(row + R + N + offs_n, tl.sum(ha * gy[:, None], axis=0))
-            if SOFTPLUS:
-                g_raw = g_delta * _sigmoid(raw)
-            else:
-                g_raw = g_delta
-            g_raw = tl.where(emask, g_raw, 0.0)
+            tl.store(row, tl.sum(lam * dx[:, None], axis=0))
+            tl.store(row + N, tl.sum(ha * gy[:, None], axis=0))
+            g_raw = tl.where(emask, g_delta * spa, 0.0)
             g_bias += g_raw
-            if DT_PROJ:
-                tl.store(row + offs_r, tl.sum(w * g_raw[:, None], axis=0), mask=rmask)
-                g_w += g_raw[:, None] * da.to(tl.float32)[None, :]
-            else:
-                tl.store(gdt_base + t * stride_gdt_l + offs_e, g_raw, mask=emask)
+            tl.store(gdt_base + t * stride_gdt_l, g_raw.to(gdt_ptr.dtype.element_ty), mask=emask)
             mu = tl.exp2(delta[:, None] * a2) * lam
-            xa, za, da, ba, ca, ga, ha = xb, zb, db, bb, cb, gb, hb
-            xb, zb, db, bb, cb, gb, hb = xn, zn, dn, bn, cn, gn, hn
+            xa, za, ba, ca, ga, ha, dla, spa = xn, zn, bn, cn, gn, hn, dln, spn
     if A_IS_LOG:
-        g_a = g_a * a  # d A / d A_log = A
+        g_a = g_a * (a2 * 0.6931471805599453)  # d A / d A_log = A
     tl.atomic_add(ga_ptr + d * E * N + offs_e[:, None] * N + offs_n[None, :], g_a, mask=smask, sem="relaxed")
     if HAS_D:
         tl.atomic_add(gd_ptr + d * E + offs_e, g_d, mask=emask, sem="relaxed")
     if HAS_BIAS:
         tl.atomic_add(gbias_ptr + d * E + offs_e, g_bias, mask=emask, sem="relaxed")
-    if DT_PROJ:
-        tl.atomic_add(gw_ptr + d * E * R + offs_e[:, None] * R + offs_r[None, :], g_w,
-                      mask=emask[:, None] & rmask[None, :], sem="relaxed")
 
 
 # ---------------------------------------------------------------------------------------------------------- conv

@@ -17,6 +17,7 @@ import triton
 from torch import Tensor
 
 from .triton_kernels import (
+    adjoint_chunk_kernel,
     chunk_carry_kernel,
     conv_bwd_kernel,
     conv_fwd_kernel,
@@ -35,15 +36,53 @@ def _env_int(name: str, default: int) -> int:
 def _config():
     """Launch parameters (overridable by environment variables, for tuning sweeps)."""
     return dict(
-        # 32 channels per warp: each thread owns one channel's 16 states (see triton_kernels.py)
-        block_e=_env_int("VISION_MAMBA_TRITON_BLOCK_E", 32),
+        # forward: 64 channels per warp (two per thread: more independent work per step; fastest in the v4 sweep);
+        # backward: 32 (one per thread: its register budget is spent on the adjoint and gradient tiles)
+        block_e=_env_int("VISION_MAMBA_TRITON_BLOCK_E", 64),
         num_warps=_env_int("VISION_MAMBA_TRITON_WARPS", 1),
         bwd_block_e=_env_int("VISION_MAMBA_TRITON_BWD_BLOCK_E", 32),
         bwd_num_warps=_env_int("VISION_MAMBA_TRITON_BWD_WARPS", 1),
         prefetch=_env_int("VISION_MAMBA_TRITON_PREFETCH", 2),
-        # chunk-parallel forward when there are fewer programs than this (0: never)
+        # register cap per thread (0: the compiler's choice): fewer registers, more warps in flight per SM
+        maxnreg=_env_int("VISION_MAMBA_TRITON_MAXNREG", 0),
+        bwd_maxnreg=_env_int("VISION_MAMBA_TRITON_BWD_MAXNREG", 0),
+        # how the parameter tiles are loaded (see _direction_params): -1 = what suits this Triton version
+        params_t=_env_int("VISION_MAMBA_TRITON_PARAMS_T", -1),
+        bwd_params_t=_env_int("VISION_MAMBA_TRITON_BWD_PARAMS_T", -1),
+        # chunk-parallel forward and backward when there are fewer programs than this (0: never; -1: 8 per SM)
         min_programs=_env_int("VISION_MAMBA_TRITON_MIN_PROGRAMS", -1),
     )
+
+
+def _params_t(value: int, backward: bool) -> bool:
+    """PARAMS_T for a kernel (see triton_kernels._direction_params): the configured value, or by default the
+    choice whose generated code keeps the time loop free of layout conversions on this Triton version."""
+    if value >= 0:
+        return bool(value)
+    return _PARAMS_T_DEFAULT(backward)
+
+
+def _PARAMS_T_DEFAULT(backward: bool) -> bool:
+    # Read off the generated code (TTGIR / PTX for sm_90) of both kernels with Triton 3.6, 3.7, 3.8 and 3.9:
+    # direct loads are conversion-free up to 3.6, transposed loads from 3.7 on (the other choice puts shuffles and
+    # shared-memory round trips into the time loop; on 3.6 that doubled the forward's time).
+    return _TRITON_VERSION >= (3, 7)
+
+
+def _version(text: str) -> Tuple[int, int]:
+    parts = []
+    for piece in text.split(".")[:2]:
+        digits = "".join(ch for ch in piece if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts + [0] * (2 - len(parts)))  # type: ignore[return-value]
+
+
+_TRITON_VERSION = _version(triton.__version__)
+
+
+def _maxnreg(value) -> dict:
+    """The launch option capping registers per thread, when one is set."""
+    return dict(maxnreg=int(value)) if value else {}
 
 
 def _new(*shape, device, dtype) -> Tensor:
@@ -61,6 +100,17 @@ def _min_programs(device: torch.device, configured: int) -> int:
     if device.type != "cuda":
         return 0
     return 8 * torch.cuda.get_device_properties(device).multi_processor_count
+
+
+def _chunking(programs: int, length: int, min_programs: int) -> Tuple[int, int]:
+    """(number of chunks, steps per chunk) splitting a sequence so that at least ``min_programs`` programs run
+    (chunks of at least 4 x SAVE_EVERY steps, a multiple of SAVE_EVERY); (1, length rounded up) when the batch
+    already fills the GPU."""
+    n_chunks = 1
+    if min_programs and programs < min_programs and length > 4 * SAVE_EVERY:
+        n_chunks = min(triton.cdiv(min_programs, programs), triton.cdiv(length, 4 * SAVE_EVERY))
+    steps = triton.cdiv(triton.cdiv(length, n_chunks), SAVE_EVERY) * SAVE_EVERY
+    return triton.cdiv(length, steps), steps
 
 
 def _rows(t: Tensor, length: int) -> Tuple[int, int]:
@@ -159,13 +209,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     common = args.common()
     t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
     pstrides = args.param_strides()
-    programs = B * n_eb * ND
-    min_programs = _min_programs(dev, cfg["min_programs"])
-    n_chunks = 1
-    if min_programs and programs < min_programs and L > 4 * SAVE_EVERY:
-        n_chunks = min(triton.cdiv(min_programs, programs), triton.cdiv(L, 4 * SAVE_EVERY))
-    steps = triton.cdiv(triton.cdiv(L, n_chunks), SAVE_EVERY) * SAVE_EVERY
-    n_chunks = triton.cdiv(L, steps)
+    n_chunks, steps = _chunking(B * n_eb * ND, L, _min_programs(dev, cfg["min_programs"]))
     hs = hsave if hsave is not None else _dummy(dev)
     s_strides = (hs.stride(0), hs.stride(1), hs.stride(2)) if hsave is not None else (0, 0, 0)
     flags = common["flags"]
@@ -180,7 +224,8 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
             *h_strides, *s_strides,
             BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, PREFETCH=cfg["prefetch"],
             HAS_INIT=hinit is not None, WRITE_END=write_end, WRITE_Y=write_y, SAVE_STATES=save,
-            num_warps=cfg["num_warps"], **flags,
+            num_warps=cfg["num_warps"], **_maxnreg(cfg.get("maxnreg")),
+            PARAMS_T=_params_t(cfg.get("params_t", -1), backward=False), **flags,
         )
 
     if n_chunks == 1:
@@ -193,17 +238,19 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     launch(None, hend, dsum, False, True, False)
     chunk_carry_kernel[(B * n_eb, ND)](
         hend, dsum, hinit, args.a[0], args.a[1], E, n_chunks, hend.stride(0), hend.stride(1), hend.stride(2), *pstrides[:2],
-        N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, num_warps=cfg["num_warps"])
+        N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=False, num_warps=cfg["num_warps"])
     launch(hinit, None, None, True, False, save_states)
     return y, hsave
 
 
 def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
-    """Gradients of the scan: dx [ND, B, L, E]; dz per direction [ND, B, L, E] (or None); d(dt_low | B | C)
-    [ND, B, L, R + 2N] fp32 (summed over channel blocks; the dt_low columns only with dt_proj folded in); d delta
-    [ND, B, L, E] fp32 without dt_proj; fp32 parameter gradients [ND, ...] for A (or A_log), D, W_dt, bias."""
+    """Gradients of the scan: dx [ND, B, L, E]; dz per direction [ND, B, L, E] (or None); d(B | C) [ND, B, L, 2N]
+    fp32 (summed over channel blocks); d raw delta [ND, B, L, E] in x's dtype (the gradient before softplus: of
+    delta + bias, or of dt_proj's output when dt_proj is folded in); fp32 parameter gradients [ND, ...] for A (or
+    A_log), D and the delta bias. With dt_proj folded in, :func:`dt_proj_grads` turns d raw delta into the
+    gradients of dt_low and W_dt."""
     cfg = config or _config()
-    B, L, E, N, ND, R = args.B, args.L, args.E, args.N, args.n_dirs, args.R
+    B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
     dev = args.x.device
     block_e = min(cfg["bwd_block_e"], max(16, triton.next_power_of_2(E)))
     n_eb = triton.cdiv(E, block_e)
@@ -211,33 +258,57 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     f32 = dict(device=dev, dtype=torch.float32)
     gx = _new(ND, B, L, E, device=dev, dtype=args.x.dtype)
     gz = _new(ND, B, L, E, device=dev, dtype=args.z.dtype) if args.z is not None else _dummy(dev)
-    gbc = _new(ND, n_eb, B, L, R + 2 * N, **f32)
-    if not args.dt_proj:
-        gbc[..., :R].zero_()  # no dt_low columns: keep them defined
-    gdelta = _new(ND, B, L, E, **f32) if not args.dt_proj else _dummy(dev)
+    gbc = _new(ND, n_eb, B, L, 2 * N, **f32)
+    graw = _new(ND, B, L, E, device=dev, dtype=args.x.dtype)
     ga = torch.zeros(ND, E, N, **f32)
     gd = torch.zeros(ND, E, **f32)
-    gw = torch.zeros(ND, E, max(R, 1), **f32)
     gbias = torch.zeros(ND, E, **f32)
-    scratch = torch.empty(B * 2 * n_eb * SAVE_EVERY * block_e * N, **f32)
     common = args.common()
     t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
-    gd_strides = (gdelta.stride(0), gdelta.stride(1), gdelta.stride(2)) if not args.dt_proj else (0, 0, 0)
-    scan_bwd_kernel[(B * n_eb, ND)](
-        *t, gy, hsave, scratch,
-        gx, gz, gdelta, gbc,
-        ga, gd, gw, gbias,
-        L, E, args.R, args.dir_base,
+    params_t = _params_t(cfg.get("bwd_params_t", -1), backward=True)
+    n_chunks, steps = _chunking(B * n_eb * ND, L, _min_programs(dev, cfg["min_programs"]))
+    muinit = None
+    if n_chunks > 1:
+        # chunk-parallel: each chunk's adjoint from a zero start, the reverse carry across chunks, then every
+        # chunk differentiated from the adjoint that truly enters it
+        muend = _new(B, ND, n_chunks, N, E, **f32)
+        dsum = _new(B, ND, n_chunks, E, **f32)
+        muinit = _new(B, ND, n_chunks, N, E, **f32)
+        m_strides = (muend.stride(0), muend.stride(1), muend.stride(2))
+        adjoint_chunk_kernel[(B * n_eb, n_chunks, ND)](
+            *t, gy, _zero_state(E, N, dev), muend, dsum, L, E, args.R, steps, args.dir_base,
+            *common["strides"], gy.stride(0), gy.stride(1), gy.stride(2), *args.param_strides(), *m_strides,
+            BLOCK_E=block_e, PARAMS_T=params_t, num_warps=cfg["num_warps"], **common["flags"])
+        chunk_carry_kernel[(B * n_eb, ND)](
+            muend, dsum, muinit, args.a[0], args.a[1], E, n_chunks, *m_strides, *args.param_strides()[:2],
+            N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=True, num_warps=cfg["num_warps"])
+    else:
+        m_strides = (0, 0, 0)
+    scratch = torch.empty(B * 2 * n_eb * n_chunks * SAVE_EVERY * (N + 2) * block_e, **f32)  # states, delta, softplus'
+    scan_bwd_kernel[(B * n_eb, ND, n_chunks)](
+        *t, gy, hsave, scratch, muinit if muinit is not None else _dummy(dev),
+        gx, gz, graw, gbc,
+        ga, gd, gbias,
+        L, E, args.R, steps, args.dir_base,
         *common["strides"], gy.stride(0), gy.stride(1), gy.stride(2),
         *args.param_strides(),
         hsave.stride(0), hsave.stride(1), hsave.stride(2),
         gx.stride(0), gx.stride(1), gx.stride(2),
-        *gd_strides,
-        gbc.stride(0), gbc.stride(1), gbc.stride(2), gbc.stride(3),
-        BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, num_warps=cfg["bwd_num_warps"], **common["flags"],
+        graw.stride(0), graw.stride(1), graw.stride(2),
+        gbc.stride(0), gbc.stride(1), gbc.stride(2), gbc.stride(3), block_e, (N + 2) * block_e, *m_strides,
+        BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, num_warps=cfg["bwd_num_warps"], **_maxnreg(cfg.get("bwd_maxnreg")),
+        PARAMS_T=params_t, HAS_MU_INIT=muinit is not None,
+        **common["flags"],
     )
-    return dict(gx=gx, gz=gz if args.z is not None else None, gbc=gbc.sum(1),
-                gdelta=gdelta if not args.dt_proj else None, ga=ga, gd=gd, gw=gw, gbias=gbias)
+    return dict(gx=gx, gz=gz if args.z is not None else None, gbc=gbc.sum(1), graw=graw, ga=ga, gd=gd,
+                gbias=gbias)
+
+
+def dt_proj_grads(graw: Tensor, dt_low: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
+    """With delta = softplus(dt_low @ W^T + bias): (d dt_low [M, R], d W [E, R] fp32) from d raw delta [M, E] (two
+    matmuls in graw's dtype with fp32 accumulation, as autograd would do for the unfused dt_proj)."""
+    w = weight.to(graw.dtype)
+    return graw @ w, (graw.t() @ dt_low.to(graw.dtype)).float()
 
 
 # ------------------------------------------------------------------------------------------------ generic scan
@@ -270,8 +341,8 @@ class _TritonScan(torch.autograd.Function):
         g = scan_backward(args, hsave, grad.unsqueeze(2))
         N = A.shape[1]
         gbc = g["gbc"][0]
-        return (g["gx"][0], g["gdelta"][0].to(delta.dtype), g["ga"][0].to(A.dtype), gbc[..., 1:1 + N].to(B.dtype),
-                gbc[..., 1 + N:].to(C.dtype), g["gd"][0].to(D.dtype) if D is not None else None,
+        return (g["gx"][0], g["graw"][0].to(delta.dtype), g["ga"][0].to(A.dtype), gbc[..., :N].to(B.dtype),
+                gbc[..., N:].to(C.dtype), g["gd"][0].to(D.dtype) if D is not None else None,
                 g["gz"][0] if z is not None else None,
                 g["gbias"][0].to(delta_bias.dtype) if delta_bias is not None else None, None, None, None)
 
@@ -302,9 +373,15 @@ class _TritonBiScan(torch.autograd.Function):
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
         g = scan_backward(args, hsave, gy)
         gz = (g["gz"][0].float() + g["gz"][1].float()).to(z.dtype)
-        gdbl = [g["gbc"][i].view(dbl_f.shape).to(dbl_f.dtype) for i in range(2)]
+        gdbl, gw = [], []
+        for i, (dbl, w) in enumerate(((dbl_f, w_f), (dbl_b, w_b))):
+            rows = dbl.reshape(-1, dbl.shape[-1])
+            g_low, g_w = dt_proj_grads(g["graw"][i].view(rows.shape[0], -1), rows[:, :R], w)
+            gdbl.append(torch.cat([g_low.to(dbl.dtype), g["gbc"][i].view(rows.shape[0], 2 * N).to(dbl.dtype)],
+                                  dim=1).view(dbl.shape))
+            gw.append(g_w)
         cast = lambda v, ref: v.to(ref.dtype)  # noqa: E731
-        return (g["gx"], gz, gdbl[0], gdbl[1], cast(g["gw"][0], w_f), cast(g["gw"][1], w_b),
+        return (g["gx"], gz, gdbl[0], gdbl[1], cast(gw[0], w_f), cast(gw[1], w_b),
                 cast(g["gbias"][0], bias_f), cast(g["gbias"][1], bias_b), cast(g["ga"][0], alog_f),
                 cast(g["ga"][1], alog_b), cast(g["gd"][0], d_f), cast(g["gd"][1], d_b), None)
 
