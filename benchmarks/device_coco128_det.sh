@@ -10,6 +10,7 @@
 # that ends training cleanly (then it still evaluates; the record says how many iterations were done).
 # Each run takes about 2 minutes on one H200 (training <= TRAIN_MINUTES, plus ~30 s start-up and evaluation).
 #
+# BACKBONES: "vim_tiny deit_tiny" (default) or one of them (then collect the two outputs' records together).
 # EXTRA: more config overrides for both runs, e.g. EXTRA="eval.max_images=20 model.box_batch_size_per_image=256".
 #
 # Writes exactly three files: $OUT/det/coco128_detection.json (one record per backbone) and
@@ -27,6 +28,7 @@ ITERS="${ITERS:-400}"
 BATCH="${BATCH:-8}"
 IMG_SIZE="${IMG_SIZE:-512}"
 TRAIN_MINUTES="${TRAIN_MINUTES:-1.2}"
+BACKBONES="${BACKBONES:-vim_tiny deit_tiny}"  # one of them alone when both do not fit into one call
 WORKERS="${WORKERS:-6}"
 WORK="${WORK:-runs/device_det}"
 read -r -a EXTRA_SETS <<< "${EXTRA:-}"
@@ -43,7 +45,9 @@ else
   echo "give both classification checkpoints (Vim-Ti and DeiT-Ti) or neither, for a fair comparison" >&2
   exit 2
 fi
-for f in "$VIM_INIT" "$DEIT_INIT"; do
+for name in $BACKBONES; do
+  f="$VIM_INIT"
+  [ "$name" = deit_tiny ] && f="$DEIT_INIT"
   if [ -n "$f" ] && [ ! -f "$f" ]; then echo "checkpoint not found: $f" >&2; exit 2; fi
 done
 if [ ! -d "$DATA/images/train2017" ] || [ ! -f "$DATA/annotations/instances_val2017.json" ]; then
@@ -54,7 +58,7 @@ fi
 mkdir -p "$OUT/det" "$WORK"
 status=0
 runs=()
-for name in vim_tiny deit_tiny; do
+for name in $BACKBONES; do
   init_path="$VIM_INIT"
   [ "$name" = deit_tiny ] && init_path="$DEIT_INIT"
   args=(det-train --config "configs/detection/coco128_${name}.yaml" --data-root "$DATA" --output "$WORK/$name"

@@ -136,6 +136,26 @@ def _fmt(value, digits: int = 2) -> str:
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
+def merge(folders: List[Path], into: Path) -> Path:
+    """One folder from the outputs of several device calls (e.g. Vim-Ti in one, DeiT-Ti in the next): records
+    concatenated, the verdict recomputed, curves and metrics copied; returns ``into``."""
+    into.mkdir(parents=True, exist_ok=True)
+    report: Optional[Dict[str, Any]] = None
+    for folder in folders:
+        part = json.loads((folder / "imagenette.json").read_text())
+        if report is None:
+            report = part
+        else:
+            report["records"] += part["records"]
+        for src in folder.iterdir():
+            if src.suffix in (".png", ".csv") and src.name != "imagenette_curves.png":
+                shutil.copyfile(src, into / src.name)
+    assert report is not None
+    report["summary"] = verdict(report["records"])
+    (into / "imagenette.json").write_text(json.dumps(report, indent=2) + "\n")
+    return into
+
+
 def publish(folder: Path, docs: Path, note: Optional[str] = None) -> Path:
     report = json.loads((folder / "imagenette.json").read_text())
     results = docs / "results"
@@ -191,7 +211,8 @@ def main(argv: Optional[List[str]] = None) -> int:
     c.add_argument("--runs", type=Path, default=Path("runs/device_imagenette"))
     c.add_argument("--out", type=Path, required=True)
     p = sub.add_parser("publish", help="(here) write docs/results/imagenette.json and docs/imagenette.md")
-    p.add_argument("--from", dest="folder", type=Path, required=True, help="the fetched device outputs")
+    p.add_argument("--from", dest="folder", type=Path, required=True, action="append",
+                   help="the fetched device outputs (repeat for runs fetched from several calls)")
     p.add_argument("--docs", type=Path, default=REPO / "docs")
     p.add_argument("--note", help="what was tried (printed under Notes), e.g. when the target is not met")
     args = parser.parse_args(argv)
@@ -201,10 +222,16 @@ def main(argv: Optional[List[str]] = None) -> int:
             return 2
         collect(args.runs, args.out)
         return 0
-    if not (args.folder / "imagenette.json").is_file():
-        print(f"error: {args.folder / 'imagenette.json'} not found (fetch the device outputs first)", file=sys.stderr)
-        return 2
-    publish(args.folder, args.docs, args.note)
+    for folder in args.folder:
+        if not (folder / "imagenette.json").is_file():
+            print(f"error: {folder / 'imagenette.json'} not found (fetch the device outputs first)", file=sys.stderr)
+            return 2
+    folder = args.folder[0]
+    if len(args.folder) > 1:
+        import tempfile
+
+        folder = merge(args.folder, Path(tempfile.mkdtemp(prefix="imagenette_merged_")))
+    publish(folder, args.docs, args.note)
     return 0
 
 
