@@ -6,6 +6,7 @@ from typing import Optional, Tuple
 from timm.layers import DropPath
 from torch import Tensor, nn
 
+from ..ops.rms_norm import add_rms_norm
 from .mixer import BiMambaMixer
 from .norm import RMSNorm
 
@@ -26,7 +27,8 @@ class VimBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
     def forward(self, hidden: Tensor, residual: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
-        residual = hidden if residual is None else residual + self.drop_path(hidden)
-        if self.residual_in_fp32:
-            residual = residual.float()
-        return self.mixer(self.norm(residual)), residual
+        if residual is not None:
+            hidden = self.drop_path(hidden)
+        # Add -> RMSNorm, fused into one kernel each way on the Triton backend
+        normed, residual = add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32)
+        return self.mixer(normed), residual

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import PatchEmbed, RMSNorm, VimBlock, class_token_index, resample_pos_embed
+from ..ops.rms_norm import add_rms_norm
 
 __all__ = ["VisionMamba", "checkpoint_filter_fn"]
 
@@ -211,7 +212,13 @@ class VisionMamba(nn.Module):
         return layer(hidden, residual)
 
     def _final(self, hidden: Tensor, residual: Optional[Tensor]) -> Tensor:
-        residual = hidden if residual is None else residual + self.drop_path(hidden)
+        if residual is not None:
+            hidden = self.drop_path(hidden)
+        if isinstance(self.norm_f, RMSNorm):
+            # (the features leave in the weight's dtype, fp32, on every backend)
+            return add_rms_norm(hidden, residual, self.norm_f.weight, self.norm_f.eps,
+                                out_dtype=self.norm_f.weight.dtype)[0]
+        residual = hidden if residual is None else residual + hidden
         return self.norm_f(residual.float())
 
     def forward_features(self, x: Tensor) -> Tensor:
