@@ -14,6 +14,8 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .selective_scan.triton_scan import FP_FUSION
+
 
 @triton.jit
 def add_rms_norm_fwd_kernel(
@@ -87,7 +89,7 @@ class _AddRMSNorm(torch.autograd.Function):
         block_m, block_d, warps = _launch(D)
         add_rms_norm_fwd_kernel[(triton.cdiv(M, block_m),)](
             h, r if r is not None else h, weight, y, rout, rstd, M, D, eps,
-            HAS_RES=r is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps)
+            HAS_RES=r is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps, **FP_FUSION)
         ctx.save_for_backward(rout, weight, rstd)
         ctx.meta = (shape, hidden.dtype, residual.dtype if residual is not None else None)
         return y.view(shape), rout.view(shape)
@@ -108,7 +110,7 @@ class _AddRMSNorm(torch.autograd.Function):
         dw = torch.empty(n_prog, D, device=rout.device, dtype=torch.float32)
         add_rms_norm_bwd_kernel[(n_prog,)](
             rout, weight, rstd, dy, dres if dres is not None else dy, dx, dw, M, D,
-            HAS_DRES=dres is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps)
+            HAS_DRES=dres is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps, **FP_FUSION)
         dx = dx.view(shape)
         d_res = dx.to(r_dtype) if r_dtype is not None else None
         return dx.to(h_dtype), d_res, dw.sum(0).to(weight.dtype), None, None, None

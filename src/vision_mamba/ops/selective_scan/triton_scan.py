@@ -26,6 +26,9 @@ from .triton_kernels import (
 )
 
 SAVE_EVERY = 16  # the forward pass saves the state every SAVE_EVERY steps for the backward pass
+# Fused multiply-adds on, as every kernel here was measured and tested (Triton 3.9 warns that its default will turn
+# them off in 3.10; asking explicitly keeps the numerics and the speed across versions).
+FP_FUSION = dict(enable_fp_fusion=True)
 
 
 def _env_int(name: str, default: int) -> int:
@@ -224,7 +227,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
             *h_strides, *s_strides,
             BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, PREFETCH=cfg["prefetch"],
             HAS_INIT=hinit is not None, WRITE_END=write_end, WRITE_Y=write_y, SAVE_STATES=save,
-            num_warps=cfg["num_warps"], **_maxnreg(cfg.get("maxnreg")),
+            num_warps=cfg["num_warps"], **FP_FUSION, **_maxnreg(cfg.get("maxnreg")),
             PARAMS_T=_params_t(cfg.get("params_t", -1), backward=False), **flags,
         )
 
@@ -238,7 +241,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     launch(None, hend, dsum, False, True, False)
     chunk_carry_kernel[(B * n_eb, ND)](
         hend, dsum, hinit, args.a[0], args.a[1], E, n_chunks, hend.stride(0), hend.stride(1), hend.stride(2), *pstrides[:2],
-        N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=False, num_warps=cfg["num_warps"])
+        N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=False, num_warps=cfg["num_warps"], **FP_FUSION)
     launch(hinit, None, None, True, False, save_states)
     return y, hsave
 
@@ -278,10 +281,10 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
         adjoint_chunk_kernel[(B * n_eb, n_chunks, ND)](
             *t, gy, _zero_state(E, N, dev), muend, dsum, L, E, args.R, steps, args.dir_base,
             *common["strides"], gy.stride(0), gy.stride(1), gy.stride(2), *args.param_strides(), *m_strides,
-            BLOCK_E=block_e, PARAMS_T=params_t, num_warps=cfg["num_warps"], **common["flags"])
+            BLOCK_E=block_e, PARAMS_T=params_t, num_warps=cfg["num_warps"], **FP_FUSION, **common["flags"])
         chunk_carry_kernel[(B * n_eb, ND)](
             muend, dsum, muinit, args.a[0], args.a[1], E, n_chunks, *m_strides, *args.param_strides()[:2],
-            N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=True, num_warps=cfg["num_warps"])
+            N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=True, num_warps=cfg["num_warps"], **FP_FUSION)
     else:
         m_strides = (0, 0, 0)
     scratch = torch.empty(B * 2 * n_eb * n_chunks * SAVE_EVERY * (N + 2) * block_e, **f32)  # states, delta, softplus'
@@ -296,7 +299,7 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
         gx.stride(0), gx.stride(1), gx.stride(2),
         graw.stride(0), graw.stride(1), graw.stride(2),
         gbc.stride(0), gbc.stride(1), gbc.stride(2), gbc.stride(3), block_e, (N + 2) * block_e, *m_strides,
-        BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, num_warps=cfg["bwd_num_warps"], **_maxnreg(cfg.get("bwd_maxnreg")),
+        BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, num_warps=cfg["bwd_num_warps"], **FP_FUSION, **_maxnreg(cfg.get("bwd_maxnreg")),
         PARAMS_T=params_t, HAS_MU_INIT=muinit is not None,
         **common["flags"],
     )
@@ -411,7 +414,7 @@ class _TritonBiConv(torch.autograd.Function):
         conv_fwd_kernel[(triton.cdiv(L, block_l), triton.cdiv(E, block_e), B * 2)](
             x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E, 0,
             x.stride(0), x.stride(1), out.stride(0), out.stride(1), out.stride(2),
-            K=K, BLOCK_L=block_l, BLOCK_E=block_e, HAS_BIAS=bias_f is not None, N_DIRS=2, num_warps=4)
+            K=K, BLOCK_L=block_l, BLOCK_E=block_e, HAS_BIAS=bias_f is not None, N_DIRS=2, num_warps=4, **FP_FUSION)
         ctx.save_for_backward(x, w_f, w_b, bias_f, bias_b)
         return out
 
@@ -428,7 +431,7 @@ class _TritonBiConv(torch.autograd.Function):
         conv_bwd_kernel[(triton.cdiv(L, block_l), triton.cdiv(E, block_e), B)](
             x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gx, gw, gbias, L, E, 0,
             x.stride(0), x.stride(1), gout.stride(0), gout.stride(1), gout.stride(2), gx.stride(0), gx.stride(1),
-            K=K, BLOCK_L=block_l, BLOCK_E=block_e, HAS_BIAS=bias_f is not None, N_DIRS=2, num_warps=4)
+            K=K, BLOCK_L=block_l, BLOCK_E=block_e, HAS_BIAS=bias_f is not None, N_DIRS=2, num_warps=4, **FP_FUSION)
         gb = (lambda i, ref: gbias[i].to(ref.dtype) if ref is not None else None)
         return gx, gw[0].view_as(w_f).to(w_f.dtype), gw[1].view_as(w_b).to(w_b.dtype), gb(0, bias_f), gb(1, bias_b)
 
