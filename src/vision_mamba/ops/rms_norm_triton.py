@@ -18,16 +18,21 @@ from .selective_scan.triton_scan import FP_FUSION
 
 
 @triton.jit
+def _tile(pid, M, D, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Program pid's rows and columns of a contiguous [M, D] tensor: indices, masks and element offsets."""
+    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
+    cols = tl.arange(0, BLOCK_D)
+    rmask = rows < M
+    cmask = cols < D
+    return rows, cols, rmask, cmask, rmask[:, None] & cmask[None, :], rows[:, None] * D + cols[None, :]
+
+
+@triton.jit
 def add_rms_norm_fwd_kernel(
     h_ptr, r_ptr, w_ptr, y_ptr, rout_ptr, rstd_ptr, M, D, eps,
     HAS_RES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
-    rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_D)
-    rmask = rows < M
-    cmask = cols < D
-    mask = rmask[:, None] & cmask[None, :]
-    off = rows[:, None] * D + cols[None, :]
+    rows, cols, rmask, cmask, mask, off = _tile(tl.program_id(0), M, D, BLOCK_M, BLOCK_D)
     x = tl.load(h_ptr + off, mask=mask, other=0.0).to(tl.float32)
     if HAS_RES:
         x += tl.load(r_ptr + off, mask=mask, other=0.0).to(tl.float32)
@@ -47,12 +52,7 @@ def add_rms_norm_bwd_kernel(
     HAS_DRES: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
 ):
     pid = tl.program_id(0)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.arange(0, BLOCK_D)
-    rmask = rows < M
-    cmask = cols < D
-    mask = rmask[:, None] & cmask[None, :]
-    off = rows[:, None] * D + cols[None, :]
+    rows, cols, rmask, cmask, mask, off = _tile(pid, M, D, BLOCK_M, BLOCK_D)
     x = tl.load(rout_ptr + off, mask=mask, other=0.0).to(tl.float32)
     rstd = tl.load(rstd_ptr + rows, mask=rmask, other=0.0)
     w = tl.load(w_ptr + cols, mask=cmask, other=0.0).to(tl.float32)
