@@ -248,8 +248,8 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
 
 def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     """Gradients of the scan: dx [ND, B, L, E]; dz per direction [ND, B, L, E] (or None); d(B | C) [ND, B, L, 2N]
-    fp32 (summed over channel blocks); d raw delta [ND, B, L, E] in x's dtype (the gradient before softplus: of
-    delta + bias, or of dt_proj's output when dt_proj is folded in); fp32 parameter gradients [ND, ...] for A (or
+    fp32 (summed over channel blocks); d raw delta [ND, B, L, E] (the gradient before softplus: of delta + bias,
+    or, in x's dtype, of dt_proj's output when dt_proj is folded in); fp32 parameter gradients [ND, ...] for A (or
     A_log), D and the delta bias. With dt_proj folded in, :func:`dt_proj_grads` turns d raw delta into the
     gradients of dt_low and W_dt."""
     cfg = config or _config()
@@ -262,7 +262,9 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     gx = _new(ND, B, L, E, device=dev, dtype=args.x.dtype)
     gz = _new(ND, B, L, E, device=dev, dtype=args.z.dtype) if args.z is not None else _dummy(dev)
     gbc = _new(ND, n_eb, B, L, 2 * N, **f32)
-    graw = _new(ND, B, L, E, device=dev, dtype=args.x.dtype)
+    # d raw delta: in x's dtype where it feeds dt_proj's matmuls (as autograd would have it), fp32 for the generic
+    # scan (cast to delta's dtype by the caller, which may be wider than x's)
+    graw = _new(ND, B, L, E, device=dev, dtype=args.x.dtype if args.dt_proj else torch.float32)
     ga = torch.zeros(ND, E, N, **f32)
     gd = torch.zeros(ND, E, **f32)
     gbias = torch.zeros(ND, E, **f32)
