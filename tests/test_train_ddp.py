@@ -1,8 +1,10 @@
-"""DDP on the CPU: two gloo processes under torchrun match one process on the same global batch."""
+"""DDP on the CPU: two gloo processes under torchrun match one process on the same global batch, and a checkpoint
+written by one process resumes on two (and ends where the uninterrupted single-process run ends)."""
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 
@@ -22,6 +24,51 @@ DETERMINISTIC = dict(
     mixup=0.0, cutmix=0.0, reprob=0.0, auto_augment=None, repeated_aug=1, ema=True, ema_decay=0.9, workers=0,
     progress=False, device="cpu", clip_grad=1.0, cpu_threads=1,
 )
+
+
+def _torchrun(args, tmp_path):
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "vision_mamba.cli", "train", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc
+
+
+class _StopAfter:
+    """Step hook: SIGTERM to this process after (epoch, step)."""
+
+    def __init__(self, epoch, step):
+        self.at = (epoch, step)
+
+    def __call__(self, trainer, epoch, step, loss):
+        if (epoch, step) == self.at:
+            os.kill(os.getpid(), signal.SIGTERM)
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_checkpoint_of_one_process_resumes_on_two(tmp_path):
+    base = {**TrainConfig().to_dict(), **DETERMINISTIC}
+    reference = Trainer(TrainConfig.from_dict({**base, "output": str(tmp_path / "ref")})).run()
+    stopped = Trainer(TrainConfig.from_dict({**base, "output": str(tmp_path / "run")}), step_hook=_StopAfter(0, 1)).run()
+    assert stopped.interrupted and (tmp_path / "run" / "last.pth").is_file()
+
+    proc = _torchrun(["--resume", str(tmp_path / "run"), "--set", "progress=false"], tmp_path)
+    assert "resuming on 2 process(es) (saved with 1)" in proc.stdout
+    resumed = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert resumed["world_size"] == 2 and resumed["epochs"] == 2
+    one, two = load_file(str(reference.weights)), load_file(str(tmp_path / "run" / "final.safetensors"))
+    for key in one:  # same global batches in the same order: the same weights, whatever the number of processes
+        torch.testing.assert_close(two[key], one[key], rtol=1e-4, atol=1e-5, msg=key)
+
+    # and back: the two-process checkpoint continues in one process (one more epoch, the schedule rebuilt)
+    cfg = TrainConfig.from_dict({**base, "output": str(tmp_path / "run"), "resume": str(tmp_path / "run"),
+                                 "epochs": 3})
+    again = Trainer(cfg).run()
+    assert not again.interrupted
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs"] == 3
 
 
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")

@@ -226,7 +226,8 @@ class Trainer:
         self.train_seconds = 0.0
         self._final_reserve = 5.0  # seconds kept for the final evaluation and exports (measured when planning)
         if cfg.resume:
-            self._resume(Path(cfg.resume))
+            path = Path(cfg.resume)
+            self._resume(path / "last.pth" if path.is_dir() else path)  # a run directory means its last.pth
         self.logger = MetricLogger(self.run_dir, enabled=ctx.is_main, step_key="epoch",
                                    resume_step=self.epoch if cfg.resume else None)
         n_params = sum(p.numel() for p in model.parameters())
