@@ -62,10 +62,10 @@ def _params_t(value: int, backward: bool) -> bool:
     choice whose generated code keeps the time loop free of layout conversions on this Triton version."""
     if value >= 0:
         return bool(value)
-    return _PARAMS_T_DEFAULT(backward)
+    return _params_t_default(backward)
 
 
-def _PARAMS_T_DEFAULT(backward: bool) -> bool:
+def _params_t_default(backward: bool) -> bool:
     # Read off the generated code (TTGIR / PTX for sm_90) of both kernels with Triton 3.6, 3.7, 3.8 and 3.9:
     # direct loads are conversion-free up to 3.6, transposed loads from 3.7 on (the other choice puts shuffles and
     # shared-memory round trips into the time loop; on 3.6 that doubled the forward's time).
