@@ -21,7 +21,7 @@ from torch.utils.data import DataLoader
 
 from .folder import DatasetError, ImageFolderDataset, TensorImageDataset, ignore_stop_signals, scan_image_folder
 from .resident import DeviceAugment, ResidentEvalLoader, ResidentTrainLoader, decode_images, resident_bytes
-from .sampling import EpochSampler, ShardSampler
+from .sampling import EpochLoaderBase, EpochSampler, ShardSampler
 from .synthetic import SYNTHETIC_CLASSES, synthetic_split
 from .transforms import eval_resize_size, eval_transform, resize_crop_uint8, train_transform
 
@@ -62,7 +62,7 @@ class ClassificationData:
 
 
 # ---------------------------------------------------------------------- streaming loaders
-class StreamTrainLoader:
+class StreamTrainLoader(EpochLoaderBase):
     """timm transforms in DataLoader workers; batches moved to ``device`` (pinned memory, non-blocking)."""
 
     def __init__(self, dataset, sampler: EpochSampler, device: torch.device, workers: int = 4):
@@ -75,13 +75,6 @@ class StreamTrainLoader:
             pin_memory=device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(sampler.seed),
             worker_init_fn=ignore_stop_signals)
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.sampler.steps_per_epoch
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Tuple[Tensor, Tensor]]:
         self.sampler.set_epoch(epoch, start_step)

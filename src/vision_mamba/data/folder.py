@@ -137,13 +137,7 @@ class ImageFolderDataset(Dataset):
                                    f"at {self.samples[index][0]}; is the dataset intact?")
             if self.substitute:
                 target = sub_target
-        if self.transform is not None:
-            if seed is not None:
-                with _seeded(seed):
-                    image = self.transform(image)
-            else:
-                image = self.transform(image)
-        return image, target, readable
+        return _transformed(self.transform, image, seed), target, readable
 
 
 class TensorImageDataset(Dataset):
@@ -164,13 +158,7 @@ class TensorImageDataset(Dataset):
     def __getitem__(self, item):
         index, seed = item if isinstance(item, (tuple, list)) else (item, None)
         image = Image.fromarray(self.images[index].permute(1, 2, 0).numpy())
-        if self.transform is not None:
-            if seed is not None:
-                with _seeded(seed):
-                    image = self.transform(image)
-            else:
-                image = self.transform(image)
-        return image, int(self.labels[index]), 1
+        return _transformed(self.transform, image, seed), int(self.labels[index]), 1
 
 
 class _seeded:
@@ -200,3 +188,13 @@ class _seeded:
         random.setstate(self._py)
         np.random.set_state(self._np)
         torch.set_rng_state(self._torch)
+
+
+def _transformed(transform: Optional[Callable], image, seed: Optional[int]):
+    """``transform(image)``, under the sample's own seed when it has one."""
+    if transform is None:
+        return image
+    if seed is None:
+        return transform(image)
+    with _seeded(seed):
+        return transform(image)

@@ -29,7 +29,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 
 from .folder import ignore_stop_signals, load_rgb
-from .sampling import EpochSampler
+from .sampling import EpochLoaderBase, EpochSampler
 
 __all__ = ["decode_images", "DeviceAugment", "ResidentTrainLoader", "ResidentEvalLoader", "resident_bytes"]
 
@@ -220,7 +220,7 @@ class DeviceAugment:
         return x
 
 
-class ResidentTrainLoader:
+class ResidentTrainLoader(EpochLoaderBase):
     """Batches of the device-resident training set: gather by the sampler's indices, augment on the device.
 
     ``epoch(e, start_step)`` yields (images float [b, 3, R, R], targets int64 [b]) on ``device`` for the
@@ -234,13 +234,6 @@ class ResidentTrainLoader:
         self.sampler = sampler
         self.augment = augment
         self.unreadable = 0
-
-    @property
-    def steps_per_epoch(self) -> int:
-        return self.sampler.steps_per_epoch
-
-    def __len__(self) -> int:
-        return self.steps_per_epoch
 
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Tuple[Tensor, Tensor]]:
         self.sampler.set_epoch(epoch, start_step)

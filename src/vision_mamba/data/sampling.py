@@ -105,3 +105,16 @@ class ShardSampler(Sampler):
 
     def __len__(self) -> int:
         return len(self.indices)
+
+
+class EpochLoaderBase:
+    """What every training loader over an :class:`EpochSampler` shares: its length in steps."""
+
+    sampler: EpochSampler
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return self.sampler.steps_per_epoch
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
