@@ -36,6 +36,8 @@ TARGETS = [
      "deit_small_patch16_224", 1.0, False),
     ("training step Vim-Ti vs DeiT-Ti flash, 224 px, batch 128", "train", 224, 128, "vim_tiny_patch16_224",
      "deit_tiny_patch16_224", 1.0, False),
+    ("training step Vim-S vs DeiT-S flash, 224 px, batch 128", "train", 224, 128, "vim_small_patch16_224",
+     "deit_small_patch16_224", 1.0, False),
 ]
 
 
@@ -101,8 +103,9 @@ def markdown_section(records: Sequence[Dict[str, Any]], png_rel: str) -> str:
         lines += ["| " + " | ".join(r) + " |" for r in rows]
         lines.append("")
     lines += ["### All rows", "",
-              "img/s and peak GiB above the model; `exec` graph = forward captured in a CUDA graph (both models), "
-              "eager = plain calls; ratios are Vim's img/s over DeiT's.", ""]
+              "img/s and peak GiB above the model; `exec` graph = the forward (inference) or the whole training step "
+              "(forward, backward, fused AdamW) replayed from a CUDA graph, both models alike; eager = plain calls; "
+              "ratios are Vim's img/s over DeiT's.", ""]
     lines.append(format_table(records, markdown=True))
     bad = [r for r in records if r.get("status") not in ("ok",)]
     if bad:

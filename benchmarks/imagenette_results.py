@@ -156,12 +156,15 @@ def merge(folders: List[Path], into: Path) -> Path:
     return into
 
 
-def publish(folder: Path, docs: Path, note: Optional[str] = None) -> Path:
+def publish(folder: Path, docs: Path, note: Optional[str] = None, earlier: Optional[Path] = None) -> Path:
     report = json.loads((folder / "imagenette.json").read_text())
     results = docs / "results"
     results.mkdir(parents=True, exist_ok=True)
     if note:
         report["note"] = note
+    if earlier is not None:  # an earlier published imagenette.json: its runs are kept, listed under the new ones
+        old = json.loads(Path(earlier).read_text())
+        report["earlier_records"] = old.get("records", []) + old.get("earlier_records", [])
     (results / "imagenette.json").write_text(json.dumps(report, indent=2) + "\n")
     for key in NAMES:
         for suffix in ("curves.png", "metrics.csv"):
@@ -174,7 +177,8 @@ def publish(folder: Path, docs: Path, note: Optional[str] = None) -> Path:
              f"{report['dataset']}. Device: {report.get('device') or 'see log'}. Same recipe "
              "(configs/imagenette/vim_tiny.yaml; deit_tiny.yaml changes only the model), same number of epochs, "
              "same wall-clock budget; the reasoning behind the recipe is in [training.md](training.md). "
-             "Produced by `benchmarks/device_imagenette.sh`, published by `benchmarks/imagenette_results.py`.", "",
+             "Produced by `benchmarks/device_imagenette.sh` (one call) or `benchmarks/device_imagenette_long.sh` "
+             "(a schedule over several calls), published by `benchmarks/imagenette_results.py`.", "",
              "| model | img size | epochs | top-1 (%) | top-5 (%) | best top-1 (epoch) | train img/s | eval img/s "
              "| minutes | skipped steps |",
              "|---|---|---|---|---|---|---|---|---|---|"]
@@ -183,6 +187,14 @@ def publish(folder: Path, docs: Path, note: Optional[str] = None) -> Path:
                      f"{_fmt(r['top1'])} | {_fmt(r['top5'])} | {_fmt(r['best_top1'])} ({_fmt(r['best_epoch'])}) | "
                      f"{_fmt(r['train_img_per_s'])} | {_fmt(r['eval_img_per_s'])} | {_fmt(r['minutes'])} | "
                      f"{_fmt(r['skipped_steps'])} |")
+    if report.get("earlier_records"):
+        lines += ["", "Earlier runs (shorter schedules, kept for comparison):", "",
+                  "| model | img size | epochs | top-1 (%) | top-5 (%) | train img/s | minutes | command |",
+                  "|---|---|---|---|---|---|---|---|"]
+        for r in report["earlier_records"]:
+            lines.append(f"| {r['model']} | {_fmt(r.get('img_size'))} | {_fmt(r.get('epochs'))} | "
+                         f"{_fmt(r.get('top1'))} | {_fmt(r.get('top5'))} | {_fmt(r.get('train_img_per_s'))} | "
+                         f"{_fmt(r.get('minutes'))} | `{r.get('command') or ''}` |")
     s = report["summary"]
     target = report["target"]
     lines += ["", f"Target: Vim-Ti >= {target['vim_top1']:g}% top-1 and >= DeiT-Ti + {target['margin_over_deit']:g} "
@@ -215,6 +227,7 @@ def main(argv: Optional[List[str]] = None) -> int:
                    help="the fetched device outputs (repeat for runs fetched from several calls)")
     p.add_argument("--docs", type=Path, default=REPO / "docs")
     p.add_argument("--note", help="what was tried (printed under Notes), e.g. when the target is not met")
+    p.add_argument("--earlier", type=Path, help="a previously published imagenette.json whose runs are kept")
     args = parser.parse_args(argv)
     if args.command == "collect":
         if not args.runs.is_dir():
@@ -231,7 +244,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         import tempfile
 
         folder = merge(args.folder, Path(tempfile.mkdtemp(prefix="imagenette_merged_")))
-    publish(folder, args.docs, args.note)
+    publish(folder, args.docs, args.note, args.earlier)
     return 0
 
 

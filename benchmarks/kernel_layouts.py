@@ -122,6 +122,13 @@ def main() -> int:
     ts.scan_forward(scan_args, bf, save_states=True, config=cfg)
     ts.scan_backward(scan_args, torch.zeros(B, 2, triton.cdiv(L, ts.SAVE_EVERY), N, E),
                      torch.randn(B, L, 2, E, dtype=bf), config=cfg)
+    # the depthwise conv + silu of both directions, forward and backward (launches captured the same way)
+    cf, cb, cbi = _Capture(), _Capture(), _Capture()
+    ts.conv_fwd_kernel, ts.conv_bwd_kernel, ts.conv_bwd_input_kernel = cf, cb, cbi
+    x = torch.randn(B, L, E, dtype=bf, requires_grad=True)
+    cw = [torch.randn(E, 1, 4, dtype=bf, requires_grad=True) for _ in range(2)]
+    cbias = [torch.randn(E, dtype=bf, requires_grad=True) for _ in range(2)]
+    ts._TritonBiConv.apply(x, cw[0], cw[1], cbias[0], cbias[1]).float().sum().backward()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     print(f"Triton {triton.__version__}, sm_90, PARAMS_T {args.params_t} "
@@ -129,6 +136,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         print(report("forward", tk.scan_fwd_kernel, fwd.calls[0], Path(tmp), args.out))
         print(report("backward", tk.scan_bwd_kernel, bwd.calls[0], Path(tmp), args.out))
+        print(report("conv forward", tk.conv_fwd_kernel, cf.calls[0], Path(tmp), args.out))
+        print(report("conv backward (g_pre, weights)", tk.conv_bwd_kernel, cb.calls[0], Path(tmp), args.out))
+        print(report("conv backward (input)", tk.conv_bwd_input_kernel, cbi.calls[0], Path(tmp), args.out))
     return 0
 
 

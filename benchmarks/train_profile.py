@@ -6,7 +6,8 @@ step (forward, loss, backward, clipping, AdamW), each timed alone, then together
 The augmentation runs on random uint8 images of the resident size (the content does not change its cost); the
 recipe is configs/imagenette/vim_tiny.yaml's. Times are medians over --steps steps after warm-up, synchronised
 around each part (so "together" is the sum as the trainer sees it, including the per-step host sync of the
-non-finite-loss check)."""
+non-finite-loss check). On CUDA the model step is also timed replayed from a CUDA graph (train/graphed.py), alone
+and with the augmentation, as the trainer runs it."""
 from __future__ import annotations
 
 import argparse
@@ -42,6 +43,7 @@ def main():
     from timm.optim import create_optimizer_v2
 
     from vision_mamba.data.resident import DeviceAugment
+    from vision_mamba.train.graphed import TrainStep
     from vision_mamba.train.model import create_classifier
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -101,6 +103,20 @@ def main():
 
         m = dict(step_ms=1e3 * timed(step, args.steps), forward_ms=1e3 * timed(forward_only, args.steps),
                  full_ms=1e3 * timed(full, args.steps))
+        if dev.type == "cuda":  # the same step (fused AdamW) replayed from a CUDA graph, as the trainer runs it
+            gopt = create_optimizer_v2(model, opt="adamw", lr=1e-3, weight_decay=0.05, filter_bias_and_bn=True,
+                                       fused=True)
+            gstep = TrainStep(model, crit, gopt, device=dev, amp_dtype=torch.bfloat16, graph=True, clip_grad=1.0)
+
+            def graph_full():
+                r, t = batch()
+                inp, lab = mix(aug(r), t)
+                bool(torch.isfinite(gstep(inp, lab)).item())
+
+            m["graph_step_ms"] = 1e3 * timed(lambda: gstep(xm, ym), args.steps, warmup=5)
+            m["graph_full_ms"] = 1e3 * timed(graph_full, args.steps)
+            m["graph_step_img_s"] = args.batch / m["graph_step_ms"] * 1e3
+            m["graph_full_img_s"] = args.batch / m["graph_full_ms"] * 1e3
         if args.trace and dev.type == "cuda":
             from torch.profiler import ProfilerActivity, profile
 

@@ -214,8 +214,10 @@ def test_plans():
     infer_tiny = [c for c in fig if c.mode == "infer" and c.graph and "tiny" in c.model]
     assert len(infer_tiny) == 7 * 2 * 3  # 7 (res, batch), bf16 + fp32, Vim + DeiT flash + DeiT explicit
     assert (1248, 1) in {(c.res, c.batch) for c in infer_tiny}
-    assert {(c.model, c.attn) for c in fig if c.mode == "train"} == {("vim_tiny_patch16_224", None),
-                                                                     ("deit_tiny_patch16_224", "flash")}
+    train = {(c.model, c.attn, c.graph) for c in fig if c.mode == "train"}
+    assert train == {("vim_tiny_patch16_224", None, False), ("deit_tiny_patch16_224", "flash", False),
+                     ("vim_tiny_patch16_224", None, True), ("deit_tiny_patch16_224", "flash", True),
+                     ("vim_small_patch16_224", None, True), ("deit_small_patch16_224", "flash", True)}
     assert {c.res for c in fig if "small" in c.model} == {224, 1248}
     assert fig[0].dtype == "bf16" and fig[-1].dtype == "fp32"  # bf16 first, so a time budget cuts fp32
 

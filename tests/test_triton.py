@@ -139,6 +139,12 @@ def test_mixer_chunk_parallel_forward(monkeypatch):
     check_mixer(1, 150, 16, min_programs="64", monkeypatch=monkeypatch)
 
 
+def test_mixer_conv_backward_in_chunks(monkeypatch):
+    # 150 rows = 5 tiles of 32; two programs' worth of work -> the conv's weight gradients are summed over two
+    # chunks of rows (3 tiles + 2 tiles), each program looping over its tiles; the scan is chunked too
+    check_mixer(1, 150, 16, min_programs="2", monkeypatch=monkeypatch)
+
+
 def test_model_triton_matches_reference():
     torch.manual_seed(0)
     model = timm.create_model("test_vim").to(DEVICE)

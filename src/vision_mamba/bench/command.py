@@ -42,8 +42,9 @@ def plan_cases(plan: str) -> List[Case]:
             # inference in bf16 and fp32, forward captured in a CUDA graph for both models (launch overhead out)
             make_cases(tiny, FIGURE1_RES, FIGURE1_BATCH, ["bf16"], ATTENTIONS, graph="on")
             + make_cases(small, [224, 1248], [128, 16], ["bf16"], ATTENTIONS, graph="on")
-            # a training step: forward, cross-entropy, backward, AdamW
-            + make_cases(tiny, [224], [128], ["bf16"], ["flash"], modes=["train"])
+            # a training step: forward, cross-entropy, backward, fused AdamW; eager and replayed from a CUDA graph
+            + make_cases(tiny, [224], [128], ["bf16"], ["flash"], modes=["train"], graph="both")
+            + make_cases(small, [224], [128], ["bf16"], ["flash"], modes=["train"], graph="on")
             # eager inference, what a plain `model(x)` gets
             + make_cases(tiny, [224, 1248], [128, 16], ["bf16"], ["flash"], graph="off")
             + make_cases(tiny, FIGURE1_RES, FIGURE1_BATCH, ["fp32"], ATTENTIONS, graph="on")

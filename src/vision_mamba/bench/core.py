@@ -465,8 +465,6 @@ def run_case(case: Case, settings: Settings, models: Optional[_Models] = None) -
     vim = is_vim(case.model)
     record = _base_record(case, settings)
     notes: List[str] = []
-    if case.graph and case.mode == "train":
-        notes.append("CUDA graph: inference only, this training step ran eagerly")
     try:
         ctx = vision_mamba.scan_backend(settings.backend) if vim else contextlib.nullcontext()
         with ctx:
@@ -512,8 +510,11 @@ def _measure(case: Case, settings: Settings, models: _Models, backend: Optional[
     x = torch.randn(case.batch, 3, case.res, case.res, device=device, dtype=in_dtype)
     if case.mode == "train":
         step = _train_step(model, x, case, settings, notes)
-        for _ in range(settings.warmup):
+        for _ in range(max(settings.warmup, 1)):
             step()
+        out["graph"] = bool(getattr(step, "graphed", False))
+        if out["graph"]:
+            step.train_step.optimizer.zero_grad(set_to_none=True)  # as after an eager step: not in the baseline
     else:
         forward = model.forward_features
         if settings.compile is not None:
@@ -544,7 +545,7 @@ def _measure(case: Case, settings: Settings, models: _Models, backend: Optional[
     times = time_steps(step, device, settings.iters, settings.min_time, settings.max_iters, settings.max_row_time)
     if device.type == "cuda":
         out["peak_gib"] = (torch.cuda.max_memory_allocated(device) - base) / 2**30
-    if out.get("graph"):
+    if out.get("graph") and case.mode == "infer":
         problem = step.check()
         if problem:
             return {"status": problem, "graph": True}
@@ -599,6 +600,21 @@ def _graph_step(call, x: torch.Tensor, case: Case, settings: Settings, notes: Li
     return _GraphStep(call, x, case, settings)
 
 
+class _GraphTrainStep:
+    """A training step (forward, backward, fused AdamW) replayed from a CUDA graph (train.graphed.TrainStep)."""
+
+    graphed = True
+
+    def __init__(self, train_step, x: torch.Tensor, target: torch.Tensor):
+        self.train_step, self.x, self.target = train_step, x, target
+
+    def capture(self) -> None:
+        self.train_step.capture(self.x, self.target)
+
+    def __call__(self) -> None:
+        self.train_step(self.x, self.target)
+
+
 def _train_step(model: nn.Module, x: torch.Tensor, case: Case, settings: Settings, notes: List[str]):
     device = settings.device
     num_classes = getattr(model, "num_classes", 1000) or 1000
@@ -617,6 +633,18 @@ def _train_step(model: nn.Module, x: torch.Tensor, case: Case, settings: Setting
     forward = model
     if settings.compile is not None:
         forward = torch.compile(model, mode=None if settings.compile == "default" else settings.compile)
+
+    if case.graph:
+        from ..train.graphed import TrainStep, graph_unsupported_reason
+
+        reason = graph_unsupported_reason(optimizer, device, compiled=settings.compile is not None)
+        if reason is None:
+            amp = torch.bfloat16 if case.dtype == "bf16" else None
+            # warm-up steps (eager, side stream) come from _measure; capture is called after the memory reset
+            train_step = TrainStep(model, lambda logits, t: F.cross_entropy(logits.float(), t), optimizer,
+                                   device=device, amp_dtype=amp, graph=True, warmup_steps=10 ** 9)
+            return _GraphTrainStep(train_step, x, target)
+        notes.append(f"CUDA graph: {reason}; this training step ran eagerly")
 
     def step() -> None:
         with _autocast(case, device):

@@ -23,11 +23,12 @@ def resolve_precision(precision: str, device: torch.device) -> Optional[torch.dt
     return _DTYPES[precision]
 
 
-def autocast(device: torch.device, dtype: Optional[torch.dtype]):
-    """An autocast context for ``dtype`` on ``device`` (a no-op for fp32)."""
+def autocast(device: torch.device, dtype: Optional[torch.dtype], cache_enabled: bool = True):
+    """An autocast context for ``dtype`` on ``device`` (a no-op for fp32). ``cache_enabled=False`` while capturing
+    a CUDA graph: cached weight casts would be freed when the context exits."""
     if dtype is None:
         return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=dtype)
+    return torch.autocast(device_type=device.type, dtype=dtype, cache_enabled=cache_enabled)
 
 
 class NonFiniteLossError(RuntimeError):

@@ -41,6 +41,8 @@ class TrainConfig(TypedConfig):
     finetune_ema: bool = False  # take the EMA weights of a training checkpoint given to finetune
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile the model
+    cuda_graph: bool = True  # replay each training step from one CUDA graph where possible (CUDA, one process,
+    #   adamw / adam / sgd, bf16 or fp32, no compile; see train/graphed.py); elsewhere, or false: eager steps
     # ---------------------------------------------------------------- data
     data: Optional[str] = None  # 'synthetic' (built in) or an ImageFolder root with <train_split>/ and <val_split>/
     train_split: str = "train"

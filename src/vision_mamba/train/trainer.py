@@ -43,11 +43,13 @@ from ..models.checkpoint import load_checkpoint, save_state_dict
 from .budget import StepTimer, plan_epochs
 from .config import ConfigError, TrainConfig
 from .evaluate import evaluate
+from .graphed import TrainStep, graph_unsupported_reason
 from .model import EmaWeights, check_model_name, create_classifier, unwrap
 
 __all__ = ["Trainer", "TrainResult", "default_output", "default_output_prefix", "CHECKPOINT_FORMAT"]
 
 CHECKPOINT_FORMAT = "vision_mamba.classification/1"
+_FUSED_OPTS = ("adamw", "adam", "sgd", "momentum")  # timm names of optimizers torch has fused kernels for
 StepHook = Callable[["Trainer", int, int, torch.Tensor], None]
 
 
@@ -184,8 +186,16 @@ class Trainer:
             "lamb" in cfg.opt else {}
         if cfg.opt in ("sgd", "momentum", "nesterov"):
             opt_kwargs = dict(momentum=cfg.momentum)
-        self.optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                                             filter_bias_and_bn=True, **opt_kwargs)
+        self.optimizer = None
+        if self.device.type == "cuda" and cfg.opt in _FUSED_OPTS:  # one kernel per update, skippable on the device
+            try:
+                self.optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                     filter_bias_and_bn=True, fused=True, **opt_kwargs)
+            except (TypeError, ValueError, RuntimeError):
+                self.optimizer = None
+        if self.optimizer is None:
+            self.optimizer = create_optimizer_v2(model, opt=cfg.opt, lr=cfg.lr, weight_decay=cfg.weight_decay,
+                                                 filter_bias_and_bn=True, **opt_kwargs)
         self.planned_epochs: Optional[int] = None if cfg.time_limit_min else cfg.epochs
         self.scheduler = self._make_scheduler(cfg.epochs)
         self.ema = EmaWeights(model, cfg.ema_decay, cfg.ema_warmup) if cfg.ema else None
@@ -215,6 +225,15 @@ class Trainer:
             self.train_model = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
+        self.graph_step: Optional[TrainStep] = None
+        if cfg.cuda_graph and self.device.type == "cuda":
+            reason = graph_unsupported_reason(self.optimizer, self.device, distributed=ctx.is_distributed,
+                                              compiled=cfg.compile, grad_scaler=self.scaler is not None)
+            if reason is None:
+                self.graph_step = TrainStep(self.train_model, self.criterion, self.optimizer, device=self.device,
+                                            amp_dtype=self.amp_dtype, graph=True, clip_grad=cfg.clip_grad)
+            else:
+                self.log(f"training steps run eagerly, not from a CUDA graph: {reason}")
 
         # ---------------- progress counters (restored on resume)
         self.epoch = 0
@@ -352,20 +371,30 @@ class Trainer:
             images, targets = next(batches)
             if self.mixup is not None:
                 images, targets = self.mixup(images, targets)
-            with autocast(self.device, self.amp_dtype):
-                output = self.train_model(images)
-                loss = self.criterion(output, targets)
-            self._backward(loss)
-            # (checked after the backward pass has been queued: the host waits once per step, for the whole
-            # forward and backward, instead of idling the GPU while it queues the backward pass)
-            if self.guard.ok(loss):
-                self._step()
+            if self.graph_step is not None:
+                # forward, backward and update in one replay; a non-finite loss skipped the update on the device
+                loss = self.graph_step(images, targets)
+                applied = self.guard.ok(loss)
+                if applied:
+                    self._update_ema()
+            else:
+                with autocast(self.device, self.amp_dtype):
+                    output = self.train_model(images)
+                    loss = self.criterion(output, targets)
+                self._backward(loss)
+                # (checked after the backward pass has been queued: the host waits once per step, for the whole
+                # forward and backward, instead of idling the GPU while it queues the backward pass)
+                applied = self.guard.ok(loss)
+                if applied:
+                    self._step()
+                else:
+                    self.optimizer.zero_grad(set_to_none=True)
+            if applied:
                 loss_sum += loss.detach().double()
                 steps_ok += 1
             else:
                 self.log(f"epoch {epoch + 1} step {self.step}: non-finite loss, update skipped "
                          f"({self.guard.skipped} so far)")
-                self.optimizer.zero_grad(set_to_none=True)
             self.step += 1
             self.num_updates += 1
             if self.scheduler is not None:
@@ -415,6 +444,9 @@ class Trainer:
                 torch.nn.utils.clip_grad_norm_(params, cfg.clip_grad)
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
+        self._update_ema()
+
+    def _update_ema(self) -> None:
         if self.ema is not None:
             self.ema.update(unwrap(self.model), step=self.num_updates)
 
@@ -435,6 +467,8 @@ class Trainer:
     # ================================================================== the run
     def run(self) -> TrainResult:
         threads = torch.get_num_threads()
+        # setup() switches TF32 and cuDNN autotuning on for CUDA; the process gets its own settings back after
+        flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32, torch.backends.cudnn.benchmark)
         try:
             if self.ctx is None:
                 self.setup()
@@ -443,6 +477,8 @@ class Trainer:
             return self._run()
         finally:
             torch.set_num_threads(threads)
+            (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32,
+             torch.backends.cudnn.benchmark) = flags
             if hasattr(self, "logger"):
                 self.logger.close()
             cleanup_distributed()

@@ -626,58 +626,114 @@ def conv_fwd_kernel(
 
 
 @triton.jit
+def _conv_grad_dir(x_base, g_base, gp_base, offs_t, tmask, L, stride_x_l, stride_g_l, stride_gp_l, offs_e, emask,
+                   w_ptr, bias_ptr, K: tl.constexpr, HAS_BIAS: tl.constexpr, sign: tl.constexpr):
+    """One direction of one tile (sign 1: causal, -1: anti-causal): g_pre = d loss / d (conv + bias) from
+    d loss / d silu(...), stored for the input-gradient pass; returns this tile's terms of the four tap weights'
+    and the bias's gradients (summed over rows by the caller, once, after its last tile)."""
+    w0 = tl.load(w_ptr + offs_e * K + 0, mask=emask, other=0.0).to(tl.float32)
+    w1 = tl.load(w_ptr + offs_e * K + 1, mask=emask, other=0.0).to(tl.float32)
+    w2 = tl.load(w_ptr + offs_e * K + 2, mask=emask, other=0.0).to(tl.float32)
+    w3 = tl.load(w_ptr + offs_e * K + 3, mask=emask, other=0.0).to(tl.float32)
+    if HAS_BIAS:
+        bias = tl.load(bias_ptr + offs_e, mask=emask, other=0.0).to(tl.float32)
+    else:
+        bias = tl.zeros([offs_e.shape[0]], dtype=tl.float32)
+    # the four shifted input rows, loaded once: they make the pre-activation and the weight gradients
+    r0 = offs_t + sign * -3
+    r1 = offs_t + sign * -2
+    r2 = offs_t + sign * -1
+    x0 = tl.load(x_base + r0[:, None] * stride_x_l, mask=((r0 >= 0) & (r0 < L))[:, None] & emask[None, :],
+                 other=0.0).to(tl.float32)
+    x1 = tl.load(x_base + r1[:, None] * stride_x_l, mask=((r1 >= 0) & (r1 < L))[:, None] & emask[None, :],
+                 other=0.0).to(tl.float32)
+    x2 = tl.load(x_base + r2[:, None] * stride_x_l, mask=((r2 >= 0) & (r2 < L))[:, None] & emask[None, :],
+                 other=0.0).to(tl.float32)
+    x3 = tl.load(x_base + offs_t[:, None] * stride_x_l, mask=tmask[:, None] & emask[None, :],
+                 other=0.0).to(tl.float32)
+    pre = bias[None, :] + w0[None, :] * x0 + w1[None, :] * x1 + w2[None, :] * x2 + w3[None, :] * x3
+    sig = _sigmoid(pre)
+    g = tl.load(g_base + offs_t[:, None] * stride_g_l, mask=tmask[:, None] & emask[None, :], other=0.0)
+    g_pre = g.to(tl.float32) * sig * (1.0 + pre * (1.0 - sig))
+    g_pre = tl.where(tmask[:, None], g_pre, 0.0)
+    tl.store(gp_base + offs_t[:, None] * stride_gp_l, g_pre.to(gp_base.dtype.element_ty),
+             mask=tmask[:, None] & emask[None, :])
+    return g_pre * x0, g_pre * x1, g_pre * x2, g_pre * x3, g_pre
+
+
+@triton.jit
 def conv_bwd_kernel(
-    x_ptr, w_f, w_b, bias_f, bias_b, gout_ptr, gx_ptr, gw_ptr, gbias_ptr, L, E, dir_base,
-    stride_x_b, stride_x_l, stride_g_d, stride_g_b, stride_g_l, stride_gx_b, stride_gx_l,
-    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, HAS_BIAS: tl.constexpr, N_DIRS: tl.constexpr,
+    x_ptr, w_f, w_b, bias_f, bias_b, gout_ptr, gpre_ptr, part_ptr, L, E, ROWS,
+    stride_x_b, stride_x_l, stride_g_d, stride_g_b, stride_g_l, stride_gp_d, stride_gp_b, stride_gp_l,
+    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    """Given d loss / d out[d] (out = silu(conv_d(x))): d loss / d x (both directions summed), and the weight and
-    bias gradients (accumulated with atomics). g_pre_d at the rows the taps touch is recomputed in place."""
+    """Backward of out[d] = silu(conv_d(x)) for both directions (d = 0 causal, d = 1 anti-causal), first pass:
+    g_pre[d] = d loss / d (conv_d(x) + bias_d) into ``gpre_ptr`` ([2, B, L, E], the activations' dtype), and the
+    weight / bias gradients of the ``ROWS`` rows this program covers, summed in registers over its tiles and
+    written as one partial (``part_ptr``: [B * n_chunks, 2, 5, E], taps 0-3 then the bias; the host sums the
+    partials: no atomics). Grid: (n_chunks, E blocks, B)."""
+    pid_c = tl.program_id(0)
+    pid_e = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    emask = offs_e < E
+    x_base = x_ptr + b * stride_x_b + offs_e[None, :]
+    gf_base = gout_ptr + b * stride_g_b + offs_e[None, :]
+    gb_base = gf_base + stride_g_d
+    pf_base = gpre_ptr + b * stride_gp_b + offs_e[None, :]
+    pb_base = pf_base + stride_gp_d
+    # [BLOCK_L, BLOCK_E] accumulators: the reduction over rows (across threads) happens once, at the end
+    zero = tl.zeros([BLOCK_L, BLOCK_E], dtype=tl.float32)
+    f0, f1, f2, f3, fb = zero, zero, zero, zero, zero
+    b0, b1, b2, b3, bb = zero, zero, zero, zero, zero
+    start = pid_c * ROWS
+    end = tl.minimum(start + ROWS, L)
+    for t0 in range(start, end, BLOCK_L):
+        offs_t = t0 + tl.arange(0, BLOCK_L)
+        tmask = offs_t < end
+        s0, s1, s2, s3, sb = _conv_grad_dir(x_base, gf_base, pf_base, offs_t, tmask, L, stride_x_l, stride_g_l,
+                                            stride_gp_l, offs_e, emask, w_f, bias_f, K, HAS_BIAS, 1)
+        f0, f1, f2, f3, fb = f0 + s0, f1 + s1, f2 + s2, f3 + s3, fb + sb
+        s0, s1, s2, s3, sb = _conv_grad_dir(x_base, gb_base, pb_base, offs_t, tmask, L, stride_x_l, stride_g_l,
+                                            stride_gp_l, offs_e, emask, w_b, bias_b, K, HAS_BIAS, -1)
+        b0, b1, b2, b3, bb = b0 + s0, b1 + s1, b2 + s2, b3 + s3, bb + sb
+    part = part_ptr + (b * tl.num_programs(0) + pid_c) * 10 * E + offs_e
+    tl.store(part + 0 * E, tl.sum(f0, axis=0), mask=emask)
+    tl.store(part + 1 * E, tl.sum(f1, axis=0), mask=emask)
+    tl.store(part + 2 * E, tl.sum(f2, axis=0), mask=emask)
+    tl.store(part + 3 * E, tl.sum(f3, axis=0), mask=emask)
+    tl.store(part + 4 * E, tl.sum(fb, axis=0), mask=emask)
+    tl.store(part + 5 * E, tl.sum(b0, axis=0), mask=emask)
+    tl.store(part + 6 * E, tl.sum(b1, axis=0), mask=emask)
+    tl.store(part + 7 * E, tl.sum(b2, axis=0), mask=emask)
+    tl.store(part + 8 * E, tl.sum(b3, axis=0), mask=emask)
+    tl.store(part + 9 * E, tl.sum(bb, axis=0), mask=emask)
+
+
+@triton.jit
+def conv_bwd_input_kernel(
+    gpre_ptr, w_f, w_b, gx_ptr, L, E,
+    stride_gp_d, stride_gp_b, stride_gp_l, stride_gx_b, stride_gx_l,
+    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    """Second pass: d loss / d x[t] = sum_k w_f[k] g_pre[0, t + 3 - k] + w_b[k] g_pre[1, t - 3 + k] (x[t] feeds
+    out[t - off(k)] through tap k). Grid: (L blocks, E blocks, B)."""
     pid_l = tl.program_id(0)
     pid_e = tl.program_id(1)
     b = tl.program_id(2)
     offs_t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = offs_e < E
-    tmask = offs_t < L
-    x_base = x_ptr + b * stride_x_b + offs_e[None, :]
     gx = tl.zeros([BLOCK_L, BLOCK_E], dtype=tl.float32)
-    for d in tl.static_range(N_DIRS):
-        rev = (d + dir_base) == 1
+    for d in tl.static_range(2):
         w_ptr = _pick(d, w_f, w_b)
-        w0 = tl.load(w_ptr + offs_e * K + 0, mask=emask, other=0.0).to(tl.float32)
-        w1 = tl.load(w_ptr + offs_e * K + 1, mask=emask, other=0.0).to(tl.float32)
-        w2 = tl.load(w_ptr + offs_e * K + 2, mask=emask, other=0.0).to(tl.float32)
-        w3 = tl.load(w_ptr + offs_e * K + 3, mask=emask, other=0.0).to(tl.float32)
-        if HAS_BIAS:
-            bias = tl.load(_pick(d, bias_f, bias_b) + offs_e, mask=emask, other=0.0).to(tl.float32)
-        else:
-            bias = tl.zeros([BLOCK_E], dtype=tl.float32)
-        sign = tl.where(rev, -1, 1)
-        g_base = gout_ptr + d * stride_g_d + b * stride_g_b + offs_e[None, :]
-        # weight / bias gradients from this tile's own rows
-        pre = _conv_pre(x_base, offs_t, L, stride_x_l, offs_e, emask, w0, w1, w2, w3, bias, rev)
-        sig = _sigmoid(pre)
-        g = tl.load(g_base + offs_t[:, None] * stride_g_l, mask=tmask[:, None] & emask[None, :], other=0.0)
-        g_pre = g.to(tl.float32) * sig * (1.0 + pre * (1.0 - sig))
-        g_pre = tl.where(tmask[:, None], g_pre, 0.0)
-        if HAS_BIAS:
-            tl.atomic_add(gbias_ptr + d * E + offs_e, tl.sum(g_pre, axis=0), mask=emask, sem="relaxed")
+        sign = 1 - 2 * d
+        base = gpre_ptr + d * stride_gp_d + b * stride_gp_b + offs_e[None, :]
         for k in tl.static_range(4):
-            rows = offs_t + sign * (k - 3)
-            m = (rows >= 0) & (rows < L)
-            xv = tl.load(x_base + rows[:, None] * stride_x_l, mask=m[:, None] & emask[None, :], other=0.0)
-            tl.atomic_add(gw_ptr + d * E * K + offs_e * K + k, tl.sum(g_pre * xv.to(tl.float32), axis=0),
-                          mask=emask, sem="relaxed")
-        # input gradient: x[t] feeds out[t - off(k)] through tap k
-        for k in tl.static_range(4):
-            wk = _tap(k, w0, w1, w2, w3)
+            wk = tl.load(w_ptr + offs_e * K + k, mask=emask, other=0.0).to(tl.float32)
             rows = offs_t - sign * (k - 3)
             m = (rows >= 0) & (rows < L)
-            pre_k = _conv_pre(x_base, rows, L, stride_x_l, offs_e, emask, w0, w1, w2, w3, bias, rev)
-            sig_k = _sigmoid(pre_k)
-            g_k = tl.load(g_base + rows[:, None] * stride_g_l, mask=m[:, None] & emask[None, :], other=0.0)
-            g_pre_k = g_k.to(tl.float32) * sig_k * (1.0 + pre_k * (1.0 - sig_k))
-            gx += wk[None, :] * tl.where(m[:, None], g_pre_k, 0.0)
+            gp = tl.load(base + rows[:, None] * stride_gp_l, mask=m[:, None] & emask[None, :], other=0.0)
+            gx += wk[None, :] * gp.to(tl.float32)
     tl.store(gx_ptr + b * stride_gx_b + offs_t[:, None] * stride_gx_l + offs_e[None, :],
-             gx.to(gx_ptr.dtype.element_ty), mask=tmask[:, None] & emask[None, :])
+             gx.to(gx_ptr.dtype.element_ty), mask=(offs_t < L)[:, None] & emask[None, :])

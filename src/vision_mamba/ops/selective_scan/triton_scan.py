@@ -19,6 +19,7 @@ from torch import Tensor
 from .triton_kernels import (
     adjoint_chunk_kernel,
     chunk_carry_kernel,
+    conv_bwd_input_kernel,
     conv_bwd_kernel,
     conv_fwd_kernel,
     scan_bwd_kernel,
@@ -426,14 +427,33 @@ class _TritonBiConv(torch.autograd.Function):
         gout = _last_contiguous(gout)
         B, L, E = x.shape
         K = w_f.shape[-1]
-        gx = _new(B, L, E, device=x.device, dtype=x.dtype)
-        gw = torch.zeros(2, E, K, device=x.device, dtype=torch.float32)
-        gbias = torch.zeros(2, E, device=x.device, dtype=torch.float32)
         block_l, block_e = 32, 64
-        conv_bwd_kernel[(triton.cdiv(L, block_l), triton.cdiv(E, block_e), B)](
-            x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gx, gw, gbias, L, E, 0,
-            x.stride(0), x.stride(1), gout.stride(0), gout.stride(1), gout.stride(2), gx.stride(0), gx.stride(1),
-            K=K, BLOCK_L=block_l, BLOCK_E=block_e, HAS_BIAS=bias_f is not None, N_DIRS=2, num_warps=4, **FP_FUSION)
+        n_eb, n_tiles = triton.cdiv(E, block_e), triton.cdiv(L, block_l)
+        # weight gradients: each program sums the tiles of its chunk of rows; enough chunks to fill the GPU
+        n_chunks = 1
+        min_programs = _min_programs(x.device, _config()["min_programs"])
+        if min_programs and B * n_eb < min_programs:
+            n_chunks = min(triton.cdiv(min_programs, B * n_eb), n_tiles)
+        rows = triton.cdiv(n_tiles, n_chunks) * block_l
+        n_chunks = triton.cdiv(L, rows)
+        # g_pre in the activations' precision (bf16 gradients arrive in bf16 anyway; fp32 stays fp32); the weight
+        # gradients are summed from the fp32 values inside the kernel
+        gpre = _new(2, B, L, E, device=x.device, dtype=torch.float32 if x.dtype == torch.float32 else x.dtype)
+        part = _new(B * n_chunks, 2, 5, E, device=x.device, dtype=torch.float32)
+        # (rows of 8: ten [rows, channels] accumulators stay in registers)
+        conv_bwd_kernel[(n_chunks, n_eb, B)](
+            x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gpre, part, L, E, rows,
+            x.stride(0), x.stride(1), gout.stride(0), gout.stride(1), gout.stride(2),
+            gpre.stride(0), gpre.stride(1), gpre.stride(2),
+            K=K, BLOCK_L=_env_int("VISION_MAMBA_TRITON_CONV_BWD_ROWS", 8), BLOCK_E=block_e,
+            HAS_BIAS=bias_f is not None, num_warps=4, **FP_FUSION)
+        gx = _new(B, L, E, device=x.device, dtype=x.dtype)
+        conv_bwd_input_kernel[(n_tiles, n_eb, B)](
+            gpre, w_f, w_b, gx, L, E, gpre.stride(0), gpre.stride(1), gpre.stride(2), gx.stride(0), gx.stride(1),
+            K=K, BLOCK_L=block_l, BLOCK_E=block_e, num_warps=4, **FP_FUSION)
+        sums = part.sum(0)  # [2, 5, E]
+        gw = sums[:, :4].transpose(1, 2).contiguous()
+        gbias = sums[:, 4]
         gb = (lambda i, ref: gbias[i].to(ref.dtype) if ref is not None else None)
         return gx, gw[0].view_as(w_f).to(w_f.dtype), gw[1].view_as(w_b).to(w_b.dtype), gb(0, bias_f), gb(1, bias_b)
 

@@ -1,0 +1,56 @@
+#!/usr/bin/env bash
+# A longer Imagenette-160 run than one 10-minute device call allows: the recipe of configs/imagenette/<model>_tiny.yaml
+# with a fixed number of epochs, trained over several calls on one warm machine. Each call trains for at most
+# CALL_SECONDS; then SIGINT makes the trainer finish its step and write last.pth, and the next call continues from
+# it (--resume auto: the run in --output). Every call copies what the run has so far into $OUT.
+#
+#   OUT=/path MODEL=vim EPOCHS=300 CALL_SECONDS=470 PYTHON=python3 bash benchmarks/device_imagenette_long.sh
+#   (again, within the machine's warm window, until the log says the run finished)
+#
+# DATA defaults to .data/imagenette-160 (extracted from .data/imagenette-160.zip when only the zip is there).
+# Afterwards, here: python benchmarks/imagenette_results.py publish --from <fetched folder> [--from <other>]
+set -uo pipefail
+: "${OUT:?set OUT to the output folder}"
+cd "$(dirname "$0")/.." || exit 2
+export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONUNBUFFERED=1
+PY=${PYTHON:-python}
+# the interpreter itself, not a launcher script in front of it: the stop signal must reach the trainer
+PY=$("$PY" -c "import sys; print(sys.executable)") || exit 2
+MODEL=${MODEL:-vim}
+EPOCHS=${EPOCHS:-300}
+CALL_SECONDS=${CALL_SECONDS:-540}
+DATA=${DATA:-.data/imagenette-160}
+RUNS=${RUNS:-runs/imagenette_long}
+RUN="$RUNS/$MODEL"
+
+if [ ! -d "$DATA/train" ] && [ -f "$DATA.zip" ]; then
+  "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$DATA.zip" "$(dirname "$DATA")"
+fi
+case "$MODEL" in
+  vim|deit) cfg="configs/imagenette/${MODEL}_tiny.yaml" ;;
+  *) echo "error: MODEL must be vim or deit, got '$MODEL'"; exit 2 ;;
+esac
+cmd=("$PY" -m vision_mamba.cli train --config "$cfg" --data "$DATA" --output "$RUN" --epochs "$EPOCHS"
+     --resume auto --set export_dtype=float16)
+mkdir -p "$OUT" "$RUN"
+part=$(( $(find "$RUN" -maxdepth 1 -name 'part*.log' | wc -l) + 1 ))
+echo "${cmd[*]}  # over several calls of at most ${CALL_SECONDS} s (benchmarks/device_imagenette_long.sh)" \
+  > "$RUN/command.txt"
+start=$(date +%s)
+timeout --signal=INT --kill-after=30 "$CALL_SECONDS" "${cmd[@]}" > "$RUN/part$part.log" 2>&1
+status=$?
+before=$(cat "$RUN/wall_seconds.txt" 2>/dev/null || echo 0)
+echo $(( before + $(date +%s) - start )) > "$RUN/wall_seconds.txt"
+echo "$status" > "$RUN/exit_status.txt"
+echo "== $MODEL part $part: exit $status after $(( $(date +%s) - start )) s"
+grep -E "^epoch|final|stopped|resumed|error" "$RUN/part$part.log" | tail -4
+grep -qE "^(stopped by|final:)" "$RUN/part$part.log" \
+  || echo "warning: no clean stop in this part; the next one resumes from the last periodic checkpoint"
+for f in metrics.csv curves.png results.json "part$part.log"; do
+  [ -f "$RUN/$f" ] && cp "$RUN/$f" "$OUT/${MODEL}_$f"
+done
+if [ -f "$RUN/results.json" ]; then
+  [ -f "$RUN/final.safetensors" ] && cp "$RUN/final.safetensors" "$OUT/${MODEL}_tiny_imagenette_fp16.safetensors"
+  "$PY" benchmarks/imagenette_results.py collect --runs "$RUNS" --out "$OUT/imagenette.json"
+fi
