@@ -88,6 +88,7 @@ class TrainStep:
         self._static_y: Optional[torch.Tensor] = None
         self._static_loss: Optional[torch.Tensor] = None
         self._lr_tensors: List[torch.Tensor] = []
+        self._capturing = False  # while capturing: autocast without its weight cache
 
     @property
     def captured(self) -> bool:
@@ -108,8 +109,6 @@ class TrainStep:
         finally:
             del self.optimizer.found_inf
         return loss.detach()
-
-    _capturing = False
 
     def _eager(self, images: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         self.optimizer.zero_grad(set_to_none=True)
