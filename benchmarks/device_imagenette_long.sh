@@ -15,8 +15,6 @@ cd "$(dirname "$0")/.." || exit 2
 export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
 export PYTHONUNBUFFERED=1
 PY=${PYTHON:-python}
-# the interpreter itself, not a launcher script in front of it: the stop signal must reach the trainer
-PY=$("$PY" -c "import sys; print(sys.executable)") || exit 2
 MODEL=${MODEL:-vim}
 EPOCHS=${EPOCHS:-300}
 CALL_SECONDS=${CALL_SECONDS:-540}
