@@ -210,6 +210,9 @@ def publish(folder: Path, docs: Path, note: Optional[str] = None, earlier: Optio
             lines += ["", f"{name}: ![{name} curves](results/imagenette_{key}_curves.png)"]
     lines += ["", "Commands:", ""]
     lines += [f"    {r['command']}" for r in report["records"] if r.get("command")]
+    if (docs / "imagenette_experiments.md").is_file():  # written by hand: runs outside this comparison
+        lines += ["", "Other experiments on this dataset (recipes tried toward the target): "
+                  "[imagenette_experiments.md](imagenette_experiments.md)."]
     page = docs / "imagenette.md"
     page.write_text("\n".join(lines) + "\n")
     print(f"wrote {page}, {results / 'imagenette.json'}" + (f", {combined}" if combined else ""))

@@ -6,10 +6,14 @@ layout conversions in the generated code (shuffles, shared-memory traffic, barri
     PYTHONPATH=/path/to/other/triton:src python benchmarks/kernel_layouts.py   # another Triton version
 
 Each kernel's launch is captured from the real launch code (on small CPU tensors), compiled with
-``triton.compile`` for a CUDA 9.0 target, and assembled with Triton's bundled ptxas. A conversion-free time loop
-shows as: no ``ld.shared``, a handful of barriers outside the loop, and (backward) exactly the 160 shuffles of
-the two channel reductions. This is how the choice of ``PARAMS_T`` per Triton version (``triton_scan.py``) was
-made; run it again when Triton changes. ``--out`` keeps the TTGIR and PTX for reading.
+``triton.compile`` for a CUDA 9.0 target with the specialisation Triton's launcher would apply (pointers 16-byte
+aligned; integer arguments equal to 1 made constants, those divisible by 16 marked so, except the kernel's
+``do_not_specialize`` list; the Vim-Ti widths of the capture, E = 384, are such), and assembled with Triton's
+bundled ptxas. Before session 4 the integers were not specialised here, so the layouts this reported then were
+not the ones the device compiled (docs/kernels.md, "Session 4"). ``--sass`` adds each kernel's main-loop opcode
+counts from the disassembly (cuobjdump, bundled with Triton); ``--out`` keeps the TTGIR, PTX and SASS for reading.
+Options choose the launch configuration (``--delta``, ``--prefetch``, ``--block-e``; environment variables such
+as VISION_MAMBA_TRITON_SPECIALIZE_E=0 apply as at run time).
 """
 from __future__ import annotations
 
@@ -56,8 +60,12 @@ def _signature(kernel, args, kwargs):
             attrs[(i,)] = [["tt.divisibility", 16]]  # what the launcher specialises for allocator pointers
         elif isinstance(value, bool):
             sig[name] = "i1"
+        elif isinstance(value, int) and not param.do_not_specialize and value == 1:
+            sig[name], constexprs[name] = "constexpr", 1  # the launcher turns integer arguments equal to 1 into constants
         elif isinstance(value, int):
-            sig[name] = "i32"
+            sig[name] = "i32" if abs(value) < 2 ** 31 else "i64"
+            if not param.do_not_specialize and value % 16 == 0:
+                attrs[(i,)] = [["tt.divisibility", 16]]  # and marks those divisible by 16 as such
         else:
             raise TypeError(f"{name}: cannot type {type(value).__name__}")
     return sig, constexprs, attrs
@@ -81,7 +89,49 @@ def _ptxas(ptx: str, work: Path) -> str:
     return f"ptxas failed: {run.stderr.strip()[:200]}"
 
 
-def report(name, kernel, call, work: Path, out: Path = None) -> str:
+def _loop_mix(work: Path, out: Path = None, name: str = "") -> str:
+    """The SASS of the cubin ptxas just wrote: the opcodes of its largest loop body (the instructions between a
+    backward branch and its target), per opcode, largest first: what one pass of the time loop costs."""
+    tool = Path(_tool_dir()) / "cuobjdump"
+    run = subprocess.run([str(tool), "-sass", str(work / "k.cubin")], capture_output=True, text=True)
+    if run.returncode != 0:
+        return "(no SASS)"
+    if out is not None:
+        (out / f"{name}.sass").write_text(run.stdout)
+    ins = []  # (address, opcode, text)
+    for line in run.stdout.splitlines():
+        m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*)", line)
+        if m:
+            ins.append((int(m.group(1), 16), m.group(3), m.group(4)))
+    best = None
+    for i, (addr, op, rest) in enumerate(ins):
+        t = re.search(r"`?\(?\.L_x_\d+\)?|0x([0-9a-f]+)", rest)
+        if op.startswith("BRA") and t and t.group(1):
+            target = int(t.group(1), 16)
+            if target < addr:
+                body = [o for a, o, _ in ins if target <= a <= addr]
+                if best is None or len(body) > len(best):
+                    best = body
+    if not best:
+        return "(no loop found)"
+    counts = {}
+    for op in best:
+        key = op.split(".")[0]
+        counts[key] = counts.get(key, 0) + 1
+    top = sorted(counts.items(), key=lambda kv: -kv[1])
+    return f"loop {len(best)} instructions: " + ", ".join(f"{k} {v}" for k, v in top[:14])
+
+
+def _tool_dir() -> str:
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    try:
+        return str(Path(get_ptxas(90).path).parent)
+    except TypeError:
+        return str(Path(get_ptxas().path).parent)
+
+
+def report(name, kernel, call, work: Path, out: Path = None, sass: bool = False) -> str:
     args, kwargs = call
     kwargs = dict(kwargs)
     options = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs}
@@ -93,8 +143,11 @@ def report(name, kernel, call, work: Path, out: Path = None) -> str:
         (out / f"{name}.ptx").write_text(ptx)
         (out / f"{name}.ttgir").write_text(ttgir)
     layouts = len(set(re.findall(r"^#blocked\d* = ", ttgir, flags=re.M)))
-    return (f"{name:10s} {_ptxas(ptx, work)} | shfl {ptx.count('shfl.sync')}, ld.shared {ptx.count('ld.shared')}, "
+    text = (f"{name:10s} {_ptxas(ptx, work)} | shfl {ptx.count('shfl.sync')}, ld.shared {ptx.count('ld.shared')}, "
             f"st.shared {ptx.count('st.shared')}, bar.sync {ptx.count('bar.sync')}, blocked layouts {layouts}")
+    if sass:
+        text += "\n           " + _loop_mix(work, out, name.replace(" ", "_"))
+    return text
 
 
 def main() -> int:
@@ -102,7 +155,10 @@ def main() -> int:
     p.add_argument("--params-t", type=int, default=-1, help="-1: the launch default for this Triton; 0 or 1")
     p.add_argument("--block-e", type=int, default=None, help="forward channels per program (default: the launch's)")
     p.add_argument("--bwd-block-e", type=int, default=None)
-    p.add_argument("--out", type=Path, default=None, help="keep the TTGIR / PTX here")
+    p.add_argument("--delta", default=None, help="matmul or fold (default: the launch's)")
+    p.add_argument("--prefetch", type=int, default=None, help="forward prefetch depth (default: the launch's)")
+    p.add_argument("--out", type=Path, default=None, help="keep the TTGIR / PTX (and SASS) here")
+    p.add_argument("--sass", action="store_true", help="also count the opcodes of each kernel's main loop (SASS)")
     args = p.parse_args()
     fwd, bwd = _Capture(), _Capture()
     ts.scan_fwd_kernel, ts.scan_bwd_kernel = fwd, bwd
@@ -111,14 +167,22 @@ def main() -> int:
         cfg["block_e"] = args.block_e
     if args.bwd_block_e:
         cfg["bwd_block_e"] = args.bwd_block_e
+    for key in ("delta", "prefetch"):
+        if getattr(args, key) is not None:
+            cfg[key] = getattr(args, key)
     B, L, E, N, R = 2, 65, 384, 16, 12  # Vim-Ti's widths
     bf = torch.bfloat16
     xs, z = torch.randn(2, B, L, E, dtype=bf), torch.randn(B, L, E, dtype=bf)
     dbl = torch.randn(2, B * L, R + 2 * N, dtype=bf)
     w, bias = [torch.randn(E, R) for _ in range(2)], [torch.randn(E) for _ in range(2)]
     alog, dd = [torch.randn(E, N) for _ in range(2)], [torch.randn(E) for _ in range(2)]
-    scan_args = ts._bi_args(xs, z, dbl[0], dbl[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1], dd[0], dd[1],
-                            R, N)
+    if cfg["delta"] == "fold":
+        scan_args = ts._bi_args(xs, z, dbl[0], dbl[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1], dd[0],
+                                dd[1], R, N)
+    else:
+        rows = torch.randn(2, B * L, ts._bc_width(R, N), dtype=bf)
+        delta = torch.randn(2, B * L, E, dtype=bf)
+        scan_args = ts._bi_delta_args(xs, z, rows, delta, bias[0], bias[1], alog[0], alog[1], dd[0], dd[1])
     ts.scan_forward(scan_args, bf, save_states=True, config=cfg)
     ts.scan_backward(scan_args, torch.zeros(B, 2, triton.cdiv(L, ts.SAVE_EVERY), N, E),
                      torch.randn(B, L, 2, E, dtype=bf), config=cfg)
@@ -131,14 +195,15 @@ def main() -> int:
     ts._TritonBiConv.apply(x, cw[0], cw[1], cbias[0], cbias[1]).float().sum().backward()
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-    print(f"Triton {triton.__version__}, sm_90, PARAMS_T {args.params_t} "
+    print(f"Triton {triton.__version__}, sm_90, delta {cfg['delta']}, prefetch {cfg['prefetch']}, "
+          f"channels per program {cfg['block_e']} / {cfg['bwd_block_e']}, PARAMS_T {args.params_t} "
           f"(-1 = default: forward {ts._params_t(-1, False)}, backward {ts._params_t(-1, True)})")
     with tempfile.TemporaryDirectory() as tmp:
-        print(report("forward", tk.scan_fwd_kernel, fwd.calls[0], Path(tmp), args.out))
-        print(report("backward", tk.scan_bwd_kernel, bwd.calls[0], Path(tmp), args.out))
-        print(report("conv forward", tk.conv_fwd_kernel, cf.calls[0], Path(tmp), args.out))
-        print(report("conv backward (g_pre, weights)", tk.conv_bwd_kernel, cb.calls[0], Path(tmp), args.out))
-        print(report("conv backward (input)", tk.conv_bwd_input_kernel, cbi.calls[0], Path(tmp), args.out))
+        print(report("forward", tk.scan_fwd_kernel, fwd.calls[0], Path(tmp), args.out, args.sass))
+        print(report("backward", tk.scan_bwd_kernel, bwd.calls[0], Path(tmp), args.out, args.sass))
+        print(report("conv forward", tk.conv_fwd_kernel, cf.calls[0], Path(tmp), args.out, args.sass))
+        print(report("conv backward (g_pre, weights)", tk.conv_bwd_kernel, cb.calls[0], Path(tmp), args.out, args.sass))
+        print(report("conv backward (input)", tk.conv_bwd_input_kernel, cbi.calls[0], Path(tmp), args.out, args.sass))
     return 0
 
 

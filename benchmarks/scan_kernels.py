@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 
 import torch
 import triton
 import triton.language as tl
-from triton.testing import do_bench
+from triton.testing import do_bench, do_bench_cudagraph
 
 from vision_mamba.ops.selective_scan import triton_scan as ts
 
@@ -74,13 +75,43 @@ def scan_bytes(batch, length, itemsize, backward):
     return read + write + states + 2 * tokens * E * itemsize * 2 + 2 * tokens * (R + 2 * N) * 4
 
 
-CONFIGS = [  # channels per program = 32 * warps * channels per thread (the first is the default)
-    dict(block_e=32, num_warps=1),
-    dict(block_e=64, num_warps=2),
-    dict(block_e=64, num_warps=1),
-]
-# (capping registers, e.g. dict(bwd_maxnreg=168), was slower for both passes in the v4 sweep)
-BWD_CONFIGS = [dict(bwd_block_e=32, bwd_num_warps=1), dict(bwd_block_e=64, bwd_num_warps=2)]
+def _configs(kind, quick):
+    """Launch configurations to time (the first is the default). Forward: how delta arrives (a batched matmul
+    before the scan, timed with it, or dt_proj folded into the scan), prefetch depth, channels per program;
+    backward: how delta arrives and channels per program. (Capping registers, e.g. bwd_maxnreg=168, was slower for
+    both passes in the v4 sweep.)"""
+    base = ts._config()
+    if kind == "forward":
+        first = dict(delta=base["delta"], prefetch=base["prefetch"], block_e=base["block_e"], num_warps=1)
+        grid = [dict(delta=d, prefetch=p, block_e=b, num_warps=1)
+                for d in ("matmul", "fold") for p in (1, 2) for b in (32, 64)]
+        # one pass over the whole sequence with more, narrower programs instead of the chunk-parallel two passes
+        grid += [dict(first, block_e=b, min_programs=0) for b in (16, 32, 64)]
+    else:
+        first = dict(delta=base["delta"], bwd_block_e=base["bwd_block_e"], bwd_num_warps=1)
+        grid = [dict(delta=d, bwd_block_e=32, bwd_num_warps=1) for d in ("matmul", "fold")]
+        grid += [dict(first, bwd_block_e=b, min_programs=0) for b in (16, 32)]
+    return [first] if quick else [first] + [c for c in grid if c != first]
+
+
+def _time(fn) -> float:
+    """Median ms of fn replayed from a CUDA graph (the host's launch cost, which per-call event timing includes
+    once it exceeds the cache flush before each call, is out of the number, as in the model's graphed forward)."""
+    fn()  # compile outside the capture
+    torch.cuda.synchronize()
+    return do_bench_cudagraph(fn, rep=100, return_mode="median")
+
+
+def _scan_args(delta_mode, xs, z, dbl, w, bias, alog, dd, rows):
+    """The launch arguments for either way of delivering delta; for "matmul" also the function that makes delta
+    (timed with the forward: the folded form does that work inside the scan)."""
+    if delta_mode == "fold":
+        return ts._bi_args(xs, z, dbl[0], dbl[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1], dd[0], dd[1],
+                           R, N), None
+    w_dt = torch.stack(w).to(rows.dtype)
+    make = lambda: torch.bmm(rows[..., 2 * N:2 * N + R], w_dt.transpose(1, 2))  # noqa: E731
+    delta = make()
+    return ts._bi_delta_args(xs, z, rows, delta, bias[0], bias[1], alog[0], alog[1], dd[0], dd[1]), make
 
 
 def main():
@@ -99,23 +130,28 @@ def main():
         length = (res // 16) ** 2 + 1
         dtype = torch.bfloat16
         xs, z, dbl, w, bias, alog, dd = make_inputs(batch, length, dtype, device)
+        # x_proj's rows in the layout the "matmul" form uses: B | C | dt_low | zeros
+        rows = torch.nn.functional.pad(torch.cat([dbl[0], dbl[1]]).view(2, -1, R + 2 * N).roll(-R, dims=2),
+                                       (0, ts._bc_width(R, N) - R - 2 * N))
         exps = batch * length * 2 * E * N
         for kind in ("forward", "backward"):
-            configs = CONFIGS if kind == "forward" else BWD_CONFIGS
-            for cfg_part in configs[:1] if args.quick else configs:
+            for cfg_part in _configs(kind, args.quick):
                 cfg = dict(base, **cfg_part)
-                scan_args = ts._bi_args(xs, z, dbl[0], dbl[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1],
-                                        dd[0], dd[1], R, N)
+                scan_args, make_delta = _scan_args(cfg["delta"], xs, z, dbl, w, bias, alog, dd, rows)
                 if kind == "forward":
-                    fn = lambda: ts.scan_forward(scan_args, dtype, save_states=False, config=cfg)  # noqa: E731
+                    def fn(scan_args=scan_args, make_delta=make_delta, cfg=cfg):
+                        if make_delta is not None:
+                            make_delta()
+                        ts.scan_forward(scan_args, dtype, save_states=False, config=cfg)
                     n_exp = exps
                 else:
                     _, hsave = ts.scan_forward(scan_args, dtype, save_states=True, config=cfg)
                     gy = torch.randn(batch, length, 2, E, device=device, dtype=dtype)
+                    # (both forms then need the same two matmuls for d dt_low and d W_dt: not timed)
                     fn = lambda: ts.scan_backward(scan_args, hsave, gy, config=cfg)  # noqa: E731
                     n_exp = 2 * exps  # the states are recomputed, and the adjoint needs the decay again
                 try:
-                    ms = do_bench(fn, warmup=20, rep=200, return_mode="median")
+                    ms = _time(fn)
                 except Exception as e:  # a configuration the compiler rejects is reported, not fatal
                     print(f"{res}/{batch} {kind} {cfg_part}: failed: {str(e)[:200]}")
                     continue
@@ -125,22 +161,32 @@ def main():
                            config=cfg_part, ms=ms, floor_ms=floor_ms, floor_fraction=floor_ms / ms,
                            exp_ms=n_exp / exp_rate * 1e3, bytes_ms=nbytes / bandwidth * 1e3)
                 records.append(rec)
-                print(f"{res:5d}/{batch:<4d} {kind:8s} {str(cfg_part):55s} {ms:8.3f} ms  floor {floor_ms:7.3f} ms"
+                print(f"{res:5d}/{batch:<4d} {kind:8s} {str(cfg_part):75s} {ms:8.3f} ms  floor {floor_ms:7.3f} ms"
                       f"  ({100 * floor_ms / ms:5.1f}% of floor)")
-        # the conv, both directions in one launch
+        # the conv, both directions in one launch (rows per tile, tiles per program, warps)
         x = torch.randn(batch, length, 2 * E, device=device, dtype=dtype)[..., :E]
         cw = [torch.randn(E, 1, 4, device=device) for _ in range(2)]
         cb = [torch.randn(E, device=device) for _ in range(2)]
-        ms = do_bench(lambda: ts._TritonBiConv.apply(x, cw[0], cw[1], cb[0], cb[1]), warmup=20, rep=200,
-                      return_mode="median")
         nbytes = batch * length * E * 2 * 3
-        records.append(dict(kernel="bimamba_conv", **{"pass": "forward"}, res=res, batch=batch, tokens=length,
-                            dtype="bf16", ms=ms, floor_ms=nbytes / bandwidth * 1e3,
-                            floor_fraction=nbytes / bandwidth * 1e3 / ms))
-        print(f"{res:5d}/{batch:<4d} conv fwd {ms:8.3f} ms  floor {nbytes / bandwidth * 1e3:7.3f} ms")
-        del xs, z, dbl
+        conv_configs = [(base["conv_block_l"], base["conv_tiles"], base["conv_warps"])]
+        if not args.quick:
+            conv_configs += [c for c in ((32, 1, 4), (32, 2, 2), (16, 2, 2), (16, 4, 2), (16, 8, 2), (16, 4, 1),
+                                         (8, 8, 1)) if c != conv_configs[0]]
+        for block_l, tiles, warps in conv_configs:
+            os.environ.update(VISION_MAMBA_TRITON_CONV_BLOCK_L=str(block_l), VISION_MAMBA_TRITON_CONV_TILES=str(tiles),
+                              VISION_MAMBA_TRITON_CONV_WARPS=str(warps))
+            ms = _time(lambda: ts._TritonBiConv.apply(x, cw[0], cw[1], cb[0], cb[1]))
+            records.append(dict(kernel="bimamba_conv", **{"pass": "forward"}, res=res, batch=batch, tokens=length,
+                                dtype="bf16", config=dict(block_l=block_l, tiles=tiles, warps=warps), ms=ms,
+                                floor_ms=nbytes / bandwidth * 1e3, floor_fraction=nbytes / bandwidth * 1e3 / ms))
+            print(f"{res:5d}/{batch:<4d} conv fwd (rows {block_l}, tiles {tiles}, warps {warps}) {ms:8.3f} ms  "
+                  f"floor {nbytes / bandwidth * 1e3:7.3f} ms")
+        for key in ("BLOCK_L", "TILES", "WARPS"):
+            os.environ.pop(f"VISION_MAMBA_TRITON_CONV_{key}", None)
+        del xs, z, dbl, rows
         torch.cuda.empty_cache()
     out = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
+               specialize_e=os.environ.get("VISION_MAMBA_TRITON_SPECIALIZE_E") != "0",
                copy_tb_s=bandwidth / 1e12, exp2_t_s=exp_rate / 1e12, records=records,
                command="PYTHONPATH=src python benchmarks/scan_kernels.py", time=time.strftime("%Y-%m-%d %H:%M"))
     if args.out:

@@ -121,21 +121,41 @@ def test_scan_chunk_parallel(reverse, monkeypatch):
     check_scan(1, 150, 20, torch.float32, reverse)
 
 
-def test_mixer_matches_reference(monkeypatch):
-    # width 20 -> 40 channels: not a multiple of the channel block; length 19 crosses a state-saving boundary
+@pytest.mark.parametrize("delta,prefetch", [("matmul", "2"), ("fold", "2"), ("matmul", "1"), ("matmul", "4")])
+def test_mixer_matches_reference(delta, prefetch, monkeypatch):
+    # width 20 -> 40 channels: not a multiple of the channel block; length 19 crosses a state-saving boundary.
+    # delta from a batched matmul before the scan or dt_proj folded into it; the forward's prefetch depths
+    monkeypatch.setenv("VISION_MAMBA_TRITON_DELTA", delta)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_PREFETCH", prefetch)
     check_mixer(2, 19, 20, monkeypatch=monkeypatch)
 
 
+def test_xproj_weights_layout():
+    from vision_mamba.ops.selective_scan.triton_scan import xproj_weights
+
+    R, N, E = 3, 4, 5
+    w_f, w_b = torch.randn(R + 2 * N, E), torch.randn(R + 2 * N, E)
+    w = xproj_weights(w_f, w_b, R, N)
+    assert w.shape == (2, 16, E)  # 11 rows padded to 16
+    for i, src in enumerate((w_f, w_b)):
+        assert torch.equal(w[i, :2 * N], src[R:]) and torch.equal(w[i, 2 * N:2 * N + R], src[:R])
+        assert not w[i, 2 * N + R:].any()
+
+
 @pytest.mark.parametrize("params_t", ["0", "1"], ids=["direct", "transposed"])
-def test_mixer_both_parameter_layouts(params_t, monkeypatch):
+@pytest.mark.parametrize("delta", ["matmul", "fold"])
+def test_mixer_both_parameter_layouts(params_t, delta, monkeypatch):
     # both ways of loading A / W_dt (the default depends on the Triton version) compute the same thing
+    monkeypatch.setenv("VISION_MAMBA_TRITON_DELTA", delta)
     monkeypatch.setenv("VISION_MAMBA_TRITON_PARAMS_T", params_t)
     monkeypatch.setenv("VISION_MAMBA_TRITON_BWD_PARAMS_T", params_t)
     check_mixer(2, 19, 20, monkeypatch=monkeypatch)
 
 
-def test_mixer_chunk_parallel_forward(monkeypatch):
+@pytest.mark.parametrize("delta", ["matmul", "fold"])
+def test_mixer_chunk_parallel_forward(delta, monkeypatch):
     # few programs -> the sequence is split in chunks scanned in parallel, then stitched with their carries
+    monkeypatch.setenv("VISION_MAMBA_TRITON_DELTA", delta)
     check_mixer(1, 150, 16, min_programs="64", monkeypatch=monkeypatch)
 
 
@@ -143,6 +163,27 @@ def test_mixer_conv_backward_in_chunks(monkeypatch):
     # 150 rows = 5 tiles of 32; two programs' worth of work -> the conv's weight gradients are summed over two
     # chunks of rows (3 tiles + 2 tiles), each program looping over its tiles; the scan is chunked too
     check_mixer(1, 150, 16, min_programs="2", monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("block_l,tiles", [(32, 1), (8, 3), (16, 2)])
+def test_conv_matches_reference(block_l, tiles, monkeypatch):
+    # both directions' conv + silu in one launch, x a strided view (as in the mixer); 37 rows: partial last tiles
+    # and programs whose later tiles start past the end; 70 channels: a partial channel block
+    from vision_mamba.ops.conv1d import causal_conv1d_ref
+    from vision_mamba.ops.selective_scan.triton_scan import _TritonBiConv
+
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BLOCK_L", str(block_l))
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_TILES", str(tiles))
+    g = torch.Generator().manual_seed(block_l + tiles)
+    B, L, E = 2, 37, 70
+    x = torch.randn(B, L, 2 * E, generator=g).to(DEVICE)[..., :E]
+    w = [torch.randn(E, 1, 4, generator=g).to(DEVICE) for _ in range(2)]
+    bias = [torch.randn(E, generator=g).to(DEVICE) for _ in range(2)]
+    out = _TritonBiConv.apply(x, w[0], w[1], bias[0], bias[1])
+    for d in range(2):
+        ref = torch.nn.functional.silu(causal_conv1d_ref(x, w[d], bias[d], reverse=d == 1))
+        assert torch.isfinite(out[d]).all()
+        assert rel_err(out[d], ref) < 2e-6
 
 
 def test_model_triton_matches_reference():
@@ -177,9 +218,11 @@ def test_scan_real_shapes(length, batch, dtype, reverse):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("length,batch", [(197, 8), (730, 2), (6085, 1)])
-def test_mixer_real_shapes(length, batch, dtype, monkeypatch):
+@pytest.mark.parametrize("delta", ["matmul", "fold"])
+def test_mixer_real_shapes(length, batch, dtype, delta, monkeypatch):
     # batch 1 at 6085 tokens uses the chunk-parallel forward (auto); the others the one-pass scan
     monkeypatch.delenv("VISION_MAMBA_TRITON_MIN_PROGRAMS", raising=False)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_DELTA", delta)
     check_mixer(batch, length, 192, dtype)
 
 

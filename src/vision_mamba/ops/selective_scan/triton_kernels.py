@@ -8,18 +8,30 @@ ND is the number of directions (2 for Vim). Direction d runs reversed in time wh
 reverse direction is read by index, never through flipped copies.
 
 A program owns one (batch, block of channels, direction[, chunk]) and keeps the [BLOCK_E, N] state in fp32
-registers while it walks through time; B_t and C_t are loaded once per tile and step. The tile's layout is anchored
-by its first load (state buffers are [N, E], channels contiguous): threads along the channels, each owning whole
-channels, so that the reductions over states and over the dt rank need no shuffles or shared memory. See README.md for the math
-and for how the backward pass recovers states (saved every SAVE_EVERY steps by the forward pass, recomputed in
-registers, then walked backwards).
+registers while it walks through time; B_t and C_t are loaded once per tile and step. The tile's register layout
+is anchored by its first load (state buffers are [N, E], channels contiguous) and depends on what the compiler can
+prove about E (see _NO_SPEC_E below). See README.md for the math and for how the backward pass recovers states
+(saved every SAVE_EVERY steps by the forward pass, recomputed, then walked backwards).
 """
 from __future__ import annotations
+
+import os
 
 import triton
 import triton.language as tl
 
 LOG2E = 1.4426950408889634
+
+# Triton specialises integer arguments divisible by 16, and a tile's register layout follows from what the compiler
+# can prove about its addresses. With the channel count E known to be a multiple of 16 (384 for Vim-Ti), it
+# vectorises the [N, E] state loads over 4 channels and lays the [channels, states] tiles out as 4 channels x 4
+# states per thread (8 x 4 threads); the per-channel vectors (x, delta, z, y) then cross between layouts at each
+# step, and the sum over states takes two shuffles. Left unspecialised, E gives one channel per thread with all its
+# states in registers, the layout these loops were first written for. Measured on the H200 (docs/kernels.md,
+# "Session 4"), the specialised form is as fast or faster everywhere (default launch, 224 px / batch 128: forward
+# 0.216 vs 0.432 ms, backward 1.17 vs 1.41 ms), so it is the default; VISION_MAMBA_TRITON_SPECIALIZE_E=0 gives
+# the other, for measurements.
+_NO_SPEC_E = ["E"] if os.environ.get("VISION_MAMBA_TRITON_SPECIALIZE_E") == "0" else []
 
 
 @triton.jit
@@ -141,7 +153,7 @@ def _direction_params(d, E, offs_e, emask, offs_n, offs_r, rmask, w_f, w_b, bias
 
 
 @triton.jit
-def _program(pid_be, d, dir_base, E, R: tl.constexpr, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
+def _program(pid_be, d, dir_base, E, R: tl.constexpr, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off, bc_dir_off,
              w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
              stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
              stride_a_e, stride_a_n, stride_w_e, stride_w_r,
@@ -164,19 +176,20 @@ def _program(pid_be, d, dir_base, E, R: tl.constexpr, x_ptr, z_ptr, dt_ptr, bm_p
                                           N, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG, PARAMS_T)
     x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
     z_base = z_ptr + b * stride_z_b + offs_e
-    # direction 1's dt / B / C live dir_off elements after direction 0's; B and C sit at constant columns of the
-    # same rows: plain pointer arithmetic keeps the alignment the compiler needs for vector loads.
+    # direction 1's dt lives dir_off elements after direction 0's, its B and C bc_dir_off elements after; B and C
+    # sit at constant columns of their rows: plain pointer arithmetic keeps the alignment the compiler needs for
+    # vector loads.
     dt_base = dt_ptr + d * dir_off + b * stride_dt_b
-    bm_base = bm_ptr + d * dir_off + B_COL + b * stride_bc_b + offs_n
-    cm_base = cm_ptr + d * dir_off + C_COL + b * stride_bc_b + offs_n
+    bm_base = bm_ptr + d * bc_dir_off + B_COL + b * stride_bc_b + offs_n
+    cm_base = cm_ptr + d * bc_dir_off + C_COL + b * stride_bc_b + offs_n
     return (b, eb, n_eblocks, rev, offs_e, emask, offs_n, offs_r, rmask, a, w, bias, dskip,
             x_base, z_base, dt_base, bm_base, cm_base)
 
 
 @triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e",
-                              "stride_w_r"])
+                              "stride_w_r"] + _NO_SPEC_E)
 def scan_fwd_kernel(
-    x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
+    x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off, bc_dir_off,
     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
     y_ptr, hinit_ptr, hend_ptr, dsum_ptr, hsave_ptr,
     L, E, R: tl.constexpr, steps_per_chunk, dir_base,
@@ -198,7 +211,7 @@ def scan_fwd_kernel(
     chunk = tl.program_id(1)
     d = tl.program_id(2)
     b, eb, n_eblocks, rev, offs_e, emask, offs_n, offs_r, rmask, a, w, bias, dskip, x_base, z_base, dt_base, \
-        bm_base, cm_base = _program(pid_be, d, dir_base, E, R, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
+        bm_base, cm_base = _program(pid_be, d, dir_base, E, R, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off, bc_dir_off,
                                     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
                                     stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
                                     stride_a_e, stride_a_n, stride_w_e, stride_w_r,
@@ -212,8 +225,7 @@ def scan_fwd_kernel(
     s_begin = chunk * steps_per_chunk
     s_end = tl.minimum(s_begin + steps_per_chunk, L)
     # The state starts from a load even when it is zero (hinit_ptr is then a zero buffer): that load, contiguous
-    # along the channels, anchors the tile's layout: threads along the channels, each owning whole channels, so the
-    # reductions over states and over the dt rank stay inside a thread.
+    # along the channels, anchors the tile's layout (which one: see _NO_SPEC_E).
     if HAS_INIT:
         h = tl.load(hinit_ptr + b * stride_h_b + d * stride_h_d + chunk * stride_h_c + state_off, mask=smask,
                     other=0.0)
@@ -228,9 +240,10 @@ def scan_fwd_kernel(
     xa, za, da, ba, ca = _load_step(s_begin, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
                                     stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
                                     nmask, DT_PROJ, HAS_Z, WRITE_Y)
-    xb, zb, db, bb, cb = _load_step(s_begin + 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
-                                    stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
-                                    nmask, DT_PROJ, HAS_Z, WRITE_Y)
+    if PREFETCH > 1:
+        xb, zb, db, bb, cb = _load_step(s_begin + 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                        dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
+                                        rmask, nmask, DT_PROJ, HAS_Z, WRITE_Y)
     if PREFETCH == 4:
         xc, zc, dc, bc, cc = _load_step(s_begin + 2, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                         dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
@@ -258,12 +271,15 @@ def scan_fwd_kernel(
                 yv = yv * zv * _sigmoid(zv)
             t = _time_index(s, L, rev)
             tl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty), mask=emask)
-        xa, za, da, ba, ca = xb, zb, db, bb, cb
+        if PREFETCH == 1:
+            xa, za, da, ba, ca = xn, zn, dn, bn, cn
+        else:
+            xa, za, da, ba, ca = xb, zb, db, bb, cb
         if PREFETCH == 4:
             xb, zb, db, bb, cb = xc, zc, dc, bc, cc
             xc, zc, dc, bc, cc = xd, zd, dd, bd, cd
             xd, zd, dd, bd, cd = xn, zn, dn, bn, cn
-        else:
+        elif PREFETCH == 2:
             xb, zb, db, bb, cb = xn, zn, dn, bn, cn
     if WRITE_END:
         off = b * stride_h_b + d * stride_h_d + chunk * stride_h_c
@@ -271,7 +287,7 @@ def scan_fwd_kernel(
         tl.store(dsum_ptr + (off // N) + offs_e, dsum, mask=emask)
 
 
-@triton.jit(do_not_specialize=["n_chunks", "stride_a_e", "stride_a_n"])
+@triton.jit(do_not_specialize=["n_chunks", "stride_a_e", "stride_a_n"] + _NO_SPEC_E)
 def chunk_carry_kernel(
     hend_ptr, dsum_ptr, hinit_ptr, a_f, a_b, E, n_chunks,
     stride_h_b, stride_h_d, stride_h_c, stride_a_e, stride_a_n,
@@ -308,9 +324,9 @@ def chunk_carry_kernel(
 
 
 @triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e",
-                              "stride_w_r"])
+                              "stride_w_r"] + _NO_SPEC_E)
 def adjoint_chunk_kernel(
-    x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
+    x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off, bc_dir_off,
     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
     gy_ptr, zero_ptr, muend_ptr, dsum_ptr,
     L, E, R: tl.constexpr, steps_per_chunk, dir_base,
@@ -333,7 +349,7 @@ def adjoint_chunk_kernel(
     chunk = tl.program_id(1)
     d = tl.program_id(2)
     b, eb, n_eblocks, rev, offs_e, emask, offs_n, offs_r, rmask, a, w, bias, dskip, x_base, z_base, dt_base, \
-        bm_base, cm_base = _program(pid_be, d, dir_base, E, R, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
+        bm_base, cm_base = _program(pid_be, d, dir_base, E, R, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off, bc_dir_off,
                                     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
                                     stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
                                     stride_a_e, stride_a_n, stride_w_e, stride_w_r,
@@ -398,9 +414,9 @@ def _load_bwd(s, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
 
 
 @triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e",
-                              "stride_w_r", "stride_scratch_n", "stride_scratch_s"])
+                              "stride_w_r", "stride_scratch_n", "stride_scratch_s"] + _NO_SPEC_E)
 def scan_bwd_kernel(
-    x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
+    x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off, bc_dir_off,
     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
     gy_ptr, hsave_ptr, scratch_ptr, muinit_ptr,
     gx_ptr, gz_ptr, gdt_ptr, gbc_ptr,
@@ -431,16 +447,14 @@ def scan_bwd_kernel(
     sums of d B and d C (gbc: [ND, n_eblocks, B, L, 2N]: B | C columns; the caller sums over the blocks); the
     gradients of A, D and the delta bias accumulated in registers, added atomically at the end.
 
-    Every [BLOCK_E, N] tile has one layout (a thread per channel, its N states in registers; the scratch rows are
-    [N + 2, BLOCK_E], channels contiguous, like the saved states), so per-channel vectors and tiles meet without
-    layout conversions through shared memory; the only cross-thread work in the loop is the two reductions over
-    channels (d B, d C). The backward walk reads delta from the scratch instead of recomputing it, so it holds
-    neither W_dt's products nor dt_low rows in registers."""
+    The scratch rows are [N + 2, BLOCK_E], channels contiguous, like the saved states, and are read back by the
+    threads that wrote them. The backward walk reads delta from the scratch instead of recomputing it, so it holds
+    neither W_dt's products nor dt_low rows in registers. (The tiles' register layout: see _NO_SPEC_E.)"""
     pid_be = tl.program_id(0)
     d = tl.program_id(1)
     chunk = tl.program_id(2)
     b, eb, n_eblocks, rev, offs_e, emask, offs_n, offs_r, rmask, a, w, bias, dskip, x_base, z_base, dt_base, \
-        bm_base, cm_base = _program(pid_be, d, dir_base, E, R, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off,
+        bm_base, cm_base = _program(pid_be, d, dir_base, E, R, x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off, bc_dir_off,
                                     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
                                     stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
                                     stride_a_e, stride_a_n, stride_w_e, stride_w_r,
@@ -566,63 +580,57 @@ def scan_bwd_kernel(
 
 # ---------------------------------------------------------------------------------------------------------- conv
 @triton.jit
-def _tap(k: tl.constexpr, w0, w1, w2, w3):
-    """The conv weight of tap k (k a compile-time constant)."""
-    if k == 0:
-        return w0
-    elif k == 1:
-        return w1
-    elif k == 2:
-        return w2
-    else:
-        return w3
-
-
-@triton.jit
-def _conv_pre(x_base, t_rows, L, stride_x_l, offs_e, emask, w0, w1, w2, w3, bias, rev):
-    """bias + sum_k w_k x[t + off(k)] for a tile of rows; off(k) = k - 3 (causal) or 3 - k (anti-causal)."""
-    sign = tl.where(rev, -1, 1)
-    acc = tl.zeros([t_rows.shape[0], offs_e.shape[0]], dtype=tl.float32) + bias[None, :]
-    for k in tl.static_range(4):
-        wk = _tap(k, w0, w1, w2, w3)
-        rows = t_rows + sign * (k - 3)
-        m = (rows >= 0) & (rows < L)
-        xv = tl.load(x_base + rows[:, None] * stride_x_l, mask=m[:, None] & emask[None, :], other=0.0)
-        acc += wk[None, :] * xv.to(tl.float32)
-    return acc
-
-
-@triton.jit
 def conv_fwd_kernel(
-    x_ptr, w_f, w_b, bias_f, bias_b, out_ptr, L, E, dir_base,
+    x_ptr, w_f, w_b, bias_f, bias_b, out_ptr, L, E,
     stride_x_b, stride_x_l, stride_o_d, stride_o_b, stride_o_l,
-    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, HAS_BIAS: tl.constexpr, N_DIRS: tl.constexpr,
+    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, TILES: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    """out[d, b, t, e] = silu(conv_d(x)[b, t, e]) for every direction in one launch."""
+    """out[0, b, t, e] = silu(causal conv(x)), out[1, b, t, e] = silu(anti-causal conv(x)) (the backward direction:
+    taps x[t + 3 - k]): both directions from one set of loaded rows x[t - 3 .. t + 3], for TILES consecutive tiles
+    of BLOCK_L rows (the weights loaded once per program)."""
     pid_l = tl.program_id(0)
     pid_e = tl.program_id(1)
-    pid_bd = tl.program_id(2)
-    d = pid_bd % N_DIRS
-    b = pid_bd // N_DIRS
-    rev = (d + dir_base) == 1
-    offs_t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
+    b = tl.program_id(2)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = offs_e < E
-    w_ptr = _pick(d, w_f, w_b)
-    w0 = tl.load(w_ptr + offs_e * K + 0, mask=emask, other=0.0).to(tl.float32)
-    w1 = tl.load(w_ptr + offs_e * K + 1, mask=emask, other=0.0).to(tl.float32)
-    w2 = tl.load(w_ptr + offs_e * K + 2, mask=emask, other=0.0).to(tl.float32)
-    w3 = tl.load(w_ptr + offs_e * K + 3, mask=emask, other=0.0).to(tl.float32)
+    f0 = tl.load(w_f + offs_e * K + 0, mask=emask, other=0.0).to(tl.float32)
+    f1 = tl.load(w_f + offs_e * K + 1, mask=emask, other=0.0).to(tl.float32)
+    f2 = tl.load(w_f + offs_e * K + 2, mask=emask, other=0.0).to(tl.float32)
+    f3 = tl.load(w_f + offs_e * K + 3, mask=emask, other=0.0).to(tl.float32)
+    b0 = tl.load(w_b + offs_e * K + 0, mask=emask, other=0.0).to(tl.float32)
+    b1 = tl.load(w_b + offs_e * K + 1, mask=emask, other=0.0).to(tl.float32)
+    b2 = tl.load(w_b + offs_e * K + 2, mask=emask, other=0.0).to(tl.float32)
+    b3 = tl.load(w_b + offs_e * K + 3, mask=emask, other=0.0).to(tl.float32)
     if HAS_BIAS:
-        bias = tl.load(_pick(d, bias_f, bias_b) + offs_e, mask=emask, other=0.0).to(tl.float32)
+        bias_fv = tl.load(bias_f + offs_e, mask=emask, other=0.0).to(tl.float32)
+        bias_bv = tl.load(bias_b + offs_e, mask=emask, other=0.0).to(tl.float32)
     else:
-        bias = tl.zeros([BLOCK_E], dtype=tl.float32)
+        bias_fv = tl.zeros([BLOCK_E], dtype=tl.float32)
+        bias_bv = tl.zeros([BLOCK_E], dtype=tl.float32)
     x_base = x_ptr + b * stride_x_b + offs_e[None, :]
-    pre = _conv_pre(x_base, offs_t, L, stride_x_l, offs_e, emask, w0, w1, w2, w3, bias, rev)
-    out = pre * _sigmoid(pre)
-    omask = (offs_t < L)[:, None] & emask[None, :]
-    tl.store(out_ptr + d * stride_o_d + b * stride_o_b + offs_t[:, None] * stride_o_l + offs_e[None, :],
-             out.to(out_ptr.dtype.element_ty), mask=omask)
+    o_base = out_ptr + b * stride_o_b + offs_e[None, :]
+    for i in range(TILES):
+        offs_t = (pid_l * TILES + i) * BLOCK_L + tl.arange(0, BLOCK_L)
+        xm3 = _conv_row(x_base, offs_t - 3, L, stride_x_l, emask)
+        xm2 = _conv_row(x_base, offs_t - 2, L, stride_x_l, emask)
+        xm1 = _conv_row(x_base, offs_t - 1, L, stride_x_l, emask)
+        x0 = _conv_row(x_base, offs_t, L, stride_x_l, emask)
+        xp1 = _conv_row(x_base, offs_t + 1, L, stride_x_l, emask)
+        xp2 = _conv_row(x_base, offs_t + 2, L, stride_x_l, emask)
+        xp3 = _conv_row(x_base, offs_t + 3, L, stride_x_l, emask)
+        pre_f = bias_fv[None, :] + f0[None, :] * xm3 + f1[None, :] * xm2 + f2[None, :] * xm1 + f3[None, :] * x0
+        pre_b = bias_bv[None, :] + b0[None, :] * xp3 + b1[None, :] * xp2 + b2[None, :] * xp1 + b3[None, :] * x0
+        omask = (offs_t < L)[:, None] & emask[None, :]
+        rows = o_base + offs_t[:, None] * stride_o_l
+        tl.store(rows, (pre_f * _sigmoid(pre_f)).to(out_ptr.dtype.element_ty), mask=omask)
+        tl.store(rows + stride_o_d, (pre_b * _sigmoid(pre_b)).to(out_ptr.dtype.element_ty), mask=omask)
+
+
+@triton.jit
+def _conv_row(x_base, rows, L, stride_x_l, emask):
+    """x[rows] as fp32, zero outside [0, L)."""
+    m = (rows >= 0) & (rows < L)
+    return tl.load(x_base + rows[:, None] * stride_x_l, mask=m[:, None] & emask[None, :], other=0.0).to(tl.float32)
 
 
 @triton.jit

@@ -46,7 +46,13 @@ def _config():
         num_warps=_env_int("VISION_MAMBA_TRITON_WARPS", 1),
         bwd_block_e=_env_int("VISION_MAMBA_TRITON_BWD_BLOCK_E", 32),
         bwd_num_warps=_env_int("VISION_MAMBA_TRITON_BWD_WARPS", 1),
-        prefetch=_env_int("VISION_MAMBA_TRITON_PREFETCH", 2),
+        prefetch=_env_int("VISION_MAMBA_TRITON_PREFETCH", 1),  # forward: 1, 2 or 4 steps ahead
+        # Vim's mixer: delta from a batched matmul before the scan ("matmul") or dt_proj folded into it ("fold")
+        delta=os.environ.get("VISION_MAMBA_TRITON_DELTA", "fold"),
+        # conv forward: rows per tile, tiles per program, warps
+        conv_block_l=_env_int("VISION_MAMBA_TRITON_CONV_BLOCK_L", 16),
+        conv_tiles=_env_int("VISION_MAMBA_TRITON_CONV_TILES", 2),
+        conv_warps=_env_int("VISION_MAMBA_TRITON_CONV_WARPS", 2),
         # register cap per thread (0: the compiler's choice): fewer registers, more warps in flight per SM
         maxnreg=_env_int("VISION_MAMBA_TRITON_MAXNREG", 0),
         bwd_maxnreg=_env_int("VISION_MAMBA_TRITON_BWD_MAXNREG", 0),
@@ -149,14 +155,9 @@ class _ScanArgs:
         _, self.B, self.L, self.E = x.shape
         self.N = a[0].shape[1]
         self.R = w[0].shape[1] if dt_proj else 1
-        if n_dirs == 2:
-            size = dt[0].element_size()
-            diff = dt[1].data_ptr() - dt[0].data_ptr()
-            assert diff % size == 0 and bm[1].data_ptr() - bm[0].data_ptr() == diff \
-                and cm[1].data_ptr() - cm[0].data_ptr() == diff, "both directions' dt / B / C must share offsets"
-            self.dir_off = diff // size
-        else:
-            self.dir_off = 0
+        self.dir_off = _dir_offset(dt) if n_dirs == 2 else 0
+        self.bc_dir_off = _dir_offset(bm) if n_dirs == 2 else 0
+        assert n_dirs == 1 or _dir_offset(cm) == self.bc_dir_off, "B and C must sit at one offset between directions"
 
     def param_strides(self):
         """(A's channel and state strides, W_dt's channel and rank strides)."""
@@ -170,7 +171,7 @@ class _ScanArgs:
         bc_b, bc_l = _rows(self.bm[0], self.L)
         zt = z if z is not None else x
         return dict(
-            tensors=(x, zt, self.dt[0], self.bm[0], self.cm[0], self.dir_off,
+            tensors=(x, zt, self.dt[0], self.bm[0], self.cm[0], self.dir_off, self.bc_dir_off,
                      self.w[0], self.w[1], self.bias[0], self.bias[1], self.a[0], self.a[1],
                      self.dskip[0], self.dskip[1]),
             strides=(x.stride(0), x.stride(1), x.stride(2), zt.stride(0), zt.stride(1), dt_b, dt_l, bc_b, bc_l),
@@ -178,6 +179,16 @@ class _ScanArgs:
                        HAS_BIAS=self.bias[0] is not None, SOFTPLUS=self.softplus, HAS_D=self.dskip[0] is not None,
                        HAS_Z=z is not None, A_IS_LOG=self.a_is_log, B_COL=self.b_col, C_COL=self.c_col),
         )
+
+
+def _dir_offset(pair) -> int:
+    """How many elements direction 1's tensor sits after direction 0's (the kernels read both through one base
+    pointer and strides; any two tensors of one dtype and one set of strides qualify)."""
+    first, second = pair
+    assert first.dtype == second.dtype and first.stride() == second.stride(), "directions must share dtype and strides"
+    diff = second.data_ptr() - first.data_ptr()
+    assert diff % first.element_size() == 0
+    return diff // first.element_size()
 
 
 def _dummy(device):
@@ -203,6 +214,8 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     """y: [B, L, ND, E]; the states saved every SAVE_EVERY steps: [B, ND, ceil(L / SAVE_EVERY), N, E] fp32
     (channels contiguous)."""
     cfg = config or _config()
+    if cfg["prefetch"] not in (1, 2, 4):
+        raise ValueError(f"VISION_MAMBA_TRITON_PREFETCH must be 1, 2 or 4, got {cfg['prefetch']}")
     B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
     dev = args.x.device
     block_e = min(cfg["block_e"], max(16, triton.next_power_of_2(E)))
@@ -263,9 +276,9 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     gx = _new(ND, B, L, E, device=dev, dtype=args.x.dtype)
     gz = _new(ND, B, L, E, device=dev, dtype=args.z.dtype) if args.z is not None else _dummy(dev)
     gbc = _new(ND, n_eb, B, L, 2 * N, **f32)
-    # d raw delta: in x's dtype where it feeds dt_proj's matmuls (as autograd would have it), fp32 for the generic
-    # scan (cast to delta's dtype by the caller, which may be wider than x's)
-    graw = _new(ND, B, L, E, device=dev, dtype=args.x.dtype if args.dt_proj else torch.float32)
+    # d raw delta: in x's dtype where it feeds the folded dt_proj's matmuls (as autograd would have it), otherwise
+    # in delta's dtype
+    graw = _new(ND, B, L, E, device=dev, dtype=args.x.dtype if args.dt_proj else args.dt[0].dtype)
     ga = torch.zeros(ND, E, N, **f32)
     gd = torch.zeros(ND, E, **f32)
     gbias = torch.zeros(ND, E, **f32)
@@ -402,6 +415,55 @@ def _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f,
         n_dirs=2, dir_base=0, dt_proj=True, softplus=True, a_is_log=True, b_col=R, c_col=R + N)
 
 
+def _bc_width(R: int, N: int) -> int:
+    """Width of x_proj's rows in the "matmul" layout [B | C | dt_low | zeros]: a multiple of 8 elements, so that
+    with B and C first every row of B and C starts 16-byte aligned (vector loads in the scan)."""
+    return triton.cdiv(2 * N + R, 8) * 8
+
+
+def xproj_weights(w_f: Tensor, w_b: Tensor, R: int, N: int) -> Tensor:
+    """Both directions' x_proj weights ([R + 2N, E], rows dt_low | B | C) as one [2, W, E] tensor with rows
+    B | C | dt_low | zeros (see :func:`_bc_width`); differentiable (a permutation and a pad)."""
+    pad = _bc_width(R, N) - (2 * N + R)
+    return torch.stack([F.pad(torch.cat([w[R:], w[:R]]), (0, 0, 0, pad)) for w in (w_f, w_b)])
+
+
+class _TritonBiScanDelta(torch.autograd.Function):
+    """ys[b, t, d, e] = silu(z) * (scan_d + D_d * x_d), delta = softplus(delta_raw + bias) with delta_raw given
+    ([2, M, E], dt_proj's output for both directions); B and C read from x_proj's rows ([2, M, W], B | C | ...)."""
+
+    @staticmethod
+    def forward(ctx, xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b, grad_enabled):
+        args = _bi_delta_args(xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b)
+        needs_grad = grad_enabled and any(ctx.needs_input_grad[:10])
+        y, hsave = scan_forward(args, xs.dtype, save_states=needs_grad)
+        if needs_grad:
+            ctx.save_for_backward(xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b, hsave)
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b, hsave = ctx.saved_tensors
+        args = _bi_delta_args(xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b)
+        g = scan_backward(args, hsave, gy)
+        N = alog_f.shape[1]
+        gz = (g["gz"][0].float() + g["gz"][1].float()).to(z.dtype)
+        gdbl = torch.zeros_like(dbl)
+        gdbl[..., :2 * N] = g["gbc"].view(2, -1, 2 * N)
+        cast = lambda v, ref: v.to(ref.dtype)  # noqa: E731
+        return (g["gx"], gz, gdbl, g["graw"].view(delta.shape), cast(g["gbias"][0], bias_f),
+                cast(g["gbias"][1], bias_b), cast(g["ga"][0], alog_f), cast(g["ga"][1], alog_b),
+                cast(g["gd"][0], d_f), cast(g["gd"][1], d_b), None)
+
+
+def _bi_delta_args(xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b):
+    N = alog_f.shape[1]
+    pair = lambda t: (t[0], t[1])  # noqa: E731  (direction 1 one dim-0 stride after direction 0)
+    return _ScanArgs(
+        xs, z, pair(delta), pair(dbl), pair(dbl), (None, None), (bias_f, bias_b), (alog_f, alog_b), (d_f, d_b),
+        n_dirs=2, dir_base=0, dt_proj=False, softplus=True, a_is_log=True, b_col=0, c_col=N)
+
+
 class _TritonBiConv(torch.autograd.Function):
     """xs[d] = silu(conv_d(x)): causal for d = 0, anti-causal (time-reversed) for d = 1. x: [B, L, E]."""
 
@@ -413,11 +475,13 @@ class _TritonBiConv(torch.autograd.Function):
         if K != 4:
             raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
         out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
-        block_l, block_e = 32, 64
-        conv_fwd_kernel[(triton.cdiv(L, block_l), triton.cdiv(E, block_e), B * 2)](
-            x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E, 0,
+        cfg = _config()
+        block_l, block_e, tiles = cfg["conv_block_l"], 64, cfg["conv_tiles"]
+        conv_fwd_kernel[(triton.cdiv(L, block_l * tiles), triton.cdiv(E, block_e), B)](
+            x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E,
             x.stride(0), x.stride(1), out.stride(0), out.stride(1), out.stride(2),
-            K=K, BLOCK_L=block_l, BLOCK_E=block_e, HAS_BIAS=bias_f is not None, N_DIRS=2, num_warps=4, **FP_FUSION)
+            K=K, BLOCK_L=block_l, BLOCK_E=block_e, TILES=tiles, HAS_BIAS=bias_f is not None,
+            num_warps=cfg["conv_warps"], **FP_FUSION)
         ctx.save_for_backward(x, w_f, w_b, bias_f, bias_b)
         return out
 
@@ -465,11 +529,21 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
     x, z = xz.chunk(2, dim=-1)
     E = x.shape[-1]
     xs = _TritonBiConv.apply(x, forward.conv_weight, backward.conv_weight, forward.conv_bias, backward.conv_bias)
-    dbl_f = F.linear(xs[0], forward.x_proj_weight)
-    dbl_b = F.linear(xs[1], backward.x_proj_weight)
-    ys = _TritonBiScan.apply(xs, z, dbl_f, dbl_b, forward.dt_proj_weight, backward.dt_proj_weight,
-                             forward.dt_proj_bias, backward.dt_proj_bias, forward.A_log, backward.A_log,
-                             forward.D, backward.D, torch.is_grad_enabled())
+    if _config()["delta"] == "fold":
+        dbl_f = F.linear(xs[0], forward.x_proj_weight)
+        dbl_b = F.linear(xs[1], backward.x_proj_weight)
+        ys = _TritonBiScan.apply(xs, z, dbl_f, dbl_b, forward.dt_proj_weight, backward.dt_proj_weight,
+                                 forward.dt_proj_bias, backward.dt_proj_bias, forward.A_log, backward.A_log,
+                                 forward.D, backward.D, torch.is_grad_enabled())
+    else:
+        # x_proj and dt_proj of both directions as two batched matmuls; x_proj's rows come out B | C | dt_low
+        R, N = forward.dt_proj_weight.shape[1], forward.A_log.shape[1]
+        dbl = torch.bmm(xs.view(2, B * L, E), xproj_weights(forward.x_proj_weight, backward.x_proj_weight, R, N)
+                        .transpose(1, 2))
+        w_dt = torch.stack([forward.dt_proj_weight, backward.dt_proj_weight])  # [2, E, R]
+        delta = torch.bmm(dbl[..., 2 * N:2 * N + R], w_dt.transpose(1, 2))
+        ys = _TritonBiScanDelta.apply(xs, z, dbl, delta, forward.dt_proj_bias, backward.dt_proj_bias,
+                                      forward.A_log, backward.A_log, forward.D, backward.D, torch.is_grad_enabled())
     if out_proj_weight is None:
         return (ys[:, :, 0] + ys[:, :, 1]) / 2
     # out_proj((y_f + y_b) / 2) = [y_f | y_b] @ ([W, W] / 2)^T: the combine costs no extra pass over memory
