@@ -247,3 +247,36 @@ def test_initialisation():
     bound = 1 / (384 ** 0.5) / (24 ** 0.5)  # kaiming_uniform(a=sqrt 5) bound is 1/sqrt(fan_in), then / sqrt(depth)
     assert mixer.out_proj.weight.abs().max() <= bound + 1e-7
     assert float(model.head.bias.detach().abs().max()) == 0.0 and model.head.weight.std() < 0.03
+
+
+@pytest.mark.parametrize("size", [(64, 64), (48, 80), (70, 53)])
+def test_patch_embed_gemm_path_matches_conv(size):
+    # the CUDA path (patches as one matrix product) computes the conv's map, pixels past the last patch dropped
+    from vision_mamba.layers.embed import PatchEmbed
+
+    torch.manual_seed(0)
+    embed = PatchEmbed(img_size=64, patch_size=16, in_chans=3, embed_dim=24)
+    x = torch.randn(2, 3, *size)
+    ref = embed.proj(x).flatten(2).transpose(1, 2)
+    out = embed.patchify_linear(x)
+    assert out.shape == ref.shape
+    assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_patch_embed_cuda_path(dtype):
+    # on CUDA the model's patch embedding takes the GEMM path: same result as cuDNN's conv, fp32 and bf16 autocast
+    model = timm.create_model("vim_tiny_patch16_224").cuda().eval()
+    x = torch.randn(4, 3, 224, 224, device="cuda")
+    embed = model.patch_embed
+    tf32 = torch.backends.cudnn.allow_tf32
+    torch.backends.cudnn.allow_tf32 = False  # (cuDNN's fp32 default would round the reference to TF32)
+    try:
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            out = embed(x)
+            ref = embed.proj(x).flatten(2).transpose(1, 2)
+    finally:
+        torch.backends.cudnn.allow_tf32 = tf32
+    err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
+    assert out.dtype == ref.dtype and err < (1e-5 if dtype == torch.float32 else 1e-2)

@@ -44,7 +44,21 @@ class PatchEmbed(nn.Module):
         return height >= ph and width >= pw and (height - ph) % sh == 0 and (width - pw) % sw == 0
 
     def forward(self, x: Tensor) -> Tensor:
+        if x.is_cuda and self.stride == self.patch_size:
+            return self.patchify_linear(x)
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def patchify_linear(self, x: Tensor) -> Tensor:
+        """The same map as ``proj`` when patches do not overlap (stride == patch): cut the image into patches and
+        apply the conv's weight as one matrix product. On CUDA this replaces the implicit-GEMM convolution cuDNN
+        picks for bf16 (0.43 ms of a 8.6 ms Vim-Ti forward at 224 px / batch 128 on the H200, docs/kernels.md) by a
+        copy and a GEMM. Pixels past the last whole patch are dropped, as the conv drops them."""
+        (ph, pw) = self.patch_size
+        b, c, h, w = x.shape
+        gh, gw = h // ph, w // pw
+        x = x[:, :, :gh * ph, :gw * pw]
+        patches = x.reshape(b, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * ph * pw)
+        return nn.functional.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
 def class_token_index(num_patches: int) -> int:
