@@ -183,6 +183,32 @@ def main():
                   f"floor {nbytes / bandwidth * 1e3:7.3f} ms")
         for key in ("BLOCK_L", "TILES", "WARPS"):
             os.environ.pop(f"VISION_MAMBA_TRITON_CONV_{key}", None)
+        # the conv backward (both passes: g_pre and the weight gradients, then d x)
+        # (timed as forward + backward, less the forward: the backward then runs on the stream being captured)
+        xg = x.detach().requires_grad_()
+        cwg = [w.detach().requires_grad_() for w in cw]
+        gout = torch.randn(2, batch, length, E, device=device, dtype=dtype)
+        fwd_ms = _time(lambda: ts._TritonBiConv.apply(x, cw[0], cw[1], cb[0], cb[1]))
+
+        def fwd_bwd():
+            out = ts._TritonBiConv.apply(xg, cwg[0], cwg[1], cb[0], cb[1])
+            torch.autograd.grad(out, [xg, cwg[0], cwg[1]], gout)
+        bwd_configs = [(base["conv_bwd_rows"], base["conv_bwd_warps"], base["conv_bwd_input_rows"],
+                        base["conv_bwd_input_warps"])]
+        if not args.quick:
+            bwd_configs += [c for c in ((8, 2, 32, 4), (16, 4, 32, 4), (8, 4, 16, 2), (8, 4, 8, 1), (8, 2, 16, 2))
+                            if c != bwd_configs[0]]
+        for rows, warps, in_rows, in_warps in bwd_configs:
+            os.environ.update(VISION_MAMBA_TRITON_CONV_BWD_ROWS=str(rows), VISION_MAMBA_TRITON_CONV_BWD_WARPS=str(warps),
+                              VISION_MAMBA_TRITON_CONV_BWD_INPUT_ROWS=str(in_rows),
+                              VISION_MAMBA_TRITON_CONV_BWD_INPUT_WARPS=str(in_warps))
+            ms = _time(fwd_bwd) - fwd_ms
+            cfg = dict(rows=rows, warps=warps, input_rows=in_rows, input_warps=in_warps)
+            records.append(dict(kernel="bimamba_conv", **{"pass": "backward"}, res=res, batch=batch, tokens=length,
+                                dtype="bf16", config=cfg, ms=ms))
+            print(f"{res:5d}/{batch:<4d} conv bwd {cfg} {ms:8.3f} ms")
+        for key in ("ROWS", "WARPS", "INPUT_ROWS", "INPUT_WARPS"):
+            os.environ.pop(f"VISION_MAMBA_TRITON_CONV_BWD_{key}", None)
         del xs, z, dbl, rows
         torch.cuda.empty_cache()
     out = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,

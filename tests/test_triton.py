@@ -159,9 +159,13 @@ def test_mixer_chunk_parallel_forward(delta, monkeypatch):
     check_mixer(1, 150, 16, min_programs="64", monkeypatch=monkeypatch)
 
 
-def test_mixer_conv_backward_in_chunks(monkeypatch):
+@pytest.mark.parametrize("rows,input_rows", [("8", "16"), ("16", "8"), ("8", "32")])
+def test_mixer_conv_backward_in_chunks(rows, input_rows, monkeypatch):
     # 150 rows = 5 tiles of 32; two programs' worth of work -> the conv's weight gradients are summed over two
-    # chunks of rows (3 tiles + 2 tiles), each program looping over its tiles; the scan is chunked too
+    # chunks of rows (3 tiles + 2 tiles), each program looping over its tiles; the scan is chunked too. Two tilings
+    # of the backward's passes (rows per tile of the first, of the second)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_ROWS", rows)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_INPUT_ROWS", input_rows)
     check_mixer(1, 150, 16, min_programs="2", monkeypatch=monkeypatch)
 
 

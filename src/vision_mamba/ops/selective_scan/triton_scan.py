@@ -53,6 +53,12 @@ def _config():
         conv_block_l=_env_int("VISION_MAMBA_TRITON_CONV_BLOCK_L", 16),
         conv_tiles=_env_int("VISION_MAMBA_TRITON_CONV_TILES", 2),
         conv_warps=_env_int("VISION_MAMBA_TRITON_CONV_WARPS", 2),
+        # conv backward: rows per tile and warps of the first pass (g_pre, weight gradients; rows of 8 keep its ten
+        # accumulators in registers) and of the second (d x)
+        conv_bwd_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_ROWS", 8),
+        conv_bwd_warps=_env_int("VISION_MAMBA_TRITON_CONV_BWD_WARPS", 2),
+        conv_bwd_input_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_INPUT_ROWS", 16),
+        conv_bwd_input_warps=_env_int("VISION_MAMBA_TRITON_CONV_BWD_INPUT_WARPS", 2),
         # register cap per thread (0: the compiler's choice): fewer registers, more warps in flight per SM
         maxnreg=_env_int("VISION_MAMBA_TRITON_MAXNREG", 0),
         bwd_maxnreg=_env_int("VISION_MAMBA_TRITON_BWD_MAXNREG", 0),
@@ -491,11 +497,12 @@ class _TritonBiConv(torch.autograd.Function):
         gout = _last_contiguous(gout)
         B, L, E = x.shape
         K = w_f.shape[-1]
+        cfg = _config()
         block_l, block_e = 32, 64
         n_eb, n_tiles = triton.cdiv(E, block_e), triton.cdiv(L, block_l)
         # weight gradients: each program sums the tiles of its chunk of rows; enough chunks to fill the GPU
         n_chunks = 1
-        min_programs = _min_programs(x.device, _config()["min_programs"])
+        min_programs = _min_programs(x.device, cfg["min_programs"])
         if min_programs and B * n_eb < min_programs:
             n_chunks = min(triton.cdiv(min_programs, B * n_eb), n_tiles)
         rows = triton.cdiv(n_tiles, n_chunks) * block_l
@@ -509,12 +516,13 @@ class _TritonBiConv(torch.autograd.Function):
             x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gpre, part, L, E, rows,
             x.stride(0), x.stride(1), gout.stride(0), gout.stride(1), gout.stride(2),
             gpre.stride(0), gpre.stride(1), gpre.stride(2),
-            K=K, BLOCK_L=_env_int("VISION_MAMBA_TRITON_CONV_BWD_ROWS", 8), BLOCK_E=block_e,
-            HAS_BIAS=bias_f is not None, num_warps=4, **FP_FUSION)
+            K=K, BLOCK_L=cfg["conv_bwd_rows"], BLOCK_E=block_e,
+            HAS_BIAS=bias_f is not None, num_warps=cfg["conv_bwd_warps"], **FP_FUSION)
         gx = _new(B, L, E, device=x.device, dtype=x.dtype)
-        conv_bwd_input_kernel[(n_tiles, n_eb, B)](
+        in_rows = cfg["conv_bwd_input_rows"]
+        conv_bwd_input_kernel[(triton.cdiv(L, in_rows), n_eb, B)](
             gpre, w_f, w_b, gx, L, E, gpre.stride(0), gpre.stride(1), gpre.stride(2), gx.stride(0), gx.stride(1),
-            K=K, BLOCK_L=block_l, BLOCK_E=block_e, num_warps=4, **FP_FUSION)
+            K=K, BLOCK_L=in_rows, BLOCK_E=block_e, num_warps=cfg["conv_bwd_input_warps"], **FP_FUSION)
         sums = part.sum(0)  # [2, 5, E]
         gw = sums[:, :4].transpose(1, 2).contiguous()
         gbias = sums[:, 4]
