@@ -382,13 +382,14 @@ class _TritonBiScan(torch.autograd.Function):
     """ys[b, t, d, e] = silu(z) * (scan_d + D_d * x_d) with dt_proj + softplus folded in; both directions."""
 
     @staticmethod
-    def forward(ctx, xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, grad_enabled):
+    def forward(ctx, xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, grad_enabled, cfg):
         R, N = w_f.shape[1], alog_f.shape[1]
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
         needs_grad = grad_enabled and any(ctx.needs_input_grad[:12])
-        y, hsave = scan_forward(args, xs.dtype, save_states=needs_grad)
+        y, hsave = scan_forward(args, xs.dtype, save_states=needs_grad, config=cfg)
         if needs_grad:
             ctx.save_for_backward(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, hsave)
+            ctx.cfg = cfg
         return y
 
     @staticmethod
@@ -396,7 +397,7 @@ class _TritonBiScan(torch.autograd.Function):
         xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, hsave = ctx.saved_tensors
         R, N = w_f.shape[1], alog_f.shape[1]
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
-        g = scan_backward(args, hsave, gy)
+        g = scan_backward(args, hsave, gy, config=ctx.cfg)
         gz = (g["gz"][0].float() + g["gz"][1].float()).to(z.dtype)
         gdbl, gw = [], []
         for i, (dbl, w) in enumerate(((dbl_f, w_f), (dbl_b, w_b))):
@@ -408,7 +409,7 @@ class _TritonBiScan(torch.autograd.Function):
         cast = lambda v, ref: v.to(ref.dtype)  # noqa: E731
         return (g["gx"], gz, gdbl[0], gdbl[1], cast(gw[0], w_f), cast(gw[1], w_b),
                 cast(g["gbias"][0], bias_f), cast(g["gbias"][1], bias_b), cast(g["ga"][0], alog_f),
-                cast(g["ga"][1], alog_b), cast(g["gd"][0], d_f), cast(g["gd"][1], d_b), None)
+                cast(g["ga"][1], alog_b), cast(g["gd"][0], d_f), cast(g["gd"][1], d_b), None, None)
 
 
 def _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N):
@@ -439,19 +440,20 @@ class _TritonBiScanDelta(torch.autograd.Function):
     ([2, M, E], dt_proj's output for both directions); B and C read from x_proj's rows ([2, M, W], B | C | ...)."""
 
     @staticmethod
-    def forward(ctx, xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b, grad_enabled):
+    def forward(ctx, xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b, grad_enabled, cfg):
         args = _bi_delta_args(xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b)
         needs_grad = grad_enabled and any(ctx.needs_input_grad[:10])
-        y, hsave = scan_forward(args, xs.dtype, save_states=needs_grad)
+        y, hsave = scan_forward(args, xs.dtype, save_states=needs_grad, config=cfg)
         if needs_grad:
             ctx.save_for_backward(xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b, hsave)
+            ctx.cfg = cfg
         return y
 
     @staticmethod
     def backward(ctx, gy):
         xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b, hsave = ctx.saved_tensors
         args = _bi_delta_args(xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b)
-        g = scan_backward(args, hsave, gy)
+        g = scan_backward(args, hsave, gy, config=ctx.cfg)
         N = alog_f.shape[1]
         gz = (g["gz"][0].float() + g["gz"][1].float()).to(z.dtype)
         gdbl = torch.zeros_like(dbl)
@@ -459,7 +461,7 @@ class _TritonBiScanDelta(torch.autograd.Function):
         cast = lambda v, ref: v.to(ref.dtype)  # noqa: E731
         return (g["gx"], gz, gdbl, g["graw"].view(delta.shape), cast(g["gbias"][0], bias_f),
                 cast(g["gbias"][1], bias_b), cast(g["ga"][0], alog_f), cast(g["ga"][1], alog_b),
-                cast(g["gd"][0], d_f), cast(g["gd"][1], d_b), None)
+                cast(g["gd"][0], d_f), cast(g["gd"][1], d_b), None, None)
 
 
 def _bi_delta_args(xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b):
@@ -474,14 +476,14 @@ class _TritonBiConv(torch.autograd.Function):
     """xs[d] = silu(conv_d(x)): causal for d = 0, anti-causal (time-reversed) for d = 1. x: [B, L, E]."""
 
     @staticmethod
-    def forward(ctx, x, w_f, w_b, bias_f, bias_b):
+    def forward(ctx, x, w_f, w_b, bias_f, bias_b, cfg=None):
+        cfg = cfg or _config()
         x = _last_contiguous(x)
         B, L, E = x.shape
         K = w_f.shape[-1]
         if K != 4:
             raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
         out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
-        cfg = _config()
         block_l, block_e, tiles = cfg["conv_block_l"], 64, cfg["conv_tiles"]
         conv_fwd_kernel[(triton.cdiv(L, block_l * tiles), triton.cdiv(E, block_e), B)](
             x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E,
@@ -489,6 +491,7 @@ class _TritonBiConv(torch.autograd.Function):
             K=K, BLOCK_L=block_l, BLOCK_E=block_e, TILES=tiles, HAS_BIAS=bias_f is not None,
             num_warps=cfg["conv_warps"], **FP_FUSION)
         ctx.save_for_backward(x, w_f, w_b, bias_f, bias_b)
+        ctx.cfg = cfg
         return out
 
     @staticmethod
@@ -497,7 +500,7 @@ class _TritonBiConv(torch.autograd.Function):
         gout = _last_contiguous(gout)
         B, L, E = x.shape
         K = w_f.shape[-1]
-        cfg = _config()
+        cfg = ctx.cfg
         block_l, block_e = 32, 64
         n_eb, n_tiles = triton.cdiv(E, block_e), triton.cdiv(L, block_l)
         # weight gradients: each program sums the tiles of its chunk of rows; enough chunks to fill the GPU
@@ -527,7 +530,8 @@ class _TritonBiConv(torch.autograd.Function):
         gw = sums[:, :4].transpose(1, 2).contiguous()
         gbias = sums[:, 4]
         gb = (lambda i, ref: gbias[i].to(ref.dtype) if ref is not None else None)
-        return gx, gw[0].view_as(w_f).to(w_f.dtype), gw[1].view_as(w_b).to(w_b.dtype), gb(0, bias_f), gb(1, bias_b)
+        return (gx, gw[0].view_as(w_f).to(w_f.dtype), gw[1].view_as(w_b).to(w_b.dtype), gb(0, bias_f), gb(1, bias_b),
+                None)
 
 
 def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optional[Tensor] = None,
@@ -536,13 +540,14 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
     B, L, _ = xz.shape
     x, z = xz.chunk(2, dim=-1)
     E = x.shape[-1]
-    xs = _TritonBiConv.apply(x, forward.conv_weight, backward.conv_weight, forward.conv_bias, backward.conv_bias)
-    if _config()["delta"] == "fold":
+    cfg = _config()  # read once per call (environment variables, for tuning sweeps)
+    xs = _TritonBiConv.apply(x, forward.conv_weight, backward.conv_weight, forward.conv_bias, backward.conv_bias, cfg)
+    if cfg["delta"] == "fold":
         dbl_f = F.linear(xs[0], forward.x_proj_weight)
         dbl_b = F.linear(xs[1], backward.x_proj_weight)
         ys = _TritonBiScan.apply(xs, z, dbl_f, dbl_b, forward.dt_proj_weight, backward.dt_proj_weight,
                                  forward.dt_proj_bias, backward.dt_proj_bias, forward.A_log, backward.A_log,
-                                 forward.D, backward.D, torch.is_grad_enabled())
+                                 forward.D, backward.D, torch.is_grad_enabled(), cfg)
     else:
         # x_proj and dt_proj of both directions as two batched matmuls; x_proj's rows come out B | C | dt_low
         R, N = forward.dt_proj_weight.shape[1], forward.A_log.shape[1]
@@ -551,7 +556,8 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
         w_dt = torch.stack([forward.dt_proj_weight, backward.dt_proj_weight])  # [2, E, R]
         delta = torch.bmm(dbl[..., 2 * N:2 * N + R], w_dt.transpose(1, 2))
         ys = _TritonBiScanDelta.apply(xs, z, dbl, delta, forward.dt_proj_bias, backward.dt_proj_bias,
-                                      forward.A_log, backward.A_log, forward.D, backward.D, torch.is_grad_enabled())
+                                      forward.A_log, backward.A_log, forward.D, backward.D, torch.is_grad_enabled(),
+                                      cfg)
     if out_proj_weight is None:
         return (ys[:, :, 0] + ys[:, :, 1]) / 2
     # out_proj((y_f + y_b) / 2) = [y_f | y_b] @ ([W, W] / 2)^T: the combine costs no extra pass over memory
