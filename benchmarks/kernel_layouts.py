@@ -196,7 +196,7 @@ def main() -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     print(f"Triton {triton.__version__}, sm_90, delta {cfg['delta']}, prefetch {cfg['prefetch']}, "
-          f"channels per program {cfg['block_e']} / {cfg['bwd_block_e']}, PARAMS_T {args.params_t} "
+          f"channels per program {cfg['block_e'] or 64} / {cfg['bwd_block_e'] or 32}, PARAMS_T {args.params_t} "
           f"(-1 = default: forward {ts._params_t(-1, False)}, backward {ts._params_t(-1, True)})")
     with tempfile.TemporaryDirectory() as tmp:
         print(report("forward", tk.scan_fwd_kernel, fwd.calls[0], Path(tmp), args.out, args.sass))

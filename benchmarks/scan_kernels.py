@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 import time
 
 import torch
@@ -85,11 +86,13 @@ def _configs(kind, quick):
         first = dict(delta=base["delta"], prefetch=base["prefetch"], block_e=base["block_e"], num_warps=1)
         grid = [dict(delta=d, prefetch=p, block_e=b, num_warps=1)
                 for d in ("matmul", "fold") for p in (1, 2) for b in (32, 64)]
+        # 128 channels per warp: a thread holds 4 channels x all 16 states (no shuffles; near the register limit)
+        grid += [dict(delta=d, prefetch=1, block_e=128, num_warps=1) for d in ("matmul", "fold")]
         # one pass over the whole sequence with more, narrower programs instead of the chunk-parallel two passes
         grid += [dict(first, block_e=b, min_programs=0) for b in (16, 32, 64)]
     else:
         first = dict(delta=base["delta"], bwd_block_e=base["bwd_block_e"], bwd_num_warps=1)
-        grid = [dict(delta=d, bwd_block_e=32, bwd_num_warps=1) for d in ("matmul", "fold")]
+        grid = [dict(delta=d, bwd_block_e=b, bwd_num_warps=1) for d in ("matmul", "fold") for b in (32, 64)]
         grid += [dict(first, bwd_block_e=b, min_programs=0) for b in (16, 32)]
     return [first] if quick else [first] + [c for c in grid if c != first]
 
@@ -119,6 +122,11 @@ def main():
     parser.add_argument("--out", default=None, help="write the records as JSON here")
     parser.add_argument("--shapes", default="224:128,1248:16,1248:1", help="res:batch list")
     parser.add_argument("--quick", action="store_true", help="first configuration only")
+    parser.add_argument("--forward-configs", type=json.loads, default=None,
+                        help='JSON list of forward launch configurations to time instead of the built-in sweep, '
+                             'e.g. \'[{"block_e": 128}]\' (keys of triton_scan._config; unset keys: the defaults)')
+    parser.add_argument("--backward-configs", type=json.loads, default=None, help="likewise for the backward")
+    parser.add_argument("--no-conv", action="store_true", help="skip the conv kernels")
     args = parser.parse_args()
     device = torch.device("cuda")
     bandwidth, exp_rate = ceilings(device)
@@ -135,7 +143,8 @@ def main():
                                        (0, ts._bc_width(R, N) - R - 2 * N))
         exps = batch * length * 2 * E * N
         for kind in ("forward", "backward"):
-            for cfg_part in _configs(kind, args.quick):
+            given = args.forward_configs if kind == "forward" else args.backward_configs
+            for cfg_part in (given if given is not None else _configs(kind, args.quick)):
                 cfg = dict(base, **cfg_part)
                 scan_args, make_delta = _scan_args(cfg["delta"], xs, z, dbl, w, bias, alog, dd, rows)
                 if kind == "forward":
@@ -163,6 +172,10 @@ def main():
                 records.append(rec)
                 print(f"{res:5d}/{batch:<4d} {kind:8s} {str(cfg_part):75s} {ms:8.3f} ms  floor {floor_ms:7.3f} ms"
                       f"  ({100 * floor_ms / ms:5.1f}% of floor)")
+        if args.no_conv:
+            del xs, z, dbl, rows
+            torch.cuda.empty_cache()
+            continue
         # the conv, both directions in one launch (rows per tile, tiles per program, warps)
         x = torch.randn(batch, length, 2 * E, device=device, dtype=dtype)[..., :E]
         cw = [torch.randn(E, 1, 4, device=device) for _ in range(2)]
@@ -214,7 +227,7 @@ def main():
     out = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,
                specialize_e=os.environ.get("VISION_MAMBA_TRITON_SPECIALIZE_E") != "0",
                copy_tb_s=bandwidth / 1e12, exp2_t_s=exp_rate / 1e12, records=records,
-               command="PYTHONPATH=src python benchmarks/scan_kernels.py", time=time.strftime("%Y-%m-%d %H:%M"))
+               command=" ".join(["PYTHONPATH=src python benchmarks/scan_kernels.py"] + [repr(a) if " " in a else a for a in sys.argv[1:]]), time=time.strftime("%Y-%m-%d %H:%M"))
     if args.out:
         with open(args.out, "w") as f:
             json.dump(out, f, indent=1)

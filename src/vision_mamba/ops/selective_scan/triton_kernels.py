@@ -34,15 +34,42 @@ LOG2E = 1.4426950408889634
 _NO_SPEC_E = ["E"] if os.environ.get("VISION_MAMBA_TRITON_SPECIALIZE_E") == "0" else []
 
 
+# The hardware's approximate log2 and reciprocal (one MUFU instruction each, ~2^-22 relative error) where the kernels
+# are compiled; Triton's tl.log / division expand to ~25 / ~8 instructions (a polynomial, a full-range divide),
+# which made softplus and sigmoid a fifth of the forward scan's time loop. The interpreter has no inline assembly:
+# it computes the same formulas with tl.log2 and a division.
+_FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
+
+
+@triton.jit
+def _log2(x):
+    if _FAST_MATH:
+        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return tl.log2(x)
+
+
+@triton.jit
+def _reciprocal(x):
+    if _FAST_MATH:
+        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
+                                         is_pure=True, pack=1)
+    else:
+        return 1.0 / x
+
+
 @triton.jit
 def _softplus(x):
-    # log(1 + exp(x)) without overflow: max(x, 0) + log(1 + exp(-|x|))
-    return tl.maximum(x, 0.0) + tl.log(1.0 + tl.exp(-tl.abs(x)))
+    # log(1 + exp(x)) without overflow: max(x, 0) + log(1 + exp(-|x|)), through exp2 / log2 (1 + exp(-|x|) is in
+    # [1, 2], where the approximate log2 is accurate to ~2^-22 absolute)
+    return tl.maximum(x, 0.0) + 0.6931471805599453 * _log2(1.0 + tl.exp2(tl.abs(x) * -1.4426950408889634))
 
 
 @triton.jit
 def _sigmoid(x):
-    return 1.0 / (1.0 + tl.exp(-x))
+    # 1 / (1 + exp(-x)): exp2 overflows to inf for very negative x, whose reciprocal is the correct 0
+    return _reciprocal(1.0 + tl.exp2(x * -1.4426950408889634))
 
 
 @triton.jit
@@ -61,6 +88,12 @@ def _pick(d, first, second):
 
 
 @triton.jit
+def _clamp(s, s_lo, s_end):
+    """s moved into [s_lo, s_end) (a non-empty range)."""
+    return tl.minimum(tl.maximum(s, s_lo), s_end - 1)
+
+
+@triton.jit
 def _time_index(s, L, rev):
     # step s of the scan -> time index t (the reverse direction walks from L - 1 down to 0)
     return tl.where(rev, L - 1 - s, s)
@@ -68,26 +101,25 @@ def _time_index(s, L, rev):
 
 @triton.jit
 def _load_step(s, s_lo, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base, stride_dt_l, bm_base,
-               cm_base, stride_bc_l, offs_e, emask, offs_r, rmask, nmask,
+               cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
                DT_PROJ: tl.constexpr, HAS_Z: tl.constexpr, LOAD_C: tl.constexpr):
-    """The inputs of scan step s (time index t(s)), masked outside [s_lo, s_end), in their storage dtype:
-    x [BE], z [BE] (x when there is no gate), dt_low [BR] or delta [BE], B [N], C [N] (B when not asked for)."""
-    valid = (s >= s_lo) & (s < s_end)
-    t = _time_index(s, L, rev)
-    em = _both(emask, valid)
-    xv = tl.load(x_base + t * stride_x_l, mask=em, other=0.0)
+    """The inputs of scan step s (time index t(s)) in their storage dtype: x [BE], z [BE] (x when there is no
+    gate), dt_low [BR] or delta [BE], B [N], C [N] (B when not asked for). A step outside [s_lo, s_end) (a
+    prefetch past either end of the range, never used) reads the nearest step inside it instead: clamping the
+    index costs two instructions where masking the loads cost a predicate and a zero fill per register."""
+    t = _time_index(_clamp(s, s_lo, s_end), L, rev)
+    xv = tl.load(x_base + t * stride_x_l, mask=emask, other=0.0)
     if HAS_Z:
-        zv = tl.load(z_base + t * stride_z_l, mask=em, other=0.0)
+        zv = tl.load(z_base + t * stride_z_l, mask=emask, other=0.0)
     else:
         zv = xv
     if DT_PROJ:
-        dv = tl.load(dt_base + t * stride_dt_l + offs_r, mask=_both(rmask, valid), other=0.0)
+        dv = tl.load(dt_base + t * stride_dt_l + offs_r, mask=rmask, other=0.0)
     else:
-        dv = tl.load(dt_base + t * stride_dt_l + offs_e, mask=em, other=0.0)
-    nm = _both(nmask, valid)
-    bv = tl.load(bm_base + t * stride_bc_l, mask=nm, other=0.0)
+        dv = tl.load(dt_base + t * stride_dt_l + offs_e, mask=emask, other=0.0)
+    bv = tl.load(bm_base + t * stride_bc_l)
     if LOAD_C:
-        cv = tl.load(cm_base + t * stride_bc_l, mask=nm, other=0.0)
+        cv = tl.load(cm_base + t * stride_bc_l)
     else:
         cv = bv
     return xv, zv, dv, bv, cv
@@ -159,15 +191,19 @@ def _program(pid_be, d, dir_base, E, R: tl.constexpr, x_ptr, z_ptr, dt_ptr, bm_p
              stride_a_e, stride_a_n, stride_w_e, stride_w_r,
              N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, B_COL: tl.constexpr,
              C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, HAS_D: tl.constexpr,
-             A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr):
+             A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr, EVEN_E: tl.constexpr):
     """What a scan program (forward or backward) works with: its batch row and block of channels, the direction's
-    parameters, and the base pointers of its inputs."""
+    parameters, and the base pointers of its inputs. With EVEN_E (BLOCK_E divides E) the channel mask is a
+    constant, which the compiler folds out of every load and store."""
     n_eblocks = (E + BLOCK_E - 1) // BLOCK_E
     b = pid_be // n_eblocks
     eb = pid_be % n_eblocks
     rev = (d + dir_base) == 1
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
-    emask = offs_e < E
+    if EVEN_E:
+        emask = tl.full([BLOCK_E], 1, tl.int1)
+    else:
+        emask = offs_e < E
     offs_n = tl.arange(0, N)
     offs_r = tl.arange(0, BLOCK_R)
     rmask = offs_r < R
@@ -203,7 +239,7 @@ def scan_fwd_kernel(
     stride_s_b, stride_s_d, stride_s_c,
     N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, SAVE_EVERY: tl.constexpr,
     B_COL: tl.constexpr, C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr,
+    HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr, EVEN_E: tl.constexpr,
     HAS_INIT: tl.constexpr, WRITE_END: tl.constexpr, WRITE_Y: tl.constexpr, SAVE_STATES: tl.constexpr,
     PREFETCH: tl.constexpr,
 ):
@@ -216,7 +252,7 @@ def scan_fwd_kernel(
                                     stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
                                     stride_a_e, stride_a_n, stride_w_e, stride_w_r,
                                     N, BLOCK_E, BLOCK_R, B_COL, C_COL, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG,
-                                    PARAMS_T)
+                                    PARAMS_T, EVEN_E)
     a2 = a * 1.4426950408889634  # exp(x) = exp2(x * log2(e))
     y_base = y_ptr + b * stride_y_b + d * stride_y_d + offs_e
     state_off = offs_n[None, :] * E + offs_e[:, None]
@@ -239,22 +275,22 @@ def scan_fwd_kernel(
     # memory latency).
     xa, za, da, ba, ca = _load_step(s_begin, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
                                     stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
-                                    nmask, DT_PROJ, HAS_Z, WRITE_Y)
+                                    DT_PROJ, HAS_Z, WRITE_Y)
     if PREFETCH > 1:
         xb, zb, db, bb, cb = _load_step(s_begin + 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                         dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
-                                        rmask, nmask, DT_PROJ, HAS_Z, WRITE_Y)
+                                        rmask, DT_PROJ, HAS_Z, WRITE_Y)
     if PREFETCH == 4:
         xc, zc, dc, bc, cc = _load_step(s_begin + 2, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                         dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
-                                        rmask, nmask, DT_PROJ, HAS_Z, WRITE_Y)
+                                        rmask, DT_PROJ, HAS_Z, WRITE_Y)
         xd, zd, dd, bd, cd = _load_step(s_begin + 3, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                         dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
-                                        rmask, nmask, DT_PROJ, HAS_Z, WRITE_Y)
+                                        rmask, DT_PROJ, HAS_Z, WRITE_Y)
     for s in range(s_begin, s_end):
         xn, zn, dn, bn, cn = _load_step(s + PREFETCH, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                         dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
-                                        rmask, nmask, DT_PROJ, HAS_Z, WRITE_Y)
+                                        rmask, DT_PROJ, HAS_Z, WRITE_Y)
         if SAVE_STATES:
             tl.store(hsave_base + (s // SAVE_EVERY) * stride_s_c, h, mask=_both(smask, (s % SAVE_EVERY) == 0))
         delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
@@ -339,7 +375,7 @@ def adjoint_chunk_kernel(
     stride_h_b, stride_h_d, stride_h_c,
     N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr,
     B_COL: tl.constexpr, C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr,
-    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr,
+    HAS_D: tl.constexpr, HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr, EVEN_E: tl.constexpr,
 ):
     """The chunk-parallel backward's first pass: each program walks its chunk of steps backwards from a zero
     adjoint (mu <- exp(delta A) * (gy C + mu)) and writes where that leaves the adjoint at the chunk's start, and
@@ -354,7 +390,7 @@ def adjoint_chunk_kernel(
                                     stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
                                     stride_a_e, stride_a_n, stride_w_e, stride_w_r,
                                     N, BLOCK_E, BLOCK_R, B_COL, C_COL, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG,
-                                    PARAMS_T)
+                                    PARAMS_T, EVEN_E)
     a2 = a * 1.4426950408889634
     nmask = offs_n < N
     gy_base = gy_ptr + b * stride_y_b + d * stride_y_d + offs_e
@@ -367,14 +403,14 @@ def adjoint_chunk_kernel(
     dsum = tl.zeros([BLOCK_E], dtype=tl.float32)
     xa, za, da, ba, ca = _load_step(s_end - 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                     dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
-                                    rmask, nmask, DT_PROJ, HAS_Z, True)
+                                    rmask, DT_PROJ, HAS_Z, True)
     ga = tl.load(gy_base + _time_index(s_end - 1, L, rev) * stride_y_l, mask=emask, other=0.0)
     for si in range(s_end - s_begin):
         s = s_end - 1 - si
         xn, zn, dn, bn, cn = _load_step(s - 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                         dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
-                                        rmask, nmask, DT_PROJ, HAS_Z, True)
-        gn = tl.load(gy_base + _time_index(s - 1, L, rev) * stride_y_l, mask=_both(emask, s - 1 >= s_begin),
+                                        rmask, DT_PROJ, HAS_Z, True)
+        gn = tl.load(gy_base + _time_index(_clamp(s - 1, s_begin, s_end), L, rev) * stride_y_l, mask=emask,
                      other=0.0)
         delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
         gy = ga.to(tl.float32)
@@ -390,31 +426,30 @@ def adjoint_chunk_kernel(
 
 @triton.jit
 def _load_bwd(s, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, bm_base, cm_base, stride_bc_l,
-              gy_base, stride_y_l, scratch, scratch_vec, stride_scratch_n, stride_scratch_s, emask, nmask, smask,
+              gy_base, stride_y_l, scratch, scratch_vec, stride_scratch_n, stride_scratch_s, emask, smask,
               HAS_Z: tl.constexpr):
     """Everything backward step s reads: x, z, B, C and the output gradient from memory; its recomputed state,
-    delta and softplus'(raw delta) from the scratch."""
-    valid = (s >= s_begin) & (s < s_end)
+    delta and softplus'(raw delta) from the scratch. (A step outside [s_begin, s_end) reads the nearest one
+    inside, as in _load_step.)"""
+    s = _clamp(s, s_begin, s_end)
     t = _time_index(s, L, rev)
-    em = _both(emask, valid)
-    xv = tl.load(x_base + t * stride_x_l, mask=em, other=0.0)
+    xv = tl.load(x_base + t * stride_x_l, mask=emask, other=0.0)
     if HAS_Z:
-        zv = tl.load(z_base + t * stride_z_l, mask=em, other=0.0)
+        zv = tl.load(z_base + t * stride_z_l, mask=emask, other=0.0)
     else:
         zv = xv
-    nm = _both(nmask, valid)
-    bv = tl.load(bm_base + t * stride_bc_l, mask=nm, other=0.0)
-    cv = tl.load(cm_base + t * stride_bc_l, mask=nm, other=0.0)
-    gout = tl.load(gy_base + t * stride_y_l, mask=em, other=0.0)
+    bv = tl.load(bm_base + t * stride_bc_l)
+    cv = tl.load(cm_base + t * stride_bc_l)
+    gout = tl.load(gy_base + t * stride_y_l, mask=emask, other=0.0)
     row = (s - s_begin) * stride_scratch_s
-    h = tl.load(scratch + row, mask=_both(smask, valid), other=0.0)
-    delta = tl.load(scratch_vec + row, mask=em, other=0.0)
-    dsp = tl.load(scratch_vec + row + stride_scratch_n, mask=em, other=0.0)
+    h = tl.load(scratch + row, mask=smask, other=0.0)
+    delta = tl.load(scratch_vec + row, mask=emask, other=0.0)
+    dsp = tl.load(scratch_vec + row + stride_scratch_n, mask=emask, other=0.0)
     return xv, zv, bv, cv, gout, h, delta, dsp
 
 
 @triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e",
-                              "stride_w_r", "stride_scratch_n", "stride_scratch_s"] + _NO_SPEC_E)
+                              "stride_w_r"] + _NO_SPEC_E)
 def scan_bwd_kernel(
     x_ptr, z_ptr, dt_ptr, bm_ptr, cm_ptr, dir_off, bc_dir_off,
     w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
@@ -435,7 +470,7 @@ def scan_bwd_kernel(
     stride_m_b, stride_m_d, stride_m_c,
     N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, SAVE_EVERY: tl.constexpr,
     B_COL: tl.constexpr, C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
-    HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr, HAS_MU_INIT: tl.constexpr,
+    HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr, EVEN_E: tl.constexpr, HAS_MU_INIT: tl.constexpr,
 ):
     """One program per (batch, block of channels, direction) walks its sequence backwards, SAVE_EVERY steps at a
     time: the chunk's states (and deltas) are recomputed from the state the forward pass saved, into this
@@ -459,7 +494,7 @@ def scan_bwd_kernel(
                                     stride_x_d, stride_x_b, stride_z_b, stride_dt_b, stride_bc_b,
                                     stride_a_e, stride_a_n, stride_w_e, stride_w_r,
                                     N, BLOCK_E, BLOCK_R, B_COL, C_COL, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG,
-                                    PARAMS_T)
+                                    PARAMS_T, EVEN_E)
     n_prog_chunks = tl.num_programs(2)
     nmask = offs_n < N
     a2 = a * 1.4426950408889634  # exp(x) = exp2(x * log2(e)); a itself is not kept (a = a2 * ln 2)
@@ -470,9 +505,10 @@ def scan_bwd_kernel(
     gbc_base = gbc_ptr + d * stride_gbc_d + eb * stride_gbc_eb + b * stride_gbc_b + offs_n
     state_off = offs_n[None, :] * E + offs_e[:, None]
     smask = emask[:, None]
-    # Scratch rows per step: N states, then delta, then softplus'(raw delta), each BLOCK_E channels. (Its strides
-    # are runtime values on purpose: provably aligned rows would make the compiler vectorise the accesses with 4
-    # channels per thread, a second layout for every tile.)
+    # Scratch rows per step: N states, then delta, then softplus'(raw delta), each BLOCK_E channels. Its strides
+    # are specialised like E (multiples of 16), so the scratch is accessed in the state tile's own layout, 4
+    # channels per thread; left unspecialised (as before session 5, when the tiles were one channel per thread),
+    # every step's states went through shared memory on their way into the scratch.
     local_e = tl.arange(0, BLOCK_E)
     prog_scratch = scratch_ptr + (((b * 2 + d) * n_eblocks + eb) * n_prog_chunks + chunk) \
         * (SAVE_EVERY * stride_scratch_s)
@@ -501,14 +537,14 @@ def scan_bwd_kernel(
         h = tl.load(hsave_ptr + b * stride_s_b + d * stride_s_d + c * stride_s_c + state_off, mask=smask, other=0.0)
         xa, za, da, ba, ca = _load_step(s_begin, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
                                         stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r, rmask,
-                                        nmask, DT_PROJ, False, False)
+                                        DT_PROJ, False, False)
         xb, zb, db, bb, cb = _load_step(s_begin + 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                         dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
-                                        rmask, nmask, DT_PROJ, False, False)
+                                        rmask, DT_PROJ, False, False)
         for s in range(s_begin, s_end):
             xn, zn, dn, bn, cn = _load_step(s + 2, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
                                             stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
-                                            rmask, nmask, DT_PROJ, False, False)
+                                            rmask, DT_PROJ, False, False)
             delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
             h = tl.exp2(delta[:, None] * a2) * h + (delta * xa.to(tl.float32))[:, None] * ba.to(tl.float32)[None, :]
             row = (s - s_begin) * stride_scratch_s
@@ -525,13 +561,13 @@ def scan_bwd_kernel(
         xa, za, ba, ca, ga, ha, dla, spa = _load_bwd(s_last, s_begin, s_end, L, rev, x_base, stride_x_l, z_base,
                                                      stride_z_l, bm_base, cm_base, stride_bc_l, gy_base, stride_y_l,
                                                      scratch, scratch_vec, stride_scratch_n, stride_scratch_s, emask,
-                                                     nmask, smask, HAS_Z)
+                                                     smask, HAS_Z)
         for si in range(s_end - s_begin):
             s = s_last - si
             xn, zn, bn, cn, gn, hn, dln, spn = _load_bwd(s - 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base,
                                                          stride_z_l, bm_base, cm_base, stride_bc_l, gy_base,
                                                          stride_y_l, scratch, scratch_vec, stride_scratch_n,
-                                                         stride_scratch_s, emask, nmask, smask, HAS_Z)
+                                                         stride_scratch_s, emask, smask, HAS_Z)
             t = _time_index(s, L, rev)
             delta = dla
             xf = xa.to(tl.float32)
@@ -571,7 +607,9 @@ def scan_bwd_kernel(
             xa, za, ba, ca, ga, ha, dla, spa = xn, zn, bn, cn, gn, hn, dln, spn
     if A_IS_LOG:
         g_a = g_a * (a2 * 0.6931471805599453)  # d A / d A_log = A
-    tl.atomic_add(ga_ptr + d * E * N + offs_e[:, None] * N + offs_n[None, :], g_a, mask=smask, sem="relaxed")
+    # (ga is [ND, N, E], channels contiguous like the state tile: an [E, N] order here made the compiler keep g_a
+    # in a second layout and convert every step's product into it through shared memory)
+    tl.atomic_add(ga_ptr + d * E * N + state_off, g_a, mask=smask, sem="relaxed")
     if HAS_D:
         tl.atomic_add(gd_ptr + d * E + offs_e, g_d, mask=emask, sem="relaxed")
     if HAS_BIAS:

@@ -40,11 +40,11 @@ def _env_int(name: str, default: int) -> int:
 def _config():
     """Launch parameters (overridable by environment variables, for tuning sweeps)."""
     return dict(
-        # forward: 64 channels per warp (two per thread: more independent work per step; fastest in the v4 sweep);
-        # backward: 32 (one per thread: its register budget is spent on the adjoint and gradient tiles)
-        block_e=_env_int("VISION_MAMBA_TRITON_BLOCK_E", 64),
+        # channels per program (one warp), forward and backward; 0: chosen per launch shape (_forward_block_e,
+        # _backward_block_e)
+        block_e=_env_int("VISION_MAMBA_TRITON_BLOCK_E", 0),
         num_warps=_env_int("VISION_MAMBA_TRITON_WARPS", 1),
-        bwd_block_e=_env_int("VISION_MAMBA_TRITON_BWD_BLOCK_E", 32),
+        bwd_block_e=_env_int("VISION_MAMBA_TRITON_BWD_BLOCK_E", 0),
         bwd_num_warps=_env_int("VISION_MAMBA_TRITON_BWD_WARPS", 1),
         prefetch=_env_int("VISION_MAMBA_TRITON_PREFETCH", 1),  # forward: 1, 2 or 4 steps ahead
         # Vim's mixer: delta from a batched matmul before the scan ("matmul") or dt_proj folded into it ("fold")
@@ -127,6 +127,49 @@ def _chunking(programs: int, length: int, min_programs: int) -> Tuple[int, int]:
         n_chunks = min(triton.cdiv(min_programs, programs), triton.cdiv(length, 4 * SAVE_EVERY))
     steps = triton.cdiv(triton.cdiv(length, n_chunks), SAVE_EVERY) * SAVE_EVERY
     return triton.cdiv(length, steps), steps
+
+
+# Channels per program, by launch shape. Wider programs share each step's loads, bf16 unpacking and address
+# arithmetic over more state updates, but they are fewer, and they hold more registers (the 128-channel forward:
+# 255 per thread, 8 warps per SM). The rules below fit sweeps of both widths over ten Vim-Ti shapes on the H200
+# (docs/kernels.md, "Session 5"):
+# - forward, 128 vs 64 channels: 128 won only where the sequence is split into chunks anyway and the 128-channel
+#   launch, chunked, still fills the GPU in exactly one wave (1024 and 1248 px at batch 16: -17% and -19%); it lost
+#   where its chunked launch spilled into a second, mostly empty wave (512 - 738 px at batch 32), where it had
+#   fewer programs than the 64-channel one (1248 px, batch 1), and wherever 64 channels ran unchunked.
+# - backward, 64 vs 32 channels: 64 won where its launch (chunked if need be) has as many programs as the 32-channel
+#   one or at least two waves' worth (1024 / 1248 px at batch 16, batch 256 at 224 px, batch 512 at 128 px: -14 to
+#   -16%); it lost where it had fewer (512 - 738 px at batch 32), and tied at 224 px / batch 128.
+
+
+def _programs(B: int, E: int, block: int, ND: int, L: int, min_programs: int) -> Tuple[int, int]:
+    """(programs without chunking, programs after chunking) of a scan launch with ``block`` channels each."""
+    programs = B * triton.cdiv(E, block) * ND
+    return programs, programs * _chunking(programs, L, min_programs)[0]
+
+
+def _forward_block_e(cfg, B: int, E: int, L: int, ND: int, min_programs: int) -> int:
+    if cfg["block_e"]:
+        return min(cfg["block_e"], max(16, triton.next_power_of_2(E)))
+    narrow = min(64, max(16, triton.next_power_of_2(E)))
+    if E >= 128 and min_programs:
+        base, narrow_total = _programs(B, E, narrow, ND, L, min_programs)
+        _, wide_total = _programs(B, E, 128, ND, L, min_programs)
+        if base < min_programs and wide_total <= min_programs and 10 * wide_total >= 9 * narrow_total:
+            return 128
+    return narrow
+
+
+def _backward_block_e(cfg, B: int, E: int, L: int, ND: int, min_programs: int) -> int:
+    if cfg["bwd_block_e"]:
+        return min(cfg["bwd_block_e"], max(16, triton.next_power_of_2(E)))
+    narrow = min(32, max(16, triton.next_power_of_2(E)))
+    if E >= 64 and min_programs:
+        _, narrow_total = _programs(B, E, narrow, ND, L, min_programs)
+        _, wide_total = _programs(B, E, 64, ND, L, min_programs)
+        if wide_total >= min(narrow_total, 2 * min_programs):
+            return 64
+    return narrow
 
 
 def _rows(t: Tensor, length: int) -> Tuple[int, int]:
@@ -216,23 +259,29 @@ def _zero_state(E: int, N: int, device) -> Tensor:
     return _ZEROS[key]
 
 
-def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, config=None) -> Tuple[Tensor, Optional[Tensor]]:
+def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, config=None,
+                 out: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
     """y: [B, L, ND, E]; the states saved every SAVE_EVERY steps: [B, ND, ceil(L / SAVE_EVERY), N, E] fp32
-    (channels contiguous)."""
+    (channels contiguous). ``out``: where to write y (any [B, L, ND, E] view with unit channel stride), e.g. over
+    the scan's own input x ([ND, B, L, E] permuted): each element of x is read by the program that then writes
+    the y element at the same place, before it does."""
     cfg = config or _config()
     if cfg["prefetch"] not in (1, 2, 4):
         raise ValueError(f"VISION_MAMBA_TRITON_PREFETCH must be 1, 2 or 4, got {cfg['prefetch']}")
     B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
     dev = args.x.device
-    block_e = min(cfg["block_e"], max(16, triton.next_power_of_2(E)))
+    min_programs = _min_programs(dev, cfg["min_programs"])
+    block_e = _forward_block_e(cfg, B, E, L, ND, min_programs)
     n_eb = triton.cdiv(E, block_e)
-    y = _new(B, L, ND, E, device=dev, dtype=y_dtype)
+    if out is not None:
+        assert out.shape == (B, L, ND, E) and out.stride(-1) == 1 and out.dtype == y_dtype
+    y = out if out is not None else _new(B, L, ND, E, device=dev, dtype=y_dtype)
     n_save = triton.cdiv(L, SAVE_EVERY)
     hsave = _new(B, ND, n_save, N, E, device=dev, dtype=torch.float32) if save_states else None
     common = args.common()
     t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
     pstrides = args.param_strides()
-    n_chunks, steps = _chunking(B * n_eb * ND, L, _min_programs(dev, cfg["min_programs"]))
+    n_chunks, steps = _chunking(B * n_eb * ND, L, min_programs)
     hs = hsave if hsave is not None else _dummy(dev)
     s_strides = (hs.stride(0), hs.stride(1), hs.stride(2)) if hsave is not None else (0, 0, 0)
     flags = common["flags"]
@@ -248,7 +297,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
             BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, PREFETCH=cfg["prefetch"],
             HAS_INIT=hinit is not None, WRITE_END=write_end, WRITE_Y=write_y, SAVE_STATES=save,
             num_warps=cfg["num_warps"], **FP_FUSION, **_maxnreg(cfg.get("maxnreg")),
-            PARAMS_T=_params_t(cfg.get("params_t", -1), backward=False), **flags,
+            PARAMS_T=_params_t(cfg.get("params_t", -1), backward=False), EVEN_E=E % block_e == 0, **flags,
         )
 
     if n_chunks == 1:
@@ -275,7 +324,8 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     cfg = config or _config()
     B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
     dev = args.x.device
-    block_e = min(cfg["bwd_block_e"], max(16, triton.next_power_of_2(E)))
+    min_programs = _min_programs(dev, cfg["min_programs"])
+    block_e = _backward_block_e(cfg, B, E, L, ND, min_programs)
     n_eb = triton.cdiv(E, block_e)
     gy = _last_contiguous(gy)
     f32 = dict(device=dev, dtype=torch.float32)
@@ -285,13 +335,13 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     # d raw delta: in x's dtype where it feeds the folded dt_proj's matmuls (as autograd would have it), otherwise
     # in delta's dtype
     graw = _new(ND, B, L, E, device=dev, dtype=args.x.dtype if args.dt_proj else args.dt[0].dtype)
-    ga = torch.zeros(ND, E, N, **f32)
+    ga = torch.zeros(ND, N, E, **f32)
     gd = torch.zeros(ND, E, **f32)
     gbias = torch.zeros(ND, E, **f32)
     common = args.common()
     t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
     params_t = _params_t(cfg.get("bwd_params_t", -1), backward=True)
-    n_chunks, steps = _chunking(B * n_eb * ND, L, _min_programs(dev, cfg["min_programs"]))
+    n_chunks, steps = _chunking(B * n_eb * ND, L, min_programs)
     muinit = None
     if n_chunks > 1:
         # chunk-parallel: each chunk's adjoint from a zero start, the reverse carry across chunks, then every
@@ -303,7 +353,8 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
         adjoint_chunk_kernel[(B * n_eb, n_chunks, ND)](
             *t, gy, _zero_state(E, N, dev), muend, dsum, L, E, args.R, steps, args.dir_base,
             *common["strides"], gy.stride(0), gy.stride(1), gy.stride(2), *args.param_strides(), *m_strides,
-            BLOCK_E=block_e, PARAMS_T=params_t, num_warps=cfg["num_warps"], **FP_FUSION, **common["flags"])
+            BLOCK_E=block_e, PARAMS_T=params_t, EVEN_E=E % block_e == 0, num_warps=cfg["num_warps"], **FP_FUSION,
+            **common["flags"])
         chunk_carry_kernel[(B * n_eb, ND)](
             muend, dsum, muinit, args.a[0], args.a[1], E, n_chunks, *m_strides, *args.param_strides()[:2],
             N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=True, num_warps=cfg["num_warps"], **FP_FUSION)
@@ -322,10 +373,10 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
         graw.stride(0), graw.stride(1), graw.stride(2),
         gbc.stride(0), gbc.stride(1), gbc.stride(2), gbc.stride(3), block_e, (N + 2) * block_e, *m_strides,
         BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, num_warps=cfg["bwd_num_warps"], **FP_FUSION, **_maxnreg(cfg.get("bwd_maxnreg")),
-        PARAMS_T=params_t, HAS_MU_INIT=muinit is not None,
+        PARAMS_T=params_t, EVEN_E=E % block_e == 0, HAS_MU_INIT=muinit is not None,
         **common["flags"],
     )
-    return dict(gx=gx, gz=gz if args.z is not None else None, gbc=gbc.sum(1), graw=graw, ga=ga, gd=gd,
+    return dict(gx=gx, gz=gz if args.z is not None else None, gbc=gbc.sum(1), graw=graw, ga=ga.transpose(1, 2), gd=gd,
                 gbias=gbias)
 
 
@@ -534,6 +585,25 @@ class _TritonBiConv(torch.autograd.Function):
                 None)
 
 
+def _bi_scan_inplace(xs: Tensor, z: Tensor, forward, backward, cfg) -> Tensor:
+    """The fused scan without autograd, its output written over xs ([2, B, L, E]); returns xs."""
+    R, N = forward.dt_proj_weight.shape[1], forward.A_log.shape[1]
+    dbl_f = F.linear(xs[0], forward.x_proj_weight)
+    dbl_b = F.linear(xs[1], backward.x_proj_weight)
+    args = _bi_args(xs, z, dbl_f, dbl_b, forward.dt_proj_weight, backward.dt_proj_weight, forward.dt_proj_bias,
+                    backward.dt_proj_bias, forward.A_log, backward.A_log, forward.D, backward.D, R, N)
+    scan_forward(args, xs.dtype, save_states=False, config=cfg, out=xs.permute(1, 2, 0, 3))
+    return xs
+
+
+def _out_proj_directions(ys: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
+    """out_proj((y_f + y_b) / 2) for y laid out [2, B, L, E]: two accumulating matmuls, in y's dtype."""
+    w = (weight * 0.5).to(ys.dtype).t()
+    out = torch.matmul(ys[0], w)
+    out.view(-1, out.shape[-1]).addmm_(ys[1].reshape(-1, ys.shape[-1]), w)
+    return out if bias is None else out.add_(bias.to(out.dtype))
+
+
 def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optional[Tensor] = None,
                          out_proj_bias: Optional[Tensor] = None) -> Tensor:
     """Vim's mixer on the Triton kernels. xz: [B, L, 2E] -> [B, L, D] (or [B, L, E] without out_proj)."""
@@ -542,6 +612,13 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
     E = x.shape[-1]
     cfg = _config()  # read once per call (environment variables, for tuning sweeps)
     xs = _TritonBiConv.apply(x, forward.conv_weight, backward.conv_weight, forward.conv_bias, backward.conv_bias, cfg)
+    if not torch.is_grad_enabled() and cfg["delta"] == "fold":
+        # inference: nothing is kept for a backward pass, so the scan writes y over its input (the conv's
+        # output, dead once x_proj has read it): one [2, B, L, E] buffer less at the peak
+        ys = _bi_scan_inplace(xs, z, forward, backward, cfg)
+        if out_proj_weight is None:
+            return (ys[0] + ys[1]) / 2
+        return _out_proj_directions(ys, out_proj_weight, out_proj_bias)
     if cfg["delta"] == "fold":
         dbl_f = F.linear(xs[0], forward.x_proj_weight)
         dbl_b = F.linear(xs[1], backward.x_proj_weight)
