@@ -1,9 +1,11 @@
 """Turn the H200 bench output into the committed results: docs/results/bench_h200.json, docs/results/bench_h200.png
 and the generated section of docs/benchmarks.md (tables and the issue-3 targets).
 
-    PYTHONPATH=src python benchmarks/bench_results.py FETCHED/bench_h200.json
+    PYTHONPATH=src python benchmarks/bench_results.py FETCHED/bench_h200.json [--replace LATER/rows.json ...]
 
-Run it after fetching the output of ``bash benchmarks/bench_h200.sh``. It copies no numbers by hand: every figure
+Run it after fetching the output of ``bash benchmarks/bench_h200.sh``; ``--replace`` swaps in the rows of a later
+``vision-mamba bench`` run (same model, mode, dtype, resolution, batch, attention and graph) for the ones they
+re-measure, and every record keeps the command that produced it. It copies no numbers by hand: every figure
 in the section comes from the JSON, and each record keeps the command that produced it.
 """
 from __future__ import annotations
@@ -119,6 +121,20 @@ def markdown_section(records: Sequence[Dict[str, Any]], png_rel: str) -> str:
     return "\n".join(lines)
 
 
+def _row_key(r: Dict[str, Any]):
+    return (r["model"], r["mode"], r["dtype"], r["res"], r["batch"], r.get("attn"), bool(r.get("graph")))
+
+
+def replace_rows(records: Sequence[Dict[str, Any]], later: Sequence[Dict[str, Any]], source="") -> List[Dict[str, Any]]:
+    """``records`` with each row that ``later`` re-measured swapped for the later record, in place in the order;
+    a later row that matches nothing is an error (a typo would otherwise pass silently)."""
+    by_key = {_row_key(r): r for r in later}
+    out = [by_key.pop(_row_key(r), r) for r in records]
+    if by_key:
+        raise SystemExit(f"{source}: rows not in the first run: {sorted(by_key)}")
+    return out
+
+
 def replace_section(doc: str, section: str) -> str:
     if BEGIN in doc and END in doc:
         head, rest = doc.split(BEGIN, 1)
@@ -133,11 +149,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument("--out-json", type=Path, default=ROOT / "docs/results/bench_h200.json")
     parser.add_argument("--out-png", type=Path, default=ROOT / "docs/results/bench_h200.png")
     parser.add_argument("--doc", type=Path, default=ROOT / "docs/benchmarks.md")
+    parser.add_argument("--replace", type=Path, action="append", default=[],
+                        help="records of a later run that replace the matching rows (repeatable)")
     args = parser.parse_args(argv)
     records = read_records(args.raw)
     if not records:
         print(f"{args.raw} holds no records", file=sys.stderr)
         return 1
+    for path in args.replace:
+        records = replace_rows(records, read_records(path), path)
     write_records(slim(records), args.out_json)
     from vision_mamba.bench.plot import plot_records
 

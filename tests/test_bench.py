@@ -259,6 +259,17 @@ def test_bench_results(tmp_path):
     # running it again replaces the section instead of adding a second one
     assert results.main(args) == 0
     assert doc.read_text().count(results.BEGIN) == 1
+    # a later run's rows replace the ones they re-measure (and keep their own command); a row matching none is an error
+    later = [dict(rec("vim_tiny_patch16_224", None, 2100.0, 0.5), command="vision-mamba bench --res 1248")]
+    later_path = tmp_path / "later.json"
+    later_path.write_text(json.dumps(later))
+    assert results.main(args + ["--replace", str(later_path)]) == 0
+    merged = json.loads((tmp_path / "r.json").read_text())
+    assert len(merged) == len(raw) and merged[0]["img_s"] == 2100.0 and merged[1]["img_s"] == 630.0
+    assert "vision-mamba bench --res 1248" in doc.read_text()
+    later_path.write_text(json.dumps([rec("vim_tiny_patch16_224", None, 1.0, 0.5, res=512)]))
+    with pytest.raises(SystemExit):
+        results.main(args + ["--replace", str(later_path)])
 
 
 def test_time_steps_iteration_budget():
