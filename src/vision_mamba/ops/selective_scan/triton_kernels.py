@@ -42,10 +42,15 @@ _FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
 
 
 @triton.jit
+def _ptx_f32(x, INSTRUCTION: tl.constexpr):
+    """One fp32 PTX instruction ``INSTRUCTION $0, $1;`` applied elementwise."""
+    return tl.inline_asm_elementwise(INSTRUCTION + " $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
+
+
+@triton.jit
 def _log2(x):
     if _FAST_MATH:
-        return tl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return _ptx_f32(x, "lg2.approx.ftz.f32")
     else:
         return tl.log2(x)
 
@@ -53,8 +58,7 @@ def _log2(x):
 @triton.jit
 def _reciprocal(x):
     if _FAST_MATH:
-        return tl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [x], dtype=tl.float32,
-                                         is_pure=True, pack=1)
+        return _ptx_f32(x, "rcp.approx.ftz.f32")
     else:
         return 1.0 / x
 

@@ -148,10 +148,15 @@ def _programs(B: int, E: int, block: int, ND: int, L: int, min_programs: int) ->
     return programs, programs * _chunking(programs, L, min_programs)[0]
 
 
+def _fit(block: int, E: int) -> int:
+    """Channels per program, no more than E needs (a power of two, at least 16)."""
+    return min(block, max(16, triton.next_power_of_2(E)))
+
+
 def _forward_block_e(cfg, B: int, E: int, L: int, ND: int, min_programs: int) -> int:
     if cfg["block_e"]:
-        return min(cfg["block_e"], max(16, triton.next_power_of_2(E)))
-    narrow = min(64, max(16, triton.next_power_of_2(E)))
+        return _fit(cfg["block_e"], E)
+    narrow = _fit(64, E)
     if E >= 128 and min_programs:
         base, narrow_total = _programs(B, E, narrow, ND, L, min_programs)
         _, wide_total = _programs(B, E, 128, ND, L, min_programs)
@@ -162,8 +167,8 @@ def _forward_block_e(cfg, B: int, E: int, L: int, ND: int, min_programs: int) ->
 
 def _backward_block_e(cfg, B: int, E: int, L: int, ND: int, min_programs: int) -> int:
     if cfg["bwd_block_e"]:
-        return min(cfg["bwd_block_e"], max(16, triton.next_power_of_2(E)))
-    narrow = min(32, max(16, triton.next_power_of_2(E)))
+        return _fit(cfg["bwd_block_e"], E)
+    narrow = _fit(32, E)
     if E >= 64 and min_programs:
         _, narrow_total = _programs(B, E, narrow, ND, L, min_programs)
         _, wide_total = _programs(B, E, 64, ND, L, min_programs)
