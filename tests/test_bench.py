@@ -295,14 +295,21 @@ def test_cpu_speed_report(tmp_path):
     spec.loader.exec_module(cpu_speed)
     row = dict(threads=1, batch=8, vim_reference_ms=4000.0, vim_torch_ms=100.0, deit_flash_ms=80.0,
                deit_explicit_ms=90.0, max_abs_diff=1e-6, rel_l2=1e-8, speedup_torch_vs_reference=40.0,
-               vim_torch_vs_deit_flash=1.25)
+               vim_torch_vs_deit_flash=1.25, vim_compiled_ms=40.0, vim_compiled_first_call_s=6.5,
+               speedup_compiled_vs_reference=100.0, vim_compiled_vs_deit_flash=0.5, compiled_rel_l2=2e-8)
     info = dict(cpu="CPU", cores=2, python="Python 3", torch="2", timm="1", load_start=0.1, load_end=0.2, wall_s=9.0)
     floor = dict(threads=1, elements_per_image=58_097_664, ms_per_image=20.0)
     doc = tmp_path / "cpu_speed.md"
     cpu_speed.write_doc(doc, "PYTHONPATH=src python benchmarks/cpu_speed.py", info, [row], None, floor)
     text = doc.read_text()
-    assert "| 1 | 8 | 4000 | 100 | 40.00x | 80.0 | 90.0 | 1.2x slower |" in text
+    assert "| 1 | 8 | 4000 | 100 | 40.00x | 40 (6.5) | 100.00x | 80.0 | 90.0 | 1.2x slower | 2.0x faster |" in text
     assert "**met**" in text and "58.1 M" in text and "benchmarks/cpu_speed.py" in text
+    assert "`compiled` backend" in text and "100.00x to 100.00x" in text
+    # a machine where the compiled backend could not compile: its columns say so, the rest stands
+    failed = {k: v for k, v in row.items() if "compiled" not in k}
+    cpu_speed.write_doc(doc, "PYTHONPATH=src python benchmarks/cpu_speed.py", info, [dict(failed, vim_compiled_ms=None)],
+                        None, floor)
+    assert "| 1 | 8 | 4000 | 100 | 40.00x | failed | - |" in doc.read_text()
 
 
 def test_graph_case_off_cuda_runs_eagerly_with_a_note():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -99,6 +100,58 @@ def test_chunked_matches_reference(dtype, length, batch, reverse):
         assert rel_err(a, b) < tol, name
 
 
+def _have_cpp_compiler() -> bool:
+    import shutil
+
+    return any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "c++", "clang++"))
+
+
+needs_compiler = pytest.mark.skipif(not _have_cpp_compiler(), reason="the `compiled` backend needs a C++ compiler")
+
+
+@needs_compiler
+@pytest.mark.parametrize("length", [1, 45, 64])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_compiled_matches_reference(length, reverse):
+    # the forward recurrence through torch.compile in pieces of 32 steps (45: a zero-padded last piece; 64: two whole
+    # pieces), the backward recomputing from the states saved at the pieces' starts; every input's gradient
+    xs = make_inputs(2, length, seed=length)
+    y_ref = selective_scan_ref(*xs, reverse=reverse)
+    grad = torch.randn_like(y_ref)
+    g_ref = torch.autograd.grad(y_ref, xs, grad)
+    y = selective_scan_chunked(*xs, reverse=reverse, compiled=True)
+    g = torch.autograd.grad(y, xs, grad)
+    assert rel_err(y, y_ref) < 1e-5
+    for name, a, b in zip(NAMES, g, g_ref):
+        if not b.any():  # one step: dL/dA is exactly zero
+            assert a.abs().max() < 1e-6, name
+            continue
+        assert rel_err(a, b) < 1e-5, name
+    with torch.inference_mode(), scan_backend("compiled"):
+        xs = [t.detach().to(torch.bfloat16) if t.dim() == 3 else t.detach() for t in xs]
+        out = selective_scan_fn(*xs, reverse=reverse)
+    assert out.dtype == torch.bfloat16 and rel_err(out, selective_scan_ref(*xs, reverse=reverse)) < 1e-2
+
+
+@needs_compiler
+def test_compiled_backend_whole_model():
+    import timm
+
+    torch.manual_seed(0)
+    model = timm.create_model("test_vim")
+    x = torch.randn(2, 3, 64, 64)
+    outs = []
+    for backend in ("reference", "compiled"):
+        model.zero_grad()
+        with scan_backend(backend):
+            out = model(x)
+        out.square().sum().backward()
+        outs.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    assert rel_err(outs[1][0], outs[0][0]) < 1e-5
+    for (name, _), a, b in zip(model.named_parameters(), outs[1][1], outs[0][1]):
+        assert rel_err(a, b) < 1e-4, name
+
+
 def test_chunked_single_chunk_and_no_optionals():
     u, delta, A, B, C, *_ = make_inputs(2, 40)
     delta = (delta.detach().abs() * 0.2).requires_grad_()  # without softplus, delta itself must be positive
@@ -131,6 +184,8 @@ def test_backend_switch(monkeypatch):
     assert resolve_backend(torch.device("cpu")) == "reference"
     with scan_backend("torch"):
         assert get_scan_backend() == "torch"
+    with scan_backend("compiled"):  # opt-in only: auto never picks it
+        assert resolve_backend(torch.device("cpu")) == "compiled"
     assert get_scan_backend() == "reference"
     set_scan_backend("torch")
     try:

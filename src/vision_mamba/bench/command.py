@@ -81,7 +81,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "(bare --graph = on; both = a row each way)")
     how = parser.add_argument_group("how")
     how.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda or cuda:N")
-    how.add_argument("--backend", default="auto", choices=("auto", "torch", "triton", "reference"),
+    how.add_argument("--backend", default="auto", choices=("auto", "torch", "compiled", "triton", "reference"),
                      help="Vim's selective-scan backend (default auto: triton on CUDA, torch on CPU)")
     how.add_argument("--compile", nargs="?", const="default", default=None, choices=COMPILE_MODES,
                      help="torch.compile the model (bare --compile = default mode); its compile time is warm-up")

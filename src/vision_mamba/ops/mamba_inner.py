@@ -11,6 +11,7 @@ reverse-time scan, which equals flipping x and z, running the forward mixer and 
 """
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple, Optional
 
 import torch
@@ -63,6 +64,9 @@ def bimamba_inner_fn(xz: Tensor, forward: DirectionParams, backward: DirectionPa
         from .selective_scan.triton_scan import bimamba_inner_triton
 
         return bimamba_inner_triton(xz, forward, backward, out_proj_weight, out_proj_bias)
-    scan = selective_scan_ref if name == "reference" else selective_scan_chunked
+    if name == "reference":
+        scan = selective_scan_ref
+    else:
+        scan = functools.partial(selective_scan_chunked, compiled=name == "compiled")
     y = bimamba_inner_composed(xz, forward, backward, scan)
     return y if out_proj_weight is None else F.linear(y, out_proj_weight, out_proj_bias)

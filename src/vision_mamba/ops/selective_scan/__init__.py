@@ -34,8 +34,8 @@ def selective_scan_fn(
     args = (u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     if name == "reference":
         return selective_scan_ref(*args)
-    if name == "torch":
-        return selective_scan_chunked(*args)
+    if name in ("torch", "compiled"):
+        return selective_scan_chunked(*args, compiled=name == "compiled")
     from .triton_scan import selective_scan_triton
 
     return selective_scan_triton(*args)

@@ -9,6 +9,7 @@ the states of each chunk from the saved chunk-boundary states and runs the adjoi
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Optional, Tuple
 
@@ -142,6 +143,55 @@ def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
     return y, states
 
 
+# The `compiled` backend: the forward recurrence in pieces of this many steps, each piece one function compiled by
+# torch.compile (inductor fuses the piece's steps into one loop over the [B, E, N] states, the decays computed in
+# registers). Each piece size compiles once per batch size and width (~5 s on a 2-core CPU); 32 steps: see
+# docs/cpu_speed.md for the sizes timed against each other.
+COMPILED_STEPS = 32
+
+
+def _piece(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h: Tensor) -> Tuple[Tensor, Tensor]:
+    """T steps of the scan from state h, written as the plain loop torch.compile unrolls and fuses: u, delta
+    [B, T, E] (fp32, delta after softplus), A [E, N], B, C [B, T, N], h [B, E, N] -> (y [B, T, E], h after)."""
+    ys = []
+    for t in range(u.shape[1]):
+        d = delta[:, t].unsqueeze(-1)
+        h = torch.exp(d * A) * h + (d * u[:, t].unsqueeze(-1)) * B[:, t].unsqueeze(1)
+        ys.append((h * C[:, t].unsqueeze(1)).sum(-1))
+    return torch.stack(ys, 1), h
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled_piece():
+    return torch.compile(_piece, dynamic=False, fullgraph=True)
+
+
+def _scan_forward_compiled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
+                           keep_states: bool) -> Tuple[Tensor, Optional[Tensor]]:
+    """As :func:`_scan_forward` with chunks of COMPILED_STEPS, each through the compiled piece. The sequence is
+    zero-padded to whole pieces (delta = 0: decay 1 and no input, so the padded steps leave the state as it is)."""
+    batch, length, channels = u.shape
+    T = COMPILED_STEPS
+    pad = -length % T
+    if pad:
+        u, delta, B, C = (F.pad(t, (0, 0, 0, pad)) for t in (u, delta, B, C))
+    n = (length + pad) // T
+    h = u.new_zeros(batch, channels, A.shape[1])
+    states = u.new_zeros(batch, n, channels, A.shape[1]) if keep_states else None
+    y = u.new_empty(batch, length + pad, channels)
+    fn = _compiled_piece()
+    for i in range(n):
+        if states is not None:
+            states[:, i] = h
+        s = slice(i * T, (i + 1) * T)
+        try:
+            y[:, s], h = fn(u[:, s], delta[:, s], A, B[:, s], C[:, s], h)
+        except Exception as e:  # no C++ compiler, an unsupported platform, ...
+            raise RuntimeError(f"scan backend 'compiled' needs a working torch.compile (inductor; on the CPU a C++ "
+                               f"compiler): {type(e).__name__}: {str(e)[:300]}. Use the 'torch' backend.") from e
+    return y[:, :length], states
+
+
 def _dsilu(z: Tensor) -> Tuple[Tensor, Tensor]:
     s = torch.sigmoid(z)
     return z * s, s * (1 + z * (1 - s))
@@ -150,7 +200,7 @@ def _dsilu(z: Tensor) -> Tuple[Tensor, Tensor]:
 class _SelectiveScanChunked(torch.autograd.Function):
     @staticmethod
     def forward(ctx, u, delta, A, B, C, D, z, delta_bias, delta_softplus: bool, reverse: bool, chunk_elements: int,
-                grad_enabled: bool):
+                grad_enabled: bool, compiled: bool = False):
         dtype = u.dtype
         batch, length, channels = u.shape
         flip = (lambda t: t.flip(1)) if reverse else (lambda t: t)
@@ -161,10 +211,14 @@ class _SelectiveScanChunked(torch.autograd.Function):
         if delta_softplus:
             dl = softplus(dl)
         Af = A.float()
-        chunk = _chunk_length(batch, channels, A.shape[1], length, chunk_elements)
         # (ctx.needs_input_grad alone is true under inference_mode too when a parameter is passed in directly)
         needs_grad = grad_enabled and any(ctx.needs_input_grad[:8])
-        y, states = _scan_forward(uf, dl, Af, Bf, Cf, chunk, keep_states=needs_grad)
+        if compiled:
+            chunk = COMPILED_STEPS  # the backward recomputes from the states saved at the pieces' starts
+            y, states = _scan_forward_compiled(uf, dl, Af, Bf, Cf, keep_states=needs_grad)
+        else:
+            chunk = _chunk_length(batch, channels, A.shape[1], length, chunk_elements)
+            y, states = _scan_forward(uf, dl, Af, Bf, Cf, chunk, keep_states=needs_grad)
         if D is not None:
             y.addcmul_(uf, D.float())
         if z is not None:
@@ -260,7 +314,7 @@ class _SelectiveScanChunked(torch.autograd.Function):
                 flip(g_z).to(z.dtype) if z is not None else None,
                 g_bias.to(delta_bias.dtype) if delta_bias is not None else None,
             )
-        return grads + (None, None, None, None)
+        return grads + (None, None, None, None, None)
 
 
 def selective_scan_chunked(
@@ -275,9 +329,11 @@ def selective_scan_chunked(
     delta_softplus: bool = True,
     reverse: bool = False,
     chunk_elements: Optional[int] = None,
+    compiled: bool = False,
 ) -> Tensor:
     """Same contract as :func:`selective_scan_ref` (shapes [B, L, E], [E, N], [B, L, N]); fp32 state, output in
-    u's dtype, differentiable in every tensor argument."""
+    u's dtype, differentiable in every tensor argument. ``compiled``: the forward recurrence through torch.compile
+    (the `compiled` backend); the backward is the same either way."""
     chunk_elements = chunk_elements or DEFAULT_CHUNK_ELEMENTS
     return _SelectiveScanChunked.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, chunk_elements,
-                                       torch.is_grad_enabled())
+                                       torch.is_grad_enabled(), compiled)
