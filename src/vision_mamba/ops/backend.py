@@ -6,7 +6,7 @@ One switch for the whole package: the environment variable ``VISION_MAMBA_SCAN``
 ``reference``  the fp32 loop over time: obviously correct, slow; the yardstick of the tests.
 ``torch``      vectorised, chunked PyTorch with a hand-written backward; any device, the CPU path.
 ``compiled``   ``torch`` with its forward recurrence compiled by torch.compile, in pieces of 32 steps (on the CPU
-               ~1.8x faster scans; needs a C++ compiler and ~5 s to compile per batch size and width); opt-in only.
+               ~1.8x faster scans; needs a C++ compiler, and compiles for seconds on first use); opt-in only.
 ``triton``     fused Triton kernels; CUDA tensors (or any tensor under ``TRITON_INTERPRET=1``).
 ``auto``       the fastest available for the tensor's device: ``triton`` on CUDA when Triton imports, else ``torch``.
 """

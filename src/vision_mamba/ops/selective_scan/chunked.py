@@ -145,8 +145,9 @@ def _scan_forward(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, chu
 
 # The `compiled` backend: the forward recurrence in pieces of this many steps, each piece one function compiled by
 # torch.compile (inductor fuses the piece's steps into one loop over the [B, E, N] states, the decays computed in
-# registers). Each piece size compiles once per batch size and width (~5 s on a 2-core CPU); 32 steps: see
-# docs/cpu_speed.md for the sizes timed against each other.
+# registers). The first shape compiles a version for its sizes, a second one a version with dynamic batch and
+# width that serves every later shape (torch.compile's default: no recompilation per batch size); ~5 - 12 s each
+# on a 2-core CPU. 32 steps: see docs/cpu_speed.md for the sizes timed against each other.
 COMPILED_STEPS = 32
 
 
@@ -163,7 +164,7 @@ def _piece(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor, h: Tensor)
 
 @functools.lru_cache(maxsize=None)
 def _compiled_piece():
-    return torch.compile(_piece, dynamic=False, fullgraph=True)
+    return torch.compile(_piece, dynamic=None, fullgraph=True)
 
 
 def _scan_forward_compiled(u: Tensor, delta: Tensor, A: Tensor, B: Tensor, C: Tensor,
