@@ -590,11 +590,9 @@ class _TritonBiConv(torch.autograd.Function):
                 None)
 
 
-def _bi_scan_inplace(xs: Tensor, z: Tensor, forward, backward, cfg) -> Tensor:
+def _bi_scan_inplace(xs: Tensor, z: Tensor, dbl_f: Tensor, dbl_b: Tensor, forward, backward, cfg) -> Tensor:
     """The fused scan without autograd, its output written over xs ([2, B, L, E]); returns xs."""
     R, N = forward.dt_proj_weight.shape[1], forward.A_log.shape[1]
-    dbl_f = F.linear(xs[0], forward.x_proj_weight)
-    dbl_b = F.linear(xs[1], backward.x_proj_weight)
     args = _bi_args(xs, z, dbl_f, dbl_b, forward.dt_proj_weight, backward.dt_proj_weight, forward.dt_proj_bias,
                     backward.dt_proj_bias, forward.A_log, backward.A_log, forward.D, backward.D, R, N)
     scan_forward(args, xs.dtype, save_states=False, config=cfg, out=xs.permute(1, 2, 0, 3))
@@ -617,16 +615,16 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
     E = x.shape[-1]
     cfg = _config()  # read once per call (environment variables, for tuning sweeps)
     xs = _TritonBiConv.apply(x, forward.conv_weight, backward.conv_weight, forward.conv_bias, backward.conv_bias, cfg)
-    if not torch.is_grad_enabled() and cfg["delta"] == "fold":
-        # inference: nothing is kept for a backward pass, so the scan writes y over its input (the conv's
-        # output, dead once x_proj has read it): one [2, B, L, E] buffer less at the peak
-        ys = _bi_scan_inplace(xs, z, forward, backward, cfg)
-        if out_proj_weight is None:
-            return (ys[0] + ys[1]) / 2
-        return _out_proj_directions(ys, out_proj_weight, out_proj_bias)
     if cfg["delta"] == "fold":
         dbl_f = F.linear(xs[0], forward.x_proj_weight)
         dbl_b = F.linear(xs[1], backward.x_proj_weight)
+        if not torch.is_grad_enabled():
+            # inference: nothing is kept for a backward pass, so the scan writes y over its input (the conv's
+            # output, dead once x_proj has read it): one [2, B, L, E] buffer less at the peak
+            ys = _bi_scan_inplace(xs, z, dbl_f, dbl_b, forward, backward, cfg)
+            if out_proj_weight is None:
+                return (ys[0] + ys[1]) / 2
+            return _out_proj_directions(ys, out_proj_weight, out_proj_bias)
         ys = _TritonBiScan.apply(xs, z, dbl_f, dbl_b, forward.dt_proj_weight, backward.dt_proj_weight,
                                  forward.dt_proj_bias, backward.dt_proj_bias, forward.A_log, backward.A_log,
                                  forward.D, backward.D, torch.is_grad_enabled(), cfg)
