@@ -19,6 +19,8 @@ from vision_mamba.ops import (
     set_scan_backend,
 )
 
+from backend_check import outputs_and_grads
+
 NAMES = ("u", "delta", "A", "B", "C", "D", "z", "delta_bias")
 
 
@@ -140,13 +142,7 @@ def test_compiled_backend_whole_model():
     torch.manual_seed(0)
     model = timm.create_model("test_vim")
     x = torch.randn(2, 3, 64, 64)
-    outs = []
-    for backend in ("reference", "compiled"):
-        model.zero_grad()
-        with scan_backend(backend):
-            out = model(x)
-        out.square().sum().backward()
-        outs.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    outs = outputs_and_grads(model, x, ("reference", "compiled"))
     assert rel_err(outs[1][0], outs[0][0]) < 1e-5
     for (name, _), a, b in zip(model.named_parameters(), outs[1][1], outs[0][1]):
         assert rel_err(a, b) < 1e-4, name

@@ -18,6 +18,7 @@ import timm  # noqa: E402
 
 from vision_mamba.layers import BiMambaMixer  # noqa: E402
 from vision_mamba.ops import scan_backend, selective_scan_ref  # noqa: E402
+from backend_check import outputs_and_grads  # noqa: E402
 
 pytestmark = pytest.mark.triton
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -225,13 +226,7 @@ def test_model_triton_matches_reference():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.05)
     x = torch.randn(2, 3, 64, 64, device=DEVICE)
-    outs = []
-    for backend in ("reference", "triton"):
-        model.zero_grad()
-        with scan_backend(backend):
-            out = model(x)
-        out.square().sum().backward()
-        outs.append((out.detach(), [p.grad.clone() for p in model.parameters()]))
+    outs = outputs_and_grads(model, x, ("reference", "triton"))
     assert rel_err(outs[1][0], outs[0][0]) < 2e-5
     for (name, _), a, b in zip(model.named_parameters(), outs[1][1], outs[0][1]):
         assert rel_err(a, b) < 1e-4, name
