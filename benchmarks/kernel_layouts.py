@@ -159,6 +159,7 @@ def main() -> int:
     p.add_argument("--prefetch", type=int, default=None, help="forward prefetch depth (default: the launch's)")
     p.add_argument("--out", type=Path, default=None, help="keep the TTGIR / PTX (and SASS) here")
     p.add_argument("--sass", action="store_true", help="also count the opcodes of each kernel's main loop (SASS)")
+    p.add_argument("--no-save", action="store_true", help="the forward as inference runs it (no states saved)")
     args = p.parse_args()
     fwd, bwd = _Capture(), _Capture()
     ts.scan_fwd_kernel, ts.scan_bwd_kernel = fwd, bwd
@@ -183,8 +184,8 @@ def main() -> int:
         rows = torch.randn(2, B * L, ts._bc_width(R, N), dtype=bf)
         delta = torch.randn(2, B * L, E, dtype=bf)
         scan_args = ts._bi_delta_args(xs, z, rows, delta, bias[0], bias[1], alog[0], alog[1], dd[0], dd[1])
-    ts.scan_forward(scan_args, bf, save_states=True, config=cfg)
-    ts.scan_backward(scan_args, torch.zeros(B, 2, triton.cdiv(L, ts.SAVE_EVERY), N, E),
+    ts.scan_forward(scan_args, bf, save_states=not args.no_save, config=cfg)
+    ts.scan_backward(scan_args, torch.zeros(B, 2, triton.cdiv(L, cfg["save_every"]), N, E),
                      torch.randn(B, L, 2, E, dtype=bf), config=cfg)
     # the depthwise conv + silu of both directions, forward and backward (launches captured the same way)
     cf, cb, cbi = _Capture(), _Capture(), _Capture()

@@ -64,7 +64,7 @@ def make_inputs(batch, length, dtype, device):
     return xs, z, dbl, w, bias, alog, dd
 
 
-def scan_bytes(batch, length, itemsize, backward):
+def scan_bytes(batch, length, itemsize, backward, save_every=ts.SAVE_EVERY):
     tokens = batch * length
     read = 2 * tokens * E * itemsize + tokens * E * itemsize + 2 * tokens * (R + 2 * N) * itemsize  # xs, z, dbl
     write = tokens * 2 * E * itemsize  # ys
@@ -72,7 +72,7 @@ def scan_bytes(batch, length, itemsize, backward):
         return read + write
     # backward reads the forward inputs, the output gradient and the saved states; writes dx, dz (2 directions)
     # and d dbl (fp32)
-    states = batch * 2 * triton.cdiv(length, ts.SAVE_EVERY) * E * N * 4
+    states = batch * 2 * triton.cdiv(length, save_every) * E * N * 4
     return read + write + states + 2 * tokens * E * itemsize * 2 + 2 * tokens * (R + 2 * N) * 4
 
 
@@ -127,6 +127,8 @@ def main():
                              'e.g. \'[{"block_e": 128}]\' (keys of triton_scan._config; unset keys: the defaults)')
     parser.add_argument("--backward-configs", type=json.loads, default=None, help="likewise for the backward")
     parser.add_argument("--no-conv", action="store_true", help="skip the conv kernels")
+    parser.add_argument("--save-states", action="store_true",
+                        help="time the forward as training runs it (saving the states for the backward)")
     args = parser.parse_args()
     device = torch.device("cuda")
     bandwidth, exp_rate = ceilings(device)
@@ -151,7 +153,7 @@ def main():
                     def fn(scan_args=scan_args, make_delta=make_delta, cfg=cfg):
                         if make_delta is not None:
                             make_delta()
-                        ts.scan_forward(scan_args, dtype, save_states=False, config=cfg)
+                        ts.scan_forward(scan_args, dtype, save_states=args.save_states, config=cfg)
                     n_exp = exps
                 else:
                     _, hsave = ts.scan_forward(scan_args, dtype, save_states=True, config=cfg)
@@ -164,9 +166,10 @@ def main():
                 except Exception as e:  # a configuration the compiler rejects is reported, not fatal
                     print(f"{res}/{batch} {kind} {cfg_part}: failed: {str(e)[:200]}")
                     continue
-                nbytes = scan_bytes(batch, length, 2, kind == "backward")
+                nbytes = scan_bytes(batch, length, 2, kind == "backward", cfg.get("save_every", ts.SAVE_EVERY))
                 floor_ms = max(n_exp / exp_rate, nbytes / bandwidth) * 1e3
                 rec = dict(kernel="bimamba_scan", **{"pass": kind}, res=res, batch=batch, tokens=length, dtype="bf16",
+                           save_states=kind == "backward" or args.save_states,
                            config=cfg_part, ms=ms, floor_ms=floor_ms, floor_fraction=floor_ms / ms,
                            exp_ms=n_exp / exp_rate * 1e3, bytes_ms=nbytes / bandwidth * 1e3)
                 records.append(rec)
@@ -207,20 +210,21 @@ def main():
             out = ts._TritonBiConv.apply(xg, cwg[0], cwg[1], cb[0], cb[1])
             torch.autograd.grad(out, [xg, cwg[0], cwg[1]], gout)
         bwd_configs = [(base["conv_bwd_rows"], base["conv_bwd_warps"], base["conv_bwd_input_rows"],
-                        base["conv_bwd_input_warps"])]
+                        base["conv_bwd_input_warps"], base.get("conv_bwd_input_tiles", 1))]
         if not args.quick:
-            bwd_configs += [c for c in ((8, 2, 32, 4), (16, 4, 32, 4), (8, 4, 16, 2), (8, 4, 8, 1), (8, 2, 16, 2))
-                            if c != bwd_configs[0]]
-        for rows, warps, in_rows, in_warps in bwd_configs:
+            bwd_configs += [c for c in ((8, 2, 16, 2, 1), (8, 2, 16, 2, 4), (8, 2, 32, 4, 2), (8, 4, 16, 2, 2),
+                                        (8, 2, 8, 1, 4), (16, 4, 16, 2, 2)) if c != bwd_configs[0]]
+        for rows, warps, in_rows, in_warps, in_tiles in bwd_configs:
             os.environ.update(VISION_MAMBA_TRITON_CONV_BWD_ROWS=str(rows), VISION_MAMBA_TRITON_CONV_BWD_WARPS=str(warps),
                               VISION_MAMBA_TRITON_CONV_BWD_INPUT_ROWS=str(in_rows),
-                              VISION_MAMBA_TRITON_CONV_BWD_INPUT_WARPS=str(in_warps))
+                              VISION_MAMBA_TRITON_CONV_BWD_INPUT_WARPS=str(in_warps),
+                              VISION_MAMBA_TRITON_CONV_BWD_INPUT_TILES=str(in_tiles))
             ms = _time(fwd_bwd) - fwd_ms
-            cfg = dict(rows=rows, warps=warps, input_rows=in_rows, input_warps=in_warps)
+            cfg = dict(rows=rows, warps=warps, input_rows=in_rows, input_warps=in_warps, input_tiles=in_tiles)
             records.append(dict(kernel="bimamba_conv", **{"pass": "backward"}, res=res, batch=batch, tokens=length,
                                 dtype="bf16", config=cfg, ms=ms))
             print(f"{res:5d}/{batch:<4d} conv bwd {cfg} {ms:8.3f} ms")
-        for key in ("ROWS", "WARPS", "INPUT_ROWS", "INPUT_WARPS"):
+        for key in ("ROWS", "WARPS", "INPUT_ROWS", "INPUT_WARPS", "INPUT_TILES"):
             os.environ.pop(f"VISION_MAMBA_TRITON_CONV_BWD_{key}", None)
         del xs, z, dbl, rows
         torch.cuda.empty_cache()

@@ -127,6 +127,19 @@ def test_scan_chunk_parallel(reverse, monkeypatch):
     check_scan(1, 150, 20, torch.float32, reverse)
 
 
+@pytest.mark.parametrize("save_every", ["8", "5", "32"])
+def test_scan_save_intervals(save_every, monkeypatch):
+    # the states saved every 8, 5 or 32 steps instead of 16, chunk-parallel
+    # (150 steps: chunks of 56, 50 or 64) so that program ranges, blocks and the last short block all move
+    monkeypatch.setenv("VISION_MAMBA_TRITON_MIN_PROGRAMS", "64")
+    monkeypatch.setenv("VISION_MAMBA_TRITON_SAVE_EVERY", save_every)
+    from vision_mamba.ops.selective_scan.triton_scan import _chunking
+
+    assert _chunking(2, 150, 64, int(save_every)) == (3, {"8": 56, "5": 50, "32": 64}[save_every])
+    check_scan(1, 150, 20, torch.float32, True)
+    check_mixer(2, 19, 20, monkeypatch=monkeypatch)
+
+
 @pytest.mark.parametrize("delta,prefetch", [("matmul", "2"), ("fold", "2"), ("matmul", "1"), ("matmul", "4")])
 def test_mixer_matches_reference(delta, prefetch, monkeypatch):
     # width 20 -> 40 channels: not a multiple of the channel block; length 19 crosses a state-saving boundary.
@@ -188,13 +201,15 @@ def test_mixer_chunk_parallel_forward(delta, monkeypatch):
     check_mixer(1, 150, 16, min_programs="64", monkeypatch=monkeypatch)
 
 
-@pytest.mark.parametrize("rows,input_rows", [("8", "16"), ("16", "8"), ("8", "32")])
-def test_mixer_conv_backward_in_chunks(rows, input_rows, monkeypatch):
+@pytest.mark.parametrize("rows,input_rows,input_tiles", [("8", "16", "1"), ("16", "8", "3"), ("8", "32", "2")])
+def test_mixer_conv_backward_in_chunks(rows, input_rows, input_tiles, monkeypatch):
     # 150 rows = 5 tiles of 32; two programs' worth of work -> the conv's weight gradients are summed over two
-    # chunks of rows (3 tiles + 2 tiles), each program looping over its tiles; the scan is chunked too. Two tilings
-    # of the backward's passes (rows per tile of the first, of the second)
+    # chunks of rows (3 tiles + 2 tiles), each program looping over its tiles; the scan is chunked too. Tilings
+    # of the backward's passes (rows per tile of the first, of the second, and the second's tiles per program:
+    # 3 x 8 rows leaves the last program with 6 of its 24 rows)
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_ROWS", rows)
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_INPUT_ROWS", input_rows)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_INPUT_TILES", input_tiles)
     check_mixer(1, 150, 16, min_programs="2", monkeypatch=monkeypatch)
 
 

@@ -274,6 +274,8 @@ def scan_fwd_kernel(
     dsum = tl.zeros([BLOCK_E], dtype=tl.float32)
     nmask = offs_n < N
     hsave_base = hsave_ptr + b * stride_s_b + d * stride_s_d + state_off
+    if SAVE_STATES:  # the state entering the chunk's first block (s_begin is a multiple of SAVE_EVERY)
+        tl.store(hsave_base + (s_begin // SAVE_EVERY) * stride_s_c, h, mask=smask)
     # A rotating prefetch pipeline: the inputs of step s + PREFETCH are requested before step s stores its output
     # (a load cannot be moved above an earlier store that may alias it, so otherwise every step would wait a full
     # memory latency).
@@ -295,11 +297,16 @@ def scan_fwd_kernel(
         xn, zn, dn, bn, cn = _load_step(s + PREFETCH, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                         dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
                                         rmask, DT_PROJ, HAS_Z, WRITE_Y)
-        if SAVE_STATES:
-            tl.store(hsave_base + (s // SAVE_EVERY) * stride_s_c, h, mask=_both(smask, (s % SAVE_EVERY) == 0))
         delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
         xv = xa.to(tl.float32)
         h = tl.exp2(delta[:, None] * a2) * h + (delta * xv)[:, None] * ba.to(tl.float32)[None, :]
+        if SAVE_STATES:
+            # the state entering the next block, saved as it leaves this step (the state itself is needed for
+            # y anyway; saving it before the update kept two copies of the tile in registers: 217 against 168
+            # for the forward without saving, on Triton 3.6). A chunk's last step leaves it to the next chunk.
+            s1 = s + 1
+            tl.store(hsave_base + (s1 // SAVE_EVERY) * stride_s_c, h,
+                     mask=_both(smask, ((s1 % SAVE_EVERY) == 0) & (s1 < s_end)))
         if WRITE_END:
             dsum += delta
         if WRITE_Y:
@@ -552,12 +559,13 @@ def scan_bwd_kernel(
             delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
             h = tl.exp2(delta[:, None] * a2) * h + (delta * xa.to(tl.float32))[:, None] * ba.to(tl.float32)[None, :]
             row = (s - s_begin) * stride_scratch_s
+            if SOFTPLUS:
+                dsp = _sigmoid(raw)  # d softplus(raw) / d raw
+            else:
+                dsp = tl.full([BLOCK_E], 1.0, tl.float32)
             tl.store(scratch + row, h)
             tl.store(scratch_vec + row, delta)
-            if SOFTPLUS:
-                tl.store(scratch_vec + row + stride_scratch_n, _sigmoid(raw))  # d softplus(raw) / d raw
-            else:
-                tl.store(scratch_vec + row + stride_scratch_n, tl.full([BLOCK_E], 1.0, tl.float32))
+            tl.store(scratch_vec + row + stride_scratch_n, dsp)
             xa, za, da, ba, ca = xb, zb, db, bb, cb
             xb, zb, db, bb, cb = xn, zn, dn, bn, cn
         # 2. walk the chunk backwards (the same threads read back what they wrote), inputs prefetched a step ahead
@@ -676,11 +684,8 @@ def _conv_row(x_base, rows, L, stride_x_l, emask):
 
 
 @triton.jit
-def _conv_grad_dir(x_base, g_base, gp_base, offs_t, tmask, L, stride_x_l, stride_g_l, stride_gp_l, offs_e, emask,
-                   w_ptr, bias_ptr, K: tl.constexpr, HAS_BIAS: tl.constexpr, sign: tl.constexpr):
-    """One direction of one tile (sign 1: causal, -1: anti-causal): g_pre = d loss / d (conv + bias) from
-    d loss / d silu(...), stored for the input-gradient pass; returns this tile's terms of the four tap weights'
-    and the bias's gradients (summed over rows by the caller, once, after its last tile)."""
+def _conv_params(w_ptr, bias_ptr, offs_e, emask, K: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """One direction's four tap weights and bias for a block of channels, fp32."""
     w0 = tl.load(w_ptr + offs_e * K + 0, mask=emask, other=0.0).to(tl.float32)
     w1 = tl.load(w_ptr + offs_e * K + 1, mask=emask, other=0.0).to(tl.float32)
     w2 = tl.load(w_ptr + offs_e * K + 2, mask=emask, other=0.0).to(tl.float32)
@@ -689,6 +694,17 @@ def _conv_grad_dir(x_base, g_base, gp_base, offs_t, tmask, L, stride_x_l, stride
         bias = tl.load(bias_ptr + offs_e, mask=emask, other=0.0).to(tl.float32)
     else:
         bias = tl.zeros([offs_e.shape[0]], dtype=tl.float32)
+    return w0, w1, w2, w3, bias
+
+
+@triton.jit
+def _conv_grad_dir(x_base, g_base, gp_base, offs_t, tmask, L, stride_x_l, stride_g_l, stride_gp_l, emask,
+                   w0, w1, w2, w3, bias, sign: tl.constexpr):
+    """One direction of one tile (sign 1: causal, -1: anti-causal): g_pre = d loss / d (conv + bias) from
+    d loss / d silu(...), stored for the input-gradient pass; returns this tile's terms of the four tap weights'
+    and the bias's gradients (summed over rows by the caller, once, after its last tile). The weights come from
+    the caller, loaded once before its loop over tiles: loaded here, inside the loop, each of the ten [BLOCK_E]
+    vectors went through shared memory (and two barriers) into the tile's layout at every tile."""
     # the four shifted input rows, loaded once: they make the pre-activation and the weight gradients
     r0 = offs_t + sign * -3
     r1 = offs_t + sign * -2
@@ -736,16 +752,18 @@ def conv_bwd_kernel(
     zero = tl.zeros([BLOCK_L, BLOCK_E], dtype=tl.float32)
     f0, f1, f2, f3, fb = zero, zero, zero, zero, zero
     b0, b1, b2, b3, bb = zero, zero, zero, zero, zero
+    wf0, wf1, wf2, wf3, wfb = _conv_params(w_f, bias_f, offs_e, emask, K, HAS_BIAS)
+    wb0, wb1, wb2, wb3, wbb = _conv_params(w_b, bias_b, offs_e, emask, K, HAS_BIAS)
     start = pid_c * ROWS
     end = tl.minimum(start + ROWS, L)
     for t0 in range(start, end, BLOCK_L):
         offs_t = t0 + tl.arange(0, BLOCK_L)
         tmask = offs_t < end
         s0, s1, s2, s3, sb = _conv_grad_dir(x_base, gf_base, pf_base, offs_t, tmask, L, stride_x_l, stride_g_l,
-                                            stride_gp_l, offs_e, emask, w_f, bias_f, K, HAS_BIAS, 1)
+                                            stride_gp_l, emask, wf0, wf1, wf2, wf3, wfb, 1)
         f0, f1, f2, f3, fb = f0 + s0, f1 + s1, f2 + s2, f3 + s3, fb + sb
         s0, s1, s2, s3, sb = _conv_grad_dir(x_base, gb_base, pb_base, offs_t, tmask, L, stride_x_l, stride_g_l,
-                                            stride_gp_l, offs_e, emask, w_b, bias_b, K, HAS_BIAS, -1)
+                                            stride_gp_l, emask, wb0, wb1, wb2, wb3, wbb, -1)
         b0, b1, b2, b3, bb = b0 + s0, b1 + s1, b2 + s2, b3 + s3, bb + sb
     part = part_ptr + (b * tl.num_programs(0) + pid_c) * 10 * E + offs_e
     tl.store(part + 0 * E, tl.sum(f0, axis=0), mask=emask)
@@ -764,26 +782,30 @@ def conv_bwd_kernel(
 def conv_bwd_input_kernel(
     gpre_ptr, w_f, w_b, gx_ptr, L, E,
     stride_gp_d, stride_gp_b, stride_gp_l, stride_gx_b, stride_gx_l,
-    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr,
+    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, TILES: tl.constexpr,
 ):
     """Second pass: d loss / d x[t] = sum_k w_f[k] g_pre[0, t + 3 - k] + w_b[k] g_pre[1, t - 3 + k] (x[t] feeds
-    out[t - off(k)] through tap k). Grid: (L blocks, E blocks, B)."""
+    out[t - off(k)] through tap k), for TILES consecutive tiles of BLOCK_L rows (the eight weight vectors loaded,
+    and moved into the tiles' layout, once per program). Grid: (L blocks of TILES x BLOCK_L rows, E blocks, B)."""
     pid_l = tl.program_id(0)
     pid_e = tl.program_id(1)
     b = tl.program_id(2)
-    offs_t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
     offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = offs_e < E
-    gx = tl.zeros([BLOCK_L, BLOCK_E], dtype=tl.float32)
-    for d in tl.static_range(2):
-        w_ptr = _pick(d, w_f, w_b)
-        sign = 1 - 2 * d
-        base = gpre_ptr + d * stride_gp_d + b * stride_gp_b + offs_e[None, :]
-        for k in tl.static_range(4):
-            wk = tl.load(w_ptr + offs_e * K + k, mask=emask, other=0.0).to(tl.float32)
-            rows = offs_t - sign * (k - 3)
-            m = (rows >= 0) & (rows < L)
-            gp = tl.load(base + rows[:, None] * stride_gp_l, mask=m[:, None] & emask[None, :], other=0.0)
-            gx += wk[None, :] * gp.to(tl.float32)
-    tl.store(gx_ptr + b * stride_gx_b + offs_t[:, None] * stride_gx_l + offs_e[None, :],
-             gx.to(gx_ptr.dtype.element_ty), mask=(offs_t < L)[:, None] & emask[None, :])
+    f0, f1, f2, f3, _ = _conv_params(w_f, w_f, offs_e, emask, K, False)
+    b0, b1, b2, b3, _ = _conv_params(w_b, w_b, offs_e, emask, K, False)
+    base_f = gpre_ptr + b * stride_gp_b + offs_e[None, :]
+    base_b = base_f + stride_gp_d
+    for i in range(TILES):
+        offs_t = (pid_l * TILES + i) * BLOCK_L + tl.arange(0, BLOCK_L)
+        # causal taps: g_pre[0, t + 3 - k]; anti-causal: g_pre[1, t - 3 + k]
+        gx = f0[None, :] * _conv_row(base_f, offs_t + 3, L, stride_gp_l, emask)
+        gx += f1[None, :] * _conv_row(base_f, offs_t + 2, L, stride_gp_l, emask)
+        gx += f2[None, :] * _conv_row(base_f, offs_t + 1, L, stride_gp_l, emask)
+        gx += f3[None, :] * _conv_row(base_f, offs_t, L, stride_gp_l, emask)
+        gx += b0[None, :] * _conv_row(base_b, offs_t - 3, L, stride_gp_l, emask)
+        gx += b1[None, :] * _conv_row(base_b, offs_t - 2, L, stride_gp_l, emask)
+        gx += b2[None, :] * _conv_row(base_b, offs_t - 1, L, stride_gp_l, emask)
+        gx += b3[None, :] * _conv_row(base_b, offs_t, L, stride_gp_l, emask)
+        tl.store(gx_ptr + b * stride_gx_b + offs_t[:, None] * stride_gx_l + offs_e[None, :],
+                 gx.to(gx_ptr.dtype.element_ty), mask=(offs_t < L)[:, None] & emask[None, :])

@@ -26,7 +26,7 @@ from .triton_kernels import (
     scan_fwd_kernel,
 )
 
-SAVE_EVERY = 16  # the forward pass saves the state every SAVE_EVERY steps for the backward pass
+SAVE_EVERY = 16  # the forward pass saves the state every SAVE_EVERY steps for the backward pass (the default)
 # Fused multiply-adds on, as every kernel here was measured and tested (Triton 3.9 warns that its default will turn
 # them off in 3.10; asking explicitly keeps the numerics and the speed across versions).
 FP_FUSION = dict(enable_fp_fusion=True)
@@ -54,11 +54,12 @@ def _config():
         conv_tiles=_env_int("VISION_MAMBA_TRITON_CONV_TILES", 2),
         conv_warps=_env_int("VISION_MAMBA_TRITON_CONV_WARPS", 2),
         # conv backward: rows per tile and warps of the first pass (g_pre, weight gradients; rows of 8 keep its ten
-        # accumulators in registers) and of the second (d x)
+        # accumulators in registers) and of the second (d x; also its tiles per program)
         conv_bwd_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_ROWS", 8),
         conv_bwd_warps=_env_int("VISION_MAMBA_TRITON_CONV_BWD_WARPS", 2),
         conv_bwd_input_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_INPUT_ROWS", 16),
         conv_bwd_input_warps=_env_int("VISION_MAMBA_TRITON_CONV_BWD_INPUT_WARPS", 2),
+        conv_bwd_input_tiles=_env_int("VISION_MAMBA_TRITON_CONV_BWD_INPUT_TILES", 1),
         # register cap per thread (0: the compiler's choice): fewer registers, more warps in flight per SM
         maxnreg=_env_int("VISION_MAMBA_TRITON_MAXNREG", 0),
         bwd_maxnreg=_env_int("VISION_MAMBA_TRITON_BWD_MAXNREG", 0),
@@ -67,6 +68,9 @@ def _config():
         bwd_params_t=_env_int("VISION_MAMBA_TRITON_BWD_PARAMS_T", -1),
         # chunk-parallel forward and backward when there are fewer programs than this (0: never; -1: 8 per SM)
         min_programs=_env_int("VISION_MAMBA_TRITON_MIN_PROGRAMS", -1),
+        # steps between the states the forward saves for the backward, which recomputes each block of this many
+        # steps into a per-program scratch (its size sets how much of the scratch stays in L2)
+        save_every=_env_int("VISION_MAMBA_TRITON_SAVE_EVERY", SAVE_EVERY),
     )
 
 
@@ -118,14 +122,15 @@ def _min_programs(device: torch.device, configured: int) -> int:
     return 8 * torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def _chunking(programs: int, length: int, min_programs: int) -> Tuple[int, int]:
+def _chunking(programs: int, length: int, min_programs: int, save_every: int = SAVE_EVERY) -> Tuple[int, int]:
     """(number of chunks, steps per chunk) splitting a sequence so that at least ``min_programs`` programs run
-    (chunks of at least 4 x SAVE_EVERY steps, a multiple of SAVE_EVERY); (1, length rounded up) when the batch
+    (chunks of at least 4 x 16 steps, a multiple of ``save_every``); (1, length rounded up) when the batch
     already fills the GPU."""
     n_chunks = 1
-    if min_programs and programs < min_programs and length > 4 * SAVE_EVERY:
-        n_chunks = min(triton.cdiv(min_programs, programs), triton.cdiv(length, 4 * SAVE_EVERY))
-    steps = triton.cdiv(triton.cdiv(length, n_chunks), SAVE_EVERY) * SAVE_EVERY
+    min_steps = 4 * 16
+    if min_programs and programs < min_programs and length > min_steps:
+        n_chunks = min(triton.cdiv(min_programs, programs), triton.cdiv(length, min_steps))
+    steps = triton.cdiv(triton.cdiv(length, n_chunks), save_every) * save_every
     return triton.cdiv(length, steps), steps
 
 
@@ -266,7 +271,8 @@ def _zero_state(E: int, N: int, device) -> Tensor:
 
 def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, config=None,
                  out: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
-    """y: [B, L, ND, E]; the states saved every SAVE_EVERY steps: [B, ND, ceil(L / SAVE_EVERY), N, E] fp32
+    """y: [B, L, ND, E]; the states saved every ``save_every`` steps (the config's): [B, ND, ceil(L / save_every),
+    N, E] fp32
     (channels contiguous). ``out``: where to write y (any [B, L, ND, E] view with unit channel stride), e.g. over
     the scan's own input x ([ND, B, L, E] permuted): each element of x is read by the program that then writes
     the y element at the same place, before it does."""
@@ -281,12 +287,13 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     if out is not None:
         assert out.shape == (B, L, ND, E) and out.stride(-1) == 1 and out.dtype == y_dtype
     y = out if out is not None else _new(B, L, ND, E, device=dev, dtype=y_dtype)
-    n_save = triton.cdiv(L, SAVE_EVERY)
+    save_every = cfg["save_every"]
+    n_save = triton.cdiv(L, save_every)
     hsave = _new(B, ND, n_save, N, E, device=dev, dtype=torch.float32) if save_states else None
     common = args.common()
     t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
     pstrides = args.param_strides()
-    n_chunks, steps = _chunking(B * n_eb * ND, L, min_programs)
+    n_chunks, steps = _chunking(B * n_eb * ND, L, min_programs, save_every)
     hs = hsave if hsave is not None else _dummy(dev)
     s_strides = (hs.stride(0), hs.stride(1), hs.stride(2)) if hsave is not None else (0, 0, 0)
     flags = common["flags"]
@@ -299,7 +306,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
             L, E, args.R, steps, args.dir_base,
             *common["strides"], y.stride(0), y.stride(1), y.stride(2), *pstrides,
             *h_strides, *s_strides,
-            BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, PREFETCH=cfg["prefetch"],
+            BLOCK_E=block_e, SAVE_EVERY=save_every, PREFETCH=cfg["prefetch"],
             HAS_INIT=hinit is not None, WRITE_END=write_end, WRITE_Y=write_y, SAVE_STATES=save,
             num_warps=cfg["num_warps"], **FP_FUSION, **_maxnreg(cfg.get("maxnreg")),
             PARAMS_T=_params_t(cfg.get("params_t", -1), backward=False), EVEN_E=E % block_e == 0, **flags,
@@ -346,7 +353,9 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     common = args.common()
     t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
     params_t = _params_t(cfg.get("bwd_params_t", -1), backward=True)
-    n_chunks, steps = _chunking(B * n_eb * ND, L, min_programs)
+    save_every = cfg["save_every"]
+    assert hsave.shape[2] == triton.cdiv(L, save_every), "the states were saved with another save_every"
+    n_chunks, steps = _chunking(B * n_eb * ND, L, min_programs, save_every)
     muinit = None
     if n_chunks > 1:
         # chunk-parallel: each chunk's adjoint from a zero start, the reverse carry across chunks, then every
@@ -365,7 +374,7 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
             N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=True, num_warps=cfg["num_warps"], **FP_FUSION)
     else:
         m_strides = (0, 0, 0)
-    scratch = torch.empty(B * 2 * n_eb * n_chunks * SAVE_EVERY * (N + 2) * block_e, **f32)  # states, delta, softplus'
+    scratch = torch.empty(B * 2 * n_eb * n_chunks * save_every * (N + 2) * block_e, **f32)  # states, delta, softplus'
     scan_bwd_kernel[(B * n_eb, ND, n_chunks)](
         *t, gy, hsave, scratch, muinit if muinit is not None else _dummy(dev),
         gx, gz, graw, gbc,
@@ -377,7 +386,7 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
         gx.stride(0), gx.stride(1), gx.stride(2),
         graw.stride(0), graw.stride(1), graw.stride(2),
         gbc.stride(0), gbc.stride(1), gbc.stride(2), gbc.stride(3), block_e, (N + 2) * block_e, *m_strides,
-        BLOCK_E=block_e, SAVE_EVERY=SAVE_EVERY, num_warps=cfg["bwd_num_warps"], **FP_FUSION, **_maxnreg(cfg.get("bwd_maxnreg")),
+        BLOCK_E=block_e, SAVE_EVERY=save_every, num_warps=cfg["bwd_num_warps"], **FP_FUSION, **_maxnreg(cfg.get("bwd_maxnreg")),
         PARAMS_T=params_t, EVEN_E=E % block_e == 0, HAS_MU_INIT=muinit is not None,
         **common["flags"],
     )
@@ -405,10 +414,12 @@ class _TritonScan(torch.autograd.Function):
                          a_is_log=False)
         # (ctx.needs_input_grad alone is true under inference_mode too when a parameter is passed in directly)
         needs_grad = grad_enabled and any(ctx.needs_input_grad[:8])
-        y, hsave = scan_forward(args, u.dtype, save_states=needs_grad)
+        cfg = _config()
+        y, hsave = scan_forward(args, u.dtype, save_states=needs_grad, config=cfg)
         if needs_grad:
             ctx.save_for_backward(u, delta, A, B, C, D, z, delta_bias, hsave)
             ctx.options = (delta_softplus, reverse)
+            ctx.cfg = cfg
         return y.view(u.shape)
 
     @staticmethod
@@ -419,7 +430,7 @@ class _TritonScan(torch.autograd.Function):
         args = _ScanArgs(u.unsqueeze(0), z, pair(delta), pair(B), pair(C), (None, None), pair(delta_bias), pair(A),
                          pair(D), n_dirs=1, dir_base=1 if reverse else 0, dt_proj=False, softplus=delta_softplus,
                          a_is_log=False)
-        g = scan_backward(args, hsave, grad.unsqueeze(2))
+        g = scan_backward(args, hsave, grad.unsqueeze(2), config=ctx.cfg)
         N = A.shape[1]
         gbc = g["gbc"][0]
         return (g["gx"][0], g["graw"][0].to(delta.dtype), g["ga"][0].to(A.dtype), gbc[..., :N].to(B.dtype),
@@ -578,10 +589,11 @@ class _TritonBiConv(torch.autograd.Function):
             K=K, BLOCK_L=cfg["conv_bwd_rows"], BLOCK_E=block_e,
             HAS_BIAS=bias_f is not None, num_warps=cfg["conv_bwd_warps"], **FP_FUSION)
         gx = _new(B, L, E, device=x.device, dtype=x.dtype)
-        in_rows = cfg["conv_bwd_input_rows"]
-        conv_bwd_input_kernel[(triton.cdiv(L, in_rows), n_eb, B)](
+        in_rows, in_tiles = cfg["conv_bwd_input_rows"], cfg["conv_bwd_input_tiles"]
+        conv_bwd_input_kernel[(triton.cdiv(L, in_rows * in_tiles), n_eb, B)](
             gpre, w_f, w_b, gx, L, E, gpre.stride(0), gpre.stride(1), gpre.stride(2), gx.stride(0), gx.stride(1),
-            K=K, BLOCK_L=in_rows, BLOCK_E=block_e, num_warps=cfg["conv_bwd_input_warps"], **FP_FUSION)
+            K=K, BLOCK_L=in_rows, BLOCK_E=block_e, TILES=in_tiles, num_warps=cfg["conv_bwd_input_warps"],
+            **FP_FUSION)
         sums = part.sum(0)  # [2, 5, E]
         gw = sums[:, :4].transpose(1, 2).contiguous()
         gbias = sums[:, 4]
