@@ -272,10 +272,9 @@ def _zero_state(E: int, N: int, device) -> Tensor:
 def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, config=None,
                  out: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
     """y: [B, L, ND, E]; the states saved every ``save_every`` steps (the config's): [B, ND, ceil(L / save_every),
-    N, E] fp32
-    (channels contiguous). ``out``: where to write y (any [B, L, ND, E] view with unit channel stride), e.g. over
-    the scan's own input x ([ND, B, L, E] permuted): each element of x is read by the program that then writes
-    the y element at the same place, before it does."""
+    N, E] fp32 (channels contiguous). ``out``: where to write y (any [B, L, ND, E] view with unit channel
+    stride), e.g. over the scan's own input x ([ND, B, L, E] permuted): each element of x is read by the program
+    that then writes the y element at the same place, before it does."""
     cfg = config or _config()
     if cfg["prefetch"] not in (1, 2, 4):
         raise ValueError(f"VISION_MAMBA_TRITON_PREFETCH must be 1, 2 or 4, got {cfg['prefetch']}")
