@@ -185,7 +185,7 @@ def main() -> int:
         delta = torch.randn(2, B * L, E, dtype=bf)
         scan_args = ts._bi_delta_args(xs, z, rows, delta, bias[0], bias[1], alog[0], alog[1], dd[0], dd[1])
     ts.scan_forward(scan_args, bf, save_states=not args.no_save, config=cfg)
-    ts.scan_backward(scan_args, torch.zeros(B, 2, triton.cdiv(L, cfg["save_every"]), N, E),
+    ts.scan_backward(scan_args, torch.zeros(B, 2, triton.cdiv(L, ts._save_every(cfg, L)), N, E),
                      torch.randn(B, L, 2, E, dtype=bf), config=cfg)
     # the depthwise conv + silu of both directions, forward and backward (launches captured the same way)
     cf, cb, cbi = _Capture(), _Capture(), _Capture()

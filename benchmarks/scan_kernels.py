@@ -166,7 +166,7 @@ def main():
                 except Exception as e:  # a configuration the compiler rejects is reported, not fatal
                     print(f"{res}/{batch} {kind} {cfg_part}: failed: {str(e)[:200]}")
                     continue
-                nbytes = scan_bytes(batch, length, 2, kind == "backward", cfg.get("save_every", ts.SAVE_EVERY))
+                nbytes = scan_bytes(batch, length, 2, kind == "backward", ts._save_every(cfg, length))
                 floor_ms = max(n_exp / exp_rate, nbytes / bandwidth) * 1e3
                 rec = dict(kernel="bimamba_scan", **{"pass": kind}, res=res, batch=batch, tokens=length, dtype="bf16",
                            save_states=kind == "backward" or args.save_states,

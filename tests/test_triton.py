@@ -140,6 +140,30 @@ def test_scan_save_intervals(save_every, monkeypatch):
     check_mixer(2, 19, 20, monkeypatch=monkeypatch)
 
 
+def test_launch_choices_by_shape(monkeypatch):
+    # by default the states are saved every 8 steps below SHORT_SEQUENCE, every 16 up to LONG_SEQUENCE, every 32
+    # from there on; the forward computes a step ahead for 128-channel programs and when it saves states
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    for name in ("SAVE_EVERY", "AHEAD", "PREFETCH"):
+        monkeypatch.delenv(f"VISION_MAMBA_TRITON_{name}", raising=False)
+    cfg = ts._config()
+    assert [ts._save_every(cfg, n) for n in (1, 197, 1023, 1024, 4095, 4096, 6085)] == [8, 8, 8, 16, 16, 32, 32]
+    assert [ts._forward_ahead(cfg, b, save) for b, save in ((64, False), (128, False), (64, True))] == [
+        False, True, True]
+    assert not ts._forward_ahead(dict(cfg, prefetch=2), 128, True)
+    with pytest.raises(ValueError, match="PREFETCH=1"):
+        ts._forward_ahead(dict(cfg, prefetch=2, ahead=1), 64, False)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_SAVE_EVERY", "12")  # the variables win
+    monkeypatch.setenv("VISION_MAMBA_TRITON_AHEAD", "0")
+    assert ts._save_every(ts._config(), 6085) == 12 and not ts._forward_ahead(ts._config(), 128, True)
+    # forward and backward agree on the interval the rule picks (here 32 for 150 steps)
+    monkeypatch.delenv("VISION_MAMBA_TRITON_SAVE_EVERY")
+    monkeypatch.setattr(ts, "SHORT_SEQUENCE", 50)
+    monkeypatch.setattr(ts, "LONG_SEQUENCE", 100)
+    check_scan(1, 150, 20, torch.float32, False)
+
+
 @pytest.mark.parametrize("delta,prefetch", [("matmul", "2"), ("fold", "2"), ("matmul", "1"), ("matmul", "4")])
 def test_mixer_matches_reference(delta, prefetch, monkeypatch):
     # width 20 -> 40 channels: not a multiple of the channel block; length 19 crosses a state-saving boundary.
@@ -147,6 +171,22 @@ def test_mixer_matches_reference(delta, prefetch, monkeypatch):
     monkeypatch.setenv("VISION_MAMBA_TRITON_DELTA", delta)
     monkeypatch.setenv("VISION_MAMBA_TRITON_PREFETCH", prefetch)
     check_mixer(2, 19, 20, monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("ahead", ["0", "1"], ids=["in-step", "ahead"])
+@pytest.mark.parametrize("delta", ["matmul", "fold"])
+def test_computing_ahead(delta, ahead, monkeypatch):
+    # the forward computing delta and the gate of step s + 1 during step s (VISION_MAMBA_TRITON_AHEAD=1), the
+    # backward its recomputed delta likewise and the gate's gradient factors of step s - 1 during step s
+    # (VISION_MAMBA_TRITON_BWD_AHEAD=1), or each at the top of its own step (=0), whatever the defaults pick: the
+    # generic scan both ways in time, the mixer, and the chunk-parallel passes (the forward's first pass and
+    # carries, the backward's adjoint pass)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_AHEAD", ahead)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_BWD_AHEAD", ahead)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_DELTA", delta)
+    check_scan(2, 63, 20, torch.float32, True)
+    check_mixer(2, 19, 20, monkeypatch=monkeypatch)
+    check_mixer(1, 150, 16, min_programs="64", monkeypatch=monkeypatch)
 
 
 def test_mixer_wide_blocks(monkeypatch):
@@ -211,6 +251,29 @@ def test_mixer_conv_backward_in_chunks(rows, input_rows, input_tiles, monkeypatc
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_INPUT_ROWS", input_rows)
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_INPUT_TILES", input_tiles)
     check_mixer(1, 150, 16, min_programs="2", monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("recompute", ["1", "0"], ids=["recompute", "keep"])
+def test_mixer_training_keeps_no_conv_output(recompute, monkeypatch):
+    # in training the conv's output [2, B, L, E] is recomputed in the backward pass (the default) or kept for it
+    # (VISION_MAMBA_TRITON_RECOMPUTE_CONV=0, separate autograd nodes); both match the reference, and only the
+    # second keeps a tensor of that shape for the backward pass; neither keeps the scan's [B, L, 2, E] output
+    monkeypatch.setenv("VISION_MAMBA_TRITON_RECOMPUTE_CONV", recompute)
+    check_mixer(2, 19, 20, monkeypatch=monkeypatch)
+    mixer = perturbed_mixer(20)
+    hidden = torch.randn(2, 19, 20, device=DEVICE, requires_grad=True)
+    saved = []
+
+    def pack(t):
+        saved.append(tuple(t.shape))
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), scan_backend("triton"):
+        mixer(hidden).sum().backward()
+    # tensors of 2 x B x L x E elements: the conv's output, the scan's (before: [38, 80], out_proj's input)
+    big = [shape for shape in saved if torch.Size(shape).numel() == 2 * 2 * 19 * 40]
+    assert big == ([] if recompute == "1" else [(2, 2, 19, 40)]), saved
+    assert all(torch.isfinite(p.grad).all() for p in mixer.parameters())
 
 
 @pytest.mark.parametrize("block_l,tiles", [(32, 1), (8, 3), (16, 2)])

@@ -77,6 +77,11 @@ def _sigmoid(x):
 
 
 @triton.jit
+def _silu(x):
+    return x * _sigmoid(x)
+
+
+@triton.jit
 def _both(mask, flag):
     """mask & flag for a vector mask and a scalar flag (written with where: the interpreter mistypes '&' here)."""
     return tl.where(flag, mask, False)
@@ -245,7 +250,7 @@ def scan_fwd_kernel(
     B_COL: tl.constexpr, C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr, EVEN_E: tl.constexpr,
     HAS_INIT: tl.constexpr, WRITE_END: tl.constexpr, WRITE_Y: tl.constexpr, SAVE_STATES: tl.constexpr,
-    PREFETCH: tl.constexpr,
+    PREFETCH: tl.constexpr, AHEAD: tl.constexpr,
 ):
     pid_be = tl.program_id(0)
     chunk = tl.program_id(1)
@@ -286,6 +291,15 @@ def scan_fwd_kernel(
         xb, zb, db, bb, cb = _load_step(s_begin + 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                         dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
                                         rmask, DT_PROJ, HAS_Z, WRITE_Y)
+    # AHEAD (with PREFETCH 1): delta and the gate silu(z) of step s + 1 are computed during step s, from its
+    # prefetched inputs, so that step s's decays start from values at hand instead of waiting on the chain
+    # dt_proj -> softplus (two MUFU round trips) at the top of every step
+    gate = tl.zeros([BLOCK_E], dtype=tl.float32)
+    delta_next = gate
+    if AHEAD:
+        delta_next, _ = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
+        if HAS_Z and WRITE_Y:
+            gate = _silu(za.to(tl.float32))
     if PREFETCH == 4:
         xc, zc, dc, bc, cc = _load_step(s_begin + 2, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                         dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
@@ -297,7 +311,10 @@ def scan_fwd_kernel(
         xn, zn, dn, bn, cn = _load_step(s + PREFETCH, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                         dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
                                         rmask, DT_PROJ, HAS_Z, WRITE_Y)
-        delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
+        if AHEAD:
+            delta = delta_next
+        else:
+            delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
         xv = xa.to(tl.float32)
         h = tl.exp2(delta[:, None] * a2) * h + (delta * xv)[:, None] * ba.to(tl.float32)[None, :]
         if SAVE_STATES:
@@ -314,10 +331,17 @@ def scan_fwd_kernel(
             if HAS_D:
                 yv += dskip * xv
             if HAS_Z:
-                zv = za.to(tl.float32)
-                yv = yv * zv * _sigmoid(zv)
+                if AHEAD:
+                    yv = yv * gate
+                else:
+                    zv = za.to(tl.float32)
+                    yv = yv * zv * _sigmoid(zv)
             t = _time_index(s, L, rev)
             tl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty), mask=emask)
+        if AHEAD:
+            delta_next, _ = _delta_of(dn, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
+            if HAS_Z and WRITE_Y:
+                gate = _silu(zn.to(tl.float32))
         if PREFETCH == 1:
             xa, za, da, ba, ca = xn, zn, dn, bn, cn
         else:
@@ -436,6 +460,18 @@ def adjoint_chunk_kernel(
 
 
 @triton.jit
+def _gate_grads(gout, z, HAS_Z: tl.constexpr):
+    """For y = y_pre * silu(z): (d loss / d y_pre, d y / d z / y_pre times d loss / d y), from d loss / d y."""
+    g = gout.to(tl.float32)
+    if HAS_Z:
+        zf = z.to(tl.float32)
+        sig = _sigmoid(zf)
+        return g * zf * sig, g * sig * (1.0 + zf * (1.0 - sig))
+    else:
+        return g, g
+
+
+@triton.jit
 def _load_bwd(s, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, bm_base, cm_base, stride_bc_l,
               gy_base, stride_y_l, scratch, scratch_vec, stride_scratch_n, stride_scratch_s, emask, smask,
               HAS_Z: tl.constexpr):
@@ -482,6 +518,7 @@ def scan_bwd_kernel(
     N: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_R: tl.constexpr, SAVE_EVERY: tl.constexpr,
     B_COL: tl.constexpr, C_COL: tl.constexpr, DT_PROJ: tl.constexpr, HAS_BIAS: tl.constexpr, SOFTPLUS: tl.constexpr, HAS_D: tl.constexpr,
     HAS_Z: tl.constexpr, A_IS_LOG: tl.constexpr, PARAMS_T: tl.constexpr, EVEN_E: tl.constexpr, HAS_MU_INIT: tl.constexpr,
+    AHEAD: tl.constexpr,
 ):
     """One program per (batch, block of channels, direction) walks its sequence backwards, SAVE_EVERY steps at a
     time: the chunk's states (and deltas) are recomputed from the state the forward pass saved, into this
@@ -552,11 +589,17 @@ def scan_bwd_kernel(
         xb, zb, db, bb, cb = _load_step(s_begin + 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
                                         dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
                                         rmask, DT_PROJ, False, False)
+        # AHEAD: step s + 1's delta computed during step s (from inputs that arrived a step earlier), as in the
+        # forward, and in the walk below the gate's factors of step s - 1 during step s
+        delta_next, raw_next = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
         for s in range(s_begin, s_end):
             xn, zn, dn, bn, cn = _load_step(s + 2, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l, dt_base,
                                             stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
                                             rmask, DT_PROJ, False, False)
-            delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
+            if AHEAD:
+                delta, raw = delta_next, raw_next
+            else:
+                delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
             h = tl.exp2(delta[:, None] * a2) * h + (delta * xa.to(tl.float32))[:, None] * ba.to(tl.float32)[None, :]
             row = (s - s_begin) * stride_scratch_s
             if SOFTPLUS:
@@ -566,6 +609,8 @@ def scan_bwd_kernel(
             tl.store(scratch + row, h)
             tl.store(scratch_vec + row, delta)
             tl.store(scratch_vec + row + stride_scratch_n, dsp)
+            if AHEAD:
+                delta_next, raw_next = _delta_of(db, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
             xa, za, da, ba, ca = xb, zb, db, bb, cb
             xb, zb, db, bb, cb = xn, zn, dn, bn, cn
         # 2. walk the chunk backwards (the same threads read back what they wrote), inputs prefetched a step ahead
@@ -574,6 +619,7 @@ def scan_bwd_kernel(
                                                      stride_z_l, bm_base, cm_base, stride_bc_l, gy_base, stride_y_l,
                                                      scratch, scratch_vec, stride_scratch_n, stride_scratch_s, emask,
                                                      smask, HAS_Z)
+        gy_next, gzf_next = _gate_grads(ga, za, HAS_Z)
         for si in range(s_end - s_begin):
             s = s_last - si
             xn, zn, bn, cn, gn, hn, dln, spn = _load_bwd(s - 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base,
@@ -585,18 +631,16 @@ def scan_bwd_kernel(
             xf = xa.to(tl.float32)
             bf = ba.to(tl.float32)
             cf = ca.to(tl.float32)
-            gout = ga.to(tl.float32)
+            if AHEAD:
+                gy, gzf = gy_next, gzf_next
+            else:
+                gy, gzf = _gate_grads(ga, za, HAS_Z)
             if HAS_Z:
-                zf = za.to(tl.float32)
-                sig = _sigmoid(zf)
-                gy = gout * zf * sig
                 yv = tl.sum(ha * cf[None, :], axis=1)
                 if HAS_D:
                     yv += dskip * xf
-                gz = gout * yv * sig * (1.0 + zf * (1.0 - sig))
+                gz = gzf * yv
                 tl.store(gz_base + t * stride_gx_l, gz.to(gz_ptr.dtype.element_ty), mask=emask)
-            else:
-                gy = gout
             lam = gy[:, None] * cf[None, :] + mu
             dx = delta * xf
             # d loss / d(delta * A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
@@ -616,6 +660,8 @@ def scan_bwd_kernel(
             g_bias += g_raw
             tl.store(gdt_base + t * stride_gdt_l, g_raw.to(gdt_ptr.dtype.element_ty), mask=emask)
             mu = tl.exp2(delta[:, None] * a2) * lam
+            if AHEAD:
+                gy_next, gzf_next = _gate_grads(gn, zn, HAS_Z)
             xa, za, ba, ca, ga, ha, dla, spa = xn, zn, bn, cn, gn, hn, dln, spn
     if A_IS_LOG:
         g_a = g_a * (a2 * 0.6931471805599453)  # d A / d A_log = A

@@ -27,6 +27,12 @@ from .triton_kernels import (
 )
 
 SAVE_EVERY = 16  # the forward pass saves the state every SAVE_EVERY steps for the backward pass (the default)
+# ... every SAVE_EVERY / 2 steps below SHORT_SEQUENCE and every 2 * SAVE_EVERY from LONG_SEQUENCE on. Measured in
+# the whole Vim-Ti training step (docs/kernels.md, "Session 7"): at 224 px (197 tokens) 8 instead of 16 is 4.9%
+# faster for 37% more memory (4.4 -> 6.0 GiB at batch 128); at 1248 px (6,085 tokens) 32 instead of 16 costs 1.2%
+# of the speed for 21% less memory (16.2 -> 12.8 GiB at batch 16), at 512 px 2.6% for 21%.
+SHORT_SEQUENCE = 1024
+LONG_SEQUENCE = 4096
 # Fused multiply-adds on, as every kernel here was measured and tested (Triton 3.9 warns that its default will turn
 # them off in 3.10; asking explicitly keeps the numerics and the speed across versions).
 FP_FUSION = dict(enable_fp_fusion=True)
@@ -47,6 +53,12 @@ def _config():
         bwd_block_e=_env_int("VISION_MAMBA_TRITON_BWD_BLOCK_E", 0),
         bwd_num_warps=_env_int("VISION_MAMBA_TRITON_BWD_WARPS", 1),
         prefetch=_env_int("VISION_MAMBA_TRITON_PREFETCH", 1),  # forward: 1, 2 or 4 steps ahead
+        # forward: delta and the gate of the next step computed during the current one (needs prefetch 1);
+        # -1: where it measured faster (_forward_ahead)
+        ahead=_env_int("VISION_MAMBA_TRITON_AHEAD", -1),
+        # backward: its recomputed delta a step ahead, and the gate's gradient factors a step ahead in its walk
+        # (measured as fast or faster at every shape)
+        bwd_ahead=_env_int("VISION_MAMBA_TRITON_BWD_AHEAD", 1),
         # Vim's mixer: delta from a batched matmul before the scan ("matmul") or dt_proj folded into it ("fold")
         delta=os.environ.get("VISION_MAMBA_TRITON_DELTA", "fold"),
         # conv forward: rows per tile, tiles per program, warps
@@ -69,9 +81,35 @@ def _config():
         # chunk-parallel forward and backward when there are fewer programs than this (0: never; -1: 8 per SM)
         min_programs=_env_int("VISION_MAMBA_TRITON_MIN_PROGRAMS", -1),
         # steps between the states the forward saves for the backward, which recomputes each block of this many
-        # steps into a per-program scratch (its size sets how much of the scratch stays in L2)
-        save_every=_env_int("VISION_MAMBA_TRITON_SAVE_EVERY", SAVE_EVERY),
+        # steps into a per-program scratch (its size sets how much of the scratch stays in L2); 0: by sequence
+        # length (_save_every)
+        save_every=_env_int("VISION_MAMBA_TRITON_SAVE_EVERY", 0),
+        # training (dt_proj folded in): recompute the conv's output in the backward pass instead of keeping it
+        # (1: -[2, B, L, E] activations per block for one conv launch more; 0: keep it)
+        recompute_conv=_env_int("VISION_MAMBA_TRITON_RECOMPUTE_CONV", 1),
     )
+
+
+def _save_every(cfg, length: int) -> int:
+    """Steps between saved states for a sequence of ``length`` steps: the configured value, or by length: speed
+    where the saved states are small, memory where they dominate a training step's (see SHORT_SEQUENCE)."""
+    if cfg["save_every"]:
+        return cfg["save_every"]
+    if length < SHORT_SEQUENCE:
+        return SAVE_EVERY // 2
+    return 2 * SAVE_EVERY if length >= LONG_SEQUENCE else SAVE_EVERY
+
+
+def _forward_ahead(cfg, block_e: int, save_states: bool) -> bool:
+    """Whether the forward computes delta and the gate a step ahead (AHEAD in scan_fwd_kernel): as configured,
+    or where it measured faster (docs/kernels.md, "Session 7"): the 128-channel programs (their threads hold 4
+    channels' chains; 1248 px / batch 16: 1.38 -> 1.25 ms) and the forward that saves states for training; the
+    64-channel inference forward was 4 - 6% slower with it (224 px / batch 128: 0.189 -> 0.197 ms)."""
+    if cfg["ahead"] >= 0:
+        if cfg["ahead"] and cfg["prefetch"] != 1:
+            raise ValueError("VISION_MAMBA_TRITON_AHEAD=1 needs VISION_MAMBA_TRITON_PREFETCH=1")
+        return bool(cfg["ahead"])
+    return cfg["prefetch"] == 1 and (block_e >= 128 or save_states)
 
 
 def _params_t(value: int, backward: bool) -> bool:
@@ -271,7 +309,7 @@ def _zero_state(E: int, N: int, device) -> Tensor:
 
 def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, config=None,
                  out: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
-    """y: [B, L, ND, E]; the states saved every ``save_every`` steps (the config's): [B, ND, ceil(L / save_every),
+    """y: [B, L, ND, E]; the states saved every ``save_every`` steps (:func:`_save_every`): [B, ND, ceil(L / save_every),
     N, E] fp32 (channels contiguous). ``out``: where to write y (any [B, L, ND, E] view with unit channel
     stride), e.g. over the scan's own input x ([ND, B, L, E] permuted): each element of x is read by the program
     that then writes the y element at the same place, before it does."""
@@ -286,7 +324,8 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     if out is not None:
         assert out.shape == (B, L, ND, E) and out.stride(-1) == 1 and out.dtype == y_dtype
     y = out if out is not None else _new(B, L, ND, E, device=dev, dtype=y_dtype)
-    save_every = cfg["save_every"]
+    save_every = _save_every(cfg, L)
+    ahead = _forward_ahead(cfg, block_e, save_states)
     n_save = triton.cdiv(L, save_every)
     hsave = _new(B, ND, n_save, N, E, device=dev, dtype=torch.float32) if save_states else None
     common = args.common()
@@ -305,7 +344,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
             L, E, args.R, steps, args.dir_base,
             *common["strides"], y.stride(0), y.stride(1), y.stride(2), *pstrides,
             *h_strides, *s_strides,
-            BLOCK_E=block_e, SAVE_EVERY=save_every, PREFETCH=cfg["prefetch"],
+            BLOCK_E=block_e, SAVE_EVERY=save_every, PREFETCH=cfg["prefetch"], AHEAD=ahead,
             HAS_INIT=hinit is not None, WRITE_END=write_end, WRITE_Y=write_y, SAVE_STATES=save,
             num_warps=cfg["num_warps"], **FP_FUSION, **_maxnreg(cfg.get("maxnreg")),
             PARAMS_T=_params_t(cfg.get("params_t", -1), backward=False), EVEN_E=E % block_e == 0, **flags,
@@ -352,7 +391,7 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     common = args.common()
     t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
     params_t = _params_t(cfg.get("bwd_params_t", -1), backward=True)
-    save_every = cfg["save_every"]
+    save_every = _save_every(cfg, L)
     assert hsave.shape[2] == triton.cdiv(L, save_every), "the states were saved with another save_every"
     n_chunks, steps = _chunking(B * n_eb * ND, L, min_programs, save_every)
     muinit = None
@@ -386,7 +425,7 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
         graw.stride(0), graw.stride(1), graw.stride(2),
         gbc.stride(0), gbc.stride(1), gbc.stride(2), gbc.stride(3), block_e, (N + 2) * block_e, *m_strides,
         BLOCK_E=block_e, SAVE_EVERY=save_every, num_warps=cfg["bwd_num_warps"], **FP_FUSION, **_maxnreg(cfg.get("bwd_maxnreg")),
-        PARAMS_T=params_t, EVEN_E=E % block_e == 0, HAS_MU_INIT=muinit is not None,
+        PARAMS_T=params_t, EVEN_E=E % block_e == 0, HAS_MU_INIT=muinit is not None, AHEAD=bool(cfg.get("bwd_ahead")),
         **common["flags"],
     )
     return dict(gx=gx, gz=gz if args.z is not None else None, gbc=gbc.sum(1), graw=graw, ga=ga.transpose(1, 2), gd=gd,
@@ -538,24 +577,72 @@ def _bi_delta_args(xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b):
         n_dirs=2, dir_base=0, dt_proj=False, softplus=True, a_is_log=True, b_col=0, c_col=N)
 
 
+def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], bias_b: Optional[Tensor],
+                 cfg) -> Tensor:
+    """silu(conv) of both directions in one launch: [2, B, L, E] from x [B, L, E] (see :class:`_TritonBiConv`)."""
+    x = _last_contiguous(x)
+    B, L, E = x.shape
+    K = w_f.shape[-1]
+    if K != 4:
+        raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
+    out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
+    block_l, block_e, tiles = cfg["conv_block_l"], 64, cfg["conv_tiles"]
+    conv_fwd_kernel[(triton.cdiv(L, block_l * tiles), triton.cdiv(E, block_e), B)](
+        x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E,
+        x.stride(0), x.stride(1), out.stride(0), out.stride(1), out.stride(2),
+        K=K, BLOCK_L=block_l, BLOCK_E=block_e, TILES=tiles, HAS_BIAS=bias_f is not None,
+        num_warps=cfg["conv_warps"], **FP_FUSION)
+    return out
+
+
+def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], bias_b: Optional[Tensor],
+                  gout: Tensor, cfg):
+    """Gradients of :func:`conv_forward` for the output gradient ``gout`` [2, B, L, E]: (d x, d w_f, d w_b,
+    d bias_f, d bias_b), each in its tensor's dtype (None for absent biases)."""
+    x = _last_contiguous(x)
+    gout = _last_contiguous(gout)
+    B, L, E = x.shape
+    K = w_f.shape[-1]
+    block_l, block_e = 32, 64
+    n_eb, n_tiles = triton.cdiv(E, block_e), triton.cdiv(L, block_l)
+    # weight gradients: each program sums the tiles of its chunk of rows; enough chunks to fill the GPU
+    n_chunks = 1
+    min_programs = _min_programs(x.device, cfg["min_programs"])
+    if min_programs and B * n_eb < min_programs:
+        n_chunks = min(triton.cdiv(min_programs, B * n_eb), n_tiles)
+    rows = triton.cdiv(n_tiles, n_chunks) * block_l
+    n_chunks = triton.cdiv(L, rows)
+    # g_pre in the activations' precision (bf16 gradients arrive in bf16 anyway; fp32 stays fp32); the weight
+    # gradients are summed from the fp32 values inside the kernel
+    gpre = _new(2, B, L, E, device=x.device, dtype=torch.float32 if x.dtype == torch.float32 else x.dtype)
+    part = _new(B * n_chunks, 2, 5, E, device=x.device, dtype=torch.float32)
+    # (rows of 8: ten [rows, channels] accumulators stay in registers)
+    conv_bwd_kernel[(n_chunks, n_eb, B)](
+        x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gpre, part, L, E, rows,
+        x.stride(0), x.stride(1), gout.stride(0), gout.stride(1), gout.stride(2),
+        gpre.stride(0), gpre.stride(1), gpre.stride(2),
+        K=K, BLOCK_L=cfg["conv_bwd_rows"], BLOCK_E=block_e,
+        HAS_BIAS=bias_f is not None, num_warps=cfg["conv_bwd_warps"], **FP_FUSION)
+    gx = _new(B, L, E, device=x.device, dtype=x.dtype)
+    in_rows, in_tiles = cfg["conv_bwd_input_rows"], cfg["conv_bwd_input_tiles"]
+    conv_bwd_input_kernel[(triton.cdiv(L, in_rows * in_tiles), n_eb, B)](
+        gpre, w_f, w_b, gx, L, E, gpre.stride(0), gpre.stride(1), gpre.stride(2), gx.stride(0), gx.stride(1),
+        K=K, BLOCK_L=in_rows, BLOCK_E=block_e, TILES=in_tiles, num_warps=cfg["conv_bwd_input_warps"],
+        **FP_FUSION)
+    sums = part.sum(0)  # [2, 5, E]
+    gw = sums[:, :4].transpose(1, 2).contiguous()
+    gbias = sums[:, 4]
+    gb = (lambda i, ref: gbias[i].to(ref.dtype) if ref is not None else None)
+    return gx, gw[0].view_as(w_f).to(w_f.dtype), gw[1].view_as(w_b).to(w_b.dtype), gb(0, bias_f), gb(1, bias_b)
+
+
 class _TritonBiConv(torch.autograd.Function):
     """xs[d] = silu(conv_d(x)): causal for d = 0, anti-causal (time-reversed) for d = 1. x: [B, L, E]."""
 
     @staticmethod
     def forward(ctx, x, w_f, w_b, bias_f, bias_b, cfg=None):
         cfg = cfg or _config()
-        x = _last_contiguous(x)
-        B, L, E = x.shape
-        K = w_f.shape[-1]
-        if K != 4:
-            raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
-        out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
-        block_l, block_e, tiles = cfg["conv_block_l"], 64, cfg["conv_tiles"]
-        conv_fwd_kernel[(triton.cdiv(L, block_l * tiles), triton.cdiv(E, block_e), B)](
-            x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E,
-            x.stride(0), x.stride(1), out.stride(0), out.stride(1), out.stride(2),
-            K=K, BLOCK_L=block_l, BLOCK_E=block_e, TILES=tiles, HAS_BIAS=bias_f is not None,
-            num_warps=cfg["conv_warps"], **FP_FUSION)
+        out = conv_forward(x, w_f, w_b, bias_f, bias_b, cfg)
         ctx.save_for_backward(x, w_f, w_b, bias_f, bias_b)
         ctx.cfg = cfg
         return out
@@ -563,42 +650,61 @@ class _TritonBiConv(torch.autograd.Function):
     @staticmethod
     def backward(ctx, gout):
         x, w_f, w_b, bias_f, bias_b = ctx.saved_tensors
-        gout = _last_contiguous(gout)
-        B, L, E = x.shape
-        K = w_f.shape[-1]
+        return (*conv_backward(x, w_f, w_b, bias_f, bias_b, gout, ctx.cfg), None)
+
+
+class _TritonBiMixer(torch.autograd.Function):
+    """The conv, x_proj and the scan of both directions (dt_proj + softplus, D, silu(z) folded in) as one node of
+    the autograd graph, for training: ys [B, L, 2, E] from x, z [B, L, E] (the halves of in_proj's output).
+
+    What it keeps for the backward pass is x and z (in_proj's output, kept anyway), x_proj's small outputs and
+    the saved states, not the conv's output xs [2, B, L, E]: the backward recomputes xs with one conv launch
+    (~0.03 ms at 224 px / batch 128, against the 0.9 GiB that 24 blocks' xs take there). Its gradient collects
+    the scan's and x_proj's contributions before the conv's backward, as autograd would for the unfused ops."""
+
+    @staticmethod
+    def forward(ctx, x, z, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b,
+                cfg):
+        xs = conv_forward(x, cw_f, cw_b, cb_f, cb_b, cfg)
+        # x_proj in the activations' dtype, as autocast runs F.linear on bf16 activations and fp32 weights
+        dbl_f = F.linear(xs[0], xw_f.to(xs.dtype))
+        dbl_b = F.linear(xs[1], xw_b.to(xs.dtype))
+        R, N = w_f.shape[1], alog_f.shape[1]
+        args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
+        needs_grad = any(ctx.needs_input_grad[:16])
+        y, hsave = scan_forward(args, xs.dtype, save_states=needs_grad, config=cfg)
+        if needs_grad:
+            ctx.save_for_backward(x, z, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b,
+                                  d_f, d_b, dbl_f, dbl_b, hsave)
+            ctx.cfg = cfg
+        return y
+
+    @staticmethod
+    def backward(ctx, gy):
+        (x, z, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, dbl_f, dbl_b,
+         hsave) = ctx.saved_tensors
         cfg = ctx.cfg
-        block_l, block_e = 32, 64
-        n_eb, n_tiles = triton.cdiv(E, block_e), triton.cdiv(L, block_l)
-        # weight gradients: each program sums the tiles of its chunk of rows; enough chunks to fill the GPU
-        n_chunks = 1
-        min_programs = _min_programs(x.device, cfg["min_programs"])
-        if min_programs and B * n_eb < min_programs:
-            n_chunks = min(triton.cdiv(min_programs, B * n_eb), n_tiles)
-        rows = triton.cdiv(n_tiles, n_chunks) * block_l
-        n_chunks = triton.cdiv(L, rows)
-        # g_pre in the activations' precision (bf16 gradients arrive in bf16 anyway; fp32 stays fp32); the weight
-        # gradients are summed from the fp32 values inside the kernel
-        gpre = _new(2, B, L, E, device=x.device, dtype=torch.float32 if x.dtype == torch.float32 else x.dtype)
-        part = _new(B * n_chunks, 2, 5, E, device=x.device, dtype=torch.float32)
-        # (rows of 8: ten [rows, channels] accumulators stay in registers)
-        conv_bwd_kernel[(n_chunks, n_eb, B)](
-            x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gpre, part, L, E, rows,
-            x.stride(0), x.stride(1), gout.stride(0), gout.stride(1), gout.stride(2),
-            gpre.stride(0), gpre.stride(1), gpre.stride(2),
-            K=K, BLOCK_L=cfg["conv_bwd_rows"], BLOCK_E=block_e,
-            HAS_BIAS=bias_f is not None, num_warps=cfg["conv_bwd_warps"], **FP_FUSION)
-        gx = _new(B, L, E, device=x.device, dtype=x.dtype)
-        in_rows, in_tiles = cfg["conv_bwd_input_rows"], cfg["conv_bwd_input_tiles"]
-        conv_bwd_input_kernel[(triton.cdiv(L, in_rows * in_tiles), n_eb, B)](
-            gpre, w_f, w_b, gx, L, E, gpre.stride(0), gpre.stride(1), gpre.stride(2), gx.stride(0), gx.stride(1),
-            K=K, BLOCK_L=in_rows, BLOCK_E=block_e, TILES=in_tiles, num_warps=cfg["conv_bwd_input_warps"],
-            **FP_FUSION)
-        sums = part.sum(0)  # [2, 5, E]
-        gw = sums[:, :4].transpose(1, 2).contiguous()
-        gbias = sums[:, 4]
-        gb = (lambda i, ref: gbias[i].to(ref.dtype) if ref is not None else None)
-        return (gx, gw[0].view_as(w_f).to(w_f.dtype), gw[1].view_as(w_b).to(w_b.dtype), gb(0, bias_f), gb(1, bias_b),
-                None)
+        xs = conv_forward(x, cw_f, cw_b, cb_f, cb_b, cfg)  # the conv's output again, bit for bit
+        R, N = w_f.shape[1], alog_f.shape[1]
+        E = xs.shape[-1]
+        args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
+        g = scan_backward(args, hsave, gy, config=cfg)
+        gz = (g["gz"][0].float() + g["gz"][1].float()).to(z.dtype)
+        gxs = g["gx"]  # [2, B, L, E] in xs's dtype: the scan's part of d xs, x_proj's added below
+        gxw, gw = [], []
+        for i, (dbl, xw, w) in enumerate(((dbl_f, xw_f, w_f), (dbl_b, xw_b, w_b))):
+            rows = dbl.reshape(-1, dbl.shape[-1])
+            g_low, g_w = dt_proj_grads(g["graw"][i].view(rows.shape[0], -1), rows[:, :R], w)
+            gdbl = torch.cat([g_low.to(dbl.dtype), g["gbc"][i].view(rows.shape[0], 2 * N).to(dbl.dtype)], dim=1)
+            gxs[i].view(-1, E).addmm_(gdbl, xw.to(gdbl.dtype))
+            gxw.append((gdbl.t() @ xs[i].reshape(-1, E)).to(xw.dtype))
+            gw.append(g_w)
+        del xs
+        gx, gcw_f, gcw_b, gcb_f, gcb_b = conv_backward(x, cw_f, cw_b, cb_f, cb_b, gxs, cfg)
+        cast = lambda v, ref: v.to(ref.dtype) if ref is not None else None  # noqa: E731
+        return (gx, gz, gcw_f, gcw_b, gcb_f, gcb_b, gxw[0], gxw[1], cast(gw[0], w_f), cast(gw[1], w_b),
+                cast(g["gbias"][0], bias_f), cast(g["gbias"][1], bias_b), cast(g["ga"][0], alog_f),
+                cast(g["ga"][1], alog_b), cast(g["gd"][0], d_f), cast(g["gd"][1], d_b), None)
 
 
 def _bi_scan_inplace(xs: Tensor, z: Tensor, dbl_f: Tensor, dbl_b: Tensor, forward, backward, cfg) -> Tensor:
@@ -618,6 +724,41 @@ def _out_proj_directions(ys: Tensor, weight: Tensor, bias: Optional[Tensor]) -> 
     return out if bias is None else out.add_(bias.to(out.dtype))
 
 
+class _OutProjCombine(torch.autograd.Function):
+    """out_proj((y_f + y_b) / 2) for ys [B, L, 2, E] (the scan's output) in training: the product itself is
+    F.linear on [y_f | y_b] with the weight [W, W] / 2, as before, but the backward pass needs only the mean of
+    the two directions for d W, so that is what is kept ([B, L, E] instead of [B, L, 2, E]), and d ys is the one
+    [B, L, E] product d out @ W / 2, handed to both directions as a stride-0 view (the scan's backward reads it
+    through its strides) instead of a [B, L, 2E] product whose halves are equal."""
+
+    @staticmethod
+    def forward(ctx, ys, weight, bias):
+        B, L, _, E = ys.shape
+        w = (weight * 0.5).to(ys.dtype)  # as autocast casts the weight (and the bias) of F.linear
+        out = F.linear(ys.view(B, L, 2 * E), torch.cat([w, w], dim=1), bias.to(ys.dtype) if bias is not None else None)
+        if ctx.needs_input_grad[1]:
+            ctx.save_for_backward((ys[:, :, 0] + ys[:, :, 1]) * 0.5, weight)
+        else:
+            ctx.save_for_backward(None, weight)
+        ctx.has_bias = bias is not None
+        ctx.bias_dtype = bias.dtype if bias is not None else None
+        return out
+
+    @staticmethod
+    def backward(ctx, gout):
+        ymean, weight = ctx.saved_tensors
+        B, L, D = gout.shape
+        E = weight.shape[1]
+        g = gout @ (weight * 0.5).to(gout.dtype)  # [B, L, E], d ys for either direction
+        gys = g.unsqueeze(2).expand(B, L, 2, E)
+        gw = None
+        if ymean is not None:
+            gw = (gout.reshape(-1, D).t() @ ymean.reshape(-1, E).to(gout.dtype)).to(weight.dtype)
+        gb = gout.reshape(-1, D).float().sum(0).to(ctx.bias_dtype) if ctx.has_bias and ctx.needs_input_grad[2] \
+            else None
+        return gys, gw, gb
+
+
 def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optional[Tensor] = None,
                          out_proj_bias: Optional[Tensor] = None) -> Tensor:
     """Vim's mixer on the Triton kernels. xz: [B, L, 2E] -> [B, L, D] (or [B, L, E] without out_proj)."""
@@ -625,21 +766,34 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
     x, z = xz.chunk(2, dim=-1)
     E = x.shape[-1]
     cfg = _config()  # read once per call (environment variables, for tuning sweeps)
-    xs = _TritonBiConv.apply(x, forward.conv_weight, backward.conv_weight, forward.conv_bias, backward.conv_bias, cfg)
-    if cfg["delta"] == "fold":
+    if cfg["delta"] == "fold" and not torch.is_grad_enabled():
+        # inference: nothing is kept for a backward pass, so the scan writes y over its input (the conv's output,
+        # dead once x_proj has read it): one [2, B, L, E] buffer less at the peak
+        xs = conv_forward(x, forward.conv_weight, backward.conv_weight, forward.conv_bias, backward.conv_bias, cfg)
         dbl_f = F.linear(xs[0], forward.x_proj_weight)
         dbl_b = F.linear(xs[1], backward.x_proj_weight)
-        if not torch.is_grad_enabled():
-            # inference: nothing is kept for a backward pass, so the scan writes y over its input (the conv's
-            # output, dead once x_proj has read it): one [2, B, L, E] buffer less at the peak
-            ys = _bi_scan_inplace(xs, z, dbl_f, dbl_b, forward, backward, cfg)
-            if out_proj_weight is None:
-                return (ys[0] + ys[1]) / 2
-            return _out_proj_directions(ys, out_proj_weight, out_proj_bias)
+        ys = _bi_scan_inplace(xs, z, dbl_f, dbl_b, forward, backward, cfg)
+        if out_proj_weight is None:
+            return (ys[0] + ys[1]) / 2
+        return _out_proj_directions(ys, out_proj_weight, out_proj_bias)
+    if cfg["delta"] == "fold" and cfg["recompute_conv"]:
+        # training: one autograd node from the conv to the scan, which recomputes the conv's output in backward
+        ys = _TritonBiMixer.apply(x, z, forward.conv_weight, backward.conv_weight, forward.conv_bias,
+                                  backward.conv_bias, forward.x_proj_weight, backward.x_proj_weight,
+                                  forward.dt_proj_weight, backward.dt_proj_weight, forward.dt_proj_bias,
+                                  backward.dt_proj_bias, forward.A_log, backward.A_log, forward.D, backward.D, cfg)
+    elif cfg["delta"] == "fold":
+        # training, the conv's output kept for the backward pass (separate nodes: conv, x_proj, scan)
+        xs = _TritonBiConv.apply(x, forward.conv_weight, backward.conv_weight, forward.conv_bias,
+                                 backward.conv_bias, cfg)
+        dbl_f = F.linear(xs[0], forward.x_proj_weight)
+        dbl_b = F.linear(xs[1], backward.x_proj_weight)
         ys = _TritonBiScan.apply(xs, z, dbl_f, dbl_b, forward.dt_proj_weight, backward.dt_proj_weight,
                                  forward.dt_proj_bias, backward.dt_proj_bias, forward.A_log, backward.A_log,
                                  forward.D, backward.D, torch.is_grad_enabled(), cfg)
     else:
+        xs = _TritonBiConv.apply(x, forward.conv_weight, backward.conv_weight, forward.conv_bias,
+                                 backward.conv_bias, cfg)
         # x_proj and dt_proj of both directions as two batched matmuls; x_proj's rows come out B | C | dt_low
         R, N = forward.dt_proj_weight.shape[1], forward.A_log.shape[1]
         dbl = torch.bmm(xs.view(2, B * L, E), xproj_weights(forward.x_proj_weight, backward.x_proj_weight, R, N)
@@ -652,5 +806,4 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
     if out_proj_weight is None:
         return (ys[:, :, 0] + ys[:, :, 1]) / 2
     # out_proj((y_f + y_b) / 2) = [y_f | y_b] @ ([W, W] / 2)^T: the combine costs no extra pass over memory
-    weight = torch.cat([out_proj_weight, out_proj_weight], dim=1) * 0.5
-    return F.linear(ys.view(B, L, 2 * E), weight, out_proj_bias)
+    return _OutProjCombine.apply(ys, out_proj_weight, out_proj_bias)
