@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -316,3 +317,14 @@ def test_graph_case_off_cuda_runs_eagerly_with_a_note():
     record = core.run_case(Case("test_vim", 64, 1, graph=True), _fast_settings())
     assert record["status"] == "ok" and record["graph"] is False
     assert "not on CUDA" in record["note"]
+
+
+def test_command_records_kernel_settings(monkeypatch):
+    # the VISION_MAMBA_* variables change what is measured, so a record's command carries them
+    for key in [k for k in os.environ if k.startswith("VISION_MAMBA_")]:
+        monkeypatch.delenv(key)
+    args = command.parse(["--models", "test_vim", "--res", "64"])
+    assert command.command_line(args).startswith("vision-mamba bench ")
+    monkeypatch.setenv("VISION_MAMBA_TRITON_AHEAD", "1")
+    monkeypatch.setenv("VISION_MAMBA_SCAN", "triton")
+    assert command.command_line(args).startswith("VISION_MAMBA_SCAN=triton VISION_MAMBA_TRITON_AHEAD=1 vision-mamba bench ")

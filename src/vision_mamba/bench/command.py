@@ -151,13 +151,21 @@ def build_cases(args: argparse.Namespace, device: torch.device) -> List[Case]:
     )
 
 
+def _env_prefix() -> str:
+    """The VISION_MAMBA_* environment variables set for this run (backend, kernel launch settings) as they would be
+    typed before the command: a record's command must reproduce it, and these change what is measured."""
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith("VISION_MAMBA_"))
+    return "".join(f"{k}={shlex.quote(v)} " for k, v in env)
+
+
 def command_line(args: Optional[argparse.Namespace] = None) -> str:
-    """The command as typed (from sys.argv), or, when called from Python, rebuilt from the options given."""
+    """The command as typed (from sys.argv), or, when called from Python, rebuilt from the options given; prefixed
+    with the VISION_MAMBA_* environment variables in effect."""
     argv = list(sys.argv)
     if "bench" in argv[1:2] or args is None:
         if argv and (argv[0].endswith("vision-mamba") or argv[0].endswith("cli.py")):
             argv[0] = "vision-mamba"
-        return shlex.join(argv)
+        return _env_prefix() + shlex.join(argv)
     defaults = vars(parse([]))
     parts = ["vision-mamba", "bench"]
     for key, value in vars(args).items():
@@ -168,7 +176,7 @@ def command_line(args: Optional[argparse.Namespace] = None) -> str:
             parts.append(flag)
         else:
             parts += [flag, str(value)]
-    return shlex.join(parts)
+    return _env_prefix() + shlex.join(parts)
 
 
 def busy_cpu_warning() -> Optional[str]:
