@@ -51,12 +51,12 @@ def ceilings(device):
     return bandwidth, exp_rate
 
 
-def make_inputs(batch, length, dtype, device):
+def make_inputs(batch, length, dtype, device, rows_dtype=None):
     g = torch.Generator(device=device).manual_seed(0)
     rnd = lambda *s, scale=1.0: torch.randn(*s, generator=g, device=device) * scale  # noqa: E731
     xs = rnd(2, batch, length, E).to(dtype)
     z = rnd(batch, length, E).to(dtype)
-    dbl = [rnd(batch * length, R + 2 * N).to(dtype) for _ in range(2)]
+    dbl = [rnd(batch * length, R + 2 * N).to(rows_dtype or dtype) for _ in range(2)]
     w = [rnd(E, R, scale=R ** -0.5) for _ in range(2)]
     bias = [rnd(E, scale=0.5) - 4.0 for _ in range(2)]
     alog = [torch.log(torch.arange(1, N + 1, device=device, dtype=torch.float32)).repeat(E, 1) for _ in range(2)]
@@ -127,6 +127,9 @@ def main():
                              'e.g. \'[{"block_e": 128}]\' (keys of triton_scan._config; unset keys: the defaults)')
     parser.add_argument("--backward-configs", type=json.loads, default=None, help="likewise for the backward")
     parser.add_argument("--no-conv", action="store_true", help="skip the conv kernels")
+    parser.add_argument("--rows-fp32", action="store_true",
+                        help="x_proj's rows (dt_low | B | C) in fp32, as the model's inference path writes them on "
+                             "CUDA (the backward and the matmul form get them in fp32 too)")
     parser.add_argument("--save-states", action="store_true",
                         help="time the forward as training runs it (saving the states for the backward)")
     args = parser.parse_args()
@@ -139,7 +142,8 @@ def main():
         res, batch = (int(v) for v in spec.split(":"))
         length = (res // 16) ** 2 + 1
         dtype = torch.bfloat16
-        xs, z, dbl, w, bias, alog, dd = make_inputs(batch, length, dtype, device)
+        xs, z, dbl, w, bias, alog, dd = make_inputs(batch, length, dtype, device,
+                                                    torch.float32 if args.rows_fp32 else None)
         # x_proj's rows in the layout the "matmul" form uses: B | C | dt_low | zeros
         rows = torch.nn.functional.pad(torch.cat([dbl[0], dbl[1]]).view(2, -1, R + 2 * N).roll(-R, dims=2),
                                        (0, ts._bc_width(R, N) - R - 2 * N))

@@ -311,6 +311,83 @@ def test_model_triton_matches_reference():
 
 
 # ---------------------------------------------------------------------------------------------- real shapes (GPU)
+def test_inference_scan_reads_fp32_rows(monkeypatch):
+    # x_proj's rows in fp32 (as _x_proj writes them on CUDA for bf16 activations): the inference forward reads
+    # them as they come; against the reference, activations in bf16
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    rows = []
+
+    def fp32_rows(x, weight, rows_fp32):
+        with torch.autocast(DEVICE.type, enabled=False):
+            rows.append(torch.nn.functional.linear(x.float(), weight.float()))
+        return rows[-1]
+
+    monkeypatch.setattr(ts, "_x_proj", fp32_rows)
+    mixer = perturbed_mixer(20)
+    hidden = torch.randn(2, 19, 20, device=DEVICE)
+    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        with scan_backend("reference"):
+            ref = mixer(hidden)
+        with scan_backend("triton"):
+            out = mixer(hidden)
+    assert [r.dtype for r in rows] == [torch.float32] * 2
+    assert torch.isfinite(out).all() and rel_err(out, ref) < 3e-2
+
+
+def test_gluon_forward_compiles_for_sm90():
+    # Gluon has no interpreter: without a GPU, check at least that the kernel compiles for sm_90 with the installed
+    # Triton (in a process of its own: under TRITON_INTERPRET the standard functions Gluon calls are interpreted)
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from vision_mamba.ops.selective_scan import gluon_kernels
+
+    if gluon_kernels.scan_fwd_gluon_kernel is None:
+        pytest.skip("this Triton has no Gluon")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    run = subprocess.run([sys.executable, str(Path(__file__).with_name("gluon_compile_check.py"))], env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "no layout conversions" in run.stdout
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows_dtype", [torch.bfloat16, torch.float32], ids=["rows-bf16", "rows-fp32"])
+@pytest.mark.parametrize("length,batch", [(1, 1), (63, 3), (197, 2), (6085, 1)])
+def test_gluon_forward_matches_triton_and_reference(length, batch, rows_dtype, monkeypatch):
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if not gluon_kernels.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    monkeypatch.setenv("VISION_MAMBA_TRITON_MIN_PROGRAMS", "0")  # one launch without chunks: where Gluon applies
+    E, N, R = 384, 16, 12
+    g = torch.Generator().manual_seed(length)
+    xs = torch.randn(2, batch, length, E, generator=g).to(DEVICE, torch.bfloat16)
+    z = torch.randn(batch, length, 2 * E, generator=g).to(DEVICE, torch.bfloat16)[..., E:]
+    dbl = [(torch.randn(batch * length, R + 2 * N, generator=g) * 0.5).to(DEVICE, rows_dtype) for _ in range(2)]
+    w = [(torch.randn(E, R, generator=g) * 0.3).to(DEVICE) for _ in range(2)]
+    bias = [(torch.randn(E, generator=g) * 0.5).to(DEVICE) for _ in range(2)]
+    alog = [torch.randn(E, N, generator=g).to(DEVICE) for _ in range(2)]
+    dd = [torch.randn(E, generator=g).to(DEVICE) for _ in range(2)]
+    args = ts._bi_args(xs, z, dbl[0], dbl[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1], dd[0], dd[1], R, N)
+    cfg = ts._config()
+    assert ts._gluon_applies(cfg, args, xs.device)
+    y_gluon, _ = ts.scan_forward(args, torch.bfloat16, save_states=False, config=cfg)
+    y_triton, _ = ts.scan_forward(args, torch.bfloat16, save_states=False, config=dict(cfg, gluon=0))
+    assert torch.isfinite(y_gluon).all()
+    assert rel_err(y_gluon, y_triton) < 1e-2
+    for d in range(2):
+        rows = dbl[d].float().view(batch, length, -1)
+        ref = selective_scan_ref(xs[d].float(), rows[..., :R] @ w[d].t(), -torch.exp(alog[d]), rows[..., R:R + N],
+                                 rows[..., R + N:], dd[d], z.float(), bias[d], delta_softplus=True, reverse=d == 1)
+        assert rel_err(y_gluon[:, :, d], ref) < 1e-2, d
+    if length == 197:  # the mixer's inference path (fp32 rows from x_proj on CUDA) against the reference
+        check_mixer(2, 197, 192, torch.bfloat16, min_programs="0", monkeypatch=monkeypatch)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("length", [1, 63, 197, 730, 6085])
