@@ -363,6 +363,8 @@ def test_gluon_forward_matches_triton_and_reference(length, batch, rows_dtype, m
     if not gluon_kernels.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
     monkeypatch.setenv("VISION_MAMBA_TRITON_MIN_PROGRAMS", "0")  # one launch without chunks: where Gluon applies
+    monkeypatch.setenv("VISION_MAMBA_TRITON_GLUON", "1")  # (opt-in until measured on a GPU)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_ROWS_FP32", "1")
     E, N, R = 384, 16, 12
     g = torch.Generator().manual_seed(length)
     xs = torch.randn(2, batch, length, E, generator=g).to(DEVICE, torch.bfloat16)

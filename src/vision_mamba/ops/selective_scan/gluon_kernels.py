@@ -12,7 +12,8 @@ per step of the time loop with fp32 x_proj rows, 350 instead of 375 with bf16 ro
 
 Gluon has no interpreter: this kernel runs only on a GPU, where ``tests/test_triton.py`` compares it with the
 Triton kernel and the reference; on the CPU a test compiles it for sm_90. ``scan_forward`` falls back to the
-Triton kernel wherever this one does not apply.
+Triton kernel wherever this one does not apply. Opt-in (VISION_MAMBA_TRITON_GLUON=1) until it has been run and
+measured on a GPU: so far it has only been compiled.
 """
 from __future__ import annotations
 
