@@ -4,6 +4,7 @@ layout conversions in the generated code (shuffles, shared-memory traffic, barri
     PYTHONPATH=src python benchmarks/kernel_layouts.py                 # both kernels, the launch defaults
     PYTHONPATH=src python benchmarks/kernel_layouts.py --params-t 0    # force one way of loading A / W_dt
     PYTHONPATH=/path/to/other/triton:src python benchmarks/kernel_layouts.py   # another Triton version
+    PYTHONPATH=src python benchmarks/kernel_layouts.py --gluon --sass  # the Gluon scan kernels (gluon_kernels.py)
 
 Each kernel's launch is captured from the real launch code (on small CPU tensors), compiled with
 ``triton.compile`` for a CUDA 9.0 target with the specialisation Triton's launcher would apply (pointers 16-byte
@@ -90,8 +91,9 @@ def _ptxas(ptx: str, work: Path) -> str:
 
 
 def _loop_mix(work: Path, out: Path = None, name: str = "") -> str:
-    """The SASS of the cubin ptxas just wrote: the opcodes of its largest loop body (the instructions between a
-    backward branch and its target), per opcode, largest first: what one pass of the time loop costs."""
+    """The SASS of the cubin ptxas just wrote: the opcodes of each innermost loop body of 40 instructions or more
+    (the instructions between a backward branch and its target), per opcode, largest first: what one pass of a
+    time loop costs (a backward kernel has two: the recompute and the walk)."""
     tool = Path(_tool_dir()) / "cuobjdump"
     run = subprocess.run([str(tool), "-sass", str(work / "k.cubin")], capture_output=True, text=True)
     if run.returncode != 0:
@@ -103,23 +105,28 @@ def _loop_mix(work: Path, out: Path = None, name: str = "") -> str:
         m = re.match(r"\s*/\*([0-9a-f]{4,})\*/\s+(@!?U?P\w+\s+)?([A-Z][A-Z0-9_.]*)(.*)", line)
         if m:
             ins.append((int(m.group(1), 16), m.group(3), m.group(4)))
-    best = None
-    for i, (addr, op, rest) in enumerate(ins):
+    loops = []  # (target, branch address) of every backward branch
+    for addr, op, rest in ins:
         t = re.search(r"`?\(?\.L_x_\d+\)?|0x([0-9a-f]+)", rest)
         if op.startswith("BRA") and t and t.group(1):
             target = int(t.group(1), 16)
             if target < addr:
-                body = [o for a, o, _ in ins if target <= a <= addr]
-                if best is None or len(body) > len(best):
-                    best = body
-    if not best:
+                loops.append((target, addr))
+    # the innermost loops (no other loop inside), in program order: a kernel's time loops
+    inner = [(lo, hi) for lo, hi in loops if not any(lo <= a < b <= hi and (a, b) != (lo, hi) for a, b in loops)]
+    inner = [(lo, hi) for lo, hi in inner if sum(1 for a, _, _ in ins if lo <= a <= hi) >= 40]
+    if not inner:
         return "(no loop found)"
-    counts = {}
-    for op in best:
-        key = op.split(".")[0]
-        counts[key] = counts.get(key, 0) + 1
-    top = sorted(counts.items(), key=lambda kv: -kv[1])
-    return f"loop {len(best)} instructions: " + ", ".join(f"{k} {v}" for k, v in top[:14])
+    parts = []
+    for lo, hi in sorted(inner):
+        body = [o for a, o, _ in ins if lo <= a <= hi]
+        counts = {}
+        for op in body:
+            key = op.split(".")[0]
+            counts[key] = counts.get(key, 0) + 1
+        top = sorted(counts.items(), key=lambda kv: -kv[1])
+        parts.append(f"loop {len(body)} instructions: " + ", ".join(f"{k} {v}" for k, v in top[:14]))
+    return "\n           ".join(parts)
 
 
 def _tool_dir() -> str:
@@ -136,14 +143,19 @@ def report(name, kernel, call, work: Path, out: Path = None, sass: bool = False)
     kwargs = dict(kwargs)
     options = {k: kwargs.pop(k) for k in _OPTIONS if k in kwargs}
     sig, constexprs, attrs = _signature(kernel, args, kwargs)
-    compiled = triton.compile(ASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
+    source = ASTSource
+    if type(kernel).__name__.startswith("Gluon"):  # a Gluon kernel (gluon_kernels.py)
+        from triton.experimental.gluon._runtime import GluonASTSource as source
+    compiled = triton.compile(source(kernel, sig, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32), options=options)
     ptx, ttgir = compiled.asm["ptx"], compiled.asm["ttgir"]
     if out is not None:
         (out / f"{name}.ptx").write_text(ptx)
         (out / f"{name}.ttgir").write_text(ttgir)
     layouts = len(set(re.findall(r"^#blocked\d* = ", ttgir, flags=re.M)))
-    text = (f"{name:10s} {_ptxas(ptx, work)} | shfl {ptx.count('shfl.sync')}, ld.shared {ptx.count('ld.shared')}, "
+    smem = compiled.metadata.shared if hasattr(compiled.metadata, "shared") else "?"
+    text = (f"{name:10s} {_ptxas(ptx, work)}, shared {smem} B | shfl {ptx.count('shfl.sync')}, "
+            f"ld.shared {ptx.count('ld.shared')}, "
             f"st.shared {ptx.count('st.shared')}, bar.sync {ptx.count('bar.sync')}, blocked layouts {layouts}")
     if sass:
         text += "\n           " + _loop_mix(work, out, name.replace(" ", "_"))
@@ -160,10 +172,23 @@ def main() -> int:
     p.add_argument("--out", type=Path, default=None, help="keep the TTGIR / PTX (and SASS) here")
     p.add_argument("--sass", action="store_true", help="also count the opcodes of each kernel's main loop (SASS)")
     p.add_argument("--no-save", action="store_true", help="the forward as inference runs it (no states saved)")
+    p.add_argument("--gluon", action="store_true",
+                   help="the Gluon scan kernels (gluon_kernels.py) instead of the Triton ones, x_proj's rows in fp32")
+    p.add_argument("--save-every", type=int, default=0, help="steps between saved states (default: by length)")
     args = p.parse_args()
     fwd, bwd = _Capture(), _Capture()
     ts.scan_fwd_kernel, ts.scan_bwd_kernel = fwd, bwd
-    cfg = dict(ts._config(), params_t=args.params_t, bwd_params_t=args.params_t, min_programs=0)
+    cfg = dict(ts._config(), params_t=args.params_t, bwd_params_t=args.params_t, min_programs=0,
+               gluon=int(args.gluon), gluon_bwd=int(args.gluon), save_every=args.save_every)
+    if args.gluon:
+        from vision_mamba.ops.selective_scan import gluon_kernels as gk
+
+        kernels = {"forward": gk.scan_fwd_gluon_kernel, "backward": gk.scan_bwd_gluon_kernel}
+        gk.AVAILABLE = True
+        gk.scan_fwd_gluon_kernel, gk.scan_bwd_gluon_kernel = fwd, bwd
+        ts._gluon_device = lambda device: True  # noqa: E731  (the launch code on CPU tensors, as on CUDA)
+    else:
+        kernels = {"forward": tk.scan_fwd_kernel, "backward": tk.scan_bwd_kernel}
     if args.block_e:
         cfg["block_e"] = args.block_e
     if args.bwd_block_e:
@@ -174,7 +199,7 @@ def main() -> int:
     B, L, E, N, R = 2, 65, 384, 16, 12  # Vim-Ti's widths
     bf = torch.bfloat16
     xs, z = torch.randn(2, B, L, E, dtype=bf), torch.randn(B, L, E, dtype=bf)
-    dbl = torch.randn(2, B * L, R + 2 * N, dtype=bf)
+    dbl = torch.randn(2, B * L, R + 2 * N, dtype=torch.float32 if args.gluon else bf)
     w, bias = [torch.randn(E, R) for _ in range(2)], [torch.randn(E) for _ in range(2)]
     alog, dd = [torch.randn(E, N) for _ in range(2)], [torch.randn(E) for _ in range(2)]
     if cfg["delta"] == "fold":
@@ -200,8 +225,8 @@ def main() -> int:
           f"channels per program {cfg['block_e'] or 64} / {cfg['bwd_block_e'] or 32}, PARAMS_T {args.params_t} "
           f"(-1 = default: forward {ts._params_t(-1, False)}, backward {ts._params_t(-1, True)})")
     with tempfile.TemporaryDirectory() as tmp:
-        print(report("forward", tk.scan_fwd_kernel, fwd.calls[0], Path(tmp), args.out, args.sass))
-        print(report("backward", tk.scan_bwd_kernel, bwd.calls[0], Path(tmp), args.out, args.sass))
+        print(report("forward", kernels["forward"], fwd.calls[0], Path(tmp), args.out, args.sass))
+        print(report("backward", kernels["backward"], bwd.calls[0], Path(tmp), args.out, args.sass))
         print(report("conv forward", tk.conv_fwd_kernel, cf.calls[0], Path(tmp), args.out, args.sass))
         print(report("conv backward (g_pre, weights)", tk.conv_bwd_kernel, cb.calls[0], Path(tmp), args.out, args.sass))
         print(report("conv backward (input)", tk.conv_bwd_input_kernel, cbi.calls[0], Path(tmp), args.out, args.sass))

@@ -1,40 +1,91 @@
-"""Compiles the Gluon inference forward (ops/selective_scan/gluon_kernels.py) for sm_90 without a GPU, with the
-specialisation a launch at Vim-Ti's widths gets (pointers 16-byte aligned, integers divisible by 16 marked so),
-and checks the generated code has no layout conversions (no shuffles, no barriers). Run by
-tests/test_triton.py::test_gluon_forward_compiles_for_sm90 in a process without TRITON_INTERPRET."""
+"""Compiles the Gluon scan kernels (ops/selective_scan/gluon_kernels.py) for sm_90 without a GPU, as the launch code
+calls them: the launches of ``triton_scan.scan_forward`` / ``scan_backward`` are captured on CPU tensors at Vim-Ti's
+widths (one pass and chunk-parallel, inference and training, shared-memory and global scratch, both layouts of the
+saved states), then compiled with the specialisation Triton's launcher applies (benchmarks/kernel_layouts.py).
+Checks that each compiles, that the forward has no layout conversions (no shuffles, no barriers) and that the
+backward's only shuffles and barriers are the ones of its sums over channels. Run by
+tests/test_triton.py::test_gluon_kernels_compile_for_sm90 in a process without TRITON_INTERPRET."""
 import sys
+import tempfile
+from pathlib import Path
 
-import triton
-from triton.backends.compiler import GPUTarget
-from triton.experimental.gluon._runtime import GluonASTSource
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
-from vision_mamba.ops.selective_scan.gluon_kernels import scan_fwd_gluon_kernel as kernel
+import torch  # noqa: E402
+import triton  # noqa: E402
+from kernel_layouts import _Capture, _signature  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.experimental.gluon._runtime import GluonASTSource  # noqa: E402
+
+from vision_mamba.ops.selective_scan import gluon_kernels as gk  # noqa: E402
+from vision_mamba.ops.selective_scan import triton_scan as ts  # noqa: E402
+
+
+def capture(B, L, cfg, rows_dtype, hsave_layout):
+    """The Gluon launches of one forward (saving states) and one backward, with ``cfg`` over the defaults."""
+    E, N, R = 384, 16, 12
+    bf = torch.bfloat16
+    xs, z = torch.randn(2, B, L, E, dtype=bf), torch.randn(B, L, 2 * E, dtype=bf)[..., E:]
+    dbl = [torch.randn(B * L, R + 2 * N, dtype=rows_dtype) for _ in range(2)]
+    w, bias = [torch.randn(E, R) for _ in range(2)], [torch.randn(E) for _ in range(2)]
+    alog, dd = [torch.randn(E, N) for _ in range(2)], [torch.randn(E) for _ in range(2)]
+    args = ts._bi_args(xs, z, dbl[0], dbl[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1], dd[0], dd[1], R, N)
+    cfg = dict(ts._config(), **cfg)
+    fwd, bwd = _Capture(), _Capture()
+    gk.scan_fwd_gluon_kernel, gk.scan_bwd_gluon_kernel = fwd, bwd
+    # (the Triton kernels between or instead of the Gluon launches are not compiled here)
+    ts.chunk_carry_kernel = ts.adjoint_chunk_kernel = ts.scan_fwd_kernel = ts.scan_bwd_kernel = _Capture()
+    ts.scan_forward(args, bf, save_states=True, config=cfg)
+    onepass = _Capture()
+    gk.scan_fwd_onepass_gluon_kernel = onepass
+    ts.scan_forward(args, bf, save_states=False, config=cfg)  # (inference: the one-pass kernel where it applies)
+    n_save = triton.cdiv(L, ts._save_every(cfg, L))
+    hsave = torch.zeros(B, 2, n_save, E, N).transpose(-1, -2) if hsave_layout == "EN" \
+        else torch.zeros(B, 2, n_save, N, E)
+    ts.scan_backward(args, hsave, torch.randn(B, L, 2, E, dtype=bf), config=cfg)
+    return fwd.calls, onepass.calls, bwd.calls
+
+
+def compile_call(kernel, call):
+    args, kwargs = call
+    kwargs = dict(kwargs)
+    options = {k: kwargs.pop(k) for k in ("num_warps", "maxnreg", "enable_fp_fusion") if k in kwargs}
+    sig, constexprs, attrs = _signature(kernel, args, kwargs)
+    compiled = triton.compile(GluonASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
+                              target=GPUTarget("cuda", 90, 32), options=options)
+    return compiled.asm["ptx"]
 
 
 def main() -> int:
-    B, L, E, N, R = 2, 197, 384, 16, 12
-    pointers = {"x_ptr": "*bf16", "z_ptr": "*bf16", "rows_ptr": "*fp32", "y_ptr": "*bf16"}
-    ints = dict(dir_off=16 * 977, L=L, E=E, stride_x_d=B * L * E, stride_x_b=L * E, stride_x_l=E,
-                stride_z_b=L * 2 * E, stride_z_l=2 * E, stride_y_b=L * E, stride_y_l=E, stride_y_d=B * L * E,
-                stride_a_e=N, stride_a_n=1, stride_w_e=R, stride_w_r=1)
-    constexprs = dict(stride_row=R + 2 * N, R=R, N=N, BLOCK_E=64, BLOCK_R=16, B_COL=R, C_COL=R + N)
-    sig, attrs = {}, {}
-    for i, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
-        if name in constexprs:
-            sig[name] = "constexpr"
-        elif name in ints:
-            sig[name] = "i32"
-            if not param.do_not_specialize and ints[name] % 16 == 0:
-                attrs[(i,)] = [["tt.divisibility", 16]]
-        else:  # pointers: the parameters (w_*, bias_*, a_*, dd_*) are fp32
-            sig[name] = pointers.get(name, "*fp32")
-            attrs[(i,)] = [["tt.divisibility", 16]]
-    compiled = triton.compile(GluonASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
-                              target=GPUTarget("cuda", 90, 32), options=dict(num_warps=1, enable_fp_fusion=True))
-    ptx = compiled.asm["ptx"]
-    assert ".entry" in ptx and "ex2.approx" in ptx, "no kernel, or no exp2 in it"
-    assert "shfl.sync" not in ptx and "bar.sync" not in ptx, "layout conversions in the generated code"
-    print(f"Triton {triton.__version__}: compiled for sm_90, no layout conversions")
+    fwd_kernel, bwd_kernel = gk.scan_fwd_gluon_kernel, gk.scan_bwd_gluon_kernel
+    onepass_kernel = gk.scan_fwd_onepass_gluon_kernel
+    gk.AVAILABLE = True
+    ts._gluon_device = lambda device: True  # the launch code on CPU tensors, as on CUDA
+    cases = [  # (B, L, config, x_proj's rows, saved states' layout for the backward)
+        (2, 197, dict(min_programs=0), torch.float32, "EN"),  # one pass, states in shared memory
+        # chunks (128 channels a forward program), a global scratch, the adjoint carried into the chunks
+        (1, 300, dict(min_programs=64, save_every=32, gluon_bwd=1), torch.bfloat16, "NE"),
+        # the forward (forced) saving states for the Triton backward (not compiled here)
+        (2, 63, dict(min_programs=0, save_every=5, ahead=0, gluon=1, gluon_bwd=0), torch.float32, "EN"),
+    ]
+    checked = 0
+    with tempfile.TemporaryDirectory():
+        for B, L, cfg, rows_dtype, layout in cases:
+            fwd_calls, onepass_calls, bwd_calls = capture(B, L, cfg, rows_dtype, layout)
+            assert fwd_calls and len(bwd_calls) == int(cfg.get("gluon_bwd", 1)), (len(fwd_calls), len(bwd_calls))
+            assert len(onepass_calls) == int(cfg["min_programs"] == 0), len(onepass_calls)
+            for kernel, call in [(fwd_kernel, c) for c in fwd_calls] + [(onepass_kernel, c) for c in onepass_calls]:
+                ptx = compile_call(kernel, call)
+                assert ".entry" in ptx and "ex2.approx" in ptx, "no kernel, or no exp2 in it"
+                assert "shfl.sync" not in ptx and "bar.sync" not in ptx, "layout conversions in the forward"
+                checked += 1
+            for call in bwd_calls:
+                ptx = compile_call(bwd_kernel, call)
+                # the sums over channels: one shuffle each for d B and d C, two barriers a step (none elsewhere)
+                assert ptx.count("shfl.sync") <= 2 and ptx.count("bar.sync") <= 4, \
+                    (ptx.count("shfl.sync"), ptx.count("bar.sync"))
+                checked += 1
+    print(f"Triton {triton.__version__}: {checked} Gluon launches compiled for sm_90, no layout conversions")
     return 0
 
 

@@ -335,9 +335,10 @@ def test_inference_scan_reads_fp32_rows(monkeypatch):
     assert torch.isfinite(out).all() and rel_err(out, ref) < 3e-2
 
 
-def test_gluon_forward_compiles_for_sm90():
-    # Gluon has no interpreter: without a GPU, check at least that the kernel compiles for sm_90 with the installed
-    # Triton (in a process of its own: under TRITON_INTERPRET the standard functions Gluon calls are interpreted)
+def test_gluon_kernels_compile_for_sm90():
+    # Gluon has no interpreter: without a GPU, check at least that the kernels compile for sm_90 with the installed
+    # Triton, as the launch code calls them (in a process of its own: under TRITON_INTERPRET the standard functions
+    # Gluon calls are interpreted)
     import subprocess
     import sys
     from pathlib import Path
@@ -348,44 +349,175 @@ def test_gluon_forward_compiles_for_sm90():
         pytest.skip("this Triton has no Gluon")
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     run = subprocess.run([sys.executable, str(Path(__file__).with_name("gluon_compile_check.py"))], env=env,
-                         capture_output=True, text=True, timeout=300)
+                         capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert "no layout conversions" in run.stdout
+    assert "Gluon launches compiled for sm_90" in run.stdout
+
+
+def test_gluon_dispatch_rule(monkeypatch):
+    # where the Gluon kernels run by default (Vim's mixer on CUDA, with Gluon there; the device check is faked
+    # here): the forward wherever its channel block divides E; the backward where a block's recomputed states stay
+    # in shared memory (save intervals up to gluon_smem_steps = 8: sequences under 1,024 tokens), and then the
+    # forward saves the states in the Gluon backward's layout; the settings force either way
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    monkeypatch.setattr(gluon_kernels, "AVAILABLE", True)
+    monkeypatch.setattr(ts, "_gluon_device", lambda device: True)
+    for name in ("GLUON", "GLUON_BWD", "SAVE_EVERY", "GLUON_SMEM_STEPS", "BLOCK_E", "BWD_BLOCK_E"):
+        monkeypatch.delenv(f"VISION_MAMBA_TRITON_{name}", raising=False)
+    cfg = ts._config()
+
+    def args_for(L, E=384, N=16):
+        xs, z = torch.zeros(2, 1, L, E), torch.zeros(1, L, E)
+        rows = [torch.zeros(L, 12 + 2 * N) for _ in range(2)]
+        p = [torch.zeros(E, 12), torch.zeros(E, 12), torch.zeros(E), torch.zeros(E), torch.zeros(E, N),
+             torch.zeros(E, N), torch.zeros(E), torch.zeros(E)]
+        return ts._bi_args(xs, z, rows[0], rows[1], *p, 12, N)
+
+    dev = torch.device("cpu")
+    assert [ts._gluon_backward_applies(cfg, args_for(L), dev) for L in (197, 1023, 1024, 6085)] == [
+        True, True, False, False]
+    assert ts._gluon_backward_applies(dict(cfg, gluon_bwd=1), args_for(6085), dev)  # forced: a global scratch
+    assert not ts._gluon_backward_applies(dict(cfg, gluon_bwd=0), args_for(197), dev)
+    assert not ts._gluon_backward_applies(cfg, args_for(197, N=8), dev)  # (written for 16 states)
+    assert not ts._gluon_backward_applies(cfg, args_for(197, E=48), dev)  # (32 channels a program)
+    assert not ts._gluon_forward_applies(cfg, args_for(197, E=96), dev, 64)
+    assert not ts._gluon_forward_applies(dict(cfg, gluon=0), args_for(197), dev, 64)
+    # the forward: the one-pass kernel for inference without chunks, the general one for 128-channel programs and
+    # for training, Triton for chunked 64-channel inference (gluon=1: the general kernel there too)
+    kind = ts._gluon_forward_kind
+    assert kind(cfg, args_for(197), dev, 64, 1, False) == "onepass"
+    assert kind(cfg, args_for(197), dev, 64, 1, True) == "general"  # (training, before the Gluon backward)
+    assert kind(cfg, args_for(6085), dev, 128, 3, False) == "general"
+    assert kind(cfg, args_for(6085), dev, 128, 3, True) is None  # (training, before the Triton backward)
+    assert kind(cfg, args_for(6085), dev, 64, 3, False) is None
+    assert kind(dict(cfg, gluon=1), args_for(6085), dev, 64, 3, False) == "general"
+    assert kind(dict(cfg, gluon_onepass=0), args_for(197), dev, 64, 1, False) is None
+    assert kind(dict(cfg, gluon=0), args_for(197), dev, 64, 1, False) is None
+    # x_proj's rows in fp32 where a Gluon kernel reads them (the Triton ones read bf16 rows faster); Vim-Ti
+    # inference at 224 px / batch 128 (one pass), 1248 px / batch 16 (128-channel chunks), 1248 px / batch 1
+    # (64-channel chunks): with the device's 132 SMs
+    monkeypatch.setattr(ts, "_min_programs", lambda device, configured: 8 * 132 if configured < 0 else configured)
+    rows = lambda B, L, training=False, c=cfg: ts.rows_in_fp32(c, dev, torch.bfloat16, B, L, 384, 16, training)  # noqa
+    assert [rows(128, 197), rows(16, 6085), rows(1, 6085), rows(128, 197, True), rows(16, 6085, True)] == [
+        True, True, False, True, False]
+    assert not rows(128, 197, c=dict(cfg, gluon=0)) and not ts.rows_in_fp32(cfg, dev, torch.float32, 128, 197, 384,
+                                                                             16, False)
+    assert rows(128, 197, c=dict(cfg, gluon=0, rows_fp32=1))
+    assert [ts._gluon_smem(cfg, n) for n in (5, 8, 16)] == [False, True, False]
+
+
+BI_NAMES = ("xs", "z", "dbl_f", "dbl_b", "w_f", "w_b", "bias_f", "bias_b", "alog_f", "alog_b", "d_f", "d_b")
+
+
+def bi_scan_inputs(batch, length, dtype, rows_dtype, seed, E=384, N=16, R=12):
+    """The fused scan's inputs at Vim-Ti's widths: xs [2, B, L, E] and z (a strided view) in ``dtype``, x_proj's
+    rows per direction [B * L, R + 2N] in ``rows_dtype``, the parameters in fp32; all requiring grad."""
+    g = torch.Generator().manual_seed(seed)
+    xs = torch.randn(2, batch, length, E, generator=g).to(DEVICE, dtype)
+    z = torch.randn(batch, length, 2 * E, generator=g).to(DEVICE, dtype)[..., E:]
+    dbl = [(torch.randn(batch * length, R + 2 * N, generator=g) * 0.5).to(DEVICE, rows_dtype) for _ in range(2)]
+    w = [(torch.randn(E, R, generator=g) * 0.3).to(DEVICE) for _ in range(2)]
+    bias = [(torch.randn(E, generator=g) * 0.5 - 1.0).to(DEVICE) for _ in range(2)]
+    alog = [(torch.rand(E, N, generator=g) * 3 - 1).to(DEVICE) for _ in range(2)]
+    dd = [torch.randn(E, generator=g).to(DEVICE) for _ in range(2)]
+    return [t.requires_grad_() for t in (xs, z, *dbl, *w, *bias, *alog, *dd)]
+
+
+def bi_scan_reference(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b):
+    """[B, L, 2, E]: the two directions of Vim's scan (dt_proj, softplus, D, silu(z)) by the fp32 reference."""
+    B, L, E = z.shape
+    R, N = w_f.shape[1], alog_f.shape[1]
+    ys = []
+    pairs = ((dbl_f, w_f, bias_f, alog_f, d_f), (dbl_b, w_b, bias_b, alog_b, d_b))
+    for d, (dbl, w, bias, alog, dd) in enumerate(pairs):
+        rows = dbl.float().view(B, L, -1)
+        ys.append(selective_scan_ref(xs[d].float(), rows[..., :R] @ w.t(), -torch.exp(alog), rows[..., R:R + N],
+                                     rows[..., R + N:], dd, z.float(), bias, delta_softplus=True, reverse=d == 1))
+    return torch.stack(ys, dim=2)
+
+
+GLUON_CASES = [  # (length, batch, activations, x_proj's rows, which kernels run in Gluon, Gluon backward's scratch)
+    (1, 1, torch.float32, torch.float32, "both", "smem"),
+    (63, 3, torch.float32, torch.float32, "both", "smem"),
+    (63, 3, torch.bfloat16, torch.bfloat16, "both", "global"),
+    (197, 2, torch.bfloat16, torch.float32, "both", "smem"),
+    (197, 2, torch.float32, torch.float32, "both", "global"),
+    (197, 2, torch.bfloat16, torch.float32, "forward", "smem"),  # Gluon forward, Triton backward
+    (197, 2, torch.bfloat16, torch.float32, "backward", "smem"),  # Triton forward, Gluon backward
+    (730, 1, torch.bfloat16, torch.float32, "both", "smem"),
+    (730, 1, torch.float32, torch.bfloat16, "both", "global"),
+    (6085, 1, torch.bfloat16, torch.float32, "both", "global"),  # chunk-parallel forward and backward
+    (6085, 1, torch.float32, torch.float32, "both", "smem"),
+]
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("rows_dtype", [torch.bfloat16, torch.float32], ids=["rows-bf16", "rows-fp32"])
-@pytest.mark.parametrize("length,batch", [(1, 1), (63, 3), (197, 2), (6085, 1)])
-def test_gluon_forward_matches_triton_and_reference(length, batch, rows_dtype, monkeypatch):
+@pytest.mark.parametrize("length,batch,dtype,rows_dtype,which,scratch", GLUON_CASES)
+def test_gluon_scan_matches_reference_and_triton(length, batch, dtype, rows_dtype, which, scratch, monkeypatch):
+    # the Gluon kernels (gluon_kernels.py) through the fused scan's autograd function: output and the gradients of
+    # all twelve inputs against the fp32 reference, and against the Triton kernels; both layouts of the saved
+    # states (each forward with either backward), the backward's states in shared memory or a global scratch, the
+    # chunk-parallel passes at 6085 tokens, save intervals 8 / 16 / 32 by length
     from vision_mamba.ops.selective_scan import gluon_kernels
     from vision_mamba.ops.selective_scan import triton_scan as ts
 
     if not gluon_kernels.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    monkeypatch.setenv("VISION_MAMBA_TRITON_MIN_PROGRAMS", "0")  # one launch without chunks: where Gluon applies
-    monkeypatch.setenv("VISION_MAMBA_TRITON_GLUON", "1")  # (opt-in until measured on a GPU)
-    monkeypatch.setenv("VISION_MAMBA_TRITON_ROWS_FP32", "1")
-    E, N, R = 384, 16, 12
-    g = torch.Generator().manual_seed(length)
-    xs = torch.randn(2, batch, length, E, generator=g).to(DEVICE, torch.bfloat16)
-    z = torch.randn(batch, length, 2 * E, generator=g).to(DEVICE, torch.bfloat16)[..., E:]
-    dbl = [(torch.randn(batch * length, R + 2 * N, generator=g) * 0.5).to(DEVICE, rows_dtype) for _ in range(2)]
-    w = [(torch.randn(E, R, generator=g) * 0.3).to(DEVICE) for _ in range(2)]
-    bias = [(torch.randn(E, generator=g) * 0.5).to(DEVICE) for _ in range(2)]
-    alog = [torch.randn(E, N, generator=g).to(DEVICE) for _ in range(2)]
-    dd = [torch.randn(E, generator=g).to(DEVICE) for _ in range(2)]
-    args = ts._bi_args(xs, z, dbl[0], dbl[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1], dd[0], dd[1], R, N)
-    cfg = ts._config()
-    assert ts._gluon_applies(cfg, args, xs.device)
-    y_gluon, _ = ts.scan_forward(args, torch.bfloat16, save_states=False, config=cfg)
-    y_triton, _ = ts.scan_forward(args, torch.bfloat16, save_states=False, config=dict(cfg, gluon=0))
-    assert torch.isfinite(y_gluon).all()
-    assert rel_err(y_gluon, y_triton) < 1e-2
-    for d in range(2):
-        rows = dbl[d].float().view(batch, length, -1)
-        ref = selective_scan_ref(xs[d].float(), rows[..., :R] @ w[d].t(), -torch.exp(alog[d]), rows[..., R:R + N],
-                                 rows[..., R + N:], dd[d], z.float(), bias[d], delta_softplus=True, reverse=d == 1)
-        assert rel_err(y_gluon[:, :, d], ref) < 1e-2, d
+    launches = []
+    for name in ("_launch_gluon_forward", "_launch_gluon_backward"):
+        original = getattr(ts, name)
+        monkeypatch.setattr(ts, name, lambda *a, _f=original, _n=name, **k: (launches.append(_n), _f(*a, **k))[1])
+    base = dict(ts._config(), gluon_smem_steps=32 if scratch == "smem" else 0)
+    cfg = dict(base, gluon=int(which != "backward"), gluon_bwd=int(which != "forward"))
+    inputs = bi_scan_inputs(batch, length, dtype, rows_dtype, seed=length + batch)
+    ref = bi_scan_reference(*inputs)
+    grad = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, inputs, grad)
+    results = []
+    for config in (cfg, dict(base, gluon=0, gluon_bwd=0)):
+        y = ts._TritonBiScan.apply(*inputs, True, config)
+        results.append((y, torch.autograd.grad(y, inputs, grad.to(y.dtype))))
+    min_programs = ts._min_programs(DEVICE, cfg["min_programs"])
+    block_e = ts._forward_block_e(cfg, batch, 384, length, 2, min_programs)
+    n_chunks, _ = ts._chunking(batch * 384 // block_e * 2, length, min_programs, ts._save_every(cfg, length))
+    assert launches.count("_launch_gluon_forward") == (which != "backward") * (1 if n_chunks == 1 else 2)
+    assert launches.count("_launch_gluon_backward") == (which != "forward")
+    (y, g), (y_t, g_t) = results
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert rel_err(y, ref) < tol and rel_err(y, y_t) < tol
+    for name, a, b, c in zip(BI_NAMES, g, g_ref, g_t):
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) < tol, (name, rel_err(a, b))
+        assert rel_err(a, c) < tol, (name, rel_err(a, c))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("rows_dtype", [torch.bfloat16, torch.float32], ids=["rows-bf16", "rows-fp32"])
+@pytest.mark.parametrize("length,batch", [(1, 1), (63, 3), (197, 2), (730, 4)])
+def test_gluon_onepass_forward_matches(length, batch, rows_dtype, monkeypatch):
+    # the inference forward in one pass (no chunks, no states saved), which gets a Gluon kernel of its own
+    # (scan_fwd_onepass_gluon_kernel): against the fp32 reference, the general Gluon kernel and the Triton one
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if not gluon_kernels.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    launches = []
+    original = ts._launch_gluon_onepass
+    monkeypatch.setattr(ts, "_launch_gluon_onepass", lambda *a: (launches.append(1), original(*a))[1])
+    cfg = dict(ts._config(), min_programs=0)
+    inputs = bi_scan_inputs(batch, length, torch.bfloat16, rows_dtype, seed=length)
+    with torch.no_grad():
+        ref = bi_scan_reference(*inputs)
+        outs = [ts._TritonBiScan.apply(*inputs, False, c)
+                for c in (cfg, dict(cfg, gluon_onepass=0, gluon=1), dict(cfg, gluon=0))]
+    assert launches == [1]
+    for y in outs:
+        assert torch.isfinite(y).all() and rel_err(y, ref) < 1e-2
+    assert rel_err(outs[0], outs[1]) < 1e-3 and rel_err(outs[0], outs[2]) < 1e-2
     if length == 197:  # the mixer's inference path (fp32 rows from x_proj on CUDA) against the reference
         check_mixer(2, 197, 192, torch.bfloat16, min_programs="0", monkeypatch=monkeypatch)
 

@@ -1,19 +1,23 @@
-"""The inference forward scan of Vim's mixer in Gluon (Triton's explicit-layout dialect): the same computation as
-``scan_fwd_kernel`` for its most used launch (dt_proj folded in, both directions, no chunking, no saved states),
-with the register layout written down instead of left to the compiler.
+"""The scan of Vim's mixer in Gluon (Triton's explicit-layout dialect): forward (one pass or chunk-parallel, saving
+states for training or not) and backward, the same computations as ``scan_fwd_kernel`` and ``scan_bwd_kernel`` in
+``triton_kernels.py`` for their most used form (dt_proj folded in, both directions, softplus, A_log, D, silu(z)),
+with the register layouts written down instead of left to the compiler.
 
-Why: in plain Triton the compiler lays the [channels, states] tile out as 4 channels x 8 states per thread (what
-the [N, E] state loads suggest to it), so each step's B_t, C_t and dt_low rows arrive as scalar 2-byte loads
-(every other state per thread) and the sums over states take shuffles (docs/kernels.md, "Session 4" and
-"Session 7"). Here a thread owns CPT whole channels with all N states: the sums over states stay in the thread,
-B_t, C_t and dt_low are loaded with vector loads (the same addresses in every thread: broadcasts), and the
-per-channel vectors need no conversion. For sm_90 with Triton 3.6 that is 275 instead of 352 SASS instructions
-per step of the time loop with fp32 x_proj rows, 350 instead of 375 with bf16 rows (``kernel_layouts.py``).
+Why: in plain Triton the compiler lays the [channels, states] tile out as 4 channels x 4 - 8 states per thread
+(what the [N, E] state loads suggest to it), so each step's B_t, C_t and dt_low rows arrive as scalar 2-byte loads
+and the sums over states take shuffles; in the backward, the per-channel vectors (x, z, the output gradient, delta)
+cross between layouts through shared memory 12 times a step (docs/kernels.md, "Session 4" and "Session 7"). Here a
+thread owns whole channels with all N states: the sums over states stay in the thread, B_t, C_t and dt_low are
+vector loads (the same addresses in every thread: broadcasts), and the per-channel vectors need no conversion.
 
-Gluon has no interpreter: this kernel runs only on a GPU, where ``tests/test_triton.py`` compares it with the
-Triton kernel and the reference; on the CPU a test compiles it for sm_90. ``scan_forward`` falls back to the
-Triton kernel wherever this one does not apply. Opt-in (VISION_MAMBA_TRITON_GLUON=1) until it has been run and
-measured on a GPU: so far it has only been compiled.
+The backward's two sums over channels (d B_t and d C_t) cross the threads once a step through shared memory:
+each thread writes its channel's [2, N] row, and each reads back one of the 2N columns and sums it (32 loads and
+adds instead of ~160 shuffles). The states the backward recomputes for each block of SAVE_EVERY steps also stay
+in shared memory (or, for long save intervals, in a global scratch that only the writing thread reads back).
+
+Gluon has no interpreter: these kernels run only on a GPU, where ``tests/test_triton.py`` compares them with the
+Triton kernels and the reference; on the CPU a test compiles them for sm_90 (``gluon_compile_check.py``).
+``triton_scan`` falls back to the Triton kernels wherever these do not apply.
 """
 from __future__ import annotations
 
@@ -28,7 +32,12 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
     gluon = gl = None
     AVAILABLE = False
 
+LN2 = 0.6931471805599453
+LOG2E = 1.4426950408889634
+
 if gluon is not None:
+    # the CTA barrier is gl.thread_barrier in Triton 3.6 and gl.barrier from 3.8
+    _barrier = getattr(gl, "barrier", None) or getattr(gl, "thread_barrier")
 
     @gluon.jit
     def _ptx_f32(x, INSTRUCTION: gl.constexpr):
@@ -52,15 +61,170 @@ if gluon is not None:
             p = second
         return p
 
-    @gluon.jit(do_not_specialize=["L", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
+    @gluon.jit
+    def _raw_delta(w, dt_low, bias, ch: gl.constexpr):
+        """W_dt @ dt_low + bias for the program's channels ([BLOCK_E] in layout ``ch``)."""
+        return gl.convert_layout(gl.sum(w * gl.expand_dims(dt_low.to(gl.float32), 0), axis=1), ch) + bias
+
+    @gluon.jit(do_not_specialize=["L", "steps_per_chunk", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
     def scan_fwd_gluon_kernel(
+        x_ptr, z_ptr, rows_f, rows_b, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
+        y_ptr, hinit_ptr, hend_ptr, dsum_ptr, hsave_ptr,
+        L, E, steps_per_chunk,
+        stride_x_d, stride_x_b, stride_x_l, stride_z_b, stride_z_l,
+        stride_y_b, stride_y_l, stride_y_d, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+        stride_h_b, stride_h_d, stride_h_c, stride_s_b, stride_s_d, stride_s_c,
+        stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
+        B_COL: gl.constexpr, C_COL: gl.constexpr, SAVE_EVERY: gl.constexpr,
+        HAS_INIT: gl.constexpr, WRITE_END: gl.constexpr, WRITE_Y: gl.constexpr, SAVE_STATES: gl.constexpr,
+        AHEAD: gl.constexpr, STATES_EN: gl.constexpr,
+    ):
+        """y[b, t, d, e] = silu(z) * (C_t . h_t + D x_t) with h_t = exp(delta_t A) h_{t-1} + delta_t x_t B_t and
+        delta_t = softplus(W_dt dt_low_t + bias), for direction d (1: reversed in time), channels e of this
+        program, steps [chunk * steps_per_chunk, ...) of the scan. x [2, B, L, E]; z [B, L, E] (any row stride);
+        x_proj's rows per direction [B * L, stride_row] (dt_low | B | C; bf16 or fp32; one stride for both); A_log
+        [E, N], W_dt [E, R], bias and D [E] per direction. BLOCK_E must divide E (a program: one warp, BLOCK_E / 32
+        channels a thread). As ``scan_fwd_kernel``: HAS_INIT starts from hinit [B, 2, chunks, N, E] instead of zero;
+        WRITE_END writes the chunk's end state (hend, same layout) and its sum of delta (dsum [B, 2, chunks, E]);
+        WRITE_Y writes y; SAVE_STATES saves the state entering every block of SAVE_EVERY steps (hsave [B, 2, blocks,
+        E, N] with STATES_EN: a thread's states contiguous, for the Gluon backward; else [..., N, E], for the Triton
+        one); AHEAD computes delta and the gate of the next step during the current one."""
+        NW: gl.constexpr = gl.num_warps()
+        CPT: gl.constexpr = BLOCK_E // (32 * NW)
+        tile: gl.constexpr = gl.BlockedLayout([CPT, N], [32, 1], [NW, 1], [1, 0])
+        wtile: gl.constexpr = gl.BlockedLayout([CPT, BLOCK_R], [32, 1], [NW, 1], [1, 0])
+        ch: gl.constexpr = gl.SliceLayout(1, tile)
+        st: gl.constexpr = gl.SliceLayout(0, tile)
+        pid_be = gl.program_id(0)
+        chunk = gl.program_id(1)
+        d = gl.program_id(2)
+        n_eb = E // BLOCK_E
+        b = pid_be // n_eb
+        eb = pid_be % n_eb
+        rev = d == 1
+        offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
+        offs_n = gl.arange(0, N, layout=st)
+        offs_we = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=gl.SliceLayout(1, wtile))
+        offs_r = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(0, wtile))
+        rmask = offs_r < R
+        # the direction's parameters, loaded once
+        a_log = gl.load(_pick(d, a_f, a_b) + gl.expand_dims(offs_e, 1) * stride_a_e
+                        + gl.expand_dims(offs_n, 0) * stride_a_n).to(gl.float32)
+        a2 = -gl.exp(a_log) * 1.4426950408889634  # A log2(e): exp(delta A) = exp2(delta a2)
+        w = gl.load(_pick(d, w_f, w_b) + gl.expand_dims(offs_we, 1) * stride_w_e
+                    + gl.expand_dims(offs_r, 0) * stride_w_r, mask=gl.expand_dims(rmask, 0), other=0.0).to(gl.float32)
+        bias = gl.load(_pick(d, bias_f, bias_b) + offs_e).to(gl.float32)
+        dskip = gl.load(_pick(d, dd_f, dd_b) + offs_e).to(gl.float32)
+        x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
+        z_base = z_ptr + b * stride_z_b + offs_e
+        y_base = y_ptr + b * stride_y_b + d * stride_y_d + offs_e
+        # rows are indexed (b * L + t) * stride_row: a multiple of the (constant) row stride, so that the compiler
+        # can prove the alignment of B_t, C_t and dt_low and load them as vectors
+        row_base = _pick(d, rows_f, rows_b)
+        dt_base = row_base + offs_r
+        bm_base = row_base + B_COL + offs_n
+        cm_base = row_base + C_COL + offs_n
+        state_off = gl.expand_dims(offs_n, 0) * E + gl.expand_dims(offs_e, 1)  # [N, E] buffers, channels contiguous
+        if STATES_EN:  # (a thread's states contiguous: 16-byte stores from one address)
+            save_off = gl.expand_dims(offs_e, 1) * N + gl.expand_dims(offs_n, 0)
+        else:
+            save_off = state_off
+        s_begin = chunk * steps_per_chunk
+        s_end = gl.minimum(s_begin + steps_per_chunk, L)
+        if HAS_INIT:
+            h = gl.load(hinit_ptr + b * stride_h_b + d * stride_h_d + chunk * stride_h_c + state_off)
+        else:
+            h = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
+        hsave_base = hsave_ptr + b * stride_s_b + d * stride_s_d + save_off
+        if SAVE_STATES:  # the state entering the chunk's first block (s_begin is a multiple of SAVE_EVERY)
+            gl.store(hsave_base + (s_begin // SAVE_EVERY) * stride_s_c, h)
+        dsum = gl.zeros([BLOCK_E], gl.float32, layout=ch)
+        t = gl.where(rev, L - 1 - s_begin, s_begin)
+        row = (b * L + t) * stride_row
+        xa = gl.load(x_base + t * stride_x_l)
+        da = gl.load(dt_base + row, mask=rmask, other=0.0)
+        ba = gl.load(bm_base + row)
+        if WRITE_Y:
+            za = gl.load(z_base + t * stride_z_l)
+            ca = gl.load(cm_base + row)
+        else:
+            za = xa
+            ca = ba
+        gate = dsum
+        delta_next = dsum
+        if AHEAD:
+            delta_next = _softplus(_raw_delta(w, da, bias, ch))
+            if WRITE_Y:
+                zf = za.to(gl.float32)
+                gate = zf * _sigmoid(zf)
+        for s in range(s_begin, s_end):
+            # step s + 1's inputs requested before step s stores its output (the last step re-reads itself)
+            sn = gl.minimum(s + 1, s_end - 1)
+            tn = gl.where(rev, L - 1 - sn, sn)
+            rown = (b * L + tn) * stride_row
+            xn = gl.load(x_base + tn * stride_x_l)
+            dn = gl.load(dt_base + rown, mask=rmask, other=0.0)
+            bn = gl.load(bm_base + rown)
+            if WRITE_Y:
+                zn = gl.load(z_base + tn * stride_z_l)
+                cn = gl.load(cm_base + rown)
+            else:
+                zn = xn
+                cn = bn
+            if AHEAD:
+                delta = delta_next
+            else:
+                delta = _softplus(_raw_delta(w, da, bias, ch))
+            xv = xa.to(gl.float32)
+            h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
+                + gl.expand_dims(delta * xv, 1) * gl.expand_dims(ba.to(gl.float32), 0)
+            if SAVE_STATES:
+                # the state entering the next block, saved as it leaves this step (a chunk's last step leaves it
+                # to the next chunk)
+                s1 = s + 1
+                gl.store(hsave_base + (s1 // SAVE_EVERY) * stride_s_c, h,
+                         mask=(save_off >= 0) & ((s1 % SAVE_EVERY == 0) & (s1 < s_end)))
+            if WRITE_END:
+                dsum += delta
+            if WRITE_Y:
+                yv = gl.sum(h * gl.expand_dims(ca.to(gl.float32), 0), axis=1) + dskip * xv
+                if AHEAD:
+                    yv = yv * gate
+                else:
+                    zv = za.to(gl.float32)
+                    yv = yv * zv * _sigmoid(zv)
+                t = gl.where(rev, L - 1 - s, s)
+                gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty))
+            if AHEAD:
+                delta_next = _softplus(_raw_delta(w, dn, bias, ch))
+                if WRITE_Y:
+                    zf = zn.to(gl.float32)
+                    gate = zf * _sigmoid(zf)
+            xa = xn
+            za = zn
+            da = dn
+            ba = bn
+            ca = cn
+        if WRITE_END:
+            off = b * stride_h_b + d * stride_h_d + chunk * stride_h_c
+            gl.store(hend_ptr + off + state_off, h)
+            gl.store(dsum_ptr + off // N + offs_e, dsum)
+
+    @gluon.jit(do_not_specialize=["L", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
+    def scan_fwd_onepass_gluon_kernel(
         x_ptr, z_ptr, rows_ptr, dir_off, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b, y_ptr,
         L, E, stride_x_d, stride_x_b, stride_x_l, stride_z_b, stride_z_l,
         stride_y_b, stride_y_l, stride_y_d, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
         stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
         B_COL: gl.constexpr, C_COL: gl.constexpr,
     ):
-        """y[b, t, d, e] = silu(z) * (C_t . h_t + D x_t) with h_t = exp(delta_t A) h_{t-1} + delta_t x_t B_t and
+        """The inference forward in one pass over the sequence (no chunks, no states saved): what
+        ``scan_fwd_gluon_kernel`` computes with HAS_INIT, WRITE_END, SAVE_STATES and AHEAD off, written as in
+        session 7. Measured side by side on the H200 (session 8), this kernel takes 0.167 ms at 224 px / batch
+        128 and the general one 0.193 - 0.204 ms for the same output, bit for bit, and the same main loop in the
+        SASS compiled offline (the cause was not found): so one-pass inference launches get this one.
+
+        y[b, t, d, e] = silu(z) * (C_t . h_t + D x_t) with h_t = exp(delta_t A) h_{t-1} + delta_t x_t B_t and
         delta_t = softplus(W_dt dt_low_t + bias), for direction d (1: reversed in time), channels e of this
         program. x [2, B, L, E]; z [B, L, E] (any row stride); x_proj's rows [2 directions, B * L, stride_row]
         (dt_low | B | C, direction 1 ``dir_off`` elements after direction 0; bf16 or fp32); A_log [E, N], W_dt
@@ -132,5 +296,228 @@ if gluon is not None:
             da = dn
             ba = bn
             ca = cn
+
+    @gluon.jit(do_not_specialize=["L", "steps_per_chunk", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
+    def scan_bwd_gluon_kernel(
+        x_ptr, z_ptr, rows_f, rows_b, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
+        gy_ptr, hsave_ptr, muinit_ptr, scratch_ptr,
+        gx_ptr, gz_ptr, graw_ptr, gbc_ptr, ga_ptr, gd_ptr, gbias_ptr,
+        L, E, steps_per_chunk,
+        stride_x_d, stride_x_b, stride_x_l, stride_z_b, stride_z_l,
+        stride_y_b, stride_y_l, stride_y_d, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+        stride_s_b, stride_s_d, stride_s_c, stride_m_b, stride_m_d, stride_m_c,
+        stride_gx_d, stride_gx_b, stride_gx_l, stride_gr_d, stride_gr_b, stride_gr_l,
+        stride_gbc_d, stride_gbc_eb, stride_gbc_b, stride_gbc_l,
+        stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
+        B_COL: gl.constexpr, C_COL: gl.constexpr, SAVE_EVERY: gl.constexpr, HAS_MU_INIT: gl.constexpr,
+        SMEM_SCRATCH: gl.constexpr, STATES_EN: gl.constexpr, WALK_PREFETCH: gl.constexpr,
+    ):
+        """Gradients of ``scan_fwd_gluon_kernel`` (as ``scan_bwd_kernel``): one program per (batch, block of BLOCK_E = 32
+        channels (one warp, a channel a thread), direction, chunk of steps) walks its steps backwards a block of
+        SAVE_EVERY steps at a time: it recomputes the block's states from the one the forward pass saved (hsave [B, 2,
+        blocks, E, N] with STATES_EN, as the Gluon forward saves them, else [..., N, E]), keeps them (with delta and
+        softplus') in shared memory (SMEM_SCRATCH) or in its rows of a global scratch, then differentiates the block
+        from its last step to its first.
+
+        gy: the output gradient [B, L, 2, E] (any strides; stride 0 between directions when both share it). Writes d x
+        and d z per direction (gx, gz [2, B, L, E]), d raw delta (graw [2, B, L, E], the gradient of dt_proj's output:
+        the caller turns it into d dt_low and d W_dt), this block's sums of d B and d C over its channels (gbc [2, E
+        blocks, B, L, 2N], B | C; the caller sums the blocks), and adds the gradients of A_log [2, N, E], D and the
+        bias [2, E] atomically at the end. HAS_MU_INIT: the adjoint entering the chunk from its end (muinit [B, 2,
+        chunks, N, E]) comes from the chunk-parallel pre-pass. WALK_PREFETCH: the walk loads step s - 1's B and C rows
+        during step s (else at the top of their own step: 32 registers fewer)."""
+        tile: gl.constexpr = gl.BlockedLayout([1, N], [32, 1], [1, 1], [1, 0])
+        wtile: gl.constexpr = gl.BlockedLayout([1, BLOCK_R], [32, 1], [1, 1], [1, 0])
+        ch: gl.constexpr = gl.SliceLayout(1, tile)
+        st: gl.constexpr = gl.SliceLayout(0, tile)
+        # the sums over channels: the [BLOCK_E, N] partials of d B and of d C in shared memory, each read back as a
+        # column of half the channels a thread (N = 16: 2 x 16 threads), summed, and the two halves added with one
+        # shuffle. Rows padded by 4 (a thread's row of 16 values is written with 4-wide stores, 8 threads a bank
+        # phase) and the second half of the rows shifted by 16 banks (a column read hits 32 different banks): no
+        # bank conflicts either way.
+        red: gl.constexpr = gl.BlockedLayout([BLOCK_E // 2, 1], [2, 16], [1, 1], [0, 1])
+        red_out: gl.constexpr = gl.SliceLayout(0, red)
+        red_smem: gl.constexpr = gl.PaddedSharedLayout.with_identity_for(
+            [[N, 4], [BLOCK_E // 2 * N, 16]], [BLOCK_E, N], [1, 0])
+        # the recomputed states: a thread's row of N values written and read by that thread only (4-wide accesses;
+        # the swizzle spreads 8 consecutive rows over all banks)
+        h_smem: gl.constexpr = gl.SwizzledSharedLayout(4, 2, 4, [1, 0])
+        v_smem: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+
+        pid_be = gl.program_id(0)
+        d = gl.program_id(1)
+        chunk = gl.program_id(2)
+        n_eb = E // BLOCK_E
+        b = pid_be // n_eb
+        eb = pid_be % n_eb
+        rev = d == 1
+        local_e = gl.arange(0, BLOCK_E, layout=ch)
+        offs_e = eb * BLOCK_E + local_e
+        offs_n = gl.arange(0, N, layout=st)
+        offs_we = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=gl.SliceLayout(1, wtile))
+        offs_r = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(0, wtile))
+        rmask = offs_r < R
+        a_log = gl.load(_pick(d, a_f, a_b) + gl.expand_dims(offs_e, 1) * stride_a_e
+                        + gl.expand_dims(offs_n, 0) * stride_a_n).to(gl.float32)
+        a2 = -gl.exp(a_log) * 1.4426950408889634
+        w = gl.load(_pick(d, w_f, w_b) + gl.expand_dims(offs_we, 1) * stride_w_e
+                    + gl.expand_dims(offs_r, 0) * stride_w_r, mask=gl.expand_dims(rmask, 0), other=0.0).to(gl.float32)
+        bias = gl.load(_pick(d, bias_f, bias_b) + offs_e).to(gl.float32)
+        dskip = gl.load(_pick(d, dd_f, dd_b) + offs_e).to(gl.float32)
+        x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
+        z_base = z_ptr + b * stride_z_b + offs_e
+        gy_base = gy_ptr + b * stride_y_b + d * stride_y_d + offs_e
+        gx_base = gx_ptr + d * stride_gx_d + b * stride_gx_b + offs_e
+        gz_base = gz_ptr + d * stride_gx_d + b * stride_gx_b + offs_e
+        gr_base = graw_ptr + d * stride_gr_d + b * stride_gr_b + offs_e
+        row_base = _pick(d, rows_f, rows_b)
+        dt_base = row_base + offs_r
+        bm_base = row_base + B_COL + offs_n
+        cm_base = row_base + C_COL + offs_n
+        state_off = gl.expand_dims(offs_n, 0) * E + gl.expand_dims(offs_e, 1)
+        if STATES_EN:
+            save_off = gl.expand_dims(offs_e, 1) * N + gl.expand_dims(offs_n, 0)
+        else:
+            save_off = state_off
+        # d B | d C rows: [2N] a step
+        gbc_base = gbc_ptr + d * stride_gbc_d + eb * stride_gbc_eb + b * stride_gbc_b \
+            + gl.arange(0, N, layout=red_out)
+
+        bsum_buf = gl.allocate_shared_memory(gl.float32, [BLOCK_E, N], red_smem)
+        csum_buf = gl.allocate_shared_memory(gl.float32, [BLOCK_E, N], red_smem)
+        if SMEM_SCRATCH:
+            h_buf = gl.allocate_shared_memory(gl.float32, [SAVE_EVERY, BLOCK_E, N], h_smem)
+            delta_buf = gl.allocate_shared_memory(gl.float32, [SAVE_EVERY, BLOCK_E], v_smem)
+            dsp_buf = gl.allocate_shared_memory(gl.float32, [SAVE_EVERY, BLOCK_E], v_smem)
+        # (the global scratch: [programs, SAVE_EVERY, N + 2, BLOCK_E] fp32, channels contiguous)
+        prog = ((b * 2 + d) * n_eb + eb) * gl.num_programs(2) + chunk
+        g_scr = scratch_ptr + prog * (SAVE_EVERY * (N + 2) * BLOCK_E) + gl.expand_dims(offs_n, 0) * BLOCK_E \
+            + gl.expand_dims(local_e, 1)
+        g_vec = scratch_ptr + prog * (SAVE_EVERY * (N + 2) * BLOCK_E) + N * BLOCK_E + local_e
+
+        p_begin = chunk * steps_per_chunk
+        p_end = gl.minimum(p_begin + steps_per_chunk, L)
+        if HAS_MU_INIT:
+            mu = gl.load(muinit_ptr + b * stride_m_b + d * stride_m_d + chunk * stride_m_c + state_off)
+        else:
+            mu = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
+        g_a = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
+        g_d = gl.zeros([BLOCK_E], gl.float32, layout=ch)
+        g_bias = gl.zeros([BLOCK_E], gl.float32, layout=ch)
+        n_blocks = (p_end - p_begin + SAVE_EVERY - 1) // SAVE_EVERY
+        for ci in range(n_blocks):
+            c = p_begin // SAVE_EVERY + n_blocks - 1 - ci
+            s_begin = c * SAVE_EVERY
+            s_end = gl.minimum(s_begin + SAVE_EVERY, L)
+            # 1. the block's states, deltas and softplus'(raw delta), recomputed from the saved state
+            h = gl.load(hsave_ptr + b * stride_s_b + d * stride_s_d + c * stride_s_c + save_off)
+            t = gl.where(rev, L - 1 - s_begin, s_begin)
+            row = (b * L + t) * stride_row
+            xa = gl.load(x_base + t * stride_x_l)
+            da = gl.load(dt_base + row, mask=rmask, other=0.0)
+            ba = gl.load(bm_base + row)
+            raw_next = _raw_delta(w, da, bias, ch)
+            for s in range(s_begin, s_end):
+                sn = gl.minimum(s + 1, s_end - 1)
+                tn = gl.where(rev, L - 1 - sn, sn)
+                rown = (b * L + tn) * stride_row
+                xn = gl.load(x_base + tn * stride_x_l)
+                dn = gl.load(dt_base + rown, mask=rmask, other=0.0)
+                bn = gl.load(bm_base + rown)
+                raw = raw_next
+                delta = _softplus(raw)
+                h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
+                    + gl.expand_dims(delta * xa.to(gl.float32), 1) * gl.expand_dims(ba.to(gl.float32), 0)
+                dsp = _sigmoid(raw)  # d softplus(raw) / d raw
+                i = s - s_begin
+                if SMEM_SCRATCH:
+                    h_buf.index(i).store(h)
+                    delta_buf.index(i).store(delta)
+                    dsp_buf.index(i).store(dsp)
+                else:
+                    step = i * ((N + 2) * BLOCK_E)
+                    gl.store(g_scr + step, h)
+                    gl.store(g_vec + step, delta)
+                    gl.store(g_vec + step + BLOCK_E, dsp)
+                raw_next = _raw_delta(w, dn, bias, ch)  # (a step ahead: off the next step's critical path)
+                xa = xn
+                ba = bn
+            # 2. walk the block backwards, inputs prefetched a step ahead
+            t = gl.where(rev, L - 1 - (s_end - 1), s_end - 1)
+            row = (b * L + t) * stride_row
+            xa = gl.load(x_base + t * stride_x_l)
+            za = gl.load(z_base + t * stride_z_l)
+            ga = gl.load(gy_base + t * stride_y_l)
+            if WALK_PREFETCH:
+                ba = gl.load(bm_base + row)
+                ca = gl.load(cm_base + row)
+            for si in range(s_end - s_begin):
+                s = s_end - 1 - si
+                sp = gl.maximum(s - 1, s_begin)
+                tp = gl.where(rev, L - 1 - sp, sp)
+                rowp = (b * L + tp) * stride_row
+                xn = gl.load(x_base + tp * stride_x_l)
+                zn = gl.load(z_base + tp * stride_z_l)
+                gn = gl.load(gy_base + tp * stride_y_l)
+                if WALK_PREFETCH:
+                    bn = gl.load(bm_base + rowp)
+                    cn = gl.load(cm_base + rowp)
+                else:
+                    row = (b * L + gl.where(rev, L - 1 - s, s)) * stride_row
+                    ba = gl.load(bm_base + row)
+                    ca = gl.load(cm_base + row)
+                i = s - s_begin
+                if SMEM_SCRATCH:
+                    hv = h_buf.index(i).load(tile)
+                    delta = delta_buf.index(i).load(ch)
+                    dsp = dsp_buf.index(i).load(ch)
+                else:
+                    step = i * ((N + 2) * BLOCK_E)
+                    hv = gl.load(g_scr + step)
+                    delta = gl.load(g_vec + step)
+                    dsp = gl.load(g_vec + step + BLOCK_E)
+                t = gl.where(rev, L - 1 - s, s)
+                xf = xa.to(gl.float32)
+                zf = za.to(gl.float32)
+                gout = ga.to(gl.float32)
+                bf = gl.expand_dims(ba.to(gl.float32), 0)
+                cf = gl.expand_dims(ca.to(gl.float32), 0)
+                sig = _sigmoid(zf)
+                gy = gout * zf * sig  # d loss / d (the scan's output before the gate)
+                yv = gl.sum(hv * cf, axis=1) + dskip * xf
+                gz = gout * sig * (1.0 + zf * (1.0 - sig)) * yv
+                gl.store(gz_base + t * stride_gx_l, gz.to(gz_ptr.dtype.element_ty))
+                lam = gl.expand_dims(gy, 1) * cf + mu  # d loss / d h_t
+                dx = delta * xf
+                # d loss / d (delta A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
+                gdec = lam * (hv - gl.expand_dims(dx, 1) * bf)
+                lam_b = gl.sum(lam * bf, axis=1)
+                g_delta = gl.sum(gdec * a2, axis=1) * 0.6931471805599453 + xf * lam_b
+                gx = delta * lam_b + gy * dskip
+                gl.store(gx_base + t * stride_gx_l, gx.to(gx_ptr.dtype.element_ty))
+                g_d += gy * xf
+                g_a += gdec * gl.expand_dims(delta, 1)
+                g_raw = g_delta * dsp
+                g_bias += g_raw
+                gl.store(gr_base + t * stride_gr_l, g_raw.to(graw_ptr.dtype.element_ty))
+                # d B_t = sum over channels of lam * delta x, d C_t = sum of h_t * gy: through shared memory
+                bsum_buf.store(lam * gl.expand_dims(dx, 1))
+                csum_buf.store(hv * gl.expand_dims(gy, 1))
+                _barrier()
+                gbc_row = gbc_base + t * stride_gbc_l
+                gl.store(gbc_row, gl.sum(bsum_buf.load(red), axis=0))
+                gl.store(gbc_row + N, gl.sum(csum_buf.load(red), axis=0))
+                _barrier()
+                mu = gl.exp2(gl.expand_dims(delta, 1) * a2) * lam
+                xa = xn
+                za = zn
+                ga = gn
+                if WALK_PREFETCH:
+                    ba = bn
+                    ca = cn
+        g_a = g_a * (a2 * 0.6931471805599453)  # d A / d A_log = A
+        gl.atomic_add(ga_ptr + d * E * N + state_off, g_a, sem="relaxed")
+        gl.atomic_add(gd_ptr + d * E + offs_e, g_d, sem="relaxed")
+        gl.atomic_add(gbias_ptr + d * E + offs_e, g_bias, sem="relaxed")
 else:  # pragma: no cover
-    scan_fwd_gluon_kernel = None
+    scan_fwd_gluon_kernel = scan_fwd_onepass_gluon_kernel = scan_bwd_gluon_kernel = None

@@ -87,10 +87,20 @@ def _config():
         # training (dt_proj folded in): recompute the conv's output in the backward pass instead of keeping it
         # (1: -[2, B, L, E] activations per block for one conv launch more; 0: keep it)
         recompute_conv=_env_int("VISION_MAMBA_TRITON_RECOMPUTE_CONV", 1),
-        # inference: the forward scan in Gluon where it applies (gluon_kernels.py), x_proj's rows in fp32; off by
-        # default until measured and tested on a GPU (compiled for sm_90 only so far; docs/kernels.md, "Session 7")
-        gluon=_env_int("VISION_MAMBA_TRITON_GLUON", 0),
-        rows_fp32=_env_int("VISION_MAMBA_TRITON_ROWS_FP32", 0),
+        # the scan in Gluon (gluon_kernels.py) for Vim's mixer on CUDA, forward and backward separately: 1 / 0;
+        # -1, the default: where it measured faster (_gluon_forward_kind; the backward where a block's recomputed
+        # states stay in shared memory: save intervals up to gluon_smem_steps; docs/kernels.md, "Session 8").
+        # x_proj's rows in fp32: 1 / 0; -1: where a Gluon kernel reads them (rows_in_fp32)
+        gluon=_env_int("VISION_MAMBA_TRITON_GLUON", -1),
+        gluon_bwd=_env_int("VISION_MAMBA_TRITON_GLUON_BWD", -1),
+        rows_fp32=_env_int("VISION_MAMBA_TRITON_ROWS_FP32", -1),
+        # the Gluon backward keeps a block's recomputed states in shared memory up to this save interval (above
+        # it, in a global scratch)
+        gluon_smem_steps=_env_int("VISION_MAMBA_TRITON_GLUON_SMEM_STEPS", 8),
+        # one-pass inference launches get the session-7 Gluon kernel (measured faster; 0: the general one)
+        gluon_onepass=_env_int("VISION_MAMBA_TRITON_GLUON_ONEPASS", 1),
+        # the Gluon backward's walk prefetches B and C a step ahead (0: loads them in their own step)
+        gluon_walk_prefetch=_env_int("VISION_MAMBA_TRITON_GLUON_WALK_PREFETCH", 1),
     )
 
 
@@ -104,16 +114,18 @@ def _save_every(cfg, length: int) -> int:
     return 2 * SAVE_EVERY if length >= LONG_SEQUENCE else SAVE_EVERY
 
 
-def _forward_ahead(cfg, block_e: int, save_states: bool) -> bool:
+def _forward_ahead(cfg, block_e: int, save_states: bool, gluon: bool = False) -> bool:
     """Whether the forward computes delta and the gate a step ahead (AHEAD in scan_fwd_kernel): as configured,
     or where it measured faster (docs/kernels.md, "Session 7"): the 128-channel programs (their threads hold 4
     channels' chains; 1248 px / batch 16: 1.38 -> 1.25 ms) and the forward that saves states for training; the
-    64-channel inference forward was 4 - 6% slower with it (224 px / batch 128: 0.189 -> 0.197 ms)."""
+    64-channel inference forward was 4 - 6% slower with it (224 px / batch 128: 0.189 -> 0.197 ms). The Gluon
+    forward computes ahead everywhere (session 8: 224 px / batch 128 0.199 -> 0.188 ms, 128 px / batch 512 0.278
+    -> 0.257, 1248 px / batch 16 equal, batch 1 0.145 -> 0.148)."""
     if cfg["ahead"] >= 0:
         if cfg["ahead"] and cfg["prefetch"] != 1:
             raise ValueError("VISION_MAMBA_TRITON_AHEAD=1 needs VISION_MAMBA_TRITON_PREFETCH=1")
         return bool(cfg["ahead"])
-    return cfg["prefetch"] == 1 and (block_e >= 128 or save_states)
+    return gluon or (cfg["prefetch"] == 1 and (block_e >= 128 or save_states))
 
 
 def _params_t(value: int, backward: bool) -> bool:
@@ -314,9 +326,10 @@ def _zero_state(E: int, N: int, device) -> Tensor:
 def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, config=None,
                  out: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
     """y: [B, L, ND, E]; the states saved every ``save_every`` steps (:func:`_save_every`): [B, ND, ceil(L / save_every),
-    N, E] fp32 (channels contiguous). ``out``: where to write y (any [B, L, ND, E] view with unit channel
-    stride), e.g. over the scan's own input x ([ND, B, L, E] permuted): each element of x is read by the program
-    that then writes the y element at the same place, before it does."""
+    N, E] fp32 (channels contiguous, or, ahead of the Gluon backward, a view of [..., E, N]: the backward takes
+    either). ``out``: where to write y (any [B, L, ND, E] view with unit channel stride), e.g. over the scan's own
+    input x ([ND, B, L, E] permuted): each element of x is read by the program that then writes the y element at
+    the same place, before it does."""
     cfg = config or _config()
     if cfg["prefetch"] not in (1, 2, 4):
         raise ValueError(f"VISION_MAMBA_TRITON_PREFETCH must be 1, 2 or 4, got {cfg['prefetch']}")
@@ -329,18 +342,25 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
         assert out.shape == (B, L, ND, E) and out.stride(-1) == 1 and out.dtype == y_dtype
     y = out if out is not None else _new(B, L, ND, E, device=dev, dtype=y_dtype)
     save_every = _save_every(cfg, L)
-    ahead = _forward_ahead(cfg, block_e, save_states)
     n_save = triton.cdiv(L, save_every)
-    hsave = _new(B, ND, n_save, N, E, device=dev, dtype=torch.float32) if save_states else None
+    n_chunks, steps = _chunking(B * n_eb * ND, L, min_programs, save_every)
+    kind = _gluon_forward_kind(cfg, args, dev, block_e, n_chunks, save_states)
+    use_gluon = kind is not None
+    ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
+    # [B, ND, n_save, N, E]; for the Gluon backward each channel's states contiguous (a transposed view)
+    states_en = save_states and use_gluon and _gluon_backward_applies(cfg, args, dev)
+    hsave = None
+    if save_states:
+        hsave = _new(B, ND, n_save, E, N, device=dev, dtype=torch.float32).transpose(-1, -2) if states_en \
+            else _new(B, ND, n_save, N, E, device=dev, dtype=torch.float32)
     common = args.common()
     t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
     pstrides = args.param_strides()
-    n_chunks, steps = _chunking(B * n_eb * ND, L, min_programs, save_every)
     hs = hsave if hsave is not None else _dummy(dev)
     s_strides = (hs.stride(0), hs.stride(1), hs.stride(2)) if hsave is not None else (0, 0, 0)
     flags = common["flags"]
 
-    def launch(hinit, hend, dsum, write_y, write_end, save):
+    def _launch_triton(hinit, hend, dsum, write_y, write_end, save):
         ref = hinit if hinit is not None else hend
         h_strides = (ref.stride(0), ref.stride(1), ref.stride(2)) if ref is not None else (0, 0, 0)
         scan_fwd_kernel[(B * n_eb, n_chunks, ND)](
@@ -354,9 +374,14 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
             PARAMS_T=_params_t(cfg.get("params_t", -1), backward=False), EVEN_E=E % block_e == 0, **flags,
         )
 
-    if n_chunks == 1 and not save_states and _gluon_applies(cfg, args, dev):
-        _launch_gluon(args, y)
-        return y, None
+    def launch(hinit, hend, dsum, write_y, write_end, save):
+        if kind == "onepass":
+            return _launch_gluon_onepass(args, y)
+        if use_gluon:
+            return _launch_gluon_forward(args, y, hinit, hend, dsum, hs, n_chunks, steps, block_e, save_every,
+                                         write_y, write_end, save, ahead, cfg["num_warps"], states_en)
+        _launch_triton(hinit, hend, dsum, write_y, write_end, save)
+
     if n_chunks == 1:
         launch(None, None, None, True, False, save_states)
         return y, hsave
@@ -372,35 +397,135 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     return y, hsave
 
 
-GLUON_BLOCK_E = 64  # channels per program of the Gluon forward (one warp: 2 channels x 16 states a thread)
-
-
-def _gluon_applies(cfg, args: _ScanArgs, device) -> bool:
-    """Whether the Gluon inference forward can run this launch: Vim's mixer (dt_proj folded in, both directions,
-    softplus, A_log, D, z and the delta bias all given), whole x_proj rows, a channel count it divides."""
+def _gluon_common(cfg_value, args: _ScanArgs, device) -> bool:
+    """Whether a Gluon kernel can run this scan: Vim's mixer (dt_proj folded in, both directions, softplus, A_log,
+    D, z and the delta bias all given, x_proj's whole rows) on a CUDA device, with Gluon there."""
     from . import gluon_kernels
 
-    # (a channel block set by hand is a sweep of the Triton kernel's launches: it gets that kernel)
-    return (bool(cfg.get("gluon")) and not cfg.get("block_e") and gluon_kernels.AVAILABLE
-            and device.type == "cuda" and args.dt_proj and args.n_dirs == 2 and args.dir_base == 0
-            and args.softplus and args.a_is_log and args.z is not None and args.bias[0] is not None
-            and args.dskip[0] is not None and args.dt[0].dim() == 2 and args.E % GLUON_BLOCK_E == 0
+    return (cfg_value != 0 and gluon_kernels.AVAILABLE and _gluon_device(device) and args.dt_proj
+            and args.n_dirs == 2 and args.dir_base == 0 and args.softplus and args.a_is_log and args.z is not None
+            and args.bias[0] is not None and args.dskip[0] is not None and args.dt[0].dim() == 2
             and args.N in (4, 8, 16, 32))
 
 
-def _launch_gluon(args: _ScanArgs, y: Tensor) -> None:
-    from .gluon_kernels import scan_fwd_gluon_kernel
+def _gluon_device(device) -> bool:
+    return device.type == "cuda"
+
+
+def _gluon_forward_applies(cfg, args: _ScanArgs, device, block_e: int) -> bool:
+    # (a channel block set by hand is a sweep of the Triton kernel's launches: it gets that kernel)
+    return (_gluon_common(cfg.get("gluon", -1), args, device) and not cfg.get("block_e")
+            and block_e % (32 * cfg["num_warps"]) == 0 and args.E % block_e == 0)
+
+
+def _gluon_forward_kind(cfg, args: _ScanArgs, device, block_e: int, n_chunks: int,
+                        save_states: bool) -> Optional[str]:
+    """Which Gluon kernel runs this forward launch: "onepass" (scan_fwd_onepass_gluon_kernel), "general"
+    (scan_fwd_gluon_kernel) or None (the Triton kernel). By default, where the H200 measured a Gluon kernel faster
+    (docs/kernels.md, "Session 8"): the one-pass kernel for inference without chunks (224 px / batch 128: 0.164
+    against 0.195 ms), the general one for the 128-channel programs of long sequences' inference (1248 px / batch
+    16: 1.16 against 1.25 ms) and for training where the Gluon backward runs (it saves the states in that
+    kernel's layout; the whole step at 224 px / batch 128: 2,901 against 2,735 img/s). Chunked 64-channel
+    inference and the training forward before a Triton backward stay on Triton (the general Gluon kernel measured
+    no faster at 64 channels a program; before a Triton backward, the fp32 rows it wants cost that backward as
+    much as it saves). ``gluon=1`` forces the general kernel wherever it applies (but the one-pass one)."""
+    if not _gluon_forward_applies(cfg, args, device, block_e):
+        return None
+    backward = save_states and _gluon_backward_applies(cfg, args, device)
+    return _forward_rule(cfg, block_e, n_chunks, save_states, backward)
+
+
+def _forward_rule(cfg, block_e: int, n_chunks: int, save_states: bool, gluon_backward: bool) -> Optional[str]:
+    if n_chunks == 1 and not save_states and block_e == 64 and cfg["num_warps"] == 1 and cfg.get("gluon_onepass", 1):
+        return "onepass"
+    if cfg.get("gluon", -1) > 0 or (block_e >= 128 and not save_states) or gluon_backward:
+        return "general"
+    return None
+
+
+def _gluon_backward_applies(cfg, args: _ScanArgs, device) -> bool:
+    return (_gluon_common(cfg.get("gluon_bwd", -1), args, device)
+            and _gluon_backward_rule(cfg, args.L, args.E, args.N))
+
+
+def _gluon_backward_rule(cfg, L: int, E: int, N: int) -> bool:
+    setting = cfg.get("gluon_bwd", -1)
+    if setting == 0 or (setting < 0 and not _gluon_smem(cfg, _save_every(cfg, L))):
+        return False  # (by default only where the block's states stay in shared memory)
+    return not cfg.get("bwd_block_e") and N == 16 and E % GLUON_BWD_BLOCK_E == 0
+
+
+def _gluon_smem(cfg, save_every: int) -> bool:
+    """Whether the Gluon backward keeps a block's recomputed states in shared memory (else in a global scratch):
+    save intervals up to ``gluon_smem_steps``, powers of two (a shared-memory tile's shape)."""
+    return save_every <= cfg.get("gluon_smem_steps", 8) and save_every & (save_every - 1) == 0
+
+
+def rows_in_fp32(cfg, device, dtype, B: int, L: int, E: int, N: int, training: bool) -> bool:
+    """Whether x_proj's rows are made in fp32 for Vim's mixer ([B, L, E] activations, N states; see
+    :func:`_x_proj`): as configured, or by default where a Gluon kernel reads them (half-precision activations on
+    CUDA: the forward's kernel by :func:`_gluon_forward_kind`, or in training the Gluon backward); the Triton
+    kernels read bf16 rows faster (224 px / batch 128: 0.189 against 0.195 ms)."""
+    from . import gluon_kernels
+
+    if cfg.get("rows_fp32", -1) >= 0:
+        return bool(cfg["rows_fp32"])
+    if not (gluon_kernels.AVAILABLE and _gluon_device(device) and dtype in (torch.bfloat16, torch.float16)
+            and N in (4, 8, 16, 32)):
+        return False
+    backward = training and _gluon_backward_rule(cfg, L, E, N)
+    if backward:
+        return True
+    if cfg.get("gluon", -1) == 0 or cfg.get("block_e"):
+        return False
+    min_programs = _min_programs(device, cfg["min_programs"])
+    block_e = _forward_block_e(cfg, B, E, L, 2, min_programs)
+    if block_e % (32 * cfg["num_warps"]) or E % block_e:
+        return False
+    n_chunks, _ = _chunking(B * triton.cdiv(E, block_e) * 2, L, min_programs, _save_every(cfg, L))
+    return _forward_rule(cfg, block_e, n_chunks, training, False) is not None
+
+
+def _launch_gluon_forward(args: _ScanArgs, y: Tensor, hinit, hend, dsum, hsave, n_chunks, steps, block_e,
+                          save_every, write_y, write_end, save, ahead, num_warps, states_en) -> None:
+    from . import gluon_kernels
 
     x, z, rows = args.x, args.z, args.dt[0]
     B, L, E, N, R = args.B, args.L, args.E, args.N, args.R
+    dev = x.device
+    assert args.dt[1].stride() == rows.stride()
     a_stride_e, a_stride_n, w_stride_e, w_stride_r = args.param_strides()
-    scan_fwd_gluon_kernel[(B * (E // GLUON_BLOCK_E), 1, 2)](
+    ref = hinit if hinit is not None else hend
+    h_strides = (ref.stride(0), ref.stride(1), ref.stride(2)) if ref is not None else (0, 0, 0)
+    s_strides = (hsave.stride(0), hsave.stride(1), hsave.stride(2)) if save else (0, 0, 0)
+    gluon_kernels.scan_fwd_gluon_kernel[(B * (E // block_e), n_chunks, 2)](
+        x, z, rows, args.dt[1], args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
+        args.dskip[0], args.dskip[1], y, _or(hinit, dev), _or(hend, dev), _or(dsum, dev), hsave,
+        L, E, steps, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), y.stride(0), y.stride(1),
+        y.stride(2), a_stride_e, a_stride_n, w_stride_e, w_stride_r, *h_strides, *s_strides,
+        stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, triton.next_power_of_2(R)),
+        B_COL=args.b_col, C_COL=args.c_col, SAVE_EVERY=save_every, HAS_INIT=hinit is not None,
+        WRITE_END=write_end, WRITE_Y=write_y, SAVE_STATES=save, AHEAD=ahead, STATES_EN=states_en,
+        num_warps=num_warps, **FP_FUSION)
+
+
+def _launch_gluon_onepass(args: _ScanArgs, y: Tensor) -> None:
+    from . import gluon_kernels
+
+    x, z, rows = args.x, args.z, args.dt[0]
+    B, L, E, N, R = args.B, args.L, args.E, args.N, args.R
+    block_e = 64
+    a_stride_e, a_stride_n, w_stride_e, w_stride_r = args.param_strides()
+    gluon_kernels.scan_fwd_onepass_gluon_kernel[(B * (E // block_e), 1, 2)](
         x, z, rows, args.dir_off, args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
         args.dskip[0], args.dskip[1], y,
         L, E, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), y.stride(0), y.stride(1),
         y.stride(2), a_stride_e, a_stride_n, w_stride_e, w_stride_r,
-        stride_row=rows.stride(0), R=R, N=N, BLOCK_E=GLUON_BLOCK_E, BLOCK_R=max(2, triton.next_power_of_2(R)),
+        stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, triton.next_power_of_2(R)),
         B_COL=args.b_col, C_COL=args.c_col, num_warps=1, **FP_FUSION)
+
+
+GLUON_BWD_BLOCK_E = 32  # channels per program of the Gluon backward (one warp, a channel a thread)
 
 
 def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
@@ -413,7 +538,8 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
     dev = args.x.device
     min_programs = _min_programs(dev, cfg["min_programs"])
-    block_e = _backward_block_e(cfg, B, E, L, ND, min_programs)
+    use_gluon = _gluon_backward_applies(cfg, args, dev)
+    block_e = GLUON_BWD_BLOCK_E if use_gluon else _backward_block_e(cfg, B, E, L, ND, min_programs)
     n_eb = triton.cdiv(E, block_e)
     gy = _last_contiguous(gy)
     f32 = dict(device=dev, dtype=torch.float32)
@@ -450,7 +576,24 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
             N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=True, num_warps=cfg["num_warps"], **FP_FUSION)
     else:
         m_strides = (0, 0, 0)
-    scratch = torch.empty(B * 2 * n_eb * n_chunks * save_every * (N + 2) * block_e, **f32)  # states, delta, softplus'
+    if use_gluon:
+        _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, gd, gbias, n_chunks, steps,
+                               save_every)
+    else:
+        _launch_triton_backward(args, cfg, t, common, gy, hsave, muinit, gx, gz, graw, gbc, ga, gd, gbias, n_chunks,
+                                steps, save_every, block_e, params_t, m_strides)
+    return dict(gx=gx, gz=gz if args.z is not None else None, gbc=gbc.sum(1), graw=graw, ga=ga.transpose(1, 2), gd=gd,
+                gbias=gbias)
+
+
+def _launch_triton_backward(args, cfg, t, common, gy, hsave, muinit, gx, gz, graw, gbc, ga, gd, gbias, n_chunks,
+                            steps, save_every, block_e, params_t, m_strides):
+    B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
+    hsave = hsave if hsave.stride(-1) == 1 else hsave.contiguous()  # (states saved by the Gluon forward)
+    dev = args.x.device
+    n_eb = triton.cdiv(E, block_e)
+    scratch = torch.empty(B * 2 * n_eb * n_chunks * save_every * (N + 2) * block_e, device=dev,
+                          dtype=torch.float32)  # states, delta, softplus'
     scan_bwd_kernel[(B * n_eb, ND, n_chunks)](
         *t, gy, hsave, scratch, muinit if muinit is not None else _dummy(dev),
         gx, gz, graw, gbc,
@@ -466,8 +609,35 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
         PARAMS_T=params_t, EVEN_E=E % block_e == 0, HAS_MU_INIT=muinit is not None, AHEAD=bool(cfg.get("bwd_ahead")),
         **common["flags"],
     )
-    return dict(gx=gx, gz=gz if args.z is not None else None, gbc=gbc.sum(1), graw=graw, ga=ga.transpose(1, 2), gd=gd,
-                gbias=gbias)
+
+
+def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, gd, gbias, n_chunks, steps,
+                           save_every):
+    from . import gluon_kernels
+
+    x, z, rows = args.x, args.z, args.dt[0]
+    B, L, E, N, R = args.B, args.L, args.E, args.N, args.R
+    dev = x.device
+    block_e = GLUON_BWD_BLOCK_E
+    n_eb = E // block_e
+    smem = _gluon_smem(cfg, save_every)
+    # (the global scratch, where the block's states do not stay in shared memory: [programs, steps, N + 2, block_e])
+    scratch = _dummy(dev) if smem else torch.empty(B * 2 * n_eb * n_chunks * save_every * (N + 2) * block_e,
+                                                   device=dev, dtype=torch.float32)
+    m = muinit if muinit is not None else hsave
+    gluon_kernels.scan_bwd_gluon_kernel[(B * n_eb, 2, n_chunks)](
+        x, z, rows, args.dt[1], args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
+        args.dskip[0], args.dskip[1], gy, hsave, m, scratch, gx, gz, graw, gbc, ga, gd, gbias,
+        L, E, steps, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1),
+        gy.stride(0), gy.stride(1), gy.stride(2), *args.param_strides(),
+        hsave.stride(0), hsave.stride(1), hsave.stride(2), m.stride(0), m.stride(1), m.stride(2),
+        gx.stride(0), gx.stride(1), gx.stride(2), graw.stride(0), graw.stride(1), graw.stride(2),
+        gbc.stride(0), gbc.stride(1), gbc.stride(2), gbc.stride(3),
+        stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, triton.next_power_of_2(R)),
+        B_COL=args.b_col, C_COL=args.c_col, SAVE_EVERY=save_every, HAS_MU_INIT=muinit is not None,
+        SMEM_SCRATCH=smem, STATES_EN=hsave.stride(-1) != 1, WALK_PREFETCH=bool(cfg.get("gluon_walk_prefetch", 1)),
+        num_warps=1, **FP_FUSION,
+        **_maxnreg(cfg.get("bwd_maxnreg")))
 
 
 def dt_proj_grads(graw: Tensor, dt_low: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
@@ -704,9 +874,11 @@ class _TritonBiMixer(torch.autograd.Function):
     def forward(ctx, x, z, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b,
                 cfg):
         xs = conv_forward(x, cw_f, cw_b, cb_f, cb_b, cfg)
-        # x_proj in the activations' dtype, as autocast runs F.linear on bf16 activations and fp32 weights
-        dbl_f = F.linear(xs[0], xw_f.to(xs.dtype))
-        dbl_b = F.linear(xs[1], xw_b.to(xs.dtype))
+        # x_proj in the activations' dtype, as autocast runs F.linear on bf16 activations and fp32 weights (with
+        # its output in fp32 where the Gluon kernels read it: _x_proj)
+        fp32_rows = rows_in_fp32(cfg, xs.device, xs.dtype, *z.shape, alog_f.shape[1], training=True)
+        dbl_f = _x_proj(xs[0], xw_f.to(xs.dtype), fp32_rows)
+        dbl_b = _x_proj(xs[1], xw_b.to(xs.dtype), fp32_rows)
         R, N = w_f.shape[1], alog_f.shape[1]
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
         needs_grad = any(ctx.needs_input_grad[:16])
@@ -733,7 +905,8 @@ class _TritonBiMixer(torch.autograd.Function):
         for i, (dbl, xw, w) in enumerate(((dbl_f, xw_f, w_f), (dbl_b, xw_b, w_b))):
             rows = dbl.reshape(-1, dbl.shape[-1])
             g_low, g_w = dt_proj_grads(g["graw"][i].view(rows.shape[0], -1), rows[:, :R], w)
-            gdbl = torch.cat([g_low.to(dbl.dtype), g["gbc"][i].view(rows.shape[0], 2 * N).to(dbl.dtype)], dim=1)
+            # (in the activations' dtype, whatever the rows' dtype: as autograd would have it for bf16 rows)
+            gdbl = torch.cat([g_low.to(xs.dtype), g["gbc"][i].view(rows.shape[0], 2 * N).to(xs.dtype)], dim=1)
             gxs[i].view(-1, E).addmm_(gdbl, xw.to(gdbl.dtype))
             gxw.append((gdbl.t() @ xs[i].reshape(-1, E)).to(xw.dtype))
             gw.append(g_w)
@@ -825,8 +998,9 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
         # inference: nothing is kept for a backward pass, so the scan writes y over its input (the conv's output,
         # dead once x_proj has read it): one [2, B, L, E] buffer less at the peak
         xs = conv_forward(x, forward.conv_weight, backward.conv_weight, forward.conv_bias, backward.conv_bias, cfg)
-        dbl_f = _x_proj(xs[0], forward.x_proj_weight, cfg["rows_fp32"])
-        dbl_b = _x_proj(xs[1], backward.x_proj_weight, cfg["rows_fp32"])
+        fp32_rows = rows_in_fp32(cfg, xs.device, xs.dtype, B, L, E, forward.A_log.shape[1], training=False)
+        dbl_f = _x_proj(xs[0], forward.x_proj_weight, fp32_rows)
+        dbl_b = _x_proj(xs[1], backward.x_proj_weight, fp32_rows)
         ys = _bi_scan_inplace(xs, z, dbl_f, dbl_b, forward, backward, cfg)
         if out_proj_weight is None:
             return (ys[0] + ys[1]) / 2
