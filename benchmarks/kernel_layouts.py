@@ -175,6 +175,7 @@ def main() -> int:
     p.add_argument("--gluon", action="store_true",
                    help="the Gluon scan kernels (gluon_kernels.py) instead of the Triton ones, x_proj's rows in fp32")
     p.add_argument("--save-every", type=int, default=0, help="steps between saved states (default: by length)")
+    p.add_argument("--rows-fp32", action="store_true", help="x_proj's rows in fp32 (as --gluon has them)")
     args = p.parse_args()
     fwd, bwd = _Capture(), _Capture()
     ts.scan_fwd_kernel, ts.scan_bwd_kernel = fwd, bwd
@@ -199,7 +200,7 @@ def main() -> int:
     B, L, E, N, R = 2, 65, 384, 16, 12  # Vim-Ti's widths
     bf = torch.bfloat16
     xs, z = torch.randn(2, B, L, E, dtype=bf), torch.randn(B, L, E, dtype=bf)
-    dbl = torch.randn(2, B * L, R + 2 * N, dtype=torch.float32 if args.gluon else bf)
+    dbl = torch.randn(2, B * L, R + 2 * N, dtype=torch.float32 if args.gluon or args.rows_fp32 else bf)
     w, bias = [torch.randn(E, R) for _ in range(2)], [torch.randn(E) for _ in range(2)]
     alog, dd = [torch.randn(E, N) for _ in range(2)], [torch.randn(E) for _ in range(2)]
     if cfg["delta"] == "fold":
