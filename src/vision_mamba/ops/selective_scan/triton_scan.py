@@ -323,6 +323,15 @@ def _zero_state(E: int, N: int, device) -> Tensor:
     return _ZEROS[key]
 
 
+def _forward_plan(cfg, B: int, L: int, E: int, ND: int, device):
+    """A forward launch's (min_programs, channels per program, save interval, chunks, steps per chunk)."""
+    min_programs = _min_programs(device, cfg["min_programs"])
+    block_e = _forward_block_e(cfg, B, E, L, ND, min_programs)
+    save_every = _save_every(cfg, L)
+    n_chunks, steps = _chunking(B * triton.cdiv(E, block_e) * ND, L, min_programs, save_every)
+    return min_programs, block_e, save_every, n_chunks, steps
+
+
 def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, config=None,
                  out: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
     """y: [B, L, ND, E]; the states saved every ``save_every`` steps (:func:`_save_every`): [B, ND, ceil(L / save_every),
@@ -335,15 +344,12 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
         raise ValueError(f"VISION_MAMBA_TRITON_PREFETCH must be 1, 2 or 4, got {cfg['prefetch']}")
     B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
     dev = args.x.device
-    min_programs = _min_programs(dev, cfg["min_programs"])
-    block_e = _forward_block_e(cfg, B, E, L, ND, min_programs)
+    min_programs, block_e, save_every, n_chunks, steps = _forward_plan(cfg, B, L, E, ND, dev)
     n_eb = triton.cdiv(E, block_e)
     if out is not None:
         assert out.shape == (B, L, ND, E) and out.stride(-1) == 1 and out.dtype == y_dtype
     y = out if out is not None else _new(B, L, ND, E, device=dev, dtype=y_dtype)
-    save_every = _save_every(cfg, L)
     n_save = triton.cdiv(L, save_every)
-    n_chunks, steps = _chunking(B * n_eb * ND, L, min_programs, save_every)
     kind = _gluon_forward_kind(cfg, args, dev, block_e, n_chunks, save_states)
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
@@ -478,11 +484,9 @@ def rows_in_fp32(cfg, device, dtype, B: int, L: int, E: int, N: int, training: b
         return True
     if cfg.get("gluon", -1) == 0 or cfg.get("block_e"):
         return False
-    min_programs = _min_programs(device, cfg["min_programs"])
-    block_e = _forward_block_e(cfg, B, E, L, 2, min_programs)
+    _, block_e, _, n_chunks, _ = _forward_plan(cfg, B, L, E, 2, device)
     if block_e % (32 * cfg["num_warps"]) or E % block_e:
         return False
-    n_chunks, _ = _chunking(B * triton.cdiv(E, block_e) * 2, L, min_programs, _save_every(cfg, L))
     return _forward_rule(cfg, block_e, n_chunks, training, False) is not None
 
 
