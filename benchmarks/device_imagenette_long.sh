@@ -7,6 +7,7 @@
 #   OUT=/path MODEL=vim EPOCHS=300 CALL_SECONDS=470 PYTHON=python3 bash benchmarks/device_imagenette_long.sh
 #   (again, within the machine's warm window, until the log says the run finished)
 #
+# MODEL: vim, deit (configs/imagenette/<model>_tiny.yaml) or vim_s8 (vim_tiny_stride8.yaml, from scratch).
 # DATA defaults to .data/imagenette-160 (extracted from .data/imagenette-160.zip when only the zip is there).
 # Afterwards, here: python benchmarks/imagenette_results.py publish --from <fetched folder> [--from <other>]
 set -uo pipefail
@@ -27,7 +28,8 @@ if [ ! -d "$DATA/train" ] && [ -f "$DATA.zip" ]; then
 fi
 case "$MODEL" in
   vim|deit) cfg="configs/imagenette/${MODEL}_tiny.yaml" ;;
-  *) echo "error: MODEL must be vim or deit, got '$MODEL'"; exit 2 ;;
+  vim_s8) cfg="configs/imagenette/vim_tiny_stride8.yaml" ;;
+  *) echo "error: MODEL must be vim, vim_s8 or deit, got '$MODEL'"; exit 2 ;;
 esac
 cmd=("$PY" -m vision_mamba.cli train --config "$cfg" --data "$DATA" --output "$RUN" --epochs "$EPOCHS"
      --resume auto --set export_dtype=float16)
@@ -45,7 +47,7 @@ echo "== $MODEL part $part: exit $status after $(( $(date +%s) - start )) s"
 grep -E "^epoch|final|stopped|resumed|error" "$RUN/part$part.log" | tail -4
 grep -qE "^(stopped by|final:)" "$RUN/part$part.log" \
   || echo "warning: no clean stop in this part; the next one resumes from the last periodic checkpoint"
-for f in metrics.csv curves.png results.json "part$part.log"; do
+for f in metrics.csv curves.png results.json command.txt wall_seconds.txt "part$part.log"; do
   [ -f "$RUN/$f" ] && cp "$RUN/$f" "$OUT/${MODEL}_$f"
 done
 if [ -f "$RUN/results.json" ]; then

@@ -99,6 +99,49 @@ def verdict(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     return dict(vim_minus_deit=gap, target_met=bool(vim >= TARGET_TOP1 and gap >= TARGET_MARGIN))
 
 
+def experiment(folders: List[Path], key: str, out: Path, what: str) -> Dict[str, Any]:
+    """A record of one run outside the main comparison (device_imagenette_long.sh MODEL=<key>), from the files
+    its calls copied out (``<key>_results.json``, ``_metrics.csv``, ``_command.txt``, ``_wall_seconds.txt``; the
+    newest of each across ``folders``). Appended to ``out`` (a JSON with a list of records), curves copied
+    beside it."""
+    def newest(name: str) -> Optional[Path]:
+        found = [f / f"{key}_{name}" for f in folders if (f / f"{key}_{name}").is_file()]
+        return found[-1] if found else None
+
+    res_path = newest("results.json")
+    if res_path is None:
+        raise FileNotFoundError(f"no {key}_results.json in {', '.join(map(str, folders))}: the run has not finished")
+    results = json.loads(res_path.read_text())
+    metrics_path = newest("metrics.csv")
+    metrics = _metrics(metrics_path) if metrics_path else []
+    rates = [r["img_per_s"] for r in metrics if r.get("img_per_s")]
+    wall = newest("wall_seconds.txt")
+    cmd = newest("command.txt")
+    record = dict(
+        model=results.get("model"), img_size=results.get("img_size"), epochs=results.get("epochs"),
+        top1=results.get("top1"), top5=results.get("top5"), ema_top1=results.get("ema_top1"),
+        ema_top5=results.get("ema_top5"), best_top1=results.get("best_top1"), best_epoch=results.get("best_epoch"),
+        minutes=round(int(_read_text(wall)) / 60, 2) if wall else results.get("minutes"),
+        train_minutes=results.get("train_minutes"),
+        train_img_per_s=round(statistics.median(rates[1:] or rates)) if rates else None,
+        skipped_steps=results.get("skipped_steps"), interrupted=results.get("interrupted"),
+        val_top1=[[int(r["epoch"]), round(r["val_top1"], 3)] for r in metrics if r.get("val_top1") is not None],
+        ema_val_top1=[[int(r["epoch"]), round(r["ema_val_top1"], 3)] for r in metrics
+                      if r.get("ema_val_top1") is not None],
+        what=what, command=_read_text(cmd) if cmd else None)
+    report = json.loads(out.read_text()) if out.is_file() else dict(
+        dataset="Imagenette-160 (train 9,469 / val 3,925)", device=None, records=[])
+    report["records"].append(record)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2) + "\n")
+    curves = newest("curves.png")
+    if curves:
+        shutil.copyfile(curves, out.with_name(out.stem + "_curves.png"))
+    print(f"{record['model']}: {record['epochs']} epochs, top-1 {record['top1']} (EMA {record['ema_top1']}), "
+          f"{record['train_img_per_s']} img/s, {record['minutes']} min -> {out}")
+    return record
+
+
 # ---------------------------------------------------------------------- publishing into docs/
 def _combined_plot(folder: Path, path: Path) -> Optional[Path]:
     import matplotlib
@@ -231,7 +274,20 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--docs", type=Path, default=REPO / "docs")
     p.add_argument("--note", help="what was tried (printed under Notes), e.g. when the target is not met")
     p.add_argument("--earlier", type=Path, help="a previously published imagenette.json whose runs are kept")
+    e = sub.add_parser("experiment", help="(here) one run outside the main comparison into a results JSON")
+    e.add_argument("--from", dest="folder", type=Path, required=True, action="append",
+                   help="the fetched outputs of the run's calls (repeat; the newest files win)")
+    e.add_argument("--key", required=True, help="the MODEL of device_imagenette_long.sh, e.g. vim_s8")
+    e.add_argument("--out", type=Path, required=True, help="the JSON to append the record to")
+    e.add_argument("--what", default="", help="what the run tried")
     args = parser.parse_args(argv)
+    if args.command == "experiment":
+        try:
+            experiment(args.folder, args.key, args.out, args.what)
+        except FileNotFoundError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        return 0
     if args.command == "collect":
         if not args.runs.is_dir():
             print(f"error: no run directories under {args.runs}", file=sys.stderr)
