@@ -45,7 +45,7 @@ echo $(( before + $(date +%s) - start )) > "$RUN/wall_seconds.txt"
 echo "$status" > "$RUN/exit_status.txt"
 echo "== $MODEL part $part: exit $status after $(( $(date +%s) - start )) s"
 grep -E "^epoch|final|stopped|resumed|error" "$RUN/part$part.log" | tail -4
-grep -qE "^(stopped by|final:)" "$RUN/part$part.log" \
+tr "\r" "\n" < "$RUN/part$part.log" | grep -qE "^(stopped by|final:)" \
   || echo "warning: no clean stop in this part; the next one resumes from the last periodic checkpoint"
 for f in metrics.csv curves.png results.json command.txt wall_seconds.txt "part$part.log"; do
   [ -f "$RUN/$f" ] && cp "$RUN/$f" "$OUT/${MODEL}_$f"

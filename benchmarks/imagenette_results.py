@@ -18,7 +18,7 @@ import shutil
 import statistics
 import sys
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Sequence
 
 NAMES = {"vim": ("Vim-Ti", "vim_tiny_patch16_224"), "deit": ("DeiT-Ti", "deit_tiny_patch16_224")}
 TARGET_TOP1 = 90.0
@@ -99,11 +99,13 @@ def verdict(records: List[Dict[str, Any]]) -> Dict[str, Any]:
     return dict(vim_minus_deit=gap, target_met=bool(vim >= TARGET_TOP1 and gap >= TARGET_MARGIN))
 
 
-def experiment(folders: List[Path], key: str, out: Path, what: str) -> Dict[str, Any]:
+def experiment(folders: List[Path], key: str, out: Path, what: str,
+               evals: Sequence[Path] = ()) -> Dict[str, Any]:
     """A record of one run outside the main comparison (device_imagenette_long.sh MODEL=<key>), from the files
     its calls copied out (``<key>_results.json``, ``_metrics.csv``, ``_command.txt``, ``_wall_seconds.txt``; the
     newest of each across ``folders``). Appended to ``out`` (a JSON with a list of records), curves copied
-    beside it."""
+    beside it as ``<out stem>_<key>_curves.png``. ``evals``: JSONs written by ``vision-mamba eval --json`` for the
+    run's weights (e.g. at other test resolutions), kept in the record as ``evals``."""
     def newest(name: str) -> Optional[Path]:
         found = [f / f"{key}_{name}" for f in folders if (f / f"{key}_{name}").is_file()]
         return found[-1] if found else None
@@ -129,6 +131,11 @@ def experiment(folders: List[Path], key: str, out: Path, what: str) -> Dict[str,
         ema_val_top1=[[int(r["epoch"]), round(r["ema_val_top1"], 3)] for r in metrics
                       if r.get("ema_val_top1") is not None],
         what=what, command=_read_text(cmd) if cmd else None)
+    if evals:
+        record["evals"] = []
+        for path in evals:
+            ev = json.loads(Path(path).read_text())
+            record["evals"].append({k: ev.get(k) for k in ("img_size", "crop_pct", "ema", "top1", "top5", "images")})
     report = json.loads(out.read_text()) if out.is_file() else dict(
         dataset="Imagenette-160 (train 9,469 / val 3,925)", device=None, records=[])
     report["records"].append(record)
@@ -136,7 +143,7 @@ def experiment(folders: List[Path], key: str, out: Path, what: str) -> Dict[str,
     out.write_text(json.dumps(report, indent=2) + "\n")
     curves = newest("curves.png")
     if curves:
-        shutil.copyfile(curves, out.with_name(out.stem + "_curves.png"))
+        shutil.copyfile(curves, out.with_name(f"{out.stem}_{key}_curves.png"))
     print(f"{record['model']}: {record['epochs']} epochs, top-1 {record['top1']} (EMA {record['ema_top1']}), "
           f"{record['train_img_per_s']} img/s, {record['minutes']} min -> {out}")
     return record
@@ -280,10 +287,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     e.add_argument("--key", required=True, help="the MODEL of device_imagenette_long.sh, e.g. vim_s8")
     e.add_argument("--out", type=Path, required=True, help="the JSON to append the record to")
     e.add_argument("--what", default="", help="what the run tried")
+    e.add_argument("--evals", type=Path, nargs="*", default=[],
+                   help="JSONs from `vision-mamba eval --json` of the run's weights, kept in the record")
     args = parser.parse_args(argv)
     if args.command == "experiment":
         try:
-            experiment(args.folder, args.key, args.out, args.what)
+            experiment(args.folder, args.key, args.out, args.what, args.evals)
         except FileNotFoundError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -107,7 +107,8 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tmp_path,
 
     resumed = Recorder()
     cfg = tiny_config(tmp_path, "cut", resume=str(tmp_path / "cut" / "last.pth"), **recipe)
-    Trainer(cfg, step_hook=resumed).run()
+    again = Trainer(cfg, step_hook=resumed).run()
+    assert state["wall_seconds"] > 0 and again.minutes * 60 > state["wall_seconds"]  # the whole run's wall time
     assert stopped.losses == full.losses[:2]
     assert resumed.losses[0] == full.losses[2]  # the next step, exactly
     assert resumed.losses == full.losses[2:]

@@ -63,7 +63,7 @@ class TrainResult:
     final_ema: Dict[str, float] = field(default_factory=dict)
     best_top1: Optional[float] = None
     best_epoch: Optional[int] = None
-    minutes: float = 0.0
+    minutes: float = 0.0  # wall time of the whole run, the processes before a resume included
     skipped_steps: int = 0
     unreadable_images: int = 0
     checkpoint: Optional[Path] = None
@@ -243,6 +243,7 @@ class Trainer:
         self.best_top1: Optional[float] = None
         self.best_epoch: Optional[int] = None
         self.train_seconds = 0.0
+        self.earlier_wall_seconds = 0.0  # wall time of the processes before a resume (from the checkpoint)
         self._final_reserve = 5.0  # seconds kept for the final evaluation and exports (measured when planning)
         if cfg.resume:
             path = Path(cfg.resume)
@@ -286,6 +287,7 @@ class Trainer:
             steps_per_epoch=self.steps_per_epoch, planned_epochs=self.planned_epochs,
             epoch_stats=dict(self.epoch_stats),
             best_top1=self.best_top1, best_epoch=self.best_epoch, train_seconds=self.train_seconds,
+            wall_seconds=self.earlier_wall_seconds + time.perf_counter() - self.start_time,
             classes=list(self.data.classes), world_size=self.ctx.world_size,
             config=self.cfg.to_dict(),
         )
@@ -320,6 +322,7 @@ class Trainer:
         self.epoch_stats = dict(state["epoch_stats"])
         self.best_top1, self.best_epoch = state["best_top1"], state["best_epoch"]
         self.train_seconds = state.get("train_seconds", 0.0)
+        self.earlier_wall_seconds = state.get("wall_seconds", 0.0)
         planned = state["planned_epochs"]
         saved_epochs = state["config"].get("epochs")
         if self.cfg.time_limit_min is None and saved_epochs != self.cfg.epochs:
@@ -533,7 +536,7 @@ class Trainer:
             result.weights = self.export_weights("final.safetensors", unwrap(self.model))
             if self.ema is not None:
                 self.export_weights("final_ema.safetensors", self.ema.module)
-        result.minutes = (time.perf_counter() - self.start_time) / 60
+        result.minutes = (self.earlier_wall_seconds + time.perf_counter() - self.start_time) / 60
         if ctx.is_main:
             self.logger.plot(self.run_dir / "curves.png", title=f"{cfg.model} on {Path(str(cfg.data)).name}")
             summary = dict(model=cfg.model, data=cfg.data, epochs=self.epoch, planned_epochs=self.planned_epochs,
