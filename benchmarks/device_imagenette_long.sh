@@ -7,7 +7,9 @@
 #   OUT=/path MODEL=vim EPOCHS=300 CALL_SECONDS=470 PYTHON=python3 bash benchmarks/device_imagenette_long.sh
 #   (again, within the machine's warm window, until the log says the run finished)
 #
-# MODEL: vim, deit (configs/imagenette/<model>_tiny.yaml) or vim_s8 (vim_tiny_stride8.yaml, from scratch).
+# MODEL: vim, deit (configs/imagenette/<model>_tiny.yaml) or vim_s8 (vim_tiny_stride8.yaml, from scratch);
+# teacher (resnet50d_teacher.yaml), then vim_kd / deit_kd (<model>_tiny_distill.yaml, distilled from the teacher
+# of the same RUNS folder: all three on one warm machine, since the teacher's weights stay there).
 # DATA defaults to .data/imagenette-160 (extracted from .data/imagenette-160.zip when only the zip is there).
 # Afterwards, here: python benchmarks/imagenette_results.py publish --from <fetched folder> [--from <other>]
 set -uo pipefail
@@ -26,13 +28,18 @@ RUN="$RUNS/$MODEL"
 if [ ! -d "$DATA/train" ] && [ -f "$DATA.zip" ]; then
   "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$DATA.zip" "$(dirname "$DATA")"
 fi
+extra=()
 case "$MODEL" in
   vim|deit) cfg="configs/imagenette/${MODEL}_tiny.yaml" ;;
   vim_s8) cfg="configs/imagenette/vim_tiny_stride8.yaml" ;;
-  *) echo "error: MODEL must be vim, vim_s8 or deit, got '$MODEL'"; exit 2 ;;
+  teacher) cfg="configs/imagenette/resnet50d_teacher.yaml" ;;
+  vim_kd|deit_kd) cfg="configs/imagenette/${MODEL%_kd}_tiny_distill.yaml"
+    extra=(--teacher-checkpoint "$RUNS/teacher/final.safetensors")
+    [ -f "$RUNS/teacher/final.safetensors" ] || { echo "error: train MODEL=teacher first (no $RUNS/teacher/final.safetensors)"; exit 2; } ;;
+  *) echo "error: MODEL must be vim, vim_s8, deit, teacher, vim_kd or deit_kd, got '$MODEL'"; exit 2 ;;
 esac
 cmd=("$PY" -m vision_mamba.cli train --config "$cfg" --data "$DATA" --output "$RUN" --epochs "$EPOCHS"
-     --resume auto --set export_dtype=float16)
+     --resume auto --set export_dtype=float16 "${extra[@]}")
 mkdir -p "$OUT" "$RUN"
 part=$(( $(find "$RUN" -maxdepth 1 -name 'part*.log' | wc -l) + 1 ))
 echo "${cmd[*]}  # over several calls of at most ${CALL_SECONDS} s (benchmarks/device_imagenette_long.sh)" \

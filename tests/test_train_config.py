@@ -65,9 +65,10 @@ def test_synthetic_config_is_the_quickstart_preset():
     assert resolve_config(REPO / "configs" / "synthetic" / "vim.yaml") == resolve_config(QUICKSTART)
 
 
-def test_imagenette_baselines_share_the_vim_recipe():
-    vim = resolve_config(REPO / "configs" / "imagenette" / "vim_tiny.yaml").to_dict()
-    deit = resolve_config(REPO / "configs" / "imagenette" / "deit_tiny.yaml").to_dict()
+@pytest.mark.parametrize("vim_name,deit_name", [("vim_tiny", "deit_tiny"), ("vim_tiny_distill", "deit_tiny_distill")])
+def test_imagenette_baselines_share_the_vim_recipe(vim_name, deit_name):
+    vim = resolve_config(REPO / "configs" / "imagenette" / f"{vim_name}.yaml").to_dict()
+    deit = resolve_config(REPO / "configs" / "imagenette" / f"{deit_name}.yaml").to_dict()
     different = {k for k in vim if vim[k] != deit[k]}
     assert different == {"model"}
 

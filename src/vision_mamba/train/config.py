@@ -43,6 +43,13 @@ class TrainConfig(TypedConfig):
     compile: bool = False  # torch.compile the model
     cuda_graph: bool = True  # replay each training step from one CUDA graph where possible (CUDA, one process,
     #   adamw / adam / sgd, bf16 or fp32, no compile; see train/graphed.py); elsewhere, or false: eager steps
+    # ---------------------------------------------------------------- distillation (train/distill.py)
+    teacher: Optional[str] = None  # a trained timm classifier (e.g. resnet26d) to distill from; null: none
+    teacher_checkpoint: Optional[str] = None  # its weights (same classes), e.g. another run's final.safetensors
+    teacher_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments of the teacher
+    distill: str = "hard"  # hard: cross-entropy with the teacher's argmax (DeiT); soft: KL at distill_tau
+    distill_alpha: float = 0.5  # weight of the teacher term (1 - alpha: the usual loss on the labels)
+    distill_tau: float = 1.0  # temperature of soft distillation
     # ---------------------------------------------------------------- data
     data: Optional[str] = None  # 'synthetic' (built in) or an ImageFolder root with <train_split>/ and <val_split>/
     train_split: str = "train"
@@ -123,6 +130,7 @@ class TrainConfig(TypedConfig):
             return ConfigError(f"config key '{key}': {why} (got {getattr(self, key)!r})")
 
         choices = dict(precision=("auto", "bf16", "fp16", "fp32"), remode=("const", "rand", "pixel"),
+                       distill=("hard", "soft"),
                        mixup_mode=("batch", "pair", "elem"), interpolation=("bicubic", "bilinear", "nearest"),
                        export_dtype=("float32", "float16", "bfloat16"))
         for key, allowed in choices.items():
@@ -176,6 +184,15 @@ class TrainConfig(TypedConfig):
             self.auto_augment = None
         if not self.data:
             raise bad("data", "is required: an ImageFolder root, or 'synthetic' for the built-in dataset")
+        if self.teacher and not self.teacher_checkpoint:
+            raise bad("teacher_checkpoint", f"is required with a teacher ({self.teacher}): distilling from "
+                                            f"untrained weights teaches nothing")
+        if self.teacher_checkpoint and not self.teacher:
+            raise bad("teacher", "is required with teacher_checkpoint: the timm model name of those weights")
+        if not 0 <= self.distill_alpha <= 1:
+            raise bad("distill_alpha", "must be in [0, 1]")
+        if self.distill_tau <= 0:
+            raise bad("distill_tau", "must be > 0")
         if self.resident_size is not None and self.resident_size < self.img_size:
             raise bad("resident_size", f"must be at least img_size ({self.img_size})")
 

@@ -18,11 +18,11 @@ __all__ = ["check_model_name", "create_classifier", "EmaWeights", "unwrap"]
 _logger = logging.getLogger(__name__)
 
 
-def check_model_name(name: str) -> None:
-    """A :class:`ConfigError` with suggestions unless timm knows ``name``."""
+def check_model_name(name: str, key: str = "model") -> None:
+    """A :class:`ConfigError` (naming config ``key``) with suggestions unless timm knows ``name``."""
     if not timm.is_model(name):
         close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
-        raise ConfigError(f"config key 'model': unknown model {name!r}" +
+        raise ConfigError(f"config key '{key}': unknown model {name!r}" +
                           (f" (did you mean {', '.join(close)}?)" if close else "") +
                           "; any name from timm.list_models() works, e.g. vim_tiny_patch16_224, deit_tiny_patch16_224")
 

@@ -22,6 +22,7 @@ SHORTCUTS = {
     "model": "model", "data": "data", "epochs": "epochs", "batch_size": "batch_size", "lr": "lr",
     "img_size": "img_size", "output": "output", "resume": "resume", "finetune": "finetune", "device": "device",
     "precision": "precision", "time_limit_min": "time_limit_min", "seed": "seed", "workers": "workers",
+    "teacher": "teacher", "teacher_checkpoint": "teacher_checkpoint",
 }
 
 
@@ -46,6 +47,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             "checkpoint, else the newest matching run under runs/; starts fresh when there is none)")
     group.add_argument("--finetune", metavar="CKPT", help="start from these weights (pos_embed resized, a classifier "
                        "of another size re-initialised)")
+    group.add_argument("--teacher", metavar="MODEL", help="distill from this trained timm classifier (with "
+                       "--teacher-checkpoint; distill, distill_alpha, distill_tau: --set)")
+    group.add_argument("--teacher-checkpoint", metavar="CKPT", help="the teacher's weights (same classes)")
     group.add_argument("--device", help="auto | cpu | cuda | cuda:N")
     group.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     group.add_argument("--time-limit-min", type=float, help="fit the number of epochs into this many minutes")

@@ -42,6 +42,7 @@ from ..engine import (DistributedContext, InterruptGuard, MetricLogger, NonFinit
 from ..models.checkpoint import load_checkpoint, save_state_dict
 from .budget import StepTimer, plan_epochs
 from .config import ConfigError, TrainConfig
+from .distill import DistillationLoss, Teacher, pack_targets
 from .evaluate import evaluate
 from .graphed import TrainStep, graph_unsupported_reason
 from .model import EmaWeights, check_model_name, create_classifier, unwrap
@@ -167,6 +168,12 @@ class Trainer:
             model.set_grad_checkpointing(True)
         model.to(self.device)
         self.model = model
+        self.teacher: Optional[Teacher] = None
+        if cfg.teacher:
+            check_model_name(cfg.teacher, key="teacher")
+            self.teacher = Teacher(cfg.teacher, cfg.teacher_checkpoint, num_classes=len(classes),
+                                   img_size=cfg.img_size, device=self.device, amp_dtype=self.amp_dtype,
+                                   model_kwargs=cfg.teacher_kwargs)
         local_batch = cfg.batch_size // ctx.world_size
         self.data = build_classification_data(
             cfg.data, img_size=cfg.img_size, batch_size=cfg.batch_size,
@@ -212,7 +219,10 @@ class Trainer:
             self.mixup = Mixup(mixup_alpha=cfg.mixup, cutmix_alpha=cfg.cutmix, prob=cfg.mixup_prob,
                                switch_prob=cfg.mixup_switch_prob, mode=cfg.mixup_mode,
                                label_smoothing=cfg.smoothing, num_classes=len(classes))
-            self.criterion: nn.Module = SoftTargetCrossEntropy()
+        if self.teacher is not None:
+            self.criterion: nn.Module = DistillationLoss(cfg.distill, cfg.distill_alpha, cfg.distill_tau)
+        elif cfg.mixup_active:
+            self.criterion = SoftTargetCrossEntropy()
         elif cfg.smoothing > 0:
             self.criterion = LabelSmoothingCrossEntropy(smoothing=cfg.smoothing)
         else:
@@ -256,6 +266,14 @@ class Trainer:
                  f"({'device-resident' if self.data.resident else 'streaming'}) | {ctx.world_size} process(es) on "
                  f"{self.device} | {'fp32' if self.amp_dtype is None else self.amp_dtype} | global batch "
                  f"{cfg.batch_size}, {self.steps_per_epoch} steps per epoch | run dir {self.run_dir}")
+        self.teacher_top1: Optional[float] = None
+        if self.teacher is not None:
+            metrics = evaluate(self.teacher.model, self.data.val, self.device, self.amp_dtype, ctx,
+                               progress=cfg.progress and ctx.is_main, desc="eval teacher")
+            self.teacher_top1 = metrics["top1"]
+            self.log(f"distilling from {cfg.teacher} ({cfg.teacher_checkpoint}): val top-1 {metrics['top1']:.2f}% | "
+                     f"{cfg.distill}, alpha {cfg.distill_alpha}" +
+                     (f", tau {cfg.distill_tau}" if cfg.distill == "soft" else ""))
         if self.data.unreadable:
             self.log(f"warning: {len(self.data.unreadable)} unreadable image(s) left out, e.g. "
                      f"{self.data.unreadable[0][0]} ({self.data.unreadable[0][1]})")
@@ -374,6 +392,8 @@ class Trainer:
             images, targets = next(batches)
             if self.mixup is not None:
                 images, targets = self.mixup(images, targets)
+            if self.teacher is not None:  # the teacher sees the same augmented images; its logits ride along
+                targets = pack_targets(targets, self.teacher(images), cfg.smoothing)
             if self.graph_step is not None:
                 # forward, backward and update in one replay; a non-finite loss skipped the update on the device
                 loss = self.graph_step(images, targets)
@@ -546,6 +566,9 @@ class Trainer:
                            train_minutes=round(self.train_seconds / 60, 3), skipped_steps=self.guard.skipped,
                            unreadable_images=result.unreadable_images, img_size=cfg.img_size,
                            world_size=ctx.world_size)
+            if self.teacher is not None:
+                summary.update(teacher=cfg.teacher, teacher_top1=self.teacher_top1, distill=cfg.distill,
+                               distill_alpha=cfg.distill_alpha)
             (self.run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         return result
 
