@@ -247,6 +247,21 @@ def test_a_timm_baseline_trains_through_the_same_loop(tmp_path):
     assert result.final["images"] == 40 and (tmp_path / "deit" / "final.safetensors").is_file()
 
 
+def test_channels_last_trains_a_convnet_like_the_default_layout(tmp_path):
+    runs = {}
+    for cl in (False, True):
+        rec = Recorder()
+        cfg = tiny_config(tmp_path, f"cl{cl}", model="resnet10t", model_kwargs={}, synthetic_train=32, epochs=2,
+                          channels_last=cl)
+        trainer = Trainer(cfg, step_hook=rec)
+        result = trainer.run()
+        conv = trainer.model.conv1[0].weight
+        assert conv.is_contiguous(memory_format=torch.channels_last) == cl and conv.dim() == 4
+        runs[cl] = ([l for *_, l in rec.losses], result.final["top1"])
+    assert runs[True][0] == pytest.approx(runs[False][0], rel=1e-3)  # same math, another memory layout
+    assert runs[True][1] == pytest.approx(runs[False][1], abs=5.0)  # (2 of 40 val images may flip)
+
+
 # ---------------------------------------------------------------------- real data
 @pytest.mark.data
 def test_a_slice_of_imagenette(shared_data, tmp_path):

@@ -41,6 +41,7 @@ class TrainConfig(TypedConfig):
     finetune_ema: bool = False  # take the EMA weights of a training checkpoint given to finetune
     grad_checkpointing: bool = False
     compile: bool = False  # torch.compile the model
+    channels_last: bool = False  # model and images in channels-last memory format (convnets run faster on CUDA)
     cuda_graph: bool = True  # replay each training step from one CUDA graph where possible (CUDA, one process,
     #   adamw / adam / sgd, bf16 or fp32, no compile; see train/graphed.py); elsewhere, or false: eager steps
     # ---------------------------------------------------------------- distillation (train/distill.py)

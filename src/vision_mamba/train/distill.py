@@ -87,7 +87,7 @@ class Teacher:
 
     def __init__(self, name: str, checkpoint: str, *, num_classes: int, img_size: Optional[int],
                  device: torch.device, amp_dtype: Optional[torch.dtype] = None,
-                 model_kwargs: Optional[Dict[str, Any]] = None):
+                 model_kwargs: Optional[Dict[str, Any]] = None, channels_last: bool = False):
         from ..models.checkpoint import load_checkpoint
         from .model import create_classifier
 
@@ -98,6 +98,8 @@ class Teacher:
         for p in model.parameters():
             p.requires_grad_(False)
         self.model = model.to(device).eval()
+        if channels_last:
+            self.model.to(memory_format=torch.channels_last)
         self.name, self.checkpoint = name, checkpoint
         self.device, self.amp_dtype = device, amp_dtype
 

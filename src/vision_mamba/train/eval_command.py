@@ -101,6 +101,8 @@ def run_eval(cfg, checkpoint: "str | Path", use_ema: bool = False, progress: boo
         if hasattr(model, "check_finite"):
             model.check_finite = False
         model.to(ctx.device).eval()
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
         if ctx.device.type == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = True
             torch.backends.cudnn.allow_tf32 = True
@@ -113,7 +115,7 @@ def run_eval(cfg, checkpoint: "str | Path", use_ema: bool = False, progress: boo
             std=cfg.std, synthetic_val=cfg.synthetic_val, synthetic_size=cfg.synthetic_size,
             progress=progress and ctx.is_main)
         metrics = evaluate(model, data.val, ctx.device, resolve_precision(cfg.precision, ctx.device), ctx,
-                           progress=progress and ctx.is_main)
+                           progress=progress and ctx.is_main, channels_last=cfg.channels_last)
         metrics["unreadable"] += len(data.unreadable)
         return dict(model=cfg.model, checkpoint=str(checkpoint), ema=use_ema, data=cfg.data, split=cfg.val_split,
                     img_size=cfg.img_size, crop_pct=cfg.crop_pct, batch_size=batch, device=str(ctx.device),

@@ -15,8 +15,10 @@ __all__ = ["evaluate"]
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
-             ctx: Optional[DistributedContext] = None, progress: bool = False, desc: str = "eval") -> Dict[str, float]:
-    """Run ``model`` over ``loader`` (batches (images, targets, readable mask or None)).
+             ctx: Optional[DistributedContext] = None, progress: bool = False, desc: str = "eval",
+             channels_last: bool = False) -> Dict[str, float]:
+    """Run ``model`` over ``loader`` (batches (images, targets, readable mask or None)); ``channels_last``:
+    images in that memory format (for a model converted to it).
 
     Returns top1 / top5 (percent), loss (cross-entropy, no smoothing), images (counted over all processes),
     img_per_s (images / wall time of the loop, all processes together) and unreadable (images left out).
@@ -30,6 +32,8 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
     _sync(device)
     start = time.perf_counter()
     for images, targets, readable in tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=2.0):
+        if channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
             logits = model(images)
         logits = logits.float()

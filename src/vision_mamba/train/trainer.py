@@ -167,13 +167,15 @@ class Trainer:
         if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
             model.set_grad_checkpointing(True)
         model.to(self.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
         self.model = model
         self.teacher: Optional[Teacher] = None
         if cfg.teacher:
             check_model_name(cfg.teacher, key="teacher")
             self.teacher = Teacher(cfg.teacher, cfg.teacher_checkpoint, num_classes=len(classes),
                                    img_size=cfg.img_size, device=self.device, amp_dtype=self.amp_dtype,
-                                   model_kwargs=cfg.teacher_kwargs)
+                                   model_kwargs=cfg.teacher_kwargs, channels_last=cfg.channels_last)
         local_batch = cfg.batch_size // ctx.world_size
         self.data = build_classification_data(
             cfg.data, img_size=cfg.img_size, batch_size=cfg.batch_size,
@@ -269,7 +271,8 @@ class Trainer:
         self.teacher_top1: Optional[float] = None
         if self.teacher is not None:
             metrics = evaluate(self.teacher.model, self.data.val, self.device, self.amp_dtype, ctx,
-                               progress=cfg.progress and ctx.is_main, desc="eval teacher")
+                               progress=cfg.progress and ctx.is_main, desc="eval teacher",
+                               channels_last=cfg.channels_last)
             self.teacher_top1 = metrics["top1"]
             self.log(f"distilling from {cfg.teacher} ({cfg.teacher_checkpoint}): val top-1 {metrics['top1']:.2f}% | "
                      f"{cfg.distill}, alpha {cfg.distill_alpha}" +
@@ -392,6 +395,8 @@ class Trainer:
             images, targets = next(batches)
             if self.mixup is not None:
                 images, targets = self.mixup(images, targets)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
             if self.teacher is not None:  # the teacher sees the same augmented images; its logits ride along
                 targets = pack_targets(targets, self.teacher(images), cfg.smoothing)
             if self.graph_step is not None:
@@ -485,7 +490,8 @@ class Trainer:
     def _evaluate(self, which: str = "model") -> Dict[str, float]:
         module = self.ema.module if which == "ema" else self.model
         return evaluate(module, self.data.val, self.device, self.amp_dtype, self.ctx,
-                        progress=self.cfg.progress and self.ctx.is_main, desc=f"eval {which}")
+                        progress=self.cfg.progress and self.ctx.is_main, desc=f"eval {which}",
+                        channels_last=self.cfg.channels_last)
 
     # ================================================================== the run
     def run(self) -> TrainResult:
