@@ -23,6 +23,8 @@ EPOCHS=${EPOCHS:-300}
 CALL_SECONDS=${CALL_SECONDS:-540}
 DATA=${DATA:-.data/imagenette-160}
 RUNS=${RUNS:-runs/imagenette_long}
+EXTRA=${EXTRA:-}  # more train arguments, e.g. EXTRA="--set drop_path=0.05" (split on spaces)
+EVAL_SIZES=${EVAL_SIZES:-160}  # test sizes for the final weights of the other MODELs (the images are 160 px)
 RUN="$RUNS/$MODEL"
 
 if [ ! -d "$DATA/train" ] && [ -f "$DATA.zip" ]; then
@@ -39,7 +41,7 @@ case "$MODEL" in
   *) echo "error: MODEL must be vim, vim_s8, deit, teacher, vim_kd or deit_kd, got '$MODEL'"; exit 2 ;;
 esac
 cmd=("$PY" -m vision_mamba.cli train --config "$cfg" --data "$DATA" --output "$RUN" --epochs "$EPOCHS"
-     --resume auto --set export_dtype=float16 "${extra[@]}")
+     --resume auto --set export_dtype=float16 "${extra[@]}" $EXTRA)
 mkdir -p "$OUT" "$RUN"
 part=$(( $(find "$RUN" -maxdepth 1 -name 'part*.log' | wc -l) + 1 ))
 echo "${cmd[*]}  # over several calls of at most ${CALL_SECONDS} s (benchmarks/device_imagenette_long.sh)" \
@@ -58,6 +60,16 @@ for f in metrics.csv curves.png results.json command.txt wall_seconds.txt "part$
   [ -f "$RUN/$f" ] && cp "$RUN/$f" "$OUT/${MODEL}_$f"
 done
 if [ -f "$RUN/results.json" ]; then
-  [ -f "$RUN/final.safetensors" ] && cp "$RUN/final.safetensors" "$OUT/${MODEL}_tiny_imagenette_fp16.safetensors"
-  "$PY" benchmarks/imagenette_results.py collect --runs "$RUNS" --out "$OUT/imagenette.json"
+  [ -f "$RUN/final.safetensors" ] && cp "$RUN/final.safetensors" "$OUT/${MODEL}_imagenette_fp16.safetensors"
+  case "$MODEL" in
+    vim|deit) "$PY" benchmarks/imagenette_results.py collect --runs "$RUNS" --out "$OUT/imagenette.json" ;;
+    *)  # the final weights at other test sizes (pos_embed resized), one JSON list: ${MODEL}_evals.json
+      evals=()
+      for size in $EVAL_SIZES; do
+        "$PY" -m vision_mamba.cli eval --config "$RUN/config.yaml" --checkpoint "$RUN/final.safetensors" --data "$DATA" \
+          --img-size "$size" --json "$RUN/eval_$size.json" --no-progress 2>&1 | tail -1
+        [ -f "$RUN/eval_$size.json" ] && evals+=("$RUN/eval_$size.json")
+      done
+      [ ${#evals[@]} -gt 0 ] && "$PY" -c 'import json, sys; print(json.dumps([json.load(open(f)) for f in sys.argv[2:]], indent=2), file=open(sys.argv[1], "w"))' "$OUT/${MODEL}_evals.json" "${evals[@]}" ;;
+  esac
 fi

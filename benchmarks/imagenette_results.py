@@ -119,6 +119,8 @@ def experiment(folders: List[Path], key: str, out: Path, what: str,
     rates = [r["img_per_s"] for r in metrics if r.get("img_per_s")]
     wall = newest("wall_seconds.txt")
     cmd = newest("command.txt")
+    if not evals and newest("evals.json"):
+        evals = [newest("evals.json")]
     record = dict(
         model=results.get("model"), img_size=results.get("img_size"), epochs=results.get("epochs"),
         top1=results.get("top1"), top5=results.get("top5"), ema_top1=results.get("ema_top1"),
@@ -133,9 +135,11 @@ def experiment(folders: List[Path], key: str, out: Path, what: str,
         what=what, command=_read_text(cmd) if cmd else None)
     if evals:
         record["evals"] = []
-        for path in evals:
-            ev = json.loads(Path(path).read_text())
-            record["evals"].append({k: ev.get(k) for k in ("img_size", "crop_pct", "ema", "top1", "top5", "images")})
+        for path in evals:  # one evaluation each, or a list of them (device_imagenette_long.sh's <key>_evals.json)
+            found = json.loads(Path(path).read_text())
+            for ev in found if isinstance(found, list) else [found]:
+                record["evals"].append({k: ev.get(k) for k in ("img_size", "crop_pct", "ema", "top1", "top5",
+                                                               "images")})
     report = json.loads(out.read_text()) if out.is_file() else dict(
         dataset="Imagenette-160 (train 9,469 / val 3,925)", device=None, records=[])
     report["records"].append(record)

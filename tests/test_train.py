@@ -51,7 +51,8 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys):
     run = tmp_path / "cli"
     argv = ["train", "--epochs", "2", "--batch-size", "16", "--output", str(run), "--device", "cpu",
             "--set", "synthetic_train=64", "--set", "synthetic_val=32", "--set", "progress=false",
-            "--set", "model_kwargs={embed_dim: 32, depth: 2, patch_size: 8}", "--set", "eval_batch_size=32"]
+            "--set", "model_kwargs={embed_dim: 32, depth: 2, patch_size: 8}", "--set", "eval_batch_size=32",
+            "--set", "resident_size=32"]
     assert cli.main(argv) == 0
     out = capsys.readouterr().out
     assert "final: top-1" in out
@@ -69,6 +70,10 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys):
     assert evaluated["top1"] == pytest.approx(results["top1"]) and evaluated["top5"] == pytest.approx(results["top5"])
     assert evaluated["img_per_s"] > 0
     assert "top-1" in capsys.readouterr().out
+    # at a larger test size (pos_embed resized; the run's resident_size, a training setting, does not object)
+    assert cli.main(["eval", "--checkpoint", str(run / "final.safetensors"), "--img-size", "48", "--json",
+                     str(report), "--no-progress"]) == 0
+    assert json.loads(report.read_text())["img_size"] == 48
     # the training checkpoint evaluates the same
     assert cli.main(["eval", "--checkpoint", str(run / "last.pth"), "--json", str(report), "--no-progress"]) == 0
     assert json.loads(report.read_text())["top1"] == pytest.approx(results["top1"])

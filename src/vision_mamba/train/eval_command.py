@@ -75,7 +75,9 @@ def _config(args: argparse.Namespace):
         flags["gpu_resident"] = {"true": True, "false": False}.get(args.gpu_resident, "auto")
     apply_overrides(values, parse_overrides(args.overrides), "--set")
     apply_overrides(values, flags, "command line")
-    values["resume"] = values["finetune"] = None
+    # training-only settings: a run's resident_size must not stop an evaluation at a larger --img-size
+    values["resume"] = values["finetune"] = values["resident_size"] = None
+    values["teacher"] = values["teacher_checkpoint"] = None
     return TrainConfig.from_dict(values, source="evaluation configuration")
 
 
