@@ -14,6 +14,7 @@ COMMANDS = {
     "bench": ("vision_mamba.bench.command", "Vim vs DeiT feature-extraction speed and memory (the paper's Figure 1)"),
     "train": ("vision_mamba.train.train_command", "train a classifier (Vim or any timm model) from a YAML config"),
     "eval": ("vision_mamba.train.eval_command", "evaluate a classifier checkpoint: top-1, top-5, throughput"),
+    "predict": ("vision_mamba.train.predict_command", "top classes of a trained classifier for some images"),
     "seg-train": ("vision_mamba.tasks.segmentation.train_command", "train an UperNet segmentation model"),
     "seg-eval": ("vision_mamba.tasks.segmentation.eval_command", "evaluate a segmentation checkpoint (mIoU)"),
     "seg-predict": ("vision_mamba.tasks.segmentation.predict_command", "write a colour overlay PNG for an image"),

@@ -58,6 +58,20 @@ def read_checkpoint(path: "str | os.PathLike") -> Any:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
 
 
+def read_metadata(path: "str | os.PathLike") -> Dict[str, str]:
+    """The string metadata of a safetensors file (``vision-mamba train`` stores model, classes and img_size
+    there); {} for other files or when it cannot be read (loading the weights then says why)."""
+    if Path(path).suffix != ".safetensors":
+        return {}
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            return dict(f.metadata() or {})
+    except Exception:  # safetensors raises its own error types
+        return {}
+
+
 def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> Dict[str, Tensor]:
     """The state dict inside a checkpoint: 'model' (official / our training), 'state_dict', or the EMA weights
     when ``use_ema``; DDP 'module.' and torch.compile '_orig_mod.' prefixes stripped."""

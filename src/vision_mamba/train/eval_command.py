@@ -43,9 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true")
 
 
-def _config(args: argparse.Namespace):
+def resolve_eval_config(args: argparse.Namespace, need_data: bool = True):
+    """The configuration of an evaluation (or prediction) of ``args.checkpoint``: the run's config.yaml beside
+    it, or the one inside a last.pth, then ``--config``, then the flags that ``args`` has. Without ``need_data``
+    a configuration that names no dataset is accepted (prediction reads its own images)."""
     from ..engine import load_state
-    from .config import QUICKSTART, TrainConfig, apply_overrides, load_yaml, parse_overrides
+    from ..models.checkpoint import read_metadata
+    from .config import QUICKSTART, ConfigError, TrainConfig, apply_overrides, load_yaml, parse_overrides
 
     values = TrainConfig().to_dict()
     checkpoint = Path(args.checkpoint)
@@ -63,18 +67,32 @@ def _config(args: argparse.Namespace):
             saved = None
         if isinstance(saved, dict):
             apply_overrides(values, saved, f"configuration saved in {checkpoint}")
-    if not args.config and not beside.is_file() and args.model is None and args.data is None:
+    loaded = bool(args.config or beside.is_file() or values["data"])  # a run's configuration was found
+    if not loaded and checkpoint.suffix == ".safetensors":  # weights exported by train name their model and size
+        meta = read_metadata(checkpoint)
+        if meta.get("model"):
+            values["model"], loaded = meta["model"], True
+            try:
+                for key, parse in (("img_size", int), ("crop_pct", float), ("interpolation", str),
+                                   ("model_kwargs", json.loads), ("mean", json.loads), ("std", json.loads)):
+                    if key in meta:
+                        values[key] = parse(meta[key])
+            except ValueError as e:
+                raise ConfigError(f"{checkpoint}: unreadable metadata ({e}); pass --config") from e
+    if not loaded and args.model is None and getattr(args, "data", None) is None:
         apply_overrides(values, load_yaml(QUICKSTART), "the quick-start preset")
     flags: Dict[str, Any] = {}
     for flag, key in (("model", "model"), ("data", "data"), ("split", "val_split"), ("img_size", "img_size"),
                       ("crop_pct", "crop_pct"), ("device", "device"), ("precision", "precision"),
                       ("workers", "workers"), ("batch_size", "eval_batch_size")):
-        if getattr(args, flag) is not None:
+        if getattr(args, flag, None) is not None:
             flags[key] = getattr(args, flag)
-    if args.gpu_resident is not None:
+    if getattr(args, "gpu_resident", None) is not None:
         flags["gpu_resident"] = {"true": True, "false": False}.get(args.gpu_resident, "auto")
-    apply_overrides(values, parse_overrides(args.overrides), "--set")
+    apply_overrides(values, parse_overrides(getattr(args, "overrides", [])), "--set")
     apply_overrides(values, flags, "command line")
+    if not need_data and not values.get("data"):
+        values["data"] = "synthetic"  # not read: a prediction brings its own images
     # training-only settings: a run's resident_size must not stop an evaluation at a larger --img-size
     values["resume"] = values["finetune"] = values["resident_size"] = None
     values["teacher"] = values["teacher_checkpoint"] = None
@@ -135,7 +153,7 @@ def main(args: argparse.Namespace) -> int:
     from .config import ConfigError
 
     try:
-        cfg = _config(args)
+        cfg = resolve_eval_config(args)
         result = run_eval(cfg, args.checkpoint, use_ema=args.ema, progress=not args.no_progress)
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)

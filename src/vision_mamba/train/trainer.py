@@ -367,8 +367,11 @@ class Trainer:
         if self.ctx.is_main:
             dtype = _dtype(self.cfg.export_dtype)
             state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in module.state_dict().items()}
-            save_state_dict(state, path, metadata={"model": self.cfg.model, "classes": json.dumps(self.data.classes),
-                                                   "img_size": str(self.cfg.img_size)})
+            cfg = self.cfg  # enough to rebuild the model and its preprocessing without the run's config.yaml
+            save_state_dict(state, path, metadata={
+                "model": cfg.model, "classes": json.dumps(self.data.classes), "img_size": str(cfg.img_size),
+                "model_kwargs": json.dumps(cfg.model_kwargs), "crop_pct": str(cfg.crop_pct),
+                "interpolation": cfg.interpolation, "mean": json.dumps(cfg.mean), "std": json.dumps(cfg.std)})
         return path
 
     # ================================================================== training

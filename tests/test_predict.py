@@ -1,0 +1,76 @@
+"""``vision-mamba predict``: class names from the exported weights, the training preprocessing, folders of
+images, a corrupt image skipped and reported, clear errors."""
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+
+from vision_mamba import cli
+from vision_mamba.data import SYNTHETIC_CLASSES, export_image_folder, synthetic_split
+from vision_mamba.train import Trainer
+
+from test_train import tiny_config
+
+
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory):
+    """A tiny Vim that has memorised 32 synthetic training images, and those images as PNG files."""
+    tmp = tmp_path_factory.mktemp("predict")
+    cfg = tiny_config(tmp, "run", synthetic_train=32, batch_size=32, epochs=30, warmup_epochs=2, lr=4e-3,
+                      no_aug=True, smoothing=0.0, weight_decay=0.0, eval_interval=30, save_interval=30,
+                      model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2})
+    result = Trainer(cfg).run()
+    images, labels = synthetic_split("train", 32, 32, seed=cfg.seed)
+    export_image_folder(images, labels, tmp / "images")
+    return tmp, result.weights, labels.tolist()
+
+
+def test_predictions_use_the_stored_class_names_and_the_training_preprocessing(overfit, tmp_path, capsys):
+    tmp, weights, labels = overfit
+    report = tmp_path / "pred.json"
+    folders = sorted(p for p in (tmp / "images").iterdir())
+    assert cli.main(["predict", "--checkpoint", str(weights), *map(str, folders), "--top-k", "3",
+                     "--json", str(report)]) == 0
+    predictions = json.loads(report.read_text())["predictions"]
+    assert len(predictions) == 32
+    hits = 0
+    for p in predictions:
+        probs = [t["prob"] for t in p["top"]]
+        assert len(probs) == 3 and probs == sorted(probs, reverse=True) and sum(probs) <= 1 + 1e-6
+        assert all(t["label"] == SYNTHETIC_CLASSES[t["index"]] for t in p["top"])
+        hits += p["top"][0]["label"] == p["image"].split("/")[-2]  # the class folder it was exported into
+    # the memorised training images come back with their labels: predict preprocesses as training did
+    assert hits >= 28, hits
+    out = capsys.readouterr().out
+    assert out.count("%") == 32 * 3 and SYNTHETIC_CLASSES[labels[0]] in out
+
+    # the weights alone, moved away from their run: model, size and class names come from their metadata
+    alone = tmp_path / "alone" / "weights.safetensors"
+    alone.parent.mkdir()
+    shutil.copy(weights, alone)
+    again = tmp_path / "again.json"
+    assert cli.main(["predict", "--checkpoint", str(alone), *map(str, folders), "--top-k", "3",
+                     "--json", str(again)]) == 0
+    assert json.loads(again.read_text())["predictions"] == predictions
+
+
+def test_a_corrupt_image_is_skipped_and_reported_and_bad_paths_are_errors(overfit, tmp_path, capsys):
+    tmp, weights, _ = overfit
+    good = next((tmp / "images" / SYNTHETIC_CLASSES[0]).iterdir(), None) or \
+        next(p for d in (tmp / "images").iterdir() for p in d.iterdir())
+    corrupt = tmp_path / "broken.jpg"
+    corrupt.write_bytes(b"\xff\xd8\xff\xe0 this is not a jpeg")
+    assert cli.main(["predict", "--checkpoint", str(weights), str(good), str(corrupt)]) == 1
+    captured = capsys.readouterr()
+    assert str(good) in captured.out and f"skipped {corrupt}" in captured.err
+    assert "1 of 2 image(s) could not be read" in captured.err
+
+    assert cli.main(["predict", "--checkpoint", str(weights), str(tmp_path / "missing.png")]) == 2
+    assert "image not found" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["predict", "--checkpoint", str(weights), str(tmp_path / "empty")]) == 2
+    assert "no image files directly inside" in capsys.readouterr().err
+    assert cli.main(["predict", "--checkpoint", str(tmp_path / "nope.safetensors"), str(good)]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
