@@ -83,8 +83,8 @@ def test_a_distilled_run_loads_and_scores_its_teacher_and_pulls_the_student_towa
     teacher = Trainer(tiny_config(tmp_path, "teacher", **TEACHER_KW)).run()
     teacher_results = json.loads((tmp_path / "teacher" / "results.json").read_text())
     seen = []
-    student_kw = dict(teacher="test_vim", teacher_checkpoint=str(teacher.weights),
-                      teacher_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2}, distill="hard",
+    # (no teacher_kwargs: the exported weights' metadata holds the teacher's model_kwargs)
+    student_kw = dict(teacher="test_vim", teacher_checkpoint=str(teacher.weights), distill="hard",
                       distill_alpha=1.0, synthetic_train=32, batch_size=32, epochs=25, warmup_epochs=1, lr=4e-3,
                       no_aug=True, smoothing=0.0, weight_decay=0.0, eval_interval=25, save_interval=25,
                       model_kwargs={"patch_size": 8, "embed_dim": 24, "depth": 2})

@@ -48,6 +48,7 @@ class TrainConfig(TypedConfig):
     teacher: Optional[str] = None  # a trained timm classifier (e.g. resnet26d) to distill from; null: none
     teacher_checkpoint: Optional[str] = None  # its weights (same classes), e.g. another run's final.safetensors
     teacher_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments of the teacher
+    #   (default: those stored in the metadata of weights exported by this command)
     distill: str = "hard"  # hard: cross-entropy with the teacher's argmax (DeiT); soft: KL at distill_tau
     distill_alpha: float = 0.5  # weight of the teacher term (1 - alpha: the usual loss on the labels)
     distill_tau: float = 1.0  # temperature of soft distillation

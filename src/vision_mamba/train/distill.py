@@ -83,14 +83,20 @@ class DistillationLoss(nn.Module):
 class Teacher:
     """A frozen classifier in eval mode: ``teacher(images)`` gives float32 logits, without gradients, under the
     run's autocast. Built by name and loaded from ``checkpoint`` (weights-only; pos_embed resized for models
-    that have one; every key must fit, so a teacher trained on other classes is refused with the shapes)."""
+    that have one; every key must fit, so a teacher trained on other classes is refused with the shapes).
+    ``model_kwargs`` default to those stored in the metadata of weights that ``vision-mamba train`` exported."""
 
     def __init__(self, name: str, checkpoint: str, *, num_classes: int, img_size: Optional[int],
                  device: torch.device, amp_dtype: Optional[torch.dtype] = None,
                  model_kwargs: Optional[Dict[str, Any]] = None, channels_last: bool = False):
-        from ..models.checkpoint import load_checkpoint
+        import json
+
+        from ..models.checkpoint import load_checkpoint, read_metadata
         from .model import create_classifier
 
+        meta = read_metadata(checkpoint)  # weights exported by train name their model and its arguments
+        if not model_kwargs and meta.get("model") == name and meta.get("model_kwargs"):
+            model_kwargs = json.loads(meta["model_kwargs"])
         model = create_classifier(name, num_classes=num_classes, img_size=img_size, model_kwargs=model_kwargs)
         load_checkpoint(model, checkpoint, strict=True)
         if hasattr(model, "check_finite"):
