@@ -74,3 +74,20 @@ def test_a_corrupt_image_is_skipped_and_reported_and_bad_paths_are_errors(overfi
     assert "no image files directly inside" in capsys.readouterr().err
     assert cli.main(["predict", "--checkpoint", str(tmp_path / "nope.safetensors"), str(good)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
+
+
+def test_weights_without_names_get_numbered_classes_from_their_classifier(overfit, tmp_path, capsys):
+    """Weights from elsewhere (here a state dict with a 1000-way head, as the official checkpoints have): no
+    class names anywhere, so the classes are numbered and their count read from the classifier."""
+    import timm
+    import torch
+
+    tmp, _, _ = overfit
+    model = timm.create_model("test_vim", num_classes=1000, patch_size=8, img_size=32)
+    torch.save({"model": model.state_dict()}, tmp_path / "foreign.pth")
+    image = next(p for d in sorted((tmp / "images").iterdir()) for p in sorted(d.iterdir()))
+    report = tmp_path / "foreign.json"
+    assert cli.main(["predict", "--checkpoint", str(tmp_path / "foreign.pth"), "--model", "test_vim", "--img-size",
+                     "32", "--set", "model_kwargs.patch_size=8", "--json", str(report), str(image)]) == 0
+    top = json.loads(report.read_text())["predictions"][0]["top"]
+    assert len(top) == 5 and all(t["label"] == str(t["index"]) and 0 <= t["index"] < 1000 for t in top)

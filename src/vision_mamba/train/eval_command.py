@@ -17,7 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any, Dict
 
-__all__ = ["add_arguments", "main", "run_eval"]
+__all__ = ["add_arguments", "main", "run_eval", "resolve_eval_config", "NO_DATA"]
+
+NO_DATA = "(no dataset)"  # the data of a configuration resolved with need_data=False that named none
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -92,7 +94,7 @@ def resolve_eval_config(args: argparse.Namespace, need_data: bool = True):
     apply_overrides(values, parse_overrides(getattr(args, "overrides", [])), "--set")
     apply_overrides(values, flags, "command line")
     if not need_data and not values.get("data"):
-        values["data"] = "synthetic"  # not read: a prediction brings its own images
+        values["data"] = NO_DATA  # a prediction brings its own images
     # training-only settings: a run's resident_size must not stop an evaluation at a larger --img-size
     values["resume"] = values["finetune"] = values["resident_size"] = None
     values["teacher"] = values["teacher_checkpoint"] = None

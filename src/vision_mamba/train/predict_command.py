@@ -93,13 +93,13 @@ def load_classifier(args: argparse.Namespace) -> Tuple[Any, List[str], Any]:
     """(model in eval mode, class names, configuration) for ``args``; raises the CLI's user errors."""
     from ..data import DatasetError, check_data_source
     from ..models.checkpoint import CheckpointError, load_checkpoint
-    from .eval_command import resolve_eval_config
+    from .eval_command import NO_DATA, resolve_eval_config
     from .model import create_classifier
 
     checkpoint = Path(args.checkpoint)
     cfg = resolve_eval_config(args, need_data=False)
     classes = _classes_in_checkpoint(checkpoint)
-    if classes is None and cfg.data and cfg.data != "synthetic" and Path(cfg.data).is_dir():
+    if classes is None and cfg.data not in (NO_DATA, "synthetic") and Path(cfg.data).is_dir():
         try:
             classes = check_data_source(cfg.data, None, cfg.val_split)
         except DatasetError:
