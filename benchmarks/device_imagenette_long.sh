@@ -24,7 +24,8 @@ CALL_SECONDS=${CALL_SECONDS:-540}
 DATA=${DATA:-.data/imagenette-160}
 RUNS=${RUNS:-runs/imagenette_long}
 EXTRA=${EXTRA:-}  # more train arguments, e.g. EXTRA="--set drop_path=0.05" (split on spaces)
-EVAL_SIZES=${EVAL_SIZES:-160}  # test sizes for the final weights of the other MODELs (the images are 160 px)
+EVAL_SIZES=${EVAL_SIZES:-160}  # test sizes for the final weights of the other MODELs (the images are 160 px),
+                               # each without and with hflip test-time augmentation
 RUN="$RUNS/$MODEL"
 
 if [ ! -d "$DATA/train" ] && [ -f "$DATA.zip" ]; then
@@ -66,9 +67,11 @@ if [ -f "$RUN/results.json" ]; then
     *)  # the final weights at other test sizes (pos_embed resized), one JSON list: ${MODEL}_evals.json
       evals=()
       for size in $EVAL_SIZES; do
-        "$PY" -m vision_mamba.cli eval --config "$RUN/config.yaml" --checkpoint "$RUN/final.safetensors" --data "$DATA" \
-          --img-size "$size" --json "$RUN/eval_$size.json" --no-progress 2>&1 | tail -1
-        [ -f "$RUN/eval_$size.json" ] && evals+=("$RUN/eval_$size.json")
+        for tta in none hflip; do
+          "$PY" -m vision_mamba.cli eval --config "$RUN/config.yaml" --checkpoint "$RUN/final.safetensors" \
+            --data "$DATA" --img-size "$size" --tta "$tta" --json "$RUN/eval_${size}_$tta.json" --no-progress 2>&1 | tail -1
+          [ -f "$RUN/eval_${size}_$tta.json" ] && evals+=("$RUN/eval_${size}_$tta.json")
+        done
       done
       [ ${#evals[@]} -gt 0 ] && "$PY" -c 'import json, sys; print(json.dumps([json.load(open(f)) for f in sys.argv[2:]], indent=2), file=open(sys.argv[1], "w"))' "$OUT/${MODEL}_evals.json" "${evals[@]}" ;;
   esac

@@ -138,7 +138,7 @@ def experiment(folders: List[Path], key: str, out: Path, what: str,
         for path in evals:  # one evaluation each, or a list of them (device_imagenette_long.sh's <key>_evals.json)
             found = json.loads(Path(path).read_text())
             for ev in found if isinstance(found, list) else [found]:
-                record["evals"].append({k: ev.get(k) for k in ("img_size", "crop_pct", "ema", "top1", "top5",
+                record["evals"].append({k: ev.get(k) for k in ("img_size", "crop_pct", "ema", "tta", "top1", "top5",
                                                                "images")})
     report = json.loads(out.read_text()) if out.is_file() else dict(
         dataset="Imagenette-160 (train 9,469 / val 3,925)", device=None, records=[])

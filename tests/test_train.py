@@ -74,6 +74,9 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys):
     assert cli.main(["eval", "--checkpoint", str(run / "final.safetensors"), "--img-size", "48", "--json",
                      str(report), "--no-progress"]) == 0
     assert json.loads(report.read_text())["img_size"] == 48
+    assert cli.main(["eval", "--checkpoint", str(run / "final.safetensors"), "--tta", "hflip", "--json",
+                     str(report), "--no-progress"]) == 0
+    assert json.loads(report.read_text())["tta"] == "hflip" and "(hflip TTA)" in capsys.readouterr().out
     # the training checkpoint evaluates the same
     assert cli.main(["eval", "--checkpoint", str(run / "last.pth"), "--json", str(report), "--no-progress"]) == 0
     assert json.loads(report.read_text())["top1"] == pytest.approx(results["top1"])
@@ -229,6 +232,26 @@ def test_stop_signals_reaching_the_data_workers_do_not_crash_the_run(tmp_path):
     cfg = tiny_config(tmp_path, "workers", synthetic_train=64, gpu_resident=False, workers=2)
     result = Trainer(cfg, step_hook=hook).run()
     assert result.interrupted and load_state(tmp_path / "workers" / "last.pth")["step"] == 2
+
+
+def test_hflip_tta_averages_the_logits_of_each_image_and_its_mirror():
+    import torch.nn.functional as F
+    from torch import nn
+
+    from vision_mamba.train.evaluate import evaluate
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 4 * 4, 5))  # not mirror-invariant
+    images, targets = torch.randn(6, 3, 4, 4), torch.randint(0, 5, (6,))
+    loader = [(images, targets, None)]
+    with torch.no_grad():
+        plain, mirrored = model(images), model(images.flip(-1))
+    for tta, logits in ((False, plain), (True, (plain + mirrored) / 2)):
+        got = evaluate(model, loader, torch.device("cpu"), hflip_tta=tta)
+        assert got["loss"] == pytest.approx(float(F.cross_entropy(logits, targets)), rel=1e-6)
+        assert got["top1"] == pytest.approx(100 * float((logits.argmax(1) == targets).float().mean()))
+    assert evaluate(model, loader, torch.device("cpu"), hflip_tta=True)["loss"] != pytest.approx(
+        evaluate(model, loader, torch.device("cpu"))["loss"])
 
 
 # ---------------------------------------------------------------------- models

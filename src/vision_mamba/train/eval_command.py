@@ -37,6 +37,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
     parser.add_argument("--workers", type=int)
     parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
+    parser.add_argument("--tta", choices=["none", "hflip"], default="none",
+                        help="test-time augmentation: hflip averages the logits of each image and its mirror")
     parser.add_argument("--gpu-resident", choices=["auto", "true", "false"],
                         help="decode the split into device memory first (default: the config's choice)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
@@ -101,7 +103,8 @@ def resolve_eval_config(args: argparse.Namespace, need_data: bool = True):
     return TrainConfig.from_dict(values, source="evaluation configuration")
 
 
-def run_eval(cfg, checkpoint: "str | Path", use_ema: bool = False, progress: bool = True) -> Dict[str, Any]:
+def run_eval(cfg, checkpoint: "str | Path", use_ema: bool = False, progress: bool = True,
+             tta: str = "none") -> Dict[str, Any]:
     """Evaluate ``checkpoint`` as configured by ``cfg`` (model, data, val_split, resolution, precision)."""
     from ..data import build_eval_data, check_data_source
     from ..engine import cleanup_distributed, init_distributed, resolve_precision
@@ -137,9 +140,11 @@ def run_eval(cfg, checkpoint: "str | Path", use_ema: bool = False, progress: boo
             std=cfg.std, synthetic_val=cfg.synthetic_val, synthetic_size=cfg.synthetic_size,
             progress=progress and ctx.is_main)
         metrics = evaluate(model, data.val, ctx.device, resolve_precision(cfg.precision, ctx.device), ctx,
-                           progress=progress and ctx.is_main, channels_last=cfg.channels_last)
+                           progress=progress and ctx.is_main, channels_last=cfg.channels_last,
+                           hflip_tta=tta == "hflip")
         metrics["unreadable"] += len(data.unreadable)
-        return dict(model=cfg.model, checkpoint=str(checkpoint), ema=use_ema, data=cfg.data, split=cfg.val_split,
+        return dict(model=cfg.model, checkpoint=str(checkpoint), ema=use_ema, tta=tta, data=cfg.data,
+                    split=cfg.val_split,
                     img_size=cfg.img_size, crop_pct=cfg.crop_pct, batch_size=batch, device=str(ctx.device),
                     world_size=ctx.world_size, **metrics)
     finally:
@@ -156,14 +161,15 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         cfg = resolve_eval_config(args)
-        result = run_eval(cfg, args.checkpoint, use_ema=args.ema, progress=not args.no_progress)
+        result = run_eval(cfg, args.checkpoint, use_ema=args.ema, progress=not args.no_progress, tta=args.tta)
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if int(os.environ.get("RANK", "0")) != 0:
         return 0
     print(f"{result['model']} on {result['data']} [{result['split']}], {result['images']} images at "
-          f"{result['img_size']} px: top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+          f"{result['img_size']} px{' (hflip TTA)' if result['tta'] == 'hflip' else ''}: "
+          f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
           f"loss {result['loss']:.4f}  {result['img_per_s']:.0f} img/s"
           + (f"  ({result['unreadable']} unreadable images left out)" if result["unreadable"] else ""))
     if args.json:
