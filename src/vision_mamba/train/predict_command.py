@@ -99,15 +99,11 @@ def load_classifier(args: argparse.Namespace) -> Tuple[Any, List[str], Any]:
     checkpoint = Path(args.checkpoint)
     cfg = resolve_eval_config(args, need_data=False)
     classes = _classes_in_checkpoint(checkpoint)
-    if classes is None and cfg.data not in (NO_DATA, "synthetic") and Path(cfg.data).is_dir():
+    if classes is None and cfg.data != NO_DATA:  # the configured dataset's classes, if it is here
         try:
             classes = check_data_source(cfg.data, None, cfg.val_split)
         except DatasetError:
             classes = None
-    if classes is None and cfg.data == "synthetic":
-        from ..data import SYNTHETIC_CLASSES
-
-        classes = list(SYNTHETIC_CLASSES)
     if classes is None:
         count = args.num_classes or _classes_of_head(checkpoint, args.ema)
         if count is None:
@@ -126,8 +122,8 @@ def predict(model, classes: List[str], cfg, paths: Sequence[Path], *, top_k: int
             device=None, amp_dtype=None) -> Tuple[List[Dict[str, Any]], List[Tuple[Path, str]]]:
     """Top-k (class, probability) for each readable image, and the (path, reason) of those that were not."""
     import torch
-    from PIL import Image
 
+    from ..data.folder import load_rgb
     from ..data.transforms import eval_transform
     from ..engine import autocast
 
@@ -149,8 +145,7 @@ def predict(model, classes: List[str], cfg, paths: Sequence[Path], *, top_k: int
     batch: List[Tuple[Path, Any]] = []
     for path in paths:
         try:
-            with Image.open(path) as im:
-                x = transform(im.convert("RGB"))
+            x = transform(load_rgb(str(path)))
         except Exception as e:  # PIL raises many types for a corrupt or unsupported file
             unreadable.append((path, f"{type(e).__name__}: {e}"))
             continue
