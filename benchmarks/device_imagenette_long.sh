@@ -24,8 +24,8 @@ CALL_SECONDS=${CALL_SECONDS:-540}
 DATA=${DATA:-.data/imagenette-160}
 RUNS=${RUNS:-runs/imagenette_long}
 EXTRA=${EXTRA:-}  # more train arguments, e.g. EXTRA="--set drop_path=0.05" (split on spaces)
-EVAL_SIZES=${EVAL_SIZES:-160}  # test sizes for the final weights of the other MODELs (the images are 160 px),
-                               # each without and with hflip test-time augmentation
+EVAL_SIZES=${EVAL_SIZES-160}   # test sizes for the final weights of the other MODELs (the images are 160 px),
+                               # each without and with hflip test-time augmentation; EVAL_SIZES="" for none
 RUN="$RUNS/$MODEL"
 
 if [ ! -d "$DATA/train" ] && [ -f "$DATA.zip" ]; then
