@@ -203,6 +203,30 @@ def main():
                   f"floor {nbytes / bandwidth * 1e3:7.3f} ms")
         for key in ("BLOCK_L", "TILES", "WARPS"):
             os.environ.pop(f"VISION_MAMBA_TRITON_CONV_{key}", None)
+        # the conv and x_proj: the conv kernel then two matrix products (x_proj's padded rows), against one kernel
+        # computing both (conv_xproj_fwd_kernel) for a few tilings; rows in fp32 as the Gluon kernels read them
+        rp = ts._rank_cols(R, True)  # (Vim-Ti's R and N, as everywhere in this script)
+        xw = [torch.randn(R + 2 * N, E, device=device) / E ** 0.5 for _ in range(2)]  # fp32, as the module's
+        cfg0 = ts._config()
+        rows_dtype = torch.float32
+
+        def separate():
+            xs_ = ts.conv_forward(x, cw[0], cw[1], cb[0], cb[1], cfg0)
+            return tuple(ts._x_proj(xs_[d], ts.xproj_weight_rows(xw[d], R, rp, dtype), True) for d in range(2))
+        ms = _time(separate)
+        records.append(dict(kernel="conv_xproj", res=res, batch=batch, tokens=length, dtype="bf16",
+                            config=dict(fused=0), ms=ms))
+        print(f"{res:5d}/{batch:<4d} conv + x_proj, separate {ms:8.3f} ms")
+        xp_configs = [(cfg0["conv_xproj_block_l"], cfg0["conv_xproj_warps"])]
+        if not args.quick:
+            xp_configs += [c for c in ((16, 2), (32, 4), (32, 8), (64, 8)) if c != xp_configs[0]]
+        for block_l, warps in xp_configs:
+            cfg_x = dict(cfg0, conv_xproj_block_l=block_l, conv_xproj_warps=warps)
+            ms = _time(lambda: ts.conv_xproj_forward(x, cw[0], cw[1], cb[0], cb[1], xw[0], xw[1], R, rp, rows_dtype,
+                                                     cfg_x))
+            records.append(dict(kernel="conv_xproj", res=res, batch=batch, tokens=length, dtype="bf16",
+                                config=dict(fused=1, block_l=block_l, warps=warps), ms=ms))
+            print(f"{res:5d}/{batch:<4d} conv + x_proj, one kernel (rows {block_l}, warps {warps}) {ms:8.3f} ms")
         # the conv backward (both passes: g_pre and the weight gradients, then d x)
         # (timed as forward + backward, less the forward: the backward then runs on the stream being captured)
         xg = x.detach().requires_grad_()
@@ -214,21 +238,27 @@ def main():
             out = ts._TritonBiConv.apply(xg, cwg[0], cwg[1], cb[0], cb[1])
             torch.autograd.grad(out, [xg, cwg[0], cwg[1]], gout)
         bwd_configs = [(base["conv_bwd_rows"], base["conv_bwd_warps"], base["conv_bwd_input_rows"],
-                        base["conv_bwd_input_warps"], base.get("conv_bwd_input_tiles", 1))]
+                        base["conv_bwd_input_warps"], base.get("conv_bwd_input_tiles", 1),
+                        base.get("conv_bwd_programs", -1))]
         if not args.quick:
-            bwd_configs += [c for c in ((8, 2, 16, 2, 1), (8, 2, 16, 2, 4), (8, 2, 32, 4, 2), (8, 4, 16, 2, 2),
-                                        (8, 2, 8, 1, 4), (16, 4, 16, 2, 2)) if c != bwd_configs[0]]
-        for rows, warps, in_rows, in_warps, in_tiles in bwd_configs:
+            bwd_configs += [c for c in ((8, 2, 16, 2, 1, -1), (8, 2, 16, 2, 4, -1), (8, 2, 32, 4, 2, -1),
+                                        (8, 4, 16, 2, 2, -1), (8, 2, 8, 1, 4, -1), (16, 4, 16, 2, 2, -1),
+                                        (8, 2, 16, 2, 1, 2112), (8, 2, 16, 2, 1, 4224), (8, 1, 16, 2, 1, 4224),
+                                        (8, 1, 16, 2, 1, 8448), (16, 2, 16, 2, 1, 4224), (4, 1, 16, 2, 1, 8448))
+                            if c != bwd_configs[0]]
+        for rows, warps, in_rows, in_warps, in_tiles, programs in bwd_configs:
             os.environ.update(VISION_MAMBA_TRITON_CONV_BWD_ROWS=str(rows), VISION_MAMBA_TRITON_CONV_BWD_WARPS=str(warps),
                               VISION_MAMBA_TRITON_CONV_BWD_INPUT_ROWS=str(in_rows),
                               VISION_MAMBA_TRITON_CONV_BWD_INPUT_WARPS=str(in_warps),
-                              VISION_MAMBA_TRITON_CONV_BWD_INPUT_TILES=str(in_tiles))
+                              VISION_MAMBA_TRITON_CONV_BWD_INPUT_TILES=str(in_tiles),
+                              VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS=str(programs))
             ms = _time(fwd_bwd) - fwd_ms
-            cfg = dict(rows=rows, warps=warps, input_rows=in_rows, input_warps=in_warps, input_tiles=in_tiles)
+            cfg = dict(rows=rows, warps=warps, input_rows=in_rows, input_warps=in_warps, input_tiles=in_tiles,
+                       programs=programs)
             records.append(dict(kernel="bimamba_conv", **{"pass": "backward"}, res=res, batch=batch, tokens=length,
                                 dtype="bf16", config=cfg, ms=ms))
             print(f"{res:5d}/{batch:<4d} conv bwd {cfg} {ms:8.3f} ms")
-        for key in ("ROWS", "WARPS", "INPUT_ROWS", "INPUT_WARPS", "INPUT_TILES"):
+        for key in ("ROWS", "WARPS", "INPUT_ROWS", "INPUT_WARPS", "INPUT_TILES", "PROGRAMS"):
             os.environ.pop(f"VISION_MAMBA_TRITON_CONV_BWD_{key}", None)
         del xs, z, dbl, rows
         torch.cuda.empty_cache()

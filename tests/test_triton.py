@@ -224,6 +224,106 @@ def test_xproj_weights_layout():
         assert not w[i, 2 * N + R:].any()
 
 
+@pytest.mark.parametrize("pad", ["1", "0"], ids=["padded", "unpadded"])
+def test_mixer_rows_padded_or_not(pad, monkeypatch):
+    # x_proj's rows laid out dt_low | zeros | B | C (dt_low's 2 columns padded to 8, the default) or dt_low | B | C:
+    # both match the reference, forward (with and without autograd) and every gradient; chunk-parallel too
+    from vision_mamba.ops.selective_scan.triton_scan import _rank_cols
+
+    assert [_rank_cols(r, True) for r in (2, 12, 24, 48)] == [8, 16, 24, 48]  # Vim-Ti 12 -> 16; S, B as they are
+    assert _rank_cols(12, False) == 12
+    monkeypatch.setenv("VISION_MAMBA_TRITON_ROWS_PAD", pad)
+    check_mixer(2, 19, 20, monkeypatch=monkeypatch)
+    check_mixer(1, 150, 16, min_programs="64", monkeypatch=monkeypatch)
+
+
+@pytest.mark.parametrize("dtype,rows_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
+                                              (torch.bfloat16, torch.float32)], ids=["fp32", "bf16", "bf16-rows32"])
+def test_conv_xproj_matches_separate_ops(dtype, rows_dtype):
+    # the conv's output and x_proj's rows of both directions from one kernel, against the conv kernel and the two
+    # matrix products; 37 rows (a partial tile of 16), 70 channels (a partial block of 64), rows of 24 (a partial
+    # block of 32), x a strided view as in the mixer; outputs poisoned first
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    g = torch.Generator().manual_seed(5)
+    B, L, E, R, N = 2, 37, 70, 3, 8
+    x = torch.randn(B, L, 2 * E, generator=g).to(DEVICE, dtype)[..., :E]
+    cw = [torch.randn(E, 1, 4, generator=g).to(DEVICE) * 0.5 for _ in range(2)]
+    cb = [torch.randn(E, generator=g).to(DEVICE) for _ in range(2)]
+    xw = [torch.randn(R + 2 * N, E, generator=g).to(DEVICE) / E ** 0.5 for _ in range(2)]  # fp32, as the module's
+    cfg = ts._config()
+    xs, rows = ts.conv_xproj_forward(x, cw[0], cw[1], cb[0], cb[1], xw[0], xw[1], R, 8, rows_dtype, cfg)
+    xs_ref = ts.conv_forward(x, cw[0], cw[1], cb[0], cb[1], cfg)
+    assert torch.equal(xs, xs_ref)  # the same conv arithmetic, element for element
+    assert rows.shape == (2, B * L, 8 + 2 * N) and rows.dtype == rows_dtype  # 19 columns -> 24 (block of 32)
+    for d in range(2):
+        wp = ts.xproj_weight_rows(xw[d], R, 8, dtype)  # dt_low | 5 zero rows | B | C, rounded as autocast does
+        want = xs_ref[d].reshape(-1, E).double() @ wp.double().t()
+        assert not rows[d][:, R:8].any()
+        tol = 1e-5 if dtype == torch.float32 else 1e-2
+        assert rel_err(rows[d], want) < tol, rel_err(rows[d], want)
+
+
+@pytest.mark.parametrize("fused", ["1", "0"], ids=["fused", "separate"])
+def test_mixer_conv_xproj_fused_or_not(fused, monkeypatch):
+    # the mixer with x_proj in the conv's kernel (the default) or as two matrix products after it
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_XPROJ", fused)
+    check_mixer(2, 19, 20, monkeypatch=monkeypatch)
+    check_mixer(1, 150, 16, min_programs="64", monkeypatch=monkeypatch)
+
+
+def test_padded_rows_helpers():
+    # the padded x_proj weight and its gradient's way back; dt_proj's gradients from padded dt_low columns equal
+    # those from the unpadded ones
+    from vision_mamba.ops.selective_scan.triton_scan import dt_proj_grads, xproj_grad_rows, xproj_weight_rows
+
+    R, N, E, M = 3, 4, 10, 37
+    w = torch.randn(R + 2 * N, E)
+    wp = xproj_weight_rows(w, R, 8, torch.float32)
+    assert wp.shape == (8 + 2 * N, E) and not wp[R:8].any()
+    assert torch.equal(wp[:R], w[:R]) and torch.equal(wp[8:], w[R:])
+    assert torch.equal(xproj_grad_rows(wp, R, 8), w)
+    assert xproj_weight_rows(w, R, R, torch.float32) is w
+    x = torch.randn(M, E)
+    rows, rows_p = x @ w.t(), x @ wp.t()
+    assert torch.allclose(rows_p[:, 8:], rows[:, R:]) and not rows_p[:, R:8].any()
+    graw, w_dt = torch.randn(M, E), torch.randn(E, R)
+    g_low, g_w = dt_proj_grads(graw, rows[:, :R], w_dt)
+    g_low_p, g_w_p = dt_proj_grads(graw, rows_p[:, :8], w_dt)
+    assert g_low_p.shape == (M, 8) and not g_low_p[:, R:].any()
+    assert torch.allclose(g_low_p[:, :R], g_low, atol=1e-5) and torch.allclose(g_w_p, g_w, atol=1e-4)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+@pytest.mark.parametrize("half", [False, True], ids=["sum", "mean"])
+def test_pair_sum_matches_torch(dtype, half):
+    # the two directions' sum (or mean) from strided rows into a strided out, bit for bit what the unfused ops give;
+    # 37 x 2 rows and 70 channels: partial blocks both ways; the output poisoned first
+    from vision_mamba.ops.selective_scan.triton_scan import pair_sum
+
+    g = torch.Generator().manual_seed(3)
+    ys = torch.randn(2, 37, 2, 70, generator=g).to(DEVICE, dtype)  # [B, L, 2, E]: directions interleaved per token
+    a, b = ys[:, :, 0], ys[:, :, 1]
+    want = (a.float() + b.float()).to(dtype)
+    if half:
+        want = want * 0.5
+
+    def same(x, y):
+        if DEVICE.type == "cuda" or dtype == torch.float32:
+            return torch.equal(x, y)
+        # (the interpreter rounds fp32 -> bf16 towards zero where the GPU rounds to nearest: one unit apart at most)
+        return bool(((x.float() - y.float()).abs() <= y.float().abs() * 2 ** -7).all())
+
+    got = pair_sum(a, b, half=half)
+    assert got.is_contiguous() and same(got, want)
+    buf = torch.full((2, 37, 140), float("nan"), device=DEVICE, dtype=dtype)  # [B, L, 2E]: write the second half
+    out = pair_sum(a.contiguous(), b, out=buf[..., 70:], half=half)
+    assert out.data_ptr() == buf[..., 70:].data_ptr() and same(buf[..., 70:], want)
+    assert buf[..., :70].isnan().all()  # nothing written outside out
+    with pytest.raises(ValueError):
+        pair_sum(a, b, out=torch.empty(2, 70, 37, device=DEVICE, dtype=dtype).transpose(1, 2))
+
+
 @pytest.mark.parametrize("params_t", ["0", "1"], ids=["direct", "transposed"])
 @pytest.mark.parametrize("delta", ["matmul", "fold"])
 def test_mixer_both_parameter_layouts(params_t, delta, monkeypatch):
@@ -270,8 +370,9 @@ def test_mixer_training_keeps_no_conv_output(recompute, monkeypatch):
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t), scan_backend("triton"):
         mixer(hidden).sum().backward()
-    # tensors of 2 x B x L x E elements: the conv's output, the scan's (before: [38, 80], out_proj's input)
-    big = [shape for shape in saved if torch.Size(shape).numel() == 2 * 2 * 19 * 40]
+    # tensors of 2 x B x L x E elements: the conv's output, the scan's (before: [38, 80], out_proj's input); in_proj's
+    # output xz [2, 19, 80] is kept by the mixer (as its two halves x and z before), whatever the setting
+    big = [shape for shape in saved if torch.Size(shape).numel() == 2 * 2 * 19 * 40 and shape != (2, 19, 80)]
     assert big == ([] if recompute == "1" else [(2, 2, 19, 40)]), saved
     assert all(torch.isfinite(p.grad).all() for p in mixer.parameters())
 

@@ -22,6 +22,8 @@ from .triton_kernels import (
     conv_bwd_input_kernel,
     conv_bwd_kernel,
     conv_fwd_kernel,
+    conv_xproj_fwd_kernel,
+    pair_sum_kernel,
     scan_bwd_kernel,
     scan_fwd_kernel,
 )
@@ -72,6 +74,9 @@ def _config():
         conv_bwd_input_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_INPUT_ROWS", 16),
         conv_bwd_input_warps=_env_int("VISION_MAMBA_TRITON_CONV_BWD_INPUT_WARPS", 2),
         conv_bwd_input_tiles=_env_int("VISION_MAMBA_TRITON_CONV_BWD_INPUT_TILES", 1),
+        # conv backward's first pass: split the rows into chunks until there are this many programs (-1: as the
+        # scan, min_programs)
+        conv_bwd_programs=_env_int("VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS", -1),
         # register cap per thread (0: the compiler's choice): fewer registers, more warps in flight per SM
         maxnreg=_env_int("VISION_MAMBA_TRITON_MAXNREG", 0),
         bwd_maxnreg=_env_int("VISION_MAMBA_TRITON_BWD_MAXNREG", 0),
@@ -101,6 +106,14 @@ def _config():
         gluon_onepass=_env_int("VISION_MAMBA_TRITON_GLUON_ONEPASS", 1),
         # the Gluon backward's walk prefetches B and C a step ahead (0: loads them in their own step)
         gluon_walk_prefetch=_env_int("VISION_MAMBA_TRITON_GLUON_WALK_PREFETCH", 1),
+        # Vim's mixer: x_proj's rows laid out dt_low | zeros | B | C, dt_low's columns padded to a multiple of 8
+        # (_rank_cols), so that the matrix products around the scan get 16-byte aligned operands (0: dt_low | B | C)
+        rows_pad=_env_int("VISION_MAMBA_TRITON_ROWS_PAD", 1),
+        # Vim's mixer (dt_proj folded in): x_proj computed by the conv's forward kernel from its output in registers
+        # (conv_xproj_fwd_kernel; 0: the conv kernel, then two matrix products); its rows per program and warps
+        conv_xproj=_env_int("VISION_MAMBA_TRITON_CONV_XPROJ", 0),
+        conv_xproj_block_l=_env_int("VISION_MAMBA_TRITON_CONV_XPROJ_BLOCK_L", 16),
+        conv_xproj_warps=_env_int("VISION_MAMBA_TRITON_CONV_XPROJ_WARPS", 4),
     )
 
 
@@ -645,10 +658,54 @@ def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, 
 
 
 def dt_proj_grads(graw: Tensor, dt_low: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
-    """With delta = softplus(dt_low @ W^T + bias): (d dt_low [M, R], d W [E, R] fp32) from d raw delta [M, E] (two
-    matmuls in graw's dtype with fp32 accumulation, as autograd would do for the unfused dt_proj)."""
+    """With delta = softplus(dt_low @ W^T + bias): (d dt_low [M, R'], d W [E, R] fp32) from d raw delta [M, E] (two
+    matmuls in graw's dtype with fp32 accumulation, as autograd would do for the unfused dt_proj). ``dt_low`` may
+    carry zero columns after its R ones (R' >= R, the padded rows of :func:`_rank_cols`): d dt_low then has R'
+    columns (zero past R), and both products keep aligned operands."""
+    R = weight.shape[1]
+    extra = dt_low.shape[1] - R
     w = weight.to(graw.dtype)
-    return graw @ w, (graw.t() @ dt_low.to(graw.dtype)).float()
+    if extra:
+        w = F.pad(w, (0, extra))
+    return graw @ w, (graw.t() @ dt_low.to(graw.dtype))[:, :R].float()
+
+
+def _row_stride(t: Tensor) -> int:
+    """The stride between consecutive rows of ``t`` ([..., E], last dim contiguous) seen as [M, E], or -1 when its
+    rows are not evenly spaced."""
+    stride = t.stride(-2) if t.dim() > 1 else t.shape[-1]
+    size = 1
+    for dim in range(t.dim() - 2, -1, -1):
+        if t.shape[dim] != 1 and t.stride(dim) != stride * size:
+            return -1
+        size *= t.shape[dim]
+    return stride
+
+
+def pair_sum(a: Tensor, b: Tensor, out: Optional[Tensor] = None, half: bool = False) -> Tensor:
+    """a + b (or (a + b) / 2 with ``half``) in one pass, computed in fp32 and rounded once into ``out``'s dtype
+    (default: a's), for [..., E] tensors whose rows may be strided (``pair_sum_kernel``); ``out`` may be a strided
+    view too. Same values as ``(a.float() + b.float()).to(dtype)`` (halved exactly afterwards with ``half``)."""
+    E = a.shape[-1]
+    if out is None:
+        out = torch.empty(a.shape, device=a.device, dtype=a.dtype)
+    assert a.shape == b.shape == out.shape
+    tensors = [a, b, out]
+    for i, t in enumerate(tensors):
+        if t.stride(-1) != 1 or _row_stride(t) < 0:
+            if i == 2:
+                raise ValueError("pair_sum: out's rows must be evenly spaced with contiguous columns")
+            tensors[i] = t.contiguous()
+    a, b, _ = tensors
+    M = a.numel() // E if E else 0
+    if M == 0 or E == 0:
+        return out
+    block_e = min(256, triton.next_power_of_2(E))
+    block_m = max(1, 2048 // block_e)
+    pair_sum_kernel[(triton.cdiv(M, block_m), triton.cdiv(E, block_e))](
+        a, b, out, M, E, _row_stride(a), _row_stride(b), _row_stride(out), HALF=half, BLOCK_M=block_m,
+        BLOCK_E=block_e, num_warps=4)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ generic scan
@@ -715,7 +772,7 @@ class _TritonBiScan(torch.autograd.Function):
         R, N = w_f.shape[1], alog_f.shape[1]
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
         g = scan_backward(args, hsave, gy, config=ctx.cfg)
-        gz = (g["gz"][0].float() + g["gz"][1].float()).to(z.dtype)
+        gz = pair_sum(g["gz"][0], g["gz"][1])
         gdbl, gw = [], []
         for i, (dbl, w) in enumerate(((dbl_f, w_f), (dbl_b, w_b))):
             rows = dbl.reshape(-1, dbl.shape[-1])
@@ -730,13 +787,40 @@ class _TritonBiScan(torch.autograd.Function):
 
 
 def _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N):
-    # x_proj's outputs as whole rows (dt_low | B | C): B and C are read at constant column offsets
+    # x_proj's outputs as whole rows (dt_low | B | C, or dt_low | zeros | B | C: B and C are the last 2N columns),
+    # read at constant column offsets
     rows = (_last_contiguous(dbl_f.reshape(-1, dbl_f.shape[-1])), _last_contiguous(dbl_b.reshape(-1, dbl_b.shape[-1])))
     if rows[0].stride() != rows[1].stride():
         rows = (rows[0].contiguous(), rows[1].contiguous())
+    width = rows[0].shape[-1]
+    assert width >= R + 2 * N, "x_proj's rows are narrower than dt_low | B | C"
     return _ScanArgs(
         xs, z, rows, rows, rows, (w_f, w_b), (bias_f, bias_b), (alog_f, alog_b), (d_f, d_b),
-        n_dirs=2, dir_base=0, dt_proj=True, softplus=True, a_is_log=True, b_col=R, c_col=R + N)
+        n_dirs=2, dir_base=0, dt_proj=True, softplus=True, a_is_log=True, b_col=width - 2 * N, c_col=width - N)
+
+
+def _rank_cols(R: int, pad: bool) -> int:
+    """The columns dt_low takes in x_proj's rows: R, or with ``pad`` R rounded up to a multiple of 8 (zero
+    columns after it). Vim-Ti's rows are 12 + 16 + 16 = 44 wide: 88 bytes in bf16, so cuBLAS's products with
+    them (x_proj itself, and in the backward pass d xs += d rows @ W, d W = d rows^T @ xs, the two dt_proj
+    gradients) ran on its slow kernels for operands aligned to 2 - 8 bytes (10 - 29 us each at 224 px / batch
+    128, ~4 ms of a training step). 16 + 16 + 16 = 48 makes every row, and B and C in it, 16-byte aligned.
+    Vim-S (R = 24) and Vim-B (48) need no padding."""
+    return triton.cdiv(R, 8) * 8 if pad else R
+
+
+def xproj_weight_rows(weight: Tensor, R: int, rank_cols: int, dtype: torch.dtype) -> Tensor:
+    """x_proj's weight [R + 2N, E] in ``dtype``, with zero rows after dt_low's up to ``rank_cols`` (the layout
+    of :func:`_rank_cols`); differentiable."""
+    weight = weight.to(dtype)
+    if rank_cols == R:
+        return weight
+    return torch.cat([weight[:R], weight.new_zeros(rank_cols - R, weight.shape[1]), weight[R:]])
+
+
+def xproj_grad_rows(grad: Tensor, R: int, rank_cols: int) -> Tensor:
+    """The gradient of x_proj's weight from that of its padded form (:func:`xproj_weight_rows`)."""
+    return grad if rank_cols == R else torch.cat([grad[:R], grad[rank_cols:]])
 
 
 def _bc_width(R: int, N: int) -> int:
@@ -772,7 +856,7 @@ class _TritonBiScanDelta(torch.autograd.Function):
         args = _bi_delta_args(xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b)
         g = scan_backward(args, hsave, gy, config=ctx.cfg)
         N = alog_f.shape[1]
-        gz = (g["gz"][0].float() + g["gz"][1].float()).to(z.dtype)
+        gz = pair_sum(g["gz"][0], g["gz"][1])
         gdbl = torch.zeros_like(dbl)
         gdbl[..., :2 * N] = g["gbc"].view(2, -1, 2 * N)
         cast = lambda v, ref: v.to(ref.dtype)  # noqa: E731
@@ -807,10 +891,51 @@ def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], 
     return out
 
 
+def conv_xproj_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], bias_b: Optional[Tensor],
+                       xw_f: Tensor, xw_b: Tensor, rank: int, rank_cols: int, rows_dtype: torch.dtype,
+                       cfg) -> Tuple[Tensor, Tensor]:
+    """:func:`conv_forward` and x_proj of both directions in one launch (``conv_xproj_fwd_kernel``): (xs [2, B, L,
+    E] in x's dtype, rows [2, B * L, W] in ``rows_dtype``, laid out dt_low | zeros | B | C with dt_low's ``rank``
+    columns padded to ``rank_cols``) from x_proj's weights xw_f / xw_b [rank + 2N, E]."""
+    x = _last_contiguous(x)
+    B, L, E = x.shape
+    K = w_f.shape[-1]
+    if K != 4:
+        raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
+    xw_f, xw_b = xw_f.contiguous(), xw_b.contiguous()
+    W = xw_f.shape[0] + rank_cols - rank
+    xs = _new(2, B, L, E, device=x.device, dtype=x.dtype)
+    rows = _new(2, B * L, W, device=x.device, dtype=rows_dtype)
+    block_l = cfg["conv_xproj_block_l"]
+    conv_xproj_fwd_kernel[(triton.cdiv(L, block_l), B)](
+        x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), xs, xw_f, xw_b, rows, L, E, W, rank, rank_cols,
+        x.stride(0), x.stride(1), xs.stride(0), xs.stride(1), xs.stride(2), xw_f.stride(0), rows.stride(0),
+        K=K, BLOCK_L=block_l, BLOCK_E=64, BLOCK_W=max(16, triton.next_power_of_2(W)),
+        HAS_BIAS=bias_f is not None, IEEE=x.dtype == torch.float32, num_warps=cfg["conv_xproj_warps"],
+        **FP_FUSION)
+    return xs, rows
+
+
+def _conv_and_rows(x: Tensor, forward, backward, R: int, N: int, rows_fp32: bool, cfg):
+    """The mixer's conv output xs [2, B, L, E] and x_proj's rows (dbl_f, dbl_b) for the scan, padded as
+    :func:`_rank_cols` says; ``forward`` / ``backward``: (x_proj weight, conv weight, conv bias) per direction."""
+    rank_cols = _rank_cols(R, cfg["rows_pad"])
+    dtype = x.dtype
+    if cfg["conv_xproj"] and rank_cols + 2 * N <= 128:
+        rows_dtype = torch.float32 if rows_fp32 and dtype in (torch.bfloat16, torch.float16) and x.is_cuda else dtype
+        xs, rows = conv_xproj_forward(x, forward[1], backward[1], forward[2], backward[2], forward[0], backward[0],
+                                      R, rank_cols, rows_dtype, cfg)
+        return xs, rows[0], rows[1]
+    xs = conv_forward(x, forward[1], backward[1], forward[2], backward[2], cfg)
+    return (xs, _x_proj(xs[0], xproj_weight_rows(forward[0], R, rank_cols, dtype), rows_fp32),
+            _x_proj(xs[1], xproj_weight_rows(backward[0], R, rank_cols, dtype), rows_fp32))
+
+
 def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], bias_b: Optional[Tensor],
-                  gout: Tensor, cfg):
+                  gout: Tensor, cfg, gx_out: Optional[Tensor] = None):
     """Gradients of :func:`conv_forward` for the output gradient ``gout`` [2, B, L, E]: (d x, d w_f, d w_b,
-    d bias_f, d bias_b), each in its tensor's dtype (None for absent biases)."""
+    d bias_f, d bias_b), each in its tensor's dtype (None for absent biases). ``gx_out``: where to write d x (a
+    [B, L, E] view with contiguous channels, e.g. half of in_proj's output gradient)."""
     x = _last_contiguous(x)
     gout = _last_contiguous(gout)
     B, L, E = x.shape
@@ -820,6 +945,8 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
     # weight gradients: each program sums the tiles of its chunk of rows; enough chunks to fill the GPU
     n_chunks = 1
     min_programs = _min_programs(x.device, cfg["min_programs"])
+    if cfg.get("conv_bwd_programs", -1) >= 0:
+        min_programs = cfg["conv_bwd_programs"]
     if min_programs and B * n_eb < min_programs:
         n_chunks = min(triton.cdiv(min_programs, B * n_eb), n_tiles)
     rows = triton.cdiv(n_tiles, n_chunks) * block_l
@@ -835,7 +962,9 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
         gpre.stride(0), gpre.stride(1), gpre.stride(2),
         K=K, BLOCK_L=cfg["conv_bwd_rows"], BLOCK_E=block_e,
         HAS_BIAS=bias_f is not None, num_warps=cfg["conv_bwd_warps"], **FP_FUSION)
-    gx = _new(B, L, E, device=x.device, dtype=x.dtype)
+    if gx_out is not None:
+        assert gx_out.shape == (B, L, E) and gx_out.stride(-1) == 1 and gx_out.dtype == x.dtype
+    gx = gx_out if gx_out is not None else _new(B, L, E, device=x.device, dtype=x.dtype)
     in_rows, in_tiles = cfg["conv_bwd_input_rows"], cfg["conv_bwd_input_tiles"]
     conv_bwd_input_kernel[(triton.cdiv(L, in_rows * in_tiles), n_eb, B)](
         gpre, w_f, w_b, gx, L, E, gpre.stride(0), gpre.stride(1), gpre.stride(2), gx.stride(0), gx.stride(1),
@@ -867,57 +996,62 @@ class _TritonBiConv(torch.autograd.Function):
 
 class _TritonBiMixer(torch.autograd.Function):
     """The conv, x_proj and the scan of both directions (dt_proj + softplus, D, silu(z) folded in) as one node of
-    the autograd graph, for training: ys [B, L, 2, E] from x, z [B, L, E] (the halves of in_proj's output).
+    the autograd graph, for training: ys [B, L, 2, E] from in_proj's output xz [B, L, 2E] (x | z).
 
-    What it keeps for the backward pass is x and z (in_proj's output, kept anyway), x_proj's small outputs and
-    the saved states, not the conv's output xs [2, B, L, E]: the backward recomputes xs with one conv launch
-    (~0.03 ms at 224 px / batch 128, against the 0.9 GiB that 24 blocks' xs take there). Its gradient collects
-    the scan's and x_proj's contributions before the conv's backward, as autograd would for the unfused ops."""
+    What it keeps for the backward pass is xz (in_proj's output, kept anyway), x_proj's small outputs and the
+    saved states, not the conv's output xs [2, B, L, E]: the backward recomputes xs with one conv launch (~0.03 ms
+    at 224 px / batch 128, against the 0.9 GiB that 24 blocks' xs take there). Its gradient collects the scan's and
+    x_proj's contributions before the conv's backward, as autograd would for the unfused ops. It takes xz whole,
+    not its two halves, so that the backward writes d x and d z (the two directions' sum) straight into one
+    [B, L, 2E] gradient: no concatenation by autograd, no fp32 round trip for d z."""
 
     @staticmethod
-    def forward(ctx, x, z, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b,
+    def forward(ctx, xz, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b,
                 cfg):
-        xs = conv_forward(x, cw_f, cw_b, cb_f, cb_b, cfg)
+        E = xz.shape[-1] // 2
+        x, z = xz[..., :E], xz[..., E:]
         # x_proj in the activations' dtype, as autocast runs F.linear on bf16 activations and fp32 weights (with
-        # its output in fp32 where the Gluon kernels read it: _x_proj)
-        fp32_rows = rows_in_fp32(cfg, xs.device, xs.dtype, *z.shape, alog_f.shape[1], training=True)
-        dbl_f = _x_proj(xs[0], xw_f.to(xs.dtype), fp32_rows)
-        dbl_b = _x_proj(xs[1], xw_b.to(xs.dtype), fp32_rows)
+        # its output in fp32 where the Gluon kernels read it: _x_proj), its rows padded for aligned products
+        fp32_rows = rows_in_fp32(cfg, x.device, x.dtype, *z.shape, alog_f.shape[1], training=True)
         R, N = w_f.shape[1], alog_f.shape[1]
+        xs, dbl_f, dbl_b = _conv_and_rows(x, (xw_f, cw_f, cb_f), (xw_b, cw_b, cb_b), R, N, fp32_rows, cfg)
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
-        needs_grad = any(ctx.needs_input_grad[:16])
+        needs_grad = any(ctx.needs_input_grad[:15])
         y, hsave = scan_forward(args, xs.dtype, save_states=needs_grad, config=cfg)
         if needs_grad:
-            ctx.save_for_backward(x, z, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b,
+            ctx.save_for_backward(xz, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b,
                                   d_f, d_b, dbl_f, dbl_b, hsave)
             ctx.cfg = cfg
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        (x, z, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, dbl_f, dbl_b,
+        (xz, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, dbl_f, dbl_b,
          hsave) = ctx.saved_tensors
         cfg = ctx.cfg
+        E = xz.shape[-1] // 2
+        x, z = xz[..., :E], xz[..., E:]
         xs = conv_forward(x, cw_f, cw_b, cb_f, cb_b, cfg)  # the conv's output again, bit for bit
         R, N = w_f.shape[1], alog_f.shape[1]
-        E = xs.shape[-1]
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
         g = scan_backward(args, hsave, gy, config=cfg)
-        gz = (g["gz"][0].float() + g["gz"][1].float()).to(z.dtype)
+        gxz = torch.empty(xz.shape, device=xz.device, dtype=xz.dtype)
+        pair_sum(g["gz"][0], g["gz"][1], out=gxz[..., E:])  # d z: both directions' parts
         gxs = g["gx"]  # [2, B, L, E] in xs's dtype: the scan's part of d xs, x_proj's added below
         gxw, gw = [], []
         for i, (dbl, xw, w) in enumerate(((dbl_f, xw_f, w_f), (dbl_b, xw_b, w_b))):
             rows = dbl.reshape(-1, dbl.shape[-1])
-            g_low, g_w = dt_proj_grads(g["graw"][i].view(rows.shape[0], -1), rows[:, :R], w)
+            rank_cols = rows.shape[1] - 2 * N
+            g_low, g_w = dt_proj_grads(g["graw"][i].view(rows.shape[0], -1), rows[:, :rank_cols], w)
             # (in the activations' dtype, whatever the rows' dtype: as autograd would have it for bf16 rows)
             gdbl = torch.cat([g_low.to(xs.dtype), g["gbc"][i].view(rows.shape[0], 2 * N).to(xs.dtype)], dim=1)
-            gxs[i].view(-1, E).addmm_(gdbl, xw.to(gdbl.dtype))
-            gxw.append((gdbl.t() @ xs[i].reshape(-1, E)).to(xw.dtype))
+            gxs[i].view(-1, E).addmm_(gdbl, xproj_weight_rows(xw, R, rank_cols, gdbl.dtype))
+            gxw.append(xproj_grad_rows(gdbl.t() @ xs[i].reshape(-1, E), R, rank_cols).to(xw.dtype))
             gw.append(g_w)
         del xs
-        gx, gcw_f, gcw_b, gcb_f, gcb_b = conv_backward(x, cw_f, cw_b, cb_f, cb_b, gxs, cfg)
+        _, gcw_f, gcw_b, gcb_f, gcb_b = conv_backward(x, cw_f, cw_b, cb_f, cb_b, gxs, cfg, gx_out=gxz[..., :E])
         cast = lambda v, ref: v.to(ref.dtype) if ref is not None else None  # noqa: E731
-        return (gx, gz, gcw_f, gcw_b, gcb_f, gcb_b, gxw[0], gxw[1], cast(gw[0], w_f), cast(gw[1], w_b),
+        return (gxz, gcw_f, gcw_b, gcb_f, gcb_b, gxw[0], gxw[1], cast(gw[0], w_f), cast(gw[1], w_b),
                 cast(g["gbias"][0], bias_f), cast(g["gbias"][1], bias_b), cast(g["ga"][0], alog_f),
                 cast(g["ga"][1], alog_b), cast(g["gd"][0], d_f), cast(g["gd"][1], d_b), None)
 
@@ -926,7 +1060,7 @@ _MM_OUT_DTYPE = [True]  # whether torch.mm takes out_dtype (bf16 / fp16 inputs, 
 
 
 def _x_proj(x: Tensor, weight: Tensor, rows_fp32) -> Tensor:
-    """x_proj's rows (dt_low | B | C) for the scan. With ``rows_fp32`` and half-precision activations on CUDA, the
+    """x_proj's rows (dt_low | B | C, or dt_low | zeros | B | C: see :func:`_rank_cols`) for the scan. With ``rows_fp32`` and half-precision activations on CUDA, the
     product is written in fp32 (cuBLAS accumulates in fp32 anyway): the scan then reads B, C and dt_low without
     unpacking them from bf16 at every step (the Triton forward's loop: 375 -> 352 instructions, 669 -> 610 for
     128-channel programs; the Gluon one: 350 -> 275). Otherwise as autocast runs F.linear."""
@@ -969,7 +1103,7 @@ class _OutProjCombine(torch.autograd.Function):
         w = (weight * 0.5).to(ys.dtype)  # as autocast casts the weight (and the bias) of F.linear
         out = F.linear(ys.view(B, L, 2 * E), torch.cat([w, w], dim=1), bias.to(ys.dtype) if bias is not None else None)
         if ctx.needs_input_grad[1]:
-            ctx.save_for_backward((ys[:, :, 0] + ys[:, :, 1]) * 0.5, weight)
+            ctx.save_for_backward(pair_sum(ys[:, :, 0], ys[:, :, 1], half=True), weight)
         else:
             ctx.save_for_backward(None, weight)
         ctx.has_bias = bias is not None
@@ -1001,17 +1135,19 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
     if cfg["delta"] == "fold" and not torch.is_grad_enabled():
         # inference: nothing is kept for a backward pass, so the scan writes y over its input (the conv's output,
         # dead once x_proj has read it): one [2, B, L, E] buffer less at the peak
-        xs = conv_forward(x, forward.conv_weight, backward.conv_weight, forward.conv_bias, backward.conv_bias, cfg)
-        fp32_rows = rows_in_fp32(cfg, xs.device, xs.dtype, B, L, E, forward.A_log.shape[1], training=False)
-        dbl_f = _x_proj(xs[0], forward.x_proj_weight, fp32_rows)
-        dbl_b = _x_proj(xs[1], backward.x_proj_weight, fp32_rows)
+        N = forward.A_log.shape[1]
+        fp32_rows = rows_in_fp32(cfg, x.device, x.dtype, B, L, E, N, training=False)
+        xs, dbl_f, dbl_b = _conv_and_rows(
+            x, (forward.x_proj_weight, forward.conv_weight, forward.conv_bias),
+            (backward.x_proj_weight, backward.conv_weight, backward.conv_bias),
+            forward.dt_proj_weight.shape[1], N, fp32_rows, cfg)
         ys = _bi_scan_inplace(xs, z, dbl_f, dbl_b, forward, backward, cfg)
         if out_proj_weight is None:
             return (ys[0] + ys[1]) / 2
         return _out_proj_directions(ys, out_proj_weight, out_proj_bias)
     if cfg["delta"] == "fold" and cfg["recompute_conv"]:
         # training: one autograd node from the conv to the scan, which recomputes the conv's output in backward
-        ys = _TritonBiMixer.apply(x, z, forward.conv_weight, backward.conv_weight, forward.conv_bias,
+        ys = _TritonBiMixer.apply(xz, forward.conv_weight, backward.conv_weight, forward.conv_bias,
                                   backward.conv_bias, forward.x_proj_weight, backward.x_proj_weight,
                                   forward.dt_proj_weight, backward.dt_proj_weight, forward.dt_proj_bias,
                                   backward.dt_proj_bias, forward.A_log, backward.A_log, forward.D, backward.D, cfg)
