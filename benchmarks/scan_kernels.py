@@ -203,30 +203,6 @@ def main():
                   f"floor {nbytes / bandwidth * 1e3:7.3f} ms")
         for key in ("BLOCK_L", "TILES", "WARPS"):
             os.environ.pop(f"VISION_MAMBA_TRITON_CONV_{key}", None)
-        # the conv and x_proj: the conv kernel then two matrix products (x_proj's padded rows), against one kernel
-        # computing both (conv_xproj_fwd_kernel) for a few tilings; rows in fp32 as the Gluon kernels read them
-        rp = ts._rank_cols(R, True)  # (Vim-Ti's R and N, as everywhere in this script)
-        xw = [torch.randn(R + 2 * N, E, device=device) / E ** 0.5 for _ in range(2)]  # fp32, as the module's
-        cfg0 = ts._config()
-        rows_dtype = torch.float32
-
-        def separate():
-            xs_ = ts.conv_forward(x, cw[0], cw[1], cb[0], cb[1], cfg0)
-            return tuple(ts._x_proj(xs_[d], ts.xproj_weight_rows(xw[d], R, rp, dtype), True) for d in range(2))
-        ms = _time(separate)
-        records.append(dict(kernel="conv_xproj", res=res, batch=batch, tokens=length, dtype="bf16",
-                            config=dict(fused=0), ms=ms))
-        print(f"{res:5d}/{batch:<4d} conv + x_proj, separate {ms:8.3f} ms")
-        xp_configs = [(cfg0["conv_xproj_block_l"], cfg0["conv_xproj_warps"])]
-        if not args.quick:
-            xp_configs += [c for c in ((16, 2), (32, 4), (32, 8), (64, 8)) if c != xp_configs[0]]
-        for block_l, warps in xp_configs:
-            cfg_x = dict(cfg0, conv_xproj_block_l=block_l, conv_xproj_warps=warps)
-            ms = _time(lambda: ts.conv_xproj_forward(x, cw[0], cw[1], cb[0], cb[1], xw[0], xw[1], R, rp, rows_dtype,
-                                                     cfg_x))
-            records.append(dict(kernel="conv_xproj", res=res, batch=batch, tokens=length, dtype="bf16",
-                                config=dict(fused=1, block_l=block_l, warps=warps), ms=ms))
-            print(f"{res:5d}/{batch:<4d} conv + x_proj, one kernel (rows {block_l}, warps {warps}) {ms:8.3f} ms")
         # the conv backward (both passes: g_pre and the weight gradients, then d x)
         # (timed as forward + backward, less the forward: the backward then runs on the stream being captured)
         xg = x.detach().requires_grad_()

@@ -237,41 +237,6 @@ def test_mixer_rows_padded_or_not(pad, monkeypatch):
     check_mixer(1, 150, 16, min_programs="64", monkeypatch=monkeypatch)
 
 
-@pytest.mark.parametrize("dtype,rows_dtype", [(torch.float32, torch.float32), (torch.bfloat16, torch.bfloat16),
-                                              (torch.bfloat16, torch.float32)], ids=["fp32", "bf16", "bf16-rows32"])
-def test_conv_xproj_matches_separate_ops(dtype, rows_dtype):
-    # the conv's output and x_proj's rows of both directions from one kernel, against the conv kernel and the two
-    # matrix products; 37 rows (a partial tile of 16), 70 channels (a partial block of 64), rows of 24 (a partial
-    # block of 32), x a strided view as in the mixer; outputs poisoned first
-    from vision_mamba.ops.selective_scan import triton_scan as ts
-
-    g = torch.Generator().manual_seed(5)
-    B, L, E, R, N = 2, 37, 70, 3, 8
-    x = torch.randn(B, L, 2 * E, generator=g).to(DEVICE, dtype)[..., :E]
-    cw = [torch.randn(E, 1, 4, generator=g).to(DEVICE) * 0.5 for _ in range(2)]
-    cb = [torch.randn(E, generator=g).to(DEVICE) for _ in range(2)]
-    xw = [torch.randn(R + 2 * N, E, generator=g).to(DEVICE) / E ** 0.5 for _ in range(2)]  # fp32, as the module's
-    cfg = ts._config()
-    xs, rows = ts.conv_xproj_forward(x, cw[0], cw[1], cb[0], cb[1], xw[0], xw[1], R, 8, rows_dtype, cfg)
-    xs_ref = ts.conv_forward(x, cw[0], cw[1], cb[0], cb[1], cfg)
-    assert torch.equal(xs, xs_ref)  # the same conv arithmetic, element for element
-    assert rows.shape == (2, B * L, 8 + 2 * N) and rows.dtype == rows_dtype  # 19 columns -> 24 (block of 32)
-    for d in range(2):
-        wp = ts.xproj_weight_rows(xw[d], R, 8, dtype)  # dt_low | 5 zero rows | B | C, rounded as autocast does
-        want = xs_ref[d].reshape(-1, E).double() @ wp.double().t()
-        assert not rows[d][:, R:8].any()
-        tol = 1e-5 if dtype == torch.float32 else 1e-2
-        assert rel_err(rows[d], want) < tol, rel_err(rows[d], want)
-
-
-@pytest.mark.parametrize("fused", ["1", "0"], ids=["fused", "separate"])
-def test_mixer_conv_xproj_fused_or_not(fused, monkeypatch):
-    # the mixer with x_proj in the conv's kernel (the default) or as two matrix products after it
-    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_XPROJ", fused)
-    check_mixer(2, 19, 20, monkeypatch=monkeypatch)
-    check_mixer(1, 150, 16, min_programs="64", monkeypatch=monkeypatch)
-
-
 def test_padded_rows_helpers():
     # the padded x_proj weight and its gradient's way back; dt_proj's gradients from padded dt_low columns equal
     # those from the unpadded ones
@@ -351,6 +316,13 @@ def test_mixer_conv_backward_in_chunks(rows, input_rows, input_tiles, monkeypatc
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_INPUT_ROWS", input_rows)
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_INPUT_TILES", input_tiles)
     check_mixer(1, 150, 16, min_programs="2", monkeypatch=monkeypatch)
+
+
+def test_mixer_conv_backward_programs_knob(monkeypatch):
+    # the conv backward's first pass split into chunks of rows by its own program target
+    # (VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS; 150 rows, one channel block: 3 chunks of 64, 64 and 22 rows)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS", "4")
+    check_mixer(1, 150, 16, min_programs="0", monkeypatch=monkeypatch)
 
 
 @pytest.mark.parametrize("recompute", ["1", "0"], ids=["recompute", "keep"])

@@ -723,68 +723,6 @@ def conv_fwd_kernel(
 
 
 @triton.jit
-def conv_xproj_fwd_kernel(
-    x_ptr, w_f, w_b, bias_f, bias_b, out_ptr, xw_f, xw_b, rows_ptr, L, E, W, R, RP,
-    stride_x_b, stride_x_l, stride_o_d, stride_o_b, stride_o_l, stride_xw, stride_r_d,
-    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, BLOCK_W: tl.constexpr, HAS_BIAS: tl.constexpr,
-    IEEE: tl.constexpr,
-):
-    """conv_fwd_kernel's output (both directions, out [2, B, L, E]) for BLOCK_L rows and all E channels, walked in
-    blocks of BLOCK_E, and x_proj's rows from it while it is in registers: rows[d, b * L + t, :W] = out[d, b, t, :]
-    @ Wx_d^T, accumulated in fp32 over the channel blocks by tl.dot and stored in rows' dtype (IEEE: full fp32
-    products for fp32 activations, as cuBLAS computes them without TF32). xw_f / xw_b are x_proj's weights [R + 2N,
-    E] as they are (any dtype, rounded to the activations' on load, as autocast would); the rows come out padded
-    (_rank_cols): columns R .. RP - 1 zero, column RP + j from weight row R + j. This saves x_proj's separate pass
-    over out (two matrix products per block). Grid: (L blocks, B)."""
-    pid_l = tl.program_id(0)
-    b = tl.program_id(1)
-    offs_t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    tmask = offs_t < L
-    offs_w = tl.arange(0, BLOCK_W)
-    wmask = (offs_w < R) | ((offs_w >= RP) & (offs_w < W))
-    w_src = tl.where(offs_w < R, offs_w, offs_w - (RP - R))  # the weight row of each output column
-    acc_f = tl.zeros([BLOCK_L, BLOCK_W], dtype=tl.float32)
-    acc_b = tl.zeros([BLOCK_L, BLOCK_W], dtype=tl.float32)
-    for e0 in range(0, E, BLOCK_E):
-        offs_e = e0 + tl.arange(0, BLOCK_E)
-        emask = offs_e < E
-        f0, f1, f2, f3, bias_fv = _conv_params(w_f, bias_f, offs_e, emask, K, HAS_BIAS)
-        b0, b1, b2, b3, bias_bv = _conv_params(w_b, bias_b, offs_e, emask, K, HAS_BIAS)
-        x_base = x_ptr + b * stride_x_b + offs_e[None, :]
-        xm3 = _conv_row(x_base, offs_t - 3, L, stride_x_l, emask)
-        xm2 = _conv_row(x_base, offs_t - 2, L, stride_x_l, emask)
-        xm1 = _conv_row(x_base, offs_t - 1, L, stride_x_l, emask)
-        x0 = _conv_row(x_base, offs_t, L, stride_x_l, emask)
-        xp1 = _conv_row(x_base, offs_t + 1, L, stride_x_l, emask)
-        xp2 = _conv_row(x_base, offs_t + 2, L, stride_x_l, emask)
-        xp3 = _conv_row(x_base, offs_t + 3, L, stride_x_l, emask)
-        pre_f = bias_fv[None, :] + f0[None, :] * xm3 + f1[None, :] * xm2 + f2[None, :] * xm1 + f3[None, :] * x0
-        pre_b = bias_bv[None, :] + b0[None, :] * xp3 + b1[None, :] * xp2 + b2[None, :] * xp1 + b3[None, :] * x0
-        omask = tmask[:, None] & emask[None, :]
-        # (channels past E: zero, so that they add nothing to the products below)
-        ys_f = tl.where(omask, pre_f * _sigmoid(pre_f), 0.0).to(out_ptr.dtype.element_ty)
-        ys_b = tl.where(omask, pre_b * _sigmoid(pre_b), 0.0).to(out_ptr.dtype.element_ty)
-        o_rows = out_ptr + b * stride_o_b + offs_t[:, None] * stride_o_l + offs_e[None, :]
-        tl.store(o_rows, ys_f, mask=omask)
-        tl.store(o_rows + stride_o_d, ys_b, mask=omask)
-        # the weights' block [BLOCK_E, BLOCK_W], transposed, zero in the padding columns
-        wt = w_src[None, :] * stride_xw + offs_e[:, None]
-        wt_mask = emask[:, None] & wmask[None, :]
-        wt_f = tl.load(xw_f + wt, mask=wt_mask, other=0.0).to(out_ptr.dtype.element_ty)
-        wt_b = tl.load(xw_b + wt, mask=wt_mask, other=0.0).to(out_ptr.dtype.element_ty)
-        if IEEE or not _FAST_MATH:  # (the interpreter multiplies bf16 blocks wrongly: exact fp32 products there)
-            acc_f = tl.dot(ys_f.to(tl.float32), wt_f.to(tl.float32), acc_f, input_precision="ieee")
-            acc_b = tl.dot(ys_b.to(tl.float32), wt_b.to(tl.float32), acc_b, input_precision="ieee")
-        else:
-            acc_f = tl.dot(ys_f, wt_f, acc_f)
-            acc_b = tl.dot(ys_b, wt_b, acc_b)
-    r_rows = rows_ptr + (b * L + offs_t).to(tl.int64)[:, None] * W + offs_w[None, :]
-    r_mask = tmask[:, None] & (offs_w < W)[None, :]
-    tl.store(r_rows, acc_f.to(rows_ptr.dtype.element_ty), mask=r_mask)
-    tl.store(r_rows + stride_r_d, acc_b.to(rows_ptr.dtype.element_ty), mask=r_mask)
-
-
-@triton.jit
 def _conv_row(x_base, rows, L, stride_x_l, emask):
     """x[rows] as fp32, zero outside [0, L)."""
     m = (rows >= 0) & (rows < L)

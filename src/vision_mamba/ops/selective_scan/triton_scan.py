@@ -22,7 +22,6 @@ from .triton_kernels import (
     conv_bwd_input_kernel,
     conv_bwd_kernel,
     conv_fwd_kernel,
-    conv_xproj_fwd_kernel,
     pair_sum_kernel,
     scan_bwd_kernel,
     scan_fwd_kernel,
@@ -109,11 +108,6 @@ def _config():
         # Vim's mixer: x_proj's rows laid out dt_low | zeros | B | C, dt_low's columns padded to a multiple of 8
         # (_rank_cols), so that the matrix products around the scan get 16-byte aligned operands (0: dt_low | B | C)
         rows_pad=_env_int("VISION_MAMBA_TRITON_ROWS_PAD", 1),
-        # Vim's mixer (dt_proj folded in): x_proj computed by the conv's forward kernel from its output in registers
-        # (conv_xproj_fwd_kernel; 0: the conv kernel, then two matrix products); its rows per program and warps
-        conv_xproj=_env_int("VISION_MAMBA_TRITON_CONV_XPROJ", 0),
-        conv_xproj_block_l=_env_int("VISION_MAMBA_TRITON_CONV_XPROJ_BLOCK_L", 16),
-        conv_xproj_warps=_env_int("VISION_MAMBA_TRITON_CONV_XPROJ_WARPS", 4),
     )
 
 
@@ -891,41 +885,11 @@ def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], 
     return out
 
 
-def conv_xproj_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], bias_b: Optional[Tensor],
-                       xw_f: Tensor, xw_b: Tensor, rank: int, rank_cols: int, rows_dtype: torch.dtype,
-                       cfg) -> Tuple[Tensor, Tensor]:
-    """:func:`conv_forward` and x_proj of both directions in one launch (``conv_xproj_fwd_kernel``): (xs [2, B, L,
-    E] in x's dtype, rows [2, B * L, W] in ``rows_dtype``, laid out dt_low | zeros | B | C with dt_low's ``rank``
-    columns padded to ``rank_cols``) from x_proj's weights xw_f / xw_b [rank + 2N, E]."""
-    x = _last_contiguous(x)
-    B, L, E = x.shape
-    K = w_f.shape[-1]
-    if K != 4:
-        raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
-    xw_f, xw_b = xw_f.contiguous(), xw_b.contiguous()
-    W = xw_f.shape[0] + rank_cols - rank
-    xs = _new(2, B, L, E, device=x.device, dtype=x.dtype)
-    rows = _new(2, B * L, W, device=x.device, dtype=rows_dtype)
-    block_l = cfg["conv_xproj_block_l"]
-    conv_xproj_fwd_kernel[(triton.cdiv(L, block_l), B)](
-        x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), xs, xw_f, xw_b, rows, L, E, W, rank, rank_cols,
-        x.stride(0), x.stride(1), xs.stride(0), xs.stride(1), xs.stride(2), xw_f.stride(0), rows.stride(0),
-        K=K, BLOCK_L=block_l, BLOCK_E=64, BLOCK_W=max(16, triton.next_power_of_2(W)),
-        HAS_BIAS=bias_f is not None, IEEE=x.dtype == torch.float32, num_warps=cfg["conv_xproj_warps"],
-        **FP_FUSION)
-    return xs, rows
-
-
-def _conv_and_rows(x: Tensor, forward, backward, R: int, N: int, rows_fp32: bool, cfg):
+def _conv_and_rows(x: Tensor, forward, backward, R: int, rows_fp32: bool, cfg):
     """The mixer's conv output xs [2, B, L, E] and x_proj's rows (dbl_f, dbl_b) for the scan, padded as
     :func:`_rank_cols` says; ``forward`` / ``backward``: (x_proj weight, conv weight, conv bias) per direction."""
     rank_cols = _rank_cols(R, cfg["rows_pad"])
     dtype = x.dtype
-    if cfg["conv_xproj"] and rank_cols + 2 * N <= 128:
-        rows_dtype = torch.float32 if rows_fp32 and dtype in (torch.bfloat16, torch.float16) and x.is_cuda else dtype
-        xs, rows = conv_xproj_forward(x, forward[1], backward[1], forward[2], backward[2], forward[0], backward[0],
-                                      R, rank_cols, rows_dtype, cfg)
-        return xs, rows[0], rows[1]
     xs = conv_forward(x, forward[1], backward[1], forward[2], backward[2], cfg)
     return (xs, _x_proj(xs[0], xproj_weight_rows(forward[0], R, rank_cols, dtype), rows_fp32),
             _x_proj(xs[1], xproj_weight_rows(backward[0], R, rank_cols, dtype), rows_fp32))
@@ -1014,7 +978,7 @@ class _TritonBiMixer(torch.autograd.Function):
         # its output in fp32 where the Gluon kernels read it: _x_proj), its rows padded for aligned products
         fp32_rows = rows_in_fp32(cfg, x.device, x.dtype, *z.shape, alog_f.shape[1], training=True)
         R, N = w_f.shape[1], alog_f.shape[1]
-        xs, dbl_f, dbl_b = _conv_and_rows(x, (xw_f, cw_f, cb_f), (xw_b, cw_b, cb_b), R, N, fp32_rows, cfg)
+        xs, dbl_f, dbl_b = _conv_and_rows(x, (xw_f, cw_f, cb_f), (xw_b, cw_b, cb_b), R, fp32_rows, cfg)
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
         needs_grad = any(ctx.needs_input_grad[:15])
         y, hsave = scan_forward(args, xs.dtype, save_states=needs_grad, config=cfg)
@@ -1140,7 +1104,7 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
         xs, dbl_f, dbl_b = _conv_and_rows(
             x, (forward.x_proj_weight, forward.conv_weight, forward.conv_bias),
             (backward.x_proj_weight, backward.conv_weight, backward.conv_bias),
-            forward.dt_proj_weight.shape[1], N, fp32_rows, cfg)
+            forward.dt_proj_weight.shape[1], fp32_rows, cfg)
         ys = _bi_scan_inplace(xs, z, dbl_f, dbl_b, forward, backward, cfg)
         if out_proj_weight is None:
             return (ys[0] + ys[1]) / 2
