@@ -26,6 +26,7 @@ CATEGORIES = [  # first match wins
     ("scan forward", r"scan_fwd|chunk_carry"),
     ("conv1d (Triton)", r"conv_bwd|conv_fwd"),
     ("add + RMSNorm (Triton)", r"rms_norm"),
+    ("glue (Triton)", r"pair_sum"),
     ("attention", r"flash|fmha|attention|softmax"),
     ("optimizer", r"adam|Adam|multi_tensor|foreach"),
     ("matrix products", r"gemm|nvjet|cutlass|sm90_xmma|sm80_xmma|cublas|splitK|Kernel2|ampere|hopper"),
