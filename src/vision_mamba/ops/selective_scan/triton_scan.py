@@ -1024,10 +1024,11 @@ _MM_OUT_DTYPE = [True]  # whether torch.mm takes out_dtype (bf16 / fp16 inputs, 
 
 
 def _x_proj(x: Tensor, weight: Tensor, rows_fp32) -> Tensor:
-    """x_proj's rows (dt_low | B | C, or dt_low | zeros | B | C: see :func:`_rank_cols`) for the scan. With ``rows_fp32`` and half-precision activations on CUDA, the
-    product is written in fp32 (cuBLAS accumulates in fp32 anyway): the scan then reads B, C and dt_low without
-    unpacking them from bf16 at every step (the Triton forward's loop: 375 -> 352 instructions, 669 -> 610 for
-    128-channel programs; the Gluon one: 350 -> 275). Otherwise as autocast runs F.linear."""
+    """x_proj's rows (dt_low | B | C, or dt_low | zeros | B | C: see :func:`_rank_cols`) for the scan. With
+    ``rows_fp32`` and half-precision activations on CUDA, the product is written in fp32 (cuBLAS accumulates in
+    fp32 anyway): the scan then reads B, C and dt_low without unpacking them from bf16 at every step (the Triton
+    forward's loop: 375 -> 352 instructions, 669 -> 610 for 128-channel programs; the Gluon one: 350 -> 275).
+    Otherwise as autocast runs F.linear."""
     if rows_fp32 and _MM_OUT_DTYPE[0] and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
         try:
             out = torch.mm(x.reshape(-1, x.shape[-1]), weight.to(x.dtype).t(), out_dtype=torch.float32)
