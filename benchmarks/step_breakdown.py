@@ -138,6 +138,8 @@ def main():
     p.add_argument("--ops", type=int, default=0, help="also list the N aten ops (with shapes) that launched the most")
     p.add_argument("--out", default=None)
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        p.error("needs a CUDA device (it profiles CUDA kernels)")
     torch.backends.cuda.matmul.allow_tf32 = True
     records = []
     for spec in args.cases.split(","):
