@@ -259,6 +259,64 @@ def test_padded_rows_helpers():
     assert torch.allclose(g_low_p[:, :R], g_low, atol=1e-5) and torch.allclose(g_w_p, g_w, atol=1e-4)
 
 
+def test_weight_helpers_match_plain_ops():
+    # the launch-saving forms of the mixer's weight preparation give exactly what the plain ops give: both
+    # directions' padded x_proj weights (gather with cached constants, also when first made in inference mode),
+    # and out_proj's halved weight (alone, and twice side by side)
+    from vision_mamba.ops.selective_scan.triton_scan import _half_weight, xproj_weight_pair, xproj_weight_rows
+
+    g = torch.Generator().manual_seed(3)
+    for R, N, E in ((12, 16, 40), (3, 4, 10), (24, 16, 8)):
+        w_f, w_b = torch.randn(R + 2 * N, E, generator=g), torch.randn(R + 2 * N, E, generator=g)
+        for dtype in (torch.float32, torch.bfloat16):
+            for rank_cols in {R, -(-R // 8) * 8}:
+                want = torch.stack([xproj_weight_rows(w, R, rank_cols, dtype) for w in (w_f, w_b)])
+                with torch.inference_mode():
+                    first = xproj_weight_pair(w_f, w_b, R, rank_cols, dtype)
+                again = xproj_weight_pair(w_f * 1, w_b * 1, R, rank_cols, dtype)  # the cached constants reused
+                assert first.dtype == dtype and torch.equal(first, want) and torch.equal(again, want)
+    w = torch.randn(7, 12, generator=g)
+    for dtype in (torch.float32, torch.bfloat16):
+        half = (w * 0.5).to(dtype)
+        assert torch.equal(_half_weight(w, dtype), half)
+        assert torch.equal(_half_weight(w, dtype, copies=2), torch.cat([half, half], dim=1))
+
+
+def test_config_cached_but_follows_the_environment(monkeypatch):
+    # _config() parses the variables once per set of raw values: a changed variable is seen at the next call,
+    # every variable it reads is in the cache key, and callers get a dict of their own
+    import inspect
+    import re
+
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    read = set(re.findall(r'"(VISION_MAMBA_[A-Z0-9_]+)"', inspect.getsource(ts._read_config)))
+    assert read and read <= set(ts._ENV_KEYS), read - set(ts._ENV_KEYS)
+    monkeypatch.delenv("VISION_MAMBA_TRITON_SAVE_EVERY", raising=False)
+    assert ts._config()["save_every"] == 0
+    monkeypatch.setenv("VISION_MAMBA_TRITON_SAVE_EVERY", "12")
+    cfg = ts._config()
+    assert cfg["save_every"] == 12
+    cfg["save_every"] = 99
+    assert ts._config()["save_every"] == 12
+    monkeypatch.setenv("VISION_MAMBA_POISON", "0")
+    assert not ts._config()["poison"]
+    monkeypatch.setenv("VISION_MAMBA_POISON", "1")
+    assert ts._config()["poison"] and torch.isnan(ts._new(3, device="cpu", dtype=torch.float32)).all()
+
+
+def test_host_launch_arithmetic():
+    # the host's ceil division and power-of-two rounding agree with Triton's (which are slow to call from Python)
+    import triton
+
+    from vision_mamba.ops.selective_scan.triton_scan import _cdiv, _next_pow2
+
+    for a in range(1, 700):
+        assert _next_pow2(a) == triton.next_power_of_2(a)
+        for b in (1, 2, 3, 8, 16, 64, 100):
+            assert _cdiv(a, b) == triton.cdiv(a, b)
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("half", [False, True], ids=["sum", "mean"])
 def test_pair_sum_matches_torch(dtype, half):
@@ -385,18 +443,18 @@ def test_model_triton_matches_reference():
 
 # ---------------------------------------------------------------------------------------------- real shapes (GPU)
 def test_inference_scan_reads_fp32_rows(monkeypatch):
-    # x_proj's rows in fp32 (as _x_proj writes them on CUDA for bf16 activations): the inference forward reads
-    # them as they come; against the reference, activations in bf16
+    # x_proj's rows in fp32 (as _x_proj_pair writes them on CUDA for bf16 activations): the inference forward
+    # reads them as they come; against the reference, activations in bf16
     from vision_mamba.ops.selective_scan import triton_scan as ts
 
     rows = []
 
-    def fp32_rows(x, weight, rows_fp32):
+    def fp32_rows(xs, weights, rows_fp32):
         with torch.autocast(DEVICE.type, enabled=False):
-            rows.append(torch.nn.functional.linear(x.float(), weight.float()))
+            rows.append(torch.einsum("dble,dwe->dblw", xs.float(), weights.float()))
         return rows[-1]
 
-    monkeypatch.setattr(ts, "_x_proj", fp32_rows)
+    monkeypatch.setattr(ts, "_x_proj_pair", fp32_rows)
     mixer = perturbed_mixer(20)
     hidden = torch.randn(2, 19, 20, device=DEVICE)
     with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
@@ -404,7 +462,7 @@ def test_inference_scan_reads_fp32_rows(monkeypatch):
             ref = mixer(hidden)
         with scan_backend("triton"):
             out = mixer(hidden)
-    assert [r.dtype for r in rows] == [torch.float32] * 2
+    assert [(r.dtype, r.shape[0]) for r in rows] == [(torch.float32, 2)]
     assert torch.isfinite(out).all() and rel_err(out, ref) < 3e-2
 
 

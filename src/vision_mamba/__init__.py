@@ -16,9 +16,10 @@ from .models import (  # noqa: F401  (registers the models with timm)
     read_checkpoint,
     save_state_dict,
 )
+from .inference import CUDAGraphInference  # noqa: F401
 from .ops import get_scan_backend, scan_backend, set_scan_backend  # noqa: F401
 
 __all__ = [
     "MODEL_NAMES", "CheckpointError", "VisionMamba", "load_checkpoint", "read_checkpoint", "save_state_dict",
-    "get_scan_backend", "scan_backend", "set_scan_backend",
+    "get_scan_backend", "scan_backend", "set_scan_backend", "CUDAGraphInference",
 ]

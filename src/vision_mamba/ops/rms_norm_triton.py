@@ -14,7 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
-from .selective_scan.triton_scan import FP_FUSION
+from .selective_scan.triton_scan import FP_FUSION, _cdiv, _next_pow2
 
 
 @triton.jit
@@ -68,7 +68,7 @@ def add_rms_norm_bwd_kernel(
 
 
 def _launch(D: int) -> Tuple[int, int, int]:
-    block_d = max(16, triton.next_power_of_2(D))
+    block_d = max(16, _next_pow2(D))
     block_m = max(1, min(16, 4096 // block_d))
     warps = 4 if block_d * block_m >= 2048 else 2
     return block_m, block_d, warps
@@ -87,7 +87,7 @@ class _AddRMSNorm(torch.autograd.Function):
         y = torch.empty(M, D, device=h.device, dtype=out_dtype)
         rstd = torch.empty(M, device=h.device, dtype=torch.float32)
         block_m, block_d, warps = _launch(D)
-        add_rms_norm_fwd_kernel[(triton.cdiv(M, block_m),)](
+        add_rms_norm_fwd_kernel[(_cdiv(M, block_m),)](
             h, r if r is not None else h, weight, y, rout, rstd, M, D, eps,
             HAS_RES=r is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps, **FP_FUSION)
         ctx.save_for_backward(rout, weight, rstd)
@@ -105,7 +105,7 @@ class _AddRMSNorm(torch.autograd.Function):
         dy = dy.reshape(M, D).contiguous()
         dres = dres.reshape(M, D).contiguous() if dres is not None else None
         block_m, block_d, warps = _launch(D)
-        n_prog = triton.cdiv(M, block_m)
+        n_prog = _cdiv(M, block_m)
         dx = torch.empty(M, D, device=rout.device, dtype=torch.float32)
         dw = torch.empty(n_prog, D, device=rout.device, dtype=torch.float32)
         add_rms_norm_bwd_kernel[(n_prog,)](

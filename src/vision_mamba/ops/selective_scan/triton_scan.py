@@ -3,7 +3,7 @@
 Two entry points:
 - :func:`selective_scan_triton`: the generic single-direction scan (same contract as ``selective_scan_ref``).
 - :func:`bimamba_inner_triton`: Vim's whole bidirectional mixer between in_proj and out_proj: one conv launch
-  for both directions, x_proj as two matmuls, one scan launch for both directions with dt_proj + softplus, D,
+  for both directions, x_proj as one batched matmul, one scan launch for both directions with dt_proj + softplus, D,
   silu(z) folded in, and the (forward + backward) / 2 combine folded into out_proj.
 """
 from __future__ import annotations
@@ -39,14 +39,64 @@ LONG_SEQUENCE = 4096
 FP_FUSION = dict(enable_fp_fusion=True)
 
 
+def _cdiv(a: int, b: int) -> int:
+    """ceil(a / b) for launch arithmetic on the host. (``triton.cdiv`` and ``triton.next_power_of_2`` are
+    constexpr functions in Triton 3.6: called from Python they unwrap their arguments first, ~2-4 us a call on the
+    H200's host, and planning one scan launch made dozens of such calls: 23 us for ``_forward_plan`` alone.)"""
+    return -(-a // b)
+
+
+def _next_pow2(n: int) -> int:
+    """The smallest power of two >= n (n >= 1), on the host."""
+    return 1 << (n - 1).bit_length()
+
+
 def _env_int(name: str, default: int) -> int:
     value = os.environ.get(name)
     return int(value) if value else default
 
 
+# Every environment variable the launch logic reads. _config() runs at every op call, and reading ~30 variables
+# through os.environ each time was a visible part of an eager forward's host time (cProfile of Vim-Ti on the H200:
+# 8,191 os.environ lookups per 10 forwards); the parsed dict is now cached on their raw values, read straight from
+# os.environ's underlying dict where there is one.
+_ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
+    "VISION_MAMBA_TRITON_" + k for k in (
+        "BLOCK_E", "WARPS", "BWD_BLOCK_E", "BWD_WARPS", "PREFETCH", "AHEAD", "BWD_AHEAD", "DELTA", "CONV_BLOCK_L",
+        "CONV_TILES", "CONV_WARPS", "CONV_BWD_ROWS", "CONV_BWD_WARPS", "CONV_BWD_INPUT_ROWS",
+        "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG", "BWD_MAXNREG", "PARAMS_T",
+        "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
+        "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD"))
+_ENV_KEYS_RAW = None
+_CONFIG_CACHE = {}
+
+
+def _env_values() -> tuple:
+    """The raw values of :data:`_ENV_KEYS` (None where unset), cheaply."""
+    global _ENV_KEYS_RAW
+    data = getattr(os.environ, "_data", None)
+    if os.name == "posix" and isinstance(data, dict):
+        if _ENV_KEYS_RAW is None:
+            _ENV_KEYS_RAW = tuple(os.environ.encodekey(k) for k in _ENV_KEYS)
+        return tuple(map(data.get, _ENV_KEYS_RAW))
+    return tuple(map(os.environ.get, _ENV_KEYS))
+
+
 def _config():
-    """Launch parameters (overridable by environment variables, for tuning sweeps)."""
+    """Launch parameters (overridable by environment variables, for tuning sweeps): a fresh dict, parsed again
+    only when one of the variables changed."""
+    key = _env_values()
+    cfg = _CONFIG_CACHE.get(key)
+    if cfg is None:
+        if len(_CONFIG_CACHE) > 64:
+            _CONFIG_CACHE.clear()
+        cfg = _CONFIG_CACHE[key] = _read_config()
+    return dict(cfg)
+
+
+def _read_config():
     return dict(
+        poison=os.environ.get("VISION_MAMBA_POISON") == "1",  # _new: kernel outputs filled with NaN (tests)
         # channels per program (one warp), forward and backward; 0: chosen per launch shape (_forward_block_e,
         # _backward_block_e)
         block_e=_env_int("VISION_MAMBA_TRITON_BLOCK_E", 0),
@@ -170,7 +220,7 @@ def _new(*shape, device, dtype) -> Tensor:
     """torch.empty for kernel outputs; filled with NaN when VISION_MAMBA_POISON=1, so that tests see any element a
     kernel failed to write."""
     out = torch.empty(*shape, device=device, dtype=dtype)
-    if os.environ.get("VISION_MAMBA_POISON") == "1" and out.is_floating_point():
+    if _config()["poison"] and out.is_floating_point():
         out.fill_(float("nan"))
     return out
 
@@ -190,9 +240,9 @@ def _chunking(programs: int, length: int, min_programs: int, save_every: int = S
     n_chunks = 1
     min_steps = 4 * 16
     if min_programs and programs < min_programs and length > min_steps:
-        n_chunks = min(triton.cdiv(min_programs, programs), triton.cdiv(length, min_steps))
-    steps = triton.cdiv(triton.cdiv(length, n_chunks), save_every) * save_every
-    return triton.cdiv(length, steps), steps
+        n_chunks = min(_cdiv(min_programs, programs), _cdiv(length, min_steps))
+    steps = _cdiv(_cdiv(length, n_chunks), save_every) * save_every
+    return _cdiv(length, steps), steps
 
 
 # Channels per program, by launch shape. Wider programs share each step's loads, bf16 unpacking and address
@@ -210,13 +260,13 @@ def _chunking(programs: int, length: int, min_programs: int, save_every: int = S
 
 def _programs(B: int, E: int, block: int, ND: int, L: int, min_programs: int) -> Tuple[int, int]:
     """(programs without chunking, programs after chunking) of a scan launch with ``block`` channels each."""
-    programs = B * triton.cdiv(E, block) * ND
+    programs = B * _cdiv(E, block) * ND
     return programs, programs * _chunking(programs, L, min_programs)[0]
 
 
 def _fit(block: int, E: int) -> int:
     """Channels per program, no more than E needs (a power of two, at least 16)."""
-    return min(block, max(16, triton.next_power_of_2(E)))
+    return min(block, max(16, _next_pow2(E)))
 
 
 def _forward_block_e(cfg, B: int, E: int, L: int, ND: int, min_programs: int) -> int:
@@ -295,7 +345,7 @@ class _ScanArgs:
                      self.w[0], self.w[1], self.bias[0], self.bias[1], self.a[0], self.a[1],
                      self.dskip[0], self.dskip[1]),
             strides=(x.stride(0), x.stride(1), x.stride(2), zt.stride(0), zt.stride(1), dt_b, dt_l, bc_b, bc_l),
-            flags=dict(N=self.N, BLOCK_R=max(2, triton.next_power_of_2(self.R)), DT_PROJ=self.dt_proj,
+            flags=dict(N=self.N, BLOCK_R=max(2, _next_pow2(self.R)), DT_PROJ=self.dt_proj,
                        HAS_BIAS=self.bias[0] is not None, SOFTPLUS=self.softplus, HAS_D=self.dskip[0] is not None,
                        HAS_Z=z is not None, A_IS_LOG=self.a_is_log, B_COL=self.b_col, C_COL=self.c_col),
         )
@@ -335,7 +385,7 @@ def _forward_plan(cfg, B: int, L: int, E: int, ND: int, device):
     min_programs = _min_programs(device, cfg["min_programs"])
     block_e = _forward_block_e(cfg, B, E, L, ND, min_programs)
     save_every = _save_every(cfg, L)
-    n_chunks, steps = _chunking(B * triton.cdiv(E, block_e) * ND, L, min_programs, save_every)
+    n_chunks, steps = _chunking(B * _cdiv(E, block_e) * ND, L, min_programs, save_every)
     return min_programs, block_e, save_every, n_chunks, steps
 
 
@@ -352,11 +402,11 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
     dev = args.x.device
     min_programs, block_e, save_every, n_chunks, steps = _forward_plan(cfg, B, L, E, ND, dev)
-    n_eb = triton.cdiv(E, block_e)
+    n_eb = _cdiv(E, block_e)
     if out is not None:
         assert out.shape == (B, L, ND, E) and out.stride(-1) == 1 and out.dtype == y_dtype
     y = out if out is not None else _new(B, L, ND, E, device=dev, dtype=y_dtype)
-    n_save = triton.cdiv(L, save_every)
+    n_save = _cdiv(L, save_every)
     kind = _gluon_forward_kind(cfg, args, dev, block_e, n_chunks, save_states)
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
@@ -476,7 +526,7 @@ def _gluon_smem(cfg, save_every: int) -> bool:
 
 def rows_in_fp32(cfg, device, dtype, B: int, L: int, E: int, N: int, training: bool) -> bool:
     """Whether x_proj's rows are made in fp32 for Vim's mixer ([B, L, E] activations, N states; see
-    :func:`_x_proj`): as configured, or by default where a Gluon kernel reads them (half-precision activations on
+    :func:`_x_proj_pair`): as configured, or by default where a Gluon kernel reads them (half-precision activations on
     CUDA: the forward's kernel by :func:`_gluon_forward_kind`, or in training the Gluon backward); the Triton
     kernels read bf16 rows faster (224 px / batch 128: 0.189 against 0.195 ms)."""
     from . import gluon_kernels
@@ -514,7 +564,7 @@ def _launch_gluon_forward(args: _ScanArgs, y: Tensor, hinit, hend, dsum, hsave, 
         args.dskip[0], args.dskip[1], y, _or(hinit, dev), _or(hend, dev), _or(dsum, dev), hsave,
         L, E, steps, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), y.stride(0), y.stride(1),
         y.stride(2), a_stride_e, a_stride_n, w_stride_e, w_stride_r, *h_strides, *s_strides,
-        stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, triton.next_power_of_2(R)),
+        stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, _next_pow2(R)),
         B_COL=args.b_col, C_COL=args.c_col, SAVE_EVERY=save_every, HAS_INIT=hinit is not None,
         WRITE_END=write_end, WRITE_Y=write_y, SAVE_STATES=save, AHEAD=ahead, STATES_EN=states_en,
         num_warps=num_warps, **FP_FUSION)
@@ -532,7 +582,7 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor) -> None:
         args.dskip[0], args.dskip[1], y,
         L, E, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), y.stride(0), y.stride(1),
         y.stride(2), a_stride_e, a_stride_n, w_stride_e, w_stride_r,
-        stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, triton.next_power_of_2(R)),
+        stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, _next_pow2(R)),
         B_COL=args.b_col, C_COL=args.c_col, num_warps=1, **FP_FUSION)
 
 
@@ -551,7 +601,7 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     min_programs = _min_programs(dev, cfg["min_programs"])
     use_gluon = _gluon_backward_applies(cfg, args, dev)
     block_e = GLUON_BWD_BLOCK_E if use_gluon else _backward_block_e(cfg, B, E, L, ND, min_programs)
-    n_eb = triton.cdiv(E, block_e)
+    n_eb = _cdiv(E, block_e)
     gy = _last_contiguous(gy)
     f32 = dict(device=dev, dtype=torch.float32)
     gx = _new(ND, B, L, E, device=dev, dtype=args.x.dtype)
@@ -567,7 +617,7 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
     params_t = _params_t(cfg.get("bwd_params_t", -1), backward=True)
     save_every = _save_every(cfg, L)
-    assert hsave.shape[2] == triton.cdiv(L, save_every), "the states were saved with another save_every"
+    assert hsave.shape[2] == _cdiv(L, save_every), "the states were saved with another save_every"
     n_chunks, steps = _chunking(B * n_eb * ND, L, min_programs, save_every)
     muinit = None
     if n_chunks > 1:
@@ -602,7 +652,7 @@ def _launch_triton_backward(args, cfg, t, common, gy, hsave, muinit, gx, gz, gra
     B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
     hsave = hsave if hsave.stride(-1) == 1 else hsave.contiguous()  # (states saved by the Gluon forward)
     dev = args.x.device
-    n_eb = triton.cdiv(E, block_e)
+    n_eb = _cdiv(E, block_e)
     scratch = torch.empty(B * 2 * n_eb * n_chunks * save_every * (N + 2) * block_e, device=dev,
                           dtype=torch.float32)  # states, delta, softplus'
     scan_bwd_kernel[(B * n_eb, ND, n_chunks)](
@@ -644,7 +694,7 @@ def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, 
         hsave.stride(0), hsave.stride(1), hsave.stride(2), m.stride(0), m.stride(1), m.stride(2),
         gx.stride(0), gx.stride(1), gx.stride(2), graw.stride(0), graw.stride(1), graw.stride(2),
         gbc.stride(0), gbc.stride(1), gbc.stride(2), gbc.stride(3),
-        stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, triton.next_power_of_2(R)),
+        stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, _next_pow2(R)),
         B_COL=args.b_col, C_COL=args.c_col, SAVE_EVERY=save_every, HAS_MU_INIT=muinit is not None,
         SMEM_SCRATCH=smem, STATES_EN=hsave.stride(-1) != 1, WALK_PREFETCH=bool(cfg.get("gluon_walk_prefetch", 1)),
         num_warps=1, **FP_FUSION,
@@ -694,9 +744,9 @@ def pair_sum(a: Tensor, b: Tensor, out: Optional[Tensor] = None, half: bool = Fa
     M = a.numel() // E if E else 0
     if M == 0 or E == 0:
         return out
-    block_e = min(256, triton.next_power_of_2(E))
+    block_e = min(256, _next_pow2(E))
     block_m = max(1, 2048 // block_e)
-    pair_sum_kernel[(triton.cdiv(M, block_m), triton.cdiv(E, block_e))](
+    pair_sum_kernel[(_cdiv(M, block_m), _cdiv(E, block_e))](
         a, b, out, M, E, _row_stride(a), _row_stride(b), _row_stride(out), HALF=half, BLOCK_M=block_m,
         BLOCK_E=block_e, num_warps=4)
     return out
@@ -800,7 +850,7 @@ def _rank_cols(R: int, pad: bool) -> int:
     gradients) ran on its slow kernels for operands aligned to 2 - 8 bytes (10 - 29 us each at 224 px / batch
     128, ~4 ms of a training step). 16 + 16 + 16 = 48 makes every row, and B and C in it, 16-byte aligned.
     Vim-S (R = 24) and Vim-B (48) need no padding."""
-    return triton.cdiv(R, 8) * 8 if pad else R
+    return _cdiv(R, 8) * 8 if pad else R
 
 
 def xproj_weight_rows(weight: Tensor, R: int, rank_cols: int, dtype: torch.dtype) -> Tensor:
@@ -817,10 +867,40 @@ def xproj_grad_rows(grad: Tensor, R: int, rank_cols: int) -> Tensor:
     return grad if rank_cols == R else torch.cat([grad[:R], grad[rank_cols:]])
 
 
+_PAIR_INDEX = {}
+
+
+def xproj_weight_pair(w_f: Tensor, w_b: Tensor, R: int, rank_cols: int, dtype: torch.dtype) -> Tensor:
+    """Both directions' x_proj weights as :func:`xproj_weight_rows` makes them, stacked: [2, rank_cols + 2N, E] in
+    ``dtype``, in three launches (a concatenation with a zero row, a row gather, the cast) instead of three per
+    direction. Not differentiable; the mixer's autograd node computes x_proj's weight gradient itself. The gather's
+    index and the zero row are constants cached per device and shape (made outside any CUDA graph capture: during
+    one, an uncached shape takes the per-direction path)."""
+    if rank_cols == R:
+        return torch.stack([w_f, w_b]).to(dtype)
+    rows, E = w_f.shape
+    key = (str(w_f.device), w_f.dtype, rows, E, R, rank_cols)
+    cached = _PAIR_INDEX.get(key)
+    if cached is None:
+        if w_f.is_cuda and torch.cuda.is_current_stream_capturing():
+            return torch.stack([xproj_weight_rows(w, R, rank_cols, dtype) for w in (w_f, w_b)])
+        zero_row = 2 * rows  # the zero row sits after both weights' rows
+        order = []
+        for base in (0, rows):
+            order += [base + i for i in range(R)] + [zero_row] * (rank_cols - R) + [base + i for i in range(R, rows)]
+        with torch.inference_mode(False), torch.no_grad():
+            cached = (torch.tensor(order, device=w_f.device),
+                      torch.zeros(1, E, device=w_f.device, dtype=w_f.dtype))
+        _PAIR_INDEX[key] = cached
+    index, zero = cached
+    width = rank_cols + rows - R
+    return torch.cat([w_f, w_b, zero]).index_select(0, index).to(dtype).view(2, width, E)
+
+
 def _bc_width(R: int, N: int) -> int:
     """Width of x_proj's rows in the "matmul" layout [B | C | dt_low | zeros]: a multiple of 8 elements, so that
     with B and C first every row of B and C starts 16-byte aligned (vector loads in the scan)."""
-    return triton.cdiv(2 * N + R, 8) * 8
+    return _cdiv(2 * N + R, 8) * 8
 
 
 def xproj_weights(w_f: Tensor, w_b: Tensor, R: int, N: int) -> Tensor:
@@ -877,7 +957,7 @@ def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], 
         raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
     out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
     block_l, block_e, tiles = cfg["conv_block_l"], 64, cfg["conv_tiles"]
-    conv_fwd_kernel[(triton.cdiv(L, block_l * tiles), triton.cdiv(E, block_e), B)](
+    conv_fwd_kernel[(_cdiv(L, block_l * tiles), _cdiv(E, block_e), B)](
         x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E,
         x.stride(0), x.stride(1), out.stride(0), out.stride(1), out.stride(2),
         K=K, BLOCK_L=block_l, BLOCK_E=block_e, TILES=tiles, HAS_BIAS=bias_f is not None,
@@ -886,13 +966,13 @@ def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], 
 
 
 def _conv_and_rows(x: Tensor, forward, backward, R: int, rows_fp32: bool, cfg):
-    """The mixer's conv output xs [2, B, L, E] and x_proj's rows (dbl_f, dbl_b) for the scan, padded as
-    :func:`_rank_cols` says; ``forward`` / ``backward``: (x_proj weight, conv weight, conv bias) per direction."""
+    """The mixer's conv output xs [2, B, L, E], x_proj's rows of both directions [2, B, L, W] for the scan (padded
+    as :func:`_rank_cols` says) and the padded x_proj weights [2, W, E] that made them (:func:`xproj_weight_pair`);
+    ``forward`` / ``backward``: (x_proj weight, conv weight, conv bias) per direction."""
     rank_cols = _rank_cols(R, cfg["rows_pad"])
-    dtype = x.dtype
     xs = conv_forward(x, forward[1], backward[1], forward[2], backward[2], cfg)
-    return (xs, _x_proj(xs[0], xproj_weight_rows(forward[0], R, rank_cols, dtype), rows_fp32),
-            _x_proj(xs[1], xproj_weight_rows(backward[0], R, rank_cols, dtype), rows_fp32))
+    weights = xproj_weight_pair(forward[0], backward[0], R, rank_cols, x.dtype)
+    return xs, _x_proj_pair(xs, weights, rows_fp32), weights
 
 
 def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], bias_b: Optional[Tensor],
@@ -905,16 +985,16 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
     B, L, E = x.shape
     K = w_f.shape[-1]
     block_l, block_e = 32, 64
-    n_eb, n_tiles = triton.cdiv(E, block_e), triton.cdiv(L, block_l)
+    n_eb, n_tiles = _cdiv(E, block_e), _cdiv(L, block_l)
     # weight gradients: each program sums the tiles of its chunk of rows; enough chunks to fill the GPU
     n_chunks = 1
     min_programs = _min_programs(x.device, cfg["min_programs"])
     if cfg.get("conv_bwd_programs", -1) >= 0:
         min_programs = cfg["conv_bwd_programs"]
     if min_programs and B * n_eb < min_programs:
-        n_chunks = min(triton.cdiv(min_programs, B * n_eb), n_tiles)
-    rows = triton.cdiv(n_tiles, n_chunks) * block_l
-    n_chunks = triton.cdiv(L, rows)
+        n_chunks = min(_cdiv(min_programs, B * n_eb), n_tiles)
+    rows = _cdiv(n_tiles, n_chunks) * block_l
+    n_chunks = _cdiv(L, rows)
     # g_pre in the activations' precision (bf16 gradients arrive in bf16 anyway; fp32 stays fp32); the weight
     # gradients are summed from the fp32 values inside the kernel
     gpre = _new(2, B, L, E, device=x.device, dtype=torch.float32 if x.dtype == torch.float32 else x.dtype)
@@ -930,7 +1010,7 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
         assert gx_out.shape == (B, L, E) and gx_out.stride(-1) == 1 and gx_out.dtype == x.dtype
     gx = gx_out if gx_out is not None else _new(B, L, E, device=x.device, dtype=x.dtype)
     in_rows, in_tiles = cfg["conv_bwd_input_rows"], cfg["conv_bwd_input_tiles"]
-    conv_bwd_input_kernel[(triton.cdiv(L, in_rows * in_tiles), n_eb, B)](
+    conv_bwd_input_kernel[(_cdiv(L, in_rows * in_tiles), n_eb, B)](
         gpre, w_f, w_b, gx, L, E, gpre.stride(0), gpre.stride(1), gpre.stride(2), gx.stride(0), gx.stride(1),
         K=K, BLOCK_L=in_rows, BLOCK_E=block_e, TILES=in_tiles, num_warps=cfg["conv_bwd_input_warps"],
         **FP_FUSION)
@@ -975,23 +1055,25 @@ class _TritonBiMixer(torch.autograd.Function):
         E = xz.shape[-1] // 2
         x, z = xz[..., :E], xz[..., E:]
         # x_proj in the activations' dtype, as autocast runs F.linear on bf16 activations and fp32 weights (with
-        # its output in fp32 where the Gluon kernels read it: _x_proj), its rows padded for aligned products
+        # its output in fp32 where the Gluon kernels read it: _x_proj_pair), its rows padded for aligned products
         fp32_rows = rows_in_fp32(cfg, x.device, x.dtype, *z.shape, alog_f.shape[1], training=True)
         R, N = w_f.shape[1], alog_f.shape[1]
-        xs, dbl_f, dbl_b = _conv_and_rows(x, (xw_f, cw_f, cb_f), (xw_b, cw_b, cb_b), R, fp32_rows, cfg)
+        xs, rows, xw_pair = _conv_and_rows(x, (xw_f, cw_f, cb_f), (xw_b, cw_b, cb_b), R, fp32_rows, cfg)
+        dbl_f, dbl_b = rows[0], rows[1]
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
         needs_grad = any(ctx.needs_input_grad[:15])
         y, hsave = scan_forward(args, xs.dtype, save_states=needs_grad, config=cfg)
         if needs_grad:
+            # (the padded x_proj weights kept too: the backward's d xs product needs them, ~74 KB a block)
             ctx.save_for_backward(xz, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b,
-                                  d_f, d_b, dbl_f, dbl_b, hsave)
+                                  d_f, d_b, dbl_f, dbl_b, hsave, xw_pair)
             ctx.cfg = cfg
         return y
 
     @staticmethod
     def backward(ctx, gy):
         (xz, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, dbl_f, dbl_b,
-         hsave) = ctx.saved_tensors
+         hsave, xw_pair) = ctx.saved_tensors
         cfg = ctx.cfg
         E = xz.shape[-1] // 2
         x, z = xz[..., :E], xz[..., E:]
@@ -1009,7 +1091,7 @@ class _TritonBiMixer(torch.autograd.Function):
             g_low, g_w = dt_proj_grads(g["graw"][i].view(rows.shape[0], -1), rows[:, :rank_cols], w)
             # (in the activations' dtype, whatever the rows' dtype: as autograd would have it for bf16 rows)
             gdbl = torch.cat([g_low.to(xs.dtype), g["gbc"][i].view(rows.shape[0], 2 * N).to(xs.dtype)], dim=1)
-            gxs[i].view(-1, E).addmm_(gdbl, xproj_weight_rows(xw, R, rank_cols, gdbl.dtype))
+            gxs[i].view(-1, E).addmm_(gdbl, xw_pair[i].to(gdbl.dtype))
             gxw.append(xproj_grad_rows(gdbl.t() @ xs[i].reshape(-1, E), R, rank_cols).to(xw.dtype))
             gw.append(g_w)
         del xs
@@ -1020,22 +1102,27 @@ class _TritonBiMixer(torch.autograd.Function):
                 cast(g["ga"][1], alog_b), cast(g["gd"][0], d_f), cast(g["gd"][1], d_b), None)
 
 
-_MM_OUT_DTYPE = [True]  # whether torch.mm takes out_dtype (bf16 / fp16 inputs, fp32 output on CUDA)
+_MM_OUT_DTYPE = [True]  # whether torch.bmm takes out_dtype (bf16 / fp16 inputs, fp32 output on CUDA)
 
 
-def _x_proj(x: Tensor, weight: Tensor, rows_fp32) -> Tensor:
-    """x_proj's rows (dt_low | B | C, or dt_low | zeros | B | C: see :func:`_rank_cols`) for the scan. With
+def _x_proj_pair(xs: Tensor, weights: Tensor, rows_fp32) -> Tensor:
+    """x_proj's rows (dt_low | B | C, or dt_low | zeros | B | C: see :func:`_rank_cols`) of both directions,
+    [2, B, L, W], from xs [2, B, L, E] and the weights [2, W, E] in xs's dtype: one batched product. With
     ``rows_fp32`` and half-precision activations on CUDA, the product is written in fp32 (cuBLAS accumulates in
     fp32 anyway): the scan then reads B, C and dt_low without unpacking them from bf16 at every step (the Triton
     forward's loop: 375 -> 352 instructions, 669 -> 610 for 128-channel programs; the Gluon one: 350 -> 275).
-    Otherwise as autocast runs F.linear."""
-    if rows_fp32 and _MM_OUT_DTYPE[0] and x.is_cuda and x.dtype in (torch.bfloat16, torch.float16):
+    Otherwise in xs's dtype, as autocast runs F.linear."""
+    flat = xs.reshape(2, -1, xs.shape[-1])
+    wt = weights.transpose(1, 2)
+    out = None
+    if rows_fp32 and _MM_OUT_DTYPE[0] and xs.is_cuda and xs.dtype in (torch.bfloat16, torch.float16):
         try:
-            out = torch.mm(x.reshape(-1, x.shape[-1]), weight.to(x.dtype).t(), out_dtype=torch.float32)
-            return out.view(*x.shape[:-1], out.shape[-1])
-        except (TypeError, RuntimeError):  # a torch without out_dtype for mm
+            out = torch.bmm(flat, wt, out_dtype=torch.float32)
+        except (TypeError, RuntimeError):  # a torch without out_dtype for bmm
             _MM_OUT_DTYPE[0] = False
-    return F.linear(x, weight)
+    if out is None:
+        out = torch.bmm(flat, wt)
+    return out.view(*xs.shape[:-1], out.shape[-1])
 
 
 def _bi_scan_inplace(xs: Tensor, z: Tensor, dbl_f: Tensor, dbl_b: Tensor, forward, backward, cfg) -> Tensor:
@@ -1047,9 +1134,18 @@ def _bi_scan_inplace(xs: Tensor, z: Tensor, dbl_f: Tensor, dbl_b: Tensor, forwar
     return xs
 
 
+def _half_weight(weight: Tensor, dtype: torch.dtype, copies: int = 1) -> Tensor:
+    """weight / 2 in ``dtype``, rounded once from the fp32 product (as ``(weight * 0.5).to(dtype)``), one launch;
+    with ``copies`` = 2, [W / 2, W / 2] side by side ([D, 2E] for a [D, E] weight)."""
+    D, E = weight.shape
+    out = torch.empty(D, copies, E, device=weight.device, dtype=dtype)
+    torch.mul(weight.unsqueeze(1).expand(D, copies, E), 0.5, out=out)
+    return out.view(D, copies * E)
+
+
 def _out_proj_directions(ys: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
     """out_proj((y_f + y_b) / 2) for y laid out [2, B, L, E]: two accumulating matmuls, in y's dtype."""
-    w = (weight * 0.5).to(ys.dtype).t()
+    w = _half_weight(weight, ys.dtype).t()
     out = torch.matmul(ys[0], w)
     out.view(-1, out.shape[-1]).addmm_(ys[1].reshape(-1, ys.shape[-1]), w)
     return out if bias is None else out.add_(bias.to(out.dtype))
@@ -1065,8 +1161,9 @@ class _OutProjCombine(torch.autograd.Function):
     @staticmethod
     def forward(ctx, ys, weight, bias):
         B, L, _, E = ys.shape
-        w = (weight * 0.5).to(ys.dtype)  # as autocast casts the weight (and the bias) of F.linear
-        out = F.linear(ys.view(B, L, 2 * E), torch.cat([w, w], dim=1), bias.to(ys.dtype) if bias is not None else None)
+        # [W, W] / 2 in the activations' dtype (as autocast casts the weight and the bias of F.linear)
+        w2 = _half_weight(weight, ys.dtype, copies=2)
+        out = F.linear(ys.view(B, L, 2 * E), w2, bias.to(ys.dtype) if bias is not None else None)
         if ctx.needs_input_grad[1]:
             ctx.save_for_backward(pair_sum(ys[:, :, 0], ys[:, :, 1], half=True), weight)
         else:
@@ -1080,7 +1177,7 @@ class _OutProjCombine(torch.autograd.Function):
         ymean, weight = ctx.saved_tensors
         B, L, D = gout.shape
         E = weight.shape[1]
-        g = gout @ (weight * 0.5).to(gout.dtype)  # [B, L, E], d ys for either direction
+        g = gout @ _half_weight(weight, gout.dtype)  # [B, L, E], d ys for either direction
         gys = g.unsqueeze(2).expand(B, L, 2, E)
         gw = None
         if ymean is not None:
@@ -1102,11 +1199,12 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
         # dead once x_proj has read it): one [2, B, L, E] buffer less at the peak
         N = forward.A_log.shape[1]
         fp32_rows = rows_in_fp32(cfg, x.device, x.dtype, B, L, E, N, training=False)
-        xs, dbl_f, dbl_b = _conv_and_rows(
+        xs, rows, _ = _conv_and_rows(
             x, (forward.x_proj_weight, forward.conv_weight, forward.conv_bias),
             (backward.x_proj_weight, backward.conv_weight, backward.conv_bias),
             forward.dt_proj_weight.shape[1], fp32_rows, cfg)
-        ys = _bi_scan_inplace(xs, z, dbl_f, dbl_b, forward, backward, cfg)
+        ys = _bi_scan_inplace(xs, z, rows[0], rows[1], forward, backward, cfg)
+        del rows  # dead now: not held through out_proj (at 1248 px / batch 16, 36 MiB of the peak)
         if out_proj_weight is None:
             return (ys[0] + ys[1]) / 2
         return _out_proj_directions(ys, out_proj_weight, out_proj_bias)
