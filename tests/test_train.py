@@ -77,8 +77,12 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys):
     assert cli.main(["eval", "--checkpoint", str(run / "final.safetensors"), "--tta", "hflip", "--json",
                      str(report), "--no-progress"]) == 0
     assert json.loads(report.read_text())["tta"] == "hflip" and "(hflip TTA)" in capsys.readouterr().out
-    # the training checkpoint evaluates the same
+    # the training checkpoint evaluates the same (with and without CUDA graphs: on the CPU they do not apply)
     assert cli.main(["eval", "--checkpoint", str(run / "last.pth"), "--json", str(report), "--no-progress"]) == 0
+    assert json.loads(report.read_text())["top1"] == pytest.approx(results["top1"])
+    assert json.loads(report.read_text())["cuda_graph"] is False
+    assert cli.main(["eval", "--checkpoint", str(run / "last.pth"), "--json", str(report), "--no-progress",
+                     "--cuda-graph", "on"]) == 0
     assert json.loads(report.read_text())["top1"] == pytest.approx(results["top1"])
 
 

@@ -17,14 +17,16 @@ What to know:
   are seen by the next replay; parameters replaced by new tensors are not (call :meth:`reset`).
 - The output is a copy (``clone=True``, the default); ``clone=False`` returns the graph's own output buffer,
   overwritten by the next call of the same shape.
-- Where a graph cannot help (CPU tensors, a capture already under way), the function runs eagerly. A Vim model's
-  input check (wrong size or channels, NaN / Inf with ``check_finite``) runs before every replay, as in eager mode.
+- Where a graph cannot help (CPU tensors, a capture already under way), the function runs eagerly; so does a
+  shape whose capture failed (with a warning saying why). A Vim model's input check (wrong size or channels, NaN /
+  Inf with ``check_finite``) runs before every replay, as in eager mode.
 """
 from __future__ import annotations
 
 import collections
 import contextlib
 import gc
+import warnings
 from typing import Callable, Optional
 
 import torch
@@ -71,14 +73,16 @@ class CUDAGraphInference:
         self.max_graphs = max_graphs
         self.clone = clone
         self._graphs: "collections.OrderedDict[tuple, _Entry]" = collections.OrderedDict()
+        self._eager: set = set()  # settings whose capture failed: run eagerly
 
     @property
     def num_graphs(self) -> int:
         return len(self._graphs)
 
     def reset(self) -> None:
-        """Drop every captured graph (and the memory they hold)."""
+        """Drop every captured graph (and the memory they hold); retry captures that failed."""
         self._graphs.clear()
+        self._eager.clear()
 
     def _key(self, x: Tensor) -> tuple:
         from .ops import resolve_backend
@@ -125,10 +129,24 @@ class CUDAGraphInference:
         self._check(x)
         key = self._key(x)
         entry = self._graphs.get(key)
+        if entry is None and key in self._eager:
+            with torch.inference_mode():
+                return self.fn(x)
         if entry is None:
             while len(self._graphs) >= self.max_graphs:
                 self._graphs.popitem(last=False)
-            entry = self._graphs[key] = self._capture(x)
+            try:
+                entry = self._capture(x)
+            except TypeError:
+                raise
+            except RuntimeError as e:  # e.g. an op that cannot be captured: this shape runs eagerly from now on
+                warnings.warn(f"CUDAGraphInference: capture failed for input {tuple(x.shape)} ({e}); running "
+                              "eagerly", RuntimeWarning, stacklevel=2)
+                self._eager.add(key)
+                torch.cuda.synchronize(x.device)
+                with torch.inference_mode():
+                    return self.fn(x)
+            self._graphs[key] = entry
         else:
             self._graphs.move_to_end(key)
         with torch.inference_mode():

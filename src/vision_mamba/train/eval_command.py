@@ -43,6 +43,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="decode the split into device memory first (default: the config's choice)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override any training-config key that matters here (model_kwargs, mean, std, ...)")
+    parser.add_argument("--cuda-graph", choices=["on", "off"], default="off",
+                        help="on CUDA, replay each batch's forward from a CUDA graph (one capture per batch shape: "
+                             "pays off over many batches; default off)")
     parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
     parser.add_argument("--no-progress", action="store_true")
 
@@ -104,7 +107,7 @@ def resolve_eval_config(args: argparse.Namespace, need_data: bool = True):
 
 
 def run_eval(cfg, checkpoint: "str | Path", use_ema: bool = False, progress: bool = True,
-             tta: str = "none") -> Dict[str, Any]:
+             tta: str = "none", cuda_graph: bool = False) -> Dict[str, Any]:
     """Evaluate ``checkpoint`` as configured by ``cfg`` (model, data, val_split, resolution, precision)."""
     from ..data import build_eval_data, check_data_source
     from ..engine import cleanup_distributed, init_distributed, resolve_precision
@@ -141,9 +144,10 @@ def run_eval(cfg, checkpoint: "str | Path", use_ema: bool = False, progress: boo
             progress=progress and ctx.is_main)
         metrics = evaluate(model, data.val, ctx.device, resolve_precision(cfg.precision, ctx.device), ctx,
                            progress=progress and ctx.is_main, channels_last=cfg.channels_last,
-                           hflip_tta=tta == "hflip")
+                           hflip_tta=tta == "hflip", cuda_graph=cuda_graph)
         metrics["unreadable"] += len(data.unreadable)
         return dict(model=cfg.model, checkpoint=str(checkpoint), ema=use_ema, tta=tta, data=cfg.data,
+                    cuda_graph=cuda_graph and ctx.device.type == "cuda",
                     split=cfg.val_split,
                     img_size=cfg.img_size, crop_pct=cfg.crop_pct, batch_size=batch, device=str(ctx.device),
                     world_size=ctx.world_size, **metrics)
@@ -161,7 +165,8 @@ def main(args: argparse.Namespace) -> int:
 
     try:
         cfg = resolve_eval_config(args)
-        result = run_eval(cfg, args.checkpoint, use_ema=args.ema, progress=not args.no_progress, tta=args.tta)
+        result = run_eval(cfg, args.checkpoint, use_ema=args.ema, progress=not args.no_progress, tta=args.tta,
+                          cuda_graph=getattr(args, "cuda_graph", "off") == "on")
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -16,10 +16,11 @@ __all__ = ["evaluate"]
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
              ctx: Optional[DistributedContext] = None, progress: bool = False, desc: str = "eval",
-             channels_last: bool = False, hflip_tta: bool = False) -> Dict[str, float]:
+             channels_last: bool = False, hflip_tta: bool = False, cuda_graph: bool = False) -> Dict[str, float]:
     """Run ``model`` over ``loader`` (batches (images, targets, readable mask or None)); ``channels_last``:
     images in that memory format (for a model converted to it); ``hflip_tta``: logits averaged over each image
-    and its mirror image (test-time augmentation; twice the work).
+    and its mirror image (test-time augmentation; twice the work); ``cuda_graph``: on CUDA, forwards replayed
+    from CUDA graphs (:class:`vision_mamba.CUDAGraphInference`, a graph per batch shape) instead of eager calls.
 
     Returns top1 / top5 (percent), loss (cross-entropy, no smoothing), images (counted over all processes),
     img_per_s (images / wall time of the loop, all processes together) and unreadable (images left out).
@@ -29,6 +30,11 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
 
     was_training = model.training
     model.eval()
+    forward = model
+    if cuda_graph and device.type == "cuda":
+        from ..inference import CUDAGraphInference
+
+        forward = CUDAGraphInference(model, max_graphs=4)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # top1 hits, top5 hits, loss sum, count
     _sync(device)
     start = time.perf_counter()
@@ -36,9 +42,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):
-            logits = model(images).float()
+            logits = forward(images).float()
             if hflip_tta:
-                logits = (logits + model(images.flip(-1)).float()) / 2
+                logits = (logits + forward(images.flip(-1)).float()) / 2
         k = min(5, logits.shape[1])
         hits = logits.topk(k, dim=1).indices == targets[:, None]
         losses = F.cross_entropy(logits, targets, reduction="none")
