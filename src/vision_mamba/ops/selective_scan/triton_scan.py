@@ -82,16 +82,21 @@ def _env_values() -> tuple:
     return tuple(map(os.environ.get, _ENV_KEYS))
 
 
-def _config():
-    """Launch parameters (overridable by environment variables, for tuning sweeps): a fresh dict, parsed again
-    only when one of the variables changed."""
+def _settings() -> dict:
+    """The parsed launch parameters, shared: read them, never change them (:func:`_config` gives a copy)."""
     key = _env_values()
     cfg = _CONFIG_CACHE.get(key)
     if cfg is None:
         if len(_CONFIG_CACHE) > 64:
             _CONFIG_CACHE.clear()
         cfg = _CONFIG_CACHE[key] = _read_config()
-    return dict(cfg)
+    return cfg
+
+
+def _config():
+    """Launch parameters (overridable by environment variables, for tuning sweeps): a fresh dict, parsed again
+    only when one of the variables changed."""
+    return dict(_settings())
 
 
 def _read_config():
@@ -220,7 +225,7 @@ def _new(*shape, device, dtype) -> Tensor:
     """torch.empty for kernel outputs; filled with NaN when VISION_MAMBA_POISON=1, so that tests see any element a
     kernel failed to write."""
     out = torch.empty(*shape, device=device, dtype=dtype)
-    if _config()["poison"] and out.is_floating_point():
+    if _settings()["poison"] and out.is_floating_point():
         out.fill_(float("nan"))
     return out
 
