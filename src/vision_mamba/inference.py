@@ -137,8 +137,6 @@ class CUDAGraphInference:
                 self._graphs.popitem(last=False)
             try:
                 entry = self._capture(x)
-            except TypeError:
-                raise
             except RuntimeError as e:  # e.g. an op that cannot be captured: this shape runs eagerly from now on
                 warnings.warn(f"CUDAGraphInference: capture failed for input {tuple(x.shape)} ({e}); running "
                               "eagerly", RuntimeWarning, stacklevel=2)
