@@ -136,6 +136,12 @@ def micro(res: int, batch: int):
         pieces["  _bi_args"] = lambda: ts._bi_args(*bi)
         pieces["  _forward_plan"] = lambda: ts._forward_plan(cfg, B_, L_, E, 2, xs.device)
         pieces["  rows_in_fp32"] = lambda: ts.rows_in_fp32(cfg, xs.device, xs.dtype, B_, L_, E, N, training=False)
+        if hasattr(ts, "mixer_weights"):
+            pieces["  mixer_weights (one Triton launch)"] = lambda: ts.mixer_weights(
+                fwd.x_proj_weight, bwd.x_proj_weight, mixer.out_proj.weight, R, rank_cols, xz.dtype)
+        pieces["  xproj_weight_pair + _half_weight"] = lambda: (
+            ts.xproj_weight_pair(fwd.x_proj_weight, bwd.x_proj_weight, R, rank_cols, xz.dtype),
+            ts._half_weight(mixer.out_proj.weight, xz.dtype))
         if hasattr(ts, "_launch_gluon_onepass"):
             yv = xs.permute(1, 2, 0, 3)
             pieces["  Gluon one-pass launch alone"] = lambda: ts._launch_gluon_onepass(args, yv)

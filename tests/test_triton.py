@@ -282,6 +282,29 @@ def test_weight_helpers_match_plain_ops():
         assert torch.equal(_half_weight(w, dtype, copies=2), torch.cat([half, half], dim=1))
 
 
+def test_mixer_weights_kernel_matches_the_helpers():
+    # the one-launch form of an inference call's weights (x_proj's padded pair and out_proj's halved weight) against
+    # the helpers above; bit for bit on the GPU, and within one bf16 step under the interpreter (its fp32 -> bf16
+    # conversion rounds toward zero)
+    from vision_mamba.ops.selective_scan.triton_scan import _half_weight, mixer_weights, xproj_weight_pair
+
+    g = torch.Generator().manual_seed(5)
+    for R, N, E, D in ((12, 16, 40, 20), (3, 4, 10, 5), (24, 16, 136, 68)):
+        w_f, w_b = (torch.randn(R + 2 * N, E, generator=g).to(DEVICE) for _ in range(2))
+        out_w = torch.randn(D, E, generator=g).to(DEVICE)
+        for dtype in (torch.float32, torch.bfloat16):
+            for rank_cols in {R, -(-R // 8) * 8}:
+                tol = dict(rtol=2 ** -7, atol=0) if dtype == torch.bfloat16 and DEVICE.type == "cpu" \
+                    else dict(rtol=0, atol=0)
+                pair, half = mixer_weights(w_f, w_b, out_w, R, rank_cols, dtype)
+                assert pair.dtype == half.dtype == dtype
+                torch.testing.assert_close(pair, xproj_weight_pair(w_f, w_b, R, rank_cols, dtype), **tol)
+                torch.testing.assert_close(half, _half_weight(out_w, dtype), **tol)
+                assert (pair[:, R:rank_cols] == 0).all()
+                pair2, none = mixer_weights(w_f, w_b, None, R, rank_cols, dtype)
+                assert none is None and torch.equal(pair2, pair)
+
+
 def test_config_cached_but_follows_the_environment(monkeypatch):
     # _config() parses the variables once per set of raw values: a changed variable is seen at the next call,
     # every variable it reads is in the cache key, and callers get a dict of their own

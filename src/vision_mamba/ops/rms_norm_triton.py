@@ -14,6 +14,7 @@ import triton
 import triton.language as tl
 from torch import Tensor
 
+from .fast_launch import fast
 from .selective_scan.triton_scan import FP_FUSION, _cdiv, _next_pow2
 
 
@@ -87,7 +88,7 @@ class _AddRMSNorm(torch.autograd.Function):
         y = torch.empty(M, D, device=h.device, dtype=out_dtype)
         rstd = torch.empty(M, device=h.device, dtype=torch.float32)
         block_m, block_d, warps = _launch(D)
-        add_rms_norm_fwd_kernel[(_cdiv(M, block_m),)](
+        fast(add_rms_norm_fwd_kernel)[(_cdiv(M, block_m),)](
             h, r if r is not None else h, weight, y, rout, rstd, M, D, eps,
             HAS_RES=r is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps, **FP_FUSION)
         ctx.save_for_backward(rout, weight, rstd)
@@ -108,7 +109,7 @@ class _AddRMSNorm(torch.autograd.Function):
         n_prog = _cdiv(M, block_m)
         dx = torch.empty(M, D, device=rout.device, dtype=torch.float32)
         dw = torch.empty(n_prog, D, device=rout.device, dtype=torch.float32)
-        add_rms_norm_bwd_kernel[(n_prog,)](
+        fast(add_rms_norm_bwd_kernel)[(n_prog,)](
             rout, weight, rstd, dy, dres if dres is not None else dy, dx, dw, M, D,
             HAS_DRES=dres is not None, BLOCK_M=block_m, BLOCK_D=block_d, num_warps=warps, **FP_FUSION)
         dx = dx.view(shape)

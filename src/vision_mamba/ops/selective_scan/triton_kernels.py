@@ -878,3 +878,37 @@ def pair_sum_kernel(
     if HALF:  # round(a + b) / 2, exactly as a sum in out's dtype halved afterwards
         s = (s.to(tl.float32) * 0.5).to(out_ptr.dtype.element_ty)
     tl.store(out_ptr + rows * stride_o + cols[None, :], s, mask=mask)
+
+
+@triton.jit
+def mixer_weights_kernel(
+    xf_ptr, xb_ptr, ow_ptr, pair_ptr, half_ptr, E, D, stride_x, stride_o,
+    R: tl.constexpr, RANK_COLS: tl.constexpr, ROWS: tl.constexpr, HAS_OUT: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
+):
+    """The weights an inference call of the mixer uses, in one launch instead of four: both directions' x_proj
+    weights [ROWS, E] (ROWS = R + 2N) laid out as the scan reads x_proj's rows, pair[d] = dt_low's R rows | zero
+    rows up to RANK_COLS | B's and C's 2N rows, in pair's dtype ([2, W, E], W = RANK_COLS + 2N); and with HAS_OUT
+    out_proj's weight [D, E] halved, half = weight * 0.5 rounded once into half's dtype ([D, E]). Grid: (blocks of
+    BLOCK_R rows over the 2W + D output rows, E blocks)."""
+    W: tl.constexpr = RANK_COLS + ROWS - R
+    r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
+    c = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    cmask = (c < E)[None, :]
+    d = r // W
+    j = r - d * W
+    src = tl.where(j < R, j, j - (RANK_COLS - R))
+    in_pair = r < 2 * W
+    real = in_pair & ((j < R) | (j >= RANK_COLS))  # padding rows stay zero
+    off = src.to(tl.int64)[:, None] * stride_x + c[None, :]
+    vf = tl.load(xf_ptr + off, mask=(real & (d == 0))[:, None] & cmask, other=0.0)
+    vb = tl.load(xb_ptr + off, mask=(real & (d == 1))[:, None] & cmask, other=0.0)
+    v = tl.where((d == 0)[:, None], vf, vb)
+    tl.store(pair_ptr + r.to(tl.int64)[:, None] * E + c[None, :], v.to(pair_ptr.dtype.element_ty),
+             mask=in_pair[:, None] & cmask)
+    if HAS_OUT:
+        h = r - 2 * W
+        hmask = ((h >= 0) & (h < D))[:, None] & cmask
+        h = h.to(tl.int64)[:, None]
+        o = tl.load(ow_ptr + h * stride_o + c[None, :], mask=hmask, other=0.0).to(tl.float32)
+        tl.store(half_ptr + h * E + c[None, :], (o * 0.5).to(half_ptr.dtype.element_ty), mask=hmask)

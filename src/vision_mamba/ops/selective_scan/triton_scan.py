@@ -16,12 +16,14 @@ import torch.nn.functional as F
 import triton
 from torch import Tensor
 
+from ..fast_launch import fast
 from .triton_kernels import (
     adjoint_chunk_kernel,
     chunk_carry_kernel,
     conv_bwd_input_kernel,
     conv_bwd_kernel,
     conv_fwd_kernel,
+    mixer_weights_kernel,
     pair_sum_kernel,
     scan_bwd_kernel,
     scan_fwd_kernel,
@@ -230,12 +232,19 @@ def _new(*shape, device, dtype) -> Tensor:
     return out
 
 
+_SM_COUNT = {}
+
+
 def _min_programs(device: torch.device, configured: int) -> int:
     if configured >= 0:
         return configured
     if device.type != "cuda":
         return 0
-    return 8 * torch.cuda.get_device_properties(device).multi_processor_count
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    count = _SM_COUNT.get(index)
+    if count is None:  # (cached: get_device_properties costs the host ~10 us a call)
+        count = _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return 8 * count
 
 
 def _chunking(programs: int, length: int, min_programs: int, save_every: int = SAVE_EVERY) -> Tuple[int, int]:
@@ -366,8 +375,17 @@ def _dir_offset(pair) -> int:
     return diff // first.element_size()
 
 
+_DUMMIES = {}
+
+
 def _dummy(device):
-    return torch.empty(1, device=device, dtype=torch.float32)
+    """A one-element fp32 tensor passed for pointer arguments a launch does not use (its constexpr flags keep the
+    kernel from touching it); one per device, cached: no allocation per launch."""
+    key = str(device)
+    t = _DUMMIES.get(key)
+    if t is None:
+        t = _DUMMIES[key] = torch.empty(1, device=device, dtype=torch.float32)
+    return t
 
 
 def _or(t, device):
@@ -413,6 +431,9 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     y = out if out is not None else _new(B, L, ND, E, device=dev, dtype=y_dtype)
     n_save = _cdiv(L, save_every)
     kind = _gluon_forward_kind(cfg, args, dev, block_e, n_chunks, save_states)
+    if kind == "onepass" and n_chunks == 1 and not save_states:  # (inference: none of the plan below is needed)
+        _launch_gluon_onepass(args, y)
+        return y, None
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
     # [B, ND, n_save, N, E]; for the Gluon backward each channel's states contiguous (a transposed view)
@@ -431,7 +452,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     def _launch_triton(hinit, hend, dsum, write_y, write_end, save):
         ref = hinit if hinit is not None else hend
         h_strides = (ref.stride(0), ref.stride(1), ref.stride(2)) if ref is not None else (0, 0, 0)
-        scan_fwd_kernel[(B * n_eb, n_chunks, ND)](
+        fast(scan_fwd_kernel)[(B * n_eb, n_chunks, ND)](
             *t, y, hinit if hinit is not None else _zero_state(E, N, dev), _or(hend, dev), _or(dsum, dev), hs,
             L, E, args.R, steps, args.dir_base,
             *common["strides"], y.stride(0), y.stride(1), y.stride(2), *pstrides,
@@ -458,7 +479,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     dsum = _new(B, ND, n_chunks, E, device=dev, dtype=torch.float32)
     hinit = _new(B, ND, n_chunks, N, E, device=dev, dtype=torch.float32)
     launch(None, hend, dsum, False, True, False)
-    chunk_carry_kernel[(B * n_eb, ND)](
+    fast(chunk_carry_kernel)[(B * n_eb, ND)](
         hend, dsum, hinit, args.a[0], args.a[1], E, n_chunks, hend.stride(0), hend.stride(1), hend.stride(2), *pstrides[:2],
         N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=False, num_warps=cfg["num_warps"], **FP_FUSION)
     launch(hinit, None, None, True, False, save_states)
@@ -564,7 +585,7 @@ def _launch_gluon_forward(args: _ScanArgs, y: Tensor, hinit, hend, dsum, hsave, 
     ref = hinit if hinit is not None else hend
     h_strides = (ref.stride(0), ref.stride(1), ref.stride(2)) if ref is not None else (0, 0, 0)
     s_strides = (hsave.stride(0), hsave.stride(1), hsave.stride(2)) if save else (0, 0, 0)
-    gluon_kernels.scan_fwd_gluon_kernel[(B * (E // block_e), n_chunks, 2)](
+    fast(gluon_kernels.scan_fwd_gluon_kernel)[(B * (E // block_e), n_chunks, 2)](
         x, z, rows, args.dt[1], args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
         args.dskip[0], args.dskip[1], y, _or(hinit, dev), _or(hend, dev), _or(dsum, dev), hsave,
         L, E, steps, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), y.stride(0), y.stride(1),
@@ -582,7 +603,7 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor) -> None:
     B, L, E, N, R = args.B, args.L, args.E, args.N, args.R
     block_e = 64
     a_stride_e, a_stride_n, w_stride_e, w_stride_r = args.param_strides()
-    gluon_kernels.scan_fwd_onepass_gluon_kernel[(B * (E // block_e), 1, 2)](
+    fast(gluon_kernels.scan_fwd_onepass_gluon_kernel)[(B * (E // block_e), 1, 2)](
         x, z, rows, args.dir_off, args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
         args.dskip[0], args.dskip[1], y,
         L, E, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), y.stride(0), y.stride(1),
@@ -632,12 +653,12 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
         dsum = _new(B, ND, n_chunks, E, **f32)
         muinit = _new(B, ND, n_chunks, N, E, **f32)
         m_strides = (muend.stride(0), muend.stride(1), muend.stride(2))
-        adjoint_chunk_kernel[(B * n_eb, n_chunks, ND)](
+        fast(adjoint_chunk_kernel)[(B * n_eb, n_chunks, ND)](
             *t, gy, _zero_state(E, N, dev), muend, dsum, L, E, args.R, steps, args.dir_base,
             *common["strides"], gy.stride(0), gy.stride(1), gy.stride(2), *args.param_strides(), *m_strides,
             BLOCK_E=block_e, PARAMS_T=params_t, EVEN_E=E % block_e == 0, num_warps=cfg["num_warps"], **FP_FUSION,
             **common["flags"])
-        chunk_carry_kernel[(B * n_eb, ND)](
+        fast(chunk_carry_kernel)[(B * n_eb, ND)](
             muend, dsum, muinit, args.a[0], args.a[1], E, n_chunks, *m_strides, *args.param_strides()[:2],
             N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=True, num_warps=cfg["num_warps"], **FP_FUSION)
     else:
@@ -660,7 +681,7 @@ def _launch_triton_backward(args, cfg, t, common, gy, hsave, muinit, gx, gz, gra
     n_eb = _cdiv(E, block_e)
     scratch = torch.empty(B * 2 * n_eb * n_chunks * save_every * (N + 2) * block_e, device=dev,
                           dtype=torch.float32)  # states, delta, softplus'
-    scan_bwd_kernel[(B * n_eb, ND, n_chunks)](
+    fast(scan_bwd_kernel)[(B * n_eb, ND, n_chunks)](
         *t, gy, hsave, scratch, muinit if muinit is not None else _dummy(dev),
         gx, gz, graw, gbc,
         ga, gd, gbias,
@@ -691,7 +712,7 @@ def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, 
     scratch = _dummy(dev) if smem else torch.empty(B * 2 * n_eb * n_chunks * save_every * (N + 2) * block_e,
                                                    device=dev, dtype=torch.float32)
     m = muinit if muinit is not None else hsave
-    gluon_kernels.scan_bwd_gluon_kernel[(B * n_eb, 2, n_chunks)](
+    fast(gluon_kernels.scan_bwd_gluon_kernel)[(B * n_eb, 2, n_chunks)](
         x, z, rows, args.dt[1], args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
         args.dskip[0], args.dskip[1], gy, hsave, m, scratch, gx, gz, graw, gbc, ga, gd, gbias,
         L, E, steps, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1),
@@ -751,7 +772,7 @@ def pair_sum(a: Tensor, b: Tensor, out: Optional[Tensor] = None, half: bool = Fa
         return out
     block_e = min(256, _next_pow2(E))
     block_m = max(1, 2048 // block_e)
-    pair_sum_kernel[(_cdiv(M, block_m), _cdiv(E, block_e))](
+    fast(pair_sum_kernel)[(_cdiv(M, block_m), _cdiv(E, block_e))](
         a, b, out, M, E, _row_stride(a), _row_stride(b), _row_stride(out), HALF=half, BLOCK_M=block_m,
         BLOCK_E=block_e, num_warps=4)
     return out
@@ -902,6 +923,28 @@ def xproj_weight_pair(w_f: Tensor, w_b: Tensor, R: int, rank_cols: int, dtype: t
     return torch.cat([w_f, w_b, zero]).index_select(0, index).to(dtype).view(2, width, E)
 
 
+def mixer_weights(w_f: Tensor, w_b: Tensor, out_w: Optional[Tensor], R: int, rank_cols: int,
+                  dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor]]:
+    """An inference call's weights in one launch (``mixer_weights_kernel``): what :func:`xproj_weight_pair` makes
+    ([2, rank_cols + 2N, E] in ``dtype``) and, for out_proj's weight ``out_w`` [D, E] (or None), what
+    :func:`_half_weight` makes ([D, E] in ``dtype``), with the same rounding. Not differentiable."""
+    rows, E = w_f.shape
+    assert w_b.shape == w_f.shape and w_b.stride() == w_f.stride() and w_f.stride(1) == 1
+    width = rank_cols + rows - R
+    pair = torch.empty(2, width, E, device=w_f.device, dtype=dtype)
+    D = out_w.shape[0] if out_w is not None else 0
+    half = torch.empty(D, E, device=w_f.device, dtype=dtype) if out_w is not None else None
+    if out_w is not None:
+        assert out_w.shape[1] == E and out_w.stride(1) == 1
+    block_r, block_e = 16, 128
+    fast(mixer_weights_kernel)[(_cdiv(2 * width + D, block_r), _cdiv(E, block_e))](
+        w_f, w_b, out_w if out_w is not None else w_f, pair, half if half is not None else pair, E, D,
+        w_f.stride(0), out_w.stride(0) if out_w is not None else 0,
+        R=R, RANK_COLS=rank_cols, ROWS=rows, HAS_OUT=out_w is not None, BLOCK_R=block_r, BLOCK_E=block_e,
+        num_warps=4)
+    return pair, half
+
+
 def _bc_width(R: int, N: int) -> int:
     """Width of x_proj's rows in the "matmul" layout [B | C | dt_low | zeros]: a multiple of 8 elements, so that
     with B and C first every row of B and C starts 16-byte aligned (vector loads in the scan)."""
@@ -962,7 +1005,7 @@ def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], 
         raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
     out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
     block_l, block_e, tiles = cfg["conv_block_l"], 64, cfg["conv_tiles"]
-    conv_fwd_kernel[(_cdiv(L, block_l * tiles), _cdiv(E, block_e), B)](
+    fast(conv_fwd_kernel)[(_cdiv(L, block_l * tiles), _cdiv(E, block_e), B)](
         x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E,
         x.stride(0), x.stride(1), out.stride(0), out.stride(1), out.stride(2),
         K=K, BLOCK_L=block_l, BLOCK_E=block_e, TILES=tiles, HAS_BIAS=bias_f is not None,
@@ -970,13 +1013,13 @@ def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], 
     return out
 
 
-def _conv_and_rows(x: Tensor, forward, backward, R: int, rows_fp32: bool, cfg):
+def _conv_and_rows(x: Tensor, forward, backward, R: int, rows_fp32: bool, cfg, weights: Optional[Tensor] = None):
     """The mixer's conv output xs [2, B, L, E], x_proj's rows of both directions [2, B, L, W] for the scan (padded
-    as :func:`_rank_cols` says) and the padded x_proj weights [2, W, E] that made them (:func:`xproj_weight_pair`);
-    ``forward`` / ``backward``: (x_proj weight, conv weight, conv bias) per direction."""
-    rank_cols = _rank_cols(R, cfg["rows_pad"])
+    as :func:`_rank_cols` says) and the padded x_proj weights [2, W, E] that made them (:func:`xproj_weight_pair`,
+    unless given); ``forward`` / ``backward``: (x_proj weight, conv weight, conv bias) per direction."""
     xs = conv_forward(x, forward[1], backward[1], forward[2], backward[2], cfg)
-    weights = xproj_weight_pair(forward[0], backward[0], R, rank_cols, x.dtype)
+    if weights is None:
+        weights = xproj_weight_pair(forward[0], backward[0], R, _rank_cols(R, cfg["rows_pad"]), x.dtype)
     return xs, _x_proj_pair(xs, weights, rows_fp32), weights
 
 
@@ -1005,7 +1048,7 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
     gpre = _new(2, B, L, E, device=x.device, dtype=torch.float32 if x.dtype == torch.float32 else x.dtype)
     part = _new(B * n_chunks, 2, 5, E, device=x.device, dtype=torch.float32)
     # (rows of 8: ten [rows, channels] accumulators stay in registers)
-    conv_bwd_kernel[(n_chunks, n_eb, B)](
+    fast(conv_bwd_kernel)[(n_chunks, n_eb, B)](
         x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gpre, part, L, E, rows,
         x.stride(0), x.stride(1), gout.stride(0), gout.stride(1), gout.stride(2),
         gpre.stride(0), gpre.stride(1), gpre.stride(2),
@@ -1015,7 +1058,7 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
         assert gx_out.shape == (B, L, E) and gx_out.stride(-1) == 1 and gx_out.dtype == x.dtype
     gx = gx_out if gx_out is not None else _new(B, L, E, device=x.device, dtype=x.dtype)
     in_rows, in_tiles = cfg["conv_bwd_input_rows"], cfg["conv_bwd_input_tiles"]
-    conv_bwd_input_kernel[(_cdiv(L, in_rows * in_tiles), n_eb, B)](
+    fast(conv_bwd_input_kernel)[(_cdiv(L, in_rows * in_tiles), n_eb, B)](
         gpre, w_f, w_b, gx, L, E, gpre.stride(0), gpre.stride(1), gpre.stride(2), gx.stride(0), gx.stride(1),
         K=K, BLOCK_L=in_rows, BLOCK_E=block_e, TILES=in_tiles, num_warps=cfg["conv_bwd_input_warps"],
         **FP_FUSION)
@@ -1063,7 +1106,8 @@ class _TritonBiMixer(torch.autograd.Function):
         # its output in fp32 where the Gluon kernels read it: _x_proj_pair), its rows padded for aligned products
         fp32_rows = rows_in_fp32(cfg, x.device, x.dtype, *z.shape, alog_f.shape[1], training=True)
         R, N = w_f.shape[1], alog_f.shape[1]
-        xs, rows, xw_pair = _conv_and_rows(x, (xw_f, cw_f, cb_f), (xw_b, cw_b, cb_b), R, fp32_rows, cfg)
+        pair = mixer_weights(xw_f, xw_b, None, R, _rank_cols(R, cfg["rows_pad"]), x.dtype)[0]  # one launch
+        xs, rows, xw_pair = _conv_and_rows(x, (xw_f, cw_f, cb_f), (xw_b, cw_b, cb_b), R, fp32_rows, cfg, weights=pair)
         dbl_f, dbl_b = rows[0], rows[1]
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
         needs_grad = any(ctx.needs_input_grad[:15])
@@ -1148,9 +1192,10 @@ def _half_weight(weight: Tensor, dtype: torch.dtype, copies: int = 1) -> Tensor:
     return out.view(D, copies * E)
 
 
-def _out_proj_directions(ys: Tensor, weight: Tensor, bias: Optional[Tensor]) -> Tensor:
-    """out_proj((y_f + y_b) / 2) for y laid out [2, B, L, E]: two accumulating matmuls, in y's dtype."""
-    w = _half_weight(weight, ys.dtype).t()
+def _out_proj_directions(ys: Tensor, weight: Tensor, bias: Optional[Tensor], half: Optional[Tensor] = None) -> Tensor:
+    """out_proj((y_f + y_b) / 2) for y laid out [2, B, L, E]: two accumulating matmuls, in y's dtype (``half``: the
+    weight / 2 in y's dtype, if already made)."""
+    w = (half if half is not None else _half_weight(weight, ys.dtype)).t()
     out = torch.matmul(ys[0], w)
     out.view(-1, out.shape[-1]).addmm_(ys[1].reshape(-1, ys.shape[-1]), w)
     return out if bias is None else out.add_(bias.to(out.dtype))
@@ -1202,17 +1247,19 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
     if cfg["delta"] == "fold" and not torch.is_grad_enabled():
         # inference: nothing is kept for a backward pass, so the scan writes y over its input (the conv's output,
         # dead once x_proj has read it): one [2, B, L, E] buffer less at the peak
-        N = forward.A_log.shape[1]
+        N, R = forward.A_log.shape[1], forward.dt_proj_weight.shape[1]
         fp32_rows = rows_in_fp32(cfg, x.device, x.dtype, B, L, E, N, training=False)
+        # x_proj's padded weights and out_proj's halved one, made in one launch
+        pair, half = mixer_weights(forward.x_proj_weight, backward.x_proj_weight, out_proj_weight, R,
+                                   _rank_cols(R, cfg["rows_pad"]), x.dtype)
         xs, rows, _ = _conv_and_rows(
             x, (forward.x_proj_weight, forward.conv_weight, forward.conv_bias),
-            (backward.x_proj_weight, backward.conv_weight, backward.conv_bias),
-            forward.dt_proj_weight.shape[1], fp32_rows, cfg)
+            (backward.x_proj_weight, backward.conv_weight, backward.conv_bias), R, fp32_rows, cfg, weights=pair)
         ys = _bi_scan_inplace(xs, z, rows[0], rows[1], forward, backward, cfg)
         del rows  # dead now: not held through out_proj (at 1248 px / batch 16, 36 MiB of the peak)
         if out_proj_weight is None:
             return (ys[0] + ys[1]) / 2
-        return _out_proj_directions(ys, out_proj_weight, out_proj_bias)
+        return _out_proj_directions(ys, out_proj_weight, out_proj_bias, half)
     if cfg["delta"] == "fold" and cfg["recompute_conv"]:
         # training: one autograd node from the conv to the scan, which recomputes the conv's output in backward
         ys = _TritonBiMixer.apply(xz, forward.conv_weight, backward.conv_weight, forward.conv_bias,
