@@ -303,6 +303,11 @@ def test_mixer_weights_kernel_matches_the_helpers():
                 assert (pair[:, R:rank_cols] == 0).all()
                 pair2, none = mixer_weights(w_f, w_b, None, R, rank_cols, dtype)
                 assert none is None and torch.equal(pair2, pair)
+        # weights that are not contiguous (transposed copies) give the same
+        t_f, t_b, t_o = (w.t().contiguous().t() for w in (w_f, w_b, out_w))
+        pair3, half3 = mixer_weights(t_f, t_b, t_o, R, rank_cols, torch.float32)
+        want_pair, want_half = mixer_weights(w_f, w_b, out_w, R, rank_cols, torch.float32)
+        assert torch.equal(pair3, want_pair) and torch.equal(half3, want_half)
 
 
 def test_config_cached_but_follows_the_environment(monkeypatch):

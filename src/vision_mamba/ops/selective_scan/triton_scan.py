@@ -929,13 +929,15 @@ def mixer_weights(w_f: Tensor, w_b: Tensor, out_w: Optional[Tensor], R: int, ran
     ([2, rank_cols + 2N, E] in ``dtype``) and, for out_proj's weight ``out_w`` [D, E] (or None), what
     :func:`_half_weight` makes ([D, E] in ``dtype``), with the same rounding. Not differentiable."""
     rows, E = w_f.shape
-    assert w_b.shape == w_f.shape and w_b.stride() == w_f.stride() and w_f.stride(1) == 1
+    assert w_b.shape == w_f.shape and (out_w is None or out_w.shape[1] == E)
+    if w_f.stride() != w_b.stride() or w_f.stride(1) != 1:  # (the kernel reads both with one row stride)
+        w_f, w_b = w_f.contiguous(), w_b.contiguous()
+    if out_w is not None and out_w.stride(1) != 1:
+        out_w = out_w.contiguous()
     width = rank_cols + rows - R
     pair = torch.empty(2, width, E, device=w_f.device, dtype=dtype)
     D = out_w.shape[0] if out_w is not None else 0
     half = torch.empty(D, E, device=w_f.device, dtype=dtype) if out_w is not None else None
-    if out_w is not None:
-        assert out_w.shape[1] == E and out_w.stride(1) == 1
     block_r, block_e = 16, 128
     fast(mixer_weights_kernel)[(_cdiv(2 * width + D, block_r), _cdiv(E, block_e))](
         w_f, w_b, out_w if out_w is not None else w_f, pair, half if half is not None else pair, E, D,
