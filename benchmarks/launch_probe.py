@@ -25,6 +25,7 @@ from triton.runtime.jit import JITFunction, compute_cache_key
 
 import timm  # noqa
 import vision_mamba  # noqa
+from host_overhead import host_us  # (benchmarks/ is on the path when this file runs as a script)
 
 parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
 parser.add_argument("--out", default=".")
@@ -38,20 +39,6 @@ def rec_run(self, *args, grid, warmup, **kwargs):
     k = orig_run(self, *args, grid=grid, warmup=warmup, **kwargs)
     records.append((self, grid, args, dict(kwargs), k))
     return k
-
-
-def host_us(fn, iters=300):
-    for _ in range(10):
-        fn()
-    torch.cuda.synchronize()
-    best = 1e9
-    for _ in range(3):
-        t0 = time.perf_counter()
-        for _ in range(iters):
-            fn()
-        best = min(best, (time.perf_counter() - t0) / iters)
-        torch.cuda.synchronize()
-    return best * 1e6
 
 
 out = {}
