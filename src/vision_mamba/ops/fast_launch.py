@@ -16,7 +16,7 @@ device. Anything else (a tuple, a tensor descriptor, ...) makes that call go thr
 for the first time also goes through Triton's path, which compiles or finds the kernel, and launches it.
 
 Triton's path is always taken under the interpreter (``TRITON_INTERPRET=1``), when a launch hook is installed
-(profilers such as proton add them), for a Triton whose launcher signature was not checked (other than 3.4 - 3.x),
+(profilers such as proton add them), for a Triton whose launcher signature was not checked (before 3.6, or 4.x),
 and when ``VISION_MAMBA_TRITON_FAST_LAUNCH=0``. Otherwise the launcher is called without hooks or launch metadata,
 as Triton calls it when no hook is installed.
 """
@@ -83,14 +83,15 @@ def fast_launch_enabled() -> bool:
 
 def _triton_supported() -> bool:
     """The compiled kernel's launcher is called as ``run(grid0, grid1, grid2, stream, function, packed_metadata,
-    launch_metadata, enter_hook, exit_hook, *args)`` by Triton 3.4 - 3.x (checked in the sources of 3.6 and 3.8)."""
+    launch_metadata, enter_hook, exit_hook, *args)`` by Triton 3.6 and 3.8 (checked in their sources; later 3.x
+    releases are assumed to keep it)."""
     try:
         import triton
         from triton.runtime.jit import JITFunction  # noqa: F401
         major, minor = (int(v) for v in triton.__version__.split(".")[:2])
     except Exception:  # pragma: no cover - no Triton, or an unparsable version
         return False
-    return major == 3 and minor >= 4
+    return major == 3 and minor >= 6
 
 
 def _no_hook(hook) -> bool:
@@ -101,7 +102,7 @@ def _no_hook(hook) -> bool:
 class _Fast:
     """A kernel's launch cache (see the module docstring). ``self[grid](*args, **kwargs)`` launches it."""
 
-    __slots__ = ("fn", "names", "constexpr", "defaults", "params", "cache", "ok")
+    __slots__ = ("fn", "names", "constexpr", "defaults", "cache", "ok")
 
     def __init__(self, fn):
         self.fn = fn
@@ -114,7 +115,6 @@ class _Fast:
                 self.names = tuple(p.name for p in fn.params)
                 self.constexpr = tuple(bool(p.is_constexpr) for p in fn.params)
                 self.defaults = {p.name: p.default for p in fn.params if p.has_default}
-                self.params = frozenset(self.names)
                 self.ok = True
         except Exception:  # pragma: no cover - a Triton whose JITFunction looks otherwise
             self.ok = False
