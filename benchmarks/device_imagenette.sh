@@ -77,7 +77,7 @@ for m in $MODELS; do
   say "== $m: ${cmd[*]}"
   start=$(date +%s)
   # A hard stop shortly after the budget: SIGTERM makes the trainer save last.pth and exit cleanly.
-  timeout --signal=TERM --kill-after=15 $((limit_s + 30)) "${cmd[@]}" >> "$LOG" 2>&1
+  timeout --foreground --signal=TERM --kill-after=15 $((limit_s + 30)) "${cmd[@]}" >> "$LOG" 2>&1
   status=$?
   end=$(date +%s)
   mkdir -p "$RUNS/$m"

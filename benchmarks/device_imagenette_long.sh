@@ -8,8 +8,9 @@
 #   (again, within the machine's warm window, until the log says the run finished)
 #
 # MODEL: vim, deit (configs/imagenette/<model>_tiny.yaml) or vim_s8 (vim_tiny_stride8.yaml, from scratch);
-# teacher (resnet50d_teacher.yaml), then vim_kd / deit_kd (<model>_tiny_distill.yaml, distilled from the teacher
-# of the same RUNS folder: all three on one warm machine, since the teacher's weights stay there).
+# teacher (resnet50d_teacher.yaml), then vim_kd / deit_kd (<model>_tiny_distill.yaml: hard labels) or vim_kds /
+# deit_kds (<model>_tiny_distill_soft.yaml: the teacher's softmax), distilled from the teacher of the same RUNS
+# folder: all on one warm machine, since the teacher's weights stay there.
 # DATA defaults to .data/imagenette-160 (extracted from .data/imagenette-160.zip when only the zip is there).
 # Afterwards, here: python benchmarks/imagenette_results.py publish --from <fetched folder> [--from <other>]
 set -uo pipefail
@@ -36,10 +37,12 @@ case "$MODEL" in
   vim|deit) cfg="configs/imagenette/${MODEL}_tiny.yaml" ;;
   vim_s8) cfg="configs/imagenette/vim_tiny_stride8.yaml" ;;
   teacher) cfg="configs/imagenette/resnet50d_teacher.yaml" ;;
-  vim_kd|deit_kd) cfg="configs/imagenette/${MODEL%_kd}_tiny_distill.yaml"
+  vim_kd|deit_kd|vim_kds|deit_kds)
+    case "$MODEL" in *_kds) cfg="configs/imagenette/${MODEL%_kds}_tiny_distill_soft.yaml" ;;
+                     *) cfg="configs/imagenette/${MODEL%_kd}_tiny_distill.yaml" ;; esac
     extra=(--teacher-checkpoint "$RUNS/teacher/final.safetensors")
     [ -f "$RUNS/teacher/final.safetensors" ] || { echo "error: train MODEL=teacher first (no $RUNS/teacher/final.safetensors)"; exit 2; } ;;
-  *) echo "error: MODEL must be vim, vim_s8, deit, teacher, vim_kd or deit_kd, got '$MODEL'"; exit 2 ;;
+  *) echo "error: MODEL must be vim, vim_s8, deit, teacher, vim_kd, deit_kd, vim_kds or deit_kds, got '$MODEL'"; exit 2 ;;
 esac
 cmd=("$PY" -m vision_mamba.cli train --config "$cfg" --data "$DATA" --output "$RUN" --epochs "$EPOCHS"
      --resume auto --set export_dtype=float16 "${extra[@]}" $EXTRA)
@@ -48,7 +51,9 @@ part=$(( $(find "$RUN" -maxdepth 1 -name 'part*.log' | wc -l) + 1 ))
 echo "${cmd[*]}  # over several calls of at most ${CALL_SECONDS} s (benchmarks/device_imagenette_long.sh)" \
   > "$RUN/command.txt"
 start=$(date +%s)
-timeout --signal=INT --kill-after=30 "$CALL_SECONDS" "${cmd[@]}" > "$RUN/part$part.log" 2>&1
+# --foreground: the signal goes to the trainer alone, not also to its process group (a stop delivered twice; the
+# trainer now takes an echo within 2 s as the same stop, but one signal is simpler)
+timeout --foreground --signal=INT --kill-after=30 "$CALL_SECONDS" "${cmd[@]}" > "$RUN/part$part.log" 2>&1
 status=$?
 before=$(cat "$RUN/wall_seconds.txt" 2>/dev/null || echo 0)
 echo $(( before + $(date +%s) - start )) > "$RUN/wall_seconds.txt"

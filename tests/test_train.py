@@ -238,6 +238,40 @@ def test_stop_signals_reaching_the_data_workers_do_not_crash_the_run(tmp_path):
     assert result.interrupted and load_state(tmp_path / "workers" / "last.pth")["step"] == 2
 
 
+def test_a_stop_signal_delivered_twice_still_stops_cleanly(tmp_path, capsys):
+    """GNU timeout signals the command and then its process group; Ctrl-C under torchrun reaches a worker from the
+    terminal and again from torchrun. The echo must not turn the clean stop into a KeyboardInterrupt."""
+
+    def hook(trainer, epoch, step, loss):
+        if (epoch, step) == (0, 1):
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))  # the Python handler runs between the two deliveries
+            os.kill(os.getpid(), signal.SIGINT)
+
+    result = Trainer(tiny_config(tmp_path, "twice", synthetic_train=64), step_hook=hook).run()
+    assert result.interrupted and load_state(tmp_path / "twice" / "last.pth")["step"] == 2
+    assert "stopped by SIGINT" in capsys.readouterr().out
+
+
+def test_interrupt_guard_ignores_an_echo_but_not_a_later_second_signal():
+    import time
+
+    from vision_mamba.engine.interrupt import InterruptGuard
+
+    previous = signal.getsignal(signal.SIGINT)
+    with InterruptGuard(repeat_window=0.3) as guard:
+        os.kill(os.getpid(), signal.SIGINT)
+        sum(range(1000))
+        os.kill(os.getpid(), signal.SIGINT)  # an echo: ignored
+        sum(range(1000))
+        assert guard.requested and guard.signal_name == "SIGINT" and guard.repeats == 1
+        time.sleep(0.4)
+        with pytest.raises(KeyboardInterrupt):  # a second Ctrl-C later on: stop now
+            os.kill(os.getpid(), signal.SIGINT)
+            sum(range(1000))
+    assert signal.getsignal(signal.SIGINT) is previous
+
+
 def test_hflip_tta_averages_the_logits_of_each_image_and_its_mirror():
     import torch.nn.functional as F
     from torch import nn

@@ -65,7 +65,8 @@ def test_synthetic_config_is_the_quickstart_preset():
     assert resolve_config(REPO / "configs" / "synthetic" / "vim.yaml") == resolve_config(QUICKSTART)
 
 
-@pytest.mark.parametrize("vim_name,deit_name", [("vim_tiny", "deit_tiny"), ("vim_tiny_distill", "deit_tiny_distill")])
+@pytest.mark.parametrize("vim_name,deit_name", [("vim_tiny", "deit_tiny"), ("vim_tiny_distill", "deit_tiny_distill"),
+                                                 ("vim_tiny_distill_soft", "deit_tiny_distill_soft")])
 def test_imagenette_baselines_share_the_vim_recipe(vim_name, deit_name):
     vim = resolve_config(REPO / "configs" / "imagenette" / f"{vim_name}.yaml").to_dict()
     deit = resolve_config(REPO / "configs" / "imagenette" / f"{deit_name}.yaml").to_dict()
