@@ -91,3 +91,6 @@ def test_print_config_shows_the_resolved_values(capsys):
     assert cli.main(["train", "--print-config", "--lr", "0.5", "--set", "model_kwargs.depth=3"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed["lr"] == 0.5 and printed["model_kwargs"]["depth"] == 3 and printed["data"] == "synthetic"
+    assert printed["progress"] is True
+    assert cli.main(["train", "--print-config", "--no-progress"]) == 0  # as in eval and det-train
+    assert yaml.safe_load(capsys.readouterr().out)["progress"] is False

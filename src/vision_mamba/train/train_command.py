@@ -55,6 +55,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--time-limit-min", type=float, help="fit the number of epochs into this many minutes")
     group.add_argument("--seed", type=int)
     group.add_argument("--workers", type=int)
+    group.add_argument("--no-progress", action="store_true", help="no progress bars (progress=false)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved configuration and exit")
 
 
@@ -62,6 +63,8 @@ def _overrides(args: argparse.Namespace) -> List[Dict[str, Any]]:
     from .config import parse_overrides
 
     shortcuts = {key: getattr(args, flag) for flag, key in SHORTCUTS.items() if getattr(args, flag, None) is not None}
+    if getattr(args, "no_progress", False):
+        shortcuts["progress"] = False
     return [parse_overrides(args.overrides), shortcuts]
 
 
