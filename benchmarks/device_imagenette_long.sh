@@ -13,6 +13,8 @@
 # folder: all on one warm machine, since the teacher's weights stay there.
 # DATA defaults to .data/imagenette-160 (extracted from .data/imagenette-160.zip when only the zip is there).
 # Afterwards, here: python benchmarks/imagenette_results.py publish --from <fetched folder> [--from <other>]
+# (A device call brings back at most 8 files: when one call chains several MODELs, point OUT at a folder outside
+# the call's $OUT and tar it into $OUT at the end.)
 set -uo pipefail
 : "${OUT:?set OUT to the output folder}"
 cd "$(dirname "$0")/.." || exit 2
