@@ -1,5 +1,6 @@
-"""DDP on the CPU: two gloo processes under torchrun match one process on the same global batch, and a checkpoint
-written by one process resumes on two (and ends where the uninterrupted single-process run ends)."""
+"""DDP: two processes under torchrun (gloo on the CPU; NCCL where two GPUs are present) match one process on the same
+global batch, and a checkpoint written by one process resumes on two (and ends where the uninterrupted
+single-process run ends)."""
 from __future__ import annotations
 
 import json
@@ -71,13 +72,24 @@ def test_checkpoint_of_one_process_resumes_on_two(tmp_path):
     assert json.loads((tmp_path / "run" / "results.json").read_text())["epochs"] == 3
 
 
+# On GPUs: NCCL, the Triton kernels, fp32 for a close comparison, eager steps in both runs (a CUDA graph is not
+# used under DDP); atomics in the kernels' backward make the sums' order vary, hence the same tolerances.
+ON_CUDA = dict(device="cuda", precision="fp32", cuda_graph=False)
+
+
 @pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-def test_two_gloo_processes_match_one_process(tmp_path):
-    single_cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **DETERMINISTIC, "output": str(tmp_path / "one")})
+@pytest.mark.parametrize("backend", [
+    "gloo",
+    pytest.param("nccl", marks=[pytest.mark.gpu, pytest.mark.skipif(
+        torch.cuda.device_count() < 2, reason="needs two CUDA devices")]),
+])
+def test_two_processes_match_one_process(tmp_path, backend):
+    settings = {**DETERMINISTIC, **(ON_CUDA if backend == "nccl" else {})}
+    single_cfg = TrainConfig.from_dict({**TrainConfig().to_dict(), **settings, "output": str(tmp_path / "one")})
     single = Trainer(single_cfg).run()
 
     config = tmp_path / "ddp.yaml"
-    config.write_text(yaml.safe_dump({**DETERMINISTIC, "output": str(tmp_path / "two")}))
+    config.write_text(yaml.safe_dump({**settings, "output": str(tmp_path / "two")}))
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
@@ -86,6 +98,7 @@ def test_two_gloo_processes_match_one_process(tmp_path):
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "2 process(es)" in proc.stdout
+    assert f"2 process(es) on {'cuda' if backend == 'nccl' else 'cpu'}" in proc.stdout
 
     one, two = load_file(str(single.weights)), load_file(str(tmp_path / "two" / "final.safetensors"))
     assert one.keys() == two.keys()
