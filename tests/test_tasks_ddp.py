@@ -3,9 +3,6 @@ global batch, the run finishes, and it reports the global batch (tests/test_trai
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch.distributed as dist
@@ -14,19 +11,9 @@ import yaml
 from test_detection import make_coco
 from test_detection_train import _write_config as write_det_config
 from test_segmentation_fixtures import tiny_config, write_folder_dataset
+from test_train_ddp import torchrun
 
 pytestmark = pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
-
-
-def _torchrun(args, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "vision_mamba.cli", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc
 
 
 def test_seg_train_on_two_gloo_processes(tmp_path):
@@ -35,7 +22,7 @@ def test_seg_train_on_two_gloo_processes(tmp_path):
     config = tiny_config(data, run, iters=2, checkpoint_every=1)
     path = tmp_path / "seg.yaml"
     path.write_text(yaml.safe_dump(config.to_dict()))
-    proc = _torchrun(["seg-train", "--config", str(path)], tmp_path)
+    proc = torchrun(["seg-train", "--config", str(path)], tmp_path)
     assert "2 x 2" in proc.stdout  # per-process batch x processes
     summary = json.loads((run / "summary.json").read_text())
     assert summary["iters"] == 2 and summary["batch_size"] == 4
@@ -48,7 +35,7 @@ def test_det_train_on_two_gloo_processes(tmp_path):
     make_coco(data, num_images=4)
     config = write_det_config(tmp_path, data, iters=2, device="cpu")
     run = tmp_path / "run"
-    _torchrun(["det-train", "--config", str(config), "--output", str(run), "--no-progress"], tmp_path)
+    torchrun(["det-train", "--config", str(config), "--output", str(run), "--no-progress"], tmp_path)
     results = json.loads((run / "results.json").read_text())
     assert results["iters"] == 2 and results["batch_size"] == 4  # 2 per process x 2 processes
     assert 0.0 <= results["val"]["bbox_AP"] <= 1.0

@@ -27,13 +27,14 @@ DETERMINISTIC = dict(
 )
 
 
-def _torchrun(args, tmp_path):
+def torchrun(args, cwd=None):
+    """``vision-mamba ARGS`` in two processes under torchrun (one thread each); asserts it succeeded."""
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "vision_mamba.cli", "train", *args]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
+           "-m", "vision_mamba.cli", *args]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300, cwd=cwd)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -56,7 +57,7 @@ def test_checkpoint_of_one_process_resumes_on_two(tmp_path):
     stopped = Trainer(TrainConfig.from_dict({**base, "output": str(tmp_path / "run")}), step_hook=_StopAfter(0, 1)).run()
     assert stopped.interrupted and (tmp_path / "run" / "last.pth").is_file()
 
-    proc = _torchrun(["--resume", str(tmp_path / "run"), "--set", "progress=false"], tmp_path)
+    proc = torchrun(["train", "--resume", str(tmp_path / "run"), "--set", "progress=false"], tmp_path)
     assert "resuming on 2 process(es) (saved with 1)" in proc.stdout
     resumed = json.loads((tmp_path / "run" / "results.json").read_text())
     assert resumed["world_size"] == 2 and resumed["epochs"] == 2
@@ -90,13 +91,7 @@ def test_two_processes_match_one_process(tmp_path, backend):
 
     config = tmp_path / "ddp.yaml"
     config.write_text(yaml.safe_dump({**settings, "output": str(tmp_path / "two")}))
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(key, None)
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "vision_mamba.cli", "train", "--config", str(config)]
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    proc = torchrun(["train", "--config", str(config)])
     assert "2 process(es)" in proc.stdout
     assert f"2 process(es) on {'cuda' if backend == 'nccl' else 'cpu'}" in proc.stdout
 
