@@ -10,6 +10,7 @@ import argparse
 import logging
 import os
 import pickle
+import re
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -25,6 +26,17 @@ STRIP_PREFIXES = ("module.", "_orig_mod.")
 
 class CheckpointError(RuntimeError):
     """A checkpoint that cannot be read, or that does not fit the model; the message says what is wrong."""
+
+
+def _pickle_reason(error: Exception) -> str:
+    """The informative part of torch.load's weights-only unpickling error: it wraps the unpickler's one line (e.g.
+    "Unsupported operand 110") in paragraphs of advice."""
+    text = str(error)
+    found = re.search(r"Unpickler error:\s*(\S[^\n]*)", text)
+    if found:
+        return f"unpickling failed: {found.group(1).strip()}"
+    first = next((line.strip() for line in text.splitlines() if line.strip()), type(error).__name__)
+    return first[:200]
 
 
 def read_checkpoint(path: "str | os.PathLike") -> Any:
@@ -49,7 +61,7 @@ def read_checkpoint(path: "str | os.PathLike") -> Any:
     except pickle.UnpicklingError as e:
         lines = [line.strip() for line in str(e).splitlines() if "global" in line.lower()]
         if not lines:  # not a refused class: the file is not a pickle torch can read at all
-            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({str(e).strip()[-200:]})") from e
+            raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({_pickle_reason(e)})") from e
         first = lines[0]
         raise CheckpointError(
             f"{path}: refused. The file holds pickled objects other than tensors and argparse.Namespace, and "
