@@ -225,7 +225,21 @@ def main() -> int:
     print(f"Triton {triton.__version__}, sm_90, delta {cfg['delta']}, prefetch {cfg['prefetch']}, "
           f"channels per program {cfg['block_e'] or 64} / {cfg['bwd_block_e'] or 32}, PARAMS_T {args.params_t} "
           f"(-1 = default: forward {ts._params_t(-1, False)}, backward {ts._params_t(-1, True)})")
+    inference = []
+    if args.gluon:  # the inference forward's one-pass kernels, with and without staging, on the model's padded rows
+        rows48 = torch.randn(2, B * L, ts._rank_cols(R, True) + 2 * N)
+        inf_args = ts._bi_args(xs, z, rows48[0], rows48[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1], dd[0],
+                               dd[1], R, N)
+        for name, stage in (("forward, one pass (inference)", 0), ("forward, one pass, staged (inference)", 8)):
+            kernel = gk.scan_fwd_staged_gluon_kernel if stage else gk.scan_fwd_onepass_gluon_kernel
+            cap = _Capture()
+            setattr(gk, kernel.__name__, cap)
+            ts.scan_forward(inf_args, bf, save_states=False, config=dict(cfg, gluon=-1, gluon_staged=stage))
+            setattr(gk, kernel.__name__, kernel)
+            inference.append((name, kernel, cap.calls[0]))
     with tempfile.TemporaryDirectory() as tmp:
+        for name, kernel, call in inference:
+            print(report(name, kernel, call, Path(tmp), args.out, args.sass))
         print(report("forward", kernels["forward"], fwd.calls[0], Path(tmp), args.out, args.sass))
         print(report("backward", kernels["backward"], bwd.calls[0], Path(tmp), args.out, args.sass))
         print(report("conv forward", tk.conv_fwd_kernel, cf.calls[0], Path(tmp), args.out, args.sass))

@@ -1,12 +1,16 @@
-"""Profile the Triton scan kernels at Vim-Ti 224 px / batch 128 (bf16) under Nsight Compute, and print what the
-compiler made of them (registers, spills, shared memory, warps).
+"""Profile the scan kernels Vim-Ti runs at 224 px / batch 128 (bf16 activations, x_proj's rows in fp32 as the
+model makes them for the Gluon kernels) under Nsight Compute: the one-pass inference forward, the training forward
+(saving states) and the backward. Also prints what the compiler made of each kernel (registers, spills, shared
+memory, warps).
 
-    PYTHONPATH=src ncu --clock-control none --profile-from-start off --kernel-name regex:scan_ \\
-        --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats \\
-        python benchmarks/profile_scan.py
+    PYTHONPATH=src ncu --clock-control none --profile-from-start off --kernel-name regex:scan_ --set full \\
+        -o scan python benchmarks/profile_scan.py
+    ncu -i scan.ncu-rep --page details          # stall reasons, pipe utilisation, occupancy
+    ncu -i scan.ncu-rep --page source --csv --print-source sass   # stall samples per SASS instruction
 """
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
 
@@ -15,32 +19,45 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 from scan_kernels import E, N, R, make_inputs  # noqa: E402
 
+from vision_mamba.ops.selective_scan import gluon_kernels as gk  # noqa: E402
 from vision_mamba.ops.selective_scan import triton_kernels as tk  # noqa: E402
 from vision_mamba.ops.selective_scan import triton_scan as ts  # noqa: E402
 
 
 def compiled_info():
-    for fn in (tk.scan_fwd_kernel, tk.scan_bwd_kernel, tk.conv_fwd_kernel):
-        for cache in fn.device_caches.values():
-            for key, kernel in cache[0].items():
+    fns = [tk.scan_fwd_kernel, tk.scan_bwd_kernel, tk.conv_fwd_kernel]
+    if gk.AVAILABLE:
+        fns += [gk.scan_fwd_gluon_kernel, gk.scan_fwd_onepass_gluon_kernel, gk.scan_bwd_gluon_kernel]
+    for fn in fns:
+        for cache in getattr(fn, "device_caches", {}).values():
+            for kernel in cache[0].values():
                 kernel._init_handles()
                 print(f"{fn.__name__}: regs {kernel.n_regs} spills {kernel.n_spills} shared "
                       f"{kernel.metadata.shared} warps {kernel.metadata.num_warps}")
 
 
 def main():
-    batch, length = 128, 197
-    xs, z, dbl, w, bias, alog, dd = make_inputs(batch, length, torch.bfloat16, torch.device("cuda"))
-    args = ts._bi_args(xs, z, dbl[0], dbl[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1], dd[0], dd[1], R, N)
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--length", type=int, default=197)
+    parser.add_argument("--rows-bf16", action="store_true", help="x_proj's rows in bf16 (the Triton kernels' form)")
+    args = parser.parse_args()
+    batch, length = args.batch, args.length
+    rows = torch.bfloat16 if args.rows_bf16 else torch.float32
+    xs, z, dbl, w, bias, alog, dd = make_inputs(batch, length, torch.bfloat16, torch.device("cuda"), rows_dtype=rows)
+    scan_args = ts._bi_args(xs, z, dbl[0], dbl[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1], dd[0], dd[1],
+                            R, N)
     gy = torch.randn(batch, length, 2, E, device="cuda", dtype=torch.bfloat16)
     for _ in range(2):  # compile and warm up
-        _, hsave = ts.scan_forward(args, torch.bfloat16, save_states=True)
-        ts.scan_backward(args, hsave, gy)
+        ts.scan_forward(scan_args, torch.bfloat16, save_states=False)
+        _, hsave = ts.scan_forward(scan_args, torch.bfloat16, save_states=True)
+        ts.scan_backward(scan_args, hsave, gy)
     torch.cuda.synchronize()
     compiled_info()
     torch.cuda.cudart().cudaProfilerStart()
-    ts.scan_forward(args, torch.bfloat16, save_states=False)
-    ts.scan_backward(args, hsave, gy)
+    ts.scan_forward(scan_args, torch.bfloat16, save_states=False)  # inference: the one-pass kernel
+    ts.scan_forward(scan_args, torch.bfloat16, save_states=True)  # training: the general kernel, saving states
+    ts.scan_backward(scan_args, hsave, gy)
     torch.cuda.synchronize()
     torch.cuda.cudart().cudaProfilerStop()
 

@@ -56,7 +56,8 @@ def make_inputs(batch, length, dtype, device, rows_dtype=None):
     rnd = lambda *s, scale=1.0: torch.randn(*s, generator=g, device=device) * scale  # noqa: E731
     xs = rnd(2, batch, length, E).to(dtype)
     z = rnd(batch, length, E).to(dtype)
-    dbl = [rnd(batch * length, R + 2 * N).to(rows_dtype or dtype) for _ in range(2)]
+    # (x_proj's rows as the model makes them: dt_low | zeros | B | C, 16 + 16 + 16 wide for Vim-Ti; _rank_cols)
+    dbl = [rnd(batch * length, ts._rank_cols(R, True) + 2 * N).to(rows_dtype or dtype) for _ in range(2)]
     w = [rnd(E, R, scale=R ** -0.5) for _ in range(2)]
     bias = [rnd(E, scale=0.5) - 4.0 for _ in range(2)]
     alog = [torch.log(torch.arange(1, N + 1, device=device, dtype=torch.float32)).repeat(E, 1) for _ in range(2)]

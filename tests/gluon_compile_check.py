@@ -1,7 +1,8 @@
 """Compiles the Gluon scan kernels (ops/selective_scan/gluon_kernels.py) for sm_90 without a GPU, as the launch code
 calls them: the launches of ``triton_scan.scan_forward`` / ``scan_backward`` are captured on CPU tensors at Vim-Ti's
 widths (one pass and chunk-parallel, inference and training, shared-memory and global scratch, both layouts of the
-saved states), then compiled with the specialisation Triton's launcher applies (benchmarks/kernel_layouts.py).
+saved states, and the staged one-pass forward), then compiled with the specialisation Triton's launcher applies
+(benchmarks/kernel_layouts.py).
 Checks that each compiles, that the forward has no layout conversions (no shuffles, no barriers) and that the
 backward's only shuffles and barriers are the ones of its sums over channels. Run by
 tests/test_triton.py::test_gluon_kernels_compile_for_sm90 in a process without TRITON_INTERPRET."""
@@ -85,6 +86,23 @@ def main() -> int:
                 assert ptx.count("shfl.sync") <= 2 and ptx.count("bar.sync") <= 4, \
                     (ptx.count("shfl.sync"), ptx.count("bar.sync"))
                 checked += 1
+        # the one-pass inference forward staged through shared memory, on the model's padded fp32 rows
+        staged_kernel = gk.scan_fwd_staged_gluon_kernel
+        for B, L, stage in ((2, 197, 8), (1, 5, 4)):
+            E, N, R = 384, 16, 12
+            xs, z = torch.randn(2, B, L, E, dtype=torch.bfloat16), torch.randn(B, L, 2 * E, dtype=torch.bfloat16)
+            rows = torch.randn(2, B * L, 48)
+            w, v, a = torch.randn(E, R), torch.randn(E), torch.randn(E, N)
+            args = ts._bi_args(xs, z[..., E:], rows[0], rows[1], w, w, v, v, a, a, v, v, R, N)
+            cap = _Capture()
+            gk.scan_fwd_staged_gluon_kernel = cap
+            ts.scan_forward(args, torch.bfloat16, save_states=False,
+                            config=dict(ts._config(), min_programs=0, gluon_staged=stage))
+            gk.scan_fwd_staged_gluon_kernel = staged_kernel
+            assert len(cap.calls) == 1, len(cap.calls)
+            ptx = compile_call(staged_kernel, cap.calls[0])
+            assert "cp.async" in ptx and "ex2.approx" in ptx and "shfl.sync" not in ptx
+            checked += 1
     print(f"Triton {triton.__version__}: {checked} Gluon launches compiled for sm_90, no layout conversions")
     return 0
 

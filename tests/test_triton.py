@@ -513,6 +513,41 @@ def test_gluon_kernels_compile_for_sm90():
     assert "Gluon launches compiled for sm_90" in run.stdout
 
 
+def test_staged_forward_fit_rule():
+    # where the staged one-pass kernel's 16-byte asynchronous copies apply (else the unstaged kernel runs)
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if gluon_kernels.async_copy is None:
+        pytest.skip("this Triton has no Gluon asynchronous copies")
+
+    E, N, R, B, L = 384, 16, 12, 2, 9
+    bf = torch.bfloat16
+
+    def args(rows_width=48, rows_dtype=torch.float32, z_offset=E, x=None):
+        xs = x if x is not None else torch.zeros(2, B, L, E, dtype=bf)
+        z = torch.zeros(B, L, 2 * E + 16, dtype=bf)[..., z_offset:z_offset + E]
+        rows = torch.zeros(2, B * L, rows_width, dtype=rows_dtype)
+        w, v, a = torch.zeros(E, R), torch.zeros(E), torch.zeros(E, N)
+        made = ts._bi_args(xs, z, rows[0], rows[1], w, w, v, v, a, a, v, v, R, N)
+        return made, made.dt[0]
+
+    made, rows = args()
+    assert ts._staged_fits(made, 8, rows) == (64, 8, 4)  # the model's padded fp32 rows
+    assert ts._staged_fits(made, 4, rows) == (64, 8, 4)
+    assert ts._staged_fits(made, 6, rows) is None and ts._staged_fits(made, 0, rows) is None
+    made, rows = args(rows_width=44, rows_dtype=bf)  # 88-byte rows: not whole 16-byte vectors
+    assert ts._staged_fits(made, 8, rows) is None
+    made, rows = args(rows_width=48, rows_dtype=bf)
+    assert ts._staged_fits(made, 8, rows) == (64, 8, 8)
+    made, rows = args(rows_width=56)  # B at column 24: not a whole 16-column tile of the staged row
+    assert ts._staged_fits(made, 8, rows) is None
+    made, rows = args(z_offset=E + 4)  # z 8 bytes off a 16-byte boundary
+    assert ts._staged_fits(made, 8, rows) is None
+    made, rows = args(x=torch.zeros(2, B, L, E + 8, dtype=bf)[..., :E])  # a row stride Triton cannot prove
+    assert ts._staged_fits(made, 8, rows) is None
+
+
 def test_gluon_dispatch_rule(monkeypatch):
     # where the Gluon kernels run by default (Vim's mixer on CUDA, with Gluon there; the device check is faked
     # here): the forward wherever its channel block divides E; the backward where a block's recomputed states stay
@@ -570,13 +605,15 @@ def test_gluon_dispatch_rule(monkeypatch):
 BI_NAMES = ("xs", "z", "dbl_f", "dbl_b", "w_f", "w_b", "bias_f", "bias_b", "alog_f", "alog_b", "d_f", "d_b")
 
 
-def bi_scan_inputs(batch, length, dtype, rows_dtype, seed, E=384, N=16, R=12):
+def bi_scan_inputs(batch, length, dtype, rows_dtype, seed, E=384, N=16, R=12, width=None):
     """The fused scan's inputs at Vim-Ti's widths: xs [2, B, L, E] and z (a strided view) in ``dtype``, x_proj's
     rows per direction [B * L, R + 2N] in ``rows_dtype``, the parameters in fp32; all requiring grad."""
     g = torch.Generator().manual_seed(seed)
     xs = torch.randn(2, batch, length, E, generator=g).to(DEVICE, dtype)
     z = torch.randn(batch, length, 2 * E, generator=g).to(DEVICE, dtype)[..., E:]
-    dbl = [(torch.randn(batch * length, R + 2 * N, generator=g) * 0.5).to(DEVICE, rows_dtype) for _ in range(2)]
+    width = width or R + 2 * N  # (the model's rows: 16 + 16 + 16, dt_low | zeros | B | C)
+    dbl = [(torch.randn(batch * length, width, generator=g) * 0.5) for _ in range(2)]
+    dbl = [torch.cat([t[:, :R], t[:, R:width - 2 * N] * 0, t[:, width - 2 * N:]], 1).to(DEVICE, rows_dtype) for t in dbl]
     w = [(torch.randn(E, R, generator=g) * 0.3).to(DEVICE) for _ in range(2)]
     bias = [(torch.randn(E, generator=g) * 0.5 - 1.0).to(DEVICE) for _ in range(2)]
     alog = [(torch.rand(E, N, generator=g) * 3 - 1).to(DEVICE) for _ in range(2)]
@@ -592,8 +629,8 @@ def bi_scan_reference(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alo
     pairs = ((dbl_f, w_f, bias_f, alog_f, d_f), (dbl_b, w_b, bias_b, alog_b, d_b))
     for d, (dbl, w, bias, alog, dd) in enumerate(pairs):
         rows = dbl.float().view(B, L, -1)
-        ys.append(selective_scan_ref(xs[d].float(), rows[..., :R] @ w.t(), -torch.exp(alog), rows[..., R:R + N],
-                                     rows[..., R + N:], dd, z.float(), bias, delta_softplus=True, reverse=d == 1))
+        ys.append(selective_scan_ref(xs[d].float(), rows[..., :R] @ w.t(), -torch.exp(alog), rows[..., -2 * N:-N],
+                                     rows[..., -N:], dd, z.float(), bias, delta_softplus=True, reverse=d == 1))
     return torch.stack(ys, dim=2)
 
 
@@ -679,6 +716,36 @@ def test_gluon_onepass_forward_matches(length, batch, rows_dtype, monkeypatch):
     assert rel_err(outs[0], outs[1]) < 1e-3 and rel_err(outs[0], outs[2]) < 1e-2
     if length == 197:  # the mixer's inference path (fp32 rows from x_proj on CUDA) against the reference
         check_mixer(2, 197, 192, torch.bfloat16, min_programs="0", monkeypatch=monkeypatch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("stage", [4, 8])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("length,batch", [(1, 1), (7, 2), (8, 1), (9, 3), (63, 3), (197, 2), (730, 4)])
+def test_gluon_staged_forward_matches(length, batch, dtype, stage, monkeypatch):
+    # the one-pass inference forward with its inputs staged through shared memory (scan_fwd_staged_gluon_kernel):
+    # lengths shorter than a chunk, whole chunks and a partial last one, against the fp32 reference and the
+    # one-pass kernel without staging
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if not gluon_kernels.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    staged = []
+    original = ts._staged_fits
+    monkeypatch.setattr(ts, "_staged_fits", lambda *a: (staged.append(original(*a)), staged[-1])[1])
+    cfg = dict(ts._config(), min_programs=0)
+    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + stage, width=48)
+    with torch.no_grad():
+        ref = bi_scan_reference(*inputs)
+        y_staged = ts._TritonBiScan.apply(*inputs, False, dict(cfg, gluon_staged=stage))
+        assert len(staged) == 1 and staged[0] is not None  # (the staged kernel ran)
+        y_plain = ts._TritonBiScan.apply(*inputs, False, dict(cfg, gluon_staged=0))
+    assert len(staged) == 1
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert y_staged.dtype == dtype and torch.isfinite(y_staged).all()
+    assert rel_err(y_staged, ref) < tol
+    assert rel_err(y_staged, y_plain) < 1e-5  # the same arithmetic, in the same order
 
 
 @pytest.mark.gpu

@@ -27,9 +27,13 @@ try:  # Gluon is experimental: absent from older Triton releases, and it cannot 
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
 
+    try:  # (only the staged forward needs it)
+        from triton.experimental.gluon.language.nvidia.ampere import async_copy
+    except ImportError:  # pragma: no cover - depends on the installed Triton
+        async_copy = None
     AVAILABLE = os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 except ImportError:  # pragma: no cover - depends on the installed Triton
-    gluon = gl = None
+    gluon = gl = async_copy = None
     AVAILABLE = False
 
 LN2 = 0.6931471805599453
@@ -297,6 +301,119 @@ if gluon is not None:
             ba = bn
             ca = cn
 
+    @gluon.jit
+    def _stage_steps(x_buf, z_buf, r_buf, x_base, z_base, row_base, b, L, s0, rev, stride_x_l, stride_z_l,
+                     stride_row: gl.constexpr, ROW_END: gl.constexpr, x_ld: gl.constexpr, r_ld: gl.constexpr):
+        """Asynchronous copies (cp.async) of steps s0 .. s0 + STAGE - 1 of x, z and x_proj's rows into the
+        shared-memory buffers x_buf, z_buf [STAGE, BLOCK_E] and r_buf [STAGE, RW] (steps from L on: zeros).
+        x_base / z_base point at the program's first channel, row_base at the direction's rows."""
+        STAGE: gl.constexpr = x_buf.shape[0]
+        BLOCK_E: gl.constexpr = x_buf.shape[1]
+        RW: gl.constexpr = r_buf.shape[1]
+        s = s0 + gl.arange(0, STAGE, layout=gl.SliceLayout(1, x_ld))
+        t = gl.where(rev, L - 1 - s, s)
+        ok = gl.expand_dims(s < L, 1)
+        cols = gl.expand_dims(gl.arange(0, BLOCK_E, layout=gl.SliceLayout(0, x_ld)), 0)
+        async_copy.async_copy_global_to_shared(x_buf, x_base + gl.expand_dims(t * stride_x_l, 1) + cols, mask=ok)
+        async_copy.async_copy_global_to_shared(z_buf, z_base + gl.expand_dims(t * stride_z_l, 1) + cols, mask=ok)
+        sr = s0 + gl.arange(0, STAGE, layout=gl.SliceLayout(1, r_ld))
+        tr = gl.where(rev, L - 1 - sr, sr)
+        rcols = gl.arange(0, RW, layout=gl.SliceLayout(0, r_ld))
+        rmask = gl.expand_dims(sr < L, 1) & gl.expand_dims(rcols < ROW_END, 0)
+        async_copy.async_copy_global_to_shared(
+            r_buf, row_base + gl.expand_dims((b * L + tr) * stride_row, 1) + gl.expand_dims(rcols, 0), mask=rmask)
+
+    @gluon.jit(do_not_specialize=["L", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
+    def scan_fwd_staged_gluon_kernel(
+        x_ptr, z_ptr, rows_ptr, dir_off, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b, y_ptr,
+        L, E, stride_x_d, stride_x_b, stride_x_l, stride_z_b, stride_z_l,
+        stride_y_b, stride_y_l, stride_y_d, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+        stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
+        B_COL: gl.constexpr, C_COL: gl.constexpr, STAGE: gl.constexpr, RW: gl.constexpr, VX: gl.constexpr,
+        VR: gl.constexpr,
+    ):
+        """The one-pass inference forward of ``scan_fwd_onepass_gluon_kernel`` with its inputs staged through
+        shared memory: x, z and x_proj's rows for STAGE steps at a time arrive by asynchronous copies (cp.async)
+        issued a whole chunk of STAGE steps before they are used, into one of two buffers, and each step reads
+        them back from shared memory. Nsight Compute on that kernel (docs/kernels.md, "Session 16") showed 40%
+        of its stall samples waiting on global loads at the two register moves of its one-step prefetch: ptxas
+        issues the prefetch late in the loop, so a step's loads are not hidden. Here nothing of a step's inputs
+        is held in registers across steps. Same arguments as that kernel, plus STAGE (steps a chunk), RW (the
+        staged row width: a power of two >= C_COL + N), VX / VR (elements of x / of a row in 16 bytes)."""
+        NW: gl.constexpr = gl.num_warps()
+        CPT: gl.constexpr = BLOCK_E // (32 * NW)
+        tile: gl.constexpr = gl.BlockedLayout([CPT, N], [32, 1], [NW, 1], [1, 0])
+        wtile: gl.constexpr = gl.BlockedLayout([CPT, BLOCK_R], [32, 1], [NW, 1], [1, 0])
+        ch: gl.constexpr = gl.SliceLayout(1, tile)
+        st: gl.constexpr = gl.SliceLayout(0, tile)
+        wr: gl.constexpr = gl.SliceLayout(0, wtile)
+        TX: gl.constexpr = BLOCK_E // VX  # threads along the channels of a staged x row (16 bytes each)
+        x_ld: gl.constexpr = gl.BlockedLayout([1, VX], [32 // TX, TX], [NW, 1], [1, 0])
+        TR: gl.constexpr = RW // VR
+        r_ld: gl.constexpr = gl.BlockedLayout([1, VR], [32 // TR, TR], [NW, 1], [1, 0])
+        buf_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        row_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+        pid_be = gl.program_id(0)
+        d = gl.program_id(2)
+        n_eb = E // BLOCK_E
+        b = pid_be // n_eb
+        eb = pid_be % n_eb
+        rev = d == 1
+        offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
+        offs_n = gl.arange(0, N, layout=st)
+        offs_we = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=gl.SliceLayout(1, wtile))
+        offs_r = gl.arange(0, BLOCK_R, layout=wr)
+        rmask = offs_r < R
+        a_log = gl.load(_pick(d, a_f, a_b) + gl.expand_dims(offs_e, 1) * stride_a_e
+                        + gl.expand_dims(offs_n, 0) * stride_a_n).to(gl.float32)
+        a2 = -gl.exp(a_log) * 1.4426950408889634  # A log2(e): exp(delta A) = exp2(delta a2)
+        # (a staged row's first BLOCK_R columns are read as dt_low: those from R on, the rows' padding or B's first
+        # columns, meet W_dt's zero columns)
+        w = gl.load(_pick(d, w_f, w_b) + gl.expand_dims(offs_we, 1) * stride_w_e
+                    + gl.expand_dims(offs_r, 0) * stride_w_r, mask=gl.expand_dims(rmask, 0), other=0.0).to(gl.float32)
+        bias = gl.load(_pick(d, bias_f, bias_b) + offs_e).to(gl.float32)
+        dskip = gl.load(_pick(d, dd_f, dd_b) + offs_e).to(gl.float32)
+        x_base = x_ptr + d * stride_x_d + b * stride_x_b + eb * BLOCK_E
+        z_base = z_ptr + b * stride_z_b + eb * BLOCK_E
+        y_base = y_ptr + b * stride_y_b + d * stride_y_d + offs_e
+        row_base = rows_ptr + d * dir_off
+        # two buffers of STAGE steps each ([2, STAGE, width]), used in turn: chunk c of the sequence in buffer c % 2.
+        # The copies write [STAGE, width] views (buffer c); each step reads its row through a [2 STAGE, width] view
+        # of the same bytes (a layout of one rank less: row i at i * width)
+        x_buf = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, STAGE, BLOCK_E], buf_l)
+        z_buf = gl.allocate_shared_memory(z_ptr.dtype.element_ty, [2, STAGE, BLOCK_E], buf_l)
+        r_buf = gl.allocate_shared_memory(rows_ptr.dtype.element_ty, [2, STAGE, RW], buf_l)
+        x_rows = x_buf._reinterpret(x_ptr.dtype.element_ty, [2 * STAGE, BLOCK_E], row_l)
+        z_rows = z_buf._reinterpret(z_ptr.dtype.element_ty, [2 * STAGE, BLOCK_E], row_l)
+        r_rows = r_buf._reinterpret(rows_ptr.dtype.element_ty, [2 * STAGE, RW], row_l)
+        h = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
+        _stage_steps(x_buf.index(0), z_buf.index(0), r_buf.index(0), x_base, z_base, row_base, b, L, 0, rev,
+                     stride_x_l, stride_z_l, stride_row, C_COL + N, x_ld, r_ld)
+        async_copy.commit_group()
+        for s in range(0, L):
+            if s % STAGE == 0:  # this chunk's copies are done; the next chunk's start (into the other buffer)
+                async_copy.wait_group(0)
+                _barrier()  # (and every thread is done reading that buffer's previous chunk)
+                nxt = (s // STAGE + 1) % 2
+                _stage_steps(x_buf.index(nxt), z_buf.index(nxt), r_buf.index(nxt), x_base, z_base, row_base, b,
+                             L, s + STAGE, rev, stride_x_l, stride_z_l, stride_row, C_COL + N, x_ld, r_ld)
+                async_copy.commit_group()
+            i = s % (2 * STAGE)
+            row = r_rows.index(i)
+            da = row.slice(0, BLOCK_R).load(wr).to(gl.float32)
+            ba = row.slice(B_COL, N).load(st).to(gl.float32)
+            ca = row.slice(C_COL, N).load(st).to(gl.float32)
+            xv = x_rows.index(i).load(ch).to(gl.float32)
+            zv = z_rows.index(i).load(ch).to(gl.float32)
+            raw = gl.convert_layout(gl.sum(w * gl.expand_dims(da, 0), axis=1), ch) + bias
+            delta = _softplus(raw)
+            h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h + gl.expand_dims(delta * xv, 1) * gl.expand_dims(ba, 0)
+            yv = gl.sum(h * gl.expand_dims(ca, 0), axis=1) + dskip * xv
+            yv = yv * zv * _sigmoid(zv)
+            t = gl.where(rev, L - 1 - s, s)
+            gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty))
+        async_copy.wait_group(0)  # (the copies of the chunk after the last, all masked)
+
     @gluon.jit(do_not_specialize=["L", "steps_per_chunk", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
     def scan_bwd_gluon_kernel(
         x_ptr, z_ptr, rows_f, rows_b, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
@@ -520,4 +637,5 @@ if gluon is not None:
         gl.atomic_add(gd_ptr + d * E + offs_e, g_d, sem="relaxed")
         gl.atomic_add(gbias_ptr + d * E + offs_e, g_bias, sem="relaxed")
 else:  # pragma: no cover
-    scan_fwd_gluon_kernel = scan_fwd_onepass_gluon_kernel = scan_bwd_gluon_kernel = None
+    scan_fwd_gluon_kernel = scan_fwd_onepass_gluon_kernel = scan_fwd_staged_gluon_kernel = None
+    scan_bwd_gluon_kernel = None

@@ -68,7 +68,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "CONV_TILES", "CONV_WARPS", "CONV_BWD_ROWS", "CONV_BWD_WARPS", "CONV_BWD_INPUT_ROWS",
         "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG", "BWD_MAXNREG", "PARAMS_T",
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
-        "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD"))
+        "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -160,6 +160,9 @@ def _read_config():
         gluon_smem_steps=_env_int("VISION_MAMBA_TRITON_GLUON_SMEM_STEPS", 8),
         # one-pass inference launches get the session-7 Gluon kernel (measured faster; 0: the general one)
         gluon_onepass=_env_int("VISION_MAMBA_TRITON_GLUON_ONEPASS", 1),
+        # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
+        # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off
+        gluon_staged=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED", 0),
         # the Gluon backward's walk prefetches B and C a step ahead (0: loads them in their own step)
         gluon_walk_prefetch=_env_int("VISION_MAMBA_TRITON_GLUON_WALK_PREFETCH", 1),
         # Vim's mixer: x_proj's rows laid out dt_low | zeros | B | C, dt_low's columns padded to a multiple of 8
@@ -432,7 +435,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     n_save = _cdiv(L, save_every)
     kind = _gluon_forward_kind(cfg, args, dev, block_e, n_chunks, save_states)
     if kind == "onepass" and n_chunks == 1 and not save_states:  # (inference: none of the plan below is needed)
-        _launch_gluon_onepass(args, y)
+        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0))
         return y, None
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
@@ -465,7 +468,7 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
 
     def launch(hinit, hend, dsum, write_y, write_end, save):
         if kind == "onepass":
-            return _launch_gluon_onepass(args, y)
+            return _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0))
         if use_gluon:
             return _launch_gluon_forward(args, y, hinit, hend, dsum, hs, n_chunks, steps, block_e, save_every,
                                          write_y, write_end, save, ahead, cfg["num_warps"], states_en)
@@ -596,20 +599,51 @@ def _launch_gluon_forward(args: _ScanArgs, y: Tensor, hinit, hend, dsum, hsave, 
         num_warps=num_warps, **FP_FUSION)
 
 
-def _launch_gluon_onepass(args: _ScanArgs, y: Tensor) -> None:
+def _staged_fits(args: _ScanArgs, stage: int, rows: Tensor) -> Optional[Tuple[int, int, int]]:
+    """(RW, VX, VR) for scan_fwd_staged_gluon_kernel where its 16-byte asynchronous copies apply: a power-of-two
+    stage; x and z of one dtype; x, z and the rows 16-byte aligned, with strides (and direction 1's offset) that
+    Triton knows to be multiples of 16 elements; rows whose width and stride are whole 16-byte vectors. Else None
+    (the one-pass kernel without staging runs). B and C must start at multiples of N columns (Gluon slices a
+    shared row only at whole tiles): the model's padded rows (dt_low | zeros | B | C, _rank_cols) do."""
+    from . import gluon_kernels
+
+    x, z = args.x, args.z
+    if gluon_kernels.async_copy is None:
+        return None
+    if stage < 2 or stage & (stage - 1) or z is None or z.dtype != x.dtype or x.element_size() not in (2, 4):
+        return None
+    vx, vr = 16 // x.element_size(), 16 // rows.element_size()
+    rw = _next_pow2(args.c_col + args.N)
+    ints = (x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), args.dir_off, args.E)
+    if any(v % 16 for v in ints) or any(t.data_ptr() % 16 for t in (x, z, rows)):
+        return None
+    if rows.stride(0) % vr or (args.c_col + args.N) % vr or rw // vr > 32 or 64 // vx > 32:
+        return None
+    if args.b_col % args.N or args.c_col % args.N:  # (B and C read as whole N-element tiles of a staged row)
+        return None
+    return rw, vx, vr
+
+
+def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0) -> None:
     from . import gluon_kernels
 
     x, z, rows = args.x, args.z, args.dt[0]
     B, L, E, N, R = args.B, args.L, args.E, args.N, args.R
     block_e = 64
     a_stride_e, a_stride_n, w_stride_e, w_stride_r = args.param_strides()
-    fast(gluon_kernels.scan_fwd_onepass_gluon_kernel)[(B * (E // block_e), 1, 2)](
-        x, z, rows, args.dir_off, args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
-        args.dskip[0], args.dskip[1], y,
-        L, E, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), y.stride(0), y.stride(1),
-        y.stride(2), a_stride_e, a_stride_n, w_stride_e, w_stride_r,
-        stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, _next_pow2(R)),
-        B_COL=args.b_col, C_COL=args.c_col, num_warps=1, **FP_FUSION)
+    common = (x, z, rows, args.dir_off, args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
+              args.dskip[0], args.dskip[1], y,
+              L, E, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), y.stride(0), y.stride(1),
+              y.stride(2), a_stride_e, a_stride_n, w_stride_e, w_stride_r)
+    flags = dict(stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, _next_pow2(R)),
+                 B_COL=args.b_col, C_COL=args.c_col, num_warps=1, **FP_FUSION)
+    staged = _staged_fits(args, stage, rows) if stage else None
+    if staged is not None:
+        rw, vx, vr = staged
+        fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
+            *common, STAGE=stage, RW=rw, VX=vx, VR=vr, **flags)
+    else:
+        fast(gluon_kernels.scan_fwd_onepass_gluon_kernel)[(B * (E // block_e), 1, 2)](*common, **flags)
 
 
 GLUON_BWD_BLOCK_E = 32  # channels per program of the Gluon backward (one warp, a channel a thread)
