@@ -70,6 +70,22 @@ if gluon is not None:
         """W_dt @ dt_low + bias for the program's channels ([BLOCK_E] in layout ``ch``)."""
         return gl.convert_layout(gl.sum(w * gl.expand_dims(dt_low.to(gl.float32), 0), axis=1), ch) + bias
 
+    @gluon.jit
+    def _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n, offs_r, rmask,
+                          stride_a_e, stride_a_n, stride_w_e, stride_w_r, BLOCK_E: gl.constexpr, wtile: gl.constexpr):
+        """The direction's parameters for the program's channels, loaded once: A log2(e) [BLOCK_E, N] (so that
+        exp(delta A) = exp2(delta a2)), W_dt [BLOCK_E, BLOCK_R] in layout ``wtile`` (zero from column R on), the
+        delta bias and D [BLOCK_E]."""
+        offs_we = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=gl.SliceLayout(1, wtile))
+        a_log = gl.load(_pick(d, a_f, a_b) + gl.expand_dims(offs_e, 1) * stride_a_e
+                        + gl.expand_dims(offs_n, 0) * stride_a_n).to(gl.float32)
+        a2 = -gl.exp(a_log) * 1.4426950408889634
+        w = gl.load(_pick(d, w_f, w_b) + gl.expand_dims(offs_we, 1) * stride_w_e
+                    + gl.expand_dims(offs_r, 0) * stride_w_r, mask=gl.expand_dims(rmask, 0), other=0.0).to(gl.float32)
+        bias = gl.load(_pick(d, bias_f, bias_b) + offs_e).to(gl.float32)
+        dskip = gl.load(_pick(d, dd_f, dd_b) + offs_e).to(gl.float32)
+        return a2, w, bias, dskip
+
     @gluon.jit(do_not_specialize=["L", "steps_per_chunk", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
     def scan_fwd_gluon_kernel(
         x_ptr, z_ptr, rows_f, rows_b, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
@@ -108,17 +124,11 @@ if gluon is not None:
         rev = d == 1
         offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
         offs_n = gl.arange(0, N, layout=st)
-        offs_we = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=gl.SliceLayout(1, wtile))
         offs_r = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(0, wtile))
         rmask = offs_r < R
-        # the direction's parameters, loaded once
-        a_log = gl.load(_pick(d, a_f, a_b) + gl.expand_dims(offs_e, 1) * stride_a_e
-                        + gl.expand_dims(offs_n, 0) * stride_a_n).to(gl.float32)
-        a2 = -gl.exp(a_log) * 1.4426950408889634  # A log2(e): exp(delta A) = exp2(delta a2)
-        w = gl.load(_pick(d, w_f, w_b) + gl.expand_dims(offs_we, 1) * stride_w_e
-                    + gl.expand_dims(offs_r, 0) * stride_w_r, mask=gl.expand_dims(rmask, 0), other=0.0).to(gl.float32)
-        bias = gl.load(_pick(d, bias_f, bias_b) + offs_e).to(gl.float32)
-        dskip = gl.load(_pick(d, dd_f, dd_b) + offs_e).to(gl.float32)
+        a2, w, bias, dskip = _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n,
+                                               offs_r, rmask, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+                                               BLOCK_E, wtile)
         x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
         z_base = z_ptr + b * stride_z_b + offs_e
         y_base = y_ptr + b * stride_y_b + d * stride_y_d + offs_e
@@ -248,17 +258,11 @@ if gluon is not None:
         rev = d == 1
         offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
         offs_n = gl.arange(0, N, layout=st)
-        offs_we = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=gl.SliceLayout(1, wtile))
         offs_r = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(0, wtile))
         rmask = offs_r < R
-        # the direction's parameters, loaded once
-        a_log = gl.load(_pick(d, a_f, a_b) + gl.expand_dims(offs_e, 1) * stride_a_e
-                        + gl.expand_dims(offs_n, 0) * stride_a_n).to(gl.float32)
-        a2 = -gl.exp(a_log) * 1.4426950408889634  # A log2(e): exp(delta A) = exp2(delta a2)
-        w = gl.load(_pick(d, w_f, w_b) + gl.expand_dims(offs_we, 1) * stride_w_e
-                    + gl.expand_dims(offs_r, 0) * stride_w_r, mask=gl.expand_dims(rmask, 0), other=0.0).to(gl.float32)
-        bias = gl.load(_pick(d, bias_f, bias_b) + offs_e).to(gl.float32)
-        dskip = gl.load(_pick(d, dd_f, dd_b) + offs_e).to(gl.float32)
+        a2, w, bias, dskip = _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n,
+                                               offs_r, rmask, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+                                               BLOCK_E, wtile)
         x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
         z_base = z_ptr + b * stride_z_b + offs_e
         y_base = y_ptr + b * stride_y_b + d * stride_y_d + offs_e
@@ -361,18 +365,13 @@ if gluon is not None:
         rev = d == 1
         offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
         offs_n = gl.arange(0, N, layout=st)
-        offs_we = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=gl.SliceLayout(1, wtile))
         offs_r = gl.arange(0, BLOCK_R, layout=wr)
         rmask = offs_r < R
-        a_log = gl.load(_pick(d, a_f, a_b) + gl.expand_dims(offs_e, 1) * stride_a_e
-                        + gl.expand_dims(offs_n, 0) * stride_a_n).to(gl.float32)
-        a2 = -gl.exp(a_log) * 1.4426950408889634  # A log2(e): exp(delta A) = exp2(delta a2)
         # (a staged row's first BLOCK_R columns are read as dt_low: those from R on, the rows' padding or B's first
         # columns, meet W_dt's zero columns)
-        w = gl.load(_pick(d, w_f, w_b) + gl.expand_dims(offs_we, 1) * stride_w_e
-                    + gl.expand_dims(offs_r, 0) * stride_w_r, mask=gl.expand_dims(rmask, 0), other=0.0).to(gl.float32)
-        bias = gl.load(_pick(d, bias_f, bias_b) + offs_e).to(gl.float32)
-        dskip = gl.load(_pick(d, dd_f, dd_b) + offs_e).to(gl.float32)
+        a2, w, bias, dskip = _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n,
+                                               offs_r, rmask, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+                                               BLOCK_E, wtile)
         x_base = x_ptr + d * stride_x_d + b * stride_x_b + eb * BLOCK_E
         z_base = z_ptr + b * stride_z_b + eb * BLOCK_E
         y_base = y_ptr + b * stride_y_b + d * stride_y_d + offs_e
@@ -471,16 +470,11 @@ if gluon is not None:
         local_e = gl.arange(0, BLOCK_E, layout=ch)
         offs_e = eb * BLOCK_E + local_e
         offs_n = gl.arange(0, N, layout=st)
-        offs_we = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=gl.SliceLayout(1, wtile))
         offs_r = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(0, wtile))
         rmask = offs_r < R
-        a_log = gl.load(_pick(d, a_f, a_b) + gl.expand_dims(offs_e, 1) * stride_a_e
-                        + gl.expand_dims(offs_n, 0) * stride_a_n).to(gl.float32)
-        a2 = -gl.exp(a_log) * 1.4426950408889634
-        w = gl.load(_pick(d, w_f, w_b) + gl.expand_dims(offs_we, 1) * stride_w_e
-                    + gl.expand_dims(offs_r, 0) * stride_w_r, mask=gl.expand_dims(rmask, 0), other=0.0).to(gl.float32)
-        bias = gl.load(_pick(d, bias_f, bias_b) + offs_e).to(gl.float32)
-        dskip = gl.load(_pick(d, dd_f, dd_b) + offs_e).to(gl.float32)
+        a2, w, bias, dskip = _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n,
+                                               offs_r, rmask, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+                                               BLOCK_E, wtile)
         x_base = x_ptr + d * stride_x_d + b * stride_x_b + offs_e
         z_base = z_ptr + b * stride_z_b + offs_e
         gy_base = gy_ptr + b * stride_y_b + d * stride_y_d + offs_e
