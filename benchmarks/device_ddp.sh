@@ -9,12 +9,7 @@
 #
 # CONFIG defaults to configs/imagenette/vim_tiny.yaml and DATA to .data/imagenette-160 (extracted from
 # .data/imagenette-160.zip when only the zip is there); EXTRA adds train arguments (split on spaces).
-set -uo pipefail
-: "${OUT:?set OUT to the output folder}"
-cd "$(dirname "$0")/.." || exit 2
-export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python}
+. "$(dirname "$0")/device_common.sh"  # strict mode, OUT, the repository root, PYTHONPATH, PY, extract_data
 NPROC=${NPROC:-2}
 EPOCHS=${EPOCHS:-5}
 DEVICE=${DEVICE:-cuda}
@@ -25,9 +20,7 @@ EXTRA=${EXTRA:-}
 TESTS=${TESTS:-1}
 mkdir -p "$OUT" "$RUNS"
 
-if [ "$DATA" != synthetic ] && [ ! -d "$DATA/train" ] && [ -f "$DATA.zip" ]; then
-  "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$DATA.zip" "$(dirname "$DATA")"
-fi
+[ "$DATA" != synthetic ] && extract_data "$DATA"
 # the workplace's multi-GPU machines keep NVLink multicast off (their KINDS.md): keep it so for every process
 export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
 if [ "$TESTS" = 1 ]; then

@@ -20,17 +20,11 @@
 # deit_curves.png, vim_tiny_imagenette_fp16.safetensors, deit_tiny_imagenette_fp16.safetensors (final weights
 # in float16, ~14 MB and ~11 MB; load them with vision_mamba.load_checkpoint, which casts to the model's dtype).
 # Then, on the development machine: python benchmarks/imagenette_results.py publish --from <fetched folder>
-set -uo pipefail
-
-: "${OUT:?set OUT to the output folder}"
-cd "$(dirname "$0")/.." || exit 2
-export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
+. "$(dirname "$0")/device_common.sh"  # strict mode, OUT, the repository root, PYTHONPATH, PY, extract_data
 DATA=${DATA:-.data/imagenette-160}
 TIME_LIMIT_MIN=${TIME_LIMIT_MIN:-4.2}
 MODELS=${MODELS:-vim deit}
 RUNS=${RUNS:-runs/device_imagenette}
-PY=${PYTHON:-python}
 EXTRA_ARGS=${EXTRA_ARGS:-}
 
 mkdir -p "$OUT"

@@ -16,12 +16,7 @@
 # Afterwards, here: python benchmarks/imagenette_results.py publish --from <fetched folder> [--from <other>]
 # (A device call brings back at most 8 files: when one call chains several MODELs, point OUT at a folder outside
 # the call's $OUT and tar it into $OUT at the end.)
-set -uo pipefail
-: "${OUT:?set OUT to the output folder}"
-cd "$(dirname "$0")/.." || exit 2
-export PYTHONPATH="src${PYTHONPATH:+:$PYTHONPATH}"
-export PYTHONUNBUFFERED=1
-PY=${PYTHON:-python}
+. "$(dirname "$0")/device_common.sh"  # strict mode, OUT, the repository root, PYTHONPATH, PY, extract_data
 MODEL=${MODEL:-vim}
 EPOCHS=${EPOCHS:-300}
 CALL_SECONDS=${CALL_SECONDS:-540}
@@ -32,9 +27,7 @@ EVAL_SIZES=${EVAL_SIZES-160}   # test sizes for the final weights of the other M
                                # each without and with hflip test-time augmentation; EVAL_SIZES="" for none
 RUN="$RUNS/$MODEL"
 
-if [ ! -d "$DATA/train" ] && [ -f "$DATA.zip" ]; then
-  "$PY" -c "import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extractall(sys.argv[2])" "$DATA.zip" "$(dirname "$DATA")"
-fi
+extract_data "$DATA"
 extra=()
 case "$MODEL" in
   vim|deit) cfg="configs/imagenette/${MODEL}_tiny.yaml" ;;
