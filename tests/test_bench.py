@@ -159,6 +159,17 @@ def test_verify_backend_agrees():
     assert problem is None and err < 1e-5
 
 
+def test_verify_backend_runs_the_timed_batch():
+    # the kernel a fast backend runs depends on the batch (chunk-parallel at batch 1, one pass at large batches):
+    # the check must run the batch the row times
+    model = timm.create_model("test_vim").eval()
+    seen = []
+    original = model.forward_features
+    model.forward_features = lambda x: (seen.append(x.shape[0]), original(x))[1]
+    err, problem = core._verify_backend(model, Case("test_vim", 64, 3), _fast_settings(), "reference")
+    assert problem is None and seen == [3, 3]
+
+
 def test_table_pairs_by_size_and_markdown():
     def rec(model, attn, img_s, peak, status="ok", dtype="bf16", res=1248, batch=16, graph=True):
         return dict(model=model, name=core.display_name(model), res=res, batch=batch, dtype=dtype, attn=attn,

@@ -420,11 +420,12 @@ def _capture_graph(fn: Callable[[], torch.Tensor], device: torch.device, warmup:
 
 def _verify_backend(model: nn.Module, case: Case, settings: Settings,
                     backend: str) -> Tuple[float, Optional[str]]:
-    """Compare forward_features on ``backend`` with the `torch` backend, batch 1, fresh random input.
-    Returns the relative error and None if they agree, else the reason."""
+    """Compare forward_features on ``backend`` with the `torch` backend at the row's own batch size (the launch
+    plan, and so the kernel that runs, depends on it: batch 1 takes the chunk-parallel scan, batch 128 at 224 px
+    the one-pass one), fresh random input. Returns the relative error and None if they agree, else the reason."""
     import vision_mamba
 
-    x = torch.randn(1, 3, case.res, case.res, device=settings.device,
+    x = torch.randn(case.batch, 3, case.res, case.res, device=settings.device,
                     dtype=torch.bfloat16 if case.dtype == "bf16-weights" else torch.float32)
     with torch.inference_mode():
         with vision_mamba.scan_backend(backend), _autocast(case, settings.device):
@@ -435,11 +436,11 @@ def _verify_backend(model: nn.Module, case: Case, settings: Settings,
     tol = VERIFY_TOLERANCE[case.dtype]
     if not err <= tol:
         return err, (f"wrong output: the {backend!r} backend differs from the 'torch' backend by {err:.3g} "
-                     f"(relative L2, forward_features, batch 1; tolerance {tol:g}); not timed")
+                     f"(relative L2, forward_features, batch {case.batch}; tolerance {tol:g}); not timed")
     return err, None
 
 
-_VERIFIED: Dict[Tuple[str, int, str, str, str], Tuple[float, Optional[str]]] = {}
+_VERIFIED: Dict[Tuple[str, int, int, str, str, str], Tuple[float, Optional[str]]] = {}
 
 
 def _base_record(case: Case, settings: Settings) -> Dict[str, Any]:
@@ -500,7 +501,7 @@ def _measure(case: Case, settings: Settings, models: _Models, backend: Optional[
     out: Dict[str, Any] = {}
     if (is_vim(case.model) and settings.verify and backend not in (None, "torch", "reference")
             and case.mode == "infer"):
-        key = (case.model, case.res, case.dtype, backend, str(device))
+        key = (case.model, case.res, case.batch, case.dtype, backend, str(device))
         if key not in _VERIFIED:
             _VERIFIED[key] = _verify_backend(model, case, settings, backend)
         out["verify_rel_err"], problem = _VERIFIED[key]
