@@ -146,7 +146,10 @@ def main():
         xs, z, dbl, w, bias, alog, dd = make_inputs(batch, length, dtype, device,
                                                     torch.float32 if args.rows_fp32 else None)
         # x_proj's rows in the layout the "matmul" form uses: B | C | dt_low | zeros
-        rows = torch.nn.functional.pad(torch.cat([dbl[0], dbl[1]]).view(2, -1, R + 2 * N).roll(-R, dims=2),
+        # (from the padded rows dt_low | zeros | B | C)
+        rk = ts._rank_cols(R, True)
+        both = torch.cat([dbl[0], dbl[1]]).view(2, -1, rk + 2 * N)
+        rows = torch.nn.functional.pad(torch.cat([both[..., rk:], both[..., :R]], dim=2),
                                        (0, ts._bc_width(R, N) - R - 2 * N))
         exps = batch * length * 2 * E * N
         for kind in ("forward", "backward"):

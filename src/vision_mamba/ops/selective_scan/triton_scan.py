@@ -161,8 +161,9 @@ def _read_config():
         # one-pass inference launches get the session-7 Gluon kernel (measured faster; 0: the general one)
         gluon_onepass=_env_int("VISION_MAMBA_TRITON_GLUON_ONEPASS", 1),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
-        # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off
-        gluon_staged=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED", 0),
+        # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
+        # 8 measured fastest (docs/kernels.md, "Session 17": graphed Vim-Ti at 224 px / batch 128 +5.7%)
+        gluon_staged=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED", 8),
         # the Gluon backward's walk prefetches B and C a step ahead (0: loads them in their own step)
         gluon_walk_prefetch=_env_int("VISION_MAMBA_TRITON_GLUON_WALK_PREFETCH", 1),
         # Vim's mixer: x_proj's rows laid out dt_low | zeros | B | C, dt_low's columns padded to a multiple of 8
