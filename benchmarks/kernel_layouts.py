@@ -237,6 +237,16 @@ def main() -> int:
             ts.scan_forward(inf_args, bf, save_states=False, config=dict(cfg, gluon=-1, gluon_staged=stage))
             setattr(gk, kernel.__name__, kernel)
             inference.append((name, kernel, cap.calls[0]))
+        # the backward with each block's inputs staged through shared memory (the same padded rows)
+        cap = _Capture()
+        staged_bwd = gk.scan_bwd_staged_gluon_kernel
+        gk.scan_bwd_staged_gluon_kernel = cap
+        n_save = triton.cdiv(L, ts._save_every(cfg, L))
+        ts.scan_backward(inf_args, torch.zeros(B, 2, n_save, E, N).transpose(-1, -2),
+                         torch.randn(B, L, 2, E, dtype=bf), config=dict(cfg, gluon_bwd_staged=1))
+        gk.scan_bwd_staged_gluon_kernel = staged_bwd
+        if cap.calls:
+            inference.append(("backward, staged", staged_bwd, cap.calls[0]))
     with tempfile.TemporaryDirectory() as tmp:
         for name, kernel, call in inference:
             print(report(name, kernel, call, Path(tmp), args.out, args.sass))

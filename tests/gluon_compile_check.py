@@ -103,6 +103,31 @@ def main() -> int:
             ptx = compile_call(staged_kernel, cap.calls[0])
             assert "cp.async" in ptx and "ex2.approx" in ptx and "shfl.sync" not in ptx
             checked += 1
+        # the backward staged through shared memory, on the model's padded fp32 rows: 8-step blocks, one pass and
+        # chunk-parallel (the adjoint carried in)
+        staged_bwd = gk.scan_bwd_staged_gluon_kernel
+        for B, L, extra in ((2, 197, dict(min_programs=0)), (1, 300, dict(min_programs=64))):
+            E, N, R = 384, 16, 12
+            xs, z = torch.randn(2, B, L, E, dtype=torch.bfloat16), torch.randn(B, L, 2 * E, dtype=torch.bfloat16)
+            rows = torch.randn(2, B * L, 48)
+            w, v, a = torch.randn(E, R), torch.randn(E), torch.randn(E, N)
+            args = ts._bi_args(xs, z[..., E:], rows[0], rows[1], w, w, v, v, a, a, v, v, R, N)
+            cfg = dict(ts._config(), gluon_bwd_staged=1, **extra)
+            cap = _Capture()
+            gk.scan_bwd_staged_gluon_kernel = cap
+            n_save = triton.cdiv(L, ts._save_every(cfg, L))
+            hsave = torch.zeros(B, 2, n_save, E, N).transpose(-1, -2)
+            ts.scan_backward(args, hsave, torch.randn(B, L, 2, E, dtype=torch.bfloat16), config=cfg)
+            gk.scan_bwd_staged_gluon_kernel = staged_bwd
+            assert len(cap.calls) == 1, len(cap.calls)
+            ptx = compile_call(staged_bwd, cap.calls[0])
+            assert "cp.async" in ptx and "ex2.approx" in ptx
+            # the sums over channels (one shuffle each) and the unstaged kernel's four barriers; three more a
+            # block or a program for the staged buffers (after the copies' wait, the compiler's before the first
+            # step, after the last wait)
+            assert ptx.count("shfl.sync") <= 2 and ptx.count("bar.sync") <= 7, \
+                (ptx.count("shfl.sync"), ptx.count("bar.sync"))
+            checked += 1
     print(f"Triton {triton.__version__}: {checked} Gluon launches compiled for sm_90, no layout conversions")
     return 0
 

@@ -546,6 +546,21 @@ def test_staged_forward_fit_rule():
     assert ts._staged_fits(made, 8, rows) is None
     made, rows = args(x=torch.zeros(2, B, L, E + 8, dtype=bf)[..., :E])  # a row stride Triton cannot prove
     assert ts._staged_fits(made, 8, rows) is None
+    # the staged backward: (VX, VZ, VG, VR) for x, z, the output gradient and the rows
+    gy = torch.zeros(B, L, 2, E, dtype=bf)
+    made, rows = args()
+    assert ts._bwd_staged_fits(made, gy, 8) == (8, 8, 8, 4)  # the model's padded fp32 rows, 8-step blocks
+    assert ts._bwd_staged_fits(made, gy.float(), 8) == (8, 8, 4, 4)
+    assert ts._bwd_staged_fits(made, gy, 4) is None  # a warp's copies would repeat rows of a 4-step block
+    assert ts._bwd_staged_fits(made, gy, 6) is None
+    made, rows = args(rows_width=56)  # Vim-S-like rows: B at column 24 (16-byte aligned), C right after it
+    assert ts._bwd_staged_fits(made, gy, 8) == (8, 8, 8, 4)
+    made, rows = args(rows_width=48, rows_dtype=bf)  # bf16 rows: dt_low's 16 columns are 2 copies a row
+    assert ts._bwd_staged_fits(made, gy, 8) is None
+    made, rows = args(z_offset=E + 4)
+    assert ts._bwd_staged_fits(made, gy, 8) is None
+    made, rows = args()
+    assert ts._bwd_staged_fits(made, torch.zeros(B, L, 2, E + 8, dtype=bf)[..., :E], 8) is None
 
 
 def test_gluon_dispatch_rule(monkeypatch):
@@ -746,6 +761,39 @@ def test_gluon_staged_forward_matches(length, batch, dtype, stage, monkeypatch):
     assert y_staged.dtype == dtype and torch.isfinite(y_staged).all()
     assert rel_err(y_staged, ref) < tol
     assert rel_err(y_staged, y_plain) < 1e-5  # the same arithmetic, in the same order
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("length,batch,min_programs", [(1, 1, 0), (7, 2, 0), (8, 1, 0), (9, 3, 0), (63, 3, 0),
+                                                       (197, 2, 0), (197, 1, -1), (730, 2, -1)])
+def test_gluon_staged_backward_matches(length, batch, min_programs, dtype, monkeypatch):
+    # the Gluon backward with each block's inputs staged through shared memory (scan_bwd_staged_gluon_kernel):
+    # partial and whole 8-step blocks, one pass and chunk-parallel (min_programs -1: the adjoint carried into the
+    # chunks), against the fp32 reference and the unstaged Gluon backward, all twelve gradients
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if not gluon_kernels.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    staged = []
+    original = ts._bwd_staged_fits
+    monkeypatch.setattr(ts, "_bwd_staged_fits", lambda *a: (staged.append(original(*a)), staged[-1])[1])
+    cfg = dict(ts._config(), min_programs=min_programs, gluon=1, gluon_bwd=1)
+    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + batch, width=48)
+    ref = bi_scan_reference(*inputs)
+    grad = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, inputs, grad)
+    results = []
+    for config in (dict(cfg, gluon_bwd_staged=1), dict(cfg, gluon_bwd_staged=0)):
+        y = ts._TritonBiScan.apply(*inputs, True, config)
+        results.append(torch.autograd.grad(y, inputs, grad.to(y.dtype)))
+    assert len(staged) == 1 and staged[0] is not None  # (the staged kernel ran, once)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    for name, a, b, c in zip(BI_NAMES, results[0], g_ref, results[1]):
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) < tol, (name, rel_err(a, b))
+        assert rel_err(a, c) < 1e-5, (name, rel_err(a, c))  # the same arithmetic, in the same order
 
 
 @pytest.mark.gpu

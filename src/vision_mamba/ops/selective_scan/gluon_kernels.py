@@ -630,6 +630,226 @@ if gluon is not None:
         gl.atomic_add(ga_ptr + d * E * N + state_off, g_a, sem="relaxed")
         gl.atomic_add(gd_ptr + d * E + offs_e, g_d, sem="relaxed")
         gl.atomic_add(gbias_ptr + d * E + offs_e, g_bias, sem="relaxed")
+
+    @gluon.jit
+    def _stage_rows(buf, base, b, L, s0, s_hi, rev, stride_row: gl.constexpr, ld: gl.constexpr):
+        """Asynchronous copies of steps s0 .. s0 + S - 1 (those below s_hi) of [S, W] columns of x_proj's rows
+        (``base``: the direction's rows at the first column) into ``buf`` [S, W]."""
+        S: gl.constexpr = buf.shape[0]
+        W: gl.constexpr = buf.shape[1]
+        s = s0 + gl.arange(0, S, layout=gl.SliceLayout(1, ld))
+        t = gl.where(rev, L - 1 - s, s)
+        cols = gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(0, ld)), 0)
+        async_copy.async_copy_global_to_shared(buf, base + gl.expand_dims((b * L + t) * stride_row, 1) + cols,
+                                               mask=gl.expand_dims(s < s_hi, 1))
+
+    @gluon.jit
+    def _stage_channels(buf, base, L, s0, s_hi, rev, stride_l, ld: gl.constexpr):
+        """Asynchronous copies of steps s0 .. s0 + S - 1 (those below s_hi) of a [B, L, E]-like tensor's
+        BLOCK_E channels (``base``: the program's first channel) into ``buf`` [S, BLOCK_E]."""
+        S: gl.constexpr = buf.shape[0]
+        W: gl.constexpr = buf.shape[1]
+        s = s0 + gl.arange(0, S, layout=gl.SliceLayout(1, ld))
+        t = gl.where(rev, L - 1 - s, s)
+        cols = gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(0, ld)), 0)
+        async_copy.async_copy_global_to_shared(buf, base + gl.expand_dims(t * stride_l, 1) + cols,
+                                               mask=gl.expand_dims(s < s_hi, 1))
+
+    @gluon.jit(do_not_specialize=["L", "steps_per_chunk", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
+    def scan_bwd_staged_gluon_kernel(
+        x_ptr, z_ptr, rows_f, rows_b, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
+        gy_ptr, hsave_ptr, muinit_ptr,
+        gx_ptr, gz_ptr, graw_ptr, gbc_ptr, ga_ptr, gd_ptr, gbias_ptr,
+        L, E, steps_per_chunk,
+        stride_x_d, stride_x_b, stride_x_l, stride_z_b, stride_z_l,
+        stride_y_b, stride_y_l, stride_y_d, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+        stride_s_b, stride_s_d, stride_s_c, stride_m_b, stride_m_d, stride_m_c,
+        stride_gx_d, stride_gx_b, stride_gx_l, stride_gr_d, stride_gr_b, stride_gr_l,
+        stride_gbc_d, stride_gbc_eb, stride_gbc_b, stride_gbc_l,
+        stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
+        B_COL: gl.constexpr, SAVE_EVERY: gl.constexpr, HAS_MU_INIT: gl.constexpr, STATES_EN: gl.constexpr,
+        VX: gl.constexpr, VZ: gl.constexpr, VG: gl.constexpr, VR: gl.constexpr,
+    ):
+        """``scan_bwd_gluon_kernel`` (shared-memory scratch) with its inputs staged through shared memory: each
+        block of SAVE_EVERY steps has x, z, the output gradient and x_proj's dt_low and B | C columns copied in
+        by cp.async while the block after it (in time; the one before in the walk) is processed, into one of two
+        buffers. The recompute loop and the walk then read every input from shared memory: each is fetched from
+        global memory once instead of once per loop, and nothing is prefetched in registers (Nsight Compute on
+        the unstaged kernel: 34% of its stall samples on global loads; docs/kernels.md, "Session 16"). Needs C
+        right after B in the rows (C_COL = B_COL + N) and 16-byte aligned tensors (triton_scan._bwd_staged_fits);
+        VX / VZ / VG / VR: elements of x / z / the output gradient / a row in 16 bytes."""
+        S: gl.constexpr = SAVE_EVERY
+        tile: gl.constexpr = gl.BlockedLayout([1, N], [32, 1], [1, 1], [1, 0])
+        wtile: gl.constexpr = gl.BlockedLayout([1, BLOCK_R], [32, 1], [1, 1], [1, 0])
+        ch: gl.constexpr = gl.SliceLayout(1, tile)
+        st: gl.constexpr = gl.SliceLayout(0, tile)
+        wr: gl.constexpr = gl.SliceLayout(0, wtile)
+        # (as scan_bwd_gluon_kernel: the sums over channels, and the recomputed states)
+        red: gl.constexpr = gl.BlockedLayout([BLOCK_E // 2, 1], [2, 16], [1, 1], [0, 1])
+        red_out: gl.constexpr = gl.SliceLayout(0, red)
+        red_smem: gl.constexpr = gl.PaddedSharedLayout.with_identity_for(
+            [[N, 4], [BLOCK_E // 2 * N, 16]], [BLOCK_E, N], [1, 0])
+        h_smem: gl.constexpr = gl.SwizzledSharedLayout(4, 2, 4, [1, 0])
+        v_smem: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+        # the copies: 16 bytes a thread, a warp over [32 / (W / V), W] of a [S, W] block
+        x_ld: gl.constexpr = gl.BlockedLayout([1, VX], [32 // (BLOCK_E // VX), BLOCK_E // VX], [1, 1], [1, 0])
+        z_ld: gl.constexpr = gl.BlockedLayout([1, VZ], [32 // (BLOCK_E // VZ), BLOCK_E // VZ], [1, 1], [1, 0])
+        g_ld: gl.constexpr = gl.BlockedLayout([1, VG], [32 // (BLOCK_E // VG), BLOCK_E // VG], [1, 1], [1, 0])
+        d_ld: gl.constexpr = gl.BlockedLayout([1, VR], [32 // (BLOCK_R // VR), BLOCK_R // VR], [1, 1], [1, 0])
+        bc_ld: gl.constexpr = gl.BlockedLayout([1, VR], [32 // (2 * N // VR), 2 * N // VR], [1, 1], [1, 0])
+        buf_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        row_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+
+        pid_be = gl.program_id(0)
+        d = gl.program_id(1)
+        chunk = gl.program_id(2)
+        n_eb = E // BLOCK_E
+        b = pid_be // n_eb
+        eb = pid_be % n_eb
+        rev = d == 1
+        offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
+        offs_n = gl.arange(0, N, layout=st)
+        offs_r = gl.arange(0, BLOCK_R, layout=wr)
+        rmask = offs_r < R
+        # (a staged dt_low row's columns from R on, the rows' padding or B's first columns, meet W_dt's zeros)
+        a2, w, bias, dskip = _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n,
+                                               offs_r, rmask, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+                                               BLOCK_E, wtile)
+        gx_base = gx_ptr + d * stride_gx_d + b * stride_gx_b + offs_e
+        gz_base = gz_ptr + d * stride_gx_d + b * stride_gx_b + offs_e
+        gr_base = graw_ptr + d * stride_gr_d + b * stride_gr_b + offs_e
+        # the staged tensors, from the program's first channel / the direction's rows
+        x_src = x_ptr + d * stride_x_d + b * stride_x_b + eb * BLOCK_E
+        z_src = z_ptr + b * stride_z_b + eb * BLOCK_E
+        g_src = gy_ptr + b * stride_y_b + d * stride_y_d + eb * BLOCK_E
+        row_base = _pick(d, rows_f, rows_b)
+        state_off = gl.expand_dims(offs_n, 0) * E + gl.expand_dims(offs_e, 1)
+        if STATES_EN:
+            save_off = gl.expand_dims(offs_e, 1) * N + gl.expand_dims(offs_n, 0)
+        else:
+            save_off = state_off
+        gbc_base = gbc_ptr + d * stride_gbc_d + eb * stride_gbc_eb + b * stride_gbc_b \
+            + gl.arange(0, N, layout=red_out)
+
+        bsum_buf = gl.allocate_shared_memory(gl.float32, [BLOCK_E, N], red_smem)
+        csum_buf = gl.allocate_shared_memory(gl.float32, [BLOCK_E, N], red_smem)
+        h_buf = gl.allocate_shared_memory(gl.float32, [S, BLOCK_E, N], h_smem)
+        delta_buf = gl.allocate_shared_memory(gl.float32, [S, BLOCK_E], v_smem)
+        dsp_buf = gl.allocate_shared_memory(gl.float32, [S, BLOCK_E], v_smem)
+        # two buffers of a block each ([2, S, width]): the copies write [S, width] views, the steps read rows of a
+        # [2 S, width] view of the same bytes
+        x_buf = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, S, BLOCK_E], buf_l)
+        z_buf = gl.allocate_shared_memory(z_ptr.dtype.element_ty, [2, S, BLOCK_E], buf_l)
+        g_buf = gl.allocate_shared_memory(gy_ptr.dtype.element_ty, [2, S, BLOCK_E], buf_l)
+        d_buf = gl.allocate_shared_memory(rows_f.dtype.element_ty, [2, S, BLOCK_R], buf_l)
+        bc_buf = gl.allocate_shared_memory(rows_f.dtype.element_ty, [2, S, 2 * N], buf_l)
+        x_rows = x_buf._reinterpret(x_ptr.dtype.element_ty, [2 * S, BLOCK_E], row_l)
+        z_rows = z_buf._reinterpret(z_ptr.dtype.element_ty, [2 * S, BLOCK_E], row_l)
+        g_rows = g_buf._reinterpret(gy_ptr.dtype.element_ty, [2 * S, BLOCK_E], row_l)
+        d_rows = d_buf._reinterpret(rows_f.dtype.element_ty, [2 * S, BLOCK_R], row_l)
+        bc_rows = bc_buf._reinterpret(rows_f.dtype.element_ty, [2 * S, 2 * N], row_l)
+
+        p_begin = chunk * steps_per_chunk
+        p_end = gl.minimum(p_begin + steps_per_chunk, L)
+        if HAS_MU_INIT:
+            mu = gl.load(muinit_ptr + b * stride_m_b + d * stride_m_d + chunk * stride_m_c + state_off)
+        else:
+            mu = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
+        g_a = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
+        g_d = gl.zeros([BLOCK_E], gl.float32, layout=ch)
+        g_bias = gl.zeros([BLOCK_E], gl.float32, layout=ch)
+        n_blocks = (p_end - p_begin + S - 1) // S
+        c_last = p_begin // S + n_blocks - 1
+        # the chunk's last block into buffer 0
+        s0 = c_last * S
+        _stage_channels(x_buf.index(0), x_src, L, s0, L, rev, stride_x_l, x_ld)
+        _stage_channels(z_buf.index(0), z_src, L, s0, L, rev, stride_z_l, z_ld)
+        _stage_channels(g_buf.index(0), g_src, L, s0, L, rev, stride_y_l, g_ld)
+        _stage_rows(d_buf.index(0), row_base, b, L, s0, L, rev, stride_row, d_ld)
+        _stage_rows(bc_buf.index(0), row_base + B_COL, b, L, s0, L, rev, stride_row, bc_ld)
+        async_copy.commit_group()
+        for ci in range(n_blocks):
+            c = c_last - ci
+            s_begin = c * S
+            s_end = gl.minimum(s_begin + S, L)
+            slot = ci % 2
+            # this block's copies are done, and every thread is done reading the other buffer (the block after
+            # this one): the block before this one goes there
+            async_copy.wait_group(0)
+            _barrier()
+            if ci + 1 < n_blocks:
+                s0 = s_begin - S
+                _stage_channels(x_buf.index(1 - slot), x_src, L, s0, L, rev, stride_x_l, x_ld)
+                _stage_channels(z_buf.index(1 - slot), z_src, L, s0, L, rev, stride_z_l, z_ld)
+                _stage_channels(g_buf.index(1 - slot), g_src, L, s0, L, rev, stride_y_l, g_ld)
+                _stage_rows(d_buf.index(1 - slot), row_base, b, L, s0, L, rev, stride_row, d_ld)
+                _stage_rows(bc_buf.index(1 - slot), row_base + B_COL, b, L, s0, L, rev, stride_row, bc_ld)
+            async_copy.commit_group()
+            first = slot * S - s_begin  # (step s of this block is row s + first of the staged views)
+            # 1. the block's states, deltas and softplus'(raw delta), recomputed from the saved state
+            h = gl.load(hsave_ptr + b * stride_s_b + d * stride_s_d + c * stride_s_c + save_off)
+            raw_next = _raw_delta(w, d_rows.index(s_begin + first).load(wr), bias, ch)
+            for s in range(s_begin, s_end):
+                j = s + first
+                raw = raw_next
+                delta = _softplus(raw)
+                xf = x_rows.index(j).load(ch).to(gl.float32)
+                bf = bc_rows.index(j).slice(0, N).load(st).to(gl.float32)
+                h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h + gl.expand_dims(delta * xf, 1) * gl.expand_dims(bf, 0)
+                dsp = _sigmoid(raw)  # d softplus(raw) / d raw
+                i = s - s_begin
+                h_buf.index(i).store(h)
+                delta_buf.index(i).store(delta)
+                dsp_buf.index(i).store(dsp)
+                # (a step ahead: off the next step's critical path; the last step reads its own row again)
+                raw_next = _raw_delta(w, d_rows.index(gl.minimum(j + 1, s_end - 1 + first)).load(wr), bias, ch)
+            # 2. walk the block backwards
+            for si in range(s_end - s_begin):
+                s = s_end - 1 - si
+                i = s - s_begin
+                j = s + first
+                hv = h_buf.index(i).load(tile)
+                delta = delta_buf.index(i).load(ch)
+                dsp = dsp_buf.index(i).load(ch)
+                t = gl.where(rev, L - 1 - s, s)
+                xf = x_rows.index(j).load(ch).to(gl.float32)
+                zf = z_rows.index(j).load(ch).to(gl.float32)
+                gout = g_rows.index(j).load(ch).to(gl.float32)
+                bc_row = bc_rows.index(j)
+                bf = gl.expand_dims(bc_row.slice(0, N).load(st).to(gl.float32), 0)
+                cf = gl.expand_dims(bc_row.slice(N, N).load(st).to(gl.float32), 0)
+                sig = _sigmoid(zf)
+                gy = gout * zf * sig  # d loss / d (the scan's output before the gate)
+                yv = gl.sum(hv * cf, axis=1) + dskip * xf
+                gz = gout * sig * (1.0 + zf * (1.0 - sig)) * yv
+                gl.store(gz_base + t * stride_gx_l, gz.to(gz_ptr.dtype.element_ty))
+                lam = gl.expand_dims(gy, 1) * cf + mu  # d loss / d h_t
+                dx = delta * xf
+                # d loss / d (delta A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
+                gdec = lam * (hv - gl.expand_dims(dx, 1) * bf)
+                lam_b = gl.sum(lam * bf, axis=1)
+                g_delta = gl.sum(gdec * a2, axis=1) * 0.6931471805599453 + xf * lam_b
+                gx = delta * lam_b + gy * dskip
+                gl.store(gx_base + t * stride_gx_l, gx.to(gx_ptr.dtype.element_ty))
+                g_d += gy * xf
+                g_a += gdec * gl.expand_dims(delta, 1)
+                g_raw = g_delta * dsp
+                g_bias += g_raw
+                gl.store(gr_base + t * stride_gr_l, g_raw.to(graw_ptr.dtype.element_ty))
+                # d B_t = sum over channels of lam * delta x, d C_t = sum of h_t * gy: through shared memory
+                bsum_buf.store(lam * gl.expand_dims(dx, 1))
+                csum_buf.store(hv * gl.expand_dims(gy, 1))
+                _barrier()
+                gbc_row = gbc_base + t * stride_gbc_l
+                gl.store(gbc_row, gl.sum(bsum_buf.load(red), axis=0))
+                gl.store(gbc_row + N, gl.sum(csum_buf.load(red), axis=0))
+                _barrier()
+                mu = gl.exp2(gl.expand_dims(delta, 1) * a2) * lam
+        async_copy.wait_group(0)  # (the last, empty group)
+        g_a = g_a * (a2 * 0.6931471805599453)  # d A / d A_log = A
+        gl.atomic_add(ga_ptr + d * E * N + state_off, g_a, sem="relaxed")
+        gl.atomic_add(gd_ptr + d * E + offs_e, g_d, sem="relaxed")
+        gl.atomic_add(gbias_ptr + d * E + offs_e, g_bias, sem="relaxed")
 else:  # pragma: no cover
     scan_fwd_gluon_kernel = scan_fwd_onepass_gluon_kernel = scan_fwd_staged_gluon_kernel = None
-    scan_bwd_gluon_kernel = None
+    scan_bwd_gluon_kernel = scan_bwd_staged_gluon_kernel = None

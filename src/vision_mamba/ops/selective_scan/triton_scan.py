@@ -68,7 +68,8 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "CONV_TILES", "CONV_WARPS", "CONV_BWD_ROWS", "CONV_BWD_WARPS", "CONV_BWD_INPUT_ROWS",
         "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG", "BWD_MAXNREG", "PARAMS_T",
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
-        "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED"))
+        "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
+        "GLUON_BWD_STAGED"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -164,6 +165,10 @@ def _read_config():
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
         # 8 measured fastest (docs/kernels.md, "Session 17": graphed Vim-Ti at 224 px / batch 128 +5.7%)
         gluon_staged=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED", 8),
+        # the Gluon backward (shared-memory scratch) with each block's inputs staged through shared memory by
+        # asynchronous copies a block ahead (scan_bwd_staged_gluon_kernel), where the tensors allow it
+        # (_bwd_staged_fits); 0: off
+        gluon_bwd_staged=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_STAGED", 0),
         # the Gluon backward's walk prefetches B and C a step ahead (0: loads them in their own step)
         gluon_walk_prefetch=_env_int("VISION_MAMBA_TRITON_GLUON_WALK_PREFETCH", 1),
         # Vim's mixer: x_proj's rows laid out dt_low | zeros | B | C, dt_low's columns padded to a multiple of 8
@@ -747,6 +752,22 @@ def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, 
     scratch = _dummy(dev) if smem else torch.empty(B * 2 * n_eb * n_chunks * save_every * (N + 2) * block_e,
                                                    device=dev, dtype=torch.float32)
     m = muinit if muinit is not None else hsave
+    staged = _bwd_staged_fits(args, gy, save_every) if smem and cfg.get("gluon_bwd_staged", 0) else None
+    if staged is not None:
+        vx, vz, vg, vr = staged
+        fast(gluon_kernels.scan_bwd_staged_gluon_kernel)[(B * n_eb, 2, n_chunks)](
+            x, z, rows, args.dt[1], args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
+            args.dskip[0], args.dskip[1], gy, hsave, m, gx, gz, graw, gbc, ga, gd, gbias,
+            L, E, steps, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1),
+            gy.stride(0), gy.stride(1), gy.stride(2), *args.param_strides(),
+            hsave.stride(0), hsave.stride(1), hsave.stride(2), m.stride(0), m.stride(1), m.stride(2),
+            gx.stride(0), gx.stride(1), gx.stride(2), graw.stride(0), graw.stride(1), graw.stride(2),
+            gbc.stride(0), gbc.stride(1), gbc.stride(2), gbc.stride(3),
+            stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, _next_pow2(R)),
+            B_COL=args.b_col, SAVE_EVERY=save_every, HAS_MU_INIT=muinit is not None,
+            STATES_EN=hsave.stride(-1) != 1, VX=vx, VZ=vz, VG=vg, VR=vr, num_warps=1, **FP_FUSION,
+            **_maxnreg(cfg.get("bwd_maxnreg")))
+        return
     fast(gluon_kernels.scan_bwd_gluon_kernel)[(B * n_eb, 2, n_chunks)](
         x, z, rows, args.dt[1], args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
         args.dskip[0], args.dskip[1], gy, hsave, m, scratch, gx, gz, graw, gbc, ga, gd, gbias,
@@ -760,6 +781,37 @@ def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, 
         SMEM_SCRATCH=smem, STATES_EN=hsave.stride(-1) != 1, WALK_PREFETCH=bool(cfg.get("gluon_walk_prefetch", 1)),
         num_warps=1, **FP_FUSION,
         **_maxnreg(cfg.get("bwd_maxnreg")))
+
+
+def _bwd_staged_fits(args: _ScanArgs, gy: Tensor, save_every: int) -> Optional[Tuple[int, int, int, int]]:
+    """(VX, VZ, VG, VR) for scan_bwd_staged_gluon_kernel where its 16-byte asynchronous copies apply, else None
+    (the unstaged Gluon backward runs): x, z, the output gradient and the rows in 2- or 4-byte types, 16-byte
+    aligned, with strides that Triton knows to be multiples of 16 elements; C right after B in the rows, B at a
+    16-byte column; dt_low's BLOCK_R columns inside the row; and blocks of ``save_every`` steps (a power of two)
+    that a warp's copies cover without repeating a row (the model's 8-step blocks under 1,024 tokens do)."""
+    from . import gluon_kernels
+
+    x, z, rows = args.x, args.z, args.dt[0]
+    if gluon_kernels.async_copy is None or z is None or save_every < 2 or save_every & (save_every - 1):
+        return None
+    tensors = (x, z, gy, rows)
+    if any(t.element_size() not in (2, 4) for t in tensors):
+        return None
+    vx, vz, vg, vr = (16 // t.element_size() for t in tensors)
+    block_r = max(2, _next_pow2(args.R))
+    for width, v in ((GLUON_BWD_BLOCK_E, vx), (GLUON_BWD_BLOCK_E, vz), (GLUON_BWD_BLOCK_E, vg), (block_r, vr),
+                     (2 * args.N, vr)):
+        if width % v or width // v > 32 or save_every * (width // v) < 32:
+            return None
+    if args.c_col != args.b_col + args.N or args.b_col % vr or block_r > rows.shape[-1] or rows.stride(0) % vr:
+        return None
+    ints = (x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), gy.stride(0), gy.stride(1),
+            gy.stride(2), args.E)
+    if any(v % 16 for v in ints) or any(t.data_ptr() % 16 for t in (x, z, gy, rows, args.dt[1])):
+        return None
+    if args.dt[1].stride() != rows.stride() or args.dt[1].dtype != rows.dtype:
+        return None
+    return vx, vz, vg, vr
 
 
 def dt_proj_grads(graw: Tensor, dt_low: Tensor, weight: Tensor) -> Tuple[Tensor, Tensor]:
