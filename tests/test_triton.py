@@ -664,6 +664,23 @@ GLUON_CASES = [  # (length, batch, activations, x_proj's rows, which kernels run
 ]
 
 
+def test_bi_scan_padded_rows_gradients():
+    # x_proj's rows as the model makes them (dt_low | zeros | B | C): the fused scan's autograd function gives
+    # d rows as wide as the rows, zero in the padding (interpreter-sized on the CPU)
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    inputs = bi_scan_inputs(1, 5, torch.float32, torch.float32, seed=5, E=32, width=48)
+    ref = bi_scan_reference(*inputs)
+    grad = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, inputs, grad)
+    y = ts._TritonBiScan.apply(*inputs, True, dict(ts._config(), min_programs=0))
+    g = torch.autograd.grad(y, inputs, grad)
+    assert rel_err(y, ref) < 1e-4
+    for name, a, b in zip(BI_NAMES, g, g_ref):
+        assert a.shape == b.shape and rel_err(a, b) < 1e-4, (name, rel_err(a, b))
+    assert g[2][:, 12:16].abs().max() == 0 and g[3][:, 12:16].abs().max() == 0
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("length,batch,dtype,rows_dtype,which,scratch", GLUON_CASES)
 def test_gluon_scan_matches_reference_and_triton(length, batch, dtype, rows_dtype, which, scratch, monkeypatch):

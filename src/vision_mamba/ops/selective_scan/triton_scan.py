@@ -163,8 +163,9 @@ def _read_config():
         gluon_onepass=_env_int("VISION_MAMBA_TRITON_GLUON_ONEPASS", 1),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
-        # 8 measured fastest (docs/kernels.md, "Session 17": graphed Vim-Ti at 224 px / batch 128 +5.7%)
-        gluon_staged=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED", 8),
+        # 4 measured fastest (docs/kernels.md, "Session 17": the kernel at 224 px / batch 128 0.164 ms unstaged,
+        # 0.147 at 8 steps, 0.134 at 4; the graphed Vim-Ti there 19,6xx -> 20,7xx -> 21,8xx img/s)
+        gluon_staged=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED", 4),
         # the Gluon backward (shared-memory scratch) with each block's inputs staged through shared memory by
         # asynchronous copies a block ahead (scan_bwd_staged_gluon_kernel), where the tensors allow it
         # (_bwd_staged_fits); 0: off
@@ -933,7 +934,8 @@ class _TritonBiScan(torch.autograd.Function):
         gdbl, gw = [], []
         for i, (dbl, w) in enumerate(((dbl_f, w_f), (dbl_b, w_b))):
             rows = dbl.reshape(-1, dbl.shape[-1])
-            g_low, g_w = dt_proj_grads(g["graw"][i].view(rows.shape[0], -1), rows[:, :R], w)
+            rank_cols = rows.shape[1] - 2 * N  # (R, or the padded rows' dt_low | zeros: _rank_cols)
+            g_low, g_w = dt_proj_grads(g["graw"][i].view(rows.shape[0], -1), rows[:, :rank_cols], w)
             gdbl.append(torch.cat([g_low.to(dbl.dtype), g["gbc"][i].view(rows.shape[0], 2 * N).to(dbl.dtype)],
                                   dim=1).view(dbl.shape))
             gw.append(g_w)
