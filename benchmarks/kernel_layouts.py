@@ -180,7 +180,8 @@ def main() -> int:
     fwd, bwd = _Capture(), _Capture()
     ts.scan_fwd_kernel, ts.scan_bwd_kernel = fwd, bwd
     cfg = dict(ts._config(), params_t=args.params_t, bwd_params_t=args.params_t, min_programs=0,
-               gluon=int(args.gluon), gluon_bwd=int(args.gluon), save_every=args.save_every)
+               gluon=int(args.gluon), gluon_bwd=int(args.gluon), save_every=args.save_every,
+               gluon_bwd_staged=0, gluon_train_staged=0)  # (the staged kernels: reported apart, below)
     if args.gluon:
         from vision_mamba.ops.selective_scan import gluon_kernels as gk
 
@@ -237,6 +238,14 @@ def main() -> int:
             ts.scan_forward(inf_args, bf, save_states=False, config=dict(cfg, gluon=-1, gluon_staged=stage))
             setattr(gk, kernel.__name__, kernel)
             inference.append((name, kernel, cap.calls[0]))
+        # the training forward of one pass, staged (saving states for the Gluon backward)
+        cap = _Capture()
+        staged_fwd = gk.scan_fwd_staged_gluon_kernel
+        gk.scan_fwd_staged_gluon_kernel = cap
+        ts.scan_forward(inf_args, bf, save_states=True, config=dict(cfg, gluon_train_staged=4))
+        gk.scan_fwd_staged_gluon_kernel = staged_fwd
+        if cap.calls:
+            inference.append(("forward, one pass, staged (training)", staged_fwd, cap.calls[0]))
         # the backward with each block's inputs staged through shared memory (the same padded rows)
         cap = _Capture()
         staged_bwd = gk.scan_bwd_staged_gluon_kernel

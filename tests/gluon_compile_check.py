@@ -1,7 +1,7 @@
 """Compiles the Gluon scan kernels (ops/selective_scan/gluon_kernels.py) for sm_90 without a GPU, as the launch code
 calls them: the launches of ``triton_scan.scan_forward`` / ``scan_backward`` are captured on CPU tensors at Vim-Ti's
 widths (one pass and chunk-parallel, inference and training, shared-memory and global scratch, both layouts of the
-saved states, and the staged one-pass forward), then compiled with the specialisation Triton's launcher applies
+saved states, the staged one-pass forward, inference and training), then compiled with the specialisation Triton's launcher applies
 (benchmarks/kernel_layouts.py).
 Checks that each compiles, that the forward has no layout conversions (no shuffles, no barriers) and that the
 backward's only shuffles and barriers are the ones of its sums over channels. Run by
@@ -22,8 +22,14 @@ from vision_mamba.ops.selective_scan import gluon_kernels as gk  # noqa: E402
 from vision_mamba.ops.selective_scan import triton_scan as ts  # noqa: E402
 
 
+KERNELS = ("scan_fwd_gluon_kernel", "scan_fwd_onepass_gluon_kernel", "scan_fwd_staged_gluon_kernel",
+           "scan_bwd_gluon_kernel", "scan_bwd_staged_gluon_kernel")
+
+
 def capture(B, L, cfg, rows_dtype, hsave_layout):
-    """The Gluon launches of one forward (saving states) and one backward, with ``cfg`` over the defaults."""
+    """The Gluon launches of one forward saving states (training), one without (inference) and one backward, with
+    ``cfg`` over the defaults: {kernel name: [(args, kwargs), ...]} for each of the two passes ("train", "infer")
+    and the backward ("bwd")."""
     E, N, R = 384, 16, 12
     bf = torch.bfloat16
     xs, z = torch.randn(2, B, L, E, dtype=bf), torch.randn(B, L, 2 * E, dtype=bf)[..., E:]
@@ -32,19 +38,27 @@ def capture(B, L, cfg, rows_dtype, hsave_layout):
     alog, dd = [torch.randn(E, N) for _ in range(2)], [torch.randn(E) for _ in range(2)]
     args = ts._bi_args(xs, z, dbl[0], dbl[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1], dd[0], dd[1], R, N)
     cfg = dict(ts._config(), **cfg)
-    fwd, bwd = _Capture(), _Capture()
-    gk.scan_fwd_gluon_kernel, gk.scan_bwd_gluon_kernel = fwd, bwd
+    originals = {name: getattr(gk, name) for name in KERNELS}
     # (the Triton kernels between or instead of the Gluon launches are not compiled here)
     ts.chunk_carry_kernel = ts.adjoint_chunk_kernel = ts.scan_fwd_kernel = ts.scan_bwd_kernel = _Capture()
-    ts.scan_forward(args, bf, save_states=True, config=cfg)
-    onepass = _Capture()
-    gk.scan_fwd_onepass_gluon_kernel = onepass
-    ts.scan_forward(args, bf, save_states=False, config=cfg)  # (inference: the one-pass kernel where it applies)
     n_save = triton.cdiv(L, ts._save_every(cfg, L))
     hsave = torch.zeros(B, 2, n_save, E, N).transpose(-1, -2) if hsave_layout == "EN" \
         else torch.zeros(B, 2, n_save, N, E)
-    ts.scan_backward(args, hsave, torch.randn(B, L, 2, E, dtype=bf), config=cfg)
-    return fwd.calls, onepass.calls, bwd.calls
+    passes = dict(train=lambda: ts.scan_forward(args, bf, save_states=True, config=cfg),
+                  infer=lambda: ts.scan_forward(args, bf, save_states=False, config=cfg),
+                  bwd=lambda: ts.scan_backward(args, hsave, torch.randn(B, L, 2, E, dtype=bf), config=cfg))
+    calls = {}
+    try:
+        for name, run in passes.items():
+            caps = {k: _Capture() for k in KERNELS}
+            for k, cap in caps.items():
+                setattr(gk, k, cap)
+            run()
+            calls[name] = {k: cap.calls for k, cap in caps.items() if cap.calls}
+    finally:
+        for k, kernel in originals.items():
+            setattr(gk, k, kernel)
+    return calls
 
 
 def compile_call(kernel, call):
@@ -57,9 +71,23 @@ def compile_call(kernel, call):
     return compiled.asm["ptx"]
 
 
+def check_forward(ptx):
+    assert ".entry" in ptx and "ex2.approx" in ptx, "no kernel, or no exp2 in it"
+    assert "shfl.sync" not in ptx, "layout conversions in the forward"
+
+
+def check_backward(kernel_name, ptx):
+    # the sums over channels: one shuffle each for d B and d C, two barriers a step (none elsewhere); the staged
+    # kernel has three more a block or a program for its buffers (after the copies' wait, the compiler's before
+    # the first step, after the last wait)
+    assert ".entry" in ptx and "ex2.approx" in ptx, "no kernel, or no exp2 in it"
+    bars = 7 if "staged" in kernel_name else 4
+    assert ptx.count("shfl.sync") <= 2 and ptx.count("bar.sync") <= bars, \
+        (kernel_name, ptx.count("shfl.sync"), ptx.count("bar.sync"))
+
+
 def main() -> int:
-    fwd_kernel, bwd_kernel = gk.scan_fwd_gluon_kernel, gk.scan_bwd_gluon_kernel
-    onepass_kernel = gk.scan_fwd_onepass_gluon_kernel
+    kernels = {name: getattr(gk, name) for name in KERNELS}
     gk.AVAILABLE = True
     ts._gluon_device = lambda device: True  # the launch code on CPU tensors, as on CUDA
     cases = [  # (B, L, config, x_proj's rows, saved states' layout for the backward)
@@ -72,20 +100,24 @@ def main() -> int:
     checked = 0
     with tempfile.TemporaryDirectory():
         for B, L, cfg, rows_dtype, layout in cases:
-            fwd_calls, onepass_calls, bwd_calls = capture(B, L, cfg, rows_dtype, layout)
-            assert fwd_calls and len(bwd_calls) == int(cfg.get("gluon_bwd", 1)), (len(fwd_calls), len(bwd_calls))
-            assert len(onepass_calls) == int(cfg["min_programs"] == 0), len(onepass_calls)
-            for kernel, call in [(fwd_kernel, c) for c in fwd_calls] + [(onepass_kernel, c) for c in onepass_calls]:
-                ptx = compile_call(kernel, call)
-                assert ".entry" in ptx and "ex2.approx" in ptx, "no kernel, or no exp2 in it"
-                assert "shfl.sync" not in ptx and "bar.sync" not in ptx, "layout conversions in the forward"
-                checked += 1
-            for call in bwd_calls:
-                ptx = compile_call(bwd_kernel, call)
-                # the sums over channels: one shuffle each for d B and d C, two barriers a step (none elsewhere)
-                assert ptx.count("shfl.sync") <= 2 and ptx.count("bar.sync") <= 4, \
-                    (ptx.count("shfl.sync"), ptx.count("bar.sync"))
-                checked += 1
+            calls = capture(B, L, cfg, rows_dtype, layout)
+            assert calls["train"], (B, L, {k: list(v) for k, v in calls.items()})
+            assert bool(calls["bwd"]) == bool(cfg.get("gluon_bwd", 1)), calls["bwd"].keys()
+            # (one-pass inference: the one-pass kernel, staged or not, where the sequence runs in one pass)
+            onepass = {"scan_fwd_onepass_gluon_kernel", "scan_fwd_staged_gluon_kernel"} & set(calls["infer"])
+            assert bool(onepass) == (cfg["min_programs"] == 0), calls["infer"].keys()
+            for pass_name in ("train", "infer"):
+                for name, launches in calls[pass_name].items():
+                    for call in launches:
+                        ptx = compile_call(kernels[name], call)
+                        check_forward(ptx)
+                        if name != "scan_fwd_staged_gluon_kernel":
+                            assert "bar.sync" not in ptx, "layout conversions in the forward"
+                        checked += 1
+            for name, launches in calls["bwd"].items():
+                for call in launches:
+                    check_backward(name, compile_call(kernels[name], call))
+                    checked += 1
         # the one-pass inference forward staged through shared memory, on the model's padded fp32 rows
         staged_kernel = gk.scan_fwd_staged_gluon_kernel
         for B, L, stage in ((2, 197, 8), (1, 5, 4)):
@@ -100,6 +132,22 @@ def main() -> int:
                             config=dict(ts._config(), min_programs=0, gluon_staged=stage))
             gk.scan_fwd_staged_gluon_kernel = staged_kernel
             assert len(cap.calls) == 1, len(cap.calls)
+            ptx = compile_call(staged_kernel, cap.calls[0])
+            assert "cp.async" in ptx and "ex2.approx" in ptx and "shfl.sync" not in ptx
+            checked += 1
+        # the same kernel as the training forward of one pass, saving the states for the Gluon backward
+        for B, L, stage in ((2, 197, 4), (1, 9, 8)):
+            E, N, R = 384, 16, 12
+            xs, z = torch.randn(2, B, L, E, dtype=torch.bfloat16), torch.randn(B, L, 2 * E, dtype=torch.bfloat16)
+            rows = torch.randn(2, B * L, 48)
+            w, v, a = torch.randn(E, R), torch.randn(E), torch.randn(E, N)
+            args = ts._bi_args(xs, z[..., E:], rows[0], rows[1], w, w, v, v, a, a, v, v, R, N)
+            cap = _Capture()
+            gk.scan_fwd_staged_gluon_kernel = cap
+            ts.scan_forward(args, torch.bfloat16, save_states=True,
+                            config=dict(ts._config(), min_programs=0, gluon_train_staged=stage))
+            gk.scan_fwd_staged_gluon_kernel = staged_kernel
+            assert len(cap.calls) == 1 and cap.calls[0][1]["SAVE_STATES"], len(cap.calls)
             ptx = compile_call(staged_kernel, cap.calls[0])
             assert "cp.async" in ptx and "ex2.approx" in ptx and "shfl.sync" not in ptx
             checked += 1

@@ -781,13 +781,57 @@ def test_gluon_staged_forward_matches(length, batch, dtype, stage, monkeypatch):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("stage", [4, 8])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-@pytest.mark.parametrize("length,batch,min_programs", [(1, 1, 0), (7, 2, 0), (8, 1, 0), (9, 3, 0), (63, 3, 0),
-                                                       (197, 2, 0), (197, 1, -1), (730, 2, -1)])
-def test_gluon_staged_backward_matches(length, batch, min_programs, dtype, monkeypatch):
+@pytest.mark.parametrize("length,batch,save_every", [(1, 1, 0), (7, 2, 0), (9, 3, 0), (63, 3, 4), (197, 2, 0),
+                                                     (730, 2, 0)])
+def test_gluon_staged_training_forward_matches(length, batch, dtype, stage, save_every, monkeypatch):
+    # the training forward in one pass staged through shared memory (scan_fwd_staged_gluon_kernel saving the
+    # states entering every block): its output and saved states against the general Gluon forward's, and every
+    # gradient through it against the fp32 reference
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if not gluon_kernels.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    staged = []
+    original = ts._staged_fits
+    monkeypatch.setattr(ts, "_staged_fits", lambda *a: (staged.append(original(*a)), staged[-1])[1])
+    cfg = dict(ts._config(), min_programs=0, gluon_bwd=1, save_every=save_every)
+    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + stage, width=48)
+    R, N = inputs[4].shape[1], inputs[8].shape[1]
+    args = ts._bi_args(*[t.detach() for t in inputs], R, N)
+    outs = []
+    for config in (dict(cfg, gluon_train_staged=stage), dict(cfg, gluon_train_staged=0)):
+        outs.append(ts.scan_forward(args, dtype, save_states=True, config=config))  # (outputs poisoned first)
+    assert len(staged) == 1 and staged[0] is not None  # (the staged kernel ran, for the first config only)
+    (y_s, h_s), (y_g, h_g) = outs
+    assert h_s.shape == h_g.shape and h_s.stride() == h_g.stride()
+    assert torch.isfinite(y_s).all() and torch.isfinite(h_s).all()
+    assert rel_err(h_s, h_g) < 1e-5  # (the same arithmetic, in the same order)
+    # (the gate applied in another order: a last-bit difference in fp32 can round a bf16 output the other way)
+    assert rel_err(y_s, y_g) < (1e-5 if dtype == torch.float32 else 2e-3)
+    ref = bi_scan_reference(*inputs)
+    grad = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, inputs, grad)
+    y = ts._TritonBiScan.apply(*inputs, True, dict(cfg, gluon_train_staged=stage))
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert rel_err(y, ref) < tol
+    for name, a, b in zip(BI_NAMES, torch.autograd.grad(y, inputs, grad.to(y.dtype)), g_ref):
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) < tol, (name, rel_err(a, b))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("length,batch,min_programs,width", [
+    (1, 1, 0, 48), (7, 2, 0, 48), (8, 1, 0, 48), (9, 3, 0, 48), (63, 3, 0, 48), (197, 2, 0, 48), (197, 1, -1, 48),
+    (730, 2, -1, 48), (197, 2, 0, 44), (63, 1, -1, 44)])
+def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype, monkeypatch):
     # the Gluon backward with each block's inputs staged through shared memory (scan_bwd_staged_gluon_kernel):
     # partial and whole 8-step blocks, one pass and chunk-parallel (min_programs -1: the adjoint carried into the
-    # chunks), against the fp32 reference and the unstaged Gluon backward, all twelve gradients
+    # chunks), the model's padded rows (48: dt_low | zeros | B | C) and unpadded ones (44: B at column 12), against
+    # the fp32 reference and the unstaged Gluon backward, all twelve gradients
     from vision_mamba.ops.selective_scan import gluon_kernels
     from vision_mamba.ops.selective_scan import triton_scan as ts
 
@@ -797,7 +841,7 @@ def test_gluon_staged_backward_matches(length, batch, min_programs, dtype, monke
     original = ts._bwd_staged_fits
     monkeypatch.setattr(ts, "_bwd_staged_fits", lambda *a: (staged.append(original(*a)), staged[-1])[1])
     cfg = dict(ts._config(), min_programs=min_programs, gluon=1, gluon_bwd=1)
-    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + batch, width=48)
+    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + batch, width=width)
     ref = bi_scan_reference(*inputs)
     grad = torch.randn_like(ref)
     g_ref = torch.autograd.grad(ref, inputs, grad)

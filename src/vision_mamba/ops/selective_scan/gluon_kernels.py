@@ -332,9 +332,10 @@ if gluon is not None:
         x_ptr, z_ptr, rows_ptr, dir_off, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b, y_ptr,
         L, E, stride_x_d, stride_x_b, stride_x_l, stride_z_b, stride_z_l,
         stride_y_b, stride_y_l, stride_y_d, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+        hsave_ptr, stride_s_b, stride_s_d, stride_s_c,
         stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
         B_COL: gl.constexpr, C_COL: gl.constexpr, STAGE: gl.constexpr, RW: gl.constexpr, VX: gl.constexpr,
-        VR: gl.constexpr,
+        VR: gl.constexpr, SAVE_STATES: gl.constexpr, SAVE_EVERY: gl.constexpr,
     ):
         """The one-pass inference forward of ``scan_fwd_onepass_gluon_kernel`` with its inputs staged through
         shared memory: x, z and x_proj's rows for STAGE steps at a time arrive by asynchronous copies (cp.async)
@@ -343,7 +344,11 @@ if gluon is not None:
         of its stall samples waiting on global loads at the two register moves of its one-step prefetch: ptxas
         issues the prefetch late in the loop, so a step's loads are not hidden. Here nothing of a step's inputs
         is held in registers across steps. Same arguments as that kernel, plus STAGE (steps a chunk), RW (the
-        staged row width: a power of two >= C_COL + N), VX / VR (elements of x / of a row in 16 bytes)."""
+        staged row width: a power of two >= C_COL + N), VX / VR (elements of x / of a row in 16 bytes).
+
+        SAVE_STATES makes it the training forward of a sequence in one pass: as ``scan_fwd_gluon_kernel`` with
+        SAVE_STATES and STATES_EN, it saves the state entering every block of SAVE_EVERY steps (hsave [B, 2,
+        blocks, E, N], a thread's states contiguous, for the Gluon backward)."""
         NW: gl.constexpr = gl.num_warps()
         CPT: gl.constexpr = BLOCK_E // (32 * NW)
         tile: gl.constexpr = gl.BlockedLayout([CPT, N], [32, 1], [NW, 1], [1, 0])
@@ -386,6 +391,10 @@ if gluon is not None:
         z_rows = z_buf._reinterpret(z_ptr.dtype.element_ty, [2 * STAGE, BLOCK_E], row_l)
         r_rows = r_buf._reinterpret(rows_ptr.dtype.element_ty, [2 * STAGE, RW], row_l)
         h = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
+        hsave_base = hsave_ptr + b * stride_s_b + d * stride_s_d \
+            + gl.expand_dims(offs_e, 1) * N + gl.expand_dims(offs_n, 0)
+        if SAVE_STATES:  # (the state entering the first block: zero)
+            gl.store(hsave_base, h)
         _stage_steps(x_buf.index(0), z_buf.index(0), r_buf.index(0), x_base, z_base, row_base, b, L, 0, rev,
                      stride_x_l, stride_z_l, stride_row, C_COL + N, x_ld, r_ld)
         async_copy.commit_group()
@@ -407,6 +416,10 @@ if gluon is not None:
             raw = gl.convert_layout(gl.sum(w * gl.expand_dims(da, 0), axis=1), ch) + bias
             delta = _softplus(raw)
             h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h + gl.expand_dims(delta * xv, 1) * gl.expand_dims(ba, 0)
+            if SAVE_STATES:  # the state entering the next block, as it leaves this step
+                s1 = s + 1
+                if (s1 % SAVE_EVERY == 0) & (s1 < L):
+                    gl.store(hsave_base + (s1 // SAVE_EVERY) * stride_s_c, h)
             yv = gl.sum(h * gl.expand_dims(ca, 0), axis=1) + dskip * xv
             yv = yv * zv * _sigmoid(zv)
             t = gl.where(rev, L - 1 - s, s)

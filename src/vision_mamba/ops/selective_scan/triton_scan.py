@@ -69,7 +69,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG", "BWD_MAXNREG", "PARAMS_T",
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
-        "GLUON_BWD_STAGED"))
+        "GLUON_BWD_STAGED", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -168,8 +168,16 @@ def _read_config():
         gluon_staged=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED", 4),
         # the Gluon backward (shared-memory scratch) with each block's inputs staged through shared memory by
         # asynchronous copies a block ahead (scan_bwd_staged_gluon_kernel), where the tensors allow it
-        # (_bwd_staged_fits); 0: off
-        gluon_bwd_staged=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_STAGED", 0),
+        # (_bwd_staged_fits); 0: off. On since its GPU tests passed (docs/kernels.md, "Session 17": the kernel at
+        # 224 px / batch 128 0.804 -> 0.791 ms, at 128 px / batch 512 1.071 -> 0.967 ms; 166 registers, not 254)
+        gluon_bwd_staged=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_STAGED", 1),
+        # the training forward of a sequence in one pass (64 channels a program, states saved for the Gluon
+        # backward) in scan_fwd_staged_gluon_kernel with this many steps staged at a time, where _staged_fits
+        # allows (else scan_fwd_gluon_kernel); 0: off
+        gluon_train_staged=_env_int("VISION_MAMBA_TRITON_GLUON_TRAIN_STAGED", 0),
+        # that launch's register cap: ptxas gives the kernel 168 registers by itself (12 warps an SM), 136 with this
+        # cap and no spills (15 warps; 128: a 4-byte spill); 0: no cap
+        train_staged_maxnreg=_env_int("VISION_MAMBA_TRITON_TRAIN_STAGED_MAXNREG", 136),
         # the Gluon backward's walk prefetches B and C a step ahead (0: loads them in their own step)
         gluon_walk_prefetch=_env_int("VISION_MAMBA_TRITON_GLUON_WALK_PREFETCH", 1),
         # Vim's mixer: x_proj's rows laid out dt_low | zeros | B | C, dt_low's columns padded to a multiple of 8
@@ -473,6 +481,11 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
             PARAMS_T=_params_t(cfg.get("params_t", -1), backward=False), EVEN_E=E % block_e == 0, **flags,
         )
 
+    if (n_chunks == 1 and save_states and states_en and block_e == 64 and cfg["num_warps"] == 1
+            and _launch_gluon_onepass(args, y, cfg.get("gluon_train_staged", 0), hsave, save_every,
+                                      cfg.get("train_staged_maxnreg", 0))):
+        return y, hsave  # (the training forward in one pass, staged: where it applies)
+
     def launch(hinit, hend, dsum, write_y, write_end, save):
         if kind == "onepass":
             return _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0))
@@ -631,7 +644,13 @@ def _staged_fits(args: _ScanArgs, stage: int, rows: Tensor) -> Optional[Tuple[in
     return rw, vx, vr
 
 
-def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0) -> None:
+def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Optional[Tensor] = None,
+                          save_every: int = 0, maxnreg: int = 0) -> bool:
+    """The one-pass Gluon forward (64 channels a program, one warp): staged (scan_fwd_staged_gluon_kernel) where
+    ``stage`` is set and _staged_fits allows, else scan_fwd_onepass_gluon_kernel. With ``hsave`` (the training
+    forward: [B, 2, blocks, N, E] views of [..., E, N] storage) only the staged kernel saves states, under the
+    register cap ``maxnreg`` (0: none): whether it ran is returned, and nothing is launched where it does not
+    apply."""
     from . import gluon_kernels
 
     x, z, rows = args.x, args.z, args.dt[0]
@@ -647,10 +666,18 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0) -> None:
     staged = _staged_fits(args, stage, rows) if stage else None
     if staged is not None:
         rw, vx, vr = staged
+        if hsave is not None:
+            save = dict(SAVE_STATES=True, SAVE_EVERY=save_every, **_maxnreg(maxnreg))
+            s_args = (hsave, hsave.stride(0), hsave.stride(1), hsave.stride(2))
+        else:
+            save, s_args = dict(SAVE_STATES=False, SAVE_EVERY=1), (_dummy(x.device), 0, 0, 0)
         fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
-            *common, STAGE=stage, RW=rw, VX=vx, VR=vr, **flags)
-    else:
-        fast(gluon_kernels.scan_fwd_onepass_gluon_kernel)[(B * (E // block_e), 1, 2)](*common, **flags)
+            *common, *s_args, STAGE=stage, RW=rw, VX=vx, VR=vr, **save, **flags)
+        return True
+    if hsave is not None:
+        return False
+    fast(gluon_kernels.scan_fwd_onepass_gluon_kernel)[(B * (E // block_e), 1, 2)](*common, **flags)
+    return True
 
 
 GLUON_BWD_BLOCK_E = 32  # channels per program of the Gluon backward (one warp, a channel a thread)
