@@ -117,7 +117,7 @@ def markdown_section(records: Sequence[Dict[str, Any]], png_rel: str) -> str:
     notes = sorted({r["note"] for r in records if r.get("note")})
     if notes:
         lines += ["", "Notes recorded by the bench:", ""] + [f"- {n}" for n in notes]
-    lines += ["", f"![Vim vs DeiT on the H200]({png_rel})", "", END]
+    lines += ["", f"![Vim vs DeiT on the {env.get('device', 'device')}]({png_rel})", "", END]
     return "\n".join(lines)
 
 

@@ -173,10 +173,11 @@ def _read_config():
         gluon_bwd_staged=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_STAGED", 1),
         # the training forward of a sequence in one pass (64 channels a program, states saved for the Gluon
         # backward) in scan_fwd_staged_gluon_kernel with this many steps staged at a time, where _staged_fits
-        # allows (else scan_fwd_gluon_kernel); 0: off
-        gluon_train_staged=_env_int("VISION_MAMBA_TRITON_GLUON_TRAIN_STAGED", 0),
+        # allows (else scan_fwd_gluon_kernel); 0: off. 4 since session 18 (docs/kernels.md, "Session 18"; H100:
+        # the kernel at 224 px / batch 128 0.249 -> 0.221 ms, 8 steps 0.224; the graphed training step +1.5%)
+        gluon_train_staged=_env_int("VISION_MAMBA_TRITON_GLUON_TRAIN_STAGED", 4),
         # that launch's register cap: ptxas gives the kernel 168 registers by itself (12 warps an SM), 136 with this
-        # cap and no spills (15 warps; 128: a 4-byte spill); 0: no cap
+        # cap and no spills (15 warps; 128: a 4-byte spill); 0: no cap (the three measured within 1% of each other)
         train_staged_maxnreg=_env_int("VISION_MAMBA_TRITON_TRAIN_STAGED_MAXNREG", 136),
         # the Gluon backward's walk prefetches B and C a step ahead (0: loads them in their own step)
         gluon_walk_prefetch=_env_int("VISION_MAMBA_TRITON_GLUON_WALK_PREFETCH", 1),
