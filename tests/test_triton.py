@@ -620,6 +620,19 @@ def test_gluon_dispatch_rule(monkeypatch):
 BI_NAMES = ("xs", "z", "dbl_f", "dbl_b", "w_f", "w_b", "bias_f", "bias_b", "alog_f", "alog_b", "d_f", "d_b")
 
 
+def record_results(monkeypatch, module, name):
+    """A list that receives every result of ``module.name`` from now on (the function still runs as before)."""
+    results = []
+    original = getattr(module, name)
+
+    def recorded(*args):
+        results.append(original(*args))
+        return results[-1]
+
+    monkeypatch.setattr(module, name, recorded)
+    return results
+
+
 def bi_scan_inputs(batch, length, dtype, rows_dtype, seed, E=384, N=16, R=12, width=None):
     """The fused scan's inputs at Vim-Ti's widths: xs [2, B, L, E] and z (a strided view) in ``dtype``, x_proj's
     rows per direction [B * L, R + 2N] in ``rows_dtype``, the parameters in fp32; all requiring grad."""
@@ -763,9 +776,7 @@ def test_gluon_staged_forward_matches(length, batch, dtype, stage, monkeypatch):
 
     if not gluon_kernels.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    staged = []
-    original = ts._staged_fits
-    monkeypatch.setattr(ts, "_staged_fits", lambda *a: (staged.append(original(*a)), staged[-1])[1])
+    staged = record_results(monkeypatch, ts, "_staged_fits")
     cfg = dict(ts._config(), min_programs=0)
     inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + stage, width=48)
     with torch.no_grad():
@@ -794,9 +805,7 @@ def test_gluon_staged_training_forward_matches(length, batch, dtype, stage, save
 
     if not gluon_kernels.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    staged = []
-    original = ts._staged_fits
-    monkeypatch.setattr(ts, "_staged_fits", lambda *a: (staged.append(original(*a)), staged[-1])[1])
+    staged = record_results(monkeypatch, ts, "_staged_fits")
     cfg = dict(ts._config(), min_programs=0, gluon_bwd=1, save_every=save_every)
     inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + stage, width=48)
     R, N = inputs[4].shape[1], inputs[8].shape[1]
@@ -837,9 +846,7 @@ def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype
 
     if not gluon_kernels.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    staged = []
-    original = ts._bwd_staged_fits
-    monkeypatch.setattr(ts, "_bwd_staged_fits", lambda *a: (staged.append(original(*a)), staged[-1])[1])
+    staged = record_results(monkeypatch, ts, "_bwd_staged_fits")
     cfg = dict(ts._config(), min_programs=min_programs, gluon=1, gluon_bwd=1)
     inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + batch, width=width)
     ref = bi_scan_reference(*inputs)
