@@ -1,10 +1,11 @@
 """Compiles the Gluon scan kernels (ops/selective_scan/gluon_kernels.py) for sm_90 without a GPU, as the launch code
 calls them: the launches of ``triton_scan.scan_forward`` / ``scan_backward`` are captured on CPU tensors at Vim-Ti's
 widths (one pass and chunk-parallel, inference and training, shared-memory and global scratch, both layouts of the
-saved states, the staged one-pass forward, inference and training), then compiled with the specialisation Triton's launcher applies
+saved states, the staged kernels), then compiled with the specialisation Triton's launcher applies
 (benchmarks/kernel_layouts.py).
-Checks that each compiles, that the forward has no layout conversions (no shuffles, no barriers) and that the
-backward's only shuffles and barriers are the ones of its sums over channels. Run by
+Checks that each compiles, that the forward has no layout conversions (no shuffles; no barriers but the staged
+kernel's, around its buffers) and that the backward's only shuffles and barriers are the ones of its sums over
+channels (and the staged kernel's). Run by
 tests/test_triton.py::test_gluon_kernels_compile_for_sm90 in a process without TRITON_INTERPRET."""
 import sys
 import tempfile
