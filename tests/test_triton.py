@@ -552,6 +552,10 @@ def test_staged_forward_fit_rule():
     assert ts._bwd_staged_fits(made, gy, 8) == (8, 8, 8, 4)  # the model's padded fp32 rows, 8-step blocks
     assert ts._bwd_staged_fits(made, gy.float(), 8) == (8, 8, 4, 4)
     assert ts._bwd_staged_fits(made, gy, 4) is None  # a warp's copies would repeat rows of a 4-step block
+    # its blocks differentiated in parts (a power of two; at least a step a part)
+    assert [ts._bwd_part(dict(gluon_bwd_parts=p), 8) for p in (1, 2, 4, 16)] == [8, 4, 2, 1]
+    with pytest.raises(ValueError, match="power of two"):
+        ts._bwd_part(dict(gluon_bwd_parts=3), 8)
     assert ts._bwd_staged_fits(made, gy, 6) is None
     made, rows = args(rows_width=56)  # Vim-S-like rows: B at column 24 (16-byte aligned), C right after it
     assert ts._bwd_staged_fits(made, gy, 8) == (8, 8, 8, 4)
@@ -832,15 +836,17 @@ def test_gluon_staged_training_forward_matches(length, batch, dtype, stage, save
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("parts", [1, 2, 4])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("length,batch,min_programs,width", [
     (1, 1, 0, 48), (7, 2, 0, 48), (8, 1, 0, 48), (9, 3, 0, 48), (63, 3, 0, 48), (197, 2, 0, 48), (197, 1, -1, 48),
     (730, 2, -1, 48), (197, 2, 0, 44), (63, 1, -1, 44)])
-def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype, monkeypatch):
+def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype, parts, monkeypatch):
     # the Gluon backward with each block's inputs staged through shared memory (scan_bwd_staged_gluon_kernel):
-    # partial and whole 8-step blocks, one pass and chunk-parallel (min_programs -1: the adjoint carried into the
-    # chunks), the model's padded rows (48: dt_low | zeros | B | C) and unpadded ones (44: B at column 12), against
-    # the fp32 reference and the unstaged Gluon backward, all twelve gradients
+    # partial and whole 8-step blocks, each differentiated in 1, 2 or 4 parts (partial blocks: fewer, the last one
+    # short), one pass and chunk-parallel (min_programs -1: the adjoint carried into the chunks), the model's
+    # padded rows (48: dt_low | zeros | B | C) and unpadded ones (44: B at column 12), against the fp32 reference
+    # and the unstaged Gluon backward, all twelve gradients
     from vision_mamba.ops.selective_scan import gluon_kernels
     from vision_mamba.ops.selective_scan import triton_scan as ts
 
@@ -853,15 +859,18 @@ def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype
     grad = torch.randn_like(ref)
     g_ref = torch.autograd.grad(ref, inputs, grad)
     results = []
-    for config in (dict(cfg, gluon_bwd_staged=1), dict(cfg, gluon_bwd_staged=0)):
+    for config in (dict(cfg, gluon_bwd_staged=1, gluon_bwd_parts=parts), dict(cfg, gluon_bwd_staged=0)):
         y = ts._TritonBiScan.apply(*inputs, True, config)
         results.append(torch.autograd.grad(y, inputs, grad.to(y.dtype)))
     assert len(staged) == 1 and staged[0] is not None  # (the staged kernel ran, once)
     tol = 1e-4 if dtype == torch.float32 else 1e-2
+    # (the same arithmetic but for the order of the sums over channels and the form of softplus' slope: last-bit
+    # differences in fp32, which can round a bf16 gradient the other way)
+    same = 1e-5 if dtype == torch.float32 else 2e-3
     for name, a, b, c in zip(BI_NAMES, results[0], g_ref, results[1]):
         assert torch.isfinite(a).all(), name
         assert rel_err(a, b) < tol, (name, rel_err(a, b))
-        assert rel_err(a, c) < 1e-5, (name, rel_err(a, c))  # the same arithmetic, in the same order
+        assert rel_err(a, c) < same, (name, rel_err(a, c))
 
 
 @pytest.mark.gpu

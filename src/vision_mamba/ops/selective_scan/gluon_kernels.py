@@ -12,7 +12,8 @@ vector loads (the same addresses in every thread: broadcasts), and the per-chann
 
 The backward's two sums over channels (d B_t and d C_t) cross the threads once a step through shared memory:
 each thread writes its channel's [2, N] row, and each reads back one of the 2N columns and sums it (32 loads and
-adds instead of ~160 shuffles). The states the backward recomputes for each block of SAVE_EVERY steps also stay
+adds instead of ~160 shuffles). The staged backward takes them out of its walk: it sums a part of a block's steps
+at a time from the buffer that holds their states (``scan_bwd_staged_gluon_kernel``). The states the backward recomputes for each block of SAVE_EVERY steps also stay
 in shared memory (or, for long save intervals, in a global scratch that only the writing thread reads back).
 
 Gluon has no interpreter: these kernels run only on a GPU, where ``tests/test_triton.py`` compares them with the
@@ -668,6 +669,14 @@ if gluon is not None:
         async_copy.async_copy_global_to_shared(buf, base + gl.expand_dims(t * stride_l, 1) + cols,
                                                mask=gl.expand_dims(s < s_hi, 1))
 
+    @gluon.jit
+    def _softplus_and_slope(x):
+        """(softplus(x), its derivative sigmoid(x)) from one exp2; the first with ``_softplus``'s arithmetic."""
+        q = gl.exp2(gl.abs(x) * -1.4426950408889634)  # e^-|x|
+        sp = gl.maximum(x, 0.0) + 0.6931471805599453 * _ptx_f32(1.0 + q, "lg2.approx.ftz.f32")
+        r = _ptx_f32(1.0 + q, "rcp.approx.ftz.f32")
+        return sp, gl.where(x >= 0.0, r, q * r)
+
     @gluon.jit(do_not_specialize=["L", "steps_per_chunk", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
     def scan_bwd_staged_gluon_kernel(
         x_ptr, z_ptr, rows_f, rows_b, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
@@ -680,28 +689,43 @@ if gluon is not None:
         stride_gx_d, stride_gx_b, stride_gx_l, stride_gr_d, stride_gr_b, stride_gr_l,
         stride_gbc_d, stride_gbc_eb, stride_gbc_b, stride_gbc_l,
         stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
-        B_COL: gl.constexpr, SAVE_EVERY: gl.constexpr, HAS_MU_INIT: gl.constexpr, STATES_EN: gl.constexpr,
-        VX: gl.constexpr, VZ: gl.constexpr, VG: gl.constexpr, VR: gl.constexpr,
+        B_COL: gl.constexpr, SAVE_EVERY: gl.constexpr, PART: gl.constexpr, HAS_MU_INIT: gl.constexpr,
+        STATES_EN: gl.constexpr, VX: gl.constexpr, VZ: gl.constexpr, VG: gl.constexpr, VR: gl.constexpr,
     ):
-        """``scan_bwd_gluon_kernel`` (shared-memory scratch) with its inputs staged through shared memory: each
-        block of SAVE_EVERY steps has x, z, the output gradient and x_proj's dt_low and B | C columns copied in
-        by cp.async while the block after it (in time; the one before in the walk) is processed, into one of two
-        buffers. The recompute loop and the walk then read every input from shared memory: each is fetched from
-        global memory once instead of once per loop, and nothing is prefetched in registers (Nsight Compute on
-        the unstaged kernel: 34% of its stall samples on global loads; docs/kernels.md, "Session 16"). Needs C
-        right after B in the rows (C_COL = B_COL + N) and 16-byte aligned tensors (triton_scan._bwd_staged_fits);
-        VX / VZ / VG / VR: elements of x / z / the output gradient / a row in 16 bytes."""
+        """The Gluon backward with its inputs staged through shared memory and its sums over channels taken a
+        part of a block at a time.
+
+        Staging: each block of SAVE_EVERY steps has x, z, the output gradient and x_proj's dt_low and B | C
+        columns copied in by cp.async while the block after it (in time; the one before in the walk) is
+        processed, into one of two buffers. Every loop reads its inputs from shared memory: each is fetched from
+        global memory once, and nothing is prefetched in registers (Nsight Compute on the unstaged kernel: 34% of
+        its stall samples on global loads; docs/kernels.md, "Session 16").
+
+        Parts: a block is differentiated PART steps at a time, its last part first. For each part the states
+        are recomputed from the block's saved state (through the block's earlier steps, unstored) into a
+        [PART, BLOCK_E, N] buffer; d C_t = sum over channels of h_t gy_t is read off that buffer for the whole
+        part; the walk then goes down the part, leaving in each step's slot, in place of the state it no longer
+        needs, the terms lam_t delta_t x_t whose sum over channels is d B_t, read off after the walk. So the walk
+        exchanges nothing between threads (its only barriers are the compiler's, around its reuse of the slots),
+        and shared memory holds PART steps of states instead of SAVE_EVERY. At Vim-Ti's widths (sm_90, Triton
+        3.6), PART = SAVE_EVERY / 2 recomputes a block's first half twice (~11% more instructions a block) for
+        15.4 KB of shared memory a program instead of 24.6 KB: 12 programs an SM (the registers' limit) instead
+        of 8. The walk takes 259 instructions a step where the kernel that summed over channels in it took 341.
+
+        Needs C right after B in the rows (B_COL, C = B_COL + N) and 16-byte aligned tensors
+        (triton_scan._bwd_staged_fits); VX / VZ / VG / VR: elements of x / z / the output gradient / a row in
+        16 bytes."""
         S: gl.constexpr = SAVE_EVERY
         tile: gl.constexpr = gl.BlockedLayout([1, N], [32, 1], [1, 1], [1, 0])
         wtile: gl.constexpr = gl.BlockedLayout([1, BLOCK_R], [32, 1], [1, 1], [1, 0])
         ch: gl.constexpr = gl.SliceLayout(1, tile)
         st: gl.constexpr = gl.SliceLayout(0, tile)
         wr: gl.constexpr = gl.SliceLayout(0, wtile)
-        # (as scan_bwd_gluon_kernel: the sums over channels, and the recomputed states)
-        red: gl.constexpr = gl.BlockedLayout([BLOCK_E // 2, 1], [2, 16], [1, 1], [0, 1])
+        # the sums over channels: a step's [BLOCK_E, N] slot read back with two threads a state, each over every
+        # other channel (rows of one swizzle phase, opposite halves of the banks: no conflicts), then one shuffle
+        red: gl.constexpr = gl.BlockedLayout([1, 1], [2, 16], [1, 1], [0, 1])
         red_out: gl.constexpr = gl.SliceLayout(0, red)
-        red_smem: gl.constexpr = gl.PaddedSharedLayout.with_identity_for(
-            [[N, 4], [BLOCK_E // 2 * N, 16]], [BLOCK_E, N], [1, 0])
+        red_ch: gl.constexpr = gl.SliceLayout(1, red)
         h_smem: gl.constexpr = gl.SwizzledSharedLayout(4, 2, 4, [1, 0])
         v_smem: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
         # the copies: 16 bytes a thread, a warp over [32 / (W / V), W] of a [S, W] block
@@ -744,11 +768,10 @@ if gluon is not None:
         gbc_base = gbc_ptr + d * stride_gbc_d + eb * stride_gbc_eb + b * stride_gbc_b \
             + gl.arange(0, N, layout=red_out)
 
-        bsum_buf = gl.allocate_shared_memory(gl.float32, [BLOCK_E, N], red_smem)
-        csum_buf = gl.allocate_shared_memory(gl.float32, [BLOCK_E, N], red_smem)
-        h_buf = gl.allocate_shared_memory(gl.float32, [S, BLOCK_E, N], h_smem)
-        delta_buf = gl.allocate_shared_memory(gl.float32, [S, BLOCK_E], v_smem)
-        dsp_buf = gl.allocate_shared_memory(gl.float32, [S, BLOCK_E], v_smem)
+        # a part's states, then (slot by slot, as the walk passes) d B's terms; its raw deltas and gy
+        h_buf = gl.allocate_shared_memory(gl.float32, [PART, BLOCK_E, N], h_smem)
+        raw_buf = gl.allocate_shared_memory(gl.float32, [PART, BLOCK_E], v_smem)
+        gy_buf = gl.allocate_shared_memory(gl.float32, [PART, BLOCK_E], v_smem)
         # two buffers of a block each ([2, S, width]): the copies write [S, width] views, the steps read rows of a
         # [2 S, width] view of the same bytes
         x_buf = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, S, BLOCK_E], buf_l)
@@ -799,65 +822,86 @@ if gluon is not None:
                 _stage_rows(bc_buf.index(1 - slot), row_base + B_COL, b, L, s0, L, rev, stride_row, bc_ld)
             async_copy.commit_group()
             first = slot * S - s_begin  # (step s of this block is row s + first of the staged views)
-            # 1. the block's states, deltas and softplus'(raw delta), recomputed from the saved state
-            h = gl.load(hsave_ptr + b * stride_s_b + d * stride_s_d + c * stride_s_c + save_off)
-            raw_next = _raw_delta(w, d_rows.index(s_begin + first).load(wr), bias, ch)
-            for s in range(s_begin, s_end):
-                j = s + first
-                raw = raw_next
-                delta = _softplus(raw)
-                xf = x_rows.index(j).load(ch).to(gl.float32)
-                bf = bc_rows.index(j).slice(0, N).load(st).to(gl.float32)
-                h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h + gl.expand_dims(delta * xf, 1) * gl.expand_dims(bf, 0)
-                dsp = _sigmoid(raw)  # d softplus(raw) / d raw
-                i = s - s_begin
-                h_buf.index(i).store(h)
-                delta_buf.index(i).store(delta)
-                dsp_buf.index(i).store(dsp)
-                # (a step ahead: off the next step's critical path; the last step reads its own row again)
-                raw_next = _raw_delta(w, d_rows.index(gl.minimum(j + 1, s_end - 1 + first)).load(wr), bias, ch)
-            # 2. walk the block backwards
-            for si in range(s_end - s_begin):
-                s = s_end - 1 - si
-                i = s - s_begin
-                j = s + first
-                hv = h_buf.index(i).load(tile)
-                delta = delta_buf.index(i).load(ch)
-                dsp = dsp_buf.index(i).load(ch)
-                t = gl.where(rev, L - 1 - s, s)
-                xf = x_rows.index(j).load(ch).to(gl.float32)
-                zf = z_rows.index(j).load(ch).to(gl.float32)
-                gout = g_rows.index(j).load(ch).to(gl.float32)
-                bc_row = bc_rows.index(j)
-                bf = gl.expand_dims(bc_row.slice(0, N).load(st).to(gl.float32), 0)
-                cf = gl.expand_dims(bc_row.slice(N, N).load(st).to(gl.float32), 0)
-                sig = _sigmoid(zf)
-                gy = gout * zf * sig  # d loss / d (the scan's output before the gate)
-                yv = gl.sum(hv * cf, axis=1) + dskip * xf
-                gz = gout * sig * (1.0 + zf * (1.0 - sig)) * yv
-                gl.store(gz_base + t * stride_gx_l, gz.to(gz_ptr.dtype.element_ty))
-                lam = gl.expand_dims(gy, 1) * cf + mu  # d loss / d h_t
-                dx = delta * xf
-                # d loss / d (delta A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
-                gdec = lam * (hv - gl.expand_dims(dx, 1) * bf)
-                lam_b = gl.sum(lam * bf, axis=1)
-                g_delta = gl.sum(gdec * a2, axis=1) * 0.6931471805599453 + xf * lam_b
-                gx = delta * lam_b + gy * dskip
-                gl.store(gx_base + t * stride_gx_l, gx.to(gx_ptr.dtype.element_ty))
-                g_d += gy * xf
-                g_a += gdec * gl.expand_dims(delta, 1)
-                g_raw = g_delta * dsp
-                g_bias += g_raw
-                gl.store(gr_base + t * stride_gr_l, g_raw.to(graw_ptr.dtype.element_ty))
-                # d B_t = sum over channels of lam * delta x, d C_t = sum of h_t * gy: through shared memory
-                bsum_buf.store(lam * gl.expand_dims(dx, 1))
-                csum_buf.store(hv * gl.expand_dims(gy, 1))
+            n_parts = (s_end - s_begin + PART - 1) // PART
+            for pi in range(n_parts):
+                lo = s_begin + (n_parts - 1 - pi) * PART
+                hi = gl.minimum(lo + PART, s_end)
+                # 1. the part's states, raw deltas and gy, recomputed from the block's saved state (the steps
+                # before the part: states only)
+                h = gl.load(hsave_ptr + b * stride_s_b + d * stride_s_d + c * stride_s_c + save_off)
+                raw_next = _raw_delta(w, d_rows.index(s_begin + first).load(wr), bias, ch)
+                for s in range(s_begin, lo):
+                    j = s + first
+                    raw = raw_next
+                    delta = _softplus(raw)
+                    xf = x_rows.index(j).load(ch).to(gl.float32)
+                    bf = bc_rows.index(j).slice(0, N).load(st).to(gl.float32)
+                    h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
+                        + gl.expand_dims(delta * xf, 1) * gl.expand_dims(bf, 0)
+                    raw_next = _raw_delta(w, d_rows.index(j + 1).load(wr), bias, ch)  # (j + 1 <= lo + first)
+                for s in range(lo, hi):
+                    j = s + first
+                    raw = raw_next
+                    delta = _softplus(raw)
+                    xf = x_rows.index(j).load(ch).to(gl.float32)
+                    bf = bc_rows.index(j).slice(0, N).load(st).to(gl.float32)
+                    h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
+                        + gl.expand_dims(delta * xf, 1) * gl.expand_dims(bf, 0)
+                    i = s - lo
+                    h_buf.index(i).store(h)
+                    raw_buf.index(i).store(raw)
+                    zf = z_rows.index(j).load(ch).to(gl.float32)
+                    gout = g_rows.index(j).load(ch).to(gl.float32)
+                    gy_buf.index(i).store(gout * zf * _sigmoid(zf))  # d loss / d (the output before the gate)
+                    # (a step ahead: off the next step's critical path; the last step reads its own row again)
+                    raw_next = _raw_delta(w, d_rows.index(gl.minimum(j + 1, hi - 1 + first)).load(wr), bias, ch)
                 _barrier()
-                gbc_row = gbc_base + t * stride_gbc_l
-                gl.store(gbc_row, gl.sum(bsum_buf.load(red), axis=0))
-                gl.store(gbc_row + N, gl.sum(csum_buf.load(red), axis=0))
+                # 2. d C_t = sum over channels of h_t gy_t, for the part's steps
+                for i in range(hi - lo):
+                    t = gl.where(rev, L - 1 - (lo + i), lo + i)
+                    prod = h_buf.index(i).load(red) * gl.expand_dims(gy_buf.index(i).load(red_ch), 1)
+                    gl.store(gbc_base + t * stride_gbc_l + N, gl.sum(prod, axis=0))
+                _barrier()  # (before the walk writes over the states)
+                # 3. walk the part backwards
+                for si in range(hi - lo):
+                    s = hi - 1 - si
+                    i = s - lo
+                    j = s + first
+                    hv = h_buf.index(i).load(tile)
+                    delta, dsp = _softplus_and_slope(raw_buf.index(i).load(ch))  # (dsp: d delta / d raw delta)
+                    gy = gy_buf.index(i).load(ch)
+                    t = gl.where(rev, L - 1 - s, s)
+                    xf = x_rows.index(j).load(ch).to(gl.float32)
+                    zf = z_rows.index(j).load(ch).to(gl.float32)
+                    gout = g_rows.index(j).load(ch).to(gl.float32)
+                    bc_row = bc_rows.index(j)
+                    bf = gl.expand_dims(bc_row.slice(0, N).load(st).to(gl.float32), 0)
+                    cf = gl.expand_dims(bc_row.slice(N, N).load(st).to(gl.float32), 0)
+                    sig = _sigmoid(zf)
+                    yv = gl.sum(hv * cf, axis=1) + dskip * xf
+                    gz = gout * sig * (1.0 + zf * (1.0 - sig)) * yv
+                    gl.store(gz_base + t * stride_gx_l, gz.to(gz_ptr.dtype.element_ty))
+                    lam = gl.expand_dims(gy, 1) * cf + mu  # d loss / d h_t
+                    dx = delta * xf
+                    # d loss / d (delta A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
+                    gdec = lam * (hv - gl.expand_dims(dx, 1) * bf)
+                    lam_b = gl.sum(lam * bf, axis=1)
+                    g_delta = gl.sum(gdec * a2, axis=1) * 0.6931471805599453 + xf * lam_b
+                    gx = delta * lam_b + gy * dskip
+                    gl.store(gx_base + t * stride_gx_l, gx.to(gx_ptr.dtype.element_ty))
+                    g_d += gy * xf
+                    g_a += gdec * gl.expand_dims(delta, 1)
+                    g_raw = g_delta * dsp
+                    g_bias += g_raw
+                    gl.store(gr_base + t * stride_gr_l, g_raw.to(graw_ptr.dtype.element_ty))
+                    h_buf.index(i).store(lam * gl.expand_dims(dx, 1))  # (d B_t's terms, in the state's slot)
+                    mu = gl.exp2(gl.expand_dims(delta, 1) * a2) * lam
                 _barrier()
-                mu = gl.exp2(gl.expand_dims(delta, 1) * a2) * lam
+                # 4. d B_t = sum over channels of lam_t delta_t x_t, for the part's steps
+                for i in range(hi - lo):
+                    t = gl.where(rev, L - 1 - (lo + i), lo + i)
+                    gl.store(gbc_base + t * stride_gbc_l, gl.sum(h_buf.index(i).load(red), axis=0))
+                _barrier()  # (before the next part's states)
         async_copy.wait_group(0)  # (the last, empty group)
         g_a = g_a * (a2 * 0.6931471805599453)  # d A / d A_log = A
         gl.atomic_add(ga_ptr + d * E * N + state_off, g_a, sem="relaxed")

@@ -69,7 +69,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG", "BWD_MAXNREG", "PARAMS_T",
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
-        "GLUON_BWD_STAGED", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG"))
+        "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -171,6 +171,11 @@ def _read_config():
         # (_bwd_staged_fits); 0: off. On since its GPU tests passed (docs/kernels.md, "Session 17": the kernel at
         # 224 px / batch 128 0.804 -> 0.791 ms, at 128 px / batch 512 1.071 -> 0.967 ms; 166 registers, not 254)
         gluon_bwd_staged=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_STAGED", 1),
+        # that kernel differentiates each block in this many parts, the last first, recomputing the block's
+        # earlier steps for each; 1: the whole block at once. 2 since session 19 (docs/kernels.md, "Session 19"):
+        # 15.4 instead of 24.6 KB of shared memory a program (12 programs an SM instead of 8) for ~11% more
+        # instructions; H100, the kernel at 224 px / batch 128: 1 part 0.669 ms, 2 parts 0.616, 4 parts 0.732
+        gluon_bwd_parts=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_PARTS", 2),
         # the training forward of a sequence in one pass (64 channels a program, states saved for the Gluon
         # backward) in scan_fwd_staged_gluon_kernel with this many steps staged at a time, where _staged_fits
         # allows (else scan_fwd_gluon_kernel); 0: off. 4 since session 18 (docs/kernels.md, "Session 18"; H100:
@@ -793,7 +798,7 @@ def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, 
             gx.stride(0), gx.stride(1), gx.stride(2), graw.stride(0), graw.stride(1), graw.stride(2),
             gbc.stride(0), gbc.stride(1), gbc.stride(2), gbc.stride(3),
             stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, _next_pow2(R)),
-            B_COL=args.b_col, SAVE_EVERY=save_every, HAS_MU_INIT=muinit is not None,
+            B_COL=args.b_col, SAVE_EVERY=save_every, PART=_bwd_part(cfg, save_every), HAS_MU_INIT=muinit is not None,
             STATES_EN=hsave.stride(-1) != 1, VX=vx, VZ=vz, VG=vg, VR=vr, num_warps=1, **FP_FUSION,
             **_maxnreg(cfg.get("bwd_maxnreg")))
         return
@@ -810,6 +815,15 @@ def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, 
         SMEM_SCRATCH=smem, STATES_EN=hsave.stride(-1) != 1, WALK_PREFETCH=bool(cfg.get("gluon_walk_prefetch", 1)),
         num_warps=1, **FP_FUSION,
         **_maxnreg(cfg.get("bwd_maxnreg")))
+
+
+def _bwd_part(cfg, save_every: int) -> int:
+    """Steps of a part for scan_bwd_staged_gluon_kernel: its blocks of ``save_every`` steps split into
+    ``gluon_bwd_parts`` parts (a power of two, at most the block)."""
+    parts = max(1, cfg.get("gluon_bwd_parts", 1))
+    if parts & (parts - 1):
+        raise ValueError(f"gluon_bwd_parts must be a power of two, not {parts}")
+    return max(1, save_every // parts)
 
 
 def _bwd_staged_fits(args: _ScanArgs, gy: Tensor, save_every: int) -> Optional[Tuple[int, int, int, int]]:
