@@ -13,9 +13,8 @@ vector loads (the same addresses in every thread: broadcasts), and the per-chann
 The backward's two sums over channels (d B_t and d C_t) cross the threads once a step through shared memory:
 each thread writes its channel's [2, N] row, and each reads back one of the 2N columns and sums it (32 loads and
 adds instead of ~160 shuffles). The staged backward takes them out of its walk: it sums a part of a block's steps
-at a time from the buffer that holds their states (``scan_bwd_staged_gluon_kernel``). The states the backward
-recomputes for each block of SAVE_EVERY steps also stay in shared memory (or, for long save intervals, in a global
-scratch that only the writing thread reads back).
+at a time from the buffer that holds their states (``scan_bwd_staged_gluon_kernel``). The states the backward recomputes for each block of SAVE_EVERY steps also stay
+in shared memory (or, for long save intervals, in a global scratch that only the writing thread reads back).
 
 Gluon has no interpreter: these kernels run only on a GPU, where ``tests/test_triton.py`` compares them with the
 Triton kernels and the reference; on the CPU a test compiles them for sm_90 (``gluon_compile_check.py``).
@@ -428,23 +427,6 @@ if gluon is not None:
             gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty))
         async_copy.wait_group(0)  # (the copies of the chunk after the last, all masked)
 
-    @gluon.jit
-    def _walk_step(hv, delta, xf, zf, gout, gy, sig, bf, cf, mu, a2, dskip):
-        """One step of the backward's walk for a program's channels, from the state h_t (``hv``), delta, the
-        step's x, z, output gradient, gy (= d loss / d the output before the gate) and sigmoid(z), B_t and C_t
-        ([1, N]) and the adjoint ``mu`` carried in from the step after: (d z, d x, d loss / d delta, lam = d loss /
-        d h_t, delta x, the step's term of d A)."""
-        yv = gl.sum(hv * cf, axis=1) + dskip * xf
-        gz = gout * sig * (1.0 + zf * (1.0 - sig)) * yv
-        lam = gl.expand_dims(gy, 1) * cf + mu  # d loss / d h_t
-        dx = delta * xf
-        # d loss / d (delta A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
-        gdec = lam * (hv - gl.expand_dims(dx, 1) * bf)
-        lam_b = gl.sum(lam * bf, axis=1)
-        g_delta = gl.sum(gdec * a2, axis=1) * 0.6931471805599453 + xf * lam_b
-        gx = delta * lam_b + gy * dskip
-        return gz, gx, g_delta, lam, dx, gdec * gl.expand_dims(delta, 1)
-
     @gluon.jit(do_not_specialize=["L", "steps_per_chunk", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
     def scan_bwd_gluon_kernel(
         x_ptr, z_ptr, rows_f, rows_b, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
@@ -627,11 +609,19 @@ if gluon is not None:
                 cf = gl.expand_dims(ca.to(gl.float32), 0)
                 sig = _sigmoid(zf)
                 gy = gout * zf * sig  # d loss / d (the scan's output before the gate)
-                gz, gx, g_delta, lam, dx, ga_t = _walk_step(hv, delta, xf, zf, gout, gy, sig, bf, cf, mu, a2, dskip)
+                yv = gl.sum(hv * cf, axis=1) + dskip * xf
+                gz = gout * sig * (1.0 + zf * (1.0 - sig)) * yv
                 gl.store(gz_base + t * stride_gx_l, gz.to(gz_ptr.dtype.element_ty))
+                lam = gl.expand_dims(gy, 1) * cf + mu  # d loss / d h_t
+                dx = delta * xf
+                # d loss / d (delta A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
+                gdec = lam * (hv - gl.expand_dims(dx, 1) * bf)
+                lam_b = gl.sum(lam * bf, axis=1)
+                g_delta = gl.sum(gdec * a2, axis=1) * 0.6931471805599453 + xf * lam_b
+                gx = delta * lam_b + gy * dskip
                 gl.store(gx_base + t * stride_gx_l, gx.to(gx_ptr.dtype.element_ty))
                 g_d += gy * xf
-                g_a += ga_t
+                g_a += gdec * gl.expand_dims(delta, 1)
                 g_raw = g_delta * dsp
                 g_bias += g_raw
                 gl.store(gr_base + t * stride_gr_l, g_raw.to(graw_ptr.dtype.element_ty))
@@ -887,12 +877,20 @@ if gluon is not None:
                     bc_row = bc_rows.index(j)
                     bf = gl.expand_dims(bc_row.slice(0, N).load(st).to(gl.float32), 0)
                     cf = gl.expand_dims(bc_row.slice(N, N).load(st).to(gl.float32), 0)
-                    gz, gx, g_delta, lam, dx, ga_t = _walk_step(hv, delta, xf, zf, gout, gy, _sigmoid(zf), bf, cf, mu,
-                                                                a2, dskip)
+                    sig = _sigmoid(zf)
+                    yv = gl.sum(hv * cf, axis=1) + dskip * xf
+                    gz = gout * sig * (1.0 + zf * (1.0 - sig)) * yv
                     gl.store(gz_base + t * stride_gx_l, gz.to(gz_ptr.dtype.element_ty))
+                    lam = gl.expand_dims(gy, 1) * cf + mu  # d loss / d h_t
+                    dx = delta * xf
+                    # d loss / d (delta A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
+                    gdec = lam * (hv - gl.expand_dims(dx, 1) * bf)
+                    lam_b = gl.sum(lam * bf, axis=1)
+                    g_delta = gl.sum(gdec * a2, axis=1) * 0.6931471805599453 + xf * lam_b
+                    gx = delta * lam_b + gy * dskip
                     gl.store(gx_base + t * stride_gx_l, gx.to(gx_ptr.dtype.element_ty))
                     g_d += gy * xf
-                    g_a += ga_t
+                    g_a += gdec * gl.expand_dims(delta, 1)
                     g_raw = g_delta * dsp
                     g_bias += g_raw
                     gl.store(gr_base + t * stride_gr_l, g_raw.to(graw_ptr.dtype.element_ty))
