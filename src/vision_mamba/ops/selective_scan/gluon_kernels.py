@@ -13,8 +13,9 @@ vector loads (the same addresses in every thread: broadcasts), and the per-chann
 The backward's two sums over channels (d B_t and d C_t) cross the threads once a step through shared memory:
 each thread writes its channel's [2, N] row, and each reads back one of the 2N columns and sums it (32 loads and
 adds instead of ~160 shuffles). The staged backward takes them out of its walk: it sums a part of a block's steps
-at a time from the buffer that holds their states (``scan_bwd_staged_gluon_kernel``). The states the backward recomputes for each block of SAVE_EVERY steps also stay
-in shared memory (or, for long save intervals, in a global scratch that only the writing thread reads back).
+at a time from the buffer that holds their states (``scan_bwd_staged_gluon_kernel``). The states the backward
+recomputes for each block of SAVE_EVERY steps also stay in shared memory (or, for long save intervals, in a global
+scratch that only the writing thread reads back).
 
 Gluon has no interpreter: these kernels run only on a GPU, where ``tests/test_triton.py`` compares them with the
 Triton kernels and the reference; on the CPU a test compiles them for sm_90 (``gluon_compile_check.py``).
