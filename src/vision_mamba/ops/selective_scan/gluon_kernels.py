@@ -428,6 +428,23 @@ if gluon is not None:
             gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty))
         async_copy.wait_group(0)  # (the copies of the chunk after the last, all masked)
 
+    @gluon.jit
+    def _walk_step(hv, delta, xf, zf, gout, gy, sig, bf, cf, mu, a2, dskip):
+        """One step of the backward's walk for a program's channels, from the state h_t (``hv``), delta, the
+        step's x, z, output gradient, gy (= d loss / d the output before the gate) and sigmoid(z), B_t and C_t
+        ([1, N]) and the adjoint ``mu`` carried in from the step after: (d z, d x, d loss / d delta, lam = d loss /
+        d h_t, delta x, the step's term of d A)."""
+        yv = gl.sum(hv * cf, axis=1) + dskip * xf
+        gz = gout * sig * (1.0 + zf * (1.0 - sig)) * yv
+        lam = gl.expand_dims(gy, 1) * cf + mu  # d loss / d h_t
+        dx = delta * xf
+        # d loss / d (delta A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
+        gdec = lam * (hv - gl.expand_dims(dx, 1) * bf)
+        lam_b = gl.sum(lam * bf, axis=1)
+        g_delta = gl.sum(gdec * a2, axis=1) * 0.6931471805599453 + xf * lam_b
+        gx = delta * lam_b + gy * dskip
+        return gz, gx, g_delta, lam, dx, gdec * gl.expand_dims(delta, 1)
+
     @gluon.jit(do_not_specialize=["L", "steps_per_chunk", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
     def scan_bwd_gluon_kernel(
         x_ptr, z_ptr, rows_f, rows_b, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
@@ -610,19 +627,11 @@ if gluon is not None:
                 cf = gl.expand_dims(ca.to(gl.float32), 0)
                 sig = _sigmoid(zf)
                 gy = gout * zf * sig  # d loss / d (the scan's output before the gate)
-                yv = gl.sum(hv * cf, axis=1) + dskip * xf
-                gz = gout * sig * (1.0 + zf * (1.0 - sig)) * yv
+                gz, gx, g_delta, lam, dx, ga_t = _walk_step(hv, delta, xf, zf, gout, gy, sig, bf, cf, mu, a2, dskip)
                 gl.store(gz_base + t * stride_gx_l, gz.to(gz_ptr.dtype.element_ty))
-                lam = gl.expand_dims(gy, 1) * cf + mu  # d loss / d h_t
-                dx = delta * xf
-                # d loss / d (delta A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
-                gdec = lam * (hv - gl.expand_dims(dx, 1) * bf)
-                lam_b = gl.sum(lam * bf, axis=1)
-                g_delta = gl.sum(gdec * a2, axis=1) * 0.6931471805599453 + xf * lam_b
-                gx = delta * lam_b + gy * dskip
                 gl.store(gx_base + t * stride_gx_l, gx.to(gx_ptr.dtype.element_ty))
                 g_d += gy * xf
-                g_a += gdec * gl.expand_dims(delta, 1)
+                g_a += ga_t
                 g_raw = g_delta * dsp
                 g_bias += g_raw
                 gl.store(gr_base + t * stride_gr_l, g_raw.to(graw_ptr.dtype.element_ty))
@@ -878,20 +887,12 @@ if gluon is not None:
                     bc_row = bc_rows.index(j)
                     bf = gl.expand_dims(bc_row.slice(0, N).load(st).to(gl.float32), 0)
                     cf = gl.expand_dims(bc_row.slice(N, N).load(st).to(gl.float32), 0)
-                    sig = _sigmoid(zf)
-                    yv = gl.sum(hv * cf, axis=1) + dskip * xf
-                    gz = gout * sig * (1.0 + zf * (1.0 - sig)) * yv
+                    gz, gx, g_delta, lam, dx, ga_t = _walk_step(hv, delta, xf, zf, gout, gy, _sigmoid(zf), bf, cf, mu,
+                                                                a2, dskip)
                     gl.store(gz_base + t * stride_gx_l, gz.to(gz_ptr.dtype.element_ty))
-                    lam = gl.expand_dims(gy, 1) * cf + mu  # d loss / d h_t
-                    dx = delta * xf
-                    # d loss / d (delta A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
-                    gdec = lam * (hv - gl.expand_dims(dx, 1) * bf)
-                    lam_b = gl.sum(lam * bf, axis=1)
-                    g_delta = gl.sum(gdec * a2, axis=1) * 0.6931471805599453 + xf * lam_b
-                    gx = delta * lam_b + gy * dskip
                     gl.store(gx_base + t * stride_gx_l, gx.to(gx_ptr.dtype.element_ty))
                     g_d += gy * xf
-                    g_a += gdec * gl.expand_dims(delta, 1)
+                    g_a += ga_t
                     g_raw = g_delta * dsp
                     g_bias += g_raw
                     gl.store(gr_base + t * stride_gr_l, g_raw.to(graw_ptr.dtype.element_ty))
