@@ -101,7 +101,7 @@ def micro(res: int, batch: int):
         xpart = xz[..., :E]
         cfg = ts._config()
         R = fwd.dt_proj_weight.shape[1]
-        rank_cols = ts._rank_cols(R, cfg["rows_pad"])
+        rank_cols = ts._rank_cols(R, cfg["rows_pad"], fwd.A_log.shape[1])
         pieces = {
             "whole forward_features": lambda: model.forward_features(x),
             "block": lambda: layer(hidden, residual),

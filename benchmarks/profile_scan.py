@@ -27,7 +27,7 @@ from vision_mamba.ops.selective_scan import triton_scan as ts  # noqa: E402
 def compiled_info():
     fns = [tk.scan_fwd_kernel, tk.scan_bwd_kernel, tk.conv_fwd_kernel]
     if gk.AVAILABLE:
-        fns += [gk.scan_fwd_gluon_kernel, gk.scan_fwd_onepass_gluon_kernel, gk.scan_bwd_gluon_kernel]
+        fns += [getattr(gk, name) for name in sorted(dir(gk)) if name.startswith("scan_") and name.endswith("_kernel")]
     for fn in fns:
         for cache in getattr(fn, "device_caches", {}).values():
             for kernel in cache[0].values():

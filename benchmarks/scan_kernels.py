@@ -128,6 +128,10 @@ def main():
                              'e.g. \'[{"block_e": 128}]\' (keys of triton_scan._config; unset keys: the defaults)')
     parser.add_argument("--backward-configs", type=json.loads, default=None, help="likewise for the backward")
     parser.add_argument("--no-conv", action="store_true", help="skip the conv kernels")
+    parser.add_argument("--conv-bwd-configs", type=json.loads, default=None,
+                        help='JSON list of conv backward configurations to time instead of the built-in sweep, e.g. '
+                             '\'[{"split": 0}, {"split": 1, "warps": 4}]\' (keys: rows, warps, input_rows, '
+                             'input_warps, input_tiles, programs, split; unset keys: the defaults)')
     parser.add_argument("--rows-fp32", action="store_true",
                         help="x_proj's rows (dt_low | B | C) in fp32, as the model's inference path writes them on "
                              "CUDA (the backward and the matmul form get them in fp32 too)")
@@ -217,29 +221,25 @@ def main():
         def fwd_bwd():
             out = ts._TritonBiConv.apply(xg, cwg[0], cwg[1], cb[0], cb[1])
             torch.autograd.grad(out, [xg, cwg[0], cwg[1]], gout)
-        bwd_configs = [(base["conv_bwd_rows"], base["conv_bwd_warps"], base["conv_bwd_input_rows"],
-                        base["conv_bwd_input_warps"], base.get("conv_bwd_input_tiles", 1),
-                        base.get("conv_bwd_programs", -1))]
-        if not args.quick:
-            bwd_configs += [c for c in ((8, 2, 16, 2, 1, -1), (8, 2, 16, 2, 4, -1), (8, 2, 32, 4, 2, -1),
-                                        (8, 4, 16, 2, 2, -1), (8, 2, 8, 1, 4, -1), (16, 4, 16, 2, 2, -1),
-                                        (8, 2, 16, 2, 1, 2112), (8, 2, 16, 2, 1, 4224), (8, 1, 16, 2, 1, 4224),
-                                        (8, 1, 16, 2, 1, 8448), (16, 2, 16, 2, 1, 4224), (4, 1, 16, 2, 1, 8448))
-                            if c != bwd_configs[0]]
-        for rows, warps, in_rows, in_warps, in_tiles, programs in bwd_configs:
-            os.environ.update(VISION_MAMBA_TRITON_CONV_BWD_ROWS=str(rows), VISION_MAMBA_TRITON_CONV_BWD_WARPS=str(warps),
-                              VISION_MAMBA_TRITON_CONV_BWD_INPUT_ROWS=str(in_rows),
-                              VISION_MAMBA_TRITON_CONV_BWD_INPUT_WARPS=str(in_warps),
-                              VISION_MAMBA_TRITON_CONV_BWD_INPUT_TILES=str(in_tiles),
-                              VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS=str(programs))
+        keys = ("rows", "warps", "input_rows", "input_warps", "input_tiles", "programs", "split")
+        default = {k: base.get(f"conv_bwd_{k}", -1) for k in keys}
+        if args.conv_bwd_configs is not None:
+            bwd_configs = [dict(default, **c) for c in args.conv_bwd_configs]
+        else:
+            bwd_configs = [default]
+            if not args.quick:
+                sweep = ((8, 2, 16, 2, 1, -1, 0), (8, 2, 16, 2, 1, -1, 1), (8, 4, 16, 2, 1, -1, 1),
+                         (16, 4, 16, 2, 1, -1, 1), (8, 2, 16, 2, 4, -1, 1), (8, 2, 32, 4, 2, -1, 1),
+                         (8, 2, 8, 1, 4, -1, 1), (8, 2, 16, 2, 1, 4224, 1), (8, 1, 16, 2, 1, 8448, 1))
+                bwd_configs += [c for c in (dict(zip(keys, v)) for v in sweep) if c != default]
+        for cfg in bwd_configs:
+            os.environ.update({f"VISION_MAMBA_TRITON_CONV_BWD_{k.upper()}": str(v) for k, v in cfg.items()})
             ms = _time(fwd_bwd) - fwd_ms
-            cfg = dict(rows=rows, warps=warps, input_rows=in_rows, input_warps=in_warps, input_tiles=in_tiles,
-                       programs=programs)
             records.append(dict(kernel="bimamba_conv", **{"pass": "backward"}, res=res, batch=batch, tokens=length,
                                 dtype="bf16", config=cfg, ms=ms))
             print(f"{res:5d}/{batch:<4d} conv bwd {cfg} {ms:8.3f} ms")
-        for key in ("ROWS", "WARPS", "INPUT_ROWS", "INPUT_WARPS", "INPUT_TILES", "PROGRAMS"):
-            os.environ.pop(f"VISION_MAMBA_TRITON_CONV_BWD_{key}", None)
+        for k in keys:
+            os.environ.pop(f"VISION_MAMBA_TRITON_CONV_BWD_{k.upper()}", None)
         del xs, z, dbl, rows
         torch.cuda.empty_cache()
     out = dict(device=torch.cuda.get_device_name(), torch=torch.__version__, triton=triton.__version__,

@@ -7,6 +7,7 @@ Checks that each compiles, that the forward has no layout conversions (no shuffl
 kernel's, around its buffers) and that the backward's only shuffles and barriers are the ones of its sums over
 channels (and the staged kernel's). Run by
 tests/test_triton.py::test_gluon_kernels_compile_for_sm90 in a process without TRITON_INTERPRET."""
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -144,12 +145,15 @@ def main() -> int:
             assert "cp.async" in ptx and "ex2.approx" in ptx and "shfl.sync" not in ptx
             checked += 1
         # the backward staged through shared memory, on the model's padded fp32 rows: 8-step blocks, one pass and
-        # chunk-parallel (the adjoint carried in), each block differentiated in one, two or four parts
+        # chunk-parallel (the adjoint carried in), each block differentiated in one, two or four parts, d B / d C
+        # added atomically or written as partials
         staged_bwd = gk.scan_bwd_staged_gluon_kernel
-        for B, L, extra in ((2, 197, dict(min_programs=0, gluon_bwd_parts=2)),
-                            (1, 300, dict(min_programs=64, gluon_bwd_parts=2)),
-                            (2, 197, dict(min_programs=0, gluon_bwd_parts=1)),
-                            (2, 63, dict(min_programs=0, gluon_bwd_parts=4))):
+        atomics = {}  # {ATOMIC_BC: atomic instructions in the PTX}
+        for B, L, extra in ((2, 197, dict(min_programs=0, gluon_bwd_parts=2, gluon_bwd_atomic_bc=1)),
+                            (1, 300, dict(min_programs=64, gluon_bwd_parts=2, gluon_bwd_atomic_bc=1)),
+                            (2, 197, dict(min_programs=0, gluon_bwd_parts=1, gluon_bwd_atomic_bc=1)),
+                            (2, 63, dict(min_programs=0, gluon_bwd_parts=4, gluon_bwd_atomic_bc=1)),
+                            (2, 197, dict(min_programs=0, gluon_bwd_parts=2, gluon_bwd_atomic_bc=0))):
             E, N = 384, 16
             args = padded_args(B, L)
             cfg = dict(ts._config(), gluon_bwd_staged=1, **extra)
@@ -163,8 +167,16 @@ def main() -> int:
             assert cap.calls[0][1]["PART"] == 8 // extra["gluon_bwd_parts"], cap.calls[0][1]["PART"]
             ptx = compile_call(staged_bwd, cap.calls[0])
             assert "cp.async" in ptx
+            # the sums of d A, d D and the bias are added atomically in every form; with ATOMIC_BC, d B and d C too
+            # (one more atomic instruction each)
+            n_atomic = len(re.findall(r"\s(?:red|atom)\.global\.", ptx))
+            atomic_bc = cap.calls[0][1]["ATOMIC_BC"]
+            assert atomic_bc == bool(extra["gluon_bwd_atomic_bc"])
+            atomics.setdefault(atomic_bc, n_atomic)
+            assert n_atomic == atomics[atomic_bc], (extra, n_atomic, atomics)
             check_backward("scan_bwd_staged_gluon_kernel", ptx)
             checked += 1
+    assert atomics[True] == atomics[False] + 2, atomics
     print(f"Triton {triton.__version__}: {checked} Gluon launches compiled for sm_90, no layout conversions")
     return 0
 

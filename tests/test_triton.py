@@ -226,12 +226,13 @@ def test_xproj_weights_layout():
 
 @pytest.mark.parametrize("pad", ["1", "0"], ids=["padded", "unpadded"])
 def test_mixer_rows_padded_or_not(pad, monkeypatch):
-    # x_proj's rows laid out dt_low | zeros | B | C (dt_low's 2 columns padded to 8, the default) or dt_low | B | C:
+    # x_proj's rows laid out dt_low | zeros | B | C (dt_low's 2 columns padded to 16, the default) or dt_low | B | C:
     # both match the reference, forward (with and without autograd) and every gradient; chunk-parallel too
     from vision_mamba.ops.selective_scan.triton_scan import _rank_cols
 
-    assert [_rank_cols(r, True) for r in (2, 12, 24, 48)] == [8, 16, 24, 48]  # Vim-Ti 12 -> 16; S, B as they are
-    assert _rank_cols(12, False) == 12
+    # (Vim-Ti 12 -> 16, Vim-S 24 -> 32: B at a multiple of N = 16 columns; Vim-B as it is)
+    assert [_rank_cols(r, True) for r in (2, 12, 24, 48)] == [16, 16, 32, 48]
+    assert [_rank_cols(r, True, N=4) for r in (2, 12, 24)] == [8, 16, 24] and _rank_cols(12, False) == 12
     monkeypatch.setenv("VISION_MAMBA_TRITON_ROWS_PAD", pad)
     check_mixer(2, 19, 20, monkeypatch=monkeypatch)
     check_mixer(1, 150, 16, min_programs="64", monkeypatch=monkeypatch)
@@ -456,6 +457,37 @@ def test_conv_matches_reference(block_l, tiles, monkeypatch):
         assert rel_err(out[d], ref) < 2e-6
 
 
+@pytest.mark.parametrize("split", ["1", "0"], ids=["a-direction-a-program", "both"])
+@pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_conv_backward_matches_reference(split, bias, dtype, monkeypatch):
+    # the conv backward's first pass (g_pre and the weight / bias gradients) with one direction a program or both,
+    # then d x: every gradient against autograd through the reference conv, in fp32 from the same inputs; 37 rows
+    # in two chunks (32 rows in tiles of 8, then 5), 70 channels (a partial block)
+    from vision_mamba.ops.conv1d import causal_conv1d_ref
+    from vision_mamba.ops.selective_scan.triton_scan import _TritonBiConv
+
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_SPLIT", split)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS", "12")
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_ROWS", "8")
+    g = torch.Generator().manual_seed(5 + int(split))
+    B, L, E = 2, 37, 70
+    x = torch.randn(B, L, 2 * E, generator=g).to(DEVICE, dtype)[..., :E].requires_grad_()
+    w = [torch.randn(E, 1, 4, generator=g).to(DEVICE).requires_grad_() for _ in range(2)]
+    b = [torch.randn(E, generator=g).to(DEVICE).requires_grad_() if bias else None for _ in range(2)]
+    gout = torch.randn(2, B, L, E, generator=g).to(DEVICE, dtype)
+    leaves = [x, *w] + ([*b] if bias else [])
+    got = torch.autograd.grad(_TritonBiConv.apply(x, w[0], w[1], b[0], b[1]), leaves, gout)
+    xf = x.detach().float().requires_grad_()
+    ref_out = torch.stack([torch.nn.functional.silu(causal_conv1d_ref(xf, w[d], b[d], reverse=d == 1))
+                           for d in range(2)])
+    want = torch.autograd.grad(ref_out, [xf] + leaves[1:], gout.float())
+    tol = 2e-5 if dtype == torch.float32 else 2e-2
+    for name, a, r in zip(["x", "w_f", "w_b", "bias_f", "bias_b"], got, want):
+        assert a.dtype == (dtype if name == "x" else torch.float32) and a.shape == r.shape, name
+        assert torch.isfinite(a).all() and rel_err(a.float(), r) < tol, (name, rel_err(a.float(), r))
+
+
 def test_model_triton_matches_reference():
     torch.manual_seed(0)
     model = timm.create_model("test_vim").to(DEVICE)
@@ -542,6 +574,9 @@ def test_staged_forward_fit_rule():
     assert ts._staged_fits(made, 8, rows) == (64, 8, 8)
     made, rows = args(rows_width=56)  # B at column 24: not a whole 16-column tile of the staged row
     assert ts._staged_fits(made, 8, rows) is None
+    # Vim-S's rows as the model pads them now (dt_rank 24: 32 | B | C, 64 columns; they were 56, as above)
+    made, rows = args(rows_width=ts._rank_cols(24, True, N) + 2 * N)
+    assert ts._staged_fits(made, 8, rows) == (64, 8, 4)
     made, rows = args(z_offset=E + 4)  # z 8 bytes off a 16-byte boundary
     assert ts._staged_fits(made, 8, rows) is None
     made, rows = args(x=torch.zeros(2, B, L, E + 8, dtype=bf)[..., :E])  # a row stride Triton cannot prove
@@ -836,17 +871,18 @@ def test_gluon_staged_training_forward_matches(length, batch, dtype, stage, save
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("parts", [1, 2, 4])
+@pytest.mark.parametrize("parts,atomic_bc", [(1, 0), (2, 0), (4, 0), (2, 1)], ids=["1", "2", "4", "2-atomic"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("length,batch,min_programs,width", [
     (1, 1, 0, 48), (7, 2, 0, 48), (8, 1, 0, 48), (9, 3, 0, 48), (63, 3, 0, 48), (197, 2, 0, 48), (197, 1, -1, 48),
     (730, 2, -1, 48), (197, 2, 0, 44), (63, 1, -1, 44)])
-def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype, parts, monkeypatch):
+def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype, parts, atomic_bc, monkeypatch):
     # the Gluon backward with each block's inputs staged through shared memory (scan_bwd_staged_gluon_kernel):
     # partial and whole 8-step blocks, each differentiated in 1, 2 or 4 parts (partial blocks: fewer, the last one
     # short), one pass and chunk-parallel (min_programs -1: the adjoint carried into the chunks), the model's
-    # padded rows (48: dt_low | zeros | B | C) and unpadded ones (44: B at column 12), against the fp32 reference
-    # and the unstaged Gluon backward, all twelve gradients
+    # padded rows (48: dt_low | zeros | B | C) and unpadded ones (44: B at column 12), d B / d C as partials per
+    # block of channels or added atomically, against the fp32 reference and the unstaged Gluon backward, all
+    # twelve gradients
     from vision_mamba.ops.selective_scan import gluon_kernels
     from vision_mamba.ops.selective_scan import triton_scan as ts
 
@@ -859,7 +895,8 @@ def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype
     grad = torch.randn_like(ref)
     g_ref = torch.autograd.grad(ref, inputs, grad)
     results = []
-    for config in (dict(cfg, gluon_bwd_staged=1, gluon_bwd_parts=parts), dict(cfg, gluon_bwd_staged=0)):
+    for config in (dict(cfg, gluon_bwd_staged=1, gluon_bwd_parts=parts, gluon_bwd_atomic_bc=atomic_bc),
+                   dict(cfg, gluon_bwd_staged=0)):
         y = ts._TritonBiScan.apply(*inputs, True, config)
         results.append(torch.autograd.grad(y, inputs, grad.to(y.dtype)))
     assert len(staged) == 1 and staged[0] is not None  # (the staged kernel ran, once)
@@ -868,6 +905,48 @@ def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype
     # differences in fp32, which can round a bf16 gradient the other way)
     same = 1e-5 if dtype == torch.float32 else 2e-3
     for name, a, b, c in zip(BI_NAMES, results[0], g_ref, results[1]):
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) < tol, (name, rel_err(a, b))
+        assert rel_err(a, c) < same, (name, rel_err(a, c))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("length,batch", [(197, 2), (63, 3), (9, 1)])
+def test_gluon_staged_kernels_at_vim_s_widths(length, batch, dtype, monkeypatch):
+    # Vim-S's widths (E = 768, dt_rank 24 in rows padded as the model pads them: 32 | B | C): the staged inference
+    # forward, the staged training forward and the staged backward all run, against the fp32 reference (output and
+    # all twelve gradients) and the unstaged kernels
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if not gluon_kernels.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    E, R, N = 768, 24, 16
+    width = ts._rank_cols(R, True, N) + 2 * N
+    fwd_fits = record_results(monkeypatch, ts, "_staged_fits")
+    bwd_fits = record_results(monkeypatch, ts, "_bwd_staged_fits")
+    cfg = dict(ts._config(), min_programs=0, gluon=1, gluon_bwd=1)
+    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + batch, E=E, R=R, width=width)
+    ref = bi_scan_reference(*inputs)
+    grad = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, inputs, grad)
+    with torch.no_grad():
+        y_inf = ts._TritonBiScan.apply(*inputs, False, cfg)
+    y = ts._TritonBiScan.apply(*inputs, True, cfg)
+    grads = torch.autograd.grad(y, inputs, grad.to(y.dtype))
+    assert len(fwd_fits) == 2 and all(f is not None for f in fwd_fits)  # (inference and training: staged)
+    assert len(bwd_fits) == 1 and bwd_fits[0] is not None
+    plain = dict(cfg, gluon_staged=0, gluon_train_staged=0, gluon_bwd_staged=0)
+    y_plain = ts._TritonBiScan.apply(*inputs, True, plain)
+    grads_plain = torch.autograd.grad(y_plain, inputs, grad.to(y.dtype))
+    assert len(fwd_fits) == 2 and len(bwd_fits) == 1  # (the unstaged kernels ran)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    for out in (y_inf, y):
+        assert torch.isfinite(out).all() and rel_err(out, ref) < tol
+    assert rel_err(y_inf, y_plain) < (1e-5 if dtype == torch.float32 else 2e-3)
+    same = 1e-5 if dtype == torch.float32 else 2e-3
+    for name, a, b, c in zip(BI_NAMES, grads, g_ref, grads_plain):
         assert torch.isfinite(a).all(), name
         assert rel_err(a, b) < tol, (name, rel_err(a, b))
         assert rel_err(a, c) < same, (name, rel_err(a, c))

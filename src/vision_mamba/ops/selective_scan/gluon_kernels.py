@@ -687,6 +687,13 @@ if gluon is not None:
         r = _ptx_f32(1.0 + q, "rcp.approx.ftz.f32")
         return sp, gl.where(x >= 0.0, r, q * r)
 
+    @gluon.jit
+    def _add_or_store(ptr, value, ATOMIC: gl.constexpr):
+        if ATOMIC:
+            gl.atomic_add(ptr, value, sem="relaxed")
+        else:
+            gl.store(ptr, value)
+
     @gluon.jit(do_not_specialize=["L", "steps_per_chunk", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
     def scan_bwd_staged_gluon_kernel(
         x_ptr, z_ptr, rows_f, rows_b, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b,
@@ -700,7 +707,8 @@ if gluon is not None:
         stride_gbc_d, stride_gbc_eb, stride_gbc_b, stride_gbc_l,
         stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
         B_COL: gl.constexpr, SAVE_EVERY: gl.constexpr, PART: gl.constexpr, HAS_MU_INIT: gl.constexpr,
-        STATES_EN: gl.constexpr, VX: gl.constexpr, VZ: gl.constexpr, VG: gl.constexpr, VR: gl.constexpr,
+        ATOMIC_BC: gl.constexpr, STATES_EN: gl.constexpr, VX: gl.constexpr, VZ: gl.constexpr, VG: gl.constexpr,
+        VR: gl.constexpr,
     ):
         """The Gluon backward with its inputs staged through shared memory and its sums over channels taken a
         part of a block at a time.
@@ -721,6 +729,9 @@ if gluon is not None:
         3.6), PART = SAVE_EVERY / 2 recomputes a block's first half twice (~11% more instructions a block) for
         15.4 KB of shared memory a program instead of 24.6 KB: 12 programs an SM (the registers' limit) instead
         of 8. The walk takes 259 instructions a step where the kernel that summed over channels in it took 341.
+
+        d B and d C: with ATOMIC_BC, added into gbc (one block of channels, zeroed by the host) by atomic adds;
+        otherwise stored as this block of channels' partial.
 
         Needs C right after B in the rows (B_COL, C = B_COL + N) and 16-byte aligned tensors
         (triton_scan._bwd_staged_fits); VX / VZ / VG / VR: elements of x / z / the output gradient / a row in
@@ -870,7 +881,7 @@ if gluon is not None:
                 for i in range(hi - lo):
                     t = gl.where(rev, L - 1 - (lo + i), lo + i)
                     prod = h_buf.index(i).load(red) * gl.expand_dims(gy_buf.index(i).load(red_ch), 1)
-                    gl.store(gbc_base + t * stride_gbc_l + N, gl.sum(prod, axis=0))
+                    _add_or_store(gbc_base + t * stride_gbc_l + N, gl.sum(prod, axis=0), ATOMIC_BC)
                 _barrier()  # (before the walk writes over the states)
                 # 3. walk the part backwards
                 for si in range(hi - lo):
@@ -902,7 +913,7 @@ if gluon is not None:
                 # 4. d B_t = sum over channels of lam_t delta_t x_t, for the part's steps
                 for i in range(hi - lo):
                     t = gl.where(rev, L - 1 - (lo + i), lo + i)
-                    gl.store(gbc_base + t * stride_gbc_l, gl.sum(h_buf.index(i).load(red), axis=0))
+                    _add_or_store(gbc_base + t * stride_gbc_l, gl.sum(h_buf.index(i).load(red), axis=0), ATOMIC_BC)
                 _barrier()  # (before the next part's states)
         async_copy.wait_group(0)  # (the last, empty group)
         g_a = g_a * (a2 * 0.6931471805599453)  # d A / d A_log = A

@@ -8,6 +8,7 @@ Two entry points:
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Optional, Tuple
 
@@ -20,6 +21,7 @@ from ..fast_launch import fast
 from .triton_kernels import (
     adjoint_chunk_kernel,
     chunk_carry_kernel,
+    conv_bwd_dir_kernel,
     conv_bwd_input_kernel,
     conv_bwd_kernel,
     conv_fwd_kernel,
@@ -66,10 +68,11 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
     "VISION_MAMBA_TRITON_" + k for k in (
         "BLOCK_E", "WARPS", "BWD_BLOCK_E", "BWD_WARPS", "PREFETCH", "AHEAD", "BWD_AHEAD", "DELTA", "CONV_BLOCK_L",
         "CONV_TILES", "CONV_WARPS", "CONV_BWD_ROWS", "CONV_BWD_WARPS", "CONV_BWD_INPUT_ROWS",
-        "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG", "BWD_MAXNREG", "PARAMS_T",
+        "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "CONV_BWD_SPLIT", "MAXNREG",
+        "BWD_MAXNREG", "PARAMS_T",
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
-        "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG"))
+        "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -134,6 +137,8 @@ def _read_config():
         # conv backward's first pass: split the rows into chunks until there are this many programs (-1: as the
         # scan, min_programs)
         conv_bwd_programs=_env_int("VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS", -1),
+        # that pass with one direction a program (conv_bwd_dir_kernel: about half the registers) or both (0)
+        conv_bwd_split=_env_int("VISION_MAMBA_TRITON_CONV_BWD_SPLIT", 1),
         # register cap per thread (0: the compiler's choice): fewer registers, more warps in flight per SM
         maxnreg=_env_int("VISION_MAMBA_TRITON_MAXNREG", 0),
         bwd_maxnreg=_env_int("VISION_MAMBA_TRITON_BWD_MAXNREG", 0),
@@ -176,6 +181,11 @@ def _read_config():
         # 15.4 instead of 24.6 KB of shared memory a program (12 programs an SM instead of 8) for ~11% more
         # instructions; H100, the kernel at 224 px / batch 128: 1 part 0.669 ms, 2 parts 0.616, 4 parts 0.732
         gluon_bwd_parts=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_PARTS", 2),
+        # that kernel adds its d B / d C sums over its channels into one fp32 [2, B, L, 2N] gradient by atomic adds
+        # (in an order that varies from run to run, as for d A, d D and the delta bias), instead of writing a
+        # partial per block of channels for a separate sum over them (E / 32 partials: 77 MB at Vim-Ti's 224 px /
+        # batch 128); 0: the partials
+        gluon_bwd_atomic_bc=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_ATOMIC_BC", 1),
         # the training forward of a sequence in one pass (64 channels a program, states saved for the Gluon
         # backward) in scan_fwd_staged_gluon_kernel with this many steps staged at a time, where _staged_fits
         # allows (else scan_fwd_gluon_kernel); 0: off. 4 since session 18 (docs/kernels.md, "Session 18"; H100:
@@ -706,7 +716,13 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     f32 = dict(device=dev, dtype=torch.float32)
     gx = _new(ND, B, L, E, device=dev, dtype=args.x.dtype)
     gz = _new(ND, B, L, E, device=dev, dtype=args.z.dtype) if args.z is not None else _dummy(dev)
-    gbc = _new(ND, n_eb, B, L, 2 * N, **f32)
+    save_every = _save_every(cfg, L)
+    staged = None
+    if use_gluon and _gluon_smem(cfg, save_every) and cfg.get("gluon_bwd_staged", 0):
+        staged = _bwd_staged_fits(args, gy, save_every)
+    atomic_bc = staged is not None and bool(cfg.get("gluon_bwd_atomic_bc", 0))
+    # d (B | C): a partial per block of channels, summed below; or, added atomically, one sum
+    gbc = torch.zeros(ND, 1, B, L, 2 * N, **f32) if atomic_bc else _new(ND, n_eb, B, L, 2 * N, **f32)
     # d raw delta: in x's dtype where it feeds the folded dt_proj's matmuls (as autograd would have it), otherwise
     # in delta's dtype
     graw = _new(ND, B, L, E, device=dev, dtype=args.x.dtype if args.dt_proj else args.dt[0].dtype)
@@ -716,7 +732,6 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     common = args.common()
     t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
     params_t = _params_t(cfg.get("bwd_params_t", -1), backward=True)
-    save_every = _save_every(cfg, L)
     assert hsave.shape[2] == _cdiv(L, save_every), "the states were saved with another save_every"
     n_chunks, steps = _chunking(B * n_eb * ND, L, min_programs, save_every)
     muinit = None
@@ -739,11 +754,11 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
         m_strides = (0, 0, 0)
     if use_gluon:
         _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, gd, gbias, n_chunks, steps,
-                               save_every)
+                               save_every, staged, atomic_bc)
     else:
         _launch_triton_backward(args, cfg, t, common, gy, hsave, muinit, gx, gz, graw, gbc, ga, gd, gbias, n_chunks,
                                 steps, save_every, block_e, params_t, m_strides)
-    return dict(gx=gx, gz=gz if args.z is not None else None, gbc=gbc.sum(1), graw=graw, ga=ga.transpose(1, 2), gd=gd,
+    return dict(gx=gx, gz=gz if args.z is not None else None, gbc=gbc[:, 0] if atomic_bc else gbc.sum(1), graw=graw, ga=ga.transpose(1, 2), gd=gd,
                 gbias=gbias)
 
 
@@ -773,7 +788,9 @@ def _launch_triton_backward(args, cfg, t, common, gy, hsave, muinit, gx, gz, gra
 
 
 def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, gd, gbias, n_chunks, steps,
-                           save_every):
+                           save_every, staged, atomic_bc):
+    """The Gluon backward: the staged kernel where ``staged`` ((VX, VZ, VG, VR) of :func:`_bwd_staged_fits`) is
+    given (``atomic_bc``: it adds d B / d C into ``gbc``'s one block of channels), else the unstaged one."""
     from . import gluon_kernels
 
     x, z, rows = args.x, args.z, args.dt[0]
@@ -786,7 +803,6 @@ def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, 
     scratch = _dummy(dev) if smem else torch.empty(B * 2 * n_eb * n_chunks * save_every * (N + 2) * block_e,
                                                    device=dev, dtype=torch.float32)
     m = muinit if muinit is not None else hsave
-    staged = _bwd_staged_fits(args, gy, save_every) if smem and cfg.get("gluon_bwd_staged", 0) else None
     if staged is not None:
         vx, vz, vg, vr = staged
         fast(gluon_kernels.scan_bwd_staged_gluon_kernel)[(B * n_eb, 2, n_chunks)](
@@ -796,9 +812,10 @@ def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, 
             gy.stride(0), gy.stride(1), gy.stride(2), *args.param_strides(),
             hsave.stride(0), hsave.stride(1), hsave.stride(2), m.stride(0), m.stride(1), m.stride(2),
             gx.stride(0), gx.stride(1), gx.stride(2), graw.stride(0), graw.stride(1), graw.stride(2),
-            gbc.stride(0), gbc.stride(1), gbc.stride(2), gbc.stride(3),
+            gbc.stride(0), 0 if atomic_bc else gbc.stride(1), gbc.stride(2), gbc.stride(3),
             stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, _next_pow2(R)),
             B_COL=args.b_col, SAVE_EVERY=save_every, PART=_bwd_part(cfg, save_every), HAS_MU_INIT=muinit is not None,
+            ATOMIC_BC=atomic_bc,
             STATES_EN=hsave.stride(-1) != 1, VX=vx, VZ=vz, VG=vg, VR=vr, num_warps=1, **FP_FUSION,
             **_maxnreg(cfg.get("bwd_maxnreg")))
         return
@@ -1000,14 +1017,17 @@ def _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f,
         n_dirs=2, dir_base=0, dt_proj=True, softplus=True, a_is_log=True, b_col=width - 2 * N, c_col=width - N)
 
 
-def _rank_cols(R: int, pad: bool) -> int:
-    """The columns dt_low takes in x_proj's rows: R, or with ``pad`` R rounded up to a multiple of 8 (zero
-    columns after it). Vim-Ti's rows are 12 + 16 + 16 = 44 wide: 88 bytes in bf16, so cuBLAS's products with
-    them (x_proj itself, and in the backward pass d xs += d rows @ W, d W = d rows^T @ xs, the two dt_proj
+def _rank_cols(R: int, pad: bool, N: int = 16) -> int:
+    """The columns dt_low takes in x_proj's rows: R, or with ``pad`` R rounded up to a multiple of 8 and of N
+    (zero columns after it). Vim-Ti's rows are 12 + 16 + 16 = 44 wide: 88 bytes in bf16, so cuBLAS's products
+    with them (x_proj itself, and in the backward pass d xs += d rows @ W, d W = d rows^T @ xs, the two dt_proj
     gradients) ran on its slow kernels for operands aligned to 2 - 8 bytes (10 - 29 us each at 224 px / batch
     128, ~4 ms of a training step). 16 + 16 + 16 = 48 makes every row, and B and C in it, 16-byte aligned.
-    Vim-S (R = 24) and Vim-B (48) need no padding."""
-    return _cdiv(R, 8) * 8 if pad else R
+    B at a multiple of N columns is what the staged forward needs (_staged_fits): Vim-S's 24 + 16 + 16 rows
+    were aligned but kept Vim-S on the unstaged forward kernels; its dt_low now takes 32 columns. Vim-B's 48
+    needs no padding."""
+    step = math.lcm(8, N)
+    return _cdiv(R, step) * step if pad else R
 
 
 def xproj_weight_rows(weight: Tensor, R: int, rank_cols: int, dtype: torch.dtype) -> Tensor:
@@ -1152,7 +1172,8 @@ def _conv_and_rows(x: Tensor, forward, backward, R: int, rows_fp32: bool, cfg, w
     unless given); ``forward`` / ``backward``: (x_proj weight, conv weight, conv bias) per direction."""
     xs = conv_forward(x, forward[1], backward[1], forward[2], backward[2], cfg)
     if weights is None:
-        weights = xproj_weight_pair(forward[0], backward[0], R, _rank_cols(R, cfg["rows_pad"]), x.dtype)
+        N = (forward[0].shape[0] - R) // 2
+        weights = xproj_weight_pair(forward[0], backward[0], R, _rank_cols(R, cfg["rows_pad"], N), x.dtype)
     return xs, _x_proj_pair(xs, weights, rows_fp32), weights
 
 
@@ -1169,11 +1190,12 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
     n_eb, n_tiles = _cdiv(E, block_e), _cdiv(L, block_l)
     # weight gradients: each program sums the tiles of its chunk of rows; enough chunks to fill the GPU
     n_chunks = 1
+    n_dirs = 2 if cfg.get("conv_bwd_split", 1) else 1  # (programs a chunk of rows: a direction each, or both)
     min_programs = _min_programs(x.device, cfg["min_programs"])
     if cfg.get("conv_bwd_programs", -1) >= 0:
         min_programs = cfg["conv_bwd_programs"]
-    if min_programs and B * n_eb < min_programs:
-        n_chunks = min(_cdiv(min_programs, B * n_eb), n_tiles)
+    if min_programs and B * n_eb * n_dirs < min_programs:
+        n_chunks = min(_cdiv(min_programs, B * n_eb * n_dirs), n_tiles)
     rows = _cdiv(n_tiles, n_chunks) * block_l
     n_chunks = _cdiv(L, rows)
     # g_pre in the activations' precision (bf16 gradients arrive in bf16 anyway; fp32 stays fp32); the weight
@@ -1181,7 +1203,7 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
     gpre = _new(2, B, L, E, device=x.device, dtype=torch.float32 if x.dtype == torch.float32 else x.dtype)
     part = _new(B * n_chunks, 2, 5, E, device=x.device, dtype=torch.float32)
     # (rows of 8: ten [rows, channels] accumulators stay in registers)
-    fast(conv_bwd_kernel)[(n_chunks, n_eb, B)](
+    fast(conv_bwd_dir_kernel if n_dirs == 2 else conv_bwd_kernel)[(n_chunks, n_eb * n_dirs, B)](
         x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gpre, part, L, E, rows,
         x.stride(0), x.stride(1), gout.stride(0), gout.stride(1), gout.stride(2),
         gpre.stride(0), gpre.stride(1), gpre.stride(2),
@@ -1239,7 +1261,7 @@ class _TritonBiMixer(torch.autograd.Function):
         # its output in fp32 where the Gluon kernels read it: _x_proj_pair), its rows padded for aligned products
         fp32_rows = rows_in_fp32(cfg, x.device, x.dtype, *z.shape, alog_f.shape[1], training=True)
         R, N = w_f.shape[1], alog_f.shape[1]
-        pair = mixer_weights(xw_f, xw_b, None, R, _rank_cols(R, cfg["rows_pad"]), x.dtype)[0]  # one launch
+        pair = mixer_weights(xw_f, xw_b, None, R, _rank_cols(R, cfg["rows_pad"], N), x.dtype)[0]  # one launch
         xs, rows, xw_pair = _conv_and_rows(x, (xw_f, cw_f, cb_f), (xw_b, cw_b, cb_b), R, fp32_rows, cfg, weights=pair)
         dbl_f, dbl_b = rows[0], rows[1]
         args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
@@ -1384,7 +1406,7 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
         fp32_rows = rows_in_fp32(cfg, x.device, x.dtype, B, L, E, N, training=False)
         # x_proj's padded weights and out_proj's halved one, made in one launch
         pair, half = mixer_weights(forward.x_proj_weight, backward.x_proj_weight, out_proj_weight, R,
-                                   _rank_cols(R, cfg["rows_pad"]), x.dtype)
+                                   _rank_cols(R, cfg["rows_pad"], N), x.dtype)
         xs, rows, _ = _conv_and_rows(
             x, (forward.x_proj_weight, forward.conv_weight, forward.conv_bias),
             (backward.x_proj_weight, backward.conv_weight, backward.conv_bias), R, fp32_rows, cfg, weights=pair)
