@@ -7,6 +7,8 @@ memory, warps).
         -o scan python benchmarks/profile_scan.py
     ncu -i scan.ncu-rep --page details          # stall reasons, pipe utilisation, occupancy
     ncu -i scan.ncu-rep --page source --csv --print-source sass   # stall samples per SASS instruction
+
+With --conv, the depthwise conv's kernels instead (forward, and the backward's two passes; --kernel-name regex:conv_).
 """
 from __future__ import annotations
 
@@ -36,12 +38,34 @@ def compiled_info():
                       f"{kernel.metadata.shared} warps {kernel.metadata.num_warps}")
 
 
+def profile_conv(batch, length):
+    x = torch.randn(batch, length, 2 * E, device="cuda", dtype=torch.bfloat16)[..., :E]
+    w = [torch.randn(E, 1, 4, device="cuda") * 0.5 for _ in range(2)]
+    bias = [torch.randn(E, device="cuda") for _ in range(2)]
+    gout = torch.randn(2, batch, length, E, device="cuda", dtype=torch.bfloat16)
+    cfg = ts._config()
+    for _ in range(3):  # compile and warm up
+        ts.conv_forward(x, w[0], w[1], bias[0], bias[1], cfg)
+        ts.conv_backward(x, w[0], w[1], bias[0], bias[1], gout, cfg)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStart()
+    ts.conv_forward(x, w[0], w[1], bias[0], bias[1], cfg)
+    ts.conv_backward(x, w[0], w[1], bias[0], bias[1], gout, cfg)
+    torch.cuda.synchronize()
+    torch.cuda.cudart().cudaProfilerStop()
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=128)
     parser.add_argument("--length", type=int, default=197)
     parser.add_argument("--rows-bf16", action="store_true", help="x_proj's rows in bf16 (the Triton kernels' form)")
+    parser.add_argument("--conv", action="store_true",
+                        help="profile the conv's forward and backward instead (as the mixer calls them: x a half of "
+                             "in_proj's output; profile with --kernel-name regex:conv_)")
     args = parser.parse_args()
+    if args.conv:
+        return profile_conv(args.batch, args.length)
     batch, length = args.batch, args.length
     rows = torch.bfloat16 if args.rows_bf16 else torch.float32
     xs, z, dbl, w, bias, alog, dd = make_inputs(batch, length, torch.bfloat16, torch.device("cuda"), rows_dtype=rows)

@@ -137,7 +137,9 @@ def _read_config():
         # conv backward's first pass: split the rows into chunks until there are this many programs (-1: as the
         # scan, min_programs)
         conv_bwd_programs=_env_int("VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS", -1),
-        # that pass with one direction a program (conv_bwd_dir_kernel: about half the registers) or both (0)
+        # that pass with one direction a program (conv_bwd_dir_kernel: 158 registers instead of 254, 12 warps an
+        # SM instead of 8) or both (0). Session 20, H100 (docs/kernels.md): the conv backward at 224 px / batch 128
+        # 0.132 -> 0.096 ms, the graphed Vim-Ti training step +2.7%
         conv_bwd_split=_env_int("VISION_MAMBA_TRITON_CONV_BWD_SPLIT", 1),
         # register cap per thread (0: the compiler's choice): fewer registers, more warps in flight per SM
         maxnreg=_env_int("VISION_MAMBA_TRITON_MAXNREG", 0),
@@ -184,7 +186,9 @@ def _read_config():
         # that kernel adds its d B / d C sums over its channels into one fp32 [2, B, L, 2N] gradient by atomic adds
         # (in an order that varies from run to run, as for d A, d D and the delta bias), instead of writing a
         # partial per block of channels for a separate sum over them (E / 32 partials: 77 MB at Vim-Ti's 224 px /
-        # batch 128); 0: the partials
+        # batch 128, and a 37 us sum a block); 0: the partials. On since session 20 (docs/kernels.md, "Session
+        # 20"; H100: the backward at 224 px / batch 128 0.609 -> 0.585 ms with the sum, the graphed Vim-Ti training
+        # step +2%, Vim-S +2.4%)
         gluon_bwd_atomic_bc=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_ATOMIC_BC", 1),
         # the training forward of a sequence in one pass (64 channels a program, states saved for the Gluon
         # backward) in scan_fwd_staged_gluon_kernel with this many steps staged at a time, where _staged_fits
