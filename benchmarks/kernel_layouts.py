@@ -215,15 +215,13 @@ def main() -> int:
     ts.scan_backward(scan_args, torch.zeros(B, 2, triton.cdiv(L, ts._save_every(cfg, L)), N, E),
                      torch.randn(B, L, 2, E, dtype=bf), config=cfg)
     # the depthwise conv + silu of both directions, forward and backward (launches captured the same way)
-    cf, cb, cbd, cbi = _Capture(), _Capture(), _Capture(), _Capture()
-    ts.conv_fwd_kernel, ts.conv_bwd_kernel, ts.conv_bwd_dir_kernel, ts.conv_bwd_input_kernel = cf, cb, cbd, cbi
+    cf, cb, cbi = _Capture(), _Capture(), _Capture()
+    ts.conv_fwd_kernel, ts.conv_bwd_dir_kernel, ts.conv_bwd_input_kernel = cf, cb, cbi
     x = torch.randn(B, L, E, dtype=bf)
     cw = [torch.randn(E, 1, 4, dtype=bf) for _ in range(2)]
     cbias = [torch.randn(E, dtype=bf) for _ in range(2)]
     ts.conv_forward(x, cw[0], cw[1], cbias[0], cbias[1], cfg)
-    for split in (1, 0):  # the first pass with a direction a program, and with both
-        ts.conv_backward(x, cw[0], cw[1], cbias[0], cbias[1], torch.randn(2, B, L, E, dtype=bf),
-                         dict(cfg, conv_bwd_split=split))
+    ts.conv_backward(x, cw[0], cw[1], cbias[0], cbias[1], torch.randn(2, B, L, E, dtype=bf), cfg)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     print(f"Triton {triton.__version__}, sm_90, delta {cfg['delta']}, prefetch {cfg['prefetch']}, "
@@ -265,10 +263,8 @@ def main() -> int:
         print(report("forward", kernels["forward"], fwd.calls[0], Path(tmp), args.out, args.sass))
         print(report("backward", kernels["backward"], bwd.calls[0], Path(tmp), args.out, args.sass))
         print(report("conv forward", tk.conv_fwd_kernel, cf.calls[0], Path(tmp), args.out, args.sass))
-        print(report("conv backward (g_pre, weights; a direction a program)", tk.conv_bwd_dir_kernel, cbd.calls[0],
+        print(report("conv backward (g_pre, weights; a direction a program)", tk.conv_bwd_dir_kernel, cb.calls[0],
                      Path(tmp), args.out, args.sass))
-        print(report("conv backward (g_pre, weights; both directions)", tk.conv_bwd_kernel, cb.calls[0], Path(tmp),
-                     args.out, args.sass))
         print(report("conv backward (input)", tk.conv_bwd_input_kernel, cbi.calls[0], Path(tmp), args.out, args.sass))
     return 0
 

@@ -130,8 +130,8 @@ def main():
     parser.add_argument("--no-conv", action="store_true", help="skip the conv kernels")
     parser.add_argument("--conv-bwd-configs", type=json.loads, default=None,
                         help='JSON list of conv backward configurations to time instead of the built-in sweep, e.g. '
-                             '\'[{"split": 0}, {"split": 1, "warps": 4}]\' (keys: rows, warps, input_rows, '
-                             'input_warps, input_tiles, programs, split; unset keys: the defaults)')
+                             '\'[{}, {"warps": 4, "rows": 16}]\' (keys: rows, warps, input_rows, input_warps, '
+                             'input_tiles, programs; unset keys: the defaults)')
     parser.add_argument("--rows-fp32", action="store_true",
                         help="x_proj's rows (dt_low | B | C) in fp32, as the model's inference path writes them on "
                              "CUDA (the backward and the matmul form get them in fp32 too)")
@@ -221,16 +221,15 @@ def main():
         def fwd_bwd():
             out = ts._TritonBiConv.apply(xg, cwg[0], cwg[1], cb[0], cb[1])
             torch.autograd.grad(out, [xg, cwg[0], cwg[1]], gout)
-        keys = ("rows", "warps", "input_rows", "input_warps", "input_tiles", "programs", "split")
+        keys = ("rows", "warps", "input_rows", "input_warps", "input_tiles", "programs")
         default = {k: base.get(f"conv_bwd_{k}", -1) for k in keys}
         if args.conv_bwd_configs is not None:
             bwd_configs = [dict(default, **c) for c in args.conv_bwd_configs]
         else:
             bwd_configs = [default]
             if not args.quick:
-                sweep = ((8, 2, 16, 2, 1, -1, 0), (8, 2, 16, 2, 1, -1, 1), (8, 4, 16, 2, 1, -1, 1),
-                         (16, 4, 16, 2, 1, -1, 1), (8, 2, 16, 2, 4, -1, 1), (8, 2, 32, 4, 2, -1, 1),
-                         (8, 2, 8, 1, 4, -1, 1), (8, 2, 16, 2, 1, 4224, 1), (8, 1, 16, 2, 1, 8448, 1))
+                sweep = ((8, 2, 16, 2, 1, -1), (8, 4, 16, 2, 1, -1), (16, 4, 16, 2, 1, -1), (8, 2, 16, 2, 4, -1),
+                         (8, 2, 32, 4, 2, -1), (8, 2, 8, 1, 4, -1), (8, 2, 16, 2, 1, 4224), (8, 1, 16, 2, 1, 8448))
                 bwd_configs += [c for c in (dict(zip(keys, v)) for v in sweep) if c != default]
         for cfg in bwd_configs:
             os.environ.update({f"VISION_MAMBA_TRITON_CONV_BWD_{k.upper()}": str(v) for k, v in cfg.items()})

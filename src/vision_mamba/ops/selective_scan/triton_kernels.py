@@ -774,66 +774,20 @@ def _conv_grad_dir(x_base, g_base, gp_base, offs_t, tmask, L, stride_x_l, stride
 
 
 @triton.jit
-def conv_bwd_kernel(
-    x_ptr, w_f, w_b, bias_f, bias_b, gout_ptr, gpre_ptr, part_ptr, L, E, ROWS,
-    stride_x_b, stride_x_l, stride_g_d, stride_g_b, stride_g_l, stride_gp_d, stride_gp_b, stride_gp_l,
-    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, HAS_BIAS: tl.constexpr,
-):
-    """Backward of out[d] = silu(conv_d(x)) for both directions (d = 0 causal, d = 1 anti-causal), first pass:
-    g_pre[d] = d loss / d (conv_d(x) + bias_d) into ``gpre_ptr`` ([2, B, L, E], the activations' dtype), and the
-    weight / bias gradients of the ``ROWS`` rows this program covers, summed in registers over its tiles and
-    written as one partial (``part_ptr``: [B * n_chunks, 2, 5, E], taps 0-3 then the bias; the host sums the
-    partials: no atomics). Grid: (n_chunks, E blocks, B)."""
-    pid_c = tl.program_id(0)
-    pid_e = tl.program_id(1)
-    b = tl.program_id(2)
-    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    emask = offs_e < E
-    x_base = x_ptr + b * stride_x_b + offs_e[None, :]
-    gf_base = gout_ptr + b * stride_g_b + offs_e[None, :]
-    gb_base = gf_base + stride_g_d
-    pf_base = gpre_ptr + b * stride_gp_b + offs_e[None, :]
-    pb_base = pf_base + stride_gp_d
-    # [BLOCK_L, BLOCK_E] accumulators: the reduction over rows (across threads) happens once, at the end
-    zero = tl.zeros([BLOCK_L, BLOCK_E], dtype=tl.float32)
-    f0, f1, f2, f3, fb = zero, zero, zero, zero, zero
-    b0, b1, b2, b3, bb = zero, zero, zero, zero, zero
-    wf0, wf1, wf2, wf3, wfb = _conv_params(w_f, bias_f, offs_e, emask, K, HAS_BIAS)
-    wb0, wb1, wb2, wb3, wbb = _conv_params(w_b, bias_b, offs_e, emask, K, HAS_BIAS)
-    start = pid_c * ROWS
-    end = tl.minimum(start + ROWS, L)
-    for t0 in range(start, end, BLOCK_L):
-        offs_t = t0 + tl.arange(0, BLOCK_L)
-        tmask = offs_t < end
-        s0, s1, s2, s3, sb = _conv_grad_dir(x_base, gf_base, pf_base, offs_t, tmask, L, stride_x_l, stride_g_l,
-                                            stride_gp_l, emask, wf0, wf1, wf2, wf3, wfb, 1)
-        f0, f1, f2, f3, fb = f0 + s0, f1 + s1, f2 + s2, f3 + s3, fb + sb
-        s0, s1, s2, s3, sb = _conv_grad_dir(x_base, gb_base, pb_base, offs_t, tmask, L, stride_x_l, stride_g_l,
-                                            stride_gp_l, emask, wb0, wb1, wb2, wb3, wbb, -1)
-        b0, b1, b2, b3, bb = b0 + s0, b1 + s1, b2 + s2, b3 + s3, bb + sb
-    part = part_ptr + (b * tl.num_programs(0) + pid_c) * 10 * E + offs_e
-    tl.store(part + 0 * E, tl.sum(f0, axis=0), mask=emask)
-    tl.store(part + 1 * E, tl.sum(f1, axis=0), mask=emask)
-    tl.store(part + 2 * E, tl.sum(f2, axis=0), mask=emask)
-    tl.store(part + 3 * E, tl.sum(f3, axis=0), mask=emask)
-    tl.store(part + 4 * E, tl.sum(fb, axis=0), mask=emask)
-    tl.store(part + 5 * E, tl.sum(b0, axis=0), mask=emask)
-    tl.store(part + 6 * E, tl.sum(b1, axis=0), mask=emask)
-    tl.store(part + 7 * E, tl.sum(b2, axis=0), mask=emask)
-    tl.store(part + 8 * E, tl.sum(b3, axis=0), mask=emask)
-    tl.store(part + 9 * E, tl.sum(bb, axis=0), mask=emask)
-
-
-@triton.jit
 def conv_bwd_dir_kernel(
     x_ptr, w_f, w_b, bias_f, bias_b, gout_ptr, gpre_ptr, part_ptr, L, E, ROWS,
     stride_x_b, stride_x_l, stride_g_d, stride_g_b, stride_g_l, stride_gp_d, stride_gp_b, stride_gp_l,
     K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, HAS_BIAS: tl.constexpr,
 ):
-    """:func:`conv_bwd_kernel` for one direction a program (d = program_id(1) % 2): half its accumulators and
-    weight vectors, so about half its registers and twice the programs in flight an SM (Nsight Compute, Vim-Ti at
-    224 px / batch 128 on an H100: the two-direction kernel has 254 registers, 8 warps an SM, and waits on its
-    loads). Same outputs, same partial layout ([B * n_chunks, 2, 5, E]). Grid: (n_chunks, 2 x E blocks, B)."""
+    """Backward of out[d] = silu(conv_d(x)) (d = 0 causal, d = 1 anti-causal), first pass, one direction a
+    program (d = program_id(1) % 2): g_pre[d] = d loss / d (conv_d(x) + bias_d) into ``gpre_ptr`` ([2, B, L, E],
+    the activations' dtype), and the weight / bias gradients of the ``ROWS`` rows this program covers, summed in
+    registers over its tiles and written as one partial (``part_ptr``: [B * n_chunks, 2, 5, E], taps 0-3 then the
+    bias; the host sums the partials: no atomics). Grid: (n_chunks, 2 x E blocks, B).
+
+    (Until session 20 one program did both directions: 254 registers, 8 warps an SM, 56% of its stall samples on
+    global loads; 88.7 us at Vim-Ti's 224 px / batch 128 on an H100 under Nsight Compute. A direction a program:
+    158 registers, 12 warps, 57.6 us; docs/kernels.md, "Session 20".)"""
     pid_c = tl.program_id(0)
     pid_e = tl.program_id(1)
     b = tl.program_id(2)

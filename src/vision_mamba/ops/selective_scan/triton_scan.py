@@ -23,7 +23,6 @@ from .triton_kernels import (
     chunk_carry_kernel,
     conv_bwd_dir_kernel,
     conv_bwd_input_kernel,
-    conv_bwd_kernel,
     conv_fwd_kernel,
     mixer_weights_kernel,
     pair_sum_kernel,
@@ -68,7 +67,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
     "VISION_MAMBA_TRITON_" + k for k in (
         "BLOCK_E", "WARPS", "BWD_BLOCK_E", "BWD_WARPS", "PREFETCH", "AHEAD", "BWD_AHEAD", "DELTA", "CONV_BLOCK_L",
         "CONV_TILES", "CONV_WARPS", "CONV_BWD_ROWS", "CONV_BWD_WARPS", "CONV_BWD_INPUT_ROWS",
-        "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "CONV_BWD_SPLIT", "MAXNREG",
+        "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG",
         "BWD_MAXNREG", "PARAMS_T",
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
@@ -137,10 +136,6 @@ def _read_config():
         # conv backward's first pass: split the rows into chunks until there are this many programs (-1: as the
         # scan, min_programs)
         conv_bwd_programs=_env_int("VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS", -1),
-        # that pass with one direction a program (conv_bwd_dir_kernel: 158 registers instead of 254, 12 warps an
-        # SM instead of 8) or both (0). Session 20, H100 (docs/kernels.md): the conv backward at 224 px / batch 128
-        # 0.132 -> 0.096 ms, the graphed Vim-Ti training step +2.7%
-        conv_bwd_split=_env_int("VISION_MAMBA_TRITON_CONV_BWD_SPLIT", 1),
         # register cap per thread (0: the compiler's choice): fewer registers, more warps in flight per SM
         maxnreg=_env_int("VISION_MAMBA_TRITON_MAXNREG", 0),
         bwd_maxnreg=_env_int("VISION_MAMBA_TRITON_BWD_MAXNREG", 0),
@@ -1194,12 +1189,11 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
     n_eb, n_tiles = _cdiv(E, block_e), _cdiv(L, block_l)
     # weight gradients: each program sums the tiles of its chunk of rows; enough chunks to fill the GPU
     n_chunks = 1
-    n_dirs = 2 if cfg.get("conv_bwd_split", 1) else 1  # (programs a chunk of rows: a direction each, or both)
     min_programs = _min_programs(x.device, cfg["min_programs"])
     if cfg.get("conv_bwd_programs", -1) >= 0:
         min_programs = cfg["conv_bwd_programs"]
-    if min_programs and B * n_eb * n_dirs < min_programs:
-        n_chunks = min(_cdiv(min_programs, B * n_eb * n_dirs), n_tiles)
+    if min_programs and B * n_eb * 2 < min_programs:  # (a program a direction)
+        n_chunks = min(_cdiv(min_programs, B * n_eb * 2), n_tiles)
     rows = _cdiv(n_tiles, n_chunks) * block_l
     n_chunks = _cdiv(L, rows)
     # g_pre in the activations' precision (bf16 gradients arrive in bf16 anyway; fp32 stays fp32); the weight
@@ -1207,7 +1201,7 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
     gpre = _new(2, B, L, E, device=x.device, dtype=torch.float32 if x.dtype == torch.float32 else x.dtype)
     part = _new(B * n_chunks, 2, 5, E, device=x.device, dtype=torch.float32)
     # (rows of 8: ten [rows, channels] accumulators stay in registers)
-    fast(conv_bwd_dir_kernel if n_dirs == 2 else conv_bwd_kernel)[(n_chunks, n_eb * n_dirs, B)](
+    fast(conv_bwd_dir_kernel)[(n_chunks, n_eb * 2, B)](
         x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gpre, part, L, E, rows,
         x.stride(0), x.stride(1), gout.stride(0), gout.stride(1), gout.stride(2),
         gpre.stride(0), gpre.stride(1), gpre.stride(2),
