@@ -128,6 +128,10 @@ def main():
                              'e.g. \'[{"block_e": 128}]\' (keys of triton_scan._config; unset keys: the defaults)')
     parser.add_argument("--backward-configs", type=json.loads, default=None, help="likewise for the backward")
     parser.add_argument("--no-conv", action="store_true", help="skip the conv kernels")
+    parser.add_argument("--conv-fwd-configs", type=json.loads, default=None,
+                        help='JSON list of conv forward configurations to time instead of the built-in sweep, e.g. '
+                             '\'[{}, {"fwd_split": 1}]\' (keys: block_l, tiles, warps, fwd_split; unset keys: the '
+                             'defaults)')
     parser.add_argument("--conv-bwd-configs", type=json.loads, default=None,
                         help='JSON list of conv backward configurations to time instead of the built-in sweep, e.g. '
                              '\'[{}, {"warps": 4, "rows": 16}]\' (keys: rows, warps, input_rows, input_warps, '
@@ -196,21 +200,25 @@ def main():
         cw = [torch.randn(E, 1, 4, device=device) for _ in range(2)]
         cb = [torch.randn(E, device=device) for _ in range(2)]
         nbytes = batch * length * E * 2 * 3
-        conv_configs = [(base["conv_block_l"], base["conv_tiles"], base["conv_warps"])]
-        if not args.quick:
-            conv_configs += [c for c in ((32, 1, 4), (32, 2, 2), (16, 2, 2), (16, 4, 2), (16, 8, 2), (16, 4, 1),
-                                         (8, 8, 1)) if c != conv_configs[0]]
-        for block_l, tiles, warps in conv_configs:
-            os.environ.update(VISION_MAMBA_TRITON_CONV_BLOCK_L=str(block_l), VISION_MAMBA_TRITON_CONV_TILES=str(tiles),
-                              VISION_MAMBA_TRITON_CONV_WARPS=str(warps))
+        fwd_keys = ("block_l", "tiles", "warps", "fwd_split")
+        fwd_default = {k: base.get(f"conv_{k}", 0) for k in fwd_keys}
+        if args.conv_fwd_configs is not None:
+            conv_configs = [dict(fwd_default, **c) for c in args.conv_fwd_configs]
+        else:
+            conv_configs = [fwd_default]
+            if not args.quick:
+                sweep = ((32, 1, 4), (32, 2, 2), (16, 2, 2), (16, 4, 2), (16, 8, 2), (16, 4, 1), (8, 8, 1))
+                conv_configs += [c for c in (dict(fwd_default, block_l=v[0], tiles=v[1], warps=v[2]) for v in sweep)
+                                 if c != fwd_default]
+        for cfg in conv_configs:
+            os.environ.update({f"VISION_MAMBA_TRITON_CONV_{k.upper()}": str(v) for k, v in cfg.items()})
             ms = _time(lambda: ts._TritonBiConv.apply(x, cw[0], cw[1], cb[0], cb[1]))
             records.append(dict(kernel="bimamba_conv", **{"pass": "forward"}, res=res, batch=batch, tokens=length,
-                                dtype="bf16", config=dict(block_l=block_l, tiles=tiles, warps=warps), ms=ms,
+                                dtype="bf16", config=cfg, ms=ms,
                                 floor_ms=nbytes / bandwidth * 1e3, floor_fraction=nbytes / bandwidth * 1e3 / ms))
-            print(f"{res:5d}/{batch:<4d} conv fwd (rows {block_l}, tiles {tiles}, warps {warps}) {ms:8.3f} ms  "
-                  f"floor {nbytes / bandwidth * 1e3:7.3f} ms")
-        for key in ("BLOCK_L", "TILES", "WARPS"):
-            os.environ.pop(f"VISION_MAMBA_TRITON_CONV_{key}", None)
+            print(f"{res:5d}/{batch:<4d} conv fwd {cfg} {ms:8.3f} ms  floor {nbytes / bandwidth * 1e3:7.3f} ms")
+        for k in fwd_keys:
+            os.environ.pop(f"VISION_MAMBA_TRITON_CONV_{k.upper()}", None)
         # the conv backward (both passes: g_pre and the weight gradients, then d x)
         # (timed as forward + backward, less the forward: the backward then runs on the stream being captured)
         xg = x.detach().requires_grad_()

@@ -436,15 +436,18 @@ def test_mixer_training_keeps_no_conv_output(recompute, monkeypatch):
     assert all(torch.isfinite(p.grad).all() for p in mixer.parameters())
 
 
+@pytest.mark.parametrize("split", ["0", "1"], ids=["both-a-program", "a-direction-a-program"])
 @pytest.mark.parametrize("block_l,tiles", [(32, 1), (8, 3), (16, 2)])
-def test_conv_matches_reference(block_l, tiles, monkeypatch):
-    # both directions' conv + silu in one launch, x a strided view (as in the mixer); 37 rows: partial last tiles
-    # and programs whose later tiles start past the end; 70 channels: a partial channel block
+def test_conv_matches_reference(block_l, tiles, split, monkeypatch):
+    # both directions' conv + silu in one launch (each program both directions, or one), x a strided view (as in
+    # the mixer); 37 rows: partial last tiles and programs whose later tiles start past the end; 70 channels: a
+    # partial channel block
     from vision_mamba.ops.conv1d import causal_conv1d_ref
     from vision_mamba.ops.selective_scan.triton_scan import _TritonBiConv
 
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BLOCK_L", str(block_l))
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_TILES", str(tiles))
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_FWD_SPLIT", split)
     g = torch.Generator().manual_seed(block_l + tiles)
     B, L, E = 2, 37, 70
     x = torch.randn(B, L, 2 * E, generator=g).to(DEVICE)[..., :E]

@@ -723,6 +723,35 @@ def conv_fwd_kernel(
 
 
 @triton.jit
+def conv_fwd_dir_kernel(
+    x_ptr, w_f, w_b, bias_f, bias_b, out_ptr, L, E,
+    stride_x_b, stride_x_l, stride_o_d, stride_o_b, stride_o_l,
+    K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_E: tl.constexpr, TILES: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """:func:`conv_fwd_kernel` for one direction a program (d = program_id(1) % 2; tap k reads x[t + s (k - 3)],
+    s = 1 causal, -1 anti-causal): four rows loaded a tile instead of seven, so fewer registers and twice the
+    programs. Grid: (L blocks of TILES x BLOCK_L rows, 2 x E blocks, B)."""
+    pid_l = tl.program_id(0)
+    pid_e = tl.program_id(1)
+    b = tl.program_id(2)
+    d = pid_e % 2
+    offs_e = (pid_e // 2) * BLOCK_E + tl.arange(0, BLOCK_E)
+    emask = offs_e < E
+    w0, w1, w2, w3, bias = _conv_params(_pick(d, w_f, w_b), _pick(d, bias_f, bias_b), offs_e, emask, K, HAS_BIAS)
+    sign = 1 - 2 * d
+    x_base = x_ptr + b * stride_x_b + offs_e[None, :]
+    o_base = out_ptr + d * stride_o_d + b * stride_o_b + offs_e[None, :]
+    for i in range(TILES):
+        offs_t = (pid_l * TILES + i) * BLOCK_L + tl.arange(0, BLOCK_L)
+        pre = bias[None, :] + w0[None, :] * _conv_row(x_base, offs_t - 3 * sign, L, stride_x_l, emask)
+        pre += w1[None, :] * _conv_row(x_base, offs_t - 2 * sign, L, stride_x_l, emask)
+        pre += w2[None, :] * _conv_row(x_base, offs_t - sign, L, stride_x_l, emask)
+        pre += w3[None, :] * _conv_row(x_base, offs_t, L, stride_x_l, emask)
+        tl.store(o_base + offs_t[:, None] * stride_o_l, (pre * _sigmoid(pre)).to(out_ptr.dtype.element_ty),
+                 mask=(offs_t < L)[:, None] & emask[None, :])
+
+
+@triton.jit
 def _conv_row(x_base, rows, L, stride_x_l, emask):
     """x[rows] as fp32, zero outside [0, L)."""
     m = (rows >= 0) & (rows < L)

@@ -23,6 +23,7 @@ from .triton_kernels import (
     chunk_carry_kernel,
     conv_bwd_dir_kernel,
     conv_bwd_input_kernel,
+    conv_fwd_dir_kernel,
     conv_fwd_kernel,
     mixer_weights_kernel,
     pair_sum_kernel,
@@ -66,7 +67,7 @@ def _env_int(name: str, default: int) -> int:
 _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
     "VISION_MAMBA_TRITON_" + k for k in (
         "BLOCK_E", "WARPS", "BWD_BLOCK_E", "BWD_WARPS", "PREFETCH", "AHEAD", "BWD_AHEAD", "DELTA", "CONV_BLOCK_L",
-        "CONV_TILES", "CONV_WARPS", "CONV_BWD_ROWS", "CONV_BWD_WARPS", "CONV_BWD_INPUT_ROWS",
+        "CONV_TILES", "CONV_WARPS", "CONV_FWD_SPLIT", "CONV_BWD_ROWS", "CONV_BWD_WARPS", "CONV_BWD_INPUT_ROWS",
         "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG",
         "BWD_MAXNREG", "PARAMS_T",
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
@@ -126,6 +127,8 @@ def _read_config():
         conv_block_l=_env_int("VISION_MAMBA_TRITON_CONV_BLOCK_L", 16),
         conv_tiles=_env_int("VISION_MAMBA_TRITON_CONV_TILES", 2),
         conv_warps=_env_int("VISION_MAMBA_TRITON_CONV_WARPS", 2),
+        # the conv forward with one direction a program (conv_fwd_dir_kernel) instead of both (0)
+        conv_fwd_split=_env_int("VISION_MAMBA_TRITON_CONV_FWD_SPLIT", 0),
         # conv backward: rows per tile and warps of the first pass (g_pre, weight gradients; rows of 8 keep its ten
         # accumulators in registers) and of the second (d x; also its tiles per program)
         conv_bwd_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_ROWS", 8),
@@ -1157,7 +1160,9 @@ def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], 
         raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
     out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
     block_l, block_e, tiles = cfg["conv_block_l"], 64, cfg["conv_tiles"]
-    fast(conv_fwd_kernel)[(_cdiv(L, block_l * tiles), _cdiv(E, block_e), B)](
+    n_dirs = 2 if cfg.get("conv_fwd_split", 0) else 1  # (a direction a program, or both)
+    kernel = conv_fwd_dir_kernel if n_dirs == 2 else conv_fwd_kernel
+    fast(kernel)[(_cdiv(L, block_l * tiles), _cdiv(E, block_e) * n_dirs, B)](
         x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E,
         x.stride(0), x.stride(1), out.stride(0), out.stride(1), out.stride(2),
         K=K, BLOCK_L=block_l, BLOCK_E=block_e, TILES=tiles, HAS_BIAS=bias_f is not None,
