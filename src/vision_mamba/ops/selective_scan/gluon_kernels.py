@@ -689,6 +689,8 @@ if gluon is not None:
 
     @gluon.jit
     def _add_or_store(ptr, value, ATOMIC: gl.constexpr):
+        """``value`` added to *ptr atomically (relaxed; one thread of those that hold an element adds it), or
+        stored there."""
         if ATOMIC:
             gl.atomic_add(ptr, value, sem="relaxed")
         else:

@@ -68,8 +68,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
     "VISION_MAMBA_TRITON_" + k for k in (
         "BLOCK_E", "WARPS", "BWD_BLOCK_E", "BWD_WARPS", "PREFETCH", "AHEAD", "BWD_AHEAD", "DELTA", "CONV_BLOCK_L",
         "CONV_TILES", "CONV_WARPS", "CONV_FWD_SPLIT", "CONV_BWD_ROWS", "CONV_BWD_WARPS", "CONV_BWD_INPUT_ROWS",
-        "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG",
-        "BWD_MAXNREG", "PARAMS_T",
+        "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG", "BWD_MAXNREG", "PARAMS_T",
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG"))
@@ -760,8 +759,8 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     else:
         _launch_triton_backward(args, cfg, t, common, gy, hsave, muinit, gx, gz, graw, gbc, ga, gd, gbias, n_chunks,
                                 steps, save_every, block_e, params_t, m_strides)
-    return dict(gx=gx, gz=gz if args.z is not None else None, gbc=gbc[:, 0] if atomic_bc else gbc.sum(1), graw=graw, ga=ga.transpose(1, 2), gd=gd,
-                gbias=gbias)
+    return dict(gx=gx, gz=gz if args.z is not None else None, gbc=gbc[:, 0] if atomic_bc else gbc.sum(1), graw=graw,
+                ga=ga.transpose(1, 2), gd=gd, gbias=gbias)
 
 
 def _launch_triton_backward(args, cfg, t, common, gy, hsave, muinit, gx, gz, graw, gbc, ga, gd, gbias, n_chunks,
