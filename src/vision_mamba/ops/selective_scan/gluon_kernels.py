@@ -688,6 +688,15 @@ if gluon is not None:
         return sp, gl.where(x >= 0.0, r, q * r)
 
     @gluon.jit
+    def _recompute_step(h, raw, x_rows, bc_rows, j, a2, N: gl.constexpr, ch: gl.constexpr, st: gl.constexpr):
+        """One step of the staged backward's recompute of the states: h_t from h_{t-1}, the step's raw delta and
+        its x and B (row ``j`` of the staged views)."""
+        delta = _softplus(raw)
+        xf = x_rows.index(j).load(ch).to(gl.float32)
+        bf = bc_rows.index(j).slice(0, N).load(st).to(gl.float32)
+        return gl.exp2(gl.expand_dims(delta, 1) * a2) * h + gl.expand_dims(delta * xf, 1) * gl.expand_dims(bf, 0)
+
+    @gluon.jit
     def _add_or_store(ptr, value, ATOMIC: gl.constexpr):
         """``value`` added to *ptr atomically (relaxed; one thread of those that hold an element adds it), or
         stored there."""
@@ -855,21 +864,12 @@ if gluon is not None:
                 raw_next = _raw_delta(w, d_rows.index(s_begin + first).load(wr), bias, ch)
                 for s in range(s_begin, lo):
                     j = s + first
-                    raw = raw_next
-                    delta = _softplus(raw)
-                    xf = x_rows.index(j).load(ch).to(gl.float32)
-                    bf = bc_rows.index(j).slice(0, N).load(st).to(gl.float32)
-                    h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
-                        + gl.expand_dims(delta * xf, 1) * gl.expand_dims(bf, 0)
+                    h = _recompute_step(h, raw_next, x_rows, bc_rows, j, a2, N, ch, st)
                     raw_next = _raw_delta(w, d_rows.index(j + 1).load(wr), bias, ch)  # (j + 1 <= lo + first)
                 for s in range(lo, hi):
                     j = s + first
                     raw = raw_next
-                    delta = _softplus(raw)
-                    xf = x_rows.index(j).load(ch).to(gl.float32)
-                    bf = bc_rows.index(j).slice(0, N).load(st).to(gl.float32)
-                    h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
-                        + gl.expand_dims(delta * xf, 1) * gl.expand_dims(bf, 0)
+                    h = _recompute_step(h, raw, x_rows, bc_rows, j, a2, N, ch, st)
                     i = s - lo
                     h_buf.index(i).store(h)
                     raw_buf.index(i).store(raw)
