@@ -723,6 +723,19 @@ def conv_fwd_kernel(
 
 
 @triton.jit
+def _conv_direction(w_f, w_b, bias_f, bias_b, E, K: tl.constexpr, BLOCK_E: tl.constexpr, HAS_BIAS: tl.constexpr):
+    """A one-direction conv program's share (grid dim 1: 2 x E blocks): its direction d = program_id(1) % 2, the
+    sign of its taps' offsets (1 causal, -1 anti-causal), its channels and their mask, and the direction's four
+    tap weights and bias (fp32)."""
+    pid_e = tl.program_id(1)
+    d = pid_e % 2
+    offs_e = (pid_e // 2) * BLOCK_E + tl.arange(0, BLOCK_E)
+    emask = offs_e < E
+    w0, w1, w2, w3, bias = _conv_params(_pick(d, w_f, w_b), _pick(d, bias_f, bias_b), offs_e, emask, K, HAS_BIAS)
+    return d, 1 - 2 * d, offs_e, emask, w0, w1, w2, w3, bias
+
+
+@triton.jit
 def conv_fwd_dir_kernel(
     x_ptr, w_f, w_b, bias_f, bias_b, out_ptr, L, E,
     stride_x_b, stride_x_l, stride_o_d, stride_o_b, stride_o_l,
@@ -732,13 +745,8 @@ def conv_fwd_dir_kernel(
     s = 1 causal, -1 anti-causal): four rows loaded a tile instead of seven, so fewer registers and twice the
     programs. Grid: (L blocks of TILES x BLOCK_L rows, 2 x E blocks, B)."""
     pid_l = tl.program_id(0)
-    pid_e = tl.program_id(1)
     b = tl.program_id(2)
-    d = pid_e % 2
-    offs_e = (pid_e // 2) * BLOCK_E + tl.arange(0, BLOCK_E)
-    emask = offs_e < E
-    w0, w1, w2, w3, bias = _conv_params(_pick(d, w_f, w_b), _pick(d, bias_f, bias_b), offs_e, emask, K, HAS_BIAS)
-    sign = 1 - 2 * d
+    d, sign, offs_e, emask, w0, w1, w2, w3, bias = _conv_direction(w_f, w_b, bias_f, bias_b, E, K, BLOCK_E, HAS_BIAS)
     x_base = x_ptr + b * stride_x_b + offs_e[None, :]
     o_base = out_ptr + d * stride_o_d + b * stride_o_b + offs_e[None, :]
     for i in range(TILES):
@@ -818,18 +826,13 @@ def conv_bwd_dir_kernel(
     global loads; 88.7 us at Vim-Ti's 224 px / batch 128 on an H100 under Nsight Compute. A direction a program:
     158 registers, 12 warps, 57.6 us; docs/kernels.md, "Session 20".)"""
     pid_c = tl.program_id(0)
-    pid_e = tl.program_id(1)
     b = tl.program_id(2)
-    d = pid_e % 2
-    offs_e = (pid_e // 2) * BLOCK_E + tl.arange(0, BLOCK_E)
-    emask = offs_e < E
+    d, sign, offs_e, emask, w0, w1, w2, w3, wb = _conv_direction(w_f, w_b, bias_f, bias_b, E, K, BLOCK_E, HAS_BIAS)
     x_base = x_ptr + b * stride_x_b + offs_e[None, :]
     g_base = gout_ptr + d * stride_g_d + b * stride_g_b + offs_e[None, :]
     p_base = gpre_ptr + d * stride_gp_d + b * stride_gp_b + offs_e[None, :]
     zero = tl.zeros([BLOCK_L, BLOCK_E], dtype=tl.float32)
     a0, a1, a2, a3, ab = zero, zero, zero, zero, zero
-    w0, w1, w2, w3, wb = _conv_params(_pick(d, w_f, w_b), _pick(d, bias_f, bias_b), offs_e, emask, K, HAS_BIAS)
-    sign = 1 - 2 * d  # causal for direction 0, anti-causal for 1
     start = pid_c * ROWS
     end = tl.minimum(start + ROWS, L)
     for t0 in range(start, end, BLOCK_L):
