@@ -216,7 +216,7 @@ def main() -> int:
                      torch.randn(B, L, 2, E, dtype=bf), config=cfg)
     # the depthwise conv + silu of both directions, forward and backward (launches captured the same way)
     cf, cb, cbi = _Capture(), _Capture(), _Capture()
-    ts.conv_fwd_kernel = ts.conv_fwd_dir_kernel = cf  # (the forward: both directions a program, or one)
+    ts.conv_fwd_kernel = cf
     ts.conv_bwd_dir_kernel, ts.conv_bwd_input_kernel = cb, cbi
     x = torch.randn(B, L, E, dtype=bf)
     cw = [torch.randn(E, 1, 4, dtype=bf) for _ in range(2)]
@@ -263,8 +263,7 @@ def main() -> int:
             print(report(name, kernel, call, Path(tmp), args.out, args.sass))
         print(report("forward", kernels["forward"], fwd.calls[0], Path(tmp), args.out, args.sass))
         print(report("backward", kernels["backward"], bwd.calls[0], Path(tmp), args.out, args.sass))
-        conv_fwd = tk.conv_fwd_dir_kernel if cfg.get("conv_fwd_split") else tk.conv_fwd_kernel
-        print(report(f"conv forward ({conv_fwd.__name__})", conv_fwd, cf.calls[0], Path(tmp), args.out, args.sass))
+        print(report("conv forward (conv_fwd_kernel)", tk.conv_fwd_kernel, cf.calls[0], Path(tmp), args.out, args.sass))
         print(report("conv backward (g_pre, weights; a direction a program)", tk.conv_bwd_dir_kernel, cb.calls[0],
                      Path(tmp), args.out, args.sass))
         print(report("conv backward (input)", tk.conv_bwd_input_kernel, cbi.calls[0], Path(tmp), args.out, args.sass))

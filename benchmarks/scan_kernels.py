@@ -130,7 +130,7 @@ def main():
     parser.add_argument("--no-conv", action="store_true", help="skip the conv kernels")
     parser.add_argument("--conv-fwd-configs", type=json.loads, default=None,
                         help='JSON list of conv forward configurations to time instead of the built-in sweep, e.g. '
-                             '\'[{}, {"fwd_split": 1}]\' (keys: block_l, tiles, warps, fwd_split; unset keys: the '
+                             '\'[{}, {"block_l": 32, "tiles": 1}]\' (keys: block_l, tiles, warps; unset keys: the '
                              'defaults)')
     parser.add_argument("--conv-bwd-configs", type=json.loads, default=None,
                         help='JSON list of conv backward configurations to time instead of the built-in sweep, e.g. '
@@ -200,7 +200,7 @@ def main():
         cw = [torch.randn(E, 1, 4, device=device) for _ in range(2)]
         cb = [torch.randn(E, device=device) for _ in range(2)]
         nbytes = batch * length * E * 2 * 3
-        fwd_keys = ("block_l", "tiles", "warps", "fwd_split")
+        fwd_keys = ("block_l", "tiles", "warps")
         fwd_default = {k: base.get(f"conv_{k}", 0) for k in fwd_keys}
         if args.conv_fwd_configs is not None:
             conv_configs = [dict(fwd_default, **c) for c in args.conv_fwd_configs]

@@ -1,5 +1,6 @@
 """The fused Add -> RMSNorm (Triton; under TRITON_INTERPRET=1 without a GPU) against the plain PyTorch reference:
-outputs and the gradients of hidden, residual and weight, fp32 and bf16, widths that are and are not powers of two,
+outputs and the gradients of hidden, residual and weight (each in its input's dtype), fp32 and bf16, one tile a
+program and several, widths that are and are not powers of two,
 with and without an incoming residual, with gradients arriving through both outputs."""
 from __future__ import annotations
 
@@ -30,8 +31,10 @@ def _inputs(rows, width, dtype, with_residual, seed):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("width", [20, 192])
 @pytest.mark.parametrize("with_residual", [True, False], ids=["residual", "first"])
-def test_fused_matches_reference(dtype, width, with_residual):
-    hidden, residual, weight = _inputs(7, width, dtype, with_residual, seed=width)
+@pytest.mark.parametrize("rows", [7, 53])
+def test_fused_matches_reference(dtype, width, with_residual, rows):
+    # (53 x 2 rows: the backward's programs walk several tiles each, summing d weight over them)
+    hidden, residual, weight = _inputs(rows, width, dtype, with_residual, seed=width)
     leaves = [t for t in (hidden, residual, weight) if t is not None]
     outs = {}
     for backend in ("torch", "triton"):

@@ -23,7 +23,6 @@ from .triton_kernels import (
     chunk_carry_kernel,
     conv_bwd_dir_kernel,
     conv_bwd_input_kernel,
-    conv_fwd_dir_kernel,
     conv_fwd_kernel,
     mixer_weights_kernel,
     pair_sum_kernel,
@@ -67,7 +66,7 @@ def _env_int(name: str, default: int) -> int:
 _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
     "VISION_MAMBA_TRITON_" + k for k in (
         "BLOCK_E", "WARPS", "BWD_BLOCK_E", "BWD_WARPS", "PREFETCH", "AHEAD", "BWD_AHEAD", "DELTA", "CONV_BLOCK_L",
-        "CONV_TILES", "CONV_WARPS", "CONV_FWD_SPLIT", "CONV_BWD_ROWS", "CONV_BWD_WARPS", "CONV_BWD_INPUT_ROWS",
+        "CONV_TILES", "CONV_WARPS", "CONV_BWD_ROWS", "CONV_BWD_WARPS", "CONV_BWD_INPUT_ROWS",
         "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG", "BWD_MAXNREG", "PARAMS_T",
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
@@ -126,8 +125,6 @@ def _read_config():
         conv_block_l=_env_int("VISION_MAMBA_TRITON_CONV_BLOCK_L", 16),
         conv_tiles=_env_int("VISION_MAMBA_TRITON_CONV_TILES", 2),
         conv_warps=_env_int("VISION_MAMBA_TRITON_CONV_WARPS", 2),
-        # the conv forward with one direction a program (conv_fwd_dir_kernel) instead of both (0)
-        conv_fwd_split=_env_int("VISION_MAMBA_TRITON_CONV_FWD_SPLIT", 0),
         # conv backward: rows per tile and warps of the first pass (g_pre, weight gradients; rows of 8 keep its ten
         # accumulators in registers) and of the second (d x; also its tiles per program)
         conv_bwd_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_ROWS", 8),
@@ -270,16 +267,21 @@ def _new(*shape, device, dtype) -> Tensor:
 _SM_COUNT = {}
 
 
+def _sm_count(device: torch.device) -> int:
+    """The CUDA device's multiprocessor count (cached: get_device_properties costs the host ~10 us a call)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    count = _SM_COUNT.get(index)
+    if count is None:
+        count = _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
+    return count
+
+
 def _min_programs(device: torch.device, configured: int) -> int:
     if configured >= 0:
         return configured
     if device.type != "cuda":
         return 0
-    index = device.index if device.index is not None else torch.cuda.current_device()
-    count = _SM_COUNT.get(index)
-    if count is None:  # (cached: get_device_properties costs the host ~10 us a call)
-        count = _SM_COUNT[index] = torch.cuda.get_device_properties(index).multi_processor_count
-    return 8 * count
+    return 8 * _sm_count(device)
 
 
 def _chunking(programs: int, length: int, min_programs: int, save_every: int = SAVE_EVERY) -> Tuple[int, int]:
@@ -722,14 +724,15 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     if use_gluon and _gluon_smem(cfg, save_every) and cfg.get("gluon_bwd_staged", 0):
         staged = _bwd_staged_fits(args, gy, save_every)
     atomic_bc = staged is not None and bool(cfg.get("gluon_bwd_atomic_bc", 0))
-    # d (B | C): a partial per block of channels, summed below; or, added atomically, one sum
-    gbc = torch.zeros(ND, 1, B, L, 2 * N, **f32) if atomic_bc else _new(ND, n_eb, B, L, 2 * N, **f32)
+    # the sums added atomically, zeroed in one launch: d A, d D, the delta bias and (with atomic_bc) d (B | C);
+    # otherwise d (B | C) is a partial per block of channels, summed below
+    n_bc = ND * B * L * 2 * N if atomic_bc else 0
+    zeros = torch.zeros(n_bc + ND * (N + 2) * E, **f32)
+    gbc = zeros[:n_bc].view(ND, 1, B, L, 2 * N) if atomic_bc else _new(ND, n_eb, B, L, 2 * N, **f32)
+    ga, gd, gbias = (v.view(ND, -1, E).squeeze(1) for v in zeros[n_bc:].split([ND * N * E, ND * E, ND * E]))
     # d raw delta: in x's dtype where it feeds the folded dt_proj's matmuls (as autograd would have it), otherwise
     # in delta's dtype
     graw = _new(ND, B, L, E, device=dev, dtype=args.x.dtype if args.dt_proj else args.dt[0].dtype)
-    ga = torch.zeros(ND, N, E, **f32)
-    gd = torch.zeros(ND, E, **f32)
-    gbias = torch.zeros(ND, E, **f32)
     common = args.common()
     t = [_or(v, dev) if not isinstance(v, int) else v for v in common["tensors"]]
     params_t = _params_t(cfg.get("bwd_params_t", -1), backward=True)
@@ -1041,8 +1044,9 @@ def xproj_weight_rows(weight: Tensor, R: int, rank_cols: int, dtype: torch.dtype
 
 
 def xproj_grad_rows(grad: Tensor, R: int, rank_cols: int) -> Tensor:
-    """The gradient of x_proj's weight from that of its padded form (:func:`xproj_weight_rows`)."""
-    return grad if rank_cols == R else torch.cat([grad[:R], grad[rank_cols:]])
+    """The gradient of x_proj's weight from that of its padded form (:func:`xproj_weight_rows`): [W, E], or
+    [..., W, E] for a stack of them."""
+    return grad if rank_cols == R else torch.cat([grad[..., :R, :], grad[..., rank_cols:, :]], dim=-2)
 
 
 _PAIR_INDEX = {}
@@ -1159,9 +1163,7 @@ def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], 
         raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
     out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
     block_l, block_e, tiles = cfg["conv_block_l"], 64, cfg["conv_tiles"]
-    n_dirs = 2 if cfg.get("conv_fwd_split", 0) else 1  # (a direction a program, or both)
-    kernel = conv_fwd_dir_kernel if n_dirs == 2 else conv_fwd_kernel
-    fast(kernel)[(_cdiv(L, block_l * tiles), _cdiv(E, block_e) * n_dirs, B)](
+    fast(conv_fwd_kernel)[(_cdiv(L, block_l * tiles), _cdiv(E, block_e), B)](
         x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E,
         x.stride(0), x.stride(1), out.stride(0), out.stride(1), out.stride(2),
         K=K, BLOCK_L=block_l, BLOCK_E=block_e, TILES=tiles, HAS_BIAS=bias_f is not None,
@@ -1181,10 +1183,11 @@ def _conv_and_rows(x: Tensor, forward, backward, R: int, rows_fp32: bool, cfg, w
 
 
 def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], bias_b: Optional[Tensor],
-                  gout: Tensor, cfg, gx_out: Optional[Tensor] = None):
+                  gout: Tensor, cfg, gx_out: Optional[Tensor] = None, sums: Optional[Tensor] = None):
     """Gradients of :func:`conv_forward` for the output gradient ``gout`` [2, B, L, E]: (d x, d w_f, d w_b,
     d bias_f, d bias_b), each in its tensor's dtype (None for absent biases). ``gx_out``: where to write d x (a
-    [B, L, E] view with contiguous channels, e.g. half of in_proj's output gradient)."""
+    [B, L, E] view with contiguous channels, e.g. half of in_proj's output gradient). ``sums``: a zeroed fp32
+    [2, 5, E] buffer for the weight and bias gradients (made here if not given)."""
     x = _last_contiguous(x)
     gout = _last_contiguous(gout)
     B, L, E = x.shape
@@ -1203,10 +1206,12 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
     # g_pre in the activations' precision (bf16 gradients arrive in bf16 anyway; fp32 stays fp32); the weight
     # gradients are summed from the fp32 values inside the kernel
     gpre = _new(2, B, L, E, device=x.device, dtype=torch.float32 if x.dtype == torch.float32 else x.dtype)
-    part = _new(B * n_chunks, 2, 5, E, device=x.device, dtype=torch.float32)
+    if sums is None:
+        sums = torch.zeros(2, 5, E, device=x.device, dtype=torch.float32)
+    assert sums.shape == (2, 5, E) and sums.dtype == torch.float32 and sums.is_contiguous()
     # (rows of 8: ten [rows, channels] accumulators stay in registers)
     fast(conv_bwd_dir_kernel)[(n_chunks, n_eb * 2, B)](
-        x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gpre, part, L, E, rows,
+        x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gpre, sums, L, E, rows,
         x.stride(0), x.stride(1), gout.stride(0), gout.stride(1), gout.stride(2),
         gpre.stride(0), gpre.stride(1), gpre.stride(2),
         K=K, BLOCK_L=cfg["conv_bwd_rows"], BLOCK_E=block_e,
@@ -1219,7 +1224,6 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
         gpre, w_f, w_b, gx, L, E, gpre.stride(0), gpre.stride(1), gpre.stride(2), gx.stride(0), gx.stride(1),
         K=K, BLOCK_L=in_rows, BLOCK_E=block_e, TILES=in_tiles, num_warps=cfg["conv_bwd_input_warps"],
         **FP_FUSION)
-    sums = part.sum(0)  # [2, 5, E]
     gw = sums[:, :4].transpose(1, 2).contiguous()
     gbias = sums[:, 4]
     gb = (lambda i, ref: gbias[i].to(ref.dtype) if ref is not None else None)
@@ -1265,50 +1269,79 @@ class _TritonBiMixer(torch.autograd.Function):
         R, N = w_f.shape[1], alog_f.shape[1]
         pair = mixer_weights(xw_f, xw_b, None, R, _rank_cols(R, cfg["rows_pad"], N), x.dtype)[0]  # one launch
         xs, rows, xw_pair = _conv_and_rows(x, (xw_f, cw_f, cb_f), (xw_b, cw_b, cb_b), R, fp32_rows, cfg, weights=pair)
-        dbl_f, dbl_b = rows[0], rows[1]
-        args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
+        args = _bi_args(xs, z, rows[0], rows[1], w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
         needs_grad = any(ctx.needs_input_grad[:15])
         y, hsave = scan_forward(args, xs.dtype, save_states=needs_grad, config=cfg)
         if needs_grad:
             # (the padded x_proj weights kept too: the backward's d xs product needs them, ~74 KB a block)
             ctx.save_for_backward(xz, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b,
-                                  d_f, d_b, dbl_f, dbl_b, hsave, xw_pair)
+                                  d_f, d_b, rows, hsave, xw_pair)
             ctx.cfg = cfg
         return y
 
     @staticmethod
     def backward(ctx, gy):
-        (xz, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, dbl_f, dbl_b,
+        (xz, cw_f, cw_b, cb_f, cb_b, xw_f, xw_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, rows,
          hsave, xw_pair) = ctx.saved_tensors
         cfg = ctx.cfg
         E = xz.shape[-1] // 2
         x, z = xz[..., :E], xz[..., E:]
         xs = conv_forward(x, cw_f, cw_b, cb_f, cb_b, cfg)  # the conv's output again, bit for bit
         R, N = w_f.shape[1], alog_f.shape[1]
-        args = _bi_args(xs, z, dbl_f, dbl_b, w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
+        args = _bi_args(xs, z, rows[0], rows[1], w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
         g = scan_backward(args, hsave, gy, config=cfg)
         gxz = torch.empty(xz.shape, device=xz.device, dtype=xz.dtype)
         pair_sum(g["gz"][0], g["gz"][1], out=gxz[..., E:])  # d z: both directions' parts
         gxs = g["gx"]  # [2, B, L, E] in xs's dtype: the scan's part of d xs, x_proj's added below
-        gxw, gw = [], []
-        for i, (dbl, xw, w) in enumerate(((dbl_f, xw_f, w_f), (dbl_b, xw_b, w_b))):
-            rows = dbl.reshape(-1, dbl.shape[-1])
-            rank_cols = rows.shape[1] - 2 * N
-            g_low, g_w = dt_proj_grads(g["graw"][i].view(rows.shape[0], -1), rows[:, :rank_cols], w)
-            # (in the activations' dtype, whatever the rows' dtype: as autograd would have it for bf16 rows)
-            gdbl = torch.cat([g_low.to(xs.dtype), g["gbc"][i].view(rows.shape[0], 2 * N).to(xs.dtype)], dim=1)
-            gxs[i].view(-1, E).addmm_(gdbl, xw_pair[i].to(gdbl.dtype))
-            gxw.append(xproj_grad_rows(gdbl.t() @ xs[i].reshape(-1, E), R, rank_cols).to(xw.dtype))
-            gw.append(g_w)
+        gxw, gw = _proj_grads(rows, xs, gxs, g["graw"], g["gbc"], xw_pair, w_f, w_b, R, N)
         del xs
         _, gcw_f, gcw_b, gcb_f, gcb_b = conv_backward(x, cw_f, cw_b, cb_f, cb_b, gxs, cfg, gx_out=gxz[..., :E])
         cast = lambda v, ref: v.to(ref.dtype) if ref is not None else None  # noqa: E731
-        return (gxz, gcw_f, gcw_b, gcb_f, gcb_b, gxw[0], gxw[1], cast(gw[0], w_f), cast(gw[1], w_b),
+        return (gxz, gcw_f, gcw_b, gcb_f, gcb_b, cast(gxw[0], xw_f), cast(gxw[1], xw_b), cast(gw[0], w_f),
+                cast(gw[1], w_b),
                 cast(g["gbias"][0], bias_f), cast(g["gbias"][1], bias_b), cast(g["ga"][0], alog_f),
                 cast(g["ga"][1], alog_b), cast(g["gd"][0], d_f), cast(g["gd"][1], d_b), None)
 
 
 _MM_OUT_DTYPE = [True]  # whether torch.bmm takes out_dtype (bf16 / fp16 inputs, fp32 output on CUDA)
+
+
+def _proj_grads(rows: Tensor, xs: Tensor, gxs: Tensor, graw: Tensor, gbc: Tensor, xw_pair: Tensor, w_f: Tensor,
+                w_b: Tensor, R: int, N: int):
+    """The mixer's backward through x_proj and the folded dt_proj: adds x_proj's part of d xs into ``gxs``
+    [2, B, L, E] and returns ([d x_proj weight] x 2 as [R + 2N, E] fp32, [d dt_proj weight] x 2 as [E, R] fp32).
+
+    rows: x_proj's rows [2, B, L, W] (dt_low | zeros | B | C, W = rank_cols + 2N); xs: the conv's output;
+    graw: d raw delta [2, B, L, E] in xs's dtype; gbc: d (B | C) [2, B, L, 2N] fp32; xw_pair: the padded x_proj
+    weights [2, W, E] in xs's dtype. With delta_raw = dt_low @ W_dt^T: d dt_low = graw @ W_dt (zero in the padding
+    columns, whose x_proj rows are zero too) and d W_dt = graw^T @ dt_low; then with d rows = d dt_low | d B | d C:
+    d xs += d rows @ W_x and d W_x = d rows^T @ xs. The products run in xs's dtype with fp32 accumulation, as
+    autograd would run the unfused ops under autocast.
+
+    Launches: the weights, casts and concatenations are made for both directions at once (16 launches a block,
+    against 24 for a loop over the directions). The three products with a long inner dimension or a large output
+    stay a direction each: batched over the directions (torch.bmm, fp32 output) cuBLAS ran the two weight
+    gradients on kernels without split-K, 40 us each instead of ~10 (H100, 224 px / batch 128, session 21)."""
+    _, B, L, W = rows.shape
+    E = xs.shape[-1]
+    M, rank_cols, dt = B * L, W - 2 * N, xs.dtype
+    w2 = torch.stack([w_f, w_b])  # [2, E, R]
+    if rank_cols > R:
+        w2 = F.pad(w2, (0, rank_cols - R))
+    g2, x2, gx2 = graw.view(2, M, E), xs.view(2, M, E), gxs.view(2, M, E)
+    g_low = torch.bmm(g2, w2.to(dt))  # [2, M, rank_cols]
+    dt_low = rows.view(2, M, W)[..., :rank_cols].to(dt)
+    # (in the activations' dtype, whatever the rows' dtype: as autograd would have it for bf16 rows)
+    gdbl = torch.cat([g_low, gbc.view(2, M, 2 * N).to(dt)], dim=2)  # [2, M, W]
+    g_w = torch.empty(2, E, rank_cols, device=xs.device, dtype=dt)
+    g_x = torch.empty(2, W, E, device=xs.device, dtype=dt)
+    for i in range(2):
+        torch.mm(g2[i].t(), dt_low[i], out=g_w[i])
+        gx2[i].addmm_(gdbl[i], xw_pair[i].to(dt))
+        torch.mm(gdbl[i].t(), x2[i], out=g_x[i])
+    g_w = g_w[..., :R].float().contiguous()
+    g_x = xproj_grad_rows(g_x, R, rank_cols).float()  # [2, R + 2N, E]
+    return (g_x[0], g_x[1]), (g_w[0], g_w[1])
 
 
 def _x_proj_pair(xs: Tensor, weights: Tensor, rows_fp32) -> Tensor:
