@@ -729,7 +729,8 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     n_bc = ND * B * L * 2 * N if atomic_bc else 0
     zeros = torch.zeros(n_bc + ND * (N + 2) * E, **f32)
     gbc = zeros[:n_bc].view(ND, 1, B, L, 2 * N) if atomic_bc else _new(ND, n_eb, B, L, 2 * N, **f32)
-    ga, gd, gbias = (v.view(ND, -1, E).squeeze(1) for v in zeros[n_bc:].split([ND * N * E, ND * E, ND * E]))
+    ga, gd, gbias = zeros[n_bc:].split([ND * N * E, ND * E, ND * E])
+    ga, gd, gbias = ga.view(ND, N, E), gd.view(ND, E), gbias.view(ND, E)
     # d raw delta: in x's dtype where it feeds the folded dt_proj's matmuls (as autograd would have it), otherwise
     # in delta's dtype
     graw = _new(ND, B, L, E, device=dev, dtype=args.x.dtype if args.dt_proj else args.dt[0].dtype)
