@@ -1184,11 +1184,10 @@ def _conv_and_rows(x: Tensor, forward, backward, R: int, rows_fp32: bool, cfg, w
 
 
 def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], bias_b: Optional[Tensor],
-                  gout: Tensor, cfg, gx_out: Optional[Tensor] = None, sums: Optional[Tensor] = None):
+                  gout: Tensor, cfg, gx_out: Optional[Tensor] = None):
     """Gradients of :func:`conv_forward` for the output gradient ``gout`` [2, B, L, E]: (d x, d w_f, d w_b,
     d bias_f, d bias_b), each in its tensor's dtype (None for absent biases). ``gx_out``: where to write d x (a
-    [B, L, E] view with contiguous channels, e.g. half of in_proj's output gradient). ``sums``: a zeroed fp32
-    [2, 5, E] buffer for the weight and bias gradients (made here if not given)."""
+    [B, L, E] view with contiguous channels, e.g. half of in_proj's output gradient)."""
     x = _last_contiguous(x)
     gout = _last_contiguous(gout)
     B, L, E = x.shape
@@ -1207,9 +1206,8 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
     # g_pre in the activations' precision (bf16 gradients arrive in bf16 anyway; fp32 stays fp32); the weight
     # gradients are summed from the fp32 values inside the kernel
     gpre = _new(2, B, L, E, device=x.device, dtype=torch.float32 if x.dtype == torch.float32 else x.dtype)
-    if sums is None:
-        sums = torch.zeros(2, 5, E, device=x.device, dtype=torch.float32)
-    assert sums.shape == (2, 5, E) and sums.dtype == torch.float32 and sums.is_contiguous()
+    # the weight and bias gradients [2, 5, E] (taps 0-3, then the bias), added into by the programs
+    sums = torch.zeros(2, 5, E, device=x.device, dtype=torch.float32)
     # (rows of 8: ten [rows, channels] accumulators stay in registers)
     fast(conv_bwd_dir_kernel)[(n_chunks, n_eb * 2, B)](
         x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gpre, sums, L, E, rows,
