@@ -53,7 +53,7 @@ class _Capture:
 def _signature(kernel, args, kwargs):
     sig, constexprs, attrs = {}, {}, {}
     for i, (name, param) in enumerate(zip(kernel.arg_names, kernel.params)):
-        value = args[i] if i < len(args) else kwargs[name]
+        value = args[i] if i < len(args) else kwargs[name] if name in kwargs else param.default
         if param.is_constexpr:
             sig[name], constexprs[name] = "constexpr", value
         elif isinstance(value, torch.Tensor):
@@ -258,6 +258,19 @@ def main() -> int:
         gk.scan_bwd_staged_gluon_kernel = staged_bwd
         if cap.calls:
             inference.append(("backward, staged", staged_bwd, cap.calls[0]))
+        # inference that the plan would chunk, in one pass with a channel's states over TPC lanes (onepass_tpc;
+        # the plan is made to chunk here by asking for more programs than the shape has), unstaged and staged
+        for tpc, cpt, stage in ((2, 1, 0), (4, 1, 0), (4, 2, 0), (8, 1, 0), (2, 1, 4), (4, 1, 4), (4, 2, 4)):
+            kernel = gk.scan_fwd_staged_gluon_kernel if stage else gk.scan_fwd_onepass_gluon_kernel
+            cap = _Capture()
+            setattr(gk, kernel.__name__, cap)
+            ts.scan_forward(inf_args, bf, save_states=False,
+                            config=dict(cfg, gluon=-1, min_programs=1 << 20, onepass_tpc=tpc, onepass_cpt=cpt,
+                                        gluon_staged=stage))
+            setattr(gk, kernel.__name__, kernel)
+            staged = f", staged {cap.calls[0][1]['STAGE']}" if stage else ""
+            inference.append((f"forward, one pass, {tpc} lanes a channel, {cpt} a thread{staged} (inference)", kernel,
+                              cap.calls[0]))
     with tempfile.TemporaryDirectory() as tmp:
         for name, kernel, call in inference:
             print(report(name, kernel, call, Path(tmp), args.out, args.sass))

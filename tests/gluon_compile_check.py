@@ -177,6 +177,35 @@ def main() -> int:
             check_backward("scan_bwd_staged_gluon_kernel", ptx)
             checked += 1
     assert atomics[True] == atomics[False] + 2, atomics
+    # inference the plan would chunk, in one pass with each channel's states over TPC lanes (onepass_tpc), staged
+    # or not: the only shuffles are those of its two sums a channel and step (over dt_low's columns and over the
+    # states), log2(TPC) each; y is stored by one lane of a channel's TPC (predicated stores). Staged, narrow
+    # programs copy more steps at a time (_tpc_stage: a warp's copies of a step cover 32 / (16-byte vectors a row)
+    # rows)
+    onepass = gk.scan_fwd_onepass_gluon_kernel
+    for tpc, cpt, stage, expect_stage in ((2, 1, 0, 0), (4, 1, 0, 0), (4, 2, 0, 0), (8, 1, 0, 0), (2, 1, 4, 16),
+                                          (4, 1, 4, 32), (4, 2, 4, 16), (4, 2, 32, 32)):
+        caps = {name: _Capture() for name in ("scan_fwd_onepass_gluon_kernel", "scan_fwd_staged_gluon_kernel")}
+        for name, cap in caps.items():
+            setattr(gk, name, cap)
+        ts.scan_forward(padded_args(1, 300), torch.bfloat16, save_states=False,
+                        config=dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, onepass_cpt=cpt,
+                                    gluon_staged=stage))
+        gk.scan_fwd_onepass_gluon_kernel, gk.scan_fwd_staged_gluon_kernel = onepass, staged_kernel
+        name = "scan_fwd_staged_gluon_kernel" if expect_stage else "scan_fwd_onepass_gluon_kernel"
+        calls = caps[name].calls
+        assert len(calls) == 1 and sum(len(c.calls) for c in caps.values()) == 1, {k: len(c.calls) for k, c in caps.items()}
+        kwargs = calls[0][1]
+        assert kwargs["TPC"] == tpc and kwargs["BLOCK_E"] == 32 * cpt // tpc, kwargs
+        assert kwargs.get("STAGE", 0) == expect_stage, kwargs.get("STAGE")
+        ptx = compile_call(getattr(gk, name), calls[0])
+        assert ".entry" in ptx and "ex2.approx" in ptx
+        assert ("cp.async" in ptx) == bool(expect_stage) and ("bar.sync" in ptx) == bool(expect_stage)
+        shuffles = 2 * (tpc.bit_length() - 1) * cpt
+        assert ptx.count("shfl.sync") == shuffles, (tpc, cpt, ptx.count("shfl.sync"), shuffles)
+        stores = [line.strip() for line in ptx.splitlines() if "st.global" in line]
+        assert stores and all(re.match(r"@%p\d+ st\.global\.", line) for line in stores), stores
+        checked += 1
     print(f"Triton {triton.__version__}: {checked} Gluon launches compiled for sm_90, no layout conversions")
     return 0
 

@@ -584,9 +584,9 @@ def test_staged_forward_fit_rule():
     E, N, R, B, L = 384, 16, 12, 2, 9
     bf = torch.bfloat16
 
-    def args(rows_width=48, rows_dtype=torch.float32, z_offset=E, x=None):
-        xs = x if x is not None else torch.zeros(2, B, L, E, dtype=bf)
-        z = torch.zeros(B, L, 2 * E + 16, dtype=bf)[..., z_offset:z_offset + E]
+    def args(rows_width=48, rows_dtype=torch.float32, z_offset=E, x=None, dtype=bf):
+        xs = x if x is not None else torch.zeros(2, B, L, E, dtype=dtype)
+        z = torch.zeros(B, L, 2 * E + 16, dtype=dtype)[..., z_offset:z_offset + E]
         rows = torch.zeros(2, B * L, rows_width, dtype=rows_dtype)
         w, v, a = torch.zeros(E, R), torch.zeros(E), torch.zeros(E, N)
         made = ts._bi_args(xs, z, rows[0], rows[1], w, w, v, v, a, a, v, v, R, N)
@@ -595,6 +595,13 @@ def test_staged_forward_fit_rule():
     made, rows = args()
     assert ts._staged_fits(made, 8, rows) == (64, 8, 4)  # the model's padded fp32 rows
     assert ts._staged_fits(made, 4, rows) == (64, 8, 4)
+    assert ts._staged_fits(made, 2, rows) is None  # (a warp's 16-byte copies of a step's x: 4 rows of 64 channels)
+    # narrower programs (a channel's states over several lanes, onepass_tpc): a warp's copies of x cover 32 / (16-byte
+    # vectors a row) steps, so the stage grows to that (_tpc_stage); x rows of whole 16-byte vectors only
+    assert ts._staged_fits(made, 8, rows, block_e=16) is None and ts._staged_fits(made, 16, rows, block_e=16)
+    assert [ts._tpc_stage(made, 4, rows, e) for e in (64, 16, 8, 4)] == [4, 16, 32, 0]
+    made32, rows32 = args(dtype=torch.float32)
+    assert [ts._tpc_stage(made32, 4, rows32, e) for e in (16, 8, 4)] == [8, 16, 32]
     assert ts._staged_fits(made, 6, rows) is None and ts._staged_fits(made, 0, rows) is None
     made, rows = args(rows_width=44, rows_dtype=bf)  # 88-byte rows: not whole 16-byte vectors
     assert ts._staged_fits(made, 8, rows) is None
@@ -682,6 +689,21 @@ def test_gluon_dispatch_rule(monkeypatch):
                                                                              16, False)
     assert rows(128, 197, c=dict(cfg, gluon=0, rows_fp32=1))
     assert [ts._gluon_smem(cfg, n) for n in (5, 8, 16)] == [False, True, False]
+    # inference the plan would chunk, in one pass with a channel's states over onepass_tpc lanes: off by default;
+    # where set, a power of two up to N and dt_low's padded width (16 here), 32 * onepass_cpt / tpc channels a
+    # program dividing E
+    tpc = lambda t, c=1, **kw: ts._onepass_tpc_applies(dict(cfg, onepass_tpc=t, onepass_cpt=c), args_for(6085, **kw),
+                                                       dev)  # noqa: E731
+    assert cfg["onepass_tpc"] == 0 and not tpc(0)
+    assert [tpc(2), tpc(4), tpc(4, 2), tpc(8), tpc(16)] == [True] * 5
+    assert tpc(4, E=40) and not tpc(2, E=40)  # (8 channels a program divide 40, 16 do not)
+    assert not tpc(4, N=16, E=36) and tpc(8, N=8) and not ts._onepass_tpc_applies(
+        dict(cfg, gluon=0, onepass_tpc=4), args_for(6085), dev)
+    for bad in (dict(onepass_tpc=3), dict(onepass_tpc=32), dict(onepass_tpc=16, onepass_cpt=1, N=8),
+                dict(onepass_tpc=4, onepass_cpt=3)):
+        n = bad.pop("N", 16)
+        with pytest.raises(ValueError, match="onepass_tpc"):
+            ts._onepass_tpc_applies(dict(cfg, **bad), args_for(6085, N=n), dev)
 
 
 BI_NAMES = ("xs", "z", "dbl_f", "dbl_b", "w_f", "w_b", "bias_f", "bias_b", "alog_f", "alog_b", "d_f", "d_b")
@@ -828,6 +850,44 @@ def test_gluon_onepass_forward_matches(length, batch, rows_dtype, monkeypatch):
     assert rel_err(outs[0], outs[1]) < 1e-3 and rel_err(outs[0], outs[2]) < 1e-2
     if length == 197:  # the mixer's inference path (fp32 rows from x_proj on CUDA) against the reference
         check_mixer(2, 197, 192, torch.bfloat16, min_programs="0", monkeypatch=monkeypatch)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("stage", [0, 4], ids=["unstaged", "staged"])
+@pytest.mark.parametrize("tpc,cpt", [(2, 1), (4, 1), (4, 2), (8, 1)], ids=["tpc2", "tpc4", "tpc4-cpt2", "tpc8"])
+@pytest.mark.parametrize("length,batch,dtype,E", [
+    (1, 1, torch.bfloat16, 384), (63, 3, torch.float32, 384), (65, 3, torch.float32, 384),
+    (197, 2, torch.bfloat16, 48), (730, 4, torch.bfloat16, 384), (6085, 1, torch.bfloat16, 384),
+    (6085, 2, torch.float32, 48)])
+def test_gluon_onepass_tpc_matches(length, batch, dtype, E, tpc, cpt, stage, monkeypatch):
+    # inference that the plan would split into chunks (min_programs forces it here), in one pass with each
+    # channel's states over tpc lanes (the TPC of scan_fwd_onepass_gluon_kernel, or of the staged kernel where
+    # staging is on and the tensors allow it): against the fp32 reference and the chunked launches it replaces;
+    # sequences of up to 64 steps are not chunked, so the one-lane kernels run them
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if not gluon_kernels.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    launches = []
+    original = ts._launch_gluon_onepass
+    monkeypatch.setattr(ts, "_launch_gluon_onepass",
+                        lambda *a, **k: (launches.append(k.get("tpc", 1)), original(*a, **k))[1])
+    cfg = dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, onepass_cpt=cpt, gluon_staged=stage)
+    staged = record_results(monkeypatch, ts, "_tpc_stage")
+    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + tpc, E=E, width=48)
+    with torch.no_grad():
+        ref = bi_scan_reference(*inputs)
+        y = ts._TritonBiScan.apply(*inputs, False, cfg)
+        n_tpc = len(launches)
+        y_chunked = ts._TritonBiScan.apply(*inputs, False, dict(cfg, onepass_tpc=0))
+    chunked = ts._forward_plan(cfg, batch, length, E, 2, DEVICE)[3] > 1
+    assert launches[:n_tpc] == ([tpc] if chunked else []) and tpc not in launches[n_tpc:]
+    assert chunked == (length > 64)
+    assert all(staged) and len(staged) == (n_tpc if stage else 0)  # (the model's rows, padded here, allow staging)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert rel_err(y, ref) < tol and rel_err(y, y_chunked) < tol
 
 
 @pytest.mark.gpu

@@ -232,7 +232,7 @@ if gluon is not None:
         L, E, stride_x_d, stride_x_b, stride_x_l, stride_z_b, stride_z_l,
         stride_y_b, stride_y_l, stride_y_d, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
         stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
-        B_COL: gl.constexpr, C_COL: gl.constexpr,
+        B_COL: gl.constexpr, C_COL: gl.constexpr, TPC: gl.constexpr = 1,
     ):
         """The inference forward in one pass over the sequence (no chunks, no states saved): what
         ``scan_fwd_gluon_kernel`` computes with HAS_INIT, WRITE_END, SAVE_STATES and AHEAD off, written as in
@@ -245,11 +245,19 @@ if gluon is not None:
         program. x [2, B, L, E]; z [B, L, E] (any row stride); x_proj's rows [2 directions, B * L, stride_row]
         (dt_low | B | C, direction 1 ``dir_off`` elements after direction 0; bf16 or fp32); A_log [E, N], W_dt
         [E, R], bias and D [E] per direction. BLOCK_E must divide E (a program: BLOCK_E / 32 channels a thread
-        per warp)."""
+        per warp).
+
+        TPC > 1 (threads a channel; a power of two up to N and BLOCK_R) splits each channel's N states over TPC
+        neighbouring lanes, N / TPC each, and its BLOCK_R dt_low columns likewise (then BLOCK_E * TPC / 32
+        channels a thread per warp): TPC times the threads for the same channels, for sequences too long and
+        batches too small to fill the GPU with a thread a channel, without the chunked launches' second pass over
+        the sequence. The sums over states and over dt_low's columns end in shuffles between the TPC lanes, and
+        every lane of a channel computes its softplus and gate (the work a channel does once a step, TPC times);
+        the lanes that hold a copy of y store it once."""
         NW: gl.constexpr = gl.num_warps()
-        CPT: gl.constexpr = BLOCK_E // (32 * NW)
-        tile: gl.constexpr = gl.BlockedLayout([CPT, N], [32, 1], [NW, 1], [1, 0])
-        wtile: gl.constexpr = gl.BlockedLayout([CPT, BLOCK_R], [32, 1], [NW, 1], [1, 0])
+        CPT: gl.constexpr = BLOCK_E * TPC // (32 * NW)
+        tile: gl.constexpr = gl.BlockedLayout([CPT, N // TPC], [32 // TPC, TPC], [NW, 1], [1, 0])
+        wtile: gl.constexpr = gl.BlockedLayout([CPT, BLOCK_R // TPC], [32 // TPC, TPC], [NW, 1], [1, 0])
         ch: gl.constexpr = gl.SliceLayout(1, tile)
         st: gl.constexpr = gl.SliceLayout(0, tile)
         pid_be = gl.program_id(0)
@@ -337,7 +345,7 @@ if gluon is not None:
         hsave_ptr, stride_s_b, stride_s_d, stride_s_c,
         stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
         B_COL: gl.constexpr, C_COL: gl.constexpr, STAGE: gl.constexpr, RW: gl.constexpr, VX: gl.constexpr,
-        VR: gl.constexpr, SAVE_STATES: gl.constexpr, SAVE_EVERY: gl.constexpr,
+        VR: gl.constexpr, SAVE_STATES: gl.constexpr, SAVE_EVERY: gl.constexpr, TPC: gl.constexpr = 1,
     ):
         """The one-pass inference forward of ``scan_fwd_onepass_gluon_kernel`` with its inputs staged through
         shared memory: x, z and x_proj's rows for STAGE steps at a time arrive by asynchronous copies (cp.async)
@@ -350,11 +358,14 @@ if gluon is not None:
 
         SAVE_STATES makes it the training forward of a sequence in one pass: as ``scan_fwd_gluon_kernel`` with
         SAVE_STATES and STATES_EN, it saves the state entering every block of SAVE_EVERY steps (hsave [B, 2,
-        blocks, E, N], a thread's states contiguous, for the Gluon backward)."""
+        blocks, E, N], a thread's states contiguous, for the Gluon backward).
+
+        TPC > 1: each channel's states over TPC lanes, as in ``scan_fwd_onepass_gluon_kernel`` (the copies'
+        layouts do not change: a warp's copies must not cover more than STAGE rows, _staged_fits)."""
         NW: gl.constexpr = gl.num_warps()
-        CPT: gl.constexpr = BLOCK_E // (32 * NW)
-        tile: gl.constexpr = gl.BlockedLayout([CPT, N], [32, 1], [NW, 1], [1, 0])
-        wtile: gl.constexpr = gl.BlockedLayout([CPT, BLOCK_R], [32, 1], [NW, 1], [1, 0])
+        CPT: gl.constexpr = BLOCK_E * TPC // (32 * NW)
+        tile: gl.constexpr = gl.BlockedLayout([CPT, N // TPC], [32 // TPC, TPC], [NW, 1], [1, 0])
+        wtile: gl.constexpr = gl.BlockedLayout([CPT, BLOCK_R // TPC], [32 // TPC, TPC], [NW, 1], [1, 0])
         ch: gl.constexpr = gl.SliceLayout(1, tile)
         st: gl.constexpr = gl.SliceLayout(0, tile)
         wr: gl.constexpr = gl.SliceLayout(0, wtile)

@@ -70,7 +70,8 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG", "BWD_MAXNREG", "PARAMS_T",
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
-        "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG"))
+        "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
+        "ONEPASS_TPC", "ONEPASS_CPT"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -162,6 +163,11 @@ def _read_config():
         gluon_smem_steps=_env_int("VISION_MAMBA_TRITON_GLUON_SMEM_STEPS", 8),
         # one-pass inference launches get the session-7 Gluon kernel (measured faster; 0: the general one)
         gluon_onepass=_env_int("VISION_MAMBA_TRITON_GLUON_ONEPASS", 1),
+        # inference that the plan would split into chunks (long sequences, small batches) in one pass instead,
+        # with each channel's states split over this many lanes (2, 4, 8, ...) and onepass_cpt channels a thread
+        # (_onepass_tpc_applies); 0: off (the chunked launches), until measured on the device
+        onepass_tpc=_env_int("VISION_MAMBA_TRITON_ONEPASS_TPC", 0),
+        onepass_cpt=_env_int("VISION_MAMBA_TRITON_ONEPASS_CPT", 1),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
         # 4 measured fastest (docs/kernels.md, "Session 17": the kernel at 224 px / batch 128 0.164 ms unstaged,
@@ -471,6 +477,11 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     if kind == "onepass" and n_chunks == 1 and not save_states:  # (inference: none of the plan below is needed)
         _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0))
         return y, None
+    if n_chunks > 1 and not save_states and _onepass_tpc_applies(cfg, args, dev):
+        # (inference that would be chunked: one pass with a channel's states over several lanes instead)
+        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=cfg["onepass_tpc"],
+                              cpt=cfg.get("onepass_cpt", 1))
+        return y, None
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
     # [B, ND, n_save, N, E]; for the Gluon backward each channel's states contiguous (a transposed view)
@@ -574,6 +585,20 @@ def _forward_rule(cfg, block_e: int, n_chunks: int, save_states: bool, gluon_bac
     return None
 
 
+def _onepass_tpc_applies(cfg, args: _ScanArgs, device) -> bool:
+    """Whether an inference forward that the plan splits into chunks runs instead in one pass with
+    ``onepass_tpc`` lanes a channel (scan_fwd_onepass_gluon_kernel's TPC; ``onepass_cpt`` channels a thread): set,
+    a power of two from 2 up to N and dt_low's padded width, with E a multiple of the program's channels."""
+    tpc, cpt = cfg.get("onepass_tpc", 0), cfg.get("onepass_cpt", 1)
+    if tpc < 2:
+        return False
+    if tpc & (tpc - 1) or tpc > min(args.N, max(2, _next_pow2(args.R))) or cpt < 1 or cpt & (cpt - 1):
+        raise ValueError(f"onepass_tpc must be 0 or a power of two from 2 to min(N, dt_low's padded width) and "
+                         f"onepass_cpt a power of two, got {tpc} and {cpt}")
+    block_e = 32 * cpt // tpc
+    return _gluon_common(cfg.get("gluon", -1), args, device) and block_e >= 1 and args.E % block_e == 0
+
+
 def _gluon_backward_applies(cfg, args: _ScanArgs, device) -> bool:
     return (_gluon_common(cfg.get("gluon_bwd", -1), args, device)
             and _gluon_backward_rule(cfg, args.L, args.E, args.N))
@@ -638,12 +663,15 @@ def _launch_gluon_forward(args: _ScanArgs, y: Tensor, hinit, hend, dsum, hsave, 
         num_warps=num_warps, **FP_FUSION)
 
 
-def _staged_fits(args: _ScanArgs, stage: int, rows: Tensor) -> Optional[Tuple[int, int, int]]:
+def _staged_fits(args: _ScanArgs, stage: int, rows: Tensor, block_e: int = 64) -> Optional[Tuple[int, int, int]]:
     """(RW, VX, VR) for scan_fwd_staged_gluon_kernel where its 16-byte asynchronous copies apply: a power-of-two
     stage; x and z of one dtype; x, z and the rows 16-byte aligned, with strides (and direction 1's offset) that
-    Triton knows to be multiples of 16 elements; rows whose width and stride are whole 16-byte vectors. Else None
-    (the one-pass kernel without staging runs). B and C must start at multiples of N columns (Gluon slices a
-    shared row only at whole tiles): the model's padded rows (dt_low | zeros | B | C, _rank_cols) do."""
+    Triton knows to be multiples of 16 elements; rows whose width and stride are whole 16-byte vectors; programs of
+    ``block_e`` channels (one warp) whose x and z rows are whole 16-byte vectors, and whose copies of a step's
+    x / z / row, 16 bytes a thread, cover at most ``stage`` steps a warp (a copy's layout no larger than its
+    buffer). Else None (the one-pass kernel without staging runs). B and C must start at multiples of N columns
+    (Gluon slices a shared row only at whole tiles): the model's padded rows (dt_low | zeros | B | C, _rank_cols)
+    do."""
     from . import gluon_kernels
 
     x, z = args.x, args.z
@@ -656,25 +684,39 @@ def _staged_fits(args: _ScanArgs, stage: int, rows: Tensor) -> Optional[Tuple[in
     ints = (x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), args.dir_off, args.E)
     if any(v % 16 for v in ints) or any(t.data_ptr() % 16 for t in (x, z, rows)):
         return None
-    if rows.stride(0) % vr or (args.c_col + args.N) % vr or rw // vr > 32 or 64 // vx > 32:
+    if rows.stride(0) % vr or (args.c_col + args.N) % vr or rw // vr > 32 or block_e % vx or block_e // vx > 32:
+        return None
+    if 32 // (block_e // vx) > stage or 32 // (rw // vr) > stage:
         return None
     if args.b_col % args.N or args.c_col % args.N:  # (B and C read as whole N-element tiles of a staged row)
         return None
     return rw, vx, vr
 
 
+def _tpc_stage(args: _ScanArgs, stage: int, rows: Tensor, block_e: int) -> int:
+    """The smallest power of two from ``stage`` up to 64 at which the staged kernel's copies fit programs of
+    ``block_e`` channels (:func:`_staged_fits`; narrow programs copy more steps at a time), or 0."""
+    while stage <= 64:
+        if _staged_fits(args, stage, rows, block_e) is not None:
+            return stage
+        stage *= 2
+    return 0
+
+
 def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Optional[Tensor] = None,
-                          save_every: int = 0, maxnreg: int = 0) -> bool:
+                          save_every: int = 0, maxnreg: int = 0, tpc: int = 1, cpt: int = 1) -> bool:
     """The one-pass Gluon forward (64 channels a program, one warp): staged (scan_fwd_staged_gluon_kernel) where
     ``stage`` is set and _staged_fits allows, else scan_fwd_onepass_gluon_kernel. With ``hsave`` (the training
     forward: [B, 2, blocks, N, E] views of [..., E, N] storage) only the staged kernel saves states, under the
     register cap ``maxnreg`` (0: none): whether it ran is returned, and nothing is launched where it does not
-    apply."""
+    apply. ``tpc`` > 1 (inference only): either kernel with each channel's states split over that many lanes,
+    ``cpt`` channels a thread (32 * cpt / tpc channels a program; :func:`_onepass_tpc_applies`), staged at the
+    stage :func:`_tpc_stage` finds from ``stage`` up."""
     from . import gluon_kernels
 
     x, z, rows = args.x, args.z, args.dt[0]
     B, L, E, N, R = args.B, args.L, args.E, args.N, args.R
-    block_e = 64
+    block_e = 64 if tpc == 1 else 32 * cpt // tpc
     a_stride_e, a_stride_n, w_stride_e, w_stride_r = args.param_strides()
     common = (x, z, rows, args.dir_off, args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
               args.dskip[0], args.dskip[1], y,
@@ -682,6 +724,19 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
               y.stride(2), a_stride_e, a_stride_n, w_stride_e, w_stride_r)
     flags = dict(stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, _next_pow2(R)),
                  B_COL=args.b_col, C_COL=args.c_col, num_warps=1, **FP_FUSION)
+    if tpc > 1:
+        if hsave is not None:
+            return False
+        # staged: at least ``stage`` steps a copy, more where a warp's copies of a step cover more rows
+        stage = _tpc_stage(args, stage, rows, block_e) if stage else 0
+        if stage:
+            rw, vx, vr = _staged_fits(args, stage, rows, block_e)
+            fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
+                *common, _dummy(x.device), 0, 0, 0, STAGE=stage, RW=rw, VX=vx, VR=vr, SAVE_STATES=False,
+                SAVE_EVERY=1, TPC=tpc, **flags)
+        else:
+            fast(gluon_kernels.scan_fwd_onepass_gluon_kernel)[(B * (E // block_e), 1, 2)](*common, TPC=tpc, **flags)
+        return True
     staged = _staged_fits(args, stage, rows) if stage else None
     if staged is not None:
         rw, vx, vr = staged
