@@ -206,7 +206,28 @@ def main() -> int:
         stores = [line.strip() for line in ptx.splitlines() if "st.global" in line]
         assert stores and all(re.match(r"@%p\d+ st\.global\.", line) for line in stores), stores
         checked += 1
-    print(f"Triton {triton.__version__}: {checked} Gluon launches compiled for sm_90, no layout conversions")
+    # and one Triton kernel that the interpreter runs differently (its tl.dot of bf16 operands): the conv and x_proj
+    # in one kernel (conv_xproj), as the inference path launches it, must compile to tensor-core products
+    from triton.compiler import ASTSource
+
+    from vision_mamba.ops.selective_scan import triton_kernels as tk
+
+    cap = _Capture()
+    ts.conv_xproj_fwd_kernel = cap
+    E, N = 384, 16
+    x = torch.randn(2, 197, E, dtype=torch.bfloat16)
+    cw, cb = torch.randn(E, 1, 4, dtype=torch.bfloat16), torch.randn(E, dtype=torch.bfloat16)
+    ts.conv_xproj_forward(x, cw, cw, cb, cb, torch.randn(2, 48, E, dtype=torch.bfloat16), True, ts._config())
+    ts.conv_xproj_fwd_kernel = tk.conv_xproj_fwd_kernel
+    args, kwargs = cap.calls[0]
+    kwargs = dict(kwargs)
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
+    sig, constexprs, attrs = _signature(tk.conv_xproj_fwd_kernel, args, kwargs)
+    ptx = triton.compile(ASTSource(tk.conv_xproj_fwd_kernel, sig, constexprs=constexprs, attrs=attrs),
+                         target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+    assert ".entry" in ptx and "mma" in ptx, "conv_xproj: no tensor-core product"
+    print(f"Triton {triton.__version__}: {checked} Gluon launches compiled for sm_90, no layout conversions; "
+          f"the conv + x_proj kernel too")
     return 0
 
 
