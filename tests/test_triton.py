@@ -87,6 +87,23 @@ def perturbed_mixer(dim, seed=0):
     return mixer.to(DEVICE)
 
 
+def bf16_mixer_outputs(dim, setups=(None,)):
+    """A perturbed mixer of width ``dim`` on one random input under bf16 autocast, without gradients: the reference
+    backend's output, then the triton backend's once after each of ``setups`` (a callable run first, or None)."""
+    mixer = perturbed_mixer(dim)
+    hidden = torch.randn(2, 19, dim, device=DEVICE)
+    outs = []
+    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
+        with scan_backend("reference"):
+            ref = mixer(hidden)
+        with scan_backend("triton"):
+            for setup in setups:
+                if setup is not None:
+                    setup()
+                outs.append(mixer(hidden))
+    return ref, outs
+
+
 def check_mixer(batch, length, dim, dtype=torch.float32, min_programs="0", monkeypatch=None):
     if monkeypatch is not None:
         monkeypatch.setenv("VISION_MAMBA_TRITON_MIN_PROGRAMS", min_programs)
@@ -545,15 +562,8 @@ def test_mixer_inference_with_conv_xproj(monkeypatch):
     launches = []
     original = ts.conv_xproj_forward
     monkeypatch.setattr(ts, "conv_xproj_forward", lambda *a: (launches.append(1), original(*a))[1])
-    mixer = perturbed_mixer(24)
-    hidden = torch.randn(2, 19, 24, device=DEVICE)
-    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-        with scan_backend("reference"):
-            ref = mixer(hidden)
-        with scan_backend("triton"):
-            plain = mixer(hidden)
-            monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_XPROJ", "1")
-            fused = mixer(hidden)
+    ref, (plain, fused) = bf16_mixer_outputs(
+        24, (None, lambda: monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_XPROJ", "1")))
     assert launches == [1]
     assert torch.isfinite(fused).all() and rel_err(fused, ref) < 3e-2 and rel_err(fused, plain) < 1e-2
 
@@ -614,13 +624,7 @@ def test_inference_scan_reads_fp32_rows(monkeypatch):
         return rows[-1]
 
     monkeypatch.setattr(ts, "_x_proj_pair", fp32_rows)
-    mixer = perturbed_mixer(20)
-    hidden = torch.randn(2, 19, 20, device=DEVICE)
-    with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
-        with scan_backend("reference"):
-            ref = mixer(hidden)
-        with scan_backend("triton"):
-            out = mixer(hidden)
+    ref, (out,) = bf16_mixer_outputs(20)
     assert [(r.dtype, r.shape[0]) for r in rows] == [(torch.float32, 2)]
     assert torch.isfinite(out).all() and rel_err(out, ref) < 3e-2
 
