@@ -104,8 +104,10 @@ def experiment(folders: List[Path], key: str, out: Path, what: str,
     """A record of one run outside the main comparison (device_imagenette_long.sh MODEL=<key>), from the files
     its calls copied out (``<key>_results.json``, ``_metrics.csv``, ``_command.txt``, ``_wall_seconds.txt``; the
     newest of each across ``folders``). Appended to ``out`` (a JSON with a list of records), curves copied
-    beside it as ``<out stem>_<key>_curves.png``. ``evals``: JSONs written by ``vision-mamba eval --json`` for the
-    run's weights (e.g. at other test resolutions), kept in the record as ``evals``."""
+    beside it as ``<out stem>_<key>_curves.png``, or ``<out stem>_<key>_<n>_curves.png`` (n = 2, 3, ...) where an
+    earlier run's curves have that name (they are never overwritten; the record's ``curves`` names the file).
+    ``evals``: JSONs written by ``vision-mamba eval --json`` for the run's weights (e.g. at other test
+    resolutions), kept in the record as ``evals``."""
     def newest(name: str) -> Optional[Path]:
         found = [f / f"{key}_{name}" for f in folders if (f / f"{key}_{name}").is_file()]
         return found[-1] if found else None
@@ -140,14 +142,20 @@ def experiment(folders: List[Path], key: str, out: Path, what: str,
             for ev in found if isinstance(found, list) else [found]:
                 record["evals"].append({k: ev.get(k) for k in ("img_size", "crop_pct", "ema", "tta", "top1", "top5",
                                                                "images")})
+    curves = newest("curves.png")
+    target = None
+    if curves:
+        target, n = out.with_name(f"{out.stem}_{key}_curves.png"), 2
+        while target.exists() and target.read_bytes() != curves.read_bytes():
+            target, n = out.with_name(f"{out.stem}_{key}_{n}_curves.png"), n + 1
+        record["curves"] = target.name
     report = json.loads(out.read_text()) if out.is_file() else dict(
         dataset="Imagenette-160 (train 9,469 / val 3,925)", device=None, records=[])
     report["records"].append(record)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2) + "\n")
-    curves = newest("curves.png")
-    if curves:
-        shutil.copyfile(curves, out.with_name(f"{out.stem}_{key}_curves.png"))
+    if target is not None:
+        shutil.copyfile(curves, target)
     print(f"{record['model']}: {record['epochs']} epochs, top-1 {record['top1']} (EMA {record['ema_top1']}), "
           f"{record['train_img_per_s']} img/s, {record['minutes']} min -> {out}")
     return record
