@@ -73,12 +73,12 @@ def padded_args(B, L):
     return ts._bi_args(xs, z[..., E:], rows[0], rows[1], w, w, v, v, a, a, v, v, R, N)
 
 
-def compile_call(kernel, call):
+def compile_call(kernel, call, source=GluonASTSource):
     args, kwargs = call
     kwargs = dict(kwargs)
-    options = {k: kwargs.pop(k) for k in ("num_warps", "maxnreg", "enable_fp_fusion") if k in kwargs}
+    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "maxnreg", "enable_fp_fusion") if k in kwargs}
     sig, constexprs, attrs = _signature(kernel, args, kwargs)
-    compiled = triton.compile(GluonASTSource(kernel, sig, constexprs=constexprs, attrs=attrs),
+    compiled = triton.compile(source(kernel, sig, constexprs=constexprs, attrs=attrs),
                               target=GPUTarget("cuda", 90, 32), options=options)
     return compiled.asm["ptx"]
 
@@ -194,7 +194,8 @@ def main() -> int:
         gk.scan_fwd_onepass_gluon_kernel, gk.scan_fwd_staged_gluon_kernel = onepass, staged_kernel
         name = "scan_fwd_staged_gluon_kernel" if expect_stage else "scan_fwd_onepass_gluon_kernel"
         calls = caps[name].calls
-        assert len(calls) == 1 and sum(len(c.calls) for c in caps.values()) == 1, {k: len(c.calls) for k, c in caps.items()}
+        counts = {k: len(c.calls) for k, c in caps.items()}
+        assert len(calls) == 1 and sum(counts.values()) == 1, counts
         kwargs = calls[0][1]
         assert kwargs["TPC"] == tpc and kwargs["BLOCK_E"] == 32 * cpt // tpc, kwargs
         assert kwargs.get("STAGE", 0) == expect_stage, kwargs.get("STAGE")
@@ -219,12 +220,7 @@ def main() -> int:
     cw, cb = torch.randn(E, 1, 4, dtype=torch.bfloat16), torch.randn(E, dtype=torch.bfloat16)
     ts.conv_xproj_forward(x, cw, cw, cb, cb, torch.randn(2, 48, E, dtype=torch.bfloat16), True, ts._config())
     ts.conv_xproj_fwd_kernel = tk.conv_xproj_fwd_kernel
-    args, kwargs = cap.calls[0]
-    kwargs = dict(kwargs)
-    options = {k: kwargs.pop(k) for k in ("num_warps", "num_stages", "enable_fp_fusion") if k in kwargs}
-    sig, constexprs, attrs = _signature(tk.conv_xproj_fwd_kernel, args, kwargs)
-    ptx = triton.compile(ASTSource(tk.conv_xproj_fwd_kernel, sig, constexprs=constexprs, attrs=attrs),
-                         target=GPUTarget("cuda", 90, 32), options=options).asm["ptx"]
+    ptx = compile_call(tk.conv_xproj_fwd_kernel, cap.calls[0], ASTSource)
     assert ".entry" in ptx and "mma" in ptx, "conv_xproj: no tensor-core product"
     print(f"Triton {triton.__version__}: {checked} Gluon launches compiled for sm_90, no layout conversions; "
           f"the conv + x_proj kernel too")
