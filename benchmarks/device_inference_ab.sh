@@ -16,8 +16,8 @@
 #   OUT=/path PYTHON=python3 PARTS="bench" SETTINGS="0:0 2:1" ROUNDS=2 bash benchmarks/device_inference_ab.sh
 #
 # Writes $OUT/tests.txt, $OUT/scan_tpc.json, $OUT/conv_xproj.json, $OUT/bench_<setting>_<round>.json (+ .log),
-# $OUT/bench_deit.json and $OUT/gpu.txt: more than the 8 files a device call brings back, so point OUT at a folder
-# outside the call's $OUT and tar it into $OUT at the end.
+# $OUT/bench_deit.json and $OUT/gpu.txt, then packs them into $OUT/inference_ab.tgz (a device call brings back 8
+# files at most; PACK=0 leaves them loose).
 . "$(dirname "$0")/device_common.sh"  # strict mode, OUT, the repository root, PYTHONPATH, PY
 PARTS=${PARTS:-tests scan conv bench}
 SETTINGS=${SETTINGS:-0:0 2:0 4:0 0:1 2:1}
@@ -53,4 +53,8 @@ if part bench; then
       bench "bench_tpc${setting%%:*}_xproj${setting##*:}_$round" vim_tiny "${setting%%:*}" "${setting##*:}"
     done
   done
+fi
+if [ "${PACK:-1}" = 1 ]; then  # (only the files written here)
+  cd "$OUT" && files=$(ls tests.txt scan_tpc.json conv_xproj.json gpu.txt bench_*.json bench_*.log 2>/dev/null; true)
+  [ -n "$files" ] && tar czf inference_ab.tgz $files && rm -f $files
 fi
