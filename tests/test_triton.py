@@ -722,13 +722,14 @@ def test_gluon_dispatch_rule(monkeypatch):
 
     monkeypatch.setattr(gluon_kernels, "AVAILABLE", True)
     monkeypatch.setattr(ts, "_gluon_device", lambda device: True)
-    for name in ("GLUON", "GLUON_BWD", "SAVE_EVERY", "GLUON_SMEM_STEPS", "BLOCK_E", "BWD_BLOCK_E"):
+    for name in ("GLUON", "GLUON_BWD", "SAVE_EVERY", "GLUON_SMEM_STEPS", "BLOCK_E", "BWD_BLOCK_E", "ONEPASS_TPC",
+                 "ONEPASS_MIN_CHANNELS"):
         monkeypatch.delenv(f"VISION_MAMBA_TRITON_{name}", raising=False)
     cfg = ts._config()
 
-    def args_for(L, E=384, N=16):
-        xs, z = torch.zeros(2, 1, L, E), torch.zeros(1, L, E)
-        rows = [torch.zeros(L, 12 + 2 * N) for _ in range(2)]
+    def args_for(L, E=384, N=16, B=1):
+        xs, z = torch.zeros(2, B, L, E), torch.zeros(B, L, E)
+        rows = [torch.zeros(B * L, 12 + 2 * N) for _ in range(2)]
         p = [torch.zeros(E, 12), torch.zeros(E, 12), torch.zeros(E), torch.zeros(E), torch.zeros(E, N),
              torch.zeros(E, N), torch.zeros(E), torch.zeros(E)]
         return ts._bi_args(xs, z, rows[0], rows[1], *p, 12, N)
@@ -764,21 +765,24 @@ def test_gluon_dispatch_rule(monkeypatch):
                                                                              16, False)
     assert rows(128, 197, c=dict(cfg, gluon=0, rows_fp32=1))
     assert [ts._gluon_smem(cfg, n) for n in (5, 8, 16)] == [False, True, False]
-    # inference the plan would chunk, in one pass with a channel's states over onepass_tpc lanes: off by default;
-    # where set, a power of two up to N and dt_low's padded width (16 here), 32 * onepass_cpt / tpc channels a
-    # program dividing E
-    tpc = lambda t, c=1, **kw: ts._onepass_tpc_applies(dict(cfg, onepass_tpc=t, onepass_cpt=c), args_for(6085, **kw),
-                                                       dev)  # noqa: E731
-    assert cfg["onepass_tpc"] == 0 and not tpc(0)
-    assert [tpc(2), tpc(4), tpc(4, 2), tpc(8), tpc(16)] == [True] * 5
-    assert tpc(4, E=40) and not tpc(2, E=40)  # (8 channels a program divide 40, 16 do not)
-    assert not tpc(4, N=16, E=36) and tpc(8, N=8) and not ts._onepass_tpc_applies(
-        dict(cfg, gluon=0, onepass_tpc=4), args_for(6085), dev)
+    # inference the plan would chunk, in one pass with a channel's states over onepass_tpc lanes: by default 2
+    # lanes where the launch has at least 24,576 channels (batch x 2 directions x E: Vim-Ti from batch 32, Vim-S
+    # from batch 16), else chunked; where set, a power of two up to N and dt_low's padded width (16 here),
+    # 32 * onepass_cpt / tpc channels a program dividing E
+    tpc = lambda t, c=1, **kw: ts._onepass_tpc(dict(cfg, onepass_tpc=t, onepass_cpt=c), args_for(6085, **kw),
+                                               dev)  # noqa: E731
+    assert cfg["onepass_tpc"] == -1 and cfg["onepass_min_channels"] == 24576
+    assert [tpc(-1), tpc(-1, B=16), tpc(-1, B=32), tpc(-1, B=16, E=768), tpc(-1, B=15, E=768)] == [0, 0, 2, 2, 0]
+    assert ts._onepass_tpc(dict(cfg, onepass_min_channels=768), args_for(6085), dev) == 2
+    assert [tpc(0), tpc(0, B=32), tpc(2), tpc(4), tpc(4, 2), tpc(8), tpc(16)] == [0, 0, 2, 4, 4, 8, 16]
+    assert tpc(4, E=40) == 4 and tpc(2, E=40) == 0  # (8 channels a program divide 40, 16 do not)
+    assert tpc(4, N=16, E=36) == 0 and tpc(8, N=8) == 8 and ts._onepass_tpc(
+        dict(cfg, gluon=0, onepass_tpc=4), args_for(6085), dev) == 0
     for bad in (dict(onepass_tpc=3), dict(onepass_tpc=32), dict(onepass_tpc=16, onepass_cpt=1, N=8),
                 dict(onepass_tpc=4, onepass_cpt=3)):
         n = bad.pop("N", 16)
         with pytest.raises(ValueError, match="onepass_tpc"):
-            ts._onepass_tpc_applies(dict(cfg, **bad), args_for(6085, N=n), dev)
+            ts._onepass_tpc(dict(cfg, **bad), args_for(6085, N=n), dev)
 
 
 BI_NAMES = ("xs", "z", "dbl_f", "dbl_b", "w_f", "w_b", "bias_f", "bias_b", "alog_f", "alog_b", "d_f", "d_b")

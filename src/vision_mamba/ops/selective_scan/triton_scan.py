@@ -72,7 +72,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
-        "ONEPASS_TPC", "ONEPASS_CPT", "CONV_XPROJ", "CONV_XPROJ_BLOCK_L", "CONV_XPROJ_BLOCK_K", "CONV_XPROJ_WARPS",
+        "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "CONV_XPROJ", "CONV_XPROJ_BLOCK_L", "CONV_XPROJ_BLOCK_K", "CONV_XPROJ_WARPS",
         "CONV_XPROJ_STAGES"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
@@ -177,9 +177,14 @@ def _read_config():
         gluon_onepass=_env_int("VISION_MAMBA_TRITON_GLUON_ONEPASS", 1),
         # inference that the plan would split into chunks (long sequences, small batches) in one pass instead,
         # with each channel's states split over this many lanes (2, 4, 8, ...) and onepass_cpt channels a thread
-        # (_onepass_tpc_applies); 0: off (the chunked launches), until measured on the device
-        onepass_tpc=_env_int("VISION_MAMBA_TRITON_ONEPASS_TPC", 0),
+        # (_onepass_tpc); 0: off (the chunked launches); -1: 2 lanes where the launch has at least
+        # onepass_min_channels channels (batch x directions x E), else chunked. Measured on an H100 (docs/kernels.md,
+        # "Session 23"): Vim-Ti's scan at 512 px / batch 32 0.587 -> 0.268 ms and 738 px / batch 32 1.195 -> 0.549
+        # (24,576 channels); at 1024 and 1248 px / batch 16 (12,288 channels) 8% slower than chunked, at batch 1
+        # 7x slower
+        onepass_tpc=_env_int("VISION_MAMBA_TRITON_ONEPASS_TPC", -1),
         onepass_cpt=_env_int("VISION_MAMBA_TRITON_ONEPASS_CPT", 1),
+        onepass_min_channels=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS", 24576),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
         # 4 measured fastest (docs/kernels.md, "Session 17": the kernel at 224 px / batch 128 0.164 ms unstaged,
@@ -489,10 +494,9 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     if kind == "onepass" and n_chunks == 1 and not save_states:  # (inference: none of the plan below is needed)
         _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0))
         return y, None
-    if n_chunks > 1 and not save_states and _onepass_tpc_applies(cfg, args, dev):
-        # (inference that would be chunked: one pass with a channel's states over several lanes instead)
-        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=cfg["onepass_tpc"],
-                              cpt=cfg.get("onepass_cpt", 1))
+    tpc = _onepass_tpc(cfg, args, dev) if n_chunks > 1 and not save_states else 0
+    if tpc:  # (inference that would be chunked: one pass with a channel's states over several lanes instead)
+        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=tpc, cpt=cfg.get("onepass_cpt", 1))
         return y, None
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
@@ -597,18 +601,22 @@ def _forward_rule(cfg, block_e: int, n_chunks: int, save_states: bool, gluon_bac
     return None
 
 
-def _onepass_tpc_applies(cfg, args: _ScanArgs, device) -> bool:
-    """Whether an inference forward that the plan splits into chunks runs instead in one pass with
-    ``onepass_tpc`` lanes a channel (scan_fwd_onepass_gluon_kernel's TPC; ``onepass_cpt`` channels a thread): set,
-    a power of two from 2 up to N and dt_low's padded width, with E a multiple of the program's channels."""
+def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
+    """The lanes a channel (scan_fwd_onepass_gluon_kernel's TPC; ``onepass_cpt`` channels a thread) with which an
+    inference forward that the plan splits into chunks runs instead in one pass, or 0 (chunked): ``onepass_tpc``
+    where set (a power of two from 2 up to N and dt_low's padded width), by default (-1) 2 where the launch has at
+    least ``onepass_min_channels`` channels; E a multiple of the program's channels."""
     tpc, cpt = cfg.get("onepass_tpc", 0), cfg.get("onepass_cpt", 1)
+    if tpc < 0:
+        tpc = 2 if args.B * args.n_dirs * args.E >= cfg.get("onepass_min_channels", 24576) else 0
     if tpc < 2:
-        return False
+        return 0
     if tpc & (tpc - 1) or tpc > min(args.N, max(2, _next_pow2(args.R))) or cpt < 1 or cpt & (cpt - 1):
         raise ValueError(f"onepass_tpc must be 0 or a power of two from 2 to min(N, dt_low's padded width) and "
                          f"onepass_cpt a power of two, got {tpc} and {cpt}")
     block_e = 32 * cpt // tpc
-    return _gluon_common(cfg.get("gluon", -1), args, device) and block_e >= 1 and args.E % block_e == 0
+    fits = _gluon_common(cfg.get("gluon", -1), args, device) and block_e >= 1 and args.E % block_e == 0
+    return tpc if fits else 0
 
 
 def _gluon_backward_applies(cfg, args: _ScanArgs, device) -> bool:
@@ -722,7 +730,7 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
     forward: [B, 2, blocks, N, E] views of [..., E, N] storage) only the staged kernel saves states, under the
     register cap ``maxnreg`` (0: none): whether it ran is returned, and nothing is launched where it does not
     apply. ``tpc`` > 1 (inference only): either kernel with each channel's states split over that many lanes,
-    ``cpt`` channels a thread (32 * cpt / tpc channels a program; :func:`_onepass_tpc_applies`), staged at the
+    ``cpt`` channels a thread (32 * cpt / tpc channels a program; :func:`_onepass_tpc`), staged at the
     stage :func:`_tpc_stage` finds from ``stage`` up."""
     from . import gluon_kernels
 
