@@ -13,7 +13,7 @@ from safetensors.torch import save_file
 from vision_mamba.models.checkpoint import CheckpointError
 from vision_mamba.train import Trainer
 from vision_mamba.train.config import ConfigError
-from vision_mamba.train.distill import DistillationLoss, pack_targets
+from vision_mamba.train.distill import DistillationLoss, ResizedInput, pack_targets
 
 from test_train import tiny_config
 
@@ -102,6 +102,49 @@ def test_a_distilled_run_loads_and_scores_its_teacher_and_pulls_the_student_towa
     with torch.no_grad():
         agree = (trainer.model.eval()(images).argmax(1) == trainer.teacher(images).argmax(1)).float().mean()
     assert seen[-1] < 0.5 * seen[0] and agree >= 0.75, (seen[0], seen[-1], float(agree))
+
+
+def test_resized_input_resizes_only_what_differs_and_keeps_dtype_and_layout():
+    seen = []
+    model = torch.nn.Identity()
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0]))
+    wrapped = ResizedInput(model, 8)
+    x = torch.randn(2, 3, 12, 12)
+    expected = F.interpolate(x, size=(8, 8), mode="bilinear", align_corners=False, antialias=True)
+    assert torch.equal(wrapped(x), expected) and seen[-1].shape == (2, 3, 8, 8)
+    same = torch.randn(2, 3, 8, 8)
+    assert wrapped(same) is same  # (already the teacher's size: passed through untouched)
+    half = wrapped(x.to(torch.bfloat16).contiguous(memory_format=torch.channels_last))
+    assert half.dtype == torch.bfloat16 and half.is_contiguous(memory_format=torch.channels_last)
+    assert torch.allclose(half.float(), expected, atol=0.05)
+    with pytest.raises(ValueError, match="size"):
+        ResizedInput(model, 0)
+
+
+def test_a_student_at_a_larger_size_distils_from_a_teacher_at_its_own_size(tmp_path):
+    # fine-tuning at a higher resolution (more tokens) while the teacher keeps the size it was trained at: the
+    # teacher is built for teacher_img_size and sees every image resized to it, in training and in its evaluation
+    teacher = Trainer(tiny_config(tmp_path, "teacher", **TEACHER_KW)).run()
+    trainer = Trainer(tiny_config(tmp_path, "student", teacher="test_vim", teacher_checkpoint=str(teacher.weights),
+                                  distill="soft", distill_alpha=1.0, img_size=48, teacher_img_size=32, epochs=2,
+                                  synthetic_train=32, eval_interval=2))
+    trainer.setup()
+    sizes = set()
+    trainer.teacher.model.register_forward_pre_hook(lambda m, args: sizes.add(tuple(args[0].shape[-2:])))
+    result = trainer.run()
+    results = json.loads((tmp_path / "student" / "results.json").read_text())
+    assert not result.interrupted and sizes == {(32, 32)} and results["teacher_img_size"] == 32
+    # its evaluation before training went through the resize too (the teacher, built for 32 px, refuses 48 px
+    # images): the score is that of the resized validation images
+    from vision_mamba.train.evaluate import evaluate
+
+    with pytest.raises(ValueError, match="built for 32x32"):
+        trainer.teacher.model(torch.zeros(1, 3, 48, 48))
+    again = evaluate(ResizedInput(trainer.teacher.model, 32), trainer.data.val, torch.device("cpu"), None,
+                     trainer.ctx, progress=False)
+    assert results["teacher_top1"] == pytest.approx(again["top1"])
+    with pytest.raises(ConfigError, match="teacher_img_size"):
+        tiny_config(tmp_path, teacher="test_vim", teacher_checkpoint="w.pt", teacher_img_size=0).validate()
 
 
 def test_teacher_config_errors_name_the_key(tmp_path):

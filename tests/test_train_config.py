@@ -74,6 +74,18 @@ def test_imagenette_baselines_share_the_vim_recipe(vim_name, deit_name):
     assert different == {"model"}
 
 
+def test_deit_token_matched_finetune_shares_the_vim_stride8_finetune_recipe():
+    # DeiT-Ti fine-tuned at 240 px has Vim-Ti's stride-8 token count at 128 px (15 x 15 + 1); all else is equal,
+    # and the teacher keeps the size both students started at
+    vim = resolve_config(REPO / "configs" / "imagenette" / "vim_tiny_stride8_ft_distill.yaml").to_dict()
+    deit = resolve_config(REPO / "configs" / "imagenette" / "deit_tiny_ft240_distill.yaml").to_dict()
+    assert {k for k in vim if vim[k] != deit[k]} == {"model", "img_size", "resident_size",
+                                                     "teacher_img_size"}
+    assert deit["resident_size"] / deit["img_size"] == vim["resident_size"] / vim["img_size"]
+    assert deit["img_size"] // 16 == (vim["img_size"] - 16) // 8 + 1 == 15 and deit["teacher_img_size"] == 128
+    assert vim["teacher_img_size"] is None and vim["img_size"] == 128
+
+
 def test_cli_reports_config_errors_before_any_work(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("modle: vim_tiny_patch16_224\n")
     assert cli.main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2

@@ -49,6 +49,8 @@ class TrainConfig(TypedConfig):
     teacher_checkpoint: Optional[str] = None  # its weights (same classes), e.g. another run's final.safetensors
     teacher_kwargs: Dict[str, Any] = field(default_factory=dict)  # extra timm.create_model arguments of the teacher
     #   (default: those stored in the metadata of weights exported by this command)
+    teacher_img_size: Optional[int] = None  # the teacher sees the images resized to this side (e.g. the size it
+    #   was trained at, where the student fine-tunes at a larger img_size); null: as the student sees them
     distill: str = "hard"  # hard: cross-entropy with the teacher's argmax (DeiT); soft: KL at distill_tau
     distill_alpha: float = 0.5  # weight of the teacher term (1 - alpha: the usual loss on the labels)
     distill_tau: float = 1.0  # temperature of soft distillation
@@ -191,6 +193,8 @@ class TrainConfig(TypedConfig):
                                             f"untrained weights teaches nothing")
         if self.teacher_checkpoint and not self.teacher:
             raise bad("teacher", "is required with teacher_checkpoint: the timm model name of those weights")
+        if self.teacher_img_size is not None and self.teacher_img_size < 1:
+            raise bad("teacher_img_size", "must be a positive side in pixels, or null")
         if not 0 <= self.distill_alpha <= 1:
             raise bad("distill_alpha", "must be in [0, 1]")
         if self.distill_tau <= 0:

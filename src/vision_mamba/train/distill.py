@@ -26,7 +26,7 @@ from torch import nn
 
 from ..engine import autocast
 
-__all__ = ["DistillationLoss", "Teacher", "pack_targets", "KINDS"]
+__all__ = ["DistillationLoss", "Teacher", "ResizedInput", "pack_targets", "KINDS"]
 
 KINDS = ("hard", "soft")
 
@@ -80,15 +80,37 @@ class DistillationLoss(nn.Module):
         return f"kind={self.kind}, alpha={self.alpha}, tau={self.tau}"
 
 
+class ResizedInput(nn.Module):
+    """``model`` seeing its input resized to ``size`` x ``size`` (bilinear, antialiased, in float32; the result in
+    the input's dtype and memory format), or unchanged where it already has that size."""
+
+    def __init__(self, model: nn.Module, size: int):
+        super().__init__()
+        if size < 1:
+            raise ValueError(f"size must be positive, got {size}")
+        self.model, self.size = model, int(size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if tuple(images.shape[-2:]) != (self.size, self.size):
+            channels_last = images.is_contiguous(memory_format=torch.channels_last) and not images.is_contiguous()
+            resized = F.interpolate(images.float(), size=(self.size, self.size), mode="bilinear",
+                                    align_corners=False, antialias=True).to(images.dtype)
+            images = resized.contiguous(memory_format=torch.channels_last) if channels_last else resized
+        return self.model(images)
+
+
 class Teacher:
     """A frozen classifier in eval mode: ``teacher(images)`` gives float32 logits, without gradients, under the
     run's autocast. Built by name and loaded from ``checkpoint`` (weights-only; pos_embed resized for models
     that have one; every key must fit, so a teacher trained on other classes is refused with the shapes).
-    ``model_kwargs`` default to those stored in the metadata of weights that ``vision-mamba train`` exported."""
+    ``model_kwargs`` default to those stored in the metadata of weights that ``vision-mamba train`` exported.
+    ``input_size``: the teacher sees the student's images resized to this side (e.g. the resolution it was
+    trained at, while the student fine-tunes at a larger one); ``module`` is the teacher as it sees them."""
 
     def __init__(self, name: str, checkpoint: str, *, num_classes: int, img_size: Optional[int],
                  device: torch.device, amp_dtype: Optional[torch.dtype] = None,
-                 model_kwargs: Optional[Dict[str, Any]] = None, channels_last: bool = False):
+                 model_kwargs: Optional[Dict[str, Any]] = None, channels_last: bool = False,
+                 input_size: Optional[int] = None):
         import json
 
         from ..models.checkpoint import load_checkpoint, read_metadata
@@ -97,7 +119,8 @@ class Teacher:
         meta = read_metadata(checkpoint)  # weights exported by train name their model and its arguments
         if not model_kwargs and meta.get("model") == name and meta.get("model_kwargs"):
             model_kwargs = json.loads(meta["model_kwargs"])
-        model = create_classifier(name, num_classes=num_classes, img_size=img_size, model_kwargs=model_kwargs)
+        model = create_classifier(name, num_classes=num_classes, img_size=input_size or img_size,
+                                  model_kwargs=model_kwargs)
         load_checkpoint(model, checkpoint, strict=True)
         if hasattr(model, "check_finite"):
             model.check_finite = False
@@ -106,10 +129,11 @@ class Teacher:
         self.model = model.to(device).eval()
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self.module = ResizedInput(self.model, input_size) if input_size else self.model
         self.name, self.checkpoint = name, checkpoint
         self.device, self.amp_dtype = device, amp_dtype
 
     @torch.no_grad()
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         with autocast(self.device, self.amp_dtype):
-            return self.model(images).float()
+            return self.module(images).float()

@@ -175,7 +175,8 @@ class Trainer:
             check_model_name(cfg.teacher, key="teacher")
             self.teacher = Teacher(cfg.teacher, cfg.teacher_checkpoint, num_classes=len(classes),
                                    img_size=cfg.img_size, device=self.device, amp_dtype=self.amp_dtype,
-                                   model_kwargs=cfg.teacher_kwargs, channels_last=cfg.channels_last)
+                                   model_kwargs=cfg.teacher_kwargs, channels_last=cfg.channels_last,
+                                   input_size=cfg.teacher_img_size)
         local_batch = cfg.batch_size // ctx.world_size
         self.data = build_classification_data(
             cfg.data, img_size=cfg.img_size, batch_size=cfg.batch_size,
@@ -270,7 +271,7 @@ class Trainer:
                  f"{cfg.batch_size}, {self.steps_per_epoch} steps per epoch | run dir {self.run_dir}")
         self.teacher_top1: Optional[float] = None
         if self.teacher is not None:
-            metrics = evaluate(self.teacher.model, self.data.val, self.device, self.amp_dtype, ctx,
+            metrics = evaluate(self.teacher.module, self.data.val, self.device, self.amp_dtype, ctx,
                                progress=cfg.progress and ctx.is_main, desc="eval teacher",
                                channels_last=cfg.channels_last)
             self.teacher_top1 = metrics["top1"]
@@ -578,6 +579,8 @@ class Trainer:
             if self.teacher is not None:
                 summary.update(teacher=cfg.teacher, teacher_top1=self.teacher_top1, distill=cfg.distill,
                                distill_alpha=cfg.distill_alpha)
+                if cfg.teacher_img_size:
+                    summary.update(teacher_img_size=cfg.teacher_img_size)
             (self.run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
         return result
 
