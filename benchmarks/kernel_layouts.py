@@ -223,11 +223,6 @@ def main() -> int:
     cbias = [torch.randn(E, dtype=bf) for _ in range(2)]
     ts.conv_forward(x, cw[0], cw[1], cbias[0], cbias[1], cfg)
     ts.conv_backward(x, cw[0], cw[1], cbias[0], cbias[1], torch.randn(2, B, L, E, dtype=bf), cfg)
-    # the conv and x_proj in one kernel (inference, conv_xproj), on the model's padded rows
-    cx = _Capture()
-    ts.conv_xproj_fwd_kernel = cx
-    ts.conv_xproj_forward(x, cw[0], cw[1], cbias[0], cbias[1], torch.randn(2, ts._rank_cols(R, True) + 2 * N, E,
-                                                                           dtype=bf), True, cfg)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     print(f"Triton {triton.__version__}, sm_90, delta {cfg['delta']}, prefetch {cfg['prefetch']}, "
@@ -285,8 +280,6 @@ def main() -> int:
         print(report("conv backward (g_pre, weights; a direction a program)", tk.conv_bwd_dir_kernel, cb.calls[0],
                      Path(tmp), args.out, args.sass))
         print(report("conv backward (input)", tk.conv_bwd_input_kernel, cbi.calls[0], Path(tmp), args.out, args.sass))
-        print(report("conv + x_proj (conv_xproj_fwd_kernel, inference)", tk.conv_xproj_fwd_kernel, cx.calls[0],
-                     Path(tmp), args.out, args.sass))
     return 0
 
 

@@ -87,21 +87,17 @@ def perturbed_mixer(dim, seed=0):
     return mixer.to(DEVICE)
 
 
-def bf16_mixer_outputs(dim, setups=(None,)):
+def bf16_mixer_outputs(dim):
     """A perturbed mixer of width ``dim`` on one random input under bf16 autocast, without gradients: the reference
-    backend's output, then the triton backend's once after each of ``setups`` (a callable run first, or None)."""
+    backend's output and the triton backend's."""
     mixer = perturbed_mixer(dim)
     hidden = torch.randn(2, 19, dim, device=DEVICE)
-    outs = []
     with torch.no_grad(), torch.autocast(DEVICE.type, dtype=torch.bfloat16):
         with scan_backend("reference"):
             ref = mixer(hidden)
         with scan_backend("triton"):
-            for setup in setups:
-                if setup is not None:
-                    setup()
-                outs.append(mixer(hidden))
-    return ref, outs
+            out = mixer(hidden)
+    return ref, out
 
 
 def check_mixer(batch, length, dim, dtype=torch.float32, min_programs="0", monkeypatch=None):
@@ -504,70 +500,6 @@ def test_conv_matches_reference(block_l, tiles, monkeypatch):
         assert rel_err(out[d], ref) < 2e-6
 
 
-@pytest.mark.parametrize("case", ["bf16-rows", "fp32-rows", "fp16-no-bias"])
-def test_conv_xproj_matches_unfused(case, monkeypatch):
-    # the conv and x_proj in one kernel (conv_xproj_fwd_kernel, inference): its conv output against the conv
-    # kernel's, bit for bit (the same arithmetic), and its rows against the batched matmul of that output, in bf16 or
-    # fp32; 37 rows in blocks of 16 (a partial last block), 40 channels in steps of 16 (a partial last step), and
-    # 44- and 48-column rows (the unpadded and the padded layouts) in a 64-wide tile
-    from vision_mamba.ops.selective_scan import triton_scan as ts
-
-    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_XPROJ_BLOCK_L", "16")
-    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_XPROJ_BLOCK_K", "16")
-    cfg = ts._config()
-    dtype = torch.float16 if case.startswith("fp16") else torch.bfloat16
-    g = torch.Generator().manual_seed(7)
-    B, L, E = 2, 37, 40
-    x = torch.randn(B, L, 2 * E, generator=g).to(DEVICE, dtype)[..., :E]
-    w = [torch.randn(E, 1, 4, generator=g).to(DEVICE) for _ in range(2)]
-    bias = [None, None] if case.endswith("no-bias") else [torch.randn(E, generator=g).to(DEVICE) for _ in range(2)]
-    for width in (44, 48):
-        weights = (torch.randn(2, width, E, generator=g) * 0.2).to(DEVICE, dtype)
-        xs, rows = ts.conv_xproj_forward(x, w[0], w[1], bias[0], bias[1], weights, case == "fp32-rows", cfg)
-        xs_ref = ts.conv_forward(x, w[0], w[1], bias[0], bias[1], cfg)
-        # (compiled, the two kernels may contract the same expression into fused multiply-adds differently)
-        assert xs.dtype == dtype and (torch.equal(xs, xs_ref) or DEVICE.type == "cuda" and rel_err(xs, xs_ref) < 1e-2)
-        want = torch.bmm(xs_ref.float().view(2, B * L, E), weights.float().transpose(1, 2)).view(2, B, L, width)
-        assert rows.shape == (2, B, L, width) and rows.dtype == (torch.float32 if case == "fp32-rows" else dtype)
-        assert torch.isfinite(rows).all() and rel_err(rows.float(), want) < (1e-5 if case == "fp32-rows" else 1e-2)
-    with pytest.raises(ValueError, match="half-precision"):
-        ts.conv_xproj_forward(x.float(), w[0], w[1], bias[0], bias[1], weights.float(), False, cfg)
-
-
-@pytest.mark.gpu
-@pytest.mark.parametrize("batch,length,E,width", [(128, 197, 384, 48), (16, 1025, 384, 48), (2, 6085, 768, 64)])
-def test_conv_xproj_matches_unfused_at_model_shapes(batch, length, E, width):
-    # the fused conv + x_proj at Vim-Ti's and Vim-S's shapes (tile and block defaults), rows in fp32 as inference
-    # makes them for the Gluon kernels: against the conv kernel and cuBLAS's batched product of its output
-    from vision_mamba.ops.selective_scan import triton_scan as ts
-
-    g = torch.Generator().manual_seed(batch)
-    x = torch.randn(batch, length, 2 * E, generator=g).to(DEVICE, torch.bfloat16)[..., :E]
-    w = [torch.randn(E, 1, 4, generator=g).to(DEVICE) * 0.5 for _ in range(2)]
-    bias = [torch.randn(E, generator=g).to(DEVICE) for _ in range(2)]
-    weights = (torch.randn(2, width, E, generator=g) * 0.1).to(DEVICE, torch.bfloat16)
-    cfg = ts._config()
-    xs, rows = ts.conv_xproj_forward(x, w[0], w[1], bias[0], bias[1], weights, True, cfg)
-    xs_ref = ts.conv_forward(x, w[0], w[1], bias[0], bias[1], cfg)
-    rows_ref = ts._x_proj_pair(xs_ref, weights, True)
-    assert rel_err(xs, xs_ref) < 1e-2 and rows.dtype == rows_ref.dtype == torch.float32
-    assert torch.isfinite(rows).all() and rel_err(rows, rows_ref) < 1e-2
-
-
-def test_mixer_inference_with_conv_xproj(monkeypatch):
-    # Vim's mixer in inference with the conv and x_proj fused (VISION_MAMBA_TRITON_CONV_XPROJ=1) against the same
-    # mixer without it and against the reference backend, bf16 activations
-    from vision_mamba.ops.selective_scan import triton_scan as ts
-
-    launches = []
-    original = ts.conv_xproj_forward
-    monkeypatch.setattr(ts, "conv_xproj_forward", lambda *a: (launches.append(1), original(*a))[1])
-    ref, (plain, fused) = bf16_mixer_outputs(
-        24, (None, lambda: monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_XPROJ", "1")))
-    assert launches == [1]
-    assert torch.isfinite(fused).all() and rel_err(fused, ref) < 3e-2 and rel_err(fused, plain) < 1e-2
-
-
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
 def test_conv_backward_matches_reference(bias, dtype, monkeypatch):
@@ -624,7 +556,7 @@ def test_inference_scan_reads_fp32_rows(monkeypatch):
         return rows[-1]
 
     monkeypatch.setattr(ts, "_x_proj_pair", fp32_rows)
-    ref, (out,) = bf16_mixer_outputs(20)
+    ref, out = bf16_mixer_outputs(20)
     assert [(r.dtype, r.shape[0]) for r in rows] == [(torch.float32, 2)]
     assert torch.isfinite(out).all() and rel_err(out, ref) < 3e-2
 

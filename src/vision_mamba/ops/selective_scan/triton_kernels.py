@@ -42,16 +42,6 @@ _FAST_MATH = tl.constexpr(os.environ.get("TRITON_INTERPRET", "0") in ("", "0"))
 
 
 @triton.jit
-def _dot_half(a, b, acc):
-    """acc + a @ b for half-precision a, b (fp32 accumulation). The interpreter multiplies bf16 operands as their
-    bit patterns, so there they are widened to fp32 first (their products are exact in fp32 either way)."""
-    if _FAST_MATH:
-        return tl.dot(a, b, acc)
-    else:
-        return tl.dot(a.to(tl.float32), b.to(tl.float32), acc, input_precision="ieee")
-
-
-@triton.jit
 def _ptx_f32(x, INSTRUCTION: tl.constexpr):
     """One fp32 PTX instruction ``INSTRUCTION $0, $1;`` applied elementwise."""
     return tl.inline_asm_elementwise(INSTRUCTION + " $0, $1;", "=f,f", [x], dtype=tl.float32, is_pure=True, pack=1)
@@ -739,50 +729,6 @@ def _conv_both(x_base, offs_t, L, stride_x_l, emask, f0, f1, f2, f3, bias_f, b0,
     pre_f = bias_f[None, :] + f0[None, :] * xm3 + f1[None, :] * xm2 + f2[None, :] * xm1 + f3[None, :] * x0
     pre_b = bias_b[None, :] + b0[None, :] * xp3 + b1[None, :] * xp2 + b2[None, :] * xp1 + b3[None, :] * x0
     return pre_f * _sigmoid(pre_f), pre_b * _sigmoid(pre_b)
-
-
-@triton.jit
-def conv_xproj_fwd_kernel(
-    x_ptr, w_f, w_b, bias_f, bias_b, xw_ptr, out_ptr, rows_ptr, L, E,
-    stride_x_b, stride_x_l, stride_o_d, stride_o_b, stride_o_l, stride_xw_d, stride_xw_w, stride_r_d, stride_r_l,
-    W: tl.constexpr, K: tl.constexpr, BLOCK_L: tl.constexpr, BLOCK_K: tl.constexpr, BLOCK_W: tl.constexpr,
-    HAS_BIAS: tl.constexpr,
-):
-    """The conv of both directions (``conv_fwd_kernel``'s out, the same arithmetic) for BLOCK_L rows of one
-    sequence and all E channels, and x_proj's rows of both directions from those rows while they are in registers:
-    rows[d, b * L + t, :W] = out[d, b, t, :] @ xw[d, :W, :]^T (the conv's output rounded to its dtype first, fp32
-    accumulation, as a matmul of the stored output would compute it), written in rows' dtype. The channels are
-    taken BLOCK_K at a time; x_proj's weights xw [2, W, E] are in the output's dtype (bf16 / fp16)."""
-    pid_l = tl.program_id(0)
-    b = tl.program_id(1)
-    offs_t = pid_l * BLOCK_L + tl.arange(0, BLOCK_L)
-    tmask = offs_t < L
-    offs_w = tl.arange(0, BLOCK_W)
-    wmask = offs_w < W
-    acc_f = tl.zeros([BLOCK_L, BLOCK_W], dtype=tl.float32)
-    acc_b = tl.zeros([BLOCK_L, BLOCK_W], dtype=tl.float32)
-    for k0 in range(0, E, BLOCK_K):
-        offs_e = k0 + tl.arange(0, BLOCK_K)
-        emask = offs_e < E
-        f0, f1, f2, f3, bias_fv = _conv_params(w_f, bias_f, offs_e, emask, K, HAS_BIAS)
-        b0, b1, b2, b3, bias_bv = _conv_params(w_b, bias_b, offs_e, emask, K, HAS_BIAS)
-        xs_f, xs_b = _conv_both(x_ptr + b * stride_x_b + offs_e[None, :], offs_t, L, stride_x_l, emask, f0, f1, f2,
-                                f3, bias_fv, b0, b1, b2, b3, bias_bv)
-        xs_f = xs_f.to(out_ptr.dtype.element_ty)
-        xs_b = xs_b.to(out_ptr.dtype.element_ty)
-        omask = tmask[:, None] & emask[None, :]
-        o_rows = out_ptr + b * stride_o_b + offs_t[:, None] * stride_o_l + offs_e[None, :]
-        tl.store(o_rows, xs_f, mask=omask)
-        tl.store(o_rows + stride_o_d, xs_b, mask=omask)
-        # x_proj's weights for these channels, transposed: [BLOCK_K, BLOCK_W] (zero past W and E)
-        w_tile = xw_ptr + offs_w[None, :] * stride_xw_w + offs_e[:, None]
-        kmask = emask[:, None] & wmask[None, :]
-        acc_f = _dot_half(xs_f, tl.load(w_tile, mask=kmask, other=0.0), acc_f)
-        acc_b = _dot_half(xs_b, tl.load(w_tile + stride_xw_d, mask=kmask, other=0.0), acc_b)
-    r_rows = rows_ptr + (b * L + offs_t)[:, None] * stride_r_l + offs_w[None, :]
-    rmask = tmask[:, None] & wmask[None, :]
-    tl.store(r_rows, acc_f.to(rows_ptr.dtype.element_ty), mask=rmask)
-    tl.store(r_rows + stride_r_d, acc_b.to(rows_ptr.dtype.element_ty), mask=rmask)
 
 
 @triton.jit

@@ -24,7 +24,6 @@ from .triton_kernels import (
     conv_bwd_dir_kernel,
     conv_bwd_input_kernel,
     conv_fwd_kernel,
-    conv_xproj_fwd_kernel,
     mixer_weights_kernel,
     pair_sum_kernel,
     scan_bwd_kernel,
@@ -72,8 +71,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
-        "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "CONV_XPROJ", "CONV_XPROJ_BLOCK_L", "CONV_XPROJ_BLOCK_K", "CONV_XPROJ_WARPS",
-        "CONV_XPROJ_STAGES"))
+        "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -128,16 +126,6 @@ def _read_config():
         conv_block_l=_env_int("VISION_MAMBA_TRITON_CONV_BLOCK_L", 16),
         conv_tiles=_env_int("VISION_MAMBA_TRITON_CONV_TILES", 2),
         conv_warps=_env_int("VISION_MAMBA_TRITON_CONV_WARPS", 2),
-        # inference: the conv and x_proj in one kernel (conv_xproj_fwd_kernel: x_proj's rows made from the conv's
-        # output while it is in registers; 0: off, the conv kernel then a batched matmul, until measured), and that
-        # kernel's rows and channels a step and warps
-        conv_xproj=_env_int("VISION_MAMBA_TRITON_CONV_XPROJ", 0),
-        # (32 rows, 32 channels a step, 8 warps, 2 stages: no spills under Triton 3.6 for sm_90, 255 registers;
-        # 4 warps spill)
-        conv_xproj_block_l=_env_int("VISION_MAMBA_TRITON_CONV_XPROJ_BLOCK_L", 32),
-        conv_xproj_block_k=_env_int("VISION_MAMBA_TRITON_CONV_XPROJ_BLOCK_K", 32),
-        conv_xproj_warps=_env_int("VISION_MAMBA_TRITON_CONV_XPROJ_WARPS", 8),
-        conv_xproj_stages=_env_int("VISION_MAMBA_TRITON_CONV_XPROJ_STAGES", 2),
         # conv backward: rows per tile and warps of the first pass (g_pre, weight gradients; rows of 8 keep its ten
         # accumulators in registers) and of the second (d x; also its tiles per program)
         conv_bwd_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_ROWS", 8),
@@ -1247,48 +1235,13 @@ def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], 
     return out
 
 
-def conv_xproj_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], bias_b: Optional[Tensor],
-                       weights: Tensor, rows_fp32: bool, cfg) -> Tuple[Tensor, Tensor]:
-    """:func:`conv_forward`'s output [2, B, L, E] and x_proj's rows of both directions [2, B, L, W] from it (fp32
-    with ``rows_fp32``, else in x's dtype), in one launch (conv_xproj_fwd_kernel): the rows are made from each
-    block of the conv's output while it is in registers, not read back. x: [B, L, E] in bf16 / fp16; weights:
-    [2, W, E] in x's dtype (:func:`xproj_weight_pair`)."""
-    x = _last_contiguous(x)
-    B, L, E = x.shape
-    K = w_f.shape[-1]
-    if K != 4 or x.dtype not in (torch.bfloat16, torch.float16) or weights.dtype != x.dtype:
-        raise ValueError(f"conv_xproj_forward: kernel size 4 and half-precision x and weights of one dtype, got "
-                         f"{K}, {x.dtype} and {weights.dtype}")
-    weights = weights.contiguous()
-    W = weights.shape[1]
-    out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
-    rows = _new(2, B, L, W, device=x.device, dtype=torch.float32 if rows_fp32 else x.dtype)
-    block_l = cfg["conv_xproj_block_l"]
-    fast(conv_xproj_fwd_kernel)[(_cdiv(L, block_l), B)](
-        x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), weights, out, rows, L, E,
-        x.stride(0), x.stride(1), out.stride(0), out.stride(1), out.stride(2), weights.stride(0), weights.stride(1),
-        rows.stride(0), rows.stride(2),
-        W=W, K=K, BLOCK_L=block_l, BLOCK_K=cfg["conv_xproj_block_k"], BLOCK_W=max(16, _next_pow2(W)),
-        HAS_BIAS=bias_f is not None, num_warps=cfg["conv_xproj_warps"], num_stages=cfg["conv_xproj_stages"],
-        **FP_FUSION)
-    return out, rows
-
-
-def _conv_and_rows(x: Tensor, forward, backward, R: int, rows_fp32: bool, cfg, weights: Optional[Tensor] = None,
-                   fused: bool = False):
+def _conv_and_rows(x: Tensor, forward, backward, R: int, rows_fp32: bool, cfg, weights: Optional[Tensor] = None):
     """The mixer's conv output xs [2, B, L, E], x_proj's rows of both directions [2, B, L, W] for the scan (padded
     as :func:`_rank_cols` says) and the padded x_proj weights [2, W, E] that made them (:func:`xproj_weight_pair`,
-    unless given); ``forward`` / ``backward``: (x_proj weight, conv weight, conv bias) per direction. ``fused``
-    (inference): both from one kernel (:func:`conv_xproj_forward`) where the conv_xproj setting and the dtypes
-    allow."""
+    unless given); ``forward`` / ``backward``: (x_proj weight, conv weight, conv bias) per direction."""
     if weights is None:
         N = (forward[0].shape[0] - R) // 2
         weights = xproj_weight_pair(forward[0], backward[0], R, _rank_cols(R, cfg["rows_pad"], N), x.dtype)
-    if fused and cfg.get("conv_xproj", 0) and x.dtype in (torch.bfloat16, torch.float16) \
-            and forward[1].shape[-1] == 4 and weights.dtype == x.dtype:
-        xs, rows = conv_xproj_forward(x, forward[1], backward[1], forward[2], backward[2], weights,
-                                      rows_fp32 and x.is_cuda, cfg)
-        return xs, rows, weights
     xs = conv_forward(x, forward[1], backward[1], forward[2], backward[2], cfg)
     return xs, _x_proj_pair(xs, weights, rows_fp32), weights
 
@@ -1553,8 +1506,7 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
                                    _rank_cols(R, cfg["rows_pad"], N), x.dtype)
         xs, rows, _ = _conv_and_rows(
             x, (forward.x_proj_weight, forward.conv_weight, forward.conv_bias),
-            (backward.x_proj_weight, backward.conv_weight, backward.conv_bias), R, fp32_rows, cfg, weights=pair,
-            fused=True)
+            (backward.x_proj_weight, backward.conv_weight, backward.conv_bias), R, fp32_rows, cfg, weights=pair)
         ys = _bi_scan_inplace(xs, z, rows[0], rows[1], forward, backward, cfg)
         del rows  # dead now: not held through out_proj (at 1248 px / batch 16, 36 MiB of the peak)
         if out_proj_weight is None:
