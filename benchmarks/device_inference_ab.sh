@@ -12,6 +12,9 @@
 #
 #   OUT=/path PYTHON=python3 bash benchmarks/device_inference_ab.sh
 #   OUT=/path PYTHON=python3 PARTS="bench" SETTINGS="0 2" ROUNDS=2 bash benchmarks/device_inference_ab.sh
+#   OUT=/path PYTHON=python3 PARTS="scan bench" SHAPES=1248:24,1248:32 BENCH_RES=1248,1248 BENCH_BATCH=24,32 \
+#       bash benchmarks/device_inference_ab.sh   (other shapes: SHAPES for the scan, BENCH_RES / BENCH_BATCH for
+#       the models, MODELS / BASELINE for which: default vim_tiny / deit_tiny)
 #
 # Writes $OUT/tests.txt, $OUT/scan_tpc.json, $OUT/bench_tpc<setting>_<round>.json (+ .log),
 # $OUT/bench_deit.json and $OUT/gpu.txt, then packs them into $OUT/inference_ab.tgz (a device call brings back 8
@@ -29,7 +32,8 @@ if part tests; then
   echo "tests: exit $? ($(tail -1 "$OUT/tests.txt"))"
 fi
 if part scan; then
-  timeout "${SCAN_SECONDS:-200}" "$PY" benchmarks/scan_kernels.py --no-conv --rows-fp32 \
+  rows=(); [ "${SCAN_ROWS_FP32:-1}" = 1 ] && rows=(--rows-fp32)  # (SCAN_ROWS_FP32=0: the kernel reads bf16 rows)
+  timeout "${SCAN_SECONDS:-200}" "$PY" benchmarks/scan_kernels.py --no-conv "${rows[@]}" \
     --shapes "${SHAPES:-1248:16,1024:16,738:32,512:32,1248:1}" --backward-configs '[]' \
     --forward-configs '[{"onepass_tpc": 0}, {"onepass_tpc": 2}, {"onepass_tpc": 4},
                         {"onepass_tpc": 4, "onepass_cpt": 2}, {"onepass_tpc": 2, "gluon_staged": 0},
@@ -38,15 +42,16 @@ if part scan; then
 fi
 bench() {  # name, models, onepass_tpc
   VISION_MAMBA_TRITON_ONEPASS_TPC=$3 timeout 150 "$PY" -m vision_mamba.cli bench \
-    --device cuda --models "$2" --res 224,512,738,1024,1248 --batch 128,32,32,16,16 --dtype bf16 --attn flash \
+    --device cuda --models "$2" --res "${BENCH_RES:-224,512,738,1024,1248}" --batch "${BENCH_BATCH:-128,32,32,16,16}" \
+    --dtype bf16 --attn flash \
     --mode infer --graph on --max-row-time 6 --out "$OUT" --name "$1" --no-plot > "$OUT/$1.log" 2>&1
-  echo "$1: exit $?"; grep -E "vim_tiny|deit_tiny" "$OUT/$1.log" | tail -6
+  echo "$1: exit $?"; grep -E "vim_|deit_" "$OUT/$1.log" | tail -6
 }
 if part bench; then
-  bench bench_deit deit_tiny 0
+  bench bench_deit "${BASELINE:-deit_tiny}" 0
   for round in $(seq 1 "$ROUNDS"); do
     for setting in $SETTINGS; do
-      bench "bench_tpc${setting}_$round" vim_tiny "$setting"
+      bench "bench_tpc${setting}_$round" "${MODELS:-vim_tiny}" "$setting"
     done
   done
 fi
