@@ -16,8 +16,8 @@
 # (deit_tiny_ft240_distill.yaml).
 # DATA defaults to .data/imagenette-160 (extracted from .data/imagenette-160.zip when only the zip is there).
 # Afterwards, here: python benchmarks/imagenette_results.py publish --from <fetched folder> [--from <other>]
-# (A device call brings back at most 8 files: when one call chains several MODELs, point OUT at a folder outside
-# the call's $OUT and tar it into $OUT at the end.)
+# (A device call brings back at most 8 files: device_imagenette_chain.sh runs several MODELs in turn, as many as
+# fit in a call, and packs their files into one.)
 . "$(dirname "$0")/device_common.sh"  # strict mode, OUT, the repository root, PYTHONPATH, PY, extract_data
 MODEL=${MODEL:-vim}
 EPOCHS=${EPOCHS:-300}

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
+import shutil
+import subprocess
+import tarfile
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -43,3 +49,53 @@ def test_experiment_records_and_keeps_earlier_curves(tmp_path):
     assert rec2["curves"] == "distill_vim_kds_2_curves.png"
     assert (out.parent / "distill_vim_kds_curves.png").read_bytes() == b"first run's curves"
     assert (out.parent / "distill_vim_kds_2_curves.png").read_bytes() == b"second run's curves"
+
+
+STUB_PYTHON = r"""#!/usr/bin/env bash
+# stands in for python: logs each `vision_mamba.cli train` call; the run named in $STUB_INTERRUPT stops (exit 130)
+# the first time, as a run stopped by the call's time limit, and finishes the next
+out=""; prev=""; for a in "$@"; do [ "$prev" = "--output" ] && out=$a; prev=$a; done
+echo "$*" >> "$STUB_LOG"
+mkdir -p "$out"
+if [ "$(basename "$out")" = "${STUB_INTERRUPT:-}" ] && [ ! -f "$out/.stopped" ]; then
+  touch "$out/.stopped"; echo "stopped by SIGINT"; exit 130
+fi
+echo weights > "$out/final.safetensors"; echo '{}' > "$out/results.json"; echo "final: top-1 50.00%"
+"""
+
+
+@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
+def test_chain_script_continues_runs_over_calls(tmp_path):
+    """device_imagenette_chain.sh: each run of the chain in turn, a finished one skipped in later calls, an unfinished
+    one ending the call and resumed in the next; the fine-tune finds the earlier run's weights; one tar back without
+    the teacher's weights."""
+    stub = tmp_path / "python"
+    stub.write_text(STUB_PYTHON)
+    stub.chmod(0o755)
+    log, runs = tmp_path / "calls.log", tmp_path / "runs"
+    env = dict(os.environ, PYTHON=str(stub), RUNS=str(runs), DATA=str(tmp_path / "data"), STUB_LOG=str(log),
+               STUB_INTERRUPT="deit_kds", BUDGET="500")
+
+    def call(n):
+        out = tmp_path / f"out{n}"
+        proc = subprocess.run(["bash", str(REPO / "benchmarks" / "device_imagenette_chain.sh"), "teacher:2",
+                               "deit_kds:3", "deit_kds_ft240:4"], env=dict(env, OUT=str(out)), capture_output=True,
+                              text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        with tarfile.open(out / "chain.tar") as tar:
+            names = {Path(m).name for m in tar.getnames()}
+        return proc.stdout, names
+
+    stdout, names = call(1)
+    assert "deit_kds did not finish" in stdout and "deit_kds_ft240 part" not in stdout
+    assert "teacher_results.json" in names and "deit_kds_part1.log" in names
+    assert not any(n.endswith(".safetensors") for n in names)  # the teacher's weights stay; deit_kds has none yet
+    stdout, names = call(2)
+    assert "teacher: already done" in stdout
+    assert {"deit_kds_part2.log", "deit_kds_imagenette_fp16.safetensors", "deit_kds_ft240_part1.log"} <= names
+    trains = log.read_text().splitlines()
+    assert [t.split("--output ")[1].split()[0] for t in trains] == [
+        str(runs / m) for m in ("teacher", "deit_kds", "deit_kds", "deit_kds_ft240")]
+    assert all("--resume auto" in t for t in trains)
+    assert f"--finetune {runs / 'deit_kds' / 'final.safetensors'}" in trains[-1]
+    assert "deit_kds_ft240: already done" in call(3)[0] and len(log.read_text().splitlines()) == 4
