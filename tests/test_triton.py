@@ -698,14 +698,14 @@ def test_gluon_dispatch_rule(monkeypatch):
     assert rows(128, 197, c=dict(cfg, gluon=0, rows_fp32=1))
     assert [ts._gluon_smem(cfg, n) for n in (5, 8, 16)] == [False, True, False]
     # inference the plan would chunk, in one pass with a channel's states over onepass_tpc lanes: by default 2
-    # lanes where the launch has at least 15,360 channels (batch x 2 directions x E: Vim-Ti from batch 20, Vim-S
-    # from batch 10), else chunked; where set, a power of two up to N and dt_low's padded width (16 here),
+    # lanes where the launch has at least 13,056 channels (batch x 2 directions x E: Vim-Ti from batch 17, Vim-S
+    # from batch 9), else chunked; where set, a power of two up to N and dt_low's padded width (16 here),
     # 32 * onepass_cpt / tpc channels a program dividing E
     tpc = lambda t, c=1, **kw: ts._onepass_tpc(dict(cfg, onepass_tpc=t, onepass_cpt=c), args_for(6085, **kw),
                                                dev)  # noqa: E731
-    assert cfg["onepass_tpc"] == -1 and cfg["onepass_min_channels"] == 15360
-    assert [tpc(-1), tpc(-1, B=16), tpc(-1, B=19), tpc(-1, B=20), tpc(-1, B=32), tpc(-1, B=10, E=768),
-            tpc(-1, B=9, E=768)] == [0, 0, 0, 2, 2, 2, 0]
+    assert cfg["onepass_tpc"] == -1 and cfg["onepass_min_channels"] == 13056
+    assert [tpc(-1), tpc(-1, B=16), tpc(-1, B=17), tpc(-1, B=32), tpc(-1, B=8, E=768), tpc(-1, B=9, E=768)] == [
+        0, 0, 2, 2, 0, 2]
     assert ts._onepass_tpc(dict(cfg, onepass_min_channels=768), args_for(6085), dev) == 2
     assert [tpc(0), tpc(0, B=32), tpc(2), tpc(4), tpc(4, 2), tpc(8), tpc(16)] == [0, 0, 2, 4, 4, 8, 16]
     assert tpc(4, E=40) == 4 and tpc(2, E=40) == 0  # (8 channels a program divide 40, 16 do not)

@@ -169,11 +169,11 @@ def _read_config():
         # onepass_min_channels channels (batch x directions x E), else chunked. Measured on an H100 (docs/kernels.md,
         # "Session 23" and "Session 24"): Vim-Ti's scan at 512 px / batch 32 0.587 -> 0.268 ms, 738 px / batch 32
         # 1.195 -> 0.549 (24,576 channels), 512 px / batch 24 0.439 -> 0.266 (18,432), 1248 px / batch 20 2.126 ->
-        # 1.302 (15,360: the smallest measured win); at 1024 and 1248 px / batch 16 (12,288 channels) 8% slower
-        # than chunked, at batch 1 7x slower
+        # 1.302 (15,360), batch 17 1.761 -> 1.293 (13,056: the smallest measured win); at 1024 and 1248 px / batch
+        # 16 (12,288 channels) 8% slower than chunked, at batch 1 7x slower
         onepass_tpc=_env_int("VISION_MAMBA_TRITON_ONEPASS_TPC", -1),
         onepass_cpt=_env_int("VISION_MAMBA_TRITON_ONEPASS_CPT", 1),
-        onepass_min_channels=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS", 15360),
+        onepass_min_channels=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS", 13056),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
         # 4 measured fastest (docs/kernels.md, "Session 17": the kernel at 224 px / batch 128 0.164 ms unstaged,
@@ -597,7 +597,7 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     least ``onepass_min_channels`` channels; E a multiple of the program's channels."""
     tpc, cpt = cfg.get("onepass_tpc", 0), cfg.get("onepass_cpt", 1)
     if tpc < 0:
-        tpc = 2 if args.B * args.n_dirs * args.E >= cfg.get("onepass_min_channels", 15360) else 0
+        tpc = 2 if args.B * args.n_dirs * args.E >= cfg.get("onepass_min_channels", 13056) else 0
     if tpc < 2:
         return 0
     if tpc & (tpc - 1) or tpc > min(args.N, max(2, _next_pow2(args.R))) or cpt < 1 or cpt & (cpt - 1):
