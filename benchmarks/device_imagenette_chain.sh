@@ -11,8 +11,12 @@
 # e.g. deit_kds for deit_kds_ft240). BUDGET: seconds for the whole call (keep it under the call's limit); a run
 # starts only with at least 100 s left and is stopped (SIGINT, a checkpoint) 50 s before the budget ends.
 # RUNS (default runs/imagenette_fm), PYTHON, EVAL_SIZES (default none) pass through. Each run's files of this
-# call go to a folder under /tmp, packed into $OUT/chain.tar at the end (a call brings back 8 files at most), the
-# teacher's weights left out (ResNet-50-D: too large to bring back, and retrained on a fresh machine anyway).
+# call go to a folder under /tmp, packed into $OUT/chain.tar at the end (a call brings back 8 files at most, of
+# 16 MiB each: the students' weights, ~11-14 MB each in fp16, go to $OUT beside the tar, not in it), the
+# teacher's weights left out (ResNet-50-D in fp16: 51 MB, over the 16 MiB a returned file may have). KEEP_TEACHER=1
+# brings them back in parts instead ($OUT/teacher_fp16.safetensors.part00, 01, ...: `cat` them together here); a
+# later session carries the whole file as $RUNS/teacher/final.safetensors with an exit_status.txt of 0, so that
+# its chain starts with "teacher: already done".
 . "$(dirname "$0")/device_common.sh"  # strict mode, OUT, the repository root, PYTHONPATH, PY
 START=$(date +%s)
 BUDGET=${BUDGET:-575}
@@ -32,5 +36,10 @@ for job in "$@"; do
   [ "$status" = 0 ] || { echo "== $model did not finish in this call (exit $status)"; break; }
 done
 rm -f "$staging"/teacher/*.safetensors
-mkdir -p "$OUT" && tar cf "$OUT/chain.tar" -C "$staging" . && rm -rf "$staging"
+if [ "${KEEP_TEACHER:-0}" = 1 ] && [ "$(cat "$RUNS/teacher/exit_status.txt" 2>/dev/null)" = 0 ]; then
+  mkdir -p "$OUT" && split -b 15M -d "$RUNS/teacher/final.safetensors" "$OUT/teacher_fp16.safetensors.part"
+  sha256sum "$RUNS/teacher/final.safetensors" | cut -d' ' -f1 > "$OUT/teacher_fp16.sha256"
+fi
+mkdir -p "$OUT" && find "$staging" -name '*.safetensors' -exec mv -t "$OUT" {} +
+tar cf "$OUT/chain.tar" -C "$staging" . && rm -rf "$staging"
 echo "packed: $OUT/chain.tar"

@@ -13,7 +13,9 @@
 # folder: all on one warm machine, since the teacher's weights stay there; vim_kds_s8ft continues the weights in
 # FINETUNE (a vim_kds run's final.safetensors) at stride 8, still distilled (vim_tiny_stride8_ft_distill.yaml);
 # deit_kds_ft240 is DeiT-Ti's counterpart: a deit_kds run's weights in FINETUNE continued at 240 px, as many tokens
-# (deit_tiny_ft240_distill.yaml).
+# (deit_tiny_ft240_distill.yaml); vim_kds_s8ft_160 / deit_kds_ft240_304 continue those two at the images' own 160 px
+# (Vim-Ti) or 304 px (DeiT-Ti, as many tokens) for a third stage (vim_tiny_stride8_ft160_distill.yaml,
+# deit_tiny_ft304_distill.yaml).
 # DATA defaults to .data/imagenette-160 (extracted from .data/imagenette-160.zip when only the zip is there).
 # Afterwards, here: python benchmarks/imagenette_results.py publish --from <fetched folder> [--from <other>]
 # (A device call brings back at most 8 files: device_imagenette_chain.sh runs several MODELs in turn, as many as
@@ -40,13 +42,15 @@ case "$MODEL" in
                      *) cfg="configs/imagenette/${MODEL%_kd}_tiny_distill.yaml" ;; esac
     extra=(--teacher-checkpoint "$RUNS/teacher/final.safetensors")
     [ -f "$RUNS/teacher/final.safetensors" ] || { echo "error: train MODEL=teacher first (no $RUNS/teacher/final.safetensors)"; exit 2; } ;;
-  vim_kds_s8ft|deit_kds_ft240)
-    case "$MODEL" in vim_*) cfg="configs/imagenette/vim_tiny_stride8_ft_distill.yaml" ;;
-                     *) cfg="configs/imagenette/deit_tiny_ft240_distill.yaml" ;; esac
+  vim_kds_s8ft|deit_kds_ft240|vim_kds_s8ft_160|deit_kds_ft240_304)
+    case "$MODEL" in vim_kds_s8ft) cfg="configs/imagenette/vim_tiny_stride8_ft_distill.yaml" ;;
+                     deit_kds_ft240) cfg="configs/imagenette/deit_tiny_ft240_distill.yaml" ;;
+                     vim_kds_s8ft_160) cfg="configs/imagenette/vim_tiny_stride8_ft160_distill.yaml" ;;
+                     *) cfg="configs/imagenette/deit_tiny_ft304_distill.yaml" ;; esac
     [ -f "${FINETUNE:-}" ] || { echo "error: MODEL=$MODEL needs FINETUNE=<${MODEL%_*} final.safetensors>"; exit 2; }
     [ -f "$RUNS/teacher/final.safetensors" ] || { echo "error: train MODEL=teacher first (no $RUNS/teacher/final.safetensors)"; exit 2; }
     extra=(--teacher-checkpoint "$RUNS/teacher/final.safetensors" --finetune "$FINETUNE") ;;
-  *) echo "error: MODEL must be vim, vim_s8, deit, teacher, vim_kd, deit_kd, vim_kds, deit_kds, vim_kds_s8ft or deit_kds_ft240, got '$MODEL'"; exit 2 ;;
+  *) echo "error: MODEL must be vim, vim_s8, deit, teacher, vim_kd, deit_kd, vim_kds, deit_kds, vim_kds_s8ft, deit_kds_ft240, vim_kds_s8ft_160 or deit_kds_ft240_304, got '$MODEL'"; exit 2 ;;
 esac
 cmd=("$PY" -m vision_mamba.cli train --config "$cfg" --data "$DATA" --output "$RUN" --epochs "$EPOCHS"
      --resume auto --set export_dtype=float16 "${extra[@]}" $EXTRA)

@@ -2,6 +2,7 @@
 curves copied beside it without overwriting an earlier run's (session 22's publishing had replaced two)."""
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import json
 import os
@@ -76,11 +77,11 @@ def test_chain_script_continues_runs_over_calls(tmp_path):
     env = dict(os.environ, PYTHON=str(stub), RUNS=str(runs), DATA=str(tmp_path / "data"), STUB_LOG=str(log),
                STUB_INTERRUPT="deit_kds", BUDGET="500")
 
-    def call(n):
+    def call(n, **more):
         out = tmp_path / f"out{n}"
         proc = subprocess.run(["bash", str(REPO / "benchmarks" / "device_imagenette_chain.sh"), "teacher:2",
-                               "deit_kds:3", "deit_kds_ft240:4"], env=dict(env, OUT=str(out)), capture_output=True,
-                              text=True, timeout=120)
+                               "deit_kds:3", "deit_kds_ft240:4"], env=dict(env, OUT=str(out), **more),
+                              capture_output=True, text=True, timeout=120)
         assert proc.returncode == 0, proc.stdout + proc.stderr
         with tarfile.open(out / "chain.tar") as tar:
             names = {Path(m).name for m in tar.getnames()}
@@ -92,10 +93,21 @@ def test_chain_script_continues_runs_over_calls(tmp_path):
     assert not any(n.endswith(".safetensors") for n in names)  # the teacher's weights stay; deit_kds has none yet
     stdout, names = call(2)
     assert "teacher: already done" in stdout
-    assert {"deit_kds_part2.log", "deit_kds_imagenette_fp16.safetensors", "deit_kds_ft240_part1.log"} <= names
+    assert {"deit_kds_part2.log", "deit_kds_ft240_part1.log"} <= names
+    # the weights come back beside the tar (two students' weights in one tar would pass the 16 MiB a file may have)
+    assert not any(n.endswith(".safetensors") for n in names)
+    assert {p.name for p in (tmp_path / "out2").glob("*.safetensors")} == {
+        "deit_kds_imagenette_fp16.safetensors", "deit_kds_ft240_imagenette_fp16.safetensors"}
     trains = log.read_text().splitlines()
     assert [t.split("--output ")[1].split()[0] for t in trains] == [
         str(runs / m) for m in ("teacher", "deit_kds", "deit_kds", "deit_kds_ft240")]
     assert all("--resume auto" in t for t in trains)
     assert f"--finetune {runs / 'deit_kds' / 'final.safetensors'}" in trains[-1]
     assert "deit_kds_ft240: already done" in call(3)[0] and len(log.read_text().splitlines()) == 4
+    assert not list((tmp_path / "out3").glob("teacher_fp16*"))
+    # KEEP_TEACHER=1: the teacher's weights come back in parts that join into the file, with its checksum
+    call(4, KEEP_TEACHER="1")
+    parts = sorted((tmp_path / "out4").glob("teacher_fp16.safetensors.part*"))
+    teacher = (runs / "teacher" / "final.safetensors").read_bytes()
+    assert parts and b"".join(p.read_bytes() for p in parts) == teacher
+    assert (tmp_path / "out4" / "teacher_fp16.sha256").read_text().strip() == hashlib.sha256(teacher).hexdigest()

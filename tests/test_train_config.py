@@ -86,6 +86,19 @@ def test_deit_token_matched_finetune_shares_the_vim_stride8_finetune_recipe():
     assert vim["teacher_img_size"] is None and vim["img_size"] == 128
 
 
+def test_third_stage_at_160_px_matches_tokens_and_recipe():
+    # the third stage: Vim-Ti at stride 8 and the images' own 160 px (19 x 19 + 1 tokens), DeiT-Ti at 304 px (as
+    # many); both keep the second stage's recipe, the stored images at 1.25 x img_size and the teacher at 128 px
+    stage2 = resolve_config(REPO / "configs" / "imagenette" / "vim_tiny_stride8_ft_distill.yaml").to_dict()
+    vim = resolve_config(REPO / "configs" / "imagenette" / "vim_tiny_stride8_ft160_distill.yaml").to_dict()
+    deit = resolve_config(REPO / "configs" / "imagenette" / "deit_tiny_ft304_distill.yaml").to_dict()
+    assert {k for k in vim if vim[k] != stage2[k]} == {"epochs", "img_size", "resident_size", "teacher_img_size"}
+    assert {k for k in vim if vim[k] != deit[k]} == {"model", "img_size", "resident_size"}
+    assert vim["img_size"] == 160 and deit["img_size"] // 16 == (vim["img_size"] - 16) // 8 + 1 == 19
+    assert vim["resident_size"] / vim["img_size"] == deit["resident_size"] / deit["img_size"] == 1.25
+    assert vim["teacher_img_size"] == deit["teacher_img_size"] == 128 and vim["epochs"] == 30
+
+
 def test_cli_reports_config_errors_before_any_work(tmp_path, capsys):
     (tmp_path / "bad.yaml").write_text("modle: vim_tiny_patch16_224\n")
     assert cli.main(["train", "--config", str(tmp_path / "bad.yaml")]) == 2
