@@ -83,8 +83,8 @@ def fast_launch_enabled() -> bool:
 
 def _triton_supported() -> bool:
     """The compiled kernel's launcher is called as ``run(grid0, grid1, grid2, stream, function, packed_metadata,
-    launch_metadata, enter_hook, exit_hook, *args)`` by Triton 3.6 and 3.8 (checked in their sources; later 3.x
-    releases are assumed to keep it)."""
+    launch_metadata, enter_hook, exit_hook, *args)`` by Triton 3.6, 3.8 and 3.9 (checked in their sources;
+    later 3.x releases are assumed to keep it)."""
     try:
         import triton
         from triton.runtime.jit import JITFunction  # noqa: F401

@@ -29,13 +29,16 @@ try:  # Gluon is experimental: absent from older Triton releases, and it cannot 
     from triton.experimental import gluon
     from triton.experimental.gluon import language as gl
 
-    try:  # (only the staged forward needs it)
+    try:  # (only the staged kernels need it)
         from triton.experimental.gluon.language.nvidia.ampere import async_copy
+        # the asynchronous copy into shared memory: async_load from Triton 3.8 (3.9 removed the old name),
+        # async_copy_global_to_shared in 3.6
+        _async_load = getattr(async_copy, "async_load", None) or async_copy.async_copy_global_to_shared
     except ImportError:  # pragma: no cover - depends on the installed Triton
-        async_copy = None
+        async_copy = _async_load = None
     AVAILABLE = os.environ.get("TRITON_INTERPRET", "0") in ("", "0")
 except ImportError:  # pragma: no cover - depends on the installed Triton
-    gluon = gl = async_copy = None
+    gluon = gl = async_copy = _async_load = None
     AVAILABLE = False
 
 LN2 = 0.6931471805599453
@@ -44,6 +47,18 @@ LOG2E = 1.4426950408889634
 if gluon is not None:
     # the CTA barrier is gl.thread_barrier in Triton 3.6 and gl.barrier from 3.8
     _barrier = getattr(gl, "barrier", None) or getattr(gl, "thread_barrier")
+    # a shared buffer seen with another shape: shared_memory_descriptor.reinterpret from Triton 3.9, _reinterpret
+    # before (a constexpr, so that each release compiles only its own branch of _rows_view)
+    _PUBLIC_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))
+
+    @gluon.jit
+    def _rows_view(buf, dtype: gl.constexpr, ROWS: gl.constexpr, WIDTH: gl.constexpr, layout: gl.constexpr):
+        """The same bytes as ``buf`` (a [2, S, WIDTH] shared buffer) seen as ROWS = 2 S rows in ``layout``."""
+        if _PUBLIC_REINTERPRET:
+            view = buf.reinterpret(dtype, [ROWS, WIDTH], layout)
+        else:
+            view = buf._reinterpret(dtype, [ROWS, WIDTH], layout)
+        return view
 
     @gluon.jit
     def _ptx_f32(x, INSTRUCTION: gl.constexpr):
@@ -328,13 +343,13 @@ if gluon is not None:
         t = gl.where(rev, L - 1 - s, s)
         ok = gl.expand_dims(s < L, 1)
         cols = gl.expand_dims(gl.arange(0, BLOCK_E, layout=gl.SliceLayout(0, x_ld)), 0)
-        async_copy.async_copy_global_to_shared(x_buf, x_base + gl.expand_dims(t * stride_x_l, 1) + cols, mask=ok)
-        async_copy.async_copy_global_to_shared(z_buf, z_base + gl.expand_dims(t * stride_z_l, 1) + cols, mask=ok)
+        _async_load(x_buf, x_base + gl.expand_dims(t * stride_x_l, 1) + cols, mask=ok)
+        _async_load(z_buf, z_base + gl.expand_dims(t * stride_z_l, 1) + cols, mask=ok)
         sr = s0 + gl.arange(0, STAGE, layout=gl.SliceLayout(1, r_ld))
         tr = gl.where(rev, L - 1 - sr, sr)
         rcols = gl.arange(0, RW, layout=gl.SliceLayout(0, r_ld))
         rmask = gl.expand_dims(sr < L, 1) & gl.expand_dims(rcols < ROW_END, 0)
-        async_copy.async_copy_global_to_shared(
+        _async_load(
             r_buf, row_base + gl.expand_dims((b * L + tr) * stride_row, 1) + gl.expand_dims(rcols, 0), mask=rmask)
 
     @gluon.jit(do_not_specialize=["L", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
@@ -400,9 +415,9 @@ if gluon is not None:
         x_buf = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, STAGE, BLOCK_E], buf_l)
         z_buf = gl.allocate_shared_memory(z_ptr.dtype.element_ty, [2, STAGE, BLOCK_E], buf_l)
         r_buf = gl.allocate_shared_memory(rows_ptr.dtype.element_ty, [2, STAGE, RW], buf_l)
-        x_rows = x_buf._reinterpret(x_ptr.dtype.element_ty, [2 * STAGE, BLOCK_E], row_l)
-        z_rows = z_buf._reinterpret(z_ptr.dtype.element_ty, [2 * STAGE, BLOCK_E], row_l)
-        r_rows = r_buf._reinterpret(rows_ptr.dtype.element_ty, [2 * STAGE, RW], row_l)
+        x_rows = _rows_view(x_buf, x_ptr.dtype.element_ty, 2 * STAGE, BLOCK_E, row_l)
+        z_rows = _rows_view(z_buf, z_ptr.dtype.element_ty, 2 * STAGE, BLOCK_E, row_l)
+        r_rows = _rows_view(r_buf, rows_ptr.dtype.element_ty, 2 * STAGE, RW, row_l)
         h = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
         hsave_base = hsave_ptr + b * stride_s_b + d * stride_s_d \
             + gl.expand_dims(offs_e, 1) * N + gl.expand_dims(offs_n, 0)
@@ -675,8 +690,8 @@ if gluon is not None:
         s = s0 + gl.arange(0, S, layout=gl.SliceLayout(1, ld))
         t = gl.where(rev, L - 1 - s, s)
         cols = gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(0, ld)), 0)
-        async_copy.async_copy_global_to_shared(buf, base + gl.expand_dims((b * L + t) * stride_row, 1) + cols,
-                                               mask=gl.expand_dims(s < s_hi, 1))
+        _async_load(buf, base + gl.expand_dims((b * L + t) * stride_row, 1) + cols,
+                    mask=gl.expand_dims(s < s_hi, 1))
 
     @gluon.jit
     def _stage_channels(buf, base, L, s0, s_hi, rev, stride_l, ld: gl.constexpr):
@@ -687,8 +702,8 @@ if gluon is not None:
         s = s0 + gl.arange(0, S, layout=gl.SliceLayout(1, ld))
         t = gl.where(rev, L - 1 - s, s)
         cols = gl.expand_dims(gl.arange(0, W, layout=gl.SliceLayout(0, ld)), 0)
-        async_copy.async_copy_global_to_shared(buf, base + gl.expand_dims(t * stride_l, 1) + cols,
-                                               mask=gl.expand_dims(s < s_hi, 1))
+        _async_load(buf, base + gl.expand_dims(t * stride_l, 1) + cols,
+                    mask=gl.expand_dims(s < s_hi, 1))
 
     @gluon.jit
     def _softplus_and_slope(x):
@@ -822,11 +837,11 @@ if gluon is not None:
         g_buf = gl.allocate_shared_memory(gy_ptr.dtype.element_ty, [2, S, BLOCK_E], buf_l)
         d_buf = gl.allocate_shared_memory(rows_f.dtype.element_ty, [2, S, BLOCK_R], buf_l)
         bc_buf = gl.allocate_shared_memory(rows_f.dtype.element_ty, [2, S, 2 * N], buf_l)
-        x_rows = x_buf._reinterpret(x_ptr.dtype.element_ty, [2 * S, BLOCK_E], row_l)
-        z_rows = z_buf._reinterpret(z_ptr.dtype.element_ty, [2 * S, BLOCK_E], row_l)
-        g_rows = g_buf._reinterpret(gy_ptr.dtype.element_ty, [2 * S, BLOCK_E], row_l)
-        d_rows = d_buf._reinterpret(rows_f.dtype.element_ty, [2 * S, BLOCK_R], row_l)
-        bc_rows = bc_buf._reinterpret(rows_f.dtype.element_ty, [2 * S, 2 * N], row_l)
+        x_rows = _rows_view(x_buf, x_ptr.dtype.element_ty, 2 * S, BLOCK_E, row_l)
+        z_rows = _rows_view(z_buf, z_ptr.dtype.element_ty, 2 * S, BLOCK_E, row_l)
+        g_rows = _rows_view(g_buf, gy_ptr.dtype.element_ty, 2 * S, BLOCK_E, row_l)
+        d_rows = _rows_view(d_buf, rows_f.dtype.element_ty, 2 * S, BLOCK_R, row_l)
+        bc_rows = _rows_view(bc_buf, rows_f.dtype.element_ty, 2 * S, 2 * N, row_l)
 
         p_begin = chunk * steps_per_chunk
         p_end = gl.minimum(p_begin + steps_per_chunk, L)
