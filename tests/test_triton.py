@@ -795,6 +795,89 @@ def test_bi_scan_padded_rows_gradients():
     assert g[2][:, 12:16].abs().max() == 0 and g[3][:, 12:16].abs().max() == 0
 
 
+@pytest.mark.parametrize("error", ["compile", "resources"])
+def test_gluon_failure_falls_back_to_triton(error, monkeypatch):
+    # a Gluon kernel that does not compile under the installed Triton (Gluon's API moves between releases) or does
+    # not fit the device: a warning, Gluon off for the process, and the same scan on the Triton kernels. Here the
+    # launch code takes the Gluon path on CPU tensors, each Gluon kernel stands in as one that fails to compile,
+    # and the Triton kernels run under the interpreter: forward and gradients must match the reference
+    import ast
+
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    from vision_mamba.ops.selective_scan import gluon_kernels as gk
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    attempts = []
+
+    class Broken:  # kernel[grid](...) raising as Triton does when it cannot build the kernel
+        def __init__(self, name):
+            self.name = name
+
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                attempts.append(self.name)
+                if error == "compile":
+                    raise CompilationError(None, ast.parse("x._reinterpret").body[0], "no attribute _reinterpret")
+                raise OutOfResources(300000, 232448, "shared memory")
+            return launch
+
+    for name in ("scan_fwd_gluon_kernel", "scan_fwd_onepass_gluon_kernel", "scan_fwd_staged_gluon_kernel",
+                 "scan_bwd_gluon_kernel", "scan_bwd_staged_gluon_kernel"):
+        monkeypatch.setattr(gk, name, Broken(name))
+    monkeypatch.setattr(gk, "AVAILABLE", True)
+    monkeypatch.setattr(ts, "_gluon_device", lambda device: True)
+    cfg = dict(ts._config(), min_programs=0)
+    args = bi_scan_inputs(1, 37, torch.float32, torch.float32, seed=7, E=64, width=48)
+    assert ts._gluon_common(-1, ts._bi_args(*[a.detach() for a in args], 12, 16), DEVICE)  # Gluon would run
+    ref = bi_scan_reference(*args)
+    grad = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, args, grad)
+    with pytest.warns(RuntimeWarning, match="Gluon scan kernels do not compile"):
+        y = ts._TritonBiScan.apply(*args, True, cfg)
+    assert attempts and not gk.AVAILABLE  # tried once, then off: the backward goes straight to Triton
+    tried = len(attempts)
+    g = torch.autograd.grad(y, args, grad)
+    assert len(attempts) == tried
+    assert rel_err(y, ref) < 1e-4
+    for name, a, b in zip(BI_NAMES, g, g_ref):
+        assert rel_err(a, b) < 1e-4, (name, rel_err(a, b))
+
+
+def test_gluon_failure_in_the_backward_falls_back(monkeypatch):
+    # the forward's Gluon kernels compiled (here: the Triton forward stands in for them), the backward's do not: the
+    # gradients come from the Triton backward, from the states as the forward saved them
+    import ast
+
+    from triton.compiler.errors import CompilationError
+
+    from vision_mamba.ops.selective_scan import gluon_kernels as gk
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    class Broken:
+        def __getitem__(self, grid):
+            def launch(*args, **kwargs):
+                raise CompilationError(None, ast.parse("x").body[0], "async_copy_global_to_shared has been removed")
+            return launch
+
+    for name in ("scan_bwd_gluon_kernel", "scan_bwd_staged_gluon_kernel"):
+        monkeypatch.setattr(gk, name, Broken())
+    monkeypatch.setattr(gk, "AVAILABLE", True)
+    cfg = dict(ts._config(), min_programs=0)
+    args = bi_scan_inputs(2, 21, torch.float32, torch.float32, seed=8, E=64, width=48)
+    ref = bi_scan_reference(*args)
+    grad = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, args, grad)
+    y = ts._TritonBiScan.apply(*args, True, cfg)  # (on CPU: no Gluon forward)
+    monkeypatch.setattr(ts, "_gluon_device", lambda device: True)  # the backward takes the Gluon path
+    with pytest.warns(RuntimeWarning, match="Gluon"):
+        g = torch.autograd.grad(y, args, grad)
+    assert not gk.AVAILABLE
+    for name, a, b in zip(BI_NAMES, g, g_ref):
+        assert rel_err(a, b) < 1e-4, (name, rel_err(a, b))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("length,batch,dtype,rows_dtype,which,scratch", GLUON_CASES)
 def test_gluon_scan_matches_reference_and_triton(length, batch, dtype, rows_dtype, which, scratch, monkeypatch):

@@ -8,8 +8,10 @@ Two entry points:
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
+import warnings
 from typing import Optional, Tuple
 
 import torch
@@ -468,6 +470,14 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
     either). ``out``: where to write y (any [B, L, ND, E] view with unit channel stride), e.g. over the scan's own
     input x ([ND, B, L, E] permuted): each element of x is read by the program that then writes the y element at
     the same place, before it does."""
+    try:
+        return _scan_forward(args, y_dtype, save_states, config, out)
+    except _GluonFailed:  # (Gluon is off now: the same scan on the Triton kernels)
+        return _scan_forward(args, y_dtype, save_states, config, out)
+
+
+def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, config=None,
+                  out: Optional[Tensor] = None) -> Tuple[Tensor, Optional[Tensor]]:
     cfg = config or _config()
     if cfg["prefetch"] not in (1, 2, 4):
         raise ValueError(f"VISION_MAMBA_TRITON_PREFETCH must be 1, 2 or 4, got {cfg['prefetch']}")
@@ -542,6 +552,41 @@ def scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, confi
         N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=False, num_warps=cfg["num_warps"], **FP_FUSION)
     launch(hinit, None, None, True, False, save_states)
     return y, hsave
+
+
+class _GluonFailed(Exception):
+    """A Gluon kernel failed to compile here (Gluon is then off for the process): the scan runs again on Triton."""
+
+
+def _compile_errors() -> tuple:
+    from triton.compiler.errors import CompilationError
+    from triton.runtime import errors
+
+    return (CompilationError,) + tuple(getattr(errors, name) for name in ("OutOfResources", "PTXASError")
+                                       if hasattr(errors, name))
+
+
+def _gluon_launch(launch):
+    """Guards a Gluon launch: where its kernel does not compile under the installed Triton (Gluon is experimental,
+    and its API moves between releases: docs/kernels.md, "Session 25") or does not fit the device, the Gluon kernels
+    are turned off for the rest of the process with a warning, and :class:`_GluonFailed` makes ``scan_forward`` /
+    ``scan_backward`` run the scan again on the Triton kernels (slower, but a model that runs). A compile error
+    comes before its kernel launches, so nothing was written."""
+    @functools.wraps(launch)
+    def guarded(*args, **kwargs):
+        try:
+            return launch(*args, **kwargs)
+        except _compile_errors() as e:
+            from . import gluon_kernels
+
+            gluon_kernels.AVAILABLE = False
+            lines = str(e).strip().splitlines()
+            warnings.warn(f"the Gluon scan kernels do not compile with Triton {triton.__version__} here "
+                          f"({type(e).__name__}: {lines[-1][:200] if lines else ''}); the Triton kernels run "
+                          "instead from now on (slower). VISION_MAMBA_TRITON_GLUON=0 skips the attempt.",
+                          RuntimeWarning, stacklevel=2)
+            raise _GluonFailed() from e
+    return guarded
 
 
 def _gluon_common(cfg_value, args: _ScanArgs, device) -> bool:
@@ -649,6 +694,7 @@ def rows_in_fp32(cfg, device, dtype, B: int, L: int, E: int, N: int, training: b
     return _forward_rule(cfg, block_e, n_chunks, training, False) is not None
 
 
+@_gluon_launch
 def _launch_gluon_forward(args: _ScanArgs, y: Tensor, hinit, hend, dsum, hsave, n_chunks, steps, block_e,
                           save_every, write_y, write_end, save, ahead, num_warps, states_en) -> None:
     from . import gluon_kernels
@@ -712,6 +758,7 @@ def _tpc_stage(args: _ScanArgs, stage: int, rows: Tensor, block_e: int) -> int:
     return 0
 
 
+@_gluon_launch
 def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Optional[Tensor] = None,
                           save_every: int = 0, maxnreg: int = 0, tpc: int = 1, cpt: int = 1) -> bool:
     """The one-pass Gluon forward (64 channels a program, one warp): staged (scan_fwd_staged_gluon_kernel) where
@@ -772,6 +819,13 @@ def scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     or, in x's dtype, of dt_proj's output when dt_proj is folded in); fp32 parameter gradients [ND, ...] for A (or
     A_log), D and the delta bias. With dt_proj folded in, :func:`dt_proj_grads` turns d raw delta into the
     gradients of dt_low and W_dt."""
+    try:
+        return _scan_backward(args, hsave, gy, config)
+    except _GluonFailed:  # (Gluon is off now: the same gradients from the Triton kernels)
+        return _scan_backward(args, hsave, gy, config)
+
+
+def _scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     cfg = config or _config()
     B, L, E, N, ND = args.B, args.L, args.E, args.N, args.n_dirs
     dev = args.x.device
@@ -856,6 +910,7 @@ def _launch_triton_backward(args, cfg, t, common, gy, hsave, muinit, gx, gz, gra
     )
 
 
+@_gluon_launch
 def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, gd, gbias, n_chunks, steps,
                            save_every, staged, atomic_bc):
     """The Gluon backward: the staged kernel where ``staged`` ((VX, VZ, VG, VR) of :func:`_bwd_staged_fits`) is
