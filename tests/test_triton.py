@@ -655,16 +655,16 @@ def test_gluon_dispatch_rule(monkeypatch):
     monkeypatch.setattr(gluon_kernels, "AVAILABLE", True)
     monkeypatch.setattr(ts, "_gluon_device", lambda device: True)
     for name in ("GLUON", "GLUON_BWD", "SAVE_EVERY", "GLUON_SMEM_STEPS", "BLOCK_E", "BWD_BLOCK_E", "ONEPASS_TPC",
-                 "ONEPASS_MIN_CHANNELS"):
+                 "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE"):
         monkeypatch.delenv(f"VISION_MAMBA_TRITON_{name}", raising=False)
     cfg = ts._config()
 
-    def args_for(L, E=384, N=16, B=1):
+    def args_for(L, E=384, N=16, B=1, R=12):
         xs, z = torch.zeros(2, B, L, E), torch.zeros(B, L, E)
-        rows = [torch.zeros(B * L, 12 + 2 * N) for _ in range(2)]
-        p = [torch.zeros(E, 12), torch.zeros(E, 12), torch.zeros(E), torch.zeros(E), torch.zeros(E, N),
+        rows = [torch.zeros(B * L, R + 2 * N) for _ in range(2)]
+        p = [torch.zeros(E, R), torch.zeros(E, R), torch.zeros(E), torch.zeros(E), torch.zeros(E, N),
              torch.zeros(E, N), torch.zeros(E), torch.zeros(E)]
-        return ts._bi_args(xs, z, rows[0], rows[1], *p, 12, N)
+        return ts._bi_args(xs, z, rows[0], rows[1], *p, R, N)
 
     dev = torch.device("cpu")
     assert [ts._gluon_backward_applies(cfg, args_for(L), dev) for L in (197, 1023, 1024, 6085)] == [
@@ -698,15 +698,22 @@ def test_gluon_dispatch_rule(monkeypatch):
     assert rows(128, 197, c=dict(cfg, gluon=0, rows_fp32=1))
     assert [ts._gluon_smem(cfg, n) for n in (5, 8, 16)] == [False, True, False]
     # inference the plan would chunk, in one pass with a channel's states over onepass_tpc lanes: by default 2
-    # lanes where the launch has at least 13,056 channels (batch x 2 directions x E: Vim-Ti from batch 17, Vim-S
-    # from batch 9), else chunked; where set, a power of two up to N and dt_low's padded width (16 here),
-    # 32 * onepass_cpt / tpc channels a program dividing E
+    # lanes where the launch has at least 13,056 channels (batch x 2 directions x E: Vim-Ti from batch 17), or
+    # 9,216 where dt_low is wider than 16 (Vim-S's rank 24: from batch 6; Vim-B's 48: from batch 3), else chunked;
+    # where set, a power of two up to N and dt_low's padded width (16 here), 32 * onepass_cpt / tpc channels a
+    # program dividing E
     tpc = lambda t, c=1, **kw: ts._onepass_tpc(dict(cfg, onepass_tpc=t, onepass_cpt=c), args_for(6085, **kw),
                                                dev)  # noqa: E731
     assert cfg["onepass_tpc"] == -1 and cfg["onepass_min_channels"] == 13056
+    assert cfg["onepass_min_channels_wide"] == 9216
     assert [tpc(-1), tpc(-1, B=16), tpc(-1, B=17), tpc(-1, B=32), tpc(-1, B=8, E=768), tpc(-1, B=9, E=768)] == [
-        0, 0, 2, 2, 0, 2]
+        0, 0, 2, 2, 0, 2]  # (rank 12)
+    vim_s = [tpc(-1, B=b, E=768, R=24) for b in (1, 2, 4, 5, 6, 8, 16)]
+    vim_b = [tpc(-1, B=b, E=1536, R=48) for b in (1, 2, 3)]
+    assert vim_s == [0, 0, 0, 0, 2, 2, 2] and vim_b == [0, 0, 2]
+    assert tpc(-1, B=16, R=16) == 0 and tpc(-1, B=16, R=17) == 2  # (the rank padded past 16)
     assert ts._onepass_tpc(dict(cfg, onepass_min_channels=768), args_for(6085), dev) == 2
+    assert ts._onepass_tpc(dict(cfg, onepass_min_channels_wide=1 << 20), args_for(6085, B=16, E=768, R=24), dev) == 0
     assert [tpc(0), tpc(0, B=32), tpc(2), tpc(4), tpc(4, 2), tpc(8), tpc(16)] == [0, 0, 2, 4, 4, 8, 16]
     assert tpc(4, E=40) == 4 and tpc(2, E=40) == 0  # (8 channels a program divide 40, 16 do not)
     assert tpc(4, N=16, E=36) == 0 and tpc(8, N=8) == 8 and ts._onepass_tpc(

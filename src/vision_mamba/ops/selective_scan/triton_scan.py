@@ -73,7 +73,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
-        "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS"))
+        "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -172,10 +172,15 @@ def _read_config():
         # "Session 23" and "Session 24"): Vim-Ti's scan at 512 px / batch 32 0.587 -> 0.268 ms, 738 px / batch 32
         # 1.195 -> 0.549 (24,576 channels), 512 px / batch 24 0.439 -> 0.266 (18,432), 1248 px / batch 20 2.126 ->
         # 1.302 (15,360), batch 17 1.761 -> 1.293 (13,056: the smallest measured win); at 1024 and 1248 px / batch
-        # 16 (12,288 channels) 8% slower than chunked, at batch 1 7x slower
+        # 16 (12,288 channels) 8% slower than chunked, at batch 1 7x slower.
+        # onepass_min_channels_wide: the same for a dt rank padded past 16 (Vim-S's 24, Vim-B's 48), whose chunked
+        # launches are slower (twice the work for delta a step): Vim-S whole at 1248 px (docs/kernels.md, "Session
+        # 25"), one pass against chunked: batch 2 0.61x, 4 and 5 1.00x, 6 (9,216 channels: the smallest measured
+        # win) 1.12x, 8 1.57x, 9 1.59x; Vim-B not measured
         onepass_tpc=_env_int("VISION_MAMBA_TRITON_ONEPASS_TPC", -1),
         onepass_cpt=_env_int("VISION_MAMBA_TRITON_ONEPASS_CPT", 1),
         onepass_min_channels=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS", 13056),
+        onepass_min_channels_wide=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS_WIDE", 9216),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
         # 4 measured fastest (docs/kernels.md, "Session 17": the kernel at 224 px / batch 128 0.164 ms unstaged,
@@ -639,10 +644,13 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     """The lanes a channel (scan_fwd_onepass_gluon_kernel's TPC; ``onepass_cpt`` channels a thread) with which an
     inference forward that the plan splits into chunks runs instead in one pass, or 0 (chunked): ``onepass_tpc``
     where set (a power of two from 2 up to N and dt_low's padded width), by default (-1) 2 where the launch has at
-    least ``onepass_min_channels`` channels; E a multiple of the program's channels."""
+    least ``onepass_min_channels`` channels (``onepass_min_channels_wide`` for a dt rank over 16); E a multiple of
+    the program's channels."""
     tpc, cpt = cfg.get("onepass_tpc", 0), cfg.get("onepass_cpt", 1)
     if tpc < 0:
-        tpc = 2 if args.B * args.n_dirs * args.E >= cfg.get("onepass_min_channels", 13056) else 0
+        least = (cfg.get("onepass_min_channels_wide", 9216) if _next_pow2(args.R) > 16
+                 else cfg.get("onepass_min_channels", 13056))
+        tpc = 2 if args.B * args.n_dirs * args.E >= least else 0
     if tpc < 2:
         return 0
     if tpc & (tpc - 1) or tpc > min(args.N, max(2, _next_pow2(args.R))) or cpt < 1 or cpt & (cpt - 1):
