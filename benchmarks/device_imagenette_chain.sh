@@ -15,13 +15,21 @@
 # 16 MiB each: the students' weights, ~11-14 MB each in fp16, go to $OUT beside the tar, not in it), the
 # teacher's weights left out (ResNet-50-D in fp16: 51 MB, over the 16 MiB a returned file may have). KEEP_TEACHER=1
 # brings them back in parts instead ($OUT/teacher_fp16.safetensors.part00, 01, ...: `cat` them together here); a
-# later session carries the whole file as $RUNS/teacher/final.safetensors with an exit_status.txt of 0, so that
-# its chain starts with "teacher: already done".
+# later call carries the whole file and names it in TEACHER=<path> (with TEACHER_SHA256 to check it), which makes
+# it $RUNS/teacher/final.safetensors, a finished run: "teacher: already done", no teacher trained again.
 . "$(dirname "$0")/device_common.sh"  # strict mode, OUT, the repository root, PYTHONPATH, PY
 START=$(date +%s)
 BUDGET=${BUDGET:-575}
 export PYTHON=${PYTHON:-python3} RUNS=${RUNS:-runs/imagenette_fm} EVAL_SIZES=${EVAL_SIZES-}
 [ $# -gt 0 ] || { echo "error: give MODEL:EPOCHS arguments, e.g. teacher:200 deit_kds:450"; exit 2; }
+if [ -n "${TEACHER:-}" ] && [ "$(cat "$RUNS/teacher/exit_status.txt" 2>/dev/null)" != 0 ]; then
+  [ -f "$TEACHER" ] || { echo "error: TEACHER=$TEACHER: no such file"; exit 2; }
+  if [ -n "${TEACHER_SHA256:-}" ] && [ "$(sha256sum "$TEACHER" | cut -d' ' -f1)" != "$TEACHER_SHA256" ]; then
+    echo "error: TEACHER=$TEACHER does not have the sha256 $TEACHER_SHA256"; exit 2
+  fi
+  mkdir -p "$RUNS/teacher" && cp "$TEACHER" "$RUNS/teacher/final.safetensors" && echo 0 > "$RUNS/teacher/exit_status.txt"
+  echo "== teacher: the weights in $TEACHER"
+fi
 staging=$(mktemp -d)
 for job in "$@"; do
   model=${job%%:*}; epochs=${job##*:}

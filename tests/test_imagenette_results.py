@@ -111,3 +111,17 @@ def test_chain_script_continues_runs_over_calls(tmp_path):
     teacher = (runs / "teacher" / "final.safetensors").read_bytes()
     assert parts and b"".join(p.read_bytes() for p in parts) == teacher
     assert (tmp_path / "out4" / "teacher_fp16.sha256").read_text().strip() == hashlib.sha256(teacher).hexdigest()
+    # a later machine: TEACHER=<the joined parts> stands for the teacher's run (checked against its sha256), so
+    # no teacher is trained again
+    joined = tmp_path / "teacher_fp16.safetensors"
+    joined.write_bytes(teacher)
+    env["RUNS"] = str(tmp_path / "runs2")
+    bad = subprocess.run(["bash", str(REPO / "benchmarks" / "device_imagenette_chain.sh"), "teacher:2"],
+                         env=dict(env, OUT=str(tmp_path / "out5"), TEACHER=str(joined), TEACHER_SHA256="0" * 64),
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 2 and "does not have the sha256" in bad.stdout
+    stdout, _ = call(6, TEACHER=str(joined), TEACHER_SHA256=hashlib.sha256(teacher).hexdigest())
+    assert "teacher: already done" in stdout
+    assert (tmp_path / "runs2" / "teacher" / "final.safetensors").read_bytes() == teacher
+    assert [t.split("--output ")[1].split()[0] for t in log.read_text().splitlines()[4:]] == [
+        str(tmp_path / "runs2" / "deit_kds")]  # (the student next, as after a trained teacher)
