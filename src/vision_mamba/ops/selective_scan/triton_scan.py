@@ -560,7 +560,7 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
 
 
 class _GluonFailed(Exception):
-    """A Gluon kernel failed to compile here (Gluon is then off for the process): the scan runs again on Triton."""
+    """A Gluon kernel failed to build here (Gluon is then off for the process): the scan runs again on Triton."""
 
 
 def _compile_errors() -> tuple:
