@@ -7,9 +7,11 @@
 #   scan   the scan kernel alone where the plan chunks (1248 / 16, 1024 / 16, 738 / 32, 512 / 32, 1248 / 1): the
 #          chunked launches ({"onepass_tpc": 0}) against one pass at 2 and 4 lanes a channel, staged and not;
 #   bench  Vim-Ti's graphed bf16 inference at 224 / 128, 512 / 32, 738 / 32, 1024 / 16 and 1248 / 16 under each
-#          onepass_tpc setting in SETTINGS (0: chunked; -1: the default rule; 2, 4: lanes a channel), ROUNDS times
-#          in turn, and DeiT-Ti (FlashAttention) once; each run checks Vim's output against the torch backend before
+#          onepass_tpc setting in SETTINGS (0: chunked; -1: the default rule; 2, 4: lanes a channel; T:U also sets
+#          the staged kernel's steps a pass, onepass_unroll and gluon_staged_unroll, to U), ROUNDS times in turn,
+#          and DeiT-Ti (FlashAttention) once; each run checks Vim's output against the torch backend before
 #          timing it.
+# TEST_K picks the tests (default "onepass_tpc"), FORWARD_CONFIGS the scan's launch settings (a JSON list).
 #
 #   OUT=/path PYTHON=python3 bash benchmarks/device_inference_ab.sh
 #   OUT=/path PYTHON=python3 PARTS="bench" SETTINGS="0 2" ROUNDS=2 bash benchmarks/device_inference_ab.sh
@@ -29,20 +31,22 @@ nvidia-smi --query-gpu=name,clocks.max.sm --format=csv,noheader > "$OUT/gpu.txt"
 part() { [[ " $PARTS " == *" $1 "* ]]; }
 if part tests; then
   timeout "${TEST_SECONDS:-240}" "$PY" -u -m pytest -q -p no:cacheprovider tests/test_triton.py \
-    -k "onepass_tpc" > "$OUT/tests.txt" 2>&1
+    -k "${TEST_K:-onepass_tpc}" > "$OUT/tests.txt" 2>&1
   echo "tests: exit $? ($(tail -1 "$OUT/tests.txt"))"
 fi
+LANE_CONFIGS='[{"onepass_tpc": 0}, {"onepass_tpc": 2}, {"onepass_tpc": 4}, {"onepass_tpc": 4, "onepass_cpt": 2},
+               {"onepass_tpc": 2, "gluon_staged": 0}, {"onepass_tpc": 4, "gluon_staged": 0}]'
 if part scan; then
   rows=(); [ "${SCAN_ROWS_FP32:-1}" = 1 ] && rows=(--rows-fp32)  # (SCAN_ROWS_FP32=0: the kernel reads bf16 rows)
   timeout "${SCAN_SECONDS:-200}" "$PY" benchmarks/scan_kernels.py --no-conv "${rows[@]}" \
     --shapes "${SHAPES:-1248:16,1024:16,738:32,512:32,1248:1}" --backward-configs '[]' \
-    --forward-configs '[{"onepass_tpc": 0}, {"onepass_tpc": 2}, {"onepass_tpc": 4},
-                        {"onepass_tpc": 4, "onepass_cpt": 2}, {"onepass_tpc": 2, "gluon_staged": 0},
-                        {"onepass_tpc": 4, "gluon_staged": 0}]' \
+    --forward-configs "${FORWARD_CONFIGS:-$LANE_CONFIGS}" \
     --out "$OUT/scan_tpc.json" 2>&1 | tail -40
 fi
-bench() {  # name, models, onepass_tpc
-  VISION_MAMBA_TRITON_ONEPASS_TPC=$3 timeout 150 "$PY" -m vision_mamba.cli bench \
+bench() {  # name, models, onepass_tpc[:unroll]
+  local unroll=1; [[ "$3" == *:* ]] && unroll=${3#*:}
+  VISION_MAMBA_TRITON_ONEPASS_TPC=${3%%:*} VISION_MAMBA_TRITON_ONEPASS_UNROLL=$unroll \
+  VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL=$unroll timeout 150 "$PY" -m vision_mamba.cli bench \
     --device cuda --models "$2" --res "${BENCH_RES:-224,512,738,1024,1248}" --batch "${BENCH_BATCH:-128,32,32,16,16}" \
     --dtype bf16 --attn flash \
     --mode infer --graph on --max-row-time 6 --out "$OUT" --name "$1" --no-plot > "$OUT/$1.log" 2>&1
@@ -52,7 +56,7 @@ if part bench; then
   bench bench_deit "${BASELINE:-deit_tiny}" 0
   for round in $(seq 1 "$ROUNDS"); do
     for setting in $SETTINGS; do
-      bench "bench_tpc${setting}_$round" "${MODELS:-vim_tiny}" "$setting"
+      bench "bench_tpc${setting/:/u}_$round" "${MODELS:-vim_tiny}" "$setting"
     done
   done
 fi

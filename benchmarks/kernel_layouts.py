@@ -176,12 +176,15 @@ def main() -> int:
                    help="the Gluon scan kernels (gluon_kernels.py) instead of the Triton ones, x_proj's rows in fp32")
     p.add_argument("--save-every", type=int, default=0, help="steps between saved states (default: by length)")
     p.add_argument("--rows-fp32", action="store_true", help="x_proj's rows in fp32 (as --gluon has them)")
+    p.add_argument("--unroll", type=int, default=1,
+                   help="steps a pass of the staged inference kernel's loop (onepass_unroll, gluon_staged_unroll)")
     args = p.parse_args()
     fwd, bwd = _Capture(), _Capture()
     ts.scan_fwd_kernel, ts.scan_bwd_kernel = fwd, bwd
     cfg = dict(ts._config(), params_t=args.params_t, bwd_params_t=args.params_t, min_programs=0,
                gluon=int(args.gluon), gluon_bwd=int(args.gluon), save_every=args.save_every,
-               gluon_bwd_staged=0, gluon_train_staged=0)  # (the staged kernels: reported apart, below)
+               gluon_bwd_staged=0, gluon_train_staged=0,  # (the staged kernels: reported apart, below)
+               onepass_unroll=args.unroll, gluon_staged_unroll=args.unroll)
     if args.gluon:
         from vision_mamba.ops.selective_scan import gluon_kernels as gk
 

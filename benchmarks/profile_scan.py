@@ -13,6 +13,7 @@ With --conv, the depthwise conv's kernels instead (forward, and the backward's t
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 from pathlib import Path
 
@@ -63,6 +64,9 @@ def main():
     parser.add_argument("--conv", action="store_true",
                         help="profile the conv's forward and backward instead (as the mixer calls them: x a half of "
                              "in_proj's output; profile with --kernel-name regex:conv_)")
+    parser.add_argument("--infer-configs", type=json.loads, default=None,
+                        help='only inference forwards, one under each of these launch settings over the defaults '
+                             '(a JSON list, e.g. \'[{"onepass_tpc": 2}, {"onepass_tpc": 2, "onepass_unroll": 4}]\')')
     args = parser.parse_args()
     if args.conv:
         return profile_conv(args.batch, args.length)
@@ -71,6 +75,18 @@ def main():
     xs, z, dbl, w, bias, alog, dd = make_inputs(batch, length, torch.bfloat16, torch.device("cuda"), rows_dtype=rows)
     scan_args = ts._bi_args(xs, z, dbl[0], dbl[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1], dd[0], dd[1],
                             R, N)
+    if args.infer_configs is not None:
+        cfgs = [dict(ts._config(), **c) for c in args.infer_configs]
+        for cfg in cfgs + cfgs:  # compile and warm up
+            ts.scan_forward(scan_args, torch.bfloat16, save_states=False, config=cfg)
+        torch.cuda.synchronize()
+        compiled_info()
+        torch.cuda.cudart().cudaProfilerStart()
+        for cfg in cfgs:
+            ts.scan_forward(scan_args, torch.bfloat16, save_states=False, config=cfg)
+        torch.cuda.synchronize()
+        torch.cuda.cudart().cudaProfilerStop()
+        return None
     gy = torch.randn(batch, length, 2, E, device="cuda", dtype=torch.bfloat16)
     for _ in range(2):  # compile and warm up
         ts.scan_forward(scan_args, torch.bfloat16, save_states=False)

@@ -134,13 +134,17 @@ def main() -> int:
         # the one-pass forward staged through shared memory, on the model's padded fp32 rows: inference, and the
         # training forward saving the states for the Gluon backward
         staged_kernel = gk.scan_fwd_staged_gluon_kernel
-        for B, L, stage, save in ((2, 197, 8, False), (1, 5, 4, False), (2, 197, 4, True), (1, 9, 8, True)):
+        # (inference also several steps a pass of its loop, UNROLL; never the training forward)
+        for B, L, stage, save, unroll in ((2, 197, 8, False, 1), (1, 5, 4, False, 1), (2, 197, 4, True, 1),
+                                          (1, 9, 8, True, 1), (2, 197, 4, False, 2), (2, 197, 8, True, 2)):
             cap = _Capture()
             gk.scan_fwd_staged_gluon_kernel = cap
             ts.scan_forward(padded_args(B, L), torch.bfloat16, save_states=save,
-                            config=dict(ts._config(), min_programs=0, gluon_staged=stage, gluon_train_staged=stage))
+                            config=dict(ts._config(), min_programs=0, gluon_staged=stage, gluon_train_staged=stage,
+                                        gluon_staged_unroll=unroll))
             gk.scan_fwd_staged_gluon_kernel = staged_kernel
             assert len(cap.calls) == 1 and cap.calls[0][1]["SAVE_STATES"] == save, len(cap.calls)
+            assert cap.calls[0][1].get("UNROLL", 1) == (1 if save else unroll), cap.calls[0][1].get("UNROLL")
             ptx = compile_call(staged_kernel, cap.calls[0])
             assert "cp.async" in ptx and "ex2.approx" in ptx and "shfl.sync" not in ptx
             checked += 1
@@ -183,14 +187,16 @@ def main() -> int:
     # programs copy more steps at a time (_tpc_stage: a warp's copies of a step cover 32 / (16-byte vectors a row)
     # rows)
     onepass = gk.scan_fwd_onepass_gluon_kernel
-    for tpc, cpt, stage, expect_stage in ((2, 1, 0, 0), (4, 1, 0, 0), (4, 2, 0, 0), (8, 1, 0, 0), (2, 1, 4, 16),
-                                          (4, 1, 4, 32), (4, 2, 4, 16), (4, 2, 32, 32)):
+    # (and staged, several steps a pass of the loop: UNROLL, each step's shuffles and predicated store repeated)
+    for tpc, cpt, stage, expect_stage, unroll in (
+            (2, 1, 0, 0, 1), (4, 1, 0, 0, 1), (4, 2, 0, 0, 1), (8, 1, 0, 0, 1), (2, 1, 4, 16, 1), (4, 1, 4, 32, 1),
+            (4, 2, 4, 16, 1), (4, 2, 32, 32, 1), (2, 1, 4, 16, 2), (2, 1, 4, 16, 4)):
         caps = {name: _Capture() for name in ("scan_fwd_onepass_gluon_kernel", "scan_fwd_staged_gluon_kernel")}
         for name, cap in caps.items():
             setattr(gk, name, cap)
         ts.scan_forward(padded_args(1, 300), torch.bfloat16, save_states=False,
                         config=dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, onepass_cpt=cpt,
-                                    gluon_staged=stage))
+                                    gluon_staged=stage, onepass_unroll=unroll))
         gk.scan_fwd_onepass_gluon_kernel, gk.scan_fwd_staged_gluon_kernel = onepass, staged_kernel
         name = "scan_fwd_staged_gluon_kernel" if expect_stage else "scan_fwd_onepass_gluon_kernel"
         calls = caps[name].calls
@@ -199,10 +205,11 @@ def main() -> int:
         kwargs = calls[0][1]
         assert kwargs["TPC"] == tpc and kwargs["BLOCK_E"] == 32 * cpt // tpc, kwargs
         assert kwargs.get("STAGE", 0) == expect_stage, kwargs.get("STAGE")
+        assert kwargs.get("UNROLL", 1) == unroll, kwargs.get("UNROLL")
         ptx = compile_call(getattr(gk, name), calls[0])
         assert ".entry" in ptx and "ex2.approx" in ptx
         assert ("cp.async" in ptx) == bool(expect_stage) and ("bar.sync" in ptx) == bool(expect_stage)
-        shuffles = 2 * (tpc.bit_length() - 1) * cpt
+        shuffles = 2 * (tpc.bit_length() - 1) * cpt * unroll
         assert ptx.count("shfl.sync") == shuffles, (tpc, cpt, ptx.count("shfl.sync"), shuffles)
         stores = [line.strip() for line in ptx.splitlines() if "st.global" in line]
         assert stores and all(re.match(r"@%p\d+ st\.global\.", line) for line in stores), stores

@@ -655,7 +655,7 @@ def test_gluon_dispatch_rule(monkeypatch):
     monkeypatch.setattr(gluon_kernels, "AVAILABLE", True)
     monkeypatch.setattr(ts, "_gluon_device", lambda device: True)
     for name in ("GLUON", "GLUON_BWD", "SAVE_EVERY", "GLUON_SMEM_STEPS", "BLOCK_E", "BWD_BLOCK_E", "ONEPASS_TPC",
-                 "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE"):
+                 "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE", "ONEPASS_MIN_CHANNELS_4LANES"):
         monkeypatch.delenv(f"VISION_MAMBA_TRITON_{name}", raising=False)
     cfg = ts._config()
 
@@ -699,19 +699,21 @@ def test_gluon_dispatch_rule(monkeypatch):
     assert [ts._gluon_smem(cfg, n) for n in (5, 8, 16)] == [False, True, False]
     # inference the plan would chunk, in one pass with a channel's states over onepass_tpc lanes: by default 2
     # lanes where the launch has at least 13,056 channels (batch x 2 directions x E: Vim-Ti from batch 17), or
-    # 9,216 where dt_low is wider than 16 (Vim-S's rank 24: from batch 6; Vim-B's 48: from batch 3), else chunked;
-    # where set, a power of two up to N and dt_low's padded width (16 here), 32 * onepass_cpt / tpc channels a
-    # program dividing E
+    # 9,216 where dt_low is wider than 16 (Vim-S's rank 24: from batch 6; Vim-B's 48: from batch 3); 4 lanes
+    # from 12,288 channels below that (rank up to 16: Vim-Ti's batch 16); else chunked; where set, a power of two
+    # up to N and dt_low's padded width (16 here), 32 * onepass_cpt / tpc channels a program dividing E
     tpc = lambda t, c=1, **kw: ts._onepass_tpc(dict(cfg, onepass_tpc=t, onepass_cpt=c), args_for(6085, **kw),
                                                dev)  # noqa: E731
     assert cfg["onepass_tpc"] == -1 and cfg["onepass_min_channels"] == 13056
-    assert cfg["onepass_min_channels_wide"] == 9216
-    assert [tpc(-1), tpc(-1, B=16), tpc(-1, B=17), tpc(-1, B=32), tpc(-1, B=8, E=768), tpc(-1, B=9, E=768)] == [
-        0, 0, 2, 2, 0, 2]  # (rank 12)
+    assert cfg["onepass_min_channels_wide"] == 9216 and cfg["onepass_min_channels_4lanes"] == 12288
+    assert cfg["onepass_unroll"] == 4 and cfg["gluon_staged_unroll"] == 4
+    assert [tpc(-1), tpc(-1, B=15), tpc(-1, B=16), tpc(-1, B=17), tpc(-1, B=32), tpc(-1, B=8, E=768),
+            tpc(-1, B=9, E=768)] == [0, 0, 4, 2, 2, 4, 2]  # (rank 12)
+    assert ts._onepass_tpc(dict(cfg, onepass_min_channels_4lanes=1 << 20), args_for(6085, B=16), dev) == 0
     vim_s = [tpc(-1, B=b, E=768, R=24) for b in (1, 2, 4, 5, 6, 8, 16)]
     vim_b = [tpc(-1, B=b, E=1536, R=48) for b in (1, 2, 3)]
     assert vim_s == [0, 0, 0, 0, 2, 2, 2] and vim_b == [0, 0, 2]
-    assert tpc(-1, B=16, R=16) == 0 and tpc(-1, B=16, R=17) == 2  # (the rank padded past 16)
+    assert tpc(-1, B=12, R=16) == 0 and tpc(-1, B=12, R=17) == 2  # (the rank padded past 16)
     assert ts._onepass_tpc(dict(cfg, onepass_min_channels=768), args_for(6085), dev) == 2
     assert ts._onepass_tpc(dict(cfg, onepass_min_channels_wide=1 << 20), args_for(6085, B=16, E=768, R=24), dev) == 0
     assert [tpc(0), tpc(0, B=32), tpc(2), tpc(4), tpc(4, 2), tpc(8), tpc(16)] == [0, 0, 2, 4, 4, 8, 16]
@@ -993,6 +995,47 @@ def test_gluon_onepass_tpc_matches(length, batch, dtype, E, tpc, cpt, stage, mon
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert y.dtype == dtype and torch.isfinite(y).all()
     assert rel_err(y, ref) < tol and rel_err(y, y_chunked) < tol
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("unroll", [2, 4])
+@pytest.mark.parametrize("tpc", [1, 2, 4])
+@pytest.mark.parametrize("length,batch,dtype", [
+    (1, 1, torch.bfloat16), (7, 2, torch.float32), (63, 3, torch.bfloat16), (197, 2, torch.float32),
+    (730, 3, torch.bfloat16), (6085, 1, torch.bfloat16)])
+def test_gluon_staged_unroll_matches(length, batch, dtype, tpc, unroll, monkeypatch):
+    # the staged inference forward with several steps a pass of its loop (UNROLL; the lengths leave a partial
+    # last pass, whose steps past the end store nothing): against the fp32 reference and the same launch a step
+    # a pass, with a thread a channel (one pass, gluon_staged_unroll) and with tpc lanes a channel (a length the
+    # plan chunks, onepass_unroll)
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if not gluon_kernels.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    unrolls = []
+    original = ts._launch_gluon_onepass
+    monkeypatch.setattr(ts, "_launch_gluon_onepass",
+                        lambda *a, **k: (unrolls.append((k.get("tpc", 1), k.get("unroll", 1))), original(*a, **k))[1])
+    if tpc == 1:
+        cfg = dict(ts._config(), min_programs=0, gluon_staged=4)
+    else:
+        cfg = dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, gluon_staged=4)
+    lanes = tpc if ts._forward_plan(cfg, batch, length, 384, 2, DEVICE)[3] > 1 else 1  # (short: not chunked)
+    staged = record_results(monkeypatch, ts, "_tpc_stage" if lanes > 1 else "_staged_fits")
+    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + 7 * unroll, width=48)
+    with torch.no_grad():
+        ref = bi_scan_reference(*inputs)
+        y1 = ts._TritonBiScan.apply(*inputs, False, cfg)
+        y = ts._TritonBiScan.apply(*inputs, False, dict(cfg, onepass_unroll=unroll, gluon_staged_unroll=unroll))
+    assert unrolls == [(lanes, 1), (lanes, unroll)], unrolls
+    assert len(staged) == 2 and all(staged)  # (the staged kernel ran, both times)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert rel_err(y, ref) < tol
+    # the same arithmetic a step, but for the compiler's choice of fused multiply-adds: bf16 outputs may round
+    # the other way in a few places
+    assert rel_err(y, y1) < (1e-5 if dtype == torch.float32 else 1e-3)
 
 
 @pytest.mark.gpu

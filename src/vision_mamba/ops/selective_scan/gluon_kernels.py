@@ -361,6 +361,7 @@ if gluon is not None:
         stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
         B_COL: gl.constexpr, C_COL: gl.constexpr, STAGE: gl.constexpr, RW: gl.constexpr, VX: gl.constexpr,
         VR: gl.constexpr, SAVE_STATES: gl.constexpr, SAVE_EVERY: gl.constexpr, TPC: gl.constexpr = 1,
+        UNROLL: gl.constexpr = 1,
     ):
         """The one-pass inference forward of ``scan_fwd_onepass_gluon_kernel`` with its inputs staged through
         shared memory: x, z and x_proj's rows for STAGE steps at a time arrive by asynchronous copies (cp.async)
@@ -376,7 +377,12 @@ if gluon is not None:
         blocks, E, N], a thread's states contiguous, for the Gluon backward).
 
         TPC > 1: each channel's states over TPC lanes, as in ``scan_fwd_onepass_gluon_kernel`` (the copies'
-        layouts do not change: a warp's copies must not cover more than STAGE rows, _staged_fits)."""
+        layouts do not change: a warp's copies must not cover more than STAGE rows, _staged_fits).
+
+        UNROLL (inference; a divisor of STAGE): that many steps a pass of the loop, in one block of straight code,
+        so that the compiler can schedule a step's loads, delta and decays while the step before waits on its
+        own: only h carries from step to step. Where a launch has few warps an SM (long sequences in one pass at
+        small batches) a step's chain of dependent instructions, not the issue rate, sets its time."""
         NW: gl.constexpr = gl.num_warps()
         CPT: gl.constexpr = BLOCK_E * TPC // (32 * NW)
         tile: gl.constexpr = gl.BlockedLayout([CPT, N // TPC], [32 // TPC, TPC], [NW, 1], [1, 0])
@@ -426,32 +432,38 @@ if gluon is not None:
         _stage_steps(x_buf.index(0), z_buf.index(0), r_buf.index(0), x_base, z_base, row_base, b, L, 0, rev,
                      stride_x_l, stride_z_l, stride_row, C_COL + N, x_ld, r_ld)
         async_copy.commit_group()
-        for s in range(0, L):
-            if s % STAGE == 0:  # this chunk's copies are done; the next chunk's start (into the other buffer)
+        for s0 in range(0, L, UNROLL):
+            if s0 % STAGE == 0:  # this chunk's copies are done; the next chunk's start (into the other buffer)
                 async_copy.wait_group(0)
                 _barrier()  # (and every thread is done reading that buffer's previous chunk)
-                nxt = (s // STAGE + 1) % 2
+                nxt = (s0 // STAGE + 1) % 2
                 _stage_steps(x_buf.index(nxt), z_buf.index(nxt), r_buf.index(nxt), x_base, z_base, row_base, b,
-                             L, s + STAGE, rev, stride_x_l, stride_z_l, stride_row, C_COL + N, x_ld, r_ld)
+                             L, s0 + STAGE, rev, stride_x_l, stride_z_l, stride_row, C_COL + N, x_ld, r_ld)
                 async_copy.commit_group()
-            i = s % (2 * STAGE)
-            row = r_rows.index(i)
-            da = row.slice(0, BLOCK_R).load(wr).to(gl.float32)
-            ba = row.slice(B_COL, N).load(st).to(gl.float32)
-            ca = row.slice(C_COL, N).load(st).to(gl.float32)
-            xv = x_rows.index(i).load(ch).to(gl.float32)
-            zv = z_rows.index(i).load(ch).to(gl.float32)
-            raw = gl.convert_layout(gl.sum(w * gl.expand_dims(da, 0), axis=1), ch) + bias
-            delta = _softplus(raw)
-            h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h + gl.expand_dims(delta * xv, 1) * gl.expand_dims(ba, 0)
-            if SAVE_STATES:  # the state entering the next block, as it leaves this step
-                s1 = s + 1
-                if (s1 % SAVE_EVERY == 0) & (s1 < L):
-                    gl.store(hsave_base + (s1 // SAVE_EVERY) * stride_s_c, h)
-            yv = gl.sum(h * gl.expand_dims(ca, 0), axis=1) + dskip * xv
-            yv = yv * zv * _sigmoid(zv)
-            t = gl.where(rev, L - 1 - s, s)
-            gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty))
+            for u in gl.static_range(UNROLL):
+                s = s0 + u
+                i = s % (2 * STAGE)
+                row = r_rows.index(i)
+                da = row.slice(0, BLOCK_R).load(wr).to(gl.float32)
+                ba = row.slice(B_COL, N).load(st).to(gl.float32)
+                ca = row.slice(C_COL, N).load(st).to(gl.float32)
+                xv = x_rows.index(i).load(ch).to(gl.float32)
+                zv = z_rows.index(i).load(ch).to(gl.float32)
+                raw = gl.convert_layout(gl.sum(w * gl.expand_dims(da, 0), axis=1), ch) + bias
+                delta = _softplus(raw)
+                h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
+                    + gl.expand_dims(delta * xv, 1) * gl.expand_dims(ba, 0)
+                if SAVE_STATES:  # the state entering the next block, as it leaves this step
+                    s1 = s + 1
+                    if (s1 % SAVE_EVERY == 0) & (s1 < L):
+                        gl.store(hsave_base + (s1 // SAVE_EVERY) * stride_s_c, h)
+                yv = gl.sum(h * gl.expand_dims(ca, 0), axis=1) + dskip * xv
+                yv = yv * zv * _sigmoid(zv)
+                t = gl.where(rev, L - 1 - s, s)
+                if UNROLL == 1:
+                    gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty))
+                else:  # (the steps after the last: zeros staged, nothing stored)
+                    gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty), mask=(offs_e >= 0) & (s < L))
         async_copy.wait_group(0)  # (the copies of the chunk after the last, all masked)
 
     @gluon.jit

@@ -73,7 +73,8 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
-        "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE"))
+        "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
+        "ONEPASS_MIN_CHANNELS_4LANES", "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -181,6 +182,19 @@ def _read_config():
         onepass_cpt=_env_int("VISION_MAMBA_TRITON_ONEPASS_CPT", 1),
         onepass_min_channels=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS", 13056),
         onepass_min_channels_wide=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS_WIDE", 9216),
+        # onepass_min_channels_4lanes: below onepass_min_channels (a dt rank up to 16), 4 lanes a channel from
+        # this many channels (twice the warps; measured with onepass_unroll 4 on an H100, docs/kernels.md "Session
+        # 26": Vim-Ti's scan at 1248 and 1024 px / batch 16, 12,288 channels, 1.184 -> 1.048 and 0.809 -> 0.708 ms;
+        # the whole model +8.9% and +8.8%; at 6,144 channels chunked stays faster, 0.632 against 0.770 ms)
+        onepass_min_channels_4lanes=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS_4LANES", 12288),
+        # steps a pass of the staged kernel's loop (scan_fwd_staged_gluon_kernel's UNROLL: straight code the
+        # compiler can overlap, step after step) for those launches with lanes a channel (onepass_unroll), and
+        # for one-pass inference launches with a thread a channel (gluon_staged_unroll); 1: a step a pass. 4 for
+        # both, measured on an H100 (docs/kernels.md, "Session 26"): 2 lanes at 738 px / batch 32 0.549 -> 0.512
+        # ms, 1248 px / batch 24 1.559 -> 1.458 ms (the whole Vim-Ti at 512 px / batch 32 +6.3%); a thread a
+        # channel at 224 px / batch 128 0.134 -> 0.132 ms (+0.6%)
+        onepass_unroll=_env_int("VISION_MAMBA_TRITON_ONEPASS_UNROLL", 4),
+        gluon_staged_unroll=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL", 4),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
         # 4 measured fastest (docs/kernels.md, "Session 17": the kernel at 224 px / batch 128 0.164 ms unstaged,
@@ -496,11 +510,12 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
     n_save = _cdiv(L, save_every)
     kind = _gluon_forward_kind(cfg, args, dev, block_e, n_chunks, save_states)
     if kind == "onepass" and n_chunks == 1 and not save_states:  # (inference: none of the plan below is needed)
-        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0))
+        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), unroll=cfg.get("gluon_staged_unroll", 1))
         return y, None
     tpc = _onepass_tpc(cfg, args, dev) if n_chunks > 1 and not save_states else 0
     if tpc:  # (inference that would be chunked: one pass with a channel's states over several lanes instead)
-        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=tpc, cpt=cfg.get("onepass_cpt", 1))
+        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=tpc, cpt=cfg.get("onepass_cpt", 1),
+                              unroll=cfg.get("onepass_unroll", 1))
         return y, None
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
@@ -644,13 +659,16 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     """The lanes a channel (scan_fwd_onepass_gluon_kernel's TPC; ``onepass_cpt`` channels a thread) with which an
     inference forward that the plan splits into chunks runs instead in one pass, or 0 (chunked): ``onepass_tpc``
     where set (a power of two from 2 up to N and dt_low's padded width), by default (-1) 2 where the launch has at
-    least ``onepass_min_channels`` channels (``onepass_min_channels_wide`` for a dt rank over 16); E a multiple of
+    least ``onepass_min_channels`` channels (``onepass_min_channels_wide`` for a dt rank over 16), 4 where it
+    has fewer but at least ``onepass_min_channels_4lanes`` (a dt rank up to 16); E a multiple of
     the program's channels."""
     tpc, cpt = cfg.get("onepass_tpc", 0), cfg.get("onepass_cpt", 1)
     if tpc < 0:
-        least = (cfg.get("onepass_min_channels_wide", 9216) if _next_pow2(args.R) > 16
-                 else cfg.get("onepass_min_channels", 13056))
-        tpc = 2 if args.B * args.n_dirs * args.E >= least else 0
+        channels, wide = args.B * args.n_dirs * args.E, _next_pow2(args.R) > 16
+        least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 13056)
+        tpc = 2 if channels >= least else 0
+        if not tpc and not wide and channels >= cfg.get("onepass_min_channels_4lanes", 12288):
+            tpc = 4
     if tpc < 2:
         return 0
     if tpc & (tpc - 1) or tpc > min(args.N, max(2, _next_pow2(args.R))) or cpt < 1 or cpt & (cpt - 1):
@@ -768,15 +786,20 @@ def _tpc_stage(args: _ScanArgs, stage: int, rows: Tensor, block_e: int) -> int:
 
 @_gluon_launch
 def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Optional[Tensor] = None,
-                          save_every: int = 0, maxnreg: int = 0, tpc: int = 1, cpt: int = 1) -> bool:
+                          save_every: int = 0, maxnreg: int = 0, tpc: int = 1, cpt: int = 1,
+                          unroll: int = 1) -> bool:
     """The one-pass Gluon forward (64 channels a program, one warp): staged (scan_fwd_staged_gluon_kernel) where
     ``stage`` is set and _staged_fits allows, else scan_fwd_onepass_gluon_kernel. With ``hsave`` (the training
     forward: [B, 2, blocks, N, E] views of [..., E, N] storage) only the staged kernel saves states, under the
     register cap ``maxnreg`` (0: none): whether it ran is returned, and nothing is launched where it does not
     apply. ``tpc`` > 1 (inference only): either kernel with each channel's states split over that many lanes,
     ``cpt`` channels a thread (32 * cpt / tpc channels a program; :func:`_onepass_tpc`), staged at the
-    stage :func:`_tpc_stage` finds from ``stage`` up."""
+    stage :func:`_tpc_stage` finds from ``stage`` up. ``unroll`` (inference, staged): steps a pass of the staged
+    kernel's loop, a power of two up to the stage."""
     from . import gluon_kernels
+
+    if unroll < 1 or unroll & (unroll - 1):
+        raise ValueError(f"the staged kernel's unroll must be a power of two, got {unroll}")
 
     x, z, rows = args.x, args.z, args.dt[0]
     B, L, E, N, R = args.B, args.L, args.E, args.N, args.R
@@ -797,7 +820,7 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
             rw, vx, vr = _staged_fits(args, stage, rows, block_e)
             fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
                 *common, _dummy(x.device), 0, 0, 0, STAGE=stage, RW=rw, VX=vx, VR=vr, SAVE_STATES=False,
-                SAVE_EVERY=1, TPC=tpc, **flags)
+                SAVE_EVERY=1, TPC=tpc, UNROLL=min(unroll, stage), **flags)
         else:
             fast(gluon_kernels.scan_fwd_onepass_gluon_kernel)[(B * (E // block_e), 1, 2)](*common, TPC=tpc, **flags)
         return True
@@ -808,7 +831,8 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
             save = dict(SAVE_STATES=True, SAVE_EVERY=save_every, **_maxnreg(maxnreg))
             s_args = (hsave, hsave.stride(0), hsave.stride(1), hsave.stride(2))
         else:
-            save, s_args = dict(SAVE_STATES=False, SAVE_EVERY=1), (_dummy(x.device), 0, 0, 0)
+            save = dict(SAVE_STATES=False, SAVE_EVERY=1, UNROLL=min(unroll, stage))
+            s_args = (_dummy(x.device), 0, 0, 0)
         fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
             *common, *s_args, STAGE=stage, RW=rw, VX=vx, VR=vr, **save, **flags)
         return True
