@@ -8,7 +8,8 @@
 #          chunked launches ({"onepass_tpc": 0}) against one pass at 2 and 4 lanes a channel, staged and not;
 #   bench  Vim-Ti's graphed bf16 inference at 224 / 128, 512 / 32, 738 / 32, 1024 / 16 and 1248 / 16 under each
 #          onepass_tpc setting in SETTINGS (0: chunked; -1: the default rule; 2, 4: lanes a channel; T:U also sets
-#          the staged kernel's steps a pass, onepass_unroll and gluon_staged_unroll, to U), ROUNDS times in turn,
+#          the staged kernel's steps a pass, onepass_unroll and gluon_staged_unroll, to U, and T:U:1 turns
+#          onepass_share on; unset, they are 1 and 0), ROUNDS times in turn,
 #          and DeiT-Ti (FlashAttention) once; each run checks Vim's output against the torch backend before
 #          timing it.
 # TEST_K picks the tests (default "onepass_tpc"), FORWARD_CONFIGS the scan's launch settings (a JSON list).
@@ -43,10 +44,12 @@ if part scan; then
     --forward-configs "${FORWARD_CONFIGS:-$LANE_CONFIGS}" \
     --out "$OUT/scan_tpc.json" 2>&1 | tail -40
 fi
-bench() {  # name, models, onepass_tpc[:unroll]
-  local unroll=1; [[ "$3" == *:* ]] && unroll=${3#*:}
-  VISION_MAMBA_TRITON_ONEPASS_TPC=${3%%:*} VISION_MAMBA_TRITON_ONEPASS_UNROLL=$unroll \
-  VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL=$unroll timeout 150 "$PY" -m vision_mamba.cli bench \
+bench() {  # name, models, onepass_tpc[:unroll[:share]]
+  local tpc unroll share
+  IFS=: read -r tpc unroll share <<< "$3"
+  VISION_MAMBA_TRITON_ONEPASS_TPC=$tpc VISION_MAMBA_TRITON_ONEPASS_UNROLL=${unroll:-1} \
+  VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL=${unroll:-1} VISION_MAMBA_TRITON_ONEPASS_SHARE=${share:-0} \
+  timeout 150 "$PY" -m vision_mamba.cli bench \
     --device cuda --models "$2" --res "${BENCH_RES:-224,512,738,1024,1248}" --batch "${BENCH_BATCH:-128,32,32,16,16}" \
     --dtype bf16 --attn flash \
     --mode infer --graph on --max-row-time 6 --out "$OUT" --name "$1" --no-plot > "$OUT/$1.log" 2>&1
@@ -56,7 +59,7 @@ if part bench; then
   bench bench_deit "${BASELINE:-deit_tiny}" 0
   for round in $(seq 1 "$ROUNDS"); do
     for setting in $SETTINGS; do
-      bench "bench_tpc${setting/:/u}_$round" "${MODELS:-vim_tiny}" "$setting"
+      bench "bench_tpc${setting//:/_}_$round" "${MODELS:-vim_tiny}" "$setting"
     done
   done
 fi

@@ -262,16 +262,20 @@ def main() -> int:
         if cap.calls:
             inference.append(("backward, staged", staged_bwd, cap.calls[0]))
         # inference that the plan would chunk, in one pass with a channel's states over TPC lanes (onepass_tpc;
-        # the plan is made to chunk here by asking for more programs than the shape has), unstaged and staged
-        for tpc, cpt, stage in ((2, 1, 0), (4, 1, 0), (4, 2, 0), (8, 1, 0), (2, 1, 4), (4, 1, 4), (4, 2, 4)):
+        # the plan is made to chunk here by asking for more programs than the shape has), unstaged, staged, and
+        # staged with the lanes sharing the channel's work of a step (onepass_share: 8 steps a pass)
+        for tpc, cpt, stage, share in ((2, 1, 0, 0), (4, 1, 0, 0), (4, 2, 0, 0), (8, 1, 0, 0), (2, 1, 4, 0),
+                                       (4, 1, 4, 0), (4, 2, 4, 0), (2, 1, 4, 8), (4, 1, 4, 8)):
             kernel = gk.scan_fwd_staged_gluon_kernel if stage else gk.scan_fwd_onepass_gluon_kernel
+            kernel = gk.scan_fwd_lanes_gluon_kernel if share else kernel
             cap = _Capture()
             setattr(gk, kernel.__name__, cap)
             ts.scan_forward(inf_args, bf, save_states=False,
                             config=dict(cfg, gluon=-1, min_programs=1 << 20, onepass_tpc=tpc, onepass_cpt=cpt,
-                                        gluon_staged=stage))
+                                        gluon_staged=stage, onepass_share=share))
             setattr(gk, kernel.__name__, kernel)
             staged = f", staged {cap.calls[0][1]['STAGE']}" if stage else ""
+            staged += f", shared over {cap.calls[0][1]['U']} steps" if share else ""
             inference.append((f"forward, one pass, {tpc} lanes a channel, {cpt} a thread{staged} (inference)", kernel,
                               cap.calls[0]))
     with tempfile.TemporaryDirectory() as tmp:

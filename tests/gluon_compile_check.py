@@ -196,7 +196,7 @@ def main() -> int:
             setattr(gk, name, cap)
         ts.scan_forward(padded_args(1, 300), torch.bfloat16, save_states=False,
                         config=dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, onepass_cpt=cpt,
-                                    gluon_staged=stage, onepass_unroll=unroll))
+                                    gluon_staged=stage, onepass_unroll=unroll, onepass_share=0))
         gk.scan_fwd_onepass_gluon_kernel, gk.scan_fwd_staged_gluon_kernel = onepass, staged_kernel
         name = "scan_fwd_staged_gluon_kernel" if expect_stage else "scan_fwd_onepass_gluon_kernel"
         calls = caps[name].calls
@@ -211,6 +211,26 @@ def main() -> int:
         assert ("cp.async" in ptx) == bool(expect_stage) and ("bar.sync" in ptx) == bool(expect_stage)
         shuffles = 2 * (tpc.bit_length() - 1) * cpt * unroll
         assert ptx.count("shfl.sync") == shuffles, (tpc, cpt, ptx.count("shfl.sync"), shuffles)
+        stores = [line.strip() for line in ptx.splitlines() if "st.global" in line]
+        assert stores and all(re.match(r"@%p\d+ st\.global\.", line) for line in stores), stores
+        checked += 1
+    # the same with the lanes of a channel sharing its work of a step (onepass_share: scan_fwd_lanes_gluon_kernel,
+    # max(onepass_share, tpc) steps a pass): per step, delta's sum to every lane of the channel and y's sum over them,
+    # log2(TPC) shuffles each, and nothing else crosses lanes; each lane stores its own steps (predicated)
+    lanes_kernel = gk.scan_fwd_lanes_gluon_kernel
+    for tpc, unroll, expect_u in ((2, 1, 2), (2, 4, 4), (4, 4, 4), (4, 8, 8)):
+        cap = _Capture()
+        gk.scan_fwd_lanes_gluon_kernel = cap
+        ts.scan_forward(padded_args(1, 300), torch.bfloat16, save_states=False,
+                        config=dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, onepass_share=unroll))
+        gk.scan_fwd_lanes_gluon_kernel = lanes_kernel
+        assert len(cap.calls) == 1, len(cap.calls)
+        kwargs = cap.calls[0][1]
+        assert kwargs["TPC"] == tpc and kwargs["U"] == expect_u and kwargs["BLOCK_E"] == 32 // tpc, kwargs
+        ptx = compile_call(lanes_kernel, cap.calls[0])
+        assert "cp.async" in ptx and ".entry" in ptx and "ex2.approx" in ptx
+        shuffles = 2 * (tpc.bit_length() - 1) * expect_u
+        assert ptx.count("shfl.sync") == shuffles, (tpc, unroll, ptx.count("shfl.sync"), shuffles)
         stores = [line.strip() for line in ptx.splitlines() if "st.global" in line]
         assert stores and all(re.match(r"@%p\d+ st\.global\.", line) for line in stores), stores
         checked += 1

@@ -655,7 +655,7 @@ def test_gluon_dispatch_rule(monkeypatch):
     monkeypatch.setattr(gluon_kernels, "AVAILABLE", True)
     monkeypatch.setattr(ts, "_gluon_device", lambda device: True)
     for name in ("GLUON", "GLUON_BWD", "SAVE_EVERY", "GLUON_SMEM_STEPS", "BLOCK_E", "BWD_BLOCK_E", "ONEPASS_TPC",
-                 "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE", "ONEPASS_MIN_CHANNELS_4LANES"):
+                 "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE", "ONEPASS_UNROLL", "ONEPASS_SHARE"):
         monkeypatch.delenv(f"VISION_MAMBA_TRITON_{name}", raising=False)
     cfg = ts._config()
 
@@ -697,19 +697,29 @@ def test_gluon_dispatch_rule(monkeypatch):
                                                                              16, False)
     assert rows(128, 197, c=dict(cfg, gluon=0, rows_fp32=1))
     assert [ts._gluon_smem(cfg, n) for n in (5, 8, 16)] == [False, True, False]
+    # steps a pass that are not powers of two: a clear error before anything is launched
+    for bad in (dict(unroll=3), dict(unroll=0), dict(share=6), dict(share=-2)):
+        with pytest.raises(ValueError, match="powers of two"):
+            ts._launch_gluon_onepass(args_for(197), None, 4, tpc=2, **bad)
+    # one-pass inference with a thread a channel: gluon_staged_unroll steps a pass of the staged kernel where the
+    # dt rank is up to 16 (Vim-Ti), one where it is wider (Vim-S: measured slower with 4)
+    unrolls = []
+    monkeypatch.setattr(ts, "_launch_gluon_onepass", lambda *a, **k: unrolls.append(k.get("unroll")) or True)
+    for R in (12, 16, 24):
+        ts.scan_forward(args_for(197, B=2, R=R), torch.float32, save_states=False, config=dict(cfg, min_programs=0))
+    assert unrolls == [4, 4, 1], unrolls
     # inference the plan would chunk, in one pass with a channel's states over onepass_tpc lanes: by default 2
-    # lanes where the launch has at least 13,056 channels (batch x 2 directions x E: Vim-Ti from batch 17), or
-    # 9,216 where dt_low is wider than 16 (Vim-S's rank 24: from batch 6; Vim-B's 48: from batch 3); 4 lanes
-    # from 12,288 channels below that (rank up to 16: Vim-Ti's batch 16); else chunked; where set, a power of two
-    # up to N and dt_low's padded width (16 here), 32 * onepass_cpt / tpc channels a program dividing E
+    # lanes where the launch has at least 12,288 channels (batch x 2 directions x E: Vim-Ti from batch 16), or
+    # 9,216 where dt_low is wider than 16 (Vim-S's rank 24: from batch 6; Vim-B's 48: from batch 3), else
+    # chunked; where set, a power of two up to N and dt_low's padded width (16 here), 32 * onepass_cpt / tpc
+    # channels a program dividing E
     tpc = lambda t, c=1, **kw: ts._onepass_tpc(dict(cfg, onepass_tpc=t, onepass_cpt=c), args_for(6085, **kw),
                                                dev)  # noqa: E731
-    assert cfg["onepass_tpc"] == -1 and cfg["onepass_min_channels"] == 13056
-    assert cfg["onepass_min_channels_wide"] == 9216 and cfg["onepass_min_channels_4lanes"] == 12288
-    assert cfg["onepass_unroll"] == 4 and cfg["gluon_staged_unroll"] == 4
-    assert [tpc(-1), tpc(-1, B=15), tpc(-1, B=16), tpc(-1, B=17), tpc(-1, B=32), tpc(-1, B=8, E=768),
-            tpc(-1, B=9, E=768)] == [0, 0, 4, 2, 2, 4, 2]  # (rank 12)
-    assert ts._onepass_tpc(dict(cfg, onepass_min_channels_4lanes=1 << 20), args_for(6085, B=16), dev) == 0
+    assert cfg["onepass_tpc"] == -1 and cfg["onepass_min_channels"] == 12288
+    assert cfg["onepass_min_channels_wide"] == 9216
+    assert cfg["onepass_unroll"] == 4 and cfg["gluon_staged_unroll"] == 4 and cfg["onepass_share"] == 8
+    assert [tpc(-1), tpc(-1, B=15), tpc(-1, B=16), tpc(-1, B=17), tpc(-1, B=32), tpc(-1, B=7, E=768),
+            tpc(-1, B=8, E=768)] == [0, 0, 2, 2, 2, 0, 2]  # (rank 12)
     vim_s = [tpc(-1, B=b, E=768, R=24) for b in (1, 2, 4, 5, 6, 8, 16)]
     vim_b = [tpc(-1, B=b, E=1536, R=48) for b in (1, 2, 3)]
     assert vim_s == [0, 0, 0, 0, 2, 2, 2] and vim_b == [0, 0, 2]
@@ -941,7 +951,7 @@ def test_gluon_onepass_forward_matches(length, batch, rows_dtype, monkeypatch):
         pytest.skip("this Triton has no Gluon")
     launches = []
     original = ts._launch_gluon_onepass
-    monkeypatch.setattr(ts, "_launch_gluon_onepass", lambda *a: (launches.append(1), original(*a))[1])
+    monkeypatch.setattr(ts, "_launch_gluon_onepass", lambda *a, **k: (launches.append(1), original(*a, **k))[1])
     cfg = dict(ts._config(), min_programs=0)
     inputs = bi_scan_inputs(batch, length, torch.bfloat16, rows_dtype, seed=length)
     with torch.no_grad():
@@ -1017,10 +1027,11 @@ def test_gluon_staged_unroll_matches(length, batch, dtype, tpc, unroll, monkeypa
     original = ts._launch_gluon_onepass
     monkeypatch.setattr(ts, "_launch_gluon_onepass",
                         lambda *a, **k: (unrolls.append((k.get("tpc", 1), k.get("unroll", 1))), original(*a, **k))[1])
+    cfg = dict(ts._config(), onepass_unroll=1, gluon_staged_unroll=1, onepass_share=0, gluon_staged=4)
     if tpc == 1:
-        cfg = dict(ts._config(), min_programs=0, gluon_staged=4)
+        cfg = dict(cfg, min_programs=0)
     else:
-        cfg = dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, gluon_staged=4)
+        cfg = dict(cfg, min_programs=1 << 20, onepass_tpc=tpc)
     lanes = tpc if ts._forward_plan(cfg, batch, length, 384, 2, DEVICE)[3] > 1 else 1  # (short: not chunked)
     staged = record_results(monkeypatch, ts, "_tpc_stage" if lanes > 1 else "_staged_fits")
     inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + 7 * unroll, width=48)
@@ -1036,6 +1047,41 @@ def test_gluon_staged_unroll_matches(length, batch, dtype, tpc, unroll, monkeypa
     # the same arithmetic a step, but for the compiler's choice of fused multiply-adds: bf16 outputs may round
     # the other way in a few places
     assert rel_err(y, y1) < (1e-5 if dtype == torch.float32 else 1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("unroll", [1, 8])
+@pytest.mark.parametrize("tpc", [2, 4])
+@pytest.mark.parametrize("length,batch,dtype", [
+    (65, 3, torch.float32), (197, 2, torch.bfloat16), (730, 3, torch.bfloat16), (731, 1, torch.float32),
+    (6085, 1, torch.bfloat16)])
+def test_gluon_lanes_share_matches(length, batch, dtype, tpc, unroll, monkeypatch):
+    # onepass_share: the lanes of a channel share its work of a step (scan_fwd_lanes_gluon_kernel, max(share,
+    # tpc) steps a pass, the lengths leaving a partial last pass), against the fp32 reference and the staged
+    # kernel where every lane does all of it
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if not gluon_kernels.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    shares = []
+    original = ts._launch_gluon_onepass
+    monkeypatch.setattr(ts, "_launch_gluon_onepass",
+                        lambda *a, **k: (shares.append((k.get("tpc"), k.get("share"))), original(*a, **k))[1])
+    stages = record_results(monkeypatch, ts, "_tpc_stage")
+    cfg = dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, gluon_staged=4)
+    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + tpc + unroll, width=48)
+    with torch.no_grad():
+        ref = bi_scan_reference(*inputs)
+        y = ts._TritonBiScan.apply(*inputs, False, dict(cfg, onepass_share=unroll))
+        y_plain = ts._TritonBiScan.apply(*inputs, False, dict(cfg, onepass_share=0))
+    assert shares == [(tpc, unroll), (tpc, 0)], shares
+    assert len(stages) == 2 and all(st >= max(unroll, tpc) for st in stages), stages  # (the lanes kernel ran)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert rel_err(y, ref) < tol
+    # (delta's dot product summed in one lane instead of over the channel's lanes: another order of the sums)
+    assert rel_err(y, y_plain) < (1e-5 if dtype == torch.float32 else 1e-3)
 
 
 @pytest.mark.gpu

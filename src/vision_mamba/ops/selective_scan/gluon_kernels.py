@@ -352,6 +352,17 @@ if gluon is not None:
         _async_load(
             r_buf, row_base + gl.expand_dims((b * L + tr) * stride_row, 1) + gl.expand_dims(rcols, 0), mask=rmask)
 
+    @gluon.jit
+    def _stage_chunk(x_buf, z_buf, r_buf, c, x_base, z_base, row_base, b, L, rev, stride_x_l, stride_z_l,
+                     stride_row: gl.constexpr, ROW_END: gl.constexpr, x_ld: gl.constexpr, r_ld: gl.constexpr):
+        """Chunk c of the sequence (steps c STAGE .. c STAGE + STAGE - 1) copied into buffer c % 2 of the [2,
+        STAGE, width] buffers by _stage_steps, as one commit group."""
+        STAGE: gl.constexpr = x_buf.shape[1]
+        k = c % 2
+        _stage_steps(x_buf.index(k), z_buf.index(k), r_buf.index(k), x_base, z_base, row_base, b, L, c * STAGE, rev,
+                     stride_x_l, stride_z_l, stride_row, ROW_END, x_ld, r_ld)
+        async_copy.commit_group()
+
     @gluon.jit(do_not_specialize=["L", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
     def scan_fwd_staged_gluon_kernel(
         x_ptr, z_ptr, rows_ptr, dir_off, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b, y_ptr,
@@ -429,17 +440,14 @@ if gluon is not None:
             + gl.expand_dims(offs_e, 1) * N + gl.expand_dims(offs_n, 0)
         if SAVE_STATES:  # (the state entering the first block: zero)
             gl.store(hsave_base, h)
-        _stage_steps(x_buf.index(0), z_buf.index(0), r_buf.index(0), x_base, z_base, row_base, b, L, 0, rev,
-                     stride_x_l, stride_z_l, stride_row, C_COL + N, x_ld, r_ld)
-        async_copy.commit_group()
+        _stage_chunk(x_buf, z_buf, r_buf, 0, x_base, z_base, row_base, b, L, rev, stride_x_l, stride_z_l, stride_row,
+                     C_COL + N, x_ld, r_ld)
         for s0 in range(0, L, UNROLL):
             if s0 % STAGE == 0:  # this chunk's copies are done; the next chunk's start (into the other buffer)
                 async_copy.wait_group(0)
                 _barrier()  # (and every thread is done reading that buffer's previous chunk)
-                nxt = (s0 // STAGE + 1) % 2
-                _stage_steps(x_buf.index(nxt), z_buf.index(nxt), r_buf.index(nxt), x_base, z_base, row_base, b,
-                             L, s0 + STAGE, rev, stride_x_l, stride_z_l, stride_row, C_COL + N, x_ld, r_ld)
-                async_copy.commit_group()
+                _stage_chunk(x_buf, z_buf, r_buf, s0 // STAGE + 1, x_base, z_base, row_base, b, L, rev, stride_x_l,
+                             stride_z_l, stride_row, C_COL + N, x_ld, r_ld)
             for u in gl.static_range(UNROLL):
                 s = s0 + u
                 i = s % (2 * STAGE)
@@ -464,6 +472,118 @@ if gluon is not None:
                     gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty))
                 else:  # (the steps after the last: zeros staged, nothing stored)
                     gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty), mask=(offs_e >= 0) & (s < L))
+        async_copy.wait_group(0)  # (the copies of the chunk after the last, all masked)
+
+    @gluon.jit
+    def _steps_view(buf, dtype: gl.constexpr, GROUPS: gl.constexpr, U: gl.constexpr, WIDTH: gl.constexpr,
+                    layout: gl.constexpr):
+        """The same bytes as ``buf`` (a [2, S, WIDTH] shared buffer) seen as GROUPS = 2 S / U groups of U rows."""
+        if _PUBLIC_REINTERPRET:
+            view = buf.reinterpret(dtype, [GROUPS, U, WIDTH], layout)
+        else:
+            view = buf._reinterpret(dtype, [GROUPS, U, WIDTH], layout)
+        return view
+
+    @gluon.jit(do_not_specialize=["L", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
+    def scan_fwd_lanes_gluon_kernel(
+        x_ptr, z_ptr, rows_ptr, dir_off, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b, y_ptr,
+        L, E, stride_x_d, stride_x_b, stride_x_l, stride_z_b, stride_z_l,
+        stride_y_b, stride_y_l, stride_y_d, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+        stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
+        B_COL: gl.constexpr, C_COL: gl.constexpr, STAGE: gl.constexpr, RW: gl.constexpr, VX: gl.constexpr,
+        VR: gl.constexpr, TPC: gl.constexpr, U: gl.constexpr,
+    ):
+        """The staged one-pass inference forward with each channel's states over TPC lanes (as
+        ``scan_fwd_staged_gluon_kernel`` with TPC > 1), where the lanes of a channel share its work of a step
+        instead of each doing all of it: U steps (a multiple of TPC dividing STAGE) a pass of the loop, and for
+        each, one lane computes the whole of W_dt dt_low_t (its dt_low row against all of W_dt's row, no shuffles)
+        and softplus, and afterwards D x_t, the gate silu(z_t) and the store of y_t. What every lane still does a
+        step: its N / TPC states' decays and updates and its part of C_t . h_t; delta_t reaches the other lanes by
+        a sum over the channel's lanes (log2(TPC) shuffles), y_t's part comes back to the step's lane the same way.
+        With TPC = 4 a lane evaluates 5 special functions a step instead of 8 (its 4 decays, and a quarter of the
+        channel's softplus (2) and sigmoid (2)). Same arguments as that kernel; no states saved."""
+        NW: gl.constexpr = gl.num_warps()
+        NS: gl.constexpr = N // TPC
+        tile: gl.constexpr = gl.BlockedLayout([1, NS], [32 // TPC, TPC], [NW, 1], [1, 0])
+        # [channels, U steps, BLOCK_R]: a lane holds U / TPC steps, each with a whole dt_low row
+        d3: gl.constexpr = gl.BlockedLayout([1, U // TPC, BLOCK_R], [32 // TPC, TPC, 1], [NW, 1, 1], [2, 1, 0])
+        lanes: gl.constexpr = gl.SliceLayout(2, d3)  # [channels, U steps]: the steps of a channel over its lanes
+        wfull: gl.constexpr = gl.SliceLayout(1, d3)  # [channels, BLOCK_R]: W_dt's whole row in each lane
+        ch: gl.constexpr = gl.SliceLayout(1, tile)
+        ch_l: gl.constexpr = gl.SliceLayout(1, lanes)  # (the same placement as ch)
+        st: gl.constexpr = gl.SliceLayout(0, tile)
+        TX: gl.constexpr = BLOCK_E // VX
+        x_ld: gl.constexpr = gl.BlockedLayout([1, VX], [32 // TX, TX], [NW, 1], [1, 0])
+        TR: gl.constexpr = RW // VR
+        r_ld: gl.constexpr = gl.BlockedLayout([1, VR], [32 // TR, TR], [NW, 1], [1, 0])
+        buf_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
+        row_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
+        GROUPS: gl.constexpr = 2 * STAGE // U
+        pid_be = gl.program_id(0)
+        d = gl.program_id(2)
+        n_eb = E // BLOCK_E
+        b = pid_be // n_eb
+        eb = pid_be % n_eb
+        rev = d == 1
+        offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
+        offs_n = gl.arange(0, N, layout=st)
+        offs_r = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(0, wfull))
+        rmask = offs_r < R
+        a2, w, bias, dskip = _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n,
+                                               offs_r, rmask, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+                                               BLOCK_E, wfull)
+        bias_l = gl.expand_dims(gl.convert_layout(bias, ch_l, assert_trivial=True), 1)
+        dskip_l = gl.expand_dims(gl.convert_layout(dskip, ch_l, assert_trivial=True), 1)
+        w3 = gl.expand_dims(w, 1)
+        jj = gl.expand_dims(gl.arange(0, U, layout=gl.SliceLayout(0, lanes)), 0)  # [1, U]: a lane's steps
+        x_base = x_ptr + d * stride_x_d + b * stride_x_b + eb * BLOCK_E
+        z_base = z_ptr + b * stride_z_b + eb * BLOCK_E
+        offs_el = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch_l)
+        y_base = gl.expand_dims(y_ptr + b * stride_y_b + d * stride_y_d + offs_el, 1)
+        row_base = rows_ptr + d * dir_off
+        x_buf = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, STAGE, BLOCK_E], buf_l)
+        z_buf = gl.allocate_shared_memory(z_ptr.dtype.element_ty, [2, STAGE, BLOCK_E], buf_l)
+        r_buf = gl.allocate_shared_memory(rows_ptr.dtype.element_ty, [2, STAGE, RW], buf_l)
+        x_rows = _rows_view(x_buf, x_ptr.dtype.element_ty, 2 * STAGE, BLOCK_E, row_l)
+        r_rows = _rows_view(r_buf, rows_ptr.dtype.element_ty, 2 * STAGE, RW, row_l)
+        # the same buffers as groups of U steps: [U, width] at a time
+        x_steps = _steps_view(x_buf, x_ptr.dtype.element_ty, GROUPS, U, BLOCK_E, buf_l)
+        z_steps = _steps_view(z_buf, z_ptr.dtype.element_ty, GROUPS, U, BLOCK_E, buf_l)
+        r_steps = _steps_view(r_buf, rows_ptr.dtype.element_ty, GROUPS, U, RW, buf_l)
+        h = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
+        _stage_chunk(x_buf, z_buf, r_buf, 0, x_base, z_base, row_base, b, L, rev, stride_x_l, stride_z_l, stride_row,
+                     C_COL + N, x_ld, r_ld)
+        for s0 in range(0, L, U):
+            if s0 % STAGE == 0:  # this chunk's copies are done; the next chunk's start (into the other buffer)
+                async_copy.wait_group(0)
+                _barrier()  # (and every thread is done reading that buffer's previous chunk)
+                _stage_chunk(x_buf, z_buf, r_buf, s0 // STAGE + 1, x_base, z_base, row_base, b, L, rev, stride_x_l,
+                             stride_z_l, stride_row, C_COL + N, x_ld, r_ld)
+            i = s0 % (2 * STAGE)
+            g = i // U
+            # delta of the U steps, each in one lane of the channel: [channels, U]
+            r_grp = r_steps.index(g)
+            x_grp = x_steps.index(g)
+            dt = r_grp.slice(0, BLOCK_R, dim=1).load(gl.SliceLayout(0, d3)).to(gl.float32)
+            delta_l = _softplus(gl.sum(w3 * gl.expand_dims(dt, 0), axis=2) + bias_l)
+            yl = gl.zeros([BLOCK_E, U], gl.float32, layout=lanes)
+            for u in gl.static_range(U):
+                delta = gl.convert_layout(gl.sum(gl.where(jj == u, delta_l, 0.0), axis=1), ch, assert_trivial=True)
+                row = r_rows.index(i + u)
+                ba = row.slice(B_COL, N).load(st).to(gl.float32)
+                ca = row.slice(C_COL, N).load(st).to(gl.float32)
+                xv = x_rows.index(i + u).load(ch).to(gl.float32)
+                h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
+                    + gl.expand_dims(delta * xv, 1) * gl.expand_dims(ba, 0)
+                yu = gl.convert_layout(gl.sum(h * gl.expand_dims(ca, 0), axis=1), ch_l, assert_trivial=True)
+                yl = gl.where(jj == u, gl.expand_dims(yu, 1), yl)
+            # each step's lane: D x, the gate and the store
+            xl = x_grp.permute((1, 0)).load(lanes).to(gl.float32)
+            zl = z_steps.index(g).permute((1, 0)).load(lanes).to(gl.float32)
+            yv = (yl + dskip_l * xl) * zl * _sigmoid(zl)
+            s = s0 + jj
+            t = gl.where(rev, L - 1 - s, s)
+            gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty), mask=(s < L) & (gl.expand_dims(offs_el, 1) >= 0))
         async_copy.wait_group(0)  # (the copies of the chunk after the last, all masked)
 
     @gluon.jit

@@ -74,7 +74,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
         "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
-        "ONEPASS_MIN_CHANNELS_4LANES", "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL"))
+        "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -172,29 +172,33 @@ def _read_config():
         # onepass_min_channels channels (batch x directions x E), else chunked. Measured on an H100 (docs/kernels.md,
         # "Session 23" and "Session 24"): Vim-Ti's scan at 512 px / batch 32 0.587 -> 0.268 ms, 738 px / batch 32
         # 1.195 -> 0.549 (24,576 channels), 512 px / batch 24 0.439 -> 0.266 (18,432), 1248 px / batch 20 2.126 ->
-        # 1.302 (15,360), batch 17 1.761 -> 1.293 (13,056: the smallest measured win); at 1024 and 1248 px / batch
-        # 16 (12,288 channels) 8% slower than chunked, at batch 1 7x slower.
+        # 1.302 (15,360), batch 17 1.761 -> 1.293 (13,056); at 1024 and 1248 px / batch 16 (12,288 channels) 8%
+        # slower than chunked, at batch 1 7x slower. Since session 26 (the kernel below whose lanes share a
+        # channel's work, onepass_share) 12,288: 1248 and 1024 px / batch 16 1.187 -> 0.853 and 0.809 -> 0.576 ms
+        # (the smallest measured win); at 6,144 channels (batch 8) 3% slower than chunked.
         # onepass_min_channels_wide: the same for a dt rank padded past 16 (Vim-S's 24, Vim-B's 48), whose chunked
         # launches are slower (twice the work for delta a step): Vim-S whole at 1248 px (docs/kernels.md, "Session
         # 25"), one pass against chunked: batch 2 0.61x, 4 and 5 1.00x, 6 (9,216 channels: the smallest measured
         # win) 1.12x, 8 1.57x, 9 1.59x; Vim-B not measured
         onepass_tpc=_env_int("VISION_MAMBA_TRITON_ONEPASS_TPC", -1),
         onepass_cpt=_env_int("VISION_MAMBA_TRITON_ONEPASS_CPT", 1),
-        onepass_min_channels=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS", 13056),
+        onepass_min_channels=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS", 12288),
         onepass_min_channels_wide=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS_WIDE", 9216),
-        # onepass_min_channels_4lanes: below onepass_min_channels (a dt rank up to 16), 4 lanes a channel from
-        # this many channels (twice the warps; measured with onepass_unroll 4 on an H100, docs/kernels.md "Session
-        # 26": Vim-Ti's scan at 1248 and 1024 px / batch 16, 12,288 channels, 1.184 -> 1.048 and 0.809 -> 0.708 ms;
-        # the whole model +8.9% and +8.8%; at 6,144 channels chunked stays faster, 0.632 against 0.770 ms)
-        onepass_min_channels_4lanes=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS_4LANES", 12288),
         # steps a pass of the staged kernel's loop (scan_fwd_staged_gluon_kernel's UNROLL: straight code the
         # compiler can overlap, step after step) for those launches with lanes a channel (onepass_unroll), and
-        # for one-pass inference launches with a thread a channel (gluon_staged_unroll); 1: a step a pass. 4 for
-        # both, measured on an H100 (docs/kernels.md, "Session 26"): 2 lanes at 738 px / batch 32 0.549 -> 0.512
-        # ms, 1248 px / batch 24 1.559 -> 1.458 ms (the whole Vim-Ti at 512 px / batch 32 +6.3%); a thread a
-        # channel at 224 px / batch 128 0.134 -> 0.132 ms (+0.6%)
+        # for one-pass inference launches with a thread a channel and a dt rank up to 16 (gluon_staged_unroll;
+        # a wider rank: 1); 1: a step a pass. 4 for both, measured on an H100 (docs/kernels.md, "Session 26"): 2
+        # lanes at 738 px / batch 32 0.549 -> 0.512 ms, 1248 px / batch 24 1.559 -> 1.458 ms; a thread a channel,
+        # Vim-Ti at 224 px / batch 128 0.134 -> 0.132 ms (the whole model +0.6%; Vim-S there, its rank 24, -6%)
         onepass_unroll=_env_int("VISION_MAMBA_TRITON_ONEPASS_UNROLL", 4),
         gluon_staged_unroll=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL", 4),
+        # those launches with lanes a channel (staged, a channel a thread) in scan_fwd_lanes_gluon_kernel instead,
+        # where the lanes of a channel share its work of a step (delta and the gate, a step's lane each), with
+        # max(onepass_share, lanes) steps a pass; 0: off. 8 since session 26 (docs/kernels.md, "Session 26"; H100,
+        # Vim-Ti's scan with 2 lanes, scan_fwd_staged_gluon_kernel at 4 steps a pass -> this one at 8: 1248 px /
+        # batch 16 1.126 -> 0.853 ms, 1024 / 16 0.760 -> 0.576, 738 / 32 0.513 -> 0.420, 512 / 32 0.251 -> 0.207,
+        # 1248 / 24 1.457 -> 1.170; with 4 lanes a channel it is slower than the staged kernel)
+        onepass_share=_env_int("VISION_MAMBA_TRITON_ONEPASS_SHARE", 8),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
         # 4 measured fastest (docs/kernels.md, "Session 17": the kernel at 224 px / batch 128 0.164 ms unstaged,
@@ -510,12 +514,14 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
     n_save = _cdiv(L, save_every)
     kind = _gluon_forward_kind(cfg, args, dev, block_e, n_chunks, save_states)
     if kind == "onepass" and n_chunks == 1 and not save_states:  # (inference: none of the plan below is needed)
-        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), unroll=cfg.get("gluon_staged_unroll", 1))
+        # (steps a pass: for a dt rank up to 16, where it was measured faster)
+        unroll = cfg.get("gluon_staged_unroll", 1) if _next_pow2(args.R) <= 16 else 1
+        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), unroll=unroll)
         return y, None
     tpc = _onepass_tpc(cfg, args, dev) if n_chunks > 1 and not save_states else 0
     if tpc:  # (inference that would be chunked: one pass with a channel's states over several lanes instead)
         _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=tpc, cpt=cfg.get("onepass_cpt", 1),
-                              unroll=cfg.get("onepass_unroll", 1))
+                              unroll=cfg.get("onepass_unroll", 1), share=cfg.get("onepass_share", 0))
         return y, None
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
@@ -659,16 +665,13 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     """The lanes a channel (scan_fwd_onepass_gluon_kernel's TPC; ``onepass_cpt`` channels a thread) with which an
     inference forward that the plan splits into chunks runs instead in one pass, or 0 (chunked): ``onepass_tpc``
     where set (a power of two from 2 up to N and dt_low's padded width), by default (-1) 2 where the launch has at
-    least ``onepass_min_channels`` channels (``onepass_min_channels_wide`` for a dt rank over 16), 4 where it
-    has fewer but at least ``onepass_min_channels_4lanes`` (a dt rank up to 16); E a multiple of
+    least ``onepass_min_channels`` channels (``onepass_min_channels_wide`` for a dt rank over 16); E a multiple of
     the program's channels."""
     tpc, cpt = cfg.get("onepass_tpc", 0), cfg.get("onepass_cpt", 1)
     if tpc < 0:
         channels, wide = args.B * args.n_dirs * args.E, _next_pow2(args.R) > 16
-        least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 13056)
+        least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 12288)
         tpc = 2 if channels >= least else 0
-        if not tpc and not wide and channels >= cfg.get("onepass_min_channels_4lanes", 12288):
-            tpc = 4
     if tpc < 2:
         return 0
     if tpc & (tpc - 1) or tpc > min(args.N, max(2, _next_pow2(args.R))) or cpt < 1 or cpt & (cpt - 1):
@@ -787,7 +790,7 @@ def _tpc_stage(args: _ScanArgs, stage: int, rows: Tensor, block_e: int) -> int:
 @_gluon_launch
 def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Optional[Tensor] = None,
                           save_every: int = 0, maxnreg: int = 0, tpc: int = 1, cpt: int = 1,
-                          unroll: int = 1) -> bool:
+                          unroll: int = 1, share: int = 0) -> bool:
     """The one-pass Gluon forward (64 channels a program, one warp): staged (scan_fwd_staged_gluon_kernel) where
     ``stage`` is set and _staged_fits allows, else scan_fwd_onepass_gluon_kernel. With ``hsave`` (the training
     forward: [B, 2, blocks, N, E] views of [..., E, N] storage) only the staged kernel saves states, under the
@@ -795,11 +798,12 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
     apply. ``tpc`` > 1 (inference only): either kernel with each channel's states split over that many lanes,
     ``cpt`` channels a thread (32 * cpt / tpc channels a program; :func:`_onepass_tpc`), staged at the
     stage :func:`_tpc_stage` finds from ``stage`` up. ``unroll`` (inference, staged): steps a pass of the staged
-    kernel's loop, a power of two up to the stage."""
+    kernel's loop, a power of two up to the stage. ``share`` (with ``tpc`` > 1, one channel a thread, staged):
+    scan_fwd_lanes_gluon_kernel instead, max(share, tpc) steps a pass (a power of two up to the stage)."""
     from . import gluon_kernels
 
-    if unroll < 1 or unroll & (unroll - 1):
-        raise ValueError(f"the staged kernel's unroll must be a power of two, got {unroll}")
+    if unroll < 1 or unroll & (unroll - 1) or share < 0 or share & (share - 1):
+        raise ValueError(f"the staged kernels' steps a pass must be powers of two, got {unroll} and {share}")
 
     x, z, rows = args.x, args.z, args.dt[0]
     B, L, E, N, R = args.B, args.L, args.E, args.N, args.R
@@ -816,7 +820,11 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
             return False
         # staged: at least ``stage`` steps a copy, more where a warp's copies of a step cover more rows
         stage = _tpc_stage(args, stage, rows, block_e) if stage else 0
-        if stage:
+        if stage and share and cpt == 1 and max(share, tpc) <= stage:
+            rw, vx, vr = _staged_fits(args, stage, rows, block_e)
+            fast(gluon_kernels.scan_fwd_lanes_gluon_kernel)[(B * (E // block_e), 1, 2)](
+                *common, STAGE=stage, RW=rw, VX=vx, VR=vr, TPC=tpc, U=max(share, tpc), **flags)
+        elif stage:
             rw, vx, vr = _staged_fits(args, stage, rows, block_e)
             fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
                 *common, _dummy(x.device), 0, 0, 0, STAGE=stage, RW=rw, VX=vx, VR=vr, SAVE_STATES=False,
