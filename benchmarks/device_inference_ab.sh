@@ -8,8 +8,9 @@
 #          chunked launches ({"onepass_tpc": 0}) against one pass at 2 and 4 lanes a channel, staged and not;
 #   bench  Vim-Ti's graphed bf16 inference at 224 / 128, 512 / 32, 738 / 32, 1024 / 16 and 1248 / 16 under each
 #          onepass_tpc setting in SETTINGS (0: chunked; -1: the default rule; 2, 4: lanes a channel; T:U also sets
-#          the staged kernel's steps a pass, onepass_unroll and gluon_staged_unroll, to U, and T:U:1 turns
-#          onepass_share on; unset, they are 1 and 0), ROUNDS times in turn,
+#          the staged kernels' steps a pass, onepass_unroll and gluon_staged_unroll, to U, and T:U:S onepass_share
+#          to S, the shared kernel's steps a pass, 0: off; a field left out or empty, as in T::S, keeps the code's
+#          default), ROUNDS times in turn,
 #          and DeiT-Ti (FlashAttention) once; each run checks Vim's output against the torch backend before
 #          timing it.
 # TEST_K picks the tests (default "onepass_tpc"), FORWARD_CONFIGS the scan's launch settings (a JSON list).
@@ -44,12 +45,13 @@ if part scan; then
     --forward-configs "${FORWARD_CONFIGS:-$LANE_CONFIGS}" \
     --out "$OUT/scan_tpc.json" 2>&1 | tail -40
 fi
-bench() {  # name, models, onepass_tpc[:unroll[:share]]
+bench() {  # name, models, onepass_tpc[:unroll[:share]] (a field left out keeps the code's default)
   local tpc unroll share
+  local -a env=()
   IFS=: read -r tpc unroll share <<< "$3"
-  VISION_MAMBA_TRITON_ONEPASS_TPC=$tpc VISION_MAMBA_TRITON_ONEPASS_UNROLL=${unroll:-1} \
-  VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL=${unroll:-1} VISION_MAMBA_TRITON_ONEPASS_SHARE=${share:-0} \
-  timeout 150 "$PY" -m vision_mamba.cli bench \
+  [ -n "$unroll" ] && env+=("VISION_MAMBA_TRITON_ONEPASS_UNROLL=$unroll" "VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL=$unroll")
+  [ -n "$share" ] && env+=("VISION_MAMBA_TRITON_ONEPASS_SHARE=$share")
+  env "${env[@]}" VISION_MAMBA_TRITON_ONEPASS_TPC="$tpc" timeout 150 "$PY" -m vision_mamba.cli bench \
     --device cuda --models "$2" --res "${BENCH_RES:-224,512,738,1024,1248}" --batch "${BENCH_BATCH:-128,32,32,16,16}" \
     --dtype bf16 --attn flash \
     --mode infer --graph on --max-row-time 6 --out "$OUT" --name "$1" --no-plot > "$OUT/$1.log" 2>&1

@@ -1052,13 +1052,13 @@ def test_gluon_staged_unroll_matches(length, batch, dtype, tpc, unroll, monkeypa
 @pytest.mark.gpu
 @pytest.mark.parametrize("unroll", [1, 8])
 @pytest.mark.parametrize("tpc", [2, 4])
-@pytest.mark.parametrize("length,batch,dtype", [
-    (65, 3, torch.float32), (197, 2, torch.bfloat16), (730, 3, torch.bfloat16), (731, 1, torch.float32),
-    (6085, 1, torch.bfloat16)])
-def test_gluon_lanes_share_matches(length, batch, dtype, tpc, unroll, monkeypatch):
+@pytest.mark.parametrize("length,batch,dtype,R", [
+    (65, 3, torch.float32, 12), (197, 2, torch.bfloat16, 12), (730, 3, torch.bfloat16, 12),
+    (731, 1, torch.float32, 12), (6085, 1, torch.bfloat16, 12), (730, 2, torch.bfloat16, 24)])
+def test_gluon_lanes_share_matches(length, batch, dtype, R, tpc, unroll, monkeypatch):
     # onepass_share: the lanes of a channel share its work of a step (scan_fwd_lanes_gluon_kernel, max(share,
     # tpc) steps a pass, the lengths leaving a partial last pass), against the fp32 reference and the staged
-    # kernel where every lane does all of it
+    # kernel where every lane does all of it; Vim-Ti's widths, and Vim-S's (dt rank 24, rows 32 + 16 + 16)
     from vision_mamba.ops.selective_scan import gluon_kernels
     from vision_mamba.ops.selective_scan import triton_scan as ts
 
@@ -1070,7 +1070,8 @@ def test_gluon_lanes_share_matches(length, batch, dtype, tpc, unroll, monkeypatc
                         lambda *a, **k: (shares.append((k.get("tpc"), k.get("share"))), original(*a, **k))[1])
     stages = record_results(monkeypatch, ts, "_tpc_stage")
     cfg = dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, gluon_staged=4)
-    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + tpc + unroll, width=48)
+    E, width = (384, 48) if R == 12 else (768, 64)
+    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + tpc + unroll, E=E, R=R, width=width)
     with torch.no_grad():
         ref = bi_scan_reference(*inputs)
         y = ts._TritonBiScan.apply(*inputs, False, dict(cfg, onepass_share=unroll))
