@@ -49,7 +49,8 @@ bench() {  # name, models, onepass_tpc[:unroll[:share]] (a field left out keeps 
   local tpc unroll share
   local -a env=()
   IFS=: read -r tpc unroll share <<< "$3"
-  [ -n "$unroll" ] && env+=("VISION_MAMBA_TRITON_ONEPASS_UNROLL=$unroll" "VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL=$unroll")
+  [ -n "$unroll" ] && env+=("VISION_MAMBA_TRITON_ONEPASS_UNROLL=$unroll"
+                            "VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL=$unroll")
   [ -n "$share" ] && env+=("VISION_MAMBA_TRITON_ONEPASS_SHARE=$share")
   env "${env[@]}" VISION_MAMBA_TRITON_ONEPASS_TPC="$tpc" timeout 150 "$PY" -m vision_mamba.cli bench \
     --device cuda --models "$2" --res "${BENCH_RES:-224,512,738,1024,1248}" --batch "${BENCH_BATCH:-128,32,32,16,16}" \

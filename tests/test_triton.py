@@ -753,6 +753,20 @@ def record_results(monkeypatch, module, name):
     return results
 
 
+def record_onepass_launches(monkeypatch, ts):
+    """A list that receives the keyword arguments of every ``ts._launch_gluon_onepass`` call from now on (the
+    launch still runs)."""
+    calls = []
+    original = ts._launch_gluon_onepass
+
+    def recorded(*args, **kwargs):
+        calls.append(kwargs)
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(ts, "_launch_gluon_onepass", recorded)
+    return calls
+
+
 def bi_scan_inputs(batch, length, dtype, rows_dtype, seed, E=384, N=16, R=12, width=None):
     """The fused scan's inputs at Vim-Ti's widths: xs [2, B, L, E] and z (a strided view) in ``dtype``, x_proj's
     rows per direction [B * L, R + 2N] in ``rows_dtype``, the parameters in fp32; all requiring grad."""
@@ -949,16 +963,14 @@ def test_gluon_onepass_forward_matches(length, batch, rows_dtype, monkeypatch):
 
     if not gluon_kernels.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    launches = []
-    original = ts._launch_gluon_onepass
-    monkeypatch.setattr(ts, "_launch_gluon_onepass", lambda *a, **k: (launches.append(1), original(*a, **k))[1])
+    launches = record_onepass_launches(monkeypatch, ts)
     cfg = dict(ts._config(), min_programs=0)
     inputs = bi_scan_inputs(batch, length, torch.bfloat16, rows_dtype, seed=length)
     with torch.no_grad():
         ref = bi_scan_reference(*inputs)
         outs = [ts._TritonBiScan.apply(*inputs, False, c)
                 for c in (cfg, dict(cfg, gluon_onepass=0, gluon=1), dict(cfg, gluon=0))]
-    assert launches == [1]
+    assert len(launches) == 1
     for y in outs:
         assert torch.isfinite(y).all() and rel_err(y, ref) < 1e-2
     assert rel_err(outs[0], outs[1]) < 1e-3 and rel_err(outs[0], outs[2]) < 1e-2
@@ -983,18 +995,16 @@ def test_gluon_onepass_tpc_matches(length, batch, dtype, E, tpc, cpt, stage, mon
 
     if not gluon_kernels.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    launches = []
-    original = ts._launch_gluon_onepass
-    monkeypatch.setattr(ts, "_launch_gluon_onepass",
-                        lambda *a, **k: (launches.append(k.get("tpc", 1)), original(*a, **k))[1])
+    calls = record_onepass_launches(monkeypatch, ts)
     cfg = dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, onepass_cpt=cpt, gluon_staged=stage)
     staged = record_results(monkeypatch, ts, "_tpc_stage")
     inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + tpc, E=E, width=48)
     with torch.no_grad():
         ref = bi_scan_reference(*inputs)
         y = ts._TritonBiScan.apply(*inputs, False, cfg)
-        n_tpc = len(launches)
+        n_tpc = len(calls)
         y_chunked = ts._TritonBiScan.apply(*inputs, False, dict(cfg, onepass_tpc=0))
+    launches = [k.get("tpc", 1) for k in calls]
     chunked = ts._forward_plan(cfg, batch, length, E, 2, DEVICE)[3] > 1
     assert chunked == (length > 64)
     # (unchunked, the one-lane one-pass kernel runs: 384 channels here)
@@ -1023,10 +1033,7 @@ def test_gluon_staged_unroll_matches(length, batch, dtype, tpc, unroll, monkeypa
 
     if not gluon_kernels.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    unrolls = []
-    original = ts._launch_gluon_onepass
-    monkeypatch.setattr(ts, "_launch_gluon_onepass",
-                        lambda *a, **k: (unrolls.append((k.get("tpc", 1), k.get("unroll", 1))), original(*a, **k))[1])
+    calls = record_onepass_launches(monkeypatch, ts)
     cfg = dict(ts._config(), onepass_unroll=1, gluon_staged_unroll=1, onepass_share=0, gluon_staged=4)
     if tpc == 1:
         cfg = dict(cfg, min_programs=0)
@@ -1039,6 +1046,7 @@ def test_gluon_staged_unroll_matches(length, batch, dtype, tpc, unroll, monkeypa
         ref = bi_scan_reference(*inputs)
         y1 = ts._TritonBiScan.apply(*inputs, False, cfg)
         y = ts._TritonBiScan.apply(*inputs, False, dict(cfg, onepass_unroll=unroll, gluon_staged_unroll=unroll))
+    unrolls = [(k.get("tpc", 1), k.get("unroll", 1)) for k in calls]
     assert unrolls == [(lanes, 1), (lanes, unroll)], unrolls
     assert len(staged) == 2 and all(staged)  # (the staged kernel ran, both times)
     tol = 1e-4 if dtype == torch.float32 else 1e-2
@@ -1064,10 +1072,7 @@ def test_gluon_lanes_share_matches(length, batch, dtype, R, tpc, unroll, monkeyp
 
     if not gluon_kernels.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    shares = []
-    original = ts._launch_gluon_onepass
-    monkeypatch.setattr(ts, "_launch_gluon_onepass",
-                        lambda *a, **k: (shares.append((k.get("tpc"), k.get("share"))), original(*a, **k))[1])
+    calls = record_onepass_launches(monkeypatch, ts)
     stages = record_results(monkeypatch, ts, "_tpc_stage")
     cfg = dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, gluon_staged=4)
     E, width = (384, 48) if R == 12 else (768, 64)
@@ -1076,6 +1081,7 @@ def test_gluon_lanes_share_matches(length, batch, dtype, R, tpc, unroll, monkeyp
         ref = bi_scan_reference(*inputs)
         y = ts._TritonBiScan.apply(*inputs, False, dict(cfg, onepass_share=unroll))
         y_plain = ts._TritonBiScan.apply(*inputs, False, dict(cfg, onepass_share=0))
+    shares = [(k.get("tpc"), k.get("share")) for k in calls]
     assert shares == [(tpc, unroll), (tpc, 0)], shares
     assert len(stages) == 2 and all(st >= max(unroll, tpc) for st in stages), stages  # (the lanes kernel ran)
     tol = 1e-4 if dtype == torch.float32 else 1e-2
