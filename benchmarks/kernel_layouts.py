@@ -278,6 +278,16 @@ def main() -> int:
             staged += f", shared over {cap.calls[0][1]['U']} steps" if share else ""
             inference.append((f"forward, one pass, {tpc} lanes a channel, {cpt} a thread{staged} (inference)", kernel,
                               cap.calls[0]))
+        # inference that stays chunked, in chunks of the lanes kernel (lanes_chunk_warps; 132 SMs): the first pass
+        # (each chunk's end state, no output) and the second (from each chunk's start state, writing y)
+        cap = _Capture()
+        lanes_kernel, sm_count, carry = gk.scan_fwd_lanes_gluon_kernel, ts._sm_count, ts.chunk_carry_kernel
+        gk.scan_fwd_lanes_gluon_kernel, ts._sm_count, ts.chunk_carry_kernel = cap, (lambda device: 132), _Capture()
+        ts.scan_forward(inf_args, bf, save_states=False,
+                        config=dict(cfg, gluon=-1, min_programs=1 << 20, onepass_tpc=0, lanes_chunk_warps=24))
+        gk.scan_fwd_lanes_gluon_kernel, ts._sm_count, ts.chunk_carry_kernel = lanes_kernel, sm_count, carry
+        for call, which in zip(cap.calls, ("end states", "output")):
+            inference.append((f"forward, chunks of the lanes kernel, {which} (inference)", lanes_kernel, call))
     with tempfile.TemporaryDirectory() as tmp:
         for name, kernel, call in inference:
             print(report(name, kernel, call, Path(tmp), args.out, args.sass))

@@ -234,6 +234,26 @@ def main() -> int:
         stores = [line.strip() for line in ptx.splitlines() if "st.global" in line]
         assert stores and all(re.match(r"@%p\d+ st\.global\.", line) for line in stores), stores
         checked += 1
+    # inference that stays chunked, in chunks of the lanes kernel (lanes_chunk_warps): a first pass that only ends
+    # each chunk's state (no output: no y sums, so half the shuffles, and only the end state's and delta's sums
+    # stored), then a pass from each chunk's start state that writes y; the carry between them is a Triton kernel
+    ts._sm_count = lambda device: 132
+    for B, L in ((1, 300), (1, 6085)):
+        cap = _Capture()
+        gk.scan_fwd_lanes_gluon_kernel = cap
+        ts.scan_forward(padded_args(B, L), torch.bfloat16, save_states=False,
+                        config=dict(ts._config(), min_programs=1 << 20, onepass_tpc=0, lanes_chunk_warps=16))
+        gk.scan_fwd_lanes_gluon_kernel = lanes_kernel
+        assert len(cap.calls) == 2, len(cap.calls)
+        (args1, first), (args2, second) = cap.calls
+        assert not first["WRITE_Y"] and first["WRITE_END"] and not first["HAS_INIT"], first
+        assert second["WRITE_Y"] and not second["WRITE_END"] and second["HAS_INIT"], second
+        for call, shuffles in ((cap.calls[0], first["U"]), (cap.calls[1], 2 * second["U"])):
+            ptx = compile_call(lanes_kernel, call)
+            assert "cp.async" in ptx and ".entry" in ptx and "ex2.approx" in ptx
+            assert ptx.count("shfl.sync") == shuffles + (1 if call is cap.calls[0] else 0), \
+                (B, L, ptx.count("shfl.sync"), shuffles)
+            checked += 1
     print(f"Triton {triton.__version__}: {checked} Gluon launches compiled for sm_90, no layout conversions")
     return 0
 

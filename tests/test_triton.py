@@ -140,6 +140,37 @@ def test_scan_chunk_parallel(reverse, monkeypatch):
     check_scan(1, 150, 20, torch.float32, reverse)
 
 
+@pytest.mark.parametrize("n_chunks,E", [(2, 16), (37, 20), (96, 384)], ids=["2x16", "37x20", "96x384"])
+@pytest.mark.parametrize("reverse", [False, True], ids=["fwd", "rev"])
+def test_chunk_carry_matches_a_loop(n_chunks, E, reverse):
+    # the parallel prefix over chunks (chunk_carry_kernel) against the recurrence walked chunk by chunk; chunk
+    # counts below, at and past a power of two, channels that fill a program's block or not
+    from types import SimpleNamespace
+
+    from vision_mamba.ops.selective_scan.triton_scan import _chunk_carry
+
+    if E > 64 and DEVICE.type != "cuda":
+        pytest.skip("large shape: GPU only")
+    g = torch.Generator().manual_seed(n_chunks + E)
+    B, ND, N = 2, 2, 16
+    hend = torch.randn(B, ND, n_chunks, N, E, generator=g).to(DEVICE)
+    dsum = (torch.rand(B, ND, n_chunks, E, generator=g) * 3).to(DEVICE)
+    a_log = [torch.randn(E, N, generator=g).to(DEVICE) for _ in range(ND)]
+    args = SimpleNamespace(B=B, n_dirs=ND, E=E, N=N, a=a_log, a_is_log=True,
+                           param_strides=lambda: (a_log[0].stride(0), a_log[0].stride(1), 0, 0))
+    hinit = torch.full_like(hend, float("nan"))
+    _chunk_carry(args, hend, dsum, hinit, n_chunks, reverse=reverse)
+    expect = torch.empty_like(hend)
+    for d in range(ND):
+        decay = torch.exp(dsum[:, d, :, None, :] * -torch.exp(a_log[d]).t()[None, None])  # [B, chunks, N, E]
+        h = torch.zeros(B, N, E, device=DEVICE)
+        for c in (reversed(range(n_chunks)) if reverse else range(n_chunks)):
+            expect[:, d, c] = h
+            h = decay[:, c] * h + hend[:, d, c]
+    assert torch.isfinite(hinit).all()
+    assert rel_err(hinit, expect) < 1e-5
+
+
 @pytest.mark.parametrize("save_every", ["8", "5", "32"])
 def test_scan_save_intervals(save_every, monkeypatch):
     # the states saved every 8, 5 or 32 steps instead of 16, chunk-parallel
@@ -687,12 +718,15 @@ def test_gluon_dispatch_rule(monkeypatch):
     assert kind(dict(cfg, gluon_onepass=0), args_for(197), dev, 64, 1, False) is None
     assert kind(dict(cfg, gluon=0), args_for(197), dev, 64, 1, False) is None
     # x_proj's rows in fp32 where a Gluon kernel reads them (the Triton ones read bf16 rows faster); Vim-Ti
-    # inference at 224 px / batch 128 (one pass), 1248 px / batch 16 (128-channel chunks), 1248 px / batch 1
-    # (64-channel chunks): with the device's 132 SMs
+    # inference at 224 px / batch 128 (one pass), 1248 px / batch 16 (one pass, lanes), 1248 px / batch 1 (chunks
+    # of the lanes kernel; with those off, 64-channel chunks of the Triton kernel): with the device's 132 SMs
     monkeypatch.setattr(ts, "_min_programs", lambda device, configured: 8 * 132 if configured < 0 else configured)
     rows = lambda B, L, training=False, c=cfg: ts.rows_in_fp32(c, dev, torch.bfloat16, B, L, 384, 16, training)  # noqa
     assert [rows(128, 197), rows(16, 6085), rows(1, 6085), rows(128, 197, True), rows(16, 6085, True)] == [
-        True, True, False, True, False]
+        True, True, True, True, False]
+    triton_chunks = dict(cfg, lanes_chunk_warps=0, onepass_tpc=0)
+    assert not rows(1, 6085, c=triton_chunks) and rows(16, 6085, c=triton_chunks)  # (1248 / 16: 128-channel chunks)
+    assert not rows(1, 6085, c=dict(cfg, onepass_share=0, onepass_tpc=0))
     assert not rows(128, 197, c=dict(cfg, gluon=0)) and not ts.rows_in_fp32(cfg, dev, torch.float32, 128, 197, 384,
                                                                              16, False)
     assert rows(128, 197, c=dict(cfg, gluon=0, rows_fp32=1))
@@ -1003,7 +1037,7 @@ def test_gluon_onepass_tpc_matches(length, batch, dtype, E, tpc, cpt, stage, mon
         ref = bi_scan_reference(*inputs)
         y = ts._TritonBiScan.apply(*inputs, False, cfg)
         n_tpc = len(calls)
-        y_chunked = ts._TritonBiScan.apply(*inputs, False, dict(cfg, onepass_tpc=0))
+        y_chunked = ts._TritonBiScan.apply(*inputs, False, dict(cfg, onepass_tpc=0, lanes_chunk_warps=0))
     launches = [k.get("tpc", 1) for k in calls]
     chunked = ts._forward_plan(cfg, batch, length, E, 2, DEVICE)[3] > 1
     assert chunked == (length > 64)
@@ -1089,6 +1123,66 @@ def test_gluon_lanes_share_matches(length, batch, dtype, R, tpc, unroll, monkeyp
     assert rel_err(y, ref) < tol
     # (delta's dot product summed in one lane instead of over the channel's lanes: another order of the sums)
     assert rel_err(y, y_plain) < (1e-5 if dtype == torch.float32 else 1e-3)
+
+
+def test_lanes_chunking_plan(monkeypatch):
+    # where inference that stays chunked runs in chunks of the lanes kernel, and how it cuts the sequence: whole
+    # stages a chunk, as many chunks as make lanes_chunk_warps one-warp programs an SM (on the CPU too: the plan
+    # is host arithmetic)
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    monkeypatch.setattr(gluon_kernels, "AVAILABLE", True)
+    monkeypatch.setattr(ts, "_gluon_device", lambda device: True)
+    monkeypatch.setattr(ts, "_sm_count", lambda device: 132)
+    cpu = torch.device("cpu")
+
+    def plan(batch, length, rows_dtype=torch.bfloat16, **cfg):
+        inputs = bi_scan_inputs(batch, length, torch.bfloat16, rows_dtype, seed=0, width=48)
+        args = ts._bi_args(*inputs, 12, 16)
+        return ts._lanes_chunking(dict(ts._config(), **dict(dict(lanes_chunk_warps=16), **cfg)), args, cpu)
+
+    # Vim-Ti at 1248 px, batch 1: 24 programs of 16 channels a direction; 16 x 132 programs -> 44 chunks of 139
+    # steps, rounded up to whole stages of 16 (a 16-channel warp copies 16 steps of bf16 x at a time): 43 of 144
+    assert plan(1, 6085) == (16, 8, 43, 144)
+    assert plan(1, 6085, lanes_chunk_warps=4) == (16, 8, 11, 560)
+    assert plan(4, 6085) == (16, 8, 11, 560)
+    assert plan(1, 6085, torch.float32) == (16, 8, 43, 144)
+    assert plan(1, 65) == (16, 8, 5, 16)  # (no chunk shorter than a stage)
+    assert plan(64, 300) is None  # (the batch alone makes enough programs: one chunk)
+    for off in (dict(lanes_chunk_warps=0), dict(onepass_share=0), dict(gluon_staged=0), dict(gluon=0)):
+        assert plan(1, 6085, **off) is None, off
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("warps", [4, 16])
+@pytest.mark.parametrize("length,batch,dtype,R", [
+    (65, 3, torch.float32, 12), (197, 2, torch.bfloat16, 12), (730, 3, torch.bfloat16, 12),
+    (731, 1, torch.float32, 12), (6085, 1, torch.bfloat16, 12), (6085, 2, torch.float32, 12),
+    (730, 2, torch.bfloat16, 24)])
+def test_gluon_lanes_chunked_matches(length, batch, dtype, R, warps, monkeypatch):
+    # lanes_chunk_warps: inference that stays chunked, in chunks of scan_fwd_lanes_gluon_kernel (a first pass to
+    # each chunk's end state, the carry, a second pass writing y), against the fp32 reference and the Triton
+    # kernels' chunks; chunks of one stage up to hundreds of steps, a last chunk cut short by the sequence's end
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if not gluon_kernels.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    plans = record_results(monkeypatch, ts, "_lanes_chunking")
+    cfg = dict(ts._config(), min_programs=1 << 20, onepass_tpc=0, gluon_staged=4, lanes_chunk_warps=warps)
+    E, width = (384, 48) if R == 12 else (768, 64)
+    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + warps, E=E, R=R, width=width)
+    with torch.no_grad():
+        ref = bi_scan_reference(*inputs)
+        y = ts._TritonBiScan.apply(*inputs, False, cfg)
+        y_triton = ts._TritonBiScan.apply(*inputs, False, dict(cfg, lanes_chunk_warps=0))
+    assert len(plans) == 2 and plans[0] is not None and plans[1] is None, plans
+    stage, _, n_chunks, steps = plans[0]
+    assert n_chunks > 1 and steps % stage == 0 and (n_chunks - 1) * steps < length <= n_chunks * steps
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert rel_err(y, ref) < tol and rel_err(y, y_triton) < tol
 
 
 @pytest.mark.gpu

@@ -489,9 +489,11 @@ if gluon is not None:
         x_ptr, z_ptr, rows_ptr, dir_off, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b, y_ptr,
         L, E, stride_x_d, stride_x_b, stride_x_l, stride_z_b, stride_z_l,
         stride_y_b, stride_y_l, stride_y_d, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
+        hinit_ptr, hend_ptr, dsum_ptr, steps, stride_h_b, stride_h_d, stride_h_c,
         stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
         B_COL: gl.constexpr, C_COL: gl.constexpr, STAGE: gl.constexpr, RW: gl.constexpr, VX: gl.constexpr,
-        VR: gl.constexpr, TPC: gl.constexpr, U: gl.constexpr,
+        VR: gl.constexpr, TPC: gl.constexpr, U: gl.constexpr, CHUNKS: gl.constexpr = False,
+        HAS_INIT: gl.constexpr = False, WRITE_END: gl.constexpr = False, WRITE_Y: gl.constexpr = True,
     ):
         """The staged one-pass inference forward with each channel's states over TPC lanes (as
         ``scan_fwd_staged_gluon_kernel`` with TPC > 1), where the lanes of a channel share its work of a step
@@ -501,7 +503,14 @@ if gluon is not None:
         step: its N / TPC states' decays and updates and its part of C_t . h_t; delta_t reaches the other lanes by
         a sum over the channel's lanes (log2(TPC) shuffles), y_t's part comes back to the step's lane the same way.
         With TPC = 4 a lane evaluates 5 special functions a step instead of 8 (its 4 decays, and a quarter of the
-        channel's softplus (2) and sigmoid (2)). Same arguments as that kernel; no states saved."""
+        channel's softplus (2) and sigmoid (2)). Same arguments as that kernel; no states saved.
+
+        CHUNKS (program_id(1) = c): the program runs steps c * steps .. c * steps + steps - 1 (``steps`` a multiple
+        of STAGE; without CHUNKS the whole sequence, the code of the one pass as it was before chunks). HAS_INIT: its state starts from hinit [B, 2, chunks, N, E]
+        instead of zero; WRITE_END: it stores its end state in hend (same layout) and its sum of delta in dsum
+        [B, 2, chunks, E] (for chunk_carry_kernel; the steps from L on, staged as zeros, then leave the state
+        alone); WRITE_Y=False: no output, nor the loads and sums that make it (the chunked forward's first
+        pass)."""
         NW: gl.constexpr = gl.num_warps()
         NS: gl.constexpr = N // TPC
         tile: gl.constexpr = gl.BlockedLayout([1, NS], [32 // TPC, TPC], [NW, 1], [1, 0])
@@ -550,10 +559,25 @@ if gluon is not None:
         x_steps = _steps_view(x_buf, x_ptr.dtype.element_ty, GROUPS, U, BLOCK_E, buf_l)
         z_steps = _steps_view(z_buf, z_ptr.dtype.element_ty, GROUPS, U, BLOCK_E, buf_l)
         r_steps = _steps_view(r_buf, rows_ptr.dtype.element_ty, GROUPS, U, RW, buf_l)
-        h = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
-        _stage_chunk(x_buf, z_buf, r_buf, 0, x_base, z_base, row_base, b, L, rev, stride_x_l, stride_z_l, stride_row,
-                     C_COL + N, x_ld, r_ld)
-        for s0 in range(0, L, U):
+        if CHUNKS:
+            c = gl.program_id(1)
+            s_lo = c * steps
+            s_hi = gl.minimum(s_lo + steps, L)
+        else:
+            c = 0
+            s_lo = 0
+            s_hi = L
+        state_off = gl.expand_dims(offs_n, 0) * E + gl.expand_dims(offs_e, 1)  # [N, E] blocks, channels contiguous
+        h_off = b * stride_h_b + d * stride_h_d + c * stride_h_c
+        if HAS_INIT:
+            h = gl.load(hinit_ptr + h_off + state_off)
+        else:
+            h = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
+        if WRITE_END:
+            dacc = gl.zeros([BLOCK_E, U], gl.float32, layout=lanes)
+        _stage_chunk(x_buf, z_buf, r_buf, s_lo // STAGE, x_base, z_base, row_base, b, L, rev, stride_x_l, stride_z_l,
+                     stride_row, C_COL + N, x_ld, r_ld)
+        for s0 in range(s_lo, s_hi, U):
             if s0 % STAGE == 0:  # this chunk's copies are done; the next chunk's start (into the other buffer)
                 async_copy.wait_group(0)
                 _barrier()  # (and every thread is done reading that buffer's previous chunk)
@@ -566,25 +590,34 @@ if gluon is not None:
             x_grp = x_steps.index(g)
             dt = r_grp.slice(0, BLOCK_R, dim=1).load(gl.SliceLayout(0, d3)).to(gl.float32)
             delta_l = _softplus(gl.sum(w3 * gl.expand_dims(dt, 0), axis=2) + bias_l)
+            if WRITE_END:  # (steps from L on: no decay, nothing added, not counted)
+                delta_l = gl.where(s0 + jj < L, delta_l, 0.0)
+                dacc = dacc + delta_l
             yl = gl.zeros([BLOCK_E, U], gl.float32, layout=lanes)
             for u in gl.static_range(U):
                 delta = gl.convert_layout(gl.sum(gl.where(jj == u, delta_l, 0.0), axis=1), ch, assert_trivial=True)
                 row = r_rows.index(i + u)
                 ba = row.slice(B_COL, N).load(st).to(gl.float32)
-                ca = row.slice(C_COL, N).load(st).to(gl.float32)
+                if WRITE_Y:
+                    ca = row.slice(C_COL, N).load(st).to(gl.float32)
                 xv = x_rows.index(i + u).load(ch).to(gl.float32)
                 h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
                     + gl.expand_dims(delta * xv, 1) * gl.expand_dims(ba, 0)
-                yu = gl.convert_layout(gl.sum(h * gl.expand_dims(ca, 0), axis=1), ch_l, assert_trivial=True)
-                yl = gl.where(jj == u, gl.expand_dims(yu, 1), yl)
-            # each step's lane: D x, the gate and the store
-            xl = x_grp.permute((1, 0)).load(lanes).to(gl.float32)
-            zl = z_steps.index(g).permute((1, 0)).load(lanes).to(gl.float32)
-            yv = (yl + dskip_l * xl) * zl * _sigmoid(zl)
-            s = s0 + jj
-            t = gl.where(rev, L - 1 - s, s)
-            gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty), mask=(s < L) & (gl.expand_dims(offs_el, 1) >= 0))
+                if WRITE_Y:
+                    yu = gl.convert_layout(gl.sum(h * gl.expand_dims(ca, 0), axis=1), ch_l, assert_trivial=True)
+                    yl = gl.where(jj == u, gl.expand_dims(yu, 1), yl)
+            if WRITE_Y:  # each step's lane: D x, the gate and the store
+                xl = x_grp.permute((1, 0)).load(lanes).to(gl.float32)
+                zl = z_steps.index(g).permute((1, 0)).load(lanes).to(gl.float32)
+                yv = (yl + dskip_l * xl) * zl * _sigmoid(zl)
+                s = s0 + jj
+                t = gl.where(rev, L - 1 - s, s)
+                gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty),
+                         mask=(s < L) & (gl.expand_dims(offs_el, 1) >= 0))
         async_copy.wait_group(0)  # (the copies of the chunk after the last, all masked)
+        if WRITE_END:
+            gl.store(hend_ptr + h_off + state_off, h)
+            gl.store(dsum_ptr + h_off // N + offs_el, gl.sum(dacc, axis=1))
 
     @gluon.jit
     def _walk_step(hv, delta, xf, zf, gout, gy, sig, bf, cf, mu, a2, dskip):

@@ -358,40 +358,62 @@ def scan_fwd_kernel(
         tl.store(dsum_ptr + (off // N) + offs_e, dsum, mask=emask)
 
 
+@triton.jit
+def _carry_combine(a1, b1, a2, b2):
+    """Two stretches of the state recurrence h -> a h + b, the first then the second, as one."""
+    return a1 * a2, a2 * b1 + b2
+
+
 @triton.jit(do_not_specialize=["n_chunks", "stride_a_e", "stride_a_n"] + _NO_SPEC_E)
 def chunk_carry_kernel(
     hend_ptr, dsum_ptr, hinit_ptr, a_f, a_b, E, n_chunks,
     stride_h_b, stride_h_d, stride_h_c, stride_a_e, stride_a_n,
-    N: tl.constexpr, BLOCK_E: tl.constexpr, A_IS_LOG: tl.constexpr, REVERSE: tl.constexpr,
+    N: tl.constexpr, BLOCK_E: tl.constexpr, NC: tl.constexpr, A_IS_LOG: tl.constexpr, REVERSE: tl.constexpr,
 ):
-    """States entering each chunk: H_c = exp(A * sum(delta over chunk c-1)) * H_{c-1} + hend_{c-1}; with REVERSE
-    the same recurrence from the last chunk to the first (the backward pass's adjoint entering each chunk from
-    its end: M_c = exp(A * sum(delta over chunk c+1)) * M_{c+1} + mu_local_{c+1})."""
-    pid_be = tl.program_id(0)
+    """States entering each chunk: H_c = exp(A * sum(delta over chunk c-1)) * H_{c-1} + hend_{c-1}, H_0 = 0; with
+    REVERSE the same recurrence from the last chunk to the first (the backward pass's adjoint entering each chunk
+    from its end: M_c = exp(A * sum(delta over chunk c+1)) * M_{c+1} + mu_local_{c+1}).
+
+    A program owns one state of BLOCK_E channels of one (batch, direction) and all n_chunks (<= NC) chunks at once:
+    its loads all go out together, and the recurrence over chunks is a parallel prefix (tl.associative_scan, log2(NC)
+    rounds) instead of a walk whose every step waits on a load (64 chunks: 39 us a launch at Vim-Ti's batch 1 at
+    1248 px, docs/kernels.md, "Session 27"). Grid: (B * cdiv(E, BLOCK_E) * N, ND)."""
+    pid = tl.program_id(0)
     d = tl.program_id(1)
+    n = pid % N
+    rest = pid // N
     n_eblocks = (E + BLOCK_E - 1) // BLOCK_E
-    b = pid_be // n_eblocks
-    eb = pid_be % n_eblocks
+    b = rest // n_eblocks
+    eb = rest % n_eblocks
     offs_e = eb * BLOCK_E + tl.arange(0, BLOCK_E)
     emask = offs_e < E
-    offs_n = tl.arange(0, N)
-    state_off = offs_n[None, :] * E + offs_e[:, None]
-    a = tl.load(_pick(d, a_f, a_b) + offs_e[:, None] * stride_a_e + offs_n[None, :] * stride_a_n,
-                mask=emask[:, None], other=0.0).to(tl.float32)
+    i = tl.arange(0, NC)
+    if REVERSE:
+        c = n_chunks - 1 - i
+    else:
+        c = i
+    a = tl.load(_pick(d, a_f, a_b) + offs_e * stride_a_e + n * stride_a_n, mask=emask, other=0.0).to(tl.float32)
     if A_IS_LOG:
         a = -tl.exp(a)
-    h = tl.zeros([BLOCK_E, N], dtype=tl.float32)
     base = b * stride_h_b + d * stride_h_d
-    for i in range(n_chunks):
-        if REVERSE:
-            c = n_chunks - 1 - i
-        else:
-            c = i
-        off = base + c * stride_h_c
-        tl.store(hinit_ptr + off + state_off, h, mask=emask[:, None])
-        dsum = tl.load(dsum_ptr + (off // N) + offs_e, mask=emask, other=0.0)
-        hend = tl.load(hend_ptr + off + state_off, mask=emask[:, None], other=0.0)
-        h = tl.exp(dsum[:, None] * a) * h + hend
+    off = base + c[:, None] * stride_h_c  # [NC, 1]: chunk c's [N, E] block
+    mask = (i[:, None] < n_chunks) & emask[None, :]
+    dsum = tl.load(dsum_ptr + (off // N) + offs_e[None, :], mask=mask, other=0.0)
+    hend = tl.load(hend_ptr + off + n * E + offs_e[None, :], mask=mask, other=0.0)
+    # (chunks past the last: decay 1, nothing added; they come after every real chunk in the scan's order)
+    _, h = tl.associative_scan((tl.exp(dsum * a[None, :]), hend), 0, _carry_combine)
+    # h[i]: the state after the i + 1 first chunks (in the scan's order), which enters chunk i + 1
+    if REVERSE:
+        c_next = c - 1
+    else:
+        c_next = c + 1
+    tl.store(hinit_ptr + base + c_next[:, None] * stride_h_c + n * E + offs_e[None, :], h,
+             mask=(i[:, None] + 1 < n_chunks) & emask[None, :])
+    if REVERSE:
+        first = n_chunks - 1
+    else:
+        first = 0
+    tl.store(hinit_ptr + base + first * stride_h_c + n * E + offs_e, tl.zeros([BLOCK_E], tl.float32), mask=emask)
 
 
 @triton.jit(do_not_specialize=["L", "steps_per_chunk", "dir_base", "stride_a_e", "stride_a_n", "stride_w_e",

@@ -74,7 +74,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
         "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
-        "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE"))
+        "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -199,6 +199,11 @@ def _read_config():
         # batch 16 1.126 -> 0.853 ms, 1024 / 16 0.760 -> 0.576, 738 / 32 0.513 -> 0.420, 512 / 32 0.251 -> 0.207,
         # 1248 / 24 1.457 -> 1.170; with 4 lanes a channel it is slower than the staged kernel)
         onepass_share=_env_int("VISION_MAMBA_TRITON_ONEPASS_SHARE", 8),
+        # inference that stays chunked (fewer channels than onepass_min_channels) in chunks of that kernel, 2 lanes
+        # a channel (_launch_lanes_chunked: a first pass to each chunk's end state, the carry, a second pass that
+        # writes y), cut into as many chunks as make this many one-warp programs an SM; 0: off (the Triton kernels'
+        # chunks)
+        lanes_chunk_warps=_env_int("VISION_MAMBA_TRITON_LANES_CHUNK_WARPS", 24),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
         # 4 measured fastest (docs/kernels.md, "Session 17": the kernel at 224 px / batch 128 0.164 ms unstaged,
@@ -523,6 +528,10 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
         _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=tpc, cpt=cfg.get("onepass_cpt", 1),
                               unroll=cfg.get("onepass_unroll", 1), share=cfg.get("onepass_share", 0))
         return y, None
+    lanes_plan = _lanes_chunking(cfg, args, dev) if n_chunks > 1 and not save_states else None
+    if lanes_plan is not None:  # (inference that stays chunked: in chunks of the lanes kernel)
+        _launch_lanes_chunked(args, y, lanes_plan)
+        return y, None
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
     # [B, ND, n_save, N, E]; for the Gluon backward each channel's states contiguous (a transposed view)
@@ -573,11 +582,23 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
     dsum = _new(B, ND, n_chunks, E, device=dev, dtype=torch.float32)
     hinit = _new(B, ND, n_chunks, N, E, device=dev, dtype=torch.float32)
     launch(None, hend, dsum, False, True, False)
-    fast(chunk_carry_kernel)[(B * n_eb, ND)](
-        hend, dsum, hinit, args.a[0], args.a[1], E, n_chunks, hend.stride(0), hend.stride(1), hend.stride(2), *pstrides[:2],
-        N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=False, num_warps=cfg["num_warps"], **FP_FUSION)
+    _chunk_carry(args, hend, dsum, hinit, n_chunks, reverse=False)
     launch(hinit, None, None, True, False, save_states)
     return y, hsave
+
+
+def _chunk_carry(args: _ScanArgs, hend: Tensor, dsum: Tensor, hinit: Tensor, n_chunks: int, reverse: bool) -> None:
+    """hinit [B, ND, n_chunks, N, E]: the state entering each chunk (with ``reverse``, the adjoint entering each chunk
+    from its end), from each chunk's local end state ``hend`` and its sum of delta ``dsum`` [B, ND, n_chunks, E]
+    (chunk_carry_kernel: all chunks at once, a parallel prefix over them)."""
+    B, ND, E, N = args.B, args.n_dirs, args.E, args.N
+    assert hend.is_contiguous() and dsum.is_contiguous() and hinit.stride() == hend.stride()
+    nc = _next_pow2(n_chunks)
+    block_e = max(16, min(64, 4096 // nc, _next_pow2(E)))  # (a program's [chunks, channels] tile: 4K values or less)
+    fast(chunk_carry_kernel)[(B * _cdiv(E, block_e) * N, ND)](
+        hend, dsum, hinit, args.a[0], args.a[1], E, n_chunks, hend.stride(0), hend.stride(1), hend.stride(2),
+        *args.param_strides()[:2], N=N, BLOCK_E=block_e, NC=nc, A_IS_LOG=args.a_is_log, REVERSE=reverse,
+        num_warps=4, **FP_FUSION)
 
 
 class _GluonFailed(Exception):
@@ -718,6 +739,9 @@ def rows_in_fp32(cfg, device, dtype, B: int, L: int, E: int, N: int, training: b
     if cfg.get("gluon", -1) == 0 or cfg.get("block_e"):
         return False
     _, block_e, _, n_chunks, _ = _forward_plan(cfg, B, L, E, 2, device)
+    if (not training and n_chunks > 1 and cfg.get("onepass_share", 0) and cfg.get("gluon_staged", 0)
+            and (cfg.get("lanes_chunk_warps", 0) > 0 or cfg.get("onepass_tpc", 0) != 0)):
+        return True  # (scan_fwd_lanes_gluon_kernel, in one pass or in chunks: _scan_forward)
     if block_e % (32 * cfg["num_warps"]) or E % block_e:
         return False
     return _forward_rule(cfg, block_e, n_chunks, training, False) is not None
@@ -787,6 +811,70 @@ def _tpc_stage(args: _ScanArgs, stage: int, rows: Tensor, block_e: int) -> int:
     return 0
 
 
+def _onepass_args(args: _ScanArgs, y: Tensor, block_e: int) -> Tuple[tuple, dict]:
+    """The arguments the one-pass Gluon kernels share: tensors, sizes and strides; then the constexpr ones."""
+    x, z, rows = args.x, args.z, args.dt[0]
+    a_stride_e, a_stride_n, w_stride_e, w_stride_r = args.param_strides()
+    common = (x, z, rows, args.dir_off, args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
+              args.dskip[0], args.dskip[1], y,
+              args.L, args.E, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), y.stride(0),
+              y.stride(1), y.stride(2), a_stride_e, a_stride_n, w_stride_e, w_stride_r)
+    flags = dict(stride_row=rows.stride(0), R=args.R, N=args.N, BLOCK_E=block_e, BLOCK_R=max(2, _next_pow2(args.R)),
+                 B_COL=args.b_col, C_COL=args.c_col, num_warps=1, **FP_FUSION)
+    return common, flags
+
+
+def _lanes_chunking(cfg, args: _ScanArgs, device, tpc: int = 2) -> Optional[Tuple[int, int, int, int]]:
+    """(stage, steps a pass, chunks, steps a chunk) with which an inference forward that the plan splits into chunks
+    runs as chunks of scan_fwd_lanes_gluon_kernel (``tpc`` lanes a channel, :func:`_launch_lanes_chunked`), or None:
+    where the Gluon kernels apply and the lanes kernel's staged copies fit (as for one pass, ``onepass_share``
+    and ``gluon_staged`` set), ``lanes_chunk_warps`` > 0, and the sequence splits into two chunks or more. Chunks
+    are whole multiples of the stage, as many as make ``lanes_chunk_warps`` one-warp programs an SM."""
+    warps, share, stage = cfg.get("lanes_chunk_warps", 0), cfg.get("onepass_share", 0), cfg.get("gluon_staged", 0)
+    if warps <= 0 or not share or not stage or not _gluon_common(cfg.get("gluon", -1), args, device):
+        return None
+    block_e = 32 // tpc
+    if args.E % block_e or tpc > min(args.N, max(2, _next_pow2(args.R))):
+        return None
+    stage = _tpc_stage(args, stage, args.dt[0], block_e)
+    unroll = max(share, tpc)
+    if not stage or unroll > stage:
+        return None
+    programs = args.B * (args.E // block_e) * args.n_dirs
+    n_chunks = min(_cdiv(warps * _sm_count(device), programs), _cdiv(args.L, stage))
+    steps = _cdiv(_cdiv(args.L, max(n_chunks, 1)), stage) * stage
+    n_chunks = _cdiv(args.L, steps)
+    return (stage, unroll, n_chunks, steps) if n_chunks > 1 else None
+
+
+@_gluon_launch
+def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int, int], tpc: int = 2) -> None:
+    """Inference in chunks of scan_fwd_lanes_gluon_kernel: each chunk but the last from a zero state to its end
+    state and its sum of delta (no output), the carry across chunks (:func:`_chunk_carry`), then every chunk again
+    from the state that truly enters it, writing y."""
+    from . import gluon_kernels
+
+    stage, unroll, n_chunks, steps = plan
+    B, E, N = args.B, args.E, args.N
+    dev = args.x.device
+    block_e = 32 // tpc
+    common, flags = _onepass_args(args, y, block_e)
+    rw, vx, vr = _staged_fits(args, stage, args.dt[0], block_e)
+    flags.update(STAGE=stage, RW=rw, VX=vx, VR=vr, TPC=tpc, U=unroll)
+    f32 = dict(device=dev, dtype=torch.float32)
+    hend, hinit = _new(B, 2, n_chunks, N, E, **f32), _new(B, 2, n_chunks, N, E, **f32)
+    dsum = _new(B, 2, n_chunks, E, **f32)
+    h_strides = (hend.stride(0), hend.stride(1), hend.stride(2))
+    kernel = fast(gluon_kernels.scan_fwd_lanes_gluon_kernel)
+    # (the last chunk's end state is never needed: its entries stay unwritten, and the carry reads none of them
+    # into a state it stores)
+    kernel[(B * (E // block_e), n_chunks - 1, 2)](
+        *common, hinit, hend, dsum, steps, *h_strides, CHUNKS=True, HAS_INIT=False, WRITE_END=True, WRITE_Y=False, **flags)
+    _chunk_carry(args, hend, dsum, hinit, n_chunks, reverse=False)
+    kernel[(B * (E // block_e), n_chunks, 2)](
+        *common, hinit, hend, dsum, steps, *h_strides, CHUNKS=True, HAS_INIT=True, WRITE_END=False, WRITE_Y=True, **flags)
+
+
 @_gluon_launch
 def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Optional[Tensor] = None,
                           save_every: int = 0, maxnreg: int = 0, tpc: int = 1, cpt: int = 1,
@@ -806,15 +894,9 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
         raise ValueError(f"the staged kernels' steps a pass must be powers of two, got {unroll} and {share}")
 
     x, z, rows = args.x, args.z, args.dt[0]
-    B, L, E, N, R = args.B, args.L, args.E, args.N, args.R
+    B, L, E = args.B, args.L, args.E
     block_e = 64 if tpc == 1 else 32 * cpt // tpc
-    a_stride_e, a_stride_n, w_stride_e, w_stride_r = args.param_strides()
-    common = (x, z, rows, args.dir_off, args.w[0], args.w[1], args.bias[0], args.bias[1], args.a[0], args.a[1],
-              args.dskip[0], args.dskip[1], y,
-              L, E, x.stride(0), x.stride(1), x.stride(2), z.stride(0), z.stride(1), y.stride(0), y.stride(1),
-              y.stride(2), a_stride_e, a_stride_n, w_stride_e, w_stride_r)
-    flags = dict(stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, _next_pow2(R)),
-                 B_COL=args.b_col, C_COL=args.c_col, num_warps=1, **FP_FUSION)
+    common, flags = _onepass_args(args, y, block_e)
     if tpc > 1:
         if hsave is not None:
             return False
@@ -822,8 +904,10 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
         stage = _tpc_stage(args, stage, rows, block_e) if stage else 0
         if stage and share and cpt == 1 and max(share, tpc) <= stage:
             rw, vx, vr = _staged_fits(args, stage, rows, block_e)
+            dummy = _dummy(x.device)  # (one pass: no chunks, start states, end states or sums of delta)
             fast(gluon_kernels.scan_fwd_lanes_gluon_kernel)[(B * (E // block_e), 1, 2)](
-                *common, STAGE=stage, RW=rw, VX=vx, VR=vr, TPC=tpc, U=max(share, tpc), **flags)
+                *common, dummy, dummy, dummy, 0, 0, 0, 0, STAGE=stage, RW=rw, VX=vx, VR=vr,
+                TPC=tpc, U=max(share, tpc), **flags)
         elif stage:
             rw, vx, vr = _staged_fits(args, stage, rows, block_e)
             fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
@@ -910,9 +994,7 @@ def _scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
             *common["strides"], gy.stride(0), gy.stride(1), gy.stride(2), *args.param_strides(), *m_strides,
             BLOCK_E=block_e, PARAMS_T=params_t, EVEN_E=E % block_e == 0, num_warps=cfg["num_warps"], **FP_FUSION,
             **common["flags"])
-        fast(chunk_carry_kernel)[(B * n_eb, ND)](
-            muend, dsum, muinit, args.a[0], args.a[1], E, n_chunks, *m_strides, *args.param_strides()[:2],
-            N=N, BLOCK_E=block_e, A_IS_LOG=args.a_is_log, REVERSE=True, num_warps=cfg["num_warps"], **FP_FUSION)
+        _chunk_carry(args, muend, dsum, muinit, n_chunks, reverse=True)
     else:
         m_strides = (0, 0, 0)
     if use_gluon:
