@@ -202,7 +202,10 @@ def _read_config():
         # inference that stays chunked (fewer channels than onepass_min_channels) in chunks of that kernel, 2 lanes
         # a channel (_launch_lanes_chunked: a first pass to each chunk's end state, the carry, a second pass that
         # writes y), cut into as many chunks as make this many one-warp programs an SM; 0: off (the Triton kernels'
-        # chunks)
+        # chunks). Measured on an H100 (docs/kernels.md, "Session 27"; Vim-Ti's scan, the Triton chunks on bf16 rows
+        # -> 24 warps an SM on fp32 rows): 1248 px / batch 1 0.124 -> 0.078 ms, batch 4 0.358 -> 0.265, batch 8
+        # 0.615 -> 0.506, 738 px / batch 8 0.281 -> 0.188 (8 and 16 warps: up to 24% and 7% slower than 24; 32:
+        # within 5%). The whole model at 1248 px / batch 1: 247.5 -> 345.4 img/s
         lanes_chunk_warps=_env_int("VISION_MAMBA_TRITON_LANES_CHUNK_WARPS", 24),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
@@ -741,7 +744,8 @@ def rows_in_fp32(cfg, device, dtype, B: int, L: int, E: int, N: int, training: b
     _, block_e, _, n_chunks, _ = _forward_plan(cfg, B, L, E, 2, device)
     if (not training and n_chunks > 1 and cfg.get("onepass_share", 0) and cfg.get("gluon_staged", 0)
             and (cfg.get("lanes_chunk_warps", 0) > 0 or cfg.get("onepass_tpc", 0) != 0)):
-        return True  # (scan_fwd_lanes_gluon_kernel, in one pass or in chunks: _scan_forward)
+        return True  # (scan_fwd_lanes_gluon_kernel, in one pass or in chunks, reads them faster: 1248 px / batch 8
+        # in chunks 0.593 -> 0.506 ms, docs/kernels.md, "Session 27")
     if block_e % (32 * cfg["num_warps"]) or E % block_e:
         return False
     return _forward_rule(cfg, block_e, n_chunks, training, False) is not None
