@@ -506,11 +506,11 @@ if gluon is not None:
         channel's softplus (2) and sigmoid (2)). Same arguments as that kernel; no states saved.
 
         CHUNKS (program_id(1) = c): the program runs steps c * steps .. c * steps + steps - 1 (``steps`` a multiple
-        of STAGE; without CHUNKS the whole sequence, the code of the one pass as it was before chunks). HAS_INIT: its state starts from hinit [B, 2, chunks, N, E]
-        instead of zero; WRITE_END: it stores its end state in hend (same layout) and its sum of delta in dsum
-        [B, 2, chunks, E] (for chunk_carry_kernel; the steps from L on, staged as zeros, then leave the state
-        alone); WRITE_Y=False: no output, nor the loads and sums that make it (the chunked forward's first
-        pass)."""
+        of STAGE; without CHUNKS the whole sequence, in the code the one pass had before chunks: the same SASS).
+        HAS_INIT: its state starts from hinit [B, 2, chunks, N, E] instead of zero; WRITE_END: it stores its end
+        state in hend (same layout) and its sum of delta in dsum [B, 2, chunks, E] (for chunk_carry_kernel; the
+        steps from L on, staged as zeros, then leave the state alone); WRITE_Y=False: no output, nor the loads and
+        sums that make it (the chunked forward's first pass)."""
         NW: gl.constexpr = gl.num_warps()
         NS: gl.constexpr = N // TPC
         tile: gl.constexpr = gl.BlockedLayout([1, NS], [32 // TPC, TPC], [NW, 1], [1, 0])

@@ -872,11 +872,12 @@ def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int,
     kernel = fast(gluon_kernels.scan_fwd_lanes_gluon_kernel)
     # (the last chunk's end state is never needed: its entries stay unwritten, and the carry reads none of them
     # into a state it stores)
+    chunks = (hinit, hend, dsum, steps, *h_strides)
     kernel[(B * (E // block_e), n_chunks - 1, 2)](
-        *common, hinit, hend, dsum, steps, *h_strides, CHUNKS=True, HAS_INIT=False, WRITE_END=True, WRITE_Y=False, **flags)
+        *common, *chunks, CHUNKS=True, HAS_INIT=False, WRITE_END=True, WRITE_Y=False, **flags)
     _chunk_carry(args, hend, dsum, hinit, n_chunks, reverse=False)
     kernel[(B * (E // block_e), n_chunks, 2)](
-        *common, hinit, hend, dsum, steps, *h_strides, CHUNKS=True, HAS_INIT=True, WRITE_END=False, WRITE_Y=True, **flags)
+        *common, *chunks, CHUNKS=True, HAS_INIT=True, WRITE_END=False, WRITE_Y=True, **flags)
 
 
 @_gluon_launch
