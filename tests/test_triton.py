@@ -377,6 +377,9 @@ def test_mixer_weights_kernel_matches_the_helpers():
                 assert (pair[:, R:rank_cols] == 0).all()
                 pair2, none = mixer_weights(w_f, w_b, None, R, rank_cols, dtype)
                 assert none is None and torch.equal(pair2, pair)
+                _, twice = mixer_weights(w_f, w_b, out_w, R, rank_cols, dtype, copies=2)  # [W, W] / 2
+                torch.testing.assert_close(twice, _half_weight(out_w, dtype, copies=2), **tol)
+                assert torch.equal(twice[:, :E], half) and torch.equal(twice[:, E:], half)
         # weights that are not contiguous (transposed copies) give the same
         t_f, t_b, t_o = (w.t().contiguous().t() for w in (w_f, w_b, out_w))
         pair3, half3 = mixer_weights(t_f, t_b, t_o, R, rank_cols, torch.float32)
@@ -529,6 +532,57 @@ def test_conv_matches_reference(block_l, tiles, monkeypatch):
         ref = torch.nn.functional.silu(causal_conv1d_ref(x, w[d], bias[d], reverse=d == 1))
         assert torch.isfinite(out[d]).all()
         assert rel_err(out[d], ref) < 2e-6
+
+
+def test_conv_interleaved_storage():
+    # interleave: the same values, stored [B, L, 2, E] (a token's directions side by side) under a [2, B, L, E] view
+    from vision_mamba.ops.selective_scan.triton_scan import _config, conv_forward
+
+    g = torch.Generator().manual_seed(3)
+    B, L, E = 2, 21, 24
+    x = torch.randn(B, L, 2 * E, generator=g).to(DEVICE)[..., :E]
+    w = [torch.randn(E, 1, 4, generator=g).to(DEVICE) for _ in range(2)]
+    bias = [torch.randn(E, generator=g).to(DEVICE) for _ in range(2)]
+    plain = conv_forward(x, w[0], w[1], bias[0], bias[1], _config())
+    inter = conv_forward(x, w[0], w[1], bias[0], bias[1], _config(), interleave=True)
+    assert plain.is_contiguous() and inter.shape == plain.shape == (2, B, L, E)
+    assert inter.permute(1, 2, 0, 3).is_contiguous()
+    assert torch.equal(inter, plain)
+
+
+@pytest.mark.parametrize("dim,length", [(20, 19), (32, 40)])
+def test_mixer_inference_interleaved(dim, length, monkeypatch):
+    # inference with the conv's output (and y over it) stored [B, L, 2, E]: out_proj is one product with K = 2E;
+    # against the reference backend, and against the [2, B, L, E] storage's two accumulating products, in fp32 and
+    # under bf16 autocast
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    mixer = perturbed_mixer(dim, seed=dim)
+    hidden = torch.randn(2, length, dim, device=DEVICE)
+    calls = []
+    real = ts._out_proj_directions
+
+    def spy(ys, *args, **kwargs):
+        calls.append(ys.permute(1, 2, 0, 3).is_contiguous())
+        return real(ys, *args, **kwargs)
+
+    monkeypatch.setattr(ts, "_out_proj_directions", spy)
+    for bf16, tol in ((False, 2e-5), (True, 3e-2)):
+        autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16)
+        with torch.no_grad(), autocast:
+            with scan_backend("reference"):
+                ref = mixer(hidden)
+            outs = {}
+            for setting in ("1", "0"):
+                monkeypatch.setenv("VISION_MAMBA_TRITON_INTERLEAVE", setting)
+                with scan_backend("triton"):
+                    outs[setting] = mixer(hidden)
+        assert calls == [True, False], calls
+        calls.clear()
+        for out in outs.values():
+            assert torch.isfinite(out).all() and out.dtype == ref.dtype
+            assert rel_err(out, ref) < tol
+        assert rel_err(outs["1"], outs["0"]) < (1e-6 if not bf16 else 1e-2)
 
 
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
@@ -751,7 +805,7 @@ def test_gluon_dispatch_rule(monkeypatch):
                                                dev)  # noqa: E731
     assert cfg["onepass_tpc"] == -1 and cfg["onepass_min_channels"] == 12288
     assert cfg["onepass_min_channels_wide"] == 9216
-    assert cfg["onepass_unroll"] == 4 and cfg["gluon_staged_unroll"] == 4 and cfg["onepass_share"] == 8
+    assert cfg["onepass_unroll"] == 4 and cfg["gluon_staged_unroll"] == 4 and cfg["onepass_share"] == 16
     assert [tpc(-1), tpc(-1, B=15), tpc(-1, B=16), tpc(-1, B=17), tpc(-1, B=32), tpc(-1, B=7, E=768),
             tpc(-1, B=8, E=768)] == [0, 0, 2, 2, 2, 0, 2]  # (rank 12)
     vim_s = [tpc(-1, B=b, E=768, R=24) for b in (1, 2, 4, 5, 6, 8, 16)]
@@ -1092,7 +1146,7 @@ def test_gluon_staged_unroll_matches(length, batch, dtype, tpc, unroll, monkeypa
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("unroll", [1, 8])
+@pytest.mark.parametrize("unroll", [1, 8, 16])
 @pytest.mark.parametrize("tpc", [2, 4])
 @pytest.mark.parametrize("length,batch,dtype,R", [
     (65, 3, torch.float32, 12), (197, 2, torch.bfloat16, 12), (730, 3, torch.bfloat16, 12),
@@ -1108,6 +1162,7 @@ def test_gluon_lanes_share_matches(length, batch, dtype, R, tpc, unroll, monkeyp
         pytest.skip("this Triton has no Gluon")
     calls = record_onepass_launches(monkeypatch, ts)
     stages = record_results(monkeypatch, ts, "_tpc_stage")
+    unrolls = record_results(monkeypatch, ts, "_lanes_unroll")
     cfg = dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, gluon_staged=4)
     E, width = (384, 48) if R == 12 else (768, 64)
     inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + tpc + unroll, E=E, R=R, width=width)
@@ -1117,7 +1172,9 @@ def test_gluon_lanes_share_matches(length, batch, dtype, R, tpc, unroll, monkeyp
         y_plain = ts._TritonBiScan.apply(*inputs, False, dict(cfg, onepass_share=0))
     shares = [(k.get("tpc"), k.get("share")) for k in calls]
     assert shares == [(tpc, unroll), (tpc, 0)], shares
-    assert len(stages) == 2 and all(st >= max(unroll, tpc) for st in stages), stages  # (the lanes kernel ran)
+    assert len(stages) == 2 and all(st >= tpc for st in stages), stages
+    # (the lanes kernel ran, its steps a pass cut to the stage: 8 for fp32 activations' stage of 8 steps)
+    assert unrolls == [min(max(unroll, tpc), stages[0])], (unrolls, stages)
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert y.dtype == dtype and torch.isfinite(y).all()
     assert rel_err(y, ref) < tol
@@ -1144,23 +1201,25 @@ def test_lanes_chunking_plan(monkeypatch):
 
     # Vim-Ti at 1248 px, batch 1: 24 programs of 16 channels a direction; 16 x 132 programs -> 44 chunks of 139
     # steps, rounded up to whole stages of 16 (a 16-channel warp copies 16 steps of bf16 x at a time): 43 of 144
-    assert plan(1, 6085) == (16, 8, 43, 144)
-    assert plan(1, 6085, lanes_chunk_warps=4) == (16, 8, 11, 560)
-    assert plan(4, 6085) == (16, 8, 11, 560)
-    assert plan(1, 6085, torch.float32) == (16, 8, 43, 144)
-    assert plan(1, 65) == (16, 8, 5, 16)  # (no chunk shorter than a stage)
+    assert plan(1, 6085) == (16, 16, 43, 144)
+    assert plan(1, 6085, lanes_chunk_warps=4) == (16, 16, 11, 560)
+    assert plan(4, 6085) == (16, 16, 11, 560)
+    assert plan(1, 6085, torch.float32) == (16, 16, 43, 144)
+    assert plan(1, 65) == (16, 16, 5, 16)  # (no chunk shorter than a stage)
+    assert plan(1, 6085, onepass_share=8) == (16, 8, 43, 144)
     assert plan(64, 300) is None  # (the batch alone makes enough programs: one chunk)
     for off in (dict(lanes_chunk_warps=0), dict(onepass_share=0), dict(gluon_staged=0), dict(gluon=0)):
         assert plan(1, 6085, **off) is None, off
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("share", [8, 16])
 @pytest.mark.parametrize("warps", [4, 16])
 @pytest.mark.parametrize("length,batch,dtype,R", [
     (65, 3, torch.float32, 12), (197, 2, torch.bfloat16, 12), (730, 3, torch.bfloat16, 12),
     (731, 1, torch.float32, 12), (6085, 1, torch.bfloat16, 12), (6085, 2, torch.float32, 12),
     (730, 2, torch.bfloat16, 24)])
-def test_gluon_lanes_chunked_matches(length, batch, dtype, R, warps, monkeypatch):
+def test_gluon_lanes_chunked_matches(length, batch, dtype, R, warps, share, monkeypatch):
     # lanes_chunk_warps: inference that stays chunked, in chunks of scan_fwd_lanes_gluon_kernel (a first pass to
     # each chunk's end state, the carry, a second pass writing y), against the fp32 reference and the Triton
     # kernels' chunks; chunks of one stage up to hundreds of steps, a last chunk cut short by the sequence's end
@@ -1170,7 +1229,8 @@ def test_gluon_lanes_chunked_matches(length, batch, dtype, R, warps, monkeypatch
     if not gluon_kernels.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
     plans = record_results(monkeypatch, ts, "_lanes_chunking")
-    cfg = dict(ts._config(), min_programs=1 << 20, onepass_tpc=0, gluon_staged=4, lanes_chunk_warps=warps)
+    cfg = dict(ts._config(), min_programs=1 << 20, onepass_tpc=0, gluon_staged=4, lanes_chunk_warps=warps,
+               onepass_share=share)
     E, width = (384, 48) if R == 12 else (768, 64)
     inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + warps, E=E, R=R, width=width)
     with torch.no_grad():
@@ -1178,7 +1238,8 @@ def test_gluon_lanes_chunked_matches(length, batch, dtype, R, warps, monkeypatch
         y = ts._TritonBiScan.apply(*inputs, False, cfg)
         y_triton = ts._TritonBiScan.apply(*inputs, False, dict(cfg, lanes_chunk_warps=0))
     assert len(plans) == 2 and plans[0] is not None and plans[1] is None, plans
-    stage, _, n_chunks, steps = plans[0]
+    stage, unroll, n_chunks, steps = plans[0]
+    assert unroll == min(share, stage)  # (fp32 activations: a stage of 8 steps)
     assert n_chunks > 1 and steps % stage == 0 and (n_chunks - 1) * steps < length <= n_chunks * steps
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert y.dtype == dtype and torch.isfinite(y).all()

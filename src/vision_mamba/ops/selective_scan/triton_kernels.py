@@ -919,13 +919,14 @@ def pair_sum_kernel(
 def mixer_weights_kernel(
     xf_ptr, xb_ptr, ow_ptr, pair_ptr, half_ptr, E, D, stride_x, stride_o,
     R: tl.constexpr, RANK_COLS: tl.constexpr, ROWS: tl.constexpr, HAS_OUT: tl.constexpr,
-    BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr,
+    BLOCK_R: tl.constexpr, BLOCK_E: tl.constexpr, COPIES: tl.constexpr = 1,
 ):
     """The weights an inference call of the mixer uses, in one launch instead of four: both directions' x_proj
     weights [ROWS, E] (ROWS = R + 2N) laid out as the scan reads x_proj's rows, pair[d] = dt_low's R rows | zero
     rows up to RANK_COLS | B's and C's 2N rows, in pair's dtype ([2, W, E], W = RANK_COLS + 2N); and with HAS_OUT
-    out_proj's weight [D, E] halved, half = weight * 0.5 rounded once into half's dtype ([D, E]). Grid: (blocks of
-    BLOCK_R rows over the 2W + D output rows, E blocks)."""
+    out_proj's weight [D, E] halved, half = weight * 0.5 rounded once into half's dtype ([D, E]; with COPIES = 2
+    [D, 2E], the halved row twice side by side). Grid: (blocks of BLOCK_R rows over the 2W + D output rows, E
+    blocks)."""
     W: tl.constexpr = RANK_COLS + ROWS - R
     r = tl.program_id(0) * BLOCK_R + tl.arange(0, BLOCK_R)
     c = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
@@ -946,4 +947,6 @@ def mixer_weights_kernel(
         hmask = ((h >= 0) & (h < D))[:, None] & cmask
         h = h.to(tl.int64)[:, None]
         o = tl.load(ow_ptr + h * stride_o + c[None, :], mask=hmask, other=0.0).to(tl.float32)
-        tl.store(half_ptr + h * E + c[None, :], (o * 0.5).to(half_ptr.dtype.element_ty), mask=hmask)
+        hv = (o * 0.5).to(half_ptr.dtype.element_ty)
+        for k in tl.static_range(COPIES):
+            tl.store(half_ptr + h * (COPIES * E) + k * E + c[None, :], hv, mask=hmask)

@@ -74,7 +74,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
         "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
-        "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS"))
+        "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS", "INTERLEAVE"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -129,6 +129,10 @@ def _read_config():
         conv_block_l=_env_int("VISION_MAMBA_TRITON_CONV_BLOCK_L", 16),
         conv_tiles=_env_int("VISION_MAMBA_TRITON_CONV_TILES", 2),
         conv_warps=_env_int("VISION_MAMBA_TRITON_CONV_WARPS", 2),
+        # inference: the conv's output (which the scan overwrites with y) stored [B, L, 2, E], a token's directions
+        # side by side, so that out_proj((y_f + y_b) / 2) is one product with K = 2E instead of a product and an
+        # accumulating one (which reads and writes its [B, L, D] output again); 0: stored [2, B, L, E]
+        interleave=_env_int("VISION_MAMBA_TRITON_INTERLEAVE", 1),
         # conv backward: rows per tile and warps of the first pass (g_pre, weight gradients; rows of 8 keep its ten
         # accumulators in registers) and of the second (d x; also its tiles per program)
         conv_bwd_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_ROWS", 8),
@@ -194,11 +198,14 @@ def _read_config():
         gluon_staged_unroll=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL", 4),
         # those launches with lanes a channel (staged, a channel a thread) in scan_fwd_lanes_gluon_kernel instead,
         # where the lanes of a channel share its work of a step (delta and the gate, a step's lane each), with
-        # max(onepass_share, lanes) steps a pass; 0: off. 8 since session 26 (docs/kernels.md, "Session 26"; H100,
+        # onepass_share steps a pass (at least the lanes, at most the stage: _lanes_unroll); 0: off. 8 since session 26 (docs/kernels.md, "Session 26"; H100,
         # Vim-Ti's scan with 2 lanes, scan_fwd_staged_gluon_kernel at 4 steps a pass -> this one at 8: 1248 px /
         # batch 16 1.126 -> 0.853 ms, 1024 / 16 0.760 -> 0.576, 738 / 32 0.513 -> 0.420, 512 / 32 0.251 -> 0.207,
         # 1248 / 24 1.457 -> 1.170; with 4 lanes a channel it is slower than the staged kernel)
-        onepass_share=_env_int("VISION_MAMBA_TRITON_ONEPASS_SHARE", 8),
+        # Since session 28 16, cut to the stage (_lanes_unroll: 16 on bf16 activations, 8 on fp32); measured on an
+        # H100 (docs/kernels.md, "Session 28"; Vim-Ti's scan 8 -> 16: 1248 px / batch 16 0.859 -> 0.779 ms, 1024 /
+        # 16 0.580 -> 0.527, 738 / 32 0.422 -> 0.410; the whole model 1248 / 16 515.3 -> 554.8 img/s)
+        onepass_share=_env_int("VISION_MAMBA_TRITON_ONEPASS_SHARE", 16),
         # inference that stays chunked (fewer channels than onepass_min_channels) in chunks of that kernel, 2 lanes
         # a channel (_launch_lanes_chunked: a first pass to each chunk's end state, the carry, a second pass that
         # writes y), cut into as many chunks as make this many one-warp programs an SM; 0: off (the Triton kernels'
@@ -841,14 +848,21 @@ def _lanes_chunking(cfg, args: _ScanArgs, device, tpc: int = 2) -> Optional[Tupl
     if args.E % block_e or tpc > min(args.N, max(2, _next_pow2(args.R))):
         return None
     stage = _tpc_stage(args, stage, args.dt[0], block_e)
-    unroll = max(share, tpc)
-    if not stage or unroll > stage:
+    if not stage or tpc > stage:
         return None
+    unroll = _lanes_unroll(share, tpc, stage)
     programs = args.B * (args.E // block_e) * args.n_dirs
     n_chunks = min(_cdiv(warps * _sm_count(device), programs), _cdiv(args.L, stage))
     steps = _cdiv(_cdiv(args.L, max(n_chunks, 1)), stage) * stage
     n_chunks = _cdiv(args.L, steps)
     return (stage, unroll, n_chunks, steps) if n_chunks > 1 else None
+
+
+def _lanes_unroll(share: int, tpc: int, stage: int) -> int:
+    """Steps a pass of scan_fwd_lanes_gluon_kernel (its U): ``onepass_share``, at least the lanes a channel (each
+    computes a step's delta) and at most the stage (a pass reads one stage's staged rows): 16 for Vim-Ti in bf16
+    (a stage of 16 steps), 8 for fp32 activations (a stage of 8)."""
+    return min(max(share, tpc), stage)
 
 
 @_gluon_launch
@@ -907,12 +921,12 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
             return False
         # staged: at least ``stage`` steps a copy, more where a warp's copies of a step cover more rows
         stage = _tpc_stage(args, stage, rows, block_e) if stage else 0
-        if stage and share and cpt == 1 and max(share, tpc) <= stage:
+        if stage and share and cpt == 1 and tpc <= stage:
             rw, vx, vr = _staged_fits(args, stage, rows, block_e)
             dummy = _dummy(x.device)  # (one pass: no chunks, start states, end states or sums of delta)
             fast(gluon_kernels.scan_fwd_lanes_gluon_kernel)[(B * (E // block_e), 1, 2)](
                 *common, dummy, dummy, dummy, 0, 0, 0, 0, STAGE=stage, RW=rw, VX=vx, VR=vr,
-                TPC=tpc, U=max(share, tpc), **flags)
+                TPC=tpc, U=_lanes_unroll(share, tpc, stage), **flags)
         elif stage:
             rw, vx, vr = _staged_fits(args, stage, rows, block_e)
             fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
@@ -1327,10 +1341,11 @@ def xproj_weight_pair(w_f: Tensor, w_b: Tensor, R: int, rank_cols: int, dtype: t
 
 
 def mixer_weights(w_f: Tensor, w_b: Tensor, out_w: Optional[Tensor], R: int, rank_cols: int,
-                  dtype: torch.dtype) -> Tuple[Tensor, Optional[Tensor]]:
+                  dtype: torch.dtype, copies: int = 1) -> Tuple[Tensor, Optional[Tensor]]:
     """An inference call's weights in one launch (``mixer_weights_kernel``): what :func:`xproj_weight_pair` makes
     ([2, rank_cols + 2N, E] in ``dtype``) and, for out_proj's weight ``out_w`` [D, E] (or None), what
-    :func:`_half_weight` makes ([D, E] in ``dtype``), with the same rounding. Not differentiable."""
+    :func:`_half_weight` makes with ``copies`` ([D, copies * E] in ``dtype``), with the same rounding. Not
+    differentiable."""
     rows, E = w_f.shape
     assert w_b.shape == w_f.shape and (out_w is None or out_w.shape[1] == E)
     if w_f.stride() != w_b.stride() or w_f.stride(1) != 1:  # (the kernel reads both with one row stride)
@@ -1340,13 +1355,15 @@ def mixer_weights(w_f: Tensor, w_b: Tensor, out_w: Optional[Tensor], R: int, ran
     width = rank_cols + rows - R
     pair = torch.empty(2, width, E, device=w_f.device, dtype=dtype)
     D = out_w.shape[0] if out_w is not None else 0
-    half = torch.empty(D, E, device=w_f.device, dtype=dtype) if out_w is not None else None
+    if copies not in (1, 2):
+        raise ValueError(f"copies must be 1 or 2, got {copies}")
+    half = torch.empty(D, copies * E, device=w_f.device, dtype=dtype) if out_w is not None else None
     block_r, block_e = 16, 128
     fast(mixer_weights_kernel)[(_cdiv(2 * width + D, block_r), _cdiv(E, block_e))](
         w_f, w_b, out_w if out_w is not None else w_f, pair, half if half is not None else pair, E, D,
         w_f.stride(0), out_w.stride(0) if out_w is not None else 0,
         R=R, RANK_COLS=rank_cols, ROWS=rows, HAS_OUT=out_w is not None, BLOCK_R=block_r, BLOCK_E=block_e,
-        num_warps=4)
+        COPIES=copies, num_warps=4)
     return pair, half
 
 
@@ -1401,14 +1418,19 @@ def _bi_delta_args(xs, z, dbl, delta, bias_f, bias_b, alog_f, alog_b, d_f, d_b):
 
 
 def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], bias_b: Optional[Tensor],
-                 cfg) -> Tensor:
-    """silu(conv) of both directions in one launch: [2, B, L, E] from x [B, L, E] (see :class:`_TritonBiConv`)."""
+                 cfg, interleave: bool = False) -> Tensor:
+    """silu(conv) of both directions in one launch: [2, B, L, E] from x [B, L, E] (see :class:`_TritonBiConv`).
+    With ``interleave`` its storage is [B, L, 2, E] (a token's two directions side by side; the result is the
+    [2, B, L, E] view of it), so that the scan's output written over it feeds out_proj as one [B, L, 2E] product."""
     x = _last_contiguous(x)
     B, L, E = x.shape
     K = w_f.shape[-1]
     if K != 4:
         raise NotImplementedError(f"the Triton conv kernel is written for kernel size 4, got {K}")
-    out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
+    if interleave:
+        out = _new(B, L, 2, E, device=x.device, dtype=x.dtype).permute(2, 0, 1, 3)
+    else:
+        out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
     block_l, block_e, tiles = cfg["conv_block_l"], 64, cfg["conv_tiles"]
     fast(conv_fwd_kernel)[(_cdiv(L, block_l * tiles), _cdiv(E, block_e), B)](
         x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E,
@@ -1418,14 +1440,16 @@ def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], 
     return out
 
 
-def _conv_and_rows(x: Tensor, forward, backward, R: int, rows_fp32: bool, cfg, weights: Optional[Tensor] = None):
-    """The mixer's conv output xs [2, B, L, E], x_proj's rows of both directions [2, B, L, W] for the scan (padded
-    as :func:`_rank_cols` says) and the padded x_proj weights [2, W, E] that made them (:func:`xproj_weight_pair`,
-    unless given); ``forward`` / ``backward``: (x_proj weight, conv weight, conv bias) per direction."""
+def _conv_and_rows(x: Tensor, forward, backward, R: int, rows_fp32: bool, cfg, weights: Optional[Tensor] = None,
+                   interleave: bool = False):
+    """The mixer's conv output xs [2, B, L, E] (stored [B, L, 2, E] with ``interleave``: :func:`conv_forward`),
+    x_proj's rows of both directions [2, B, L, W] for the scan (padded as :func:`_rank_cols` says) and the padded
+    x_proj weights [2, W, E] that made them (:func:`xproj_weight_pair`, unless given); ``forward`` / ``backward``:
+    (x_proj weight, conv weight, conv bias) per direction."""
     if weights is None:
         N = (forward[0].shape[0] - R) // 2
         weights = xproj_weight_pair(forward[0], backward[0], R, _rank_cols(R, cfg["rows_pad"], N), x.dtype)
-    xs = conv_forward(x, forward[1], backward[1], forward[2], backward[2], cfg)
+    xs = conv_forward(x, forward[1], backward[1], forward[2], backward[2], cfg, interleave=interleave)
     return xs, _x_proj_pair(xs, weights, rows_fp32), weights
 
 
@@ -1628,8 +1652,17 @@ def _half_weight(weight: Tensor, dtype: torch.dtype, copies: int = 1) -> Tensor:
 
 
 def _out_proj_directions(ys: Tensor, weight: Tensor, bias: Optional[Tensor], half: Optional[Tensor] = None) -> Tensor:
-    """out_proj((y_f + y_b) / 2) for y laid out [2, B, L, E]: two accumulating matmuls, in y's dtype (``half``: the
-    weight / 2 in y's dtype, if already made)."""
+    """out_proj((y_f + y_b) / 2) for y [2, B, L, E], in y's dtype (``half``: the weight / 2 in y's dtype, if
+    already made: [D, E], or [D, 2E] as [W, W] / 2). Where y is stored [B, L, 2, E] (the conv's ``interleave``),
+    one product [y_f | y_b] @ ([W, W] / 2)^T, accumulated in fp32 by the GEMM; otherwise two accumulating
+    matmuls."""
+    _, B, L, E = ys.shape
+    if ys.permute(1, 2, 0, 3).is_contiguous():
+        w2 = half if half is not None and half.shape[1] == 2 * E else _half_weight(weight, ys.dtype, copies=2)
+        return F.linear(ys.permute(1, 2, 0, 3).view(B, L, 2 * E), w2, bias.to(ys.dtype) if bias is not None
+                        else None)
+    if half is not None and half.shape[1] != E:
+        half = None
     w = (half if half is not None else _half_weight(weight, ys.dtype)).t()
     out = torch.matmul(ys[0], w)
     out.view(-1, out.shape[-1]).addmm_(ys[1].reshape(-1, ys.shape[-1]), w)
@@ -1685,11 +1718,14 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
         N, R = forward.A_log.shape[1], forward.dt_proj_weight.shape[1]
         fp32_rows = rows_in_fp32(cfg, x.device, x.dtype, B, L, E, N, training=False)
         # x_proj's padded weights and out_proj's halved one, made in one launch
+        # (interleave: the conv's output, and so y over it, stored [B, L, 2, E]: out_proj is then one product)
+        interleave = bool(cfg["interleave"]) and out_proj_weight is not None
         pair, half = mixer_weights(forward.x_proj_weight, backward.x_proj_weight, out_proj_weight, R,
-                                   _rank_cols(R, cfg["rows_pad"], N), x.dtype)
+                                   _rank_cols(R, cfg["rows_pad"], N), x.dtype, copies=2 if interleave else 1)
         xs, rows, _ = _conv_and_rows(
             x, (forward.x_proj_weight, forward.conv_weight, forward.conv_bias),
-            (backward.x_proj_weight, backward.conv_weight, backward.conv_bias), R, fp32_rows, cfg, weights=pair)
+            (backward.x_proj_weight, backward.conv_weight, backward.conv_bias), R, fp32_rows, cfg, weights=pair,
+            interleave=interleave)
         ys = _bi_scan_inplace(xs, z, rows[0], rows[1], forward, backward, cfg)
         del rows  # dead now: not held through out_proj (at 1248 px / batch 16, 36 MiB of the peak)
         if out_proj_weight is None:
