@@ -263,9 +263,11 @@ def main() -> int:
             inference.append(("backward, staged", staged_bwd, cap.calls[0]))
         # inference that the plan would chunk, in one pass with a channel's states over TPC lanes (onepass_tpc;
         # the plan is made to chunk here by asking for more programs than the shape has), unstaged, staged, and
-        # staged with the lanes sharing the channel's work of a step (onepass_share: 8 steps a pass)
+        # staged with the lanes sharing the channel's work of a step (onepass_share: 8 or 16 steps a pass; 16 also
+        # at a stage of 32 steps)
         for tpc, cpt, stage, share in ((2, 1, 0, 0), (4, 1, 0, 0), (4, 2, 0, 0), (8, 1, 0, 0), (2, 1, 4, 0),
-                                       (4, 1, 4, 0), (4, 2, 4, 0), (2, 1, 4, 8), (4, 1, 4, 8)):
+                                       (4, 1, 4, 0), (4, 2, 4, 0), (2, 1, 4, 8), (4, 1, 4, 8), (2, 1, 4, 16),
+                                       (2, 1, 32, 16)):
             kernel = gk.scan_fwd_staged_gluon_kernel if stage else gk.scan_fwd_onepass_gluon_kernel
             kernel = gk.scan_fwd_lanes_gluon_kernel if share else kernel
             cap = _Capture()

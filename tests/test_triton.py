@@ -627,6 +627,78 @@ def test_model_triton_matches_reference():
         assert rel_err(a, b) < 1e-4, name
 
 
+def test_prepare_inference_weights_matches_per_layer(monkeypatch):
+    # prep_weights: every layer's mixer weights in one launch, against what a layer makes for itself
+    # (mixer_weights, and in_proj's weight cast as autocast casts it); bit for bit in fp32, within one bf16 step
+    # under the interpreter (its fp32 -> bf16 conversion rounds toward zero)
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    monkeypatch.setenv("VISION_MAMBA_TRITON_PREP_WEIGHTS", "1")
+    torch.manual_seed(1)
+    model = timm.create_model("test_vim").to(DEVICE)
+    mixers = [layer.mixer for layer in model.layers]
+    cfg = ts._config()
+    for dtype in (None, torch.bfloat16):
+        made = ts.prepare_inference_weights(mixers, dtype)
+        assert len(made) == len(mixers)
+        tol = dict(rtol=2 ** -7, atol=0) if dtype is not None and DEVICE.type == "cpu" else dict(rtol=0, atol=0)
+        for m, (w_in, pair, half) in zip(mixers, made):
+            want_pair, want_half = ts.mixer_weights(
+                m.x_proj.weight, m.x_proj_b.weight, m.out_proj.weight, m.dt_rank,
+                ts._rank_cols(m.dt_rank, cfg["rows_pad"], m.d_state), dtype or torch.float32, copies=2)
+            torch.testing.assert_close(pair, want_pair, **tol)
+            torch.testing.assert_close(half, want_half, **tol)
+            if dtype is None:
+                assert w_in is None
+            else:
+                torch.testing.assert_close(w_in, m.in_proj.weight.to(dtype), **tol)
+    # where it does not apply: off, the [2, B, L, E] storage, weights of another dtype
+    for env in (("VISION_MAMBA_TRITON_PREP_WEIGHTS", "0"), ("VISION_MAMBA_TRITON_INTERLEAVE", "0")):
+        monkeypatch.setenv(*env)
+        assert ts.prepare_inference_weights(mixers, None) is None
+        monkeypatch.setenv("VISION_MAMBA_TRITON_PREP_WEIGHTS", "1")
+        monkeypatch.setenv("VISION_MAMBA_TRITON_INTERLEAVE", "1")
+    assert ts.prepare_inference_weights([m.to(torch.bfloat16) for m in mixers], None) is None
+
+
+@pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
+def test_model_inference_with_prepared_weights(bf16, monkeypatch):
+    # the whole model's inference with every layer's weights made in one launch: no per-layer mixer_weights, and
+    # the features of the per-layer path (fp32: the same up to the products' order; bf16 autocast: in_proj's cast
+    # rounds differently under the interpreter)
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    torch.manual_seed(2)
+    model = timm.create_model("test_vim").to(DEVICE).eval()
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    x = torch.randn(2, 3, 64, 64, device=DEVICE)
+    per_layer = record_results(monkeypatch, ts, "mixer_weights")
+    prepared = record_results(monkeypatch, ts, "prepare_inference_weights")
+    outs = {}
+    autocast = torch.autocast(DEVICE.type, dtype=torch.bfloat16, enabled=bf16)
+    for setting in ("0", "1"):
+        monkeypatch.setenv("VISION_MAMBA_TRITON_PREP_WEIGHTS", setting)
+        with torch.no_grad(), autocast, scan_backend("triton"):
+            outs[setting] = model.forward_features(x)
+    assert len(per_layer) == len(model.layers) and len(prepared) == 2
+    assert prepared[0] is None and len(prepared[1]) == len(model.layers)
+    assert (prepared[1][0][0] is None) == (not bf16)
+    with torch.no_grad(), autocast, scan_backend("reference"):
+        ref = model.forward_features(x)
+    for out in outs.values():
+        assert torch.isfinite(out).all() and rel_err(out, ref) < (3e-2 if bf16 else 2e-5)
+    assert rel_err(outs["1"], outs["0"]) < (1e-2 if bf16 else 1e-6)
+    # a grad-enabled call, or training, runs each layer as before
+    with scan_backend("triton"):
+        model.forward_features(x)
+        model.train()
+        with torch.no_grad():
+            model.forward_features(x)
+    assert len(prepared) == 2
+
+
 # ---------------------------------------------------------------------------------------------- real shapes (GPU)
 def test_inference_scan_reads_fp32_rows(monkeypatch):
     # x_proj's rows in fp32 (as _x_proj_pair writes them on CUDA for bf16 activations): the inference forward
@@ -833,8 +905,8 @@ def record_results(monkeypatch, module, name):
     results = []
     original = getattr(module, name)
 
-    def recorded(*args):
-        results.append(original(*args))
+    def recorded(*args, **kwargs):
+        results.append(original(*args, **kwargs))
         return results[-1]
 
     monkeypatch.setattr(module, name, recorded)

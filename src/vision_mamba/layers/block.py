@@ -26,9 +26,9 @@ class VimBlock(nn.Module):
         self.norm = RMSNorm(dim, eps=norm_eps)
         self.drop_path = DropPath(drop_path) if drop_path > 0.0 else nn.Identity()
 
-    def forward(self, hidden: Tensor, residual: Optional[Tensor] = None) -> Tuple[Tensor, Tensor]:
+    def forward(self, hidden: Tensor, residual: Optional[Tensor] = None, prepared=None) -> Tuple[Tensor, Tensor]:
         if residual is not None:
             hidden = self.drop_path(hidden)
         # Add -> RMSNorm, fused into one kernel each way on the Triton backend
         normed, residual = add_rms_norm(hidden, residual, self.norm.weight, self.norm.eps, self.residual_in_fp32)
-        return self.mixer(normed), residual
+        return self.mixer(normed, prepared=prepared), residual

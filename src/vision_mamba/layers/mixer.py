@@ -11,6 +11,7 @@ import math
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from ..ops import DirectionParams, bimamba_inner_fn
@@ -77,7 +78,13 @@ class BiMambaMixer(nn.Module):
         return DirectionParams(self.conv1d.weight, self.conv1d.bias, self.x_proj.weight,
                                self.dt_proj.weight, self.dt_proj.bias, self.A_log, self.D)
 
-    def forward(self, hidden: Tensor) -> Tensor:
-        xz = self.in_proj(hidden)
+    def forward(self, hidden: Tensor, prepared=None) -> Tensor:
+        """``prepared``: (in_proj's weight cast or None, x_proj's pair, out_proj's halves), made for this layer by
+        the Triton backend's ``prepare_inference_weights`` (inference only), or None."""
+        if prepared is not None and prepared[0] is not None:
+            xz = F.linear(hidden, prepared[0])
+        else:
+            xz = self.in_proj(hidden)
         return bimamba_inner_fn(xz, self.direction_params(False), self.direction_params(True),
-                                out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias)
+                                out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias,
+                                prepared=prepared[1:] if prepared is not None else None)

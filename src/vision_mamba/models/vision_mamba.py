@@ -221,12 +221,31 @@ class VisionMamba(nn.Module):
         residual = hidden if residual is None else residual + hidden
         return self.norm_f(residual.float())
 
+    def _inference_weights(self, device: torch.device) -> Optional[list]:
+        """Inference on the Triton backend: every layer's mixer weights made in one launch (``prep_weights``;
+        ``triton_scan.prepare_inference_weights``), or None (each layer makes its own)."""
+        if torch.is_grad_enabled() or self.training:
+            return None
+        from ..ops import resolve_backend
+
+        if resolve_backend(device) != "triton":
+            return None
+        from ..ops.selective_scan.triton_scan import prepare_inference_weights
+
+        autocast = torch.is_autocast_enabled(device.type)
+        return prepare_inference_weights([layer.mixer for layer in self.layers],
+                                         torch.get_autocast_dtype(device.type) if autocast else None)
+
     def forward_features(self, x: Tensor) -> Tensor:
         """Images [B, C, H, W] -> normalised tokens [B, L, D] (the class token at index (L - 1) // 2)."""
         hidden, _ = self.embed(x)
         residual = None
-        for layer in self.layers:
-            hidden, residual = self._run_layer(layer, hidden, residual)
+        prepared = self._inference_weights(hidden.device)
+        for i, layer in enumerate(self.layers):
+            if prepared is not None:
+                hidden, residual = layer(hidden, residual, prepared=prepared[i])
+            else:
+                hidden, residual = self._run_layer(layer, hidden, residual)
         return self._final(hidden, residual)
 
     def pool(self, x: Tensor) -> Tensor:

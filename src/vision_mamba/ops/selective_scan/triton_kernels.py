@@ -950,3 +950,50 @@ def mixer_weights_kernel(
         hv = (o * 0.5).to(half_ptr.dtype.element_ty)
         for k in tl.static_range(COPIES):
             tl.store(half_ptr + h * (COPIES * E) + k * E + c[None, :], hv, mask=hmask)
+
+
+@triton.jit
+def prep_weights_kernel(
+    table_ptr, out_ptr, n_layer,
+    D: tl.constexpr, E: tl.constexpr, R: tl.constexpr, RANK_COLS: tl.constexpr, ROWS: tl.constexpr,
+    HAS_IN: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """Every layer's inference weights of the mixer in one launch (what ``mixer_weights_kernel`` makes a layer,
+    and in_proj's weight cast), for a whole model's layers. ``table_ptr`` [layers, 4] int64: the addresses of each
+    layer's fp32 in_proj weight [2E, D], x_proj weights of both directions [ROWS, E] and out_proj weight [D, E]
+    (all contiguous). A layer's output is ``n_layer`` consecutive elements in out's dtype: with HAS_IN in_proj's
+    weight cast [2E, D]; then x_proj's pair [2, W, E] (W = RANK_COLS + ROWS - R: dt_low's R rows, zero rows up to
+    RANK_COLS, B's and C's rows); then out_proj's [D, 2E] = [W_out, W_out] / 2, rounded once from the fp32 product.
+    Grid: (blocks of BLOCK elements of a layer, layers)."""
+    W: tl.constexpr = RANK_COLS + ROWS - R
+    N_IN: tl.constexpr = 2 * E * D if HAS_IN else 0
+    N_PAIR: tl.constexpr = 2 * W * E
+    N_HALF: tl.constexpr = D * 2 * E
+    layer = tl.program_id(1)
+    i = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    row = table_ptr + layer * 4
+    in_w = tl.load(row + 0).to(tl.pointer_type(tl.float32))
+    x_f = tl.load(row + 1).to(tl.pointer_type(tl.float32))
+    x_b = tl.load(row + 2).to(tl.pointer_type(tl.float32))
+    o_w = tl.load(row + 3).to(tl.pointer_type(tl.float32))
+    # in_proj: a plain cast
+    in_seg = i < N_IN
+    v_in = tl.load(in_w + i, mask=in_seg, other=0.0)
+    # x_proj's pair: [2, W, E], dt_low's rows, zero rows, then B and C
+    j = i - N_IN
+    pair_seg = (j >= 0) & (j < N_PAIR)
+    d = j // (W * E)
+    r = (j // E) % W
+    c = j % E
+    src = tl.where(r < R, r, r - (RANK_COLS - R))
+    real = pair_seg & ((r < R) | (r >= RANK_COLS))
+    off = src * E + c
+    v_pair = tl.where(d == 0, tl.load(x_f + off, mask=real & (d == 0), other=0.0),
+                      tl.load(x_b + off, mask=real & (d == 1), other=0.0))
+    # out_proj's weight halved, twice side by side: [D, 2E]
+    k = j - N_PAIR
+    half_seg = (k >= 0) & (k < N_HALF)
+    v_half = tl.load(o_w + (k // (2 * E)) * E + k % E, mask=half_seg, other=0.0) * 0.5
+    v = tl.where(in_seg, v_in, tl.where(pair_seg, v_pair, v_half))
+    tl.store(out_ptr + layer.to(tl.int64) * n_layer + i, v.to(out_ptr.dtype.element_ty),
+             mask=i < N_IN + N_PAIR + N_HALF)

@@ -27,6 +27,7 @@ from .triton_kernels import (
     conv_bwd_input_kernel,
     conv_fwd_kernel,
     mixer_weights_kernel,
+    prep_weights_kernel,
     pair_sum_kernel,
     scan_bwd_kernel,
     scan_fwd_kernel,
@@ -74,7 +75,8 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
         "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
-        "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS", "INTERLEAVE"))
+        "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS", "INTERLEAVE",
+        "PREP_WEIGHTS"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -133,6 +135,10 @@ def _read_config():
         # side by side, so that out_proj((y_f + y_b) / 2) is one product with K = 2E instead of a product and an
         # accumulating one (which reads and writes its [B, L, D] output again); 0: stored [2, B, L, E]
         interleave=_env_int("VISION_MAMBA_TRITON_INTERLEAVE", 1),
+        # inference under the Triton backend: every layer's mixer weights (in_proj's cast under autocast, x_proj's
+        # padded pair, out_proj's halves) made in one launch a forward (prepare_inference_weights) instead of two or
+        # three launches a layer; 0: a layer at a time. Off until measured on a GPU (written in session 28)
+        prep_weights=_env_int("VISION_MAMBA_TRITON_PREP_WEIGHTS", 0),
         # conv backward: rows per tile and warps of the first pass (g_pre, weight gradients; rows of 8 keep its ten
         # accumulators in registers) and of the second (d x; also its tiles per program)
         conv_bwd_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_ROWS", 8),
@@ -1367,6 +1373,63 @@ def mixer_weights(w_f: Tensor, w_b: Tensor, out_w: Optional[Tensor], R: int, ran
     return pair, half
 
 
+_PREP_TABLES = {}
+
+
+def prepare_inference_weights(mixers, dtype: Optional[torch.dtype]) -> Optional[list]:
+    """The inference weights of every mixer in ``mixers`` (a model's layers, alike in shape), made in one launch
+    (``prep_weights_kernel``) instead of two or three a layer: for each, (in_proj's weight in ``dtype``, or None
+    where ``dtype`` is None: in_proj then runs as it is; x_proj's padded pair [2, W, E] and out_proj's [W, W] / 2
+    [D, 2E], as :func:`mixer_weights` makes them, in ``dtype`` or fp32). None where it does not apply (the caller
+    then runs each layer as before): ``prep_weights`` off, a setting whose inference path does not take these
+    weights (``interleave`` off, the "matmul" delta), weights that are not fp32 and contiguous, layers of
+    different shapes, or an uncached table of weight addresses during a CUDA graph capture (the table is a small
+    int64 tensor made per set of weights, outside any capture)."""
+    cfg = _config()
+    if not (cfg["prep_weights"] and cfg["interleave"] and cfg["delta"] == "fold") or not mixers:
+        return None
+    first = mixers[0]
+    dev = first.in_proj.weight.device
+    shapes = None
+    ptrs = []
+    for m in mixers:
+        ws = (m.in_proj.weight, m.x_proj.weight, m.x_proj_b.weight, m.out_proj.weight)
+        if any(w.dtype != torch.float32 or not w.is_contiguous() or w.device != dev for w in ws):
+            return None
+        if m.out_proj.bias is not None or shapes not in (None, tuple(w.shape for w in ws) + (m.dt_rank,)):
+            return None
+        shapes = tuple(w.shape for w in ws) + (m.dt_rank,)
+        ptrs += [w.data_ptr() for w in ws]
+    key = (str(dev), tuple(ptrs))
+    table = _PREP_TABLES.get(key)
+    if table is None:
+        if dev.type == "cuda" and torch.cuda.is_current_stream_capturing():
+            return None
+        if len(_PREP_TABLES) > 16:
+            _PREP_TABLES.clear()
+        with torch.inference_mode(False), torch.no_grad():
+            table = _PREP_TABLES[key] = torch.tensor(ptrs, dtype=torch.int64, device=dev).view(len(mixers), 4)
+    E2, D = first.in_proj.weight.shape
+    E, R, N = E2 // 2, first.dt_rank, first.d_state
+    rows = R + 2 * N
+    rank_cols = _rank_cols(R, cfg["rows_pad"], N)
+    width = rank_cols + rows - R
+    out_dtype = dtype or torch.float32
+    n_in = 2 * E * D if dtype is not None else 0
+    n_pair, n_half = 2 * width * E, D * 2 * E
+    n_layer = n_in + n_pair + n_half
+    out = _new(len(mixers), n_layer, device=dev, dtype=out_dtype)
+    block = 1024
+    fast(prep_weights_kernel)[(_cdiv(n_layer, block), len(mixers))](
+        table, out, n_layer, D=D, E=E, R=R, RANK_COLS=rank_cols, ROWS=rows, HAS_IN=dtype is not None,
+        BLOCK=block, num_warps=4)
+    made = []
+    for flat in out:
+        w_in = flat[:n_in].view(2 * E, D) if n_in else None
+        made.append((w_in, flat[n_in:n_in + n_pair].view(2, width, E), flat[n_in + n_pair:].view(D, 2 * E)))
+    return made
+
+
 def _bc_width(R: int, N: int) -> int:
     """Width of x_proj's rows in the "matmul" layout [B | C | dt_low | zeros]: a multiple of 8 elements, so that
     with B and C first every row of B and C starts 16-byte aligned (vector loads in the scan)."""
@@ -1706,8 +1769,11 @@ class _OutProjCombine(torch.autograd.Function):
 
 
 def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optional[Tensor] = None,
-                         out_proj_bias: Optional[Tensor] = None) -> Tensor:
-    """Vim's mixer on the Triton kernels. xz: [B, L, 2E] -> [B, L, D] (or [B, L, E] without out_proj)."""
+                         out_proj_bias: Optional[Tensor] = None, prepared: Optional[Tuple[Tensor, Tensor]] = None
+                         ) -> Tensor:
+    """Vim's mixer on the Triton kernels. xz: [B, L, 2E] -> [B, L, D] (or [B, L, E] without out_proj).
+    ``prepared``: (x_proj's pair, out_proj's [W, W] / 2) from :func:`prepare_inference_weights`, used by inference
+    where their dtype is the activations' (else made here)."""
     B, L, _ = xz.shape
     x, z = xz.chunk(2, dim=-1)
     E = x.shape[-1]
@@ -1720,8 +1786,11 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
         # x_proj's padded weights and out_proj's halved one, made in one launch
         # (interleave: the conv's output, and so y over it, stored [B, L, 2, E]: out_proj is then one product)
         interleave = bool(cfg["interleave"]) and out_proj_weight is not None
-        pair, half = mixer_weights(forward.x_proj_weight, backward.x_proj_weight, out_proj_weight, R,
-                                   _rank_cols(R, cfg["rows_pad"], N), x.dtype, copies=2 if interleave else 1)
+        if prepared is not None and interleave and prepared[0].dtype == x.dtype:
+            pair, half = prepared
+        else:
+            pair, half = mixer_weights(forward.x_proj_weight, backward.x_proj_weight, out_proj_weight, R,
+                                       _rank_cols(R, cfg["rows_pad"], N), x.dtype, copies=2 if interleave else 1)
         xs, rows, _ = _conv_and_rows(
             x, (forward.x_proj_weight, forward.conv_weight, forward.conv_bias),
             (backward.x_proj_weight, backward.conv_weight, backward.conv_bias), R, fp32_rows, cfg, weights=pair,
