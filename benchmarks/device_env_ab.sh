@@ -3,7 +3,8 @@
 # own process, ROUNDS times in turn, next to DeiT (FlashAttention) in the same call; optionally GPU tests first.
 # Every Vim run checks its output against the torch backend before timing it (`vision-mamba bench`).
 #
-#   OUT=/path PYTHON=python3 SETTINGS="- PREP_WEIGHTS=1 ONEPASS_SHARE=32,GLUON_STAGED=32" bash benchmarks/device_env_ab.sh
+#   OUT=/path PYTHON=python3 SETTINGS="- PREP_WEIGHTS=1 ONEPASS_SHARE=32,GLUON_STAGED=32" \
+#       bash benchmarks/device_env_ab.sh
 #
 # SETTINGS: settings separated by spaces; each a comma list of NAME=VALUE (the prefix VISION_MAMBA_TRITON_ is added
 #   to a NAME without it), or "-" for the code's defaults. Setting i's runs are named s<i>_r<round>; the settings

@@ -204,10 +204,11 @@ def _read_config():
         gluon_staged_unroll=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL", 4),
         # those launches with lanes a channel (staged, a channel a thread) in scan_fwd_lanes_gluon_kernel instead,
         # where the lanes of a channel share its work of a step (delta and the gate, a step's lane each), with
-        # onepass_share steps a pass (at least the lanes, at most the stage: _lanes_unroll); 0: off. 8 since session 26 (docs/kernels.md, "Session 26"; H100,
-        # Vim-Ti's scan with 2 lanes, scan_fwd_staged_gluon_kernel at 4 steps a pass -> this one at 8: 1248 px /
-        # batch 16 1.126 -> 0.853 ms, 1024 / 16 0.760 -> 0.576, 738 / 32 0.513 -> 0.420, 512 / 32 0.251 -> 0.207,
-        # 1248 / 24 1.457 -> 1.170; with 4 lanes a channel it is slower than the staged kernel)
+        # onepass_share steps a pass (at least the lanes, at most the stage: _lanes_unroll); 0: off. 8 since
+        # session 26 (docs/kernels.md, "Session 26"; H100, Vim-Ti's scan with 2 lanes, scan_fwd_staged_gluon_kernel
+        # at 4 steps a pass -> this one at 8: 1248 px / batch 16 1.126 -> 0.853 ms, 1024 / 16 0.760 -> 0.576, 738 /
+        # 32 0.513 -> 0.420, 512 / 32 0.251 -> 0.207, 1248 / 24 1.457 -> 1.170; with 4 lanes a channel it is slower
+        # than the staged kernel)
         # Since session 28 16, cut to the stage (_lanes_unroll: 16 on bf16 activations, 8 on fp32); measured on an
         # H100 (docs/kernels.md, "Session 28"; Vim-Ti's scan 8 -> 16: 1248 px / batch 16 0.859 -> 0.779 ms, 1024 /
         # 16 0.580 -> 0.527, 738 / 32 0.422 -> 0.410; the whole model 1248 / 16 515.3 -> 554.8 img/s)
@@ -1396,7 +1397,8 @@ def prepare_inference_weights(mixers, dtype: Optional[torch.dtype]) -> Optional[
         ws = (m.in_proj.weight, m.x_proj.weight, m.x_proj_b.weight, m.out_proj.weight)
         if any(w.dtype != torch.float32 or not w.is_contiguous() or w.device != dev for w in ws):
             return None
-        if m.out_proj.bias is not None or shapes not in (None, tuple(w.shape for w in ws) + (m.dt_rank,)):
+        if m.in_proj.bias is not None or m.out_proj.bias is not None \
+                or shapes not in (None, tuple(w.shape for w in ws) + (m.dt_rank,)):
             return None
         shapes = tuple(w.shape for w in ws) + (m.dt_rank,)
         ptrs += [w.data_ptr() for w in ws]
