@@ -261,6 +261,20 @@ def test_patch_embed_gemm_path_matches_conv(size):
     out = embed.patchify_linear(x)
     assert out.shape == ref.shape
     assert torch.allclose(out, ref, atol=1e-5, rtol=1e-5)
+    # under autocast the patches are cast as they are gathered: the same as autocast casting them for the product
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = embed.patchify_linear(x)
+        gh, gw = size[0] // 16, size[1] // 16
+        patches = x[:, :, :gh * 16, :gw * 16].reshape(2, 3, gh, 16, gw, 16).permute(0, 2, 4, 1, 3, 5)
+        want = torch.nn.functional.linear(patches.reshape(2, gh * gw, -1), embed.proj.weight.reshape(24, -1),
+                                          embed.proj.bias)
+    assert out.dtype == want.dtype == torch.bfloat16 and torch.equal(out, want)
+    # gradients reach the images through the gathering copy
+    xg = x.clone().requires_grad_()
+    grad = torch.autograd.grad(embed.patchify_linear(xg).square().sum(), xg)[0]
+    xr = x.clone().requires_grad_()
+    want = torch.autograd.grad(embed.proj(xr).flatten(2).transpose(1, 2).square().sum(), xr)[0]
+    assert torch.allclose(grad, want, atol=1e-4, rtol=1e-4)
 
 
 @pytest.mark.gpu

@@ -57,7 +57,14 @@ class PatchEmbed(nn.Module):
         b, c, h, w = x.shape
         gh, gw = h // ph, w // pw
         x = x[:, :, :gh * ph, :gw * pw]
-        patches = x.reshape(b, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5).reshape(b, gh * gw, c * ph * pw)
+        # under autocast the patches are gathered straight into the product's dtype: one copy that casts as it
+        # moves (the rounding autocast's own cast of them would make), not an fp32 copy and then a cast
+        kind = x.device.type
+        dtype = torch.get_autocast_dtype(kind) if torch.is_autocast_enabled(kind) and x.dtype == torch.float32 \
+            else x.dtype
+        patches = torch.empty(b, gh, gw, c, ph, pw, device=x.device, dtype=dtype)
+        patches.copy_(x.reshape(b, c, gh, ph, gw, pw).permute(0, 2, 4, 1, 3, 5))
+        patches = patches.view(b, gh * gw, c * ph * pw)
         return nn.functional.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
