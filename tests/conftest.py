@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import glob
+import json
 import os
+import shutil
+import subprocess
 from pathlib import Path
 from typing import Optional
 
@@ -32,6 +35,30 @@ def shared_data() -> Path:
     if root is None:
         pytest.skip("real-data test: set VISION_MAMBA_DATA to the folder holding imagenette-160/ and coco128/")
     return root
+
+
+@pytest.fixture
+def run_device_script(tmp_path):
+    """Runs ``benchmarks/<script>`` here with a stand-in for python: ``stub``, a bash script that logs each call as
+    a JSON line to $STUB_LOG (the real python is $STUB_REAL_PYTHON). No VISION_MAMBA_ variable of this process
+    reaches the script. Returns the logged calls; fails the test if the script does."""
+    if shutil.which("bash") is None or shutil.which("timeout") is None:
+        pytest.skip("needs bash and timeout")
+
+    def run(script: str, stub: str, **env_vars: str) -> list:
+        python = tmp_path / "python"
+        python.write_text(stub)
+        python.chmod(0o755)
+        log = tmp_path / "calls.log"
+        env = dict(os.environ, PYTHON=str(python), STUB_REAL_PYTHON=shutil.which("python3") or shutil.which("python"),
+                   STUB_LOG=str(log), **env_vars)
+        env = {k: v for k, v in env.items() if not k.startswith("VISION_MAMBA_")}
+        proc = subprocess.run(["bash", str(Path(__file__).resolve().parents[1] / "benchmarks" / script)], env=env,
+                              capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+    return run
 
 
 def _triton_importable() -> bool:

@@ -3,15 +3,7 @@ summary it prints from the runs' records."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import tarfile
-from pathlib import Path
-
-import pytest
-
-REPO = Path(__file__).resolve().parents[1]
 
 # stands in for python: `-m vision_mamba.cli bench` writes a record per (res, batch) whose img/s encodes the
 # settings it saw (VISION_MAMBA_TRITON_PREP_WEIGHTS=1 -> +10, ONEPASS_SHARE=32 -> +20, the baseline: 200); the
@@ -38,21 +30,11 @@ PY
 """
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
-def test_env_ab_runs_each_setting_and_summarises(tmp_path):
-    stub = tmp_path / "python"
-    stub.write_text(STUB_PYTHON)
-    stub.chmod(0o755)
-    log = tmp_path / "calls.log"
+def test_env_ab_runs_each_setting_and_summarises(tmp_path, run_device_script):
     out = tmp_path / "out"
-    env = dict(os.environ, OUT=str(out), PYTHON=str(stub), STUB_REAL_PYTHON=shutil.which("python3")
-               or shutil.which("python"), STUB_LOG=str(log), TEST_K="prep", ROUNDS="2", RES="1248,224",
-               BATCH="1,128", SETTINGS="- PREP_WEIGHTS=1 ONEPASS_SHARE=32,VISION_MAMBA_TRITON_GLUON_STAGED=32")
-    env = {k: v for k, v in env.items() if not k.startswith("VISION_MAMBA_")}
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "device_env_ab.sh")], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
+    calls = run_device_script("device_env_ab.sh", STUB_PYTHON, OUT=str(out), TEST_K="prep", ROUNDS="2",
+                              RES="1248,224", BATCH="1,128",
+                              SETTINGS="- PREP_WEIGHTS=1 ONEPASS_SHARE=32,VISION_MAMBA_TRITON_GLUON_STAGED=32")
     tests, runs = calls[0], calls[1:]
     assert tests["argv"][-2:] == ["-k", "prep"]
     names = [c["argv"][c["argv"].index("--name") + 1] for c in runs]

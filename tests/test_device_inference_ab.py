@@ -3,14 +3,6 @@ environment each part passes on."""
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
-from pathlib import Path
-
-import pytest
-
-REPO = Path(__file__).resolve().parents[1]
 
 # stands in for python: logs, one JSON line a call, the arguments and the scan's launch settings in the environment
 STUB_PYTHON = r"""#!/usr/bin/env bash
@@ -24,20 +16,9 @@ EOF
 """
 
 
-@pytest.mark.skipif(shutil.which("bash") is None or shutil.which("timeout") is None, reason="needs bash and timeout")
-def test_inference_ab_passes_the_settings_on(tmp_path):
-    stub = tmp_path / "python"
-    stub.write_text(STUB_PYTHON)
-    stub.chmod(0o755)
-    log = tmp_path / "calls.log"
-    env = dict(os.environ, OUT=str(tmp_path / "out"), PYTHON=str(stub), STUB_REAL_PYTHON=shutil.which("python3")
-               or shutil.which("python"), STUB_LOG=str(log), PACK="0", TEST_K="lanes_share",
-               SETTINGS="0 -1 2:4 -1::8 4:4:0")
-    env = {k: v for k, v in env.items() if not k.startswith("VISION_MAMBA_")}
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "device_inference_ab.sh")], env=env,
-                          capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    calls = [json.loads(line) for line in log.read_text().splitlines()]
+def test_inference_ab_passes_the_settings_on(tmp_path, run_device_script):
+    calls = run_device_script("device_inference_ab.sh", STUB_PYTHON, OUT=str(tmp_path / "out"), PACK="0",
+                              TEST_K="lanes_share", SETTINGS="0 -1 2:4 -1::8 4:4:0")
     tests, scan, benches = calls[0], calls[1], calls[2:]
     assert tests["argv"][:3] == ["-u", "-m", "pytest"] and tests["argv"][-2:] == ["-k", "lanes_share"]
     # the scan's default launch settings are a JSON list (the default sits in a variable: braces inside ${...:-}
