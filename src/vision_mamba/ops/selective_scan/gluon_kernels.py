@@ -88,6 +88,22 @@ if gluon is not None:
         return gl.convert_layout(gl.sum(w * gl.expand_dims(dt_low.to(gl.float32), 0), axis=1), ch) + bias
 
     @gluon.jit
+    def _program_place(E, BLOCK_E: gl.constexpr, N: gl.constexpr, BLOCK_R: gl.constexpr, R: gl.constexpr,
+                       ch: gl.constexpr, st: gl.constexpr, wr: gl.constexpr, D_AXIS: gl.constexpr):
+        """Where a scan program works: its direction d (grid axis D_AXIS), its batch b and channel block eb (axis
+        0: b * (E // BLOCK_E) + eb), whether it walks reversed, its channels, its states and dt_low's columns
+        (in the layouts ch, st and wr) with their mask."""
+        pid_be = gl.program_id(0)
+        d = gl.program_id(D_AXIS)
+        n_eb = E // BLOCK_E
+        b = pid_be // n_eb
+        eb = pid_be % n_eb
+        offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
+        offs_n = gl.arange(0, N, layout=st)
+        offs_r = gl.arange(0, BLOCK_R, layout=wr)
+        return d, b, eb, d == 1, offs_e, offs_n, offs_r, offs_r < R
+
+    @gluon.jit
     def _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n, offs_r, rmask,
                           stride_a_e, stride_a_n, stride_w_e, stride_w_r, BLOCK_E: gl.constexpr, wtile: gl.constexpr):
         """The direction's parameters for the program's channels, loaded once: A log2(e) [BLOCK_E, N] (so that
@@ -132,17 +148,9 @@ if gluon is not None:
         wtile: gl.constexpr = gl.BlockedLayout([CPT, BLOCK_R], [32, 1], [NW, 1], [1, 0])
         ch: gl.constexpr = gl.SliceLayout(1, tile)
         st: gl.constexpr = gl.SliceLayout(0, tile)
-        pid_be = gl.program_id(0)
         chunk = gl.program_id(1)
-        d = gl.program_id(2)
-        n_eb = E // BLOCK_E
-        b = pid_be // n_eb
-        eb = pid_be % n_eb
-        rev = d == 1
-        offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
-        offs_n = gl.arange(0, N, layout=st)
-        offs_r = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(0, wtile))
-        rmask = offs_r < R
+        d, b, eb, rev, offs_e, offs_n, offs_r, rmask = _program_place(
+            E, BLOCK_E, N, BLOCK_R, R, ch, st, gl.SliceLayout(0, wtile), 2)
         a2, w, bias, dskip = _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n,
                                                offs_r, rmask, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
                                                BLOCK_E, wtile)
@@ -275,16 +283,8 @@ if gluon is not None:
         wtile: gl.constexpr = gl.BlockedLayout([CPT, BLOCK_R // TPC], [32 // TPC, TPC], [NW, 1], [1, 0])
         ch: gl.constexpr = gl.SliceLayout(1, tile)
         st: gl.constexpr = gl.SliceLayout(0, tile)
-        pid_be = gl.program_id(0)
-        d = gl.program_id(2)
-        n_eb = E // BLOCK_E
-        b = pid_be // n_eb
-        eb = pid_be % n_eb
-        rev = d == 1
-        offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
-        offs_n = gl.arange(0, N, layout=st)
-        offs_r = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(0, wtile))
-        rmask = offs_r < R
+        d, b, eb, rev, offs_e, offs_n, offs_r, rmask = _program_place(
+            E, BLOCK_E, N, BLOCK_R, R, ch, st, gl.SliceLayout(0, wtile), 2)
         a2, w, bias, dskip = _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n,
                                                offs_r, rmask, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
                                                BLOCK_E, wtile)
@@ -407,16 +407,8 @@ if gluon is not None:
         r_ld: gl.constexpr = gl.BlockedLayout([1, VR], [32 // TR, TR], [NW, 1], [1, 0])
         buf_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
         row_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
-        pid_be = gl.program_id(0)
-        d = gl.program_id(2)
-        n_eb = E // BLOCK_E
-        b = pid_be // n_eb
-        eb = pid_be % n_eb
-        rev = d == 1
-        offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
-        offs_n = gl.arange(0, N, layout=st)
-        offs_r = gl.arange(0, BLOCK_R, layout=wr)
-        rmask = offs_r < R
+        d, b, eb, rev, offs_e, offs_n, offs_r, rmask = _program_place(
+            E, BLOCK_E, N, BLOCK_R, R, ch, st, wr, 2)
         # (a staged row's first BLOCK_R columns are read as dt_low: those from R on, the rows' padding or B's first
         # columns, meet W_dt's zero columns)
         a2, w, bias, dskip = _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n,
@@ -528,16 +520,8 @@ if gluon is not None:
         buf_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
         row_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
         GROUPS: gl.constexpr = 2 * STAGE // U
-        pid_be = gl.program_id(0)
-        d = gl.program_id(2)
-        n_eb = E // BLOCK_E
-        b = pid_be // n_eb
-        eb = pid_be % n_eb
-        rev = d == 1
-        offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
-        offs_n = gl.arange(0, N, layout=st)
-        offs_r = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(0, wfull))
-        rmask = offs_r < R
+        d, b, eb, rev, offs_e, offs_n, offs_r, rmask = _program_place(
+            E, BLOCK_E, N, BLOCK_R, R, ch, st, gl.SliceLayout(0, wfull), 2)
         a2, w, bias, dskip = _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n,
                                                offs_r, rmask, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
                                                BLOCK_E, wfull)
@@ -683,18 +667,10 @@ if gluon is not None:
         h_smem: gl.constexpr = gl.SwizzledSharedLayout(4, 2, 4, [1, 0])
         v_smem: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
 
-        pid_be = gl.program_id(0)
-        d = gl.program_id(1)
+        d, b, eb, rev, offs_e, offs_n, offs_r, rmask = _program_place(
+            E, BLOCK_E, N, BLOCK_R, R, ch, st, gl.SliceLayout(0, wtile), 1)
         chunk = gl.program_id(2)
-        n_eb = E // BLOCK_E
-        b = pid_be // n_eb
-        eb = pid_be % n_eb
-        rev = d == 1
         local_e = gl.arange(0, BLOCK_E, layout=ch)
-        offs_e = eb * BLOCK_E + local_e
-        offs_n = gl.arange(0, N, layout=st)
-        offs_r = gl.arange(0, BLOCK_R, layout=gl.SliceLayout(0, wtile))
-        rmask = offs_r < R
         a2, w, bias, dskip = _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n,
                                                offs_r, rmask, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
                                                BLOCK_E, wtile)
@@ -724,7 +700,7 @@ if gluon is not None:
             delta_buf = gl.allocate_shared_memory(gl.float32, [SAVE_EVERY, BLOCK_E], v_smem)
             dsp_buf = gl.allocate_shared_memory(gl.float32, [SAVE_EVERY, BLOCK_E], v_smem)
         # (the global scratch: [programs, SAVE_EVERY, N + 2, BLOCK_E] fp32, channels contiguous)
-        prog = ((b * 2 + d) * n_eb + eb) * gl.num_programs(2) + chunk
+        prog = ((b * 2 + d) * (E // BLOCK_E) + eb) * gl.num_programs(2) + chunk
         g_scr = scratch_ptr + prog * (SAVE_EVERY * (N + 2) * BLOCK_E) + gl.expand_dims(offs_n, 0) * BLOCK_E \
             + gl.expand_dims(local_e, 1)
         g_vec = scratch_ptr + prog * (SAVE_EVERY * (N + 2) * BLOCK_E) + N * BLOCK_E + local_e
@@ -960,17 +936,9 @@ if gluon is not None:
         buf_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [1, 0])
         row_l: gl.constexpr = gl.SwizzledSharedLayout(1, 1, 1, [0])
 
-        pid_be = gl.program_id(0)
-        d = gl.program_id(1)
+        d, b, eb, rev, offs_e, offs_n, offs_r, rmask = _program_place(
+            E, BLOCK_E, N, BLOCK_R, R, ch, st, wr, 1)
         chunk = gl.program_id(2)
-        n_eb = E // BLOCK_E
-        b = pid_be // n_eb
-        eb = pid_be % n_eb
-        rev = d == 1
-        offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch)
-        offs_n = gl.arange(0, N, layout=st)
-        offs_r = gl.arange(0, BLOCK_R, layout=wr)
-        rmask = offs_r < R
         # (a staged dt_low row's columns from R on, the rows' padding or B's first columns, meet W_dt's zeros)
         a2, w, bias, dskip = _direction_params(d, a_f, a_b, w_f, w_b, bias_f, bias_b, dd_f, dd_b, eb, offs_e, offs_n,
                                                offs_r, rmask, stride_a_e, stride_a_n, stride_w_e, stride_w_r,
