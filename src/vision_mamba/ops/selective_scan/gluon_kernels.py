@@ -363,6 +363,18 @@ if gluon is not None:
                      stride_x_l, stride_z_l, stride_row, ROW_END, x_ld, r_ld)
         async_copy.commit_group()
 
+    @gluon.jit
+    def _stage_buffers(x_ptr, z_ptr, rows_ptr, STAGE: gl.constexpr, BLOCK_E: gl.constexpr, RW: gl.constexpr,
+                       buf_l: gl.constexpr, row_l: gl.constexpr):
+        """The staged kernels' shared buffers, two of STAGE steps each ([2, STAGE, width]) for x, z and x_proj's
+        rows, and x's and the rows' [2 STAGE, width] views of the same bytes (a step's row at a time)."""
+        x_buf = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, STAGE, BLOCK_E], buf_l)
+        z_buf = gl.allocate_shared_memory(z_ptr.dtype.element_ty, [2, STAGE, BLOCK_E], buf_l)
+        r_buf = gl.allocate_shared_memory(rows_ptr.dtype.element_ty, [2, STAGE, RW], buf_l)
+        x_rows = _rows_view(x_buf, x_ptr.dtype.element_ty, 2 * STAGE, BLOCK_E, row_l)
+        r_rows = _rows_view(r_buf, rows_ptr.dtype.element_ty, 2 * STAGE, RW, row_l)
+        return x_buf, z_buf, r_buf, x_rows, r_rows
+
     @gluon.jit(do_not_specialize=["L", "stride_a_e", "stride_a_n", "stride_w_e", "stride_w_r"])
     def scan_fwd_staged_gluon_kernel(
         x_ptr, z_ptr, rows_ptr, dir_off, w_f, w_b, bias_f, bias_b, a_f, a_b, dd_f, dd_b, y_ptr,
@@ -421,12 +433,8 @@ if gluon is not None:
         # two buffers of STAGE steps each ([2, STAGE, width]), used in turn: chunk c of the sequence in buffer c % 2.
         # The copies write [STAGE, width] views (buffer c); each step reads its row through a [2 STAGE, width] view
         # of the same bytes (a layout of one rank less: row i at i * width)
-        x_buf = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, STAGE, BLOCK_E], buf_l)
-        z_buf = gl.allocate_shared_memory(z_ptr.dtype.element_ty, [2, STAGE, BLOCK_E], buf_l)
-        r_buf = gl.allocate_shared_memory(rows_ptr.dtype.element_ty, [2, STAGE, RW], buf_l)
-        x_rows = _rows_view(x_buf, x_ptr.dtype.element_ty, 2 * STAGE, BLOCK_E, row_l)
+        x_buf, z_buf, r_buf, x_rows, r_rows = _stage_buffers(x_ptr, z_ptr, rows_ptr, STAGE, BLOCK_E, RW, buf_l, row_l)
         z_rows = _rows_view(z_buf, z_ptr.dtype.element_ty, 2 * STAGE, BLOCK_E, row_l)
-        r_rows = _rows_view(r_buf, rows_ptr.dtype.element_ty, 2 * STAGE, RW, row_l)
         h = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
         hsave_base = hsave_ptr + b * stride_s_b + d * stride_s_d \
             + gl.expand_dims(offs_e, 1) * N + gl.expand_dims(offs_n, 0)
@@ -534,11 +542,7 @@ if gluon is not None:
         offs_el = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch_l)
         y_base = gl.expand_dims(y_ptr + b * stride_y_b + d * stride_y_d + offs_el, 1)
         row_base = rows_ptr + d * dir_off
-        x_buf = gl.allocate_shared_memory(x_ptr.dtype.element_ty, [2, STAGE, BLOCK_E], buf_l)
-        z_buf = gl.allocate_shared_memory(z_ptr.dtype.element_ty, [2, STAGE, BLOCK_E], buf_l)
-        r_buf = gl.allocate_shared_memory(rows_ptr.dtype.element_ty, [2, STAGE, RW], buf_l)
-        x_rows = _rows_view(x_buf, x_ptr.dtype.element_ty, 2 * STAGE, BLOCK_E, row_l)
-        r_rows = _rows_view(r_buf, rows_ptr.dtype.element_ty, 2 * STAGE, RW, row_l)
+        x_buf, z_buf, r_buf, x_rows, r_rows = _stage_buffers(x_ptr, z_ptr, rows_ptr, STAGE, BLOCK_E, RW, buf_l, row_l)
         # the same buffers as groups of U steps: [U, width] at a time
         x_steps = _steps_view(x_buf, x_ptr.dtype.element_ty, GROUPS, U, BLOCK_E, buf_l)
         z_steps = _steps_view(z_buf, z_ptr.dtype.element_ty, GROUPS, U, BLOCK_E, buf_l)
