@@ -137,8 +137,9 @@ def _read_config():
         interleave=_env_int("VISION_MAMBA_TRITON_INTERLEAVE", 1),
         # inference under the Triton backend: every layer's mixer weights (in_proj's cast under autocast, x_proj's
         # padded pair, out_proj's halves) made in one launch a forward (prepare_inference_weights) instead of two or
-        # three launches a layer; 0: a layer at a time. Off until measured on a GPU (written in session 28)
-        prep_weights=_env_int("VISION_MAMBA_TRITON_PREP_WEIGHTS", 0),
+        # three launches a layer; 0: a layer at a time. On since session 29 (H100, graphed Vim-Ti: +1.8% at 224 px /
+        # batch 128, +3.3% at 1248 px / batch 1, +0.3% at 1248 / 16)
+        prep_weights=_env_int("VISION_MAMBA_TRITON_PREP_WEIGHTS", 1),
         # conv backward: rows per tile and warps of the first pass (g_pre, weight gradients; rows of 8 keep its ten
         # accumulators in registers) and of the second (d x; also its tiles per program)
         conv_bwd_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_ROWS", 8),
