@@ -218,14 +218,17 @@ def main() -> int:
     ts.scan_backward(scan_args, torch.zeros(B, 2, triton.cdiv(L, ts._save_every(cfg, L)), N, E),
                      torch.randn(B, L, 2, E, dtype=bf), config=cfg)
     # the depthwise conv + silu of both directions, forward and backward (launches captured the same way)
-    cf, cb, cbi = _Capture(), _Capture(), _Capture()
-    ts.conv_fwd_kernel = cf
-    ts.conv_bwd_dir_kernel, ts.conv_bwd_input_kernel = cb, cbi
+    cf, cw_, cb, cbi, cbw = _Capture(), _Capture(), _Capture(), _Capture(), _Capture()
+    ts.conv_fwd_kernel, ts.conv_fwd_walk_kernel = cf, cw_
+    ts.conv_bwd_dir_kernel, ts.conv_bwd_input_kernel, ts.conv_bwd_walk_kernel = cb, cbi, cbw
     x = torch.randn(B, L, E, dtype=bf)
     cw = [torch.randn(E, 1, 4, dtype=bf) for _ in range(2)]
     cbias = [torch.randn(E, dtype=bf) for _ in range(2)]
-    ts.conv_forward(x, cw[0], cw[1], cbias[0], cbias[1], cfg)
-    ts.conv_backward(x, cw[0], cw[1], cbias[0], cbias[1], torch.randn(2, B, L, E, dtype=bf), cfg)
+    for walk in (0, 1):  # the tile kernel and the walk down the rows, into the interleaved storage inference uses
+        ts.conv_forward(x, cw[0], cw[1], cbias[0], cbias[1], dict(cfg, conv_walk=walk), interleave=True)
+    for walk in (0, 1):  # two passes over tiles, and one walk down the rows
+        ts.conv_backward(x, cw[0], cw[1], cbias[0], cbias[1], torch.randn(2, B, L, E, dtype=bf),
+                         dict(cfg, conv_bwd_walk=walk))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     print(f"Triton {triton.__version__}, sm_90, delta {cfg['delta']}, prefetch {cfg['prefetch']}, "
@@ -296,9 +299,13 @@ def main() -> int:
         print(report("forward", kernels["forward"], fwd.calls[0], Path(tmp), args.out, args.sass))
         print(report("backward", kernels["backward"], bwd.calls[0], Path(tmp), args.out, args.sass))
         print(report("conv forward (conv_fwd_kernel)", tk.conv_fwd_kernel, cf.calls[0], Path(tmp), args.out, args.sass))
+        print(report("conv forward, a walk down the rows (conv_fwd_walk_kernel)", tk.conv_fwd_walk_kernel,
+                     cw_.calls[0], Path(tmp), args.out, args.sass))
         print(report("conv backward (g_pre, weights; a direction a program)", tk.conv_bwd_dir_kernel, cb.calls[0],
                      Path(tmp), args.out, args.sass))
         print(report("conv backward (input)", tk.conv_bwd_input_kernel, cbi.calls[0], Path(tmp), args.out, args.sass))
+        print(report("conv backward, one walk down the rows (conv_bwd_walk_kernel)", tk.conv_bwd_walk_kernel,
+                     cbw.calls[0], Path(tmp), args.out, args.sass))
     return 0
 
 

@@ -130,12 +130,13 @@ def main():
     parser.add_argument("--no-conv", action="store_true", help="skip the conv kernels")
     parser.add_argument("--conv-fwd-configs", type=json.loads, default=None,
                         help='JSON list of conv forward configurations to time instead of the built-in sweep, e.g. '
-                             '\'[{}, {"block_l": 32, "tiles": 1}]\' (keys: block_l, tiles, warps; unset keys: the '
-                             'defaults)')
+                             '\'[{}, {"block_l": 32, "tiles": 1}, {"walk": 1}]\' (keys: block_l, tiles, warps, walk, '
+                             'walk_rows, walk_block_e, walk_warps; unset keys: the defaults)')
     parser.add_argument("--conv-bwd-configs", type=json.loads, default=None,
                         help='JSON list of conv backward configurations to time instead of the built-in sweep, e.g. '
                              '\'[{}, {"warps": 4, "rows": 16}]\' (keys: rows, warps, input_rows, input_warps, '
-                             'input_tiles, programs; unset keys: the defaults)')
+                             'input_tiles, programs, walk, walk_rows, walk_block_e, walk_warps; unset keys: the '
+                             'defaults)')
     parser.add_argument("--rows-fp32", action="store_true",
                         help="x_proj's rows (dt_low | B | C) in fp32, as the model's inference path writes them on "
                              "CUDA (the backward and the matmul form get them in fp32 too)")
@@ -200,7 +201,7 @@ def main():
         cw = [torch.randn(E, 1, 4, device=device) for _ in range(2)]
         cb = [torch.randn(E, device=device) for _ in range(2)]
         nbytes = batch * length * E * 2 * 3
-        fwd_keys = ("block_l", "tiles", "warps")
+        fwd_keys = ("block_l", "tiles", "warps", "walk", "walk_rows", "walk_block_e", "walk_warps")
         fwd_default = {k: base.get(f"conv_{k}", 0) for k in fwd_keys}
         if args.conv_fwd_configs is not None:
             conv_configs = [dict(fwd_default, **c) for c in args.conv_fwd_configs]
@@ -229,7 +230,8 @@ def main():
         def fwd_bwd():
             out = ts._TritonBiConv.apply(xg, cwg[0], cwg[1], cb[0], cb[1])
             torch.autograd.grad(out, [xg, cwg[0], cwg[1]], gout)
-        keys = ("rows", "warps", "input_rows", "input_warps", "input_tiles", "programs")
+        keys = ("rows", "warps", "input_rows", "input_warps", "input_tiles", "programs", "walk", "walk_rows",
+                "walk_block_e", "walk_warps")
         default = {k: base.get(f"conv_bwd_{k}", -1) for k in keys}
         if args.conv_bwd_configs is not None:
             bwd_configs = [dict(default, **c) for c in args.conv_bwd_configs]
@@ -238,7 +240,7 @@ def main():
             if not args.quick:
                 sweep = ((8, 2, 16, 2, 1, -1), (8, 4, 16, 2, 1, -1), (16, 4, 16, 2, 1, -1), (8, 2, 16, 2, 4, -1),
                          (8, 2, 32, 4, 2, -1), (8, 2, 8, 1, 4, -1), (8, 2, 16, 2, 1, 4224), (8, 1, 16, 2, 1, 8448))
-                bwd_configs += [c for c in (dict(zip(keys, v)) for v in sweep) if c != default]
+                bwd_configs += [c for c in (dict(default, **dict(zip(keys, v))) for v in sweep) if c != default]
         for cfg in bwd_configs:
             os.environ.update({f"VISION_MAMBA_TRITON_CONV_BWD_{k.upper()}": str(v) for k, v in cfg.items()})
             ms = _time(fwd_bwd) - fwd_ms

@@ -512,17 +512,26 @@ def test_mixer_training_keeps_no_conv_output(recompute, monkeypatch):
     assert all(torch.isfinite(p.grad).all() for p in mixer.parameters())
 
 
-@pytest.mark.parametrize("block_l,tiles", [(32, 1), (8, 3), (16, 2)])
-def test_conv_matches_reference(block_l, tiles, monkeypatch):
+@pytest.mark.parametrize("block_l,tiles,walk", [(32, 1, ""), (8, 3, ""), (16, 2, ""), (0, 0, "8,64,2"),
+                                                  (0, 0, "16,32,1"), (0, 0, "48,128,1")])
+def test_conv_matches_reference(block_l, tiles, walk, monkeypatch):
     # both directions' conv + silu in one launch, x a strided view (as in
     # the mixer); 37 rows: partial last tiles and programs whose later tiles start past the end; 70 channels: a
-    # partial channel block
+    # partial channel block. walk: the walk down the rows (conv_fwd_walk_kernel), "rows, channels, warps": about 8
+    # rows a program (five programs of 8, the last with 5 rows), 16 (two of 24: windows across programs, a program's
+    # last iteration half past its end) or 48 (one of 40)
     from vision_mamba.ops.conv1d import causal_conv1d_ref
     from vision_mamba.ops.selective_scan.triton_scan import _TritonBiConv
 
-    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BLOCK_L", str(block_l))
-    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_TILES", str(tiles))
-    g = torch.Generator().manual_seed(block_l + tiles)
+    if walk:
+        for name, value in zip(("ROWS", "BLOCK_E", "WARPS"), walk.split(",")):
+            monkeypatch.setenv(f"VISION_MAMBA_TRITON_CONV_WALK_{name}", value)
+        monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_WALK", "1")
+    else:
+        monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_WALK", "0")
+        monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BLOCK_L", str(block_l))
+        monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_TILES", str(tiles))
+    g = torch.Generator().manual_seed(block_l + tiles + len(walk))
     B, L, E = 2, 37, 70
     x = torch.randn(B, L, 2 * E, generator=g).to(DEVICE)[..., :E]
     w = [torch.randn(E, 1, 4, generator=g).to(DEVICE) for _ in range(2)]
@@ -532,6 +541,28 @@ def test_conv_matches_reference(block_l, tiles, monkeypatch):
         ref = torch.nn.functional.silu(causal_conv1d_ref(x, w[d], bias[d], reverse=d == 1))
         assert torch.isfinite(out[d]).all()
         assert rel_err(out[d], ref) < 2e-6
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
+def test_conv_walk_matches_tiles(dtype, monkeypatch):
+    # the walk down the rows against the tile kernel, in the interleaved storage the model uses: the same sums in
+    # the same order, so the same values up to the compiler's contractions (one bf16 rounding step)
+    from vision_mamba.ops.selective_scan.triton_scan import _config, _walk_rows, conv_forward
+
+    assert [_walk_rows(L, 48) for L in (1, 37, 197, 6085)] == [8, 40, 56, 48]
+    g = torch.Generator().manual_seed(5)
+    B, L, E = 3, 29, 136
+    x = torch.randn(B, L, 2 * E, generator=g).to(DEVICE, dtype)[..., :E]
+    w = [torch.randn(E, 1, 4, generator=g).to(DEVICE) for _ in range(2)]
+    bias = [torch.randn(E, generator=g).to(DEVICE) for _ in range(2)]
+    outs = []
+    for walk in ("0", "1"):
+        monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_WALK", walk)
+        monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_WALK_ROWS", "8")
+        outs.append(conv_forward(x, w[0], w[1], bias[0], bias[1], _config(), interleave=True))
+    assert outs[1].dtype == dtype and torch.isfinite(outs[1]).all()
+    tol = dict(rtol=2 ** -7, atol=1e-6) if dtype == torch.bfloat16 else dict(rtol=1e-6, atol=1e-6)
+    torch.testing.assert_close(outs[1], outs[0], **tol)
 
 
 def test_conv_interleaved_storage():
@@ -585,17 +616,24 @@ def test_mixer_inference_interleaved(dim, length, monkeypatch):
         assert rel_err(outs["1"], outs["0"]) < (1e-6 if not bf16 else 1e-2)
 
 
+@pytest.mark.parametrize("walk", ["", "8,64,1", "16,32,2", "48,128,1"])
 @pytest.mark.parametrize("bias", [True, False], ids=["bias", "no-bias"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=["fp32", "bf16"])
-def test_conv_backward_matches_reference(bias, dtype, monkeypatch):
+def test_conv_backward_matches_reference(bias, dtype, walk, monkeypatch):
     # the conv backward's first pass (g_pre and the weight / bias gradients, a direction a program), then d x:
     # every gradient against autograd through the reference conv, in fp32 from the same inputs; 37 rows in two
-    # chunks (32 rows in tiles of 8, then 5), 70 channels (a partial block)
+    # chunks (32 rows in tiles of 8, then 5), 70 channels (a partial block). walk: both passes in one walk down the
+    # rows (conv_bwd_walk_kernel), "rows, channels, warps": programs of 8 rows (five, the last with 5), 24 (two:
+    # each walks 3 rows into the other's) or one of 40
     from vision_mamba.ops.conv1d import causal_conv1d_ref
     from vision_mamba.ops.selective_scan.triton_scan import _TritonBiConv
 
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS", "12")
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_ROWS", "8")
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_WALK", "1" if walk else "0")
+    if walk:
+        for name, value in zip(("ROWS", "BLOCK_E", "WARPS"), walk.split(",")):
+            monkeypatch.setenv(f"VISION_MAMBA_TRITON_CONV_BWD_WALK_{name}", value)
     g = torch.Generator().manual_seed(5)
     B, L, E = 2, 37, 70
     x = torch.randn(B, L, 2 * E, generator=g).to(DEVICE, dtype)[..., :E].requires_grad_()
@@ -614,7 +652,11 @@ def test_conv_backward_matches_reference(bias, dtype, monkeypatch):
         assert torch.isfinite(a).all() and rel_err(a.float(), r) < tol, (name, rel_err(a.float(), r))
 
 
-def test_model_triton_matches_reference():
+@pytest.mark.parametrize("walks", ["0", "1"], ids=["tiles", "walks"])
+def test_model_triton_matches_reference(walks, monkeypatch):
+    # (walks: the conv forward and backward as walks down the rows, conv_fwd_walk_kernel / conv_bwd_walk_kernel)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_WALK", walks)
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_WALK", walks)
     torch.manual_seed(0)
     model = timm.create_model("test_vim").to(DEVICE)
     with torch.no_grad():
@@ -1069,6 +1111,41 @@ def test_gluon_failure_in_the_backward_falls_back(monkeypatch):
     assert not gk.AVAILABLE
     for name, a, b in zip(BI_NAMES, g, g_ref):
         assert rel_err(a, b) < 1e-4, (name, rel_err(a, b))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
+@pytest.mark.parametrize("length,batch", [(1, 1), (63, 3), (197, 8), (730, 2), (6085, 1)])
+def test_conv_walks_at_vim_shapes(length, batch, dtype, monkeypatch):
+    # the conv's walks down the rows at Vim-Ti's width (384 channels) and real lengths, forward into both storages
+    # and backward with bias, against the fp32 reference conv through autograd and against the tile kernels
+    from vision_mamba.ops.conv1d import causal_conv1d_ref
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    g = torch.Generator().manual_seed(length)
+    E = 384
+    x = torch.randn(batch, length, 2 * E, generator=g).to(DEVICE, dtype)[..., :E]
+    w = [(torch.randn(E, 1, 4, generator=g) * 0.5).to(DEVICE) for _ in range(2)]
+    b = [torch.randn(E, generator=g).to(DEVICE) for _ in range(2)]
+    gout = torch.randn(2, batch, length, E, generator=g).to(DEVICE, dtype)
+    xf = x.detach().float().requires_grad_()
+    wr = [v.detach().requires_grad_() for v in w + b]
+    ref = torch.stack([torch.nn.functional.silu(causal_conv1d_ref(xf, wr[d], wr[2 + d], reverse=d == 1))
+                       for d in range(2)])
+    want = torch.autograd.grad(ref, [xf] + wr, gout.float())
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    got = {}
+    for walk in (0, 1):
+        cfg = dict(ts._config(), conv_walk=walk, conv_bwd_walk=walk)
+        for interleave in (False, True):
+            out = ts.conv_forward(x, w[0], w[1], b[0], b[1], cfg, interleave=interleave)
+            assert out.dtype == dtype and torch.isfinite(out).all() and rel_err(out, ref) < tol
+            got[walk, interleave] = out
+        grads = ts.conv_backward(x, w[0], w[1], b[0], b[1], gout, cfg)
+        for name, a, r in zip(["x", "w_f", "w_b", "bias_f", "bias_b"], grads, want):
+            assert torch.isfinite(a).all() and rel_err(a.float(), r) < tol, (walk, name, rel_err(a.float(), r))
+    torch.testing.assert_close(got[1, True], got[0, True], rtol=1e-5 if dtype == torch.float32 else 2 ** -7,
+                               atol=1e-6)
 
 
 @pytest.mark.gpu

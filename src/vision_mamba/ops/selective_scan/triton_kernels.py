@@ -738,6 +738,88 @@ def conv_fwd_kernel(
 
 
 @triton.jit
+def conv_fwd_walk_kernel(
+    x_ptr, w_f, w_b, bias_f, bias_b, out_ptr, L, E, ROWS,
+    stride_x_b, stride_x_l, stride_o_d, stride_o_b, stride_o_l,
+    K: tl.constexpr, BLOCK_E: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """:func:`conv_fwd_kernel`'s output (both directions' silu(conv)), computed by walking ROWS consecutive rows
+    (a multiple of 8) of BLOCK_E channels: each row of x is loaded once, into a window of seven rows kept in
+    registers (x[t - 3 .. t + 3]), where the tile kernel loads each row seven times, once per tap and direction. The
+    walk runs eight rows an iteration while the next eight rows' loads are in flight."""
+    pid_c = tl.program_id(0)
+    pid_e = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    emask = offs_e < E
+    f0, f1, f2, f3, bf = _conv_params(w_f, bias_f, offs_e, emask, K, HAS_BIAS)
+    g0, g1, g2, g3, bb = _conv_params(w_b, bias_b, offs_e, emask, K, HAS_BIAS)
+    x_base = x_ptr + b * stride_x_b + offs_e
+    o_base = out_ptr + b * stride_o_b + offs_e
+    t0 = pid_c * ROWS
+    t_end = tl.minimum(t0 + ROWS, L)
+    # the window: x[t - 3 .. t + 2] in fp32; x[t + 3 .. t + 10] as loaded
+    w0 = _walk_row(x_base, t0 - 3, L, stride_x_l, emask).to(tl.float32)
+    w1 = _walk_row(x_base, t0 - 2, L, stride_x_l, emask).to(tl.float32)
+    w2 = _walk_row(x_base, t0 - 1, L, stride_x_l, emask).to(tl.float32)
+    w3 = _walk_row(x_base, t0, L, stride_x_l, emask).to(tl.float32)
+    w4 = _walk_row(x_base, t0 + 1, L, stride_x_l, emask).to(tl.float32)
+    w5 = _walk_row(x_base, t0 + 2, L, stride_x_l, emask).to(tl.float32)
+    p0, p1, p2, p3, p4, p5, p6, p7 = _walk_rows8(x_base, t0 + 3, L, stride_x_l, emask)
+    for t in range(t0, t_end, 8):
+        q0, q1, q2, q3, q4, q5, q6, q7 = _walk_rows8(x_base, t + 11, L, stride_x_l, emask)
+        w0, w1, w2, w3, w4, w5 = _walk_out4(o_base, t, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4, w5,
+                                            p0, p1, p2, p3, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+        w0, w1, w2, w3, w4, w5 = _walk_out4(o_base, t + 4, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3,
+                                            w4, w5, p4, p5, p6, p7, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+        p0, p1, p2, p3, p4, p5, p6, p7 = q0, q1, q2, q3, q4, q5, q6, q7
+
+
+@triton.jit
+def _walk_row(x_base, row, L, stride_x_l, emask):
+    """Row ``row`` of x (one channel vector, as stored), zero outside [0, L)."""
+    return tl.load(x_base + row * stride_x_l, mask=emask & (row >= 0) & (row < L), other=0.0)
+
+
+@triton.jit
+def _walk_rows8(x_base, row, L, stride_x_l, emask):
+    """Rows ``row .. row + 7`` of x, as stored (loads issued together; converted when used)."""
+    return (_walk_row(x_base, row, L, stride_x_l, emask), _walk_row(x_base, row + 1, L, stride_x_l, emask),
+            _walk_row(x_base, row + 2, L, stride_x_l, emask), _walk_row(x_base, row + 3, L, stride_x_l, emask),
+            _walk_row(x_base, row + 4, L, stride_x_l, emask), _walk_row(x_base, row + 5, L, stride_x_l, emask),
+            _walk_row(x_base, row + 6, L, stride_x_l, emask), _walk_row(x_base, row + 7, L, stride_x_l, emask))
+
+
+@triton.jit
+def _walk_out4(o_base, t, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4, w5, n0, n1, n2, n3,
+               f0, f1, f2, f3, bf, g0, g1, g2, g3, bb):
+    """Rows t .. t + 3 of both directions (those before ``t_end``) from the window w = x[t - 3 .. t + 2] (fp32) and
+    the next rows n = x[t + 3 .. t + 6] (as loaded); returns the window for row t + 4 (x[t + 1 .. t + 6])."""
+    n0 = n0.to(tl.float32)
+    n1 = n1.to(tl.float32)
+    n2 = n2.to(tl.float32)
+    n3 = n3.to(tl.float32)
+    _walk_store(o_base, t, t_end, stride_o_l, stride_o_d, emask,
+                bf + f0 * w0 + f1 * w1 + f2 * w2 + f3 * w3, bb + g0 * n0 + g1 * w5 + g2 * w4 + g3 * w3)
+    _walk_store(o_base, t + 1, t_end, stride_o_l, stride_o_d, emask,
+                bf + f0 * w1 + f1 * w2 + f2 * w3 + f3 * w4, bb + g0 * n1 + g1 * n0 + g2 * w5 + g3 * w4)
+    _walk_store(o_base, t + 2, t_end, stride_o_l, stride_o_d, emask,
+                bf + f0 * w2 + f1 * w3 + f2 * w4 + f3 * w5, bb + g0 * n2 + g1 * n1 + g2 * n0 + g3 * w5)
+    _walk_store(o_base, t + 3, t_end, stride_o_l, stride_o_d, emask,
+                bf + f0 * w3 + f1 * w4 + f2 * w5 + f3 * n0, bb + g0 * n3 + g1 * n2 + g2 * n1 + g3 * n0)
+    return w4, w5, n0, n1, n2, n3
+
+
+@triton.jit
+def _walk_store(o_base, t, t_end, stride_o_l, stride_o_d, emask, pre_f, pre_b):
+    """silu of both directions' pre-activations stored at row t (if before ``t_end``)."""
+    m = emask & (t < t_end)
+    row = o_base + t * stride_o_l
+    tl.store(row, (pre_f * _sigmoid(pre_f)).to(o_base.dtype.element_ty), mask=m)
+    tl.store(row + stride_o_d, (pre_b * _sigmoid(pre_b)).to(o_base.dtype.element_ty), mask=m)
+
+
+@triton.jit
 def _conv_both(x_base, offs_t, L, stride_x_l, emask, f0, f1, f2, f3, bias_f, b0, b1, b2, b3, bias_b):
     """silu(causal conv(x)) and silu(anti-causal conv(x)) at rows ``offs_t`` (fp32 [rows, channels]), from the
     rows x[t - 3 .. t + 3] loaded once for both, the taps and biases given per channel (fp32)."""
@@ -857,6 +939,118 @@ def conv_bwd_dir_kernel(
     tl.atomic_add(part + 2 * E, tl.sum(a2, axis=0), mask=emask, sem="relaxed")
     tl.atomic_add(part + 3 * E, tl.sum(a3, axis=0), mask=emask, sem="relaxed")
     tl.atomic_add(part + 4 * E, tl.sum(ab, axis=0), mask=emask, sem="relaxed")
+
+
+@triton.jit
+def conv_bwd_walk_kernel(
+    x_ptr, w_f, w_b, bias_f, bias_b, gout_ptr, gx_ptr, part_ptr, L, E, ROWS,
+    stride_x_b, stride_x_l, stride_g_d, stride_g_b, stride_g_l, stride_gx_b, stride_gx_l,
+    K: tl.constexpr, BLOCK_E: tl.constexpr, HAS_BIAS: tl.constexpr,
+):
+    """Both passes of the conv backward (:func:`conv_bwd_dir_kernel`, :func:`conv_bwd_input_kernel`) in one walk
+    down ROWS rows of BLOCK_E channels: at row r it recomputes both directions' pre-activations from a window of x
+    (x[r - 3 .. r + 3], each row loaded once), makes g_pre[d, r] = gout[d, r] silu'(pre) in registers (never
+    stored), adds it into the weight and bias sums (rows of this program only) and into the pending d x of rows
+    r - 3 .. r + 3; d x[r - 3] is then complete and stored. The walk starts 3 rows before the program's first row and
+    ends 3 after its last (d x[t] takes g_pre of rows t - 3 .. t + 3). The sums are added atomically into
+    ``part_ptr`` ([2, 5, E] fp32: taps 0-3, then the bias) at the end. Four rows an iteration, the next four
+    rows' loads in flight meanwhile."""
+    pid_c = tl.program_id(0)
+    pid_e = tl.program_id(1)
+    b = tl.program_id(2)
+    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
+    emask = offs_e < E
+    f0, f1, f2, f3, bf = _conv_params(w_f, bias_f, offs_e, emask, K, HAS_BIAS)
+    g0, g1, g2, g3, bb = _conv_params(w_b, bias_b, offs_e, emask, K, HAS_BIAS)
+    x_base = x_ptr + b * stride_x_b + offs_e
+    gf_base = gout_ptr + b * stride_g_b + offs_e
+    gb_base = gf_base + stride_g_d
+    gx_base = gx_ptr + b * stride_gx_b + offs_e
+    t0 = pid_c * ROWS
+    t_end = tl.minimum(t0 + ROWS, L)
+    r0 = t0 - 3
+    # at the walk's row r: the window x[r - 3 .. r + 2] (fp32), the pending d x of rows r - 3 .. r + 2, the sums
+    w0 = _walk_row(x_base, r0 - 3, L, stride_x_l, emask).to(tl.float32)
+    w1 = _walk_row(x_base, r0 - 2, L, stride_x_l, emask).to(tl.float32)
+    w2 = _walk_row(x_base, r0 - 1, L, stride_x_l, emask).to(tl.float32)
+    w3 = _walk_row(x_base, r0, L, stride_x_l, emask).to(tl.float32)
+    w4 = _walk_row(x_base, r0 + 1, L, stride_x_l, emask).to(tl.float32)
+    w5 = _walk_row(x_base, r0 + 2, L, stride_x_l, emask).to(tl.float32)
+    zero = tl.zeros([BLOCK_E], dtype=tl.float32)
+    a0, a1, a2, a3, a4, a5 = zero, zero, zero, zero, zero, zero
+    sf0, sf1, sf2, sf3, sfb = zero, zero, zero, zero, zero
+    sb0, sb1, sb2, sb3, sbb = zero, zero, zero, zero, zero
+    # loaded ahead: x[r + 3 .. r + 6], gout[0 / 1, r .. r + 3]
+    px0, px1, px2, px3 = _walk_rows4(x_base, r0 + 3, L, stride_x_l, emask)
+    pf0, pf1, pf2, pf3 = _walk_rows4(gf_base, r0, L, stride_g_l, emask)
+    pb0, pb1, pb2, pb3 = _walk_rows4(gb_base, r0, L, stride_g_l, emask)
+    for r in range(r0, t_end + 3, 4):
+        qx0, qx1, qx2, qx3 = _walk_rows4(x_base, r + 7, L, stride_x_l, emask)
+        qf0, qf1, qf2, qf3 = _walk_rows4(gf_base, r + 4, L, stride_g_l, emask)
+        qb0, qb1, qb2, qb3 = _walk_rows4(gb_base, r + 4, L, stride_g_l, emask)
+        (w0, w1, w2, w3, w4, w5, a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3,
+         sbb) = _bwalk_row(gx_base, stride_gx_l, emask, r, t0, t_end, px0, pf0, pb0, w0, w1, w2, w3, w4, w5,
+                           a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3, sbb,
+                           f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+        (w0, w1, w2, w3, w4, w5, a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3,
+         sbb) = _bwalk_row(gx_base, stride_gx_l, emask, r + 1, t0, t_end, px1, pf1, pb1, w0, w1, w2, w3, w4, w5,
+                           a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3, sbb,
+                           f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+        (w0, w1, w2, w3, w4, w5, a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3,
+         sbb) = _bwalk_row(gx_base, stride_gx_l, emask, r + 2, t0, t_end, px2, pf2, pb2, w0, w1, w2, w3, w4, w5,
+                           a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3, sbb,
+                           f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+        (w0, w1, w2, w3, w4, w5, a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3,
+         sbb) = _bwalk_row(gx_base, stride_gx_l, emask, r + 3, t0, t_end, px3, pf3, pb3, w0, w1, w2, w3, w4, w5,
+                           a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3, sbb,
+                           f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+        px0, px1, px2, px3 = qx0, qx1, qx2, qx3
+        pf0, pf1, pf2, pf3 = qf0, qf1, qf2, qf3
+        pb0, pb1, pb2, pb3 = qb0, qb1, qb2, qb3
+    part = part_ptr + offs_e
+    tl.atomic_add(part + 0 * E, sf0, mask=emask, sem="relaxed")
+    tl.atomic_add(part + 1 * E, sf1, mask=emask, sem="relaxed")
+    tl.atomic_add(part + 2 * E, sf2, mask=emask, sem="relaxed")
+    tl.atomic_add(part + 3 * E, sf3, mask=emask, sem="relaxed")
+    tl.atomic_add(part + 4 * E, sfb, mask=emask, sem="relaxed")
+    tl.atomic_add(part + 5 * E, sb0, mask=emask, sem="relaxed")
+    tl.atomic_add(part + 6 * E, sb1, mask=emask, sem="relaxed")
+    tl.atomic_add(part + 7 * E, sb2, mask=emask, sem="relaxed")
+    tl.atomic_add(part + 8 * E, sb3, mask=emask, sem="relaxed")
+    tl.atomic_add(part + 9 * E, sbb, mask=emask, sem="relaxed")
+
+
+@triton.jit
+def _walk_rows4(base, row, L, stride_l, emask):
+    """Rows ``row .. row + 3`` of a [L, channels] operand, as stored, zero outside [0, L)."""
+    return (_walk_row(base, row, L, stride_l, emask), _walk_row(base, row + 1, L, stride_l, emask),
+            _walk_row(base, row + 2, L, stride_l, emask), _walk_row(base, row + 3, L, stride_l, emask))
+
+
+@triton.jit
+def _bwalk_row(gx_base, stride_gx_l, emask, r, t0, t_end, xn, gfn, gbn, w0, w1, w2, w3, w4, w5,
+               a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3, sbb,
+               f0, f1, f2, f3, bf, g0, g1, g2, g3, bb):
+    """Row r of :func:`conv_bwd_walk_kernel`'s walk: w = x[r - 3 .. r + 2], xn = x[r + 3], gfn / gbn = gout[0 / 1, r];
+    a = pending d x of rows r - 3 .. r + 2. Stores d x[r - 3] (if one of this program's rows); returns the window,
+    the pending d x and the sums for row r + 1."""
+    xn = xn.to(tl.float32)
+    pre_f = bf + f0 * w0 + f1 * w1 + f2 * w2 + f3 * w3
+    pre_b = bb + g0 * xn + g1 * w5 + g2 * w4 + g3 * w3
+    s_f = _sigmoid(pre_f)
+    s_b = _sigmoid(pre_b)
+    gp_f = gfn.to(tl.float32) * s_f * (1.0 + pre_f * (1.0 - s_f))
+    gp_b = gbn.to(tl.float32) * s_b * (1.0 + pre_b * (1.0 - s_b))
+    own = (r >= t0) & (r < t_end)
+    of = tl.where(own, gp_f, 0.0)
+    ob = tl.where(own, gp_b, 0.0)
+    s = r - 3
+    tl.store(gx_base + s * stride_gx_l, (a0 + f0 * gp_f).to(gx_base.dtype.element_ty),
+             mask=emask & (s >= t0) & (s < t_end))
+    return (w1, w2, w3, w4, w5, xn,
+            a1 + f1 * gp_f, a2 + f2 * gp_f, a3 + f3 * gp_f + g3 * gp_b, a4 + g2 * gp_b, a5 + g1 * gp_b, g0 * gp_b,
+            sf0 + of * w0, sf1 + of * w1, sf2 + of * w2, sf3 + of * w3, sfb + of,
+            sb0 + ob * xn, sb1 + ob * w5, sb2 + ob * w4, sb3 + ob * w3, sbb + ob)
 
 
 @triton.jit

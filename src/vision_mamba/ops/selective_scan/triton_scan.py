@@ -25,7 +25,9 @@ from .triton_kernels import (
     chunk_carry_kernel,
     conv_bwd_dir_kernel,
     conv_bwd_input_kernel,
+    conv_bwd_walk_kernel,
     conv_fwd_kernel,
+    conv_fwd_walk_kernel,
     mixer_weights_kernel,
     prep_weights_kernel,
     pair_sum_kernel,
@@ -76,7 +78,8 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
         "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
         "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS", "INTERLEAVE",
-        "PREP_WEIGHTS"))
+        "PREP_WEIGHTS", "CONV_WALK", "CONV_WALK_ROWS", "CONV_WALK_BLOCK_E", "CONV_WALK_WARPS",
+        "CONV_BWD_WALK", "CONV_BWD_WALK_ROWS", "CONV_BWD_WALK_BLOCK_E", "CONV_BWD_WALK_WARPS"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -131,6 +134,19 @@ def _read_config():
         conv_block_l=_env_int("VISION_MAMBA_TRITON_CONV_BLOCK_L", 16),
         conv_tiles=_env_int("VISION_MAMBA_TRITON_CONV_TILES", 2),
         conv_warps=_env_int("VISION_MAMBA_TRITON_CONV_WARPS", 2),
+        # conv forward as a walk down the rows (conv_fwd_walk_kernel: each row of x loaded once, into a window of
+        # seven rows in registers) instead of tiles: 1 on; rows per program about this many (rounded to a multiple of
+        # 8 that splits the sequence evenly), channels per program and warps
+        conv_walk=_env_int("VISION_MAMBA_TRITON_CONV_WALK", 0),
+        conv_walk_rows=_env_int("VISION_MAMBA_TRITON_CONV_WALK_ROWS", 48),
+        conv_walk_block_e=_env_int("VISION_MAMBA_TRITON_CONV_WALK_BLOCK_E", 128),
+        conv_walk_warps=_env_int("VISION_MAMBA_TRITON_CONV_WALK_WARPS", 1),
+        # conv backward as one walk down the rows (conv_bwd_walk_kernel: g_pre kept in registers, d x and the weight
+        # sums in the same pass) instead of two passes over tiles: 1 on; rows, channels per program, warps
+        conv_bwd_walk=_env_int("VISION_MAMBA_TRITON_CONV_BWD_WALK", 0),
+        conv_bwd_walk_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_WALK_ROWS", 48),
+        conv_bwd_walk_block_e=_env_int("VISION_MAMBA_TRITON_CONV_BWD_WALK_BLOCK_E", 64),
+        conv_bwd_walk_warps=_env_int("VISION_MAMBA_TRITON_CONV_BWD_WALK_WARPS", 1),
         # inference: the conv's output (which the scan overwrites with y) stored [B, L, 2, E], a token's directions
         # side by side, so that out_proj((y_f + y_b) / 2) is one product with K = 2E instead of a product and an
         # accumulating one (which reads and writes its [B, L, D] output again); 0: stored [2, B, L, E]
@@ -1497,6 +1513,14 @@ def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], 
         out = _new(B, L, 2, E, device=x.device, dtype=x.dtype).permute(2, 0, 1, 3)
     else:
         out = _new(2, B, L, E, device=x.device, dtype=x.dtype)
+    if cfg["conv_walk"]:
+        rows = _walk_rows(L, cfg["conv_walk_rows"])
+        block_e = cfg["conv_walk_block_e"]
+        fast(conv_fwd_walk_kernel)[(_cdiv(L, rows), _cdiv(E, block_e), B)](
+            x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E, rows,
+            x.stride(0), x.stride(1), out.stride(0), out.stride(1), out.stride(2),
+            K=K, BLOCK_E=block_e, HAS_BIAS=bias_f is not None, num_warps=cfg["conv_walk_warps"], **FP_FUSION)
+        return out
     block_l, block_e, tiles = cfg["conv_block_l"], 64, cfg["conv_tiles"]
     fast(conv_fwd_kernel)[(_cdiv(L, block_l * tiles), _cdiv(E, block_e), B)](
         x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), out, L, E,
@@ -1504,6 +1528,13 @@ def conv_forward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor], 
         K=K, BLOCK_L=block_l, BLOCK_E=block_e, TILES=tiles, HAS_BIAS=bias_f is not None,
         num_warps=cfg["conv_warps"], **FP_FUSION)
     return out
+
+
+def _walk_rows(L: int, target: int) -> int:
+    """Rows per program of the conv's walk: the sequence split into about ``L / target`` equal parts, each rounded up
+    to a multiple of 8 (the walk's rows an iteration)."""
+    parts = max(1, round(L / max(target, 8)))
+    return _cdiv(_cdiv(L, parts), 8) * 8
 
 
 def _conv_and_rows(x: Tensor, forward, backward, R: int, rows_fp32: bool, cfg, weights: Optional[Tensor] = None,
@@ -1528,6 +1559,17 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
     gout = _last_contiguous(gout)
     B, L, E = x.shape
     K = w_f.shape[-1]
+    if gx_out is not None:
+        assert gx_out.shape == (B, L, E) and gx_out.stride(-1) == 1 and gx_out.dtype == x.dtype
+    if cfg["conv_bwd_walk"]:
+        gx = gx_out if gx_out is not None else _new(B, L, E, device=x.device, dtype=x.dtype)
+        sums = torch.zeros(2, 5, E, device=x.device, dtype=torch.float32)
+        rows, block_e = _walk_rows(L, cfg["conv_bwd_walk_rows"]), cfg["conv_bwd_walk_block_e"]
+        fast(conv_bwd_walk_kernel)[(_cdiv(L, rows), _cdiv(E, block_e), B)](
+            x, w_f, w_b, _or(bias_f, x.device), _or(bias_b, x.device), gout, gx, sums, L, E, rows,
+            x.stride(0), x.stride(1), gout.stride(0), gout.stride(1), gout.stride(2), gx.stride(0), gx.stride(1),
+            K=K, BLOCK_E=block_e, HAS_BIAS=bias_f is not None, num_warps=cfg["conv_bwd_walk_warps"], **FP_FUSION)
+        return _conv_grads(gx, sums, w_f, w_b, bias_f, bias_b)
     block_l, block_e = 32, 64
     n_eb, n_tiles = _cdiv(E, block_e), _cdiv(L, block_l)
     # weight gradients: each program sums the tiles of its chunk of rows; enough chunks to fill the GPU
@@ -1551,14 +1593,18 @@ def conv_backward(x: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
         gpre.stride(0), gpre.stride(1), gpre.stride(2),
         K=K, BLOCK_L=cfg["conv_bwd_rows"], BLOCK_E=block_e,
         HAS_BIAS=bias_f is not None, num_warps=cfg["conv_bwd_warps"], **FP_FUSION)
-    if gx_out is not None:
-        assert gx_out.shape == (B, L, E) and gx_out.stride(-1) == 1 and gx_out.dtype == x.dtype
     gx = gx_out if gx_out is not None else _new(B, L, E, device=x.device, dtype=x.dtype)
     in_rows, in_tiles = cfg["conv_bwd_input_rows"], cfg["conv_bwd_input_tiles"]
     fast(conv_bwd_input_kernel)[(_cdiv(L, in_rows * in_tiles), n_eb, B)](
         gpre, w_f, w_b, gx, L, E, gpre.stride(0), gpre.stride(1), gpre.stride(2), gx.stride(0), gx.stride(1),
         K=K, BLOCK_L=in_rows, BLOCK_E=block_e, TILES=in_tiles, num_warps=cfg["conv_bwd_input_warps"],
         **FP_FUSION)
+    return _conv_grads(gx, sums, w_f, w_b, bias_f, bias_b)
+
+
+def _conv_grads(gx: Tensor, sums: Tensor, w_f: Tensor, w_b: Tensor, bias_f: Optional[Tensor],
+                bias_b: Optional[Tensor]):
+    """:func:`conv_backward`'s result from d x and the sums [2, 5, E] (taps 0-3, then the bias, per direction)."""
     gw = sums[:, :4].transpose(1, 2).contiguous()
     gbias = sums[:, 4]
     gb = (lambda i, ref: gbias[i].to(ref.dtype) if ref is not None else None)
