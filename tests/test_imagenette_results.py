@@ -125,3 +125,21 @@ def test_chain_script_continues_runs_over_calls(tmp_path):
     assert (tmp_path / "runs2" / "teacher" / "final.safetensors").read_bytes() == teacher
     assert [t.split("--output ")[1].split()[0] for t in log.read_text().splitlines()[4:]] == [
         str(tmp_path / "runs2" / "deit_kds")]  # (the student next, as after a trained teacher)
+
+
+def test_best_elsewhere_picks_each_students_best(tmp_path):
+    # the line on top of docs/imagenette.md: the best final top-1 of each student among the experiments' records
+    # (teachers and other models ignored), nothing without the file
+    results = load_module()
+    assert results.best_elsewhere(tmp_path) == []
+    records = [dict(model="resnet50d", img_size=128, epochs=200, top1=92.6),
+               dict(model="vim_tiny_patch16_224", img_size=128, epochs=450, top1=88.08),
+               dict(model="vim_tiny_patch16_stride8_224", img_size=160, epochs=30, top1=90.5223),
+               dict(model="deit_tiny_patch16_224", img_size=304, epochs=30, top1=89.1465),
+               dict(model="deit_tiny_patch16_224", img_size=128, epochs=450, top1=83.75)]
+    (tmp_path / "imagenette_distill.json").write_text(json.dumps(dict(records=records)))
+    lines = results.best_elsewhere(tmp_path)
+    assert len(lines) == 2 and lines[1] == ""
+    assert ("Vim-Ti 90.52% (`vim_tiny_patch16_stride8_224`, 160 px, its last stage 30 epochs); "
+            "DeiT-Ti 89.15% (`deit_tiny_patch16_224`, 304 px") in lines[0]
+    assert "92.6" not in lines[0]
