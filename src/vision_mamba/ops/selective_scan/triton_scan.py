@@ -135,16 +135,18 @@ def _read_config():
         conv_tiles=_env_int("VISION_MAMBA_TRITON_CONV_TILES", 2),
         conv_warps=_env_int("VISION_MAMBA_TRITON_CONV_WARPS", 2),
         # conv forward as a walk down the rows (conv_fwd_walk_kernel: each row of x loaded once, into a window of
-        # seven rows in registers) instead of tiles: 1 on; rows per program about this many (rounded to a multiple of
-        # 8 that splits the sequence evenly), channels per program and warps
-        conv_walk=_env_int("VISION_MAMBA_TRITON_CONV_WALK", 0),
+        # seven rows in registers) instead of tiles (0): rows per program about this many (rounded to a multiple of
+        # 8 that splits the sequence evenly), channels per program and warps. On since session 29 (H100, Vim-Ti
+        # shapes: 0.032 -> 0.025 ms at 224 px / batch 128, 0.108 -> 0.094 at 1248 / 16)
+        conv_walk=_env_int("VISION_MAMBA_TRITON_CONV_WALK", 1),
         conv_walk_rows=_env_int("VISION_MAMBA_TRITON_CONV_WALK_ROWS", 48),
-        conv_walk_block_e=_env_int("VISION_MAMBA_TRITON_CONV_WALK_BLOCK_E", 128),
+        conv_walk_block_e=_env_int("VISION_MAMBA_TRITON_CONV_WALK_BLOCK_E", 64),
         conv_walk_warps=_env_int("VISION_MAMBA_TRITON_CONV_WALK_WARPS", 1),
         # conv backward as one walk down the rows (conv_bwd_walk_kernel: g_pre kept in registers, d x and the weight
-        # sums in the same pass) instead of two passes over tiles: 1 on; rows, channels per program, warps
-        conv_bwd_walk=_env_int("VISION_MAMBA_TRITON_CONV_BWD_WALK", 0),
-        conv_bwd_walk_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_WALK_ROWS", 48),
+        # sums in the same pass) instead of two passes over tiles (0): rows, channels per program, warps. On since
+        # session 29 (H100: 0.090 -> 0.045 ms at 224 px / batch 128, 0.343 -> 0.142 at 1248 / 16)
+        conv_bwd_walk=_env_int("VISION_MAMBA_TRITON_CONV_BWD_WALK", 1),
+        conv_bwd_walk_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_WALK_ROWS", 96),
         conv_bwd_walk_block_e=_env_int("VISION_MAMBA_TRITON_CONV_BWD_WALK_BLOCK_E", 64),
         conv_bwd_walk_warps=_env_int("VISION_MAMBA_TRITON_CONV_BWD_WALK_WARPS", 1),
         # inference: the conv's output (which the scan overwrites with y) stored [B, L, 2, E], a token's directions
