@@ -474,7 +474,8 @@ def test_mixer_conv_backward_in_chunks(rows, input_rows, input_tiles, monkeypatc
     # 150 rows = 5 tiles of 32; two programs' worth of work -> the conv's weight gradients are summed over two
     # chunks of rows (3 tiles + 2 tiles), each program looping over its tiles; the scan is chunked too. Tilings
     # of the backward's passes (rows per tile of the first, of the second, and the second's tiles per program:
-    # 3 x 8 rows leaves the last program with 6 of its 24 rows)
+    # 3 x 8 rows leaves the last program with 6 of its 24 rows); the two-pass backward, not the walk
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_WALK", "0")
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_ROWS", rows)
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_INPUT_ROWS", input_rows)
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_INPUT_TILES", input_tiles)
@@ -483,7 +484,9 @@ def test_mixer_conv_backward_in_chunks(rows, input_rows, input_tiles, monkeypatc
 
 def test_mixer_conv_backward_programs_knob(monkeypatch):
     # the conv backward's first pass split into chunks of rows by its own program target
-    # (VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS; 150 rows, one channel block: 3 chunks of 64, 64 and 22 rows)
+    # (VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS; 150 rows, one channel block: 3 chunks of 64, 64 and 22 rows); the
+    # two-pass backward
+    monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_WALK", "0")
     monkeypatch.setenv("VISION_MAMBA_TRITON_CONV_BWD_PROGRAMS", "4")
     check_mixer(1, 150, 16, min_programs="0", monkeypatch=monkeypatch)
 
