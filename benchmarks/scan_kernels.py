@@ -208,9 +208,13 @@ def main():
         else:
             conv_configs = [fwd_default]
             if not args.quick:
+                # the tile kernel (walk 0), then the walk down the rows (rows, channels, warps)
                 sweep = ((32, 1, 4), (32, 2, 2), (16, 2, 2), (16, 4, 2), (16, 8, 2), (16, 4, 1), (8, 8, 1))
-                conv_configs += [c for c in (dict(fwd_default, block_l=v[0], tiles=v[1], warps=v[2]) for v in sweep)
-                                 if c != fwd_default]
+                walks = ((24, 64, 1), (96, 64, 1), (48, 128, 1), (48, 32, 1), (48, 256, 2))
+                tiles = [dict(fwd_default, walk=0, block_l=v[0], tiles=v[1], warps=v[2]) for v in sweep]
+                walked = [dict(fwd_default, walk=1, walk_rows=v[0], walk_block_e=v[1], walk_warps=v[2])
+                          for v in walks]
+                conv_configs += [c for c in tiles + walked if c != fwd_default]
         for cfg in conv_configs:
             os.environ.update({f"VISION_MAMBA_TRITON_CONV_{k.upper()}": str(v) for k, v in cfg.items()})
             ms = _time(lambda: ts._TritonBiConv.apply(x, cw[0], cw[1], cb[0], cb[1]))
@@ -238,9 +242,13 @@ def main():
         else:
             bwd_configs = [default]
             if not args.quick:
+                # the two passes over tiles (walk 0), then the walk (rows, channels, warps)
                 sweep = ((8, 2, 16, 2, 1, -1), (8, 4, 16, 2, 1, -1), (16, 4, 16, 2, 1, -1), (8, 2, 16, 2, 4, -1),
                          (8, 2, 32, 4, 2, -1), (8, 2, 8, 1, 4, -1), (8, 2, 16, 2, 1, 4224), (8, 1, 16, 2, 1, 8448))
-                bwd_configs += [c for c in (dict(default, **dict(zip(keys, v))) for v in sweep) if c != default]
+                walks = ((48, 64, 1), (192, 64, 1), (96, 32, 1), (96, 128, 2))
+                tiles = [dict(default, walk=0, **dict(zip(keys, v))) for v in sweep]
+                walked = [dict(default, walk=1, walk_rows=v[0], walk_block_e=v[1], walk_warps=v[2]) for v in walks]
+                bwd_configs += [c for c in tiles + walked if c != default]
         for cfg in bwd_configs:
             os.environ.update({f"VISION_MAMBA_TRITON_CONV_BWD_{k.upper()}": str(v) for k, v in cfg.items()})
             ms = _time(fwd_bwd) - fwd_ms
