@@ -759,12 +759,7 @@ def conv_fwd_walk_kernel(
     t0 = pid_c * ROWS
     t_end = tl.minimum(t0 + ROWS, L)
     # the window: x[t - 3 .. t + 2] in fp32; x[t + 3 .. t + 10] as loaded
-    w0 = _walk_row(x_base, t0 - 3, L, stride_x_l, emask).to(tl.float32)
-    w1 = _walk_row(x_base, t0 - 2, L, stride_x_l, emask).to(tl.float32)
-    w2 = _walk_row(x_base, t0 - 1, L, stride_x_l, emask).to(tl.float32)
-    w3 = _walk_row(x_base, t0, L, stride_x_l, emask).to(tl.float32)
-    w4 = _walk_row(x_base, t0 + 1, L, stride_x_l, emask).to(tl.float32)
-    w5 = _walk_row(x_base, t0 + 2, L, stride_x_l, emask).to(tl.float32)
+    w0, w1, w2, w3, w4, w5 = _walk_window(x_base, t0, L, stride_x_l, emask)
     p0, p1, p2, p3, p4, p5, p6, p7 = _walk_rows8(x_base, t0 + 3, L, stride_x_l, emask)
     for t in range(t0, t_end, 8):
         q0, q1, q2, q3, q4, q5, q6, q7 = _walk_rows8(x_base, t + 11, L, stride_x_l, emask)
@@ -782,12 +777,37 @@ def _walk_row(x_base, row, L, stride_x_l, emask):
 
 
 @triton.jit
-def _walk_rows8(x_base, row, L, stride_x_l, emask):
-    """Rows ``row .. row + 7`` of x, as stored (loads issued together; converted when used)."""
-    return (_walk_row(x_base, row, L, stride_x_l, emask), _walk_row(x_base, row + 1, L, stride_x_l, emask),
-            _walk_row(x_base, row + 2, L, stride_x_l, emask), _walk_row(x_base, row + 3, L, stride_x_l, emask),
-            _walk_row(x_base, row + 4, L, stride_x_l, emask), _walk_row(x_base, row + 5, L, stride_x_l, emask),
-            _walk_row(x_base, row + 6, L, stride_x_l, emask), _walk_row(x_base, row + 7, L, stride_x_l, emask))
+def _walk_rows4(base, row, L, stride_l, emask):
+    """Rows ``row .. row + 3`` of a [L, channels] operand, as stored, zero outside [0, L) (loads issued together;
+    converted when used)."""
+    return (_walk_row(base, row, L, stride_l, emask), _walk_row(base, row + 1, L, stride_l, emask),
+            _walk_row(base, row + 2, L, stride_l, emask), _walk_row(base, row + 3, L, stride_l, emask))
+
+
+@triton.jit
+def _walk_rows8(base, row, L, stride_l, emask):
+    """Rows ``row .. row + 7``, as :func:`_walk_rows4`."""
+    a0, a1, a2, a3 = _walk_rows4(base, row, L, stride_l, emask)
+    a4, a5, a6, a7 = _walk_rows4(base, row + 4, L, stride_l, emask)
+    return a0, a1, a2, a3, a4, a5, a6, a7
+
+
+@triton.jit
+def _walk_window(x_base, r, L, stride_x_l, emask):
+    """A walk's window at its first row r: x[r - 3 .. r + 2] in fp32."""
+    return (_walk_row(x_base, r - 3, L, stride_x_l, emask).to(tl.float32),
+            _walk_row(x_base, r - 2, L, stride_x_l, emask).to(tl.float32),
+            _walk_row(x_base, r - 1, L, stride_x_l, emask).to(tl.float32),
+            _walk_row(x_base, r, L, stride_x_l, emask).to(tl.float32),
+            _walk_row(x_base, r + 1, L, stride_x_l, emask).to(tl.float32),
+            _walk_row(x_base, r + 2, L, stride_x_l, emask).to(tl.float32))
+
+
+@triton.jit
+def _walk_pre(w0, w1, w2, w3, w4, w5, xn, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb):
+    """Both directions' pre-activations (conv + bias, fp32) at row r from the window w = x[r - 3 .. r + 2] and
+    xn = x[r + 3]: causal taps x[r - 3 .. r], anti-causal x[r + 3 .. r]."""
+    return bf + f0 * w0 + f1 * w1 + f2 * w2 + f3 * w3, bb + g0 * xn + g1 * w5 + g2 * w4 + g3 * w3
 
 
 @triton.jit
@@ -799,24 +819,27 @@ def _walk_out4(o_base, t, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, 
     n1 = n1.to(tl.float32)
     n2 = n2.to(tl.float32)
     n3 = n3.to(tl.float32)
-    _walk_store(o_base, t, t_end, stride_o_l, stride_o_d, emask,
-                bf + f0 * w0 + f1 * w1 + f2 * w2 + f3 * w3, bb + g0 * n0 + g1 * w5 + g2 * w4 + g3 * w3)
-    _walk_store(o_base, t + 1, t_end, stride_o_l, stride_o_d, emask,
-                bf + f0 * w1 + f1 * w2 + f2 * w3 + f3 * w4, bb + g0 * n1 + g1 * n0 + g2 * w5 + g3 * w4)
-    _walk_store(o_base, t + 2, t_end, stride_o_l, stride_o_d, emask,
-                bf + f0 * w2 + f1 * w3 + f2 * w4 + f3 * w5, bb + g0 * n2 + g1 * n1 + g2 * n0 + g3 * w5)
-    _walk_store(o_base, t + 3, t_end, stride_o_l, stride_o_d, emask,
-                bf + f0 * w3 + f1 * w4 + f2 * w5 + f3 * n0, bb + g0 * n3 + g1 * n2 + g2 * n1 + g3 * n0)
-    return w4, w5, n0, n1, n2, n3
+    w0, w1, w2, w3, w4, w5 = _walk_out1(o_base, t, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4, w5,
+                                        n0, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+    w0, w1, w2, w3, w4, w5 = _walk_out1(o_base, t + 1, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4,
+                                        w5, n1, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+    w0, w1, w2, w3, w4, w5 = _walk_out1(o_base, t + 2, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4,
+                                        w5, n2, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+    return _walk_out1(o_base, t + 3, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4, w5, n3,
+                      f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
 
 
 @triton.jit
-def _walk_store(o_base, t, t_end, stride_o_l, stride_o_d, emask, pre_f, pre_b):
-    """silu of both directions' pre-activations stored at row t (if before ``t_end``)."""
+def _walk_out1(o_base, t, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4, w5, xn,
+               f0, f1, f2, f3, bf, g0, g1, g2, g3, bb):
+    """Row t of both directions' silu(conv) stored (if before ``t_end``), from the window w = x[t - 3 .. t + 2]
+    and xn = x[t + 3] (fp32); returns the window for row t + 1."""
+    pre_f, pre_b = _walk_pre(w0, w1, w2, w3, w4, w5, xn, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
     m = emask & (t < t_end)
     row = o_base + t * stride_o_l
     tl.store(row, (pre_f * _sigmoid(pre_f)).to(o_base.dtype.element_ty), mask=m)
     tl.store(row + stride_o_d, (pre_b * _sigmoid(pre_b)).to(o_base.dtype.element_ty), mask=m)
+    return w1, w2, w3, w4, w5, xn
 
 
 @triton.jit
@@ -970,12 +993,7 @@ def conv_bwd_walk_kernel(
     t_end = tl.minimum(t0 + ROWS, L)
     r0 = t0 - 3
     # at the walk's row r: the window x[r - 3 .. r + 2] (fp32), the pending d x of rows r - 3 .. r + 2, the sums
-    w0 = _walk_row(x_base, r0 - 3, L, stride_x_l, emask).to(tl.float32)
-    w1 = _walk_row(x_base, r0 - 2, L, stride_x_l, emask).to(tl.float32)
-    w2 = _walk_row(x_base, r0 - 1, L, stride_x_l, emask).to(tl.float32)
-    w3 = _walk_row(x_base, r0, L, stride_x_l, emask).to(tl.float32)
-    w4 = _walk_row(x_base, r0 + 1, L, stride_x_l, emask).to(tl.float32)
-    w5 = _walk_row(x_base, r0 + 2, L, stride_x_l, emask).to(tl.float32)
+    w0, w1, w2, w3, w4, w5 = _walk_window(x_base, r0, L, stride_x_l, emask)
     zero = tl.zeros([BLOCK_E], dtype=tl.float32)
     a0, a1, a2, a3, a4, a5 = zero, zero, zero, zero, zero, zero
     sf0, sf1, sf2, sf3, sfb = zero, zero, zero, zero, zero
@@ -1021,13 +1039,6 @@ def conv_bwd_walk_kernel(
 
 
 @triton.jit
-def _walk_rows4(base, row, L, stride_l, emask):
-    """Rows ``row .. row + 3`` of a [L, channels] operand, as stored, zero outside [0, L)."""
-    return (_walk_row(base, row, L, stride_l, emask), _walk_row(base, row + 1, L, stride_l, emask),
-            _walk_row(base, row + 2, L, stride_l, emask), _walk_row(base, row + 3, L, stride_l, emask))
-
-
-@triton.jit
 def _bwalk_row(gx_base, stride_gx_l, emask, r, t0, t_end, xn, gfn, gbn, w0, w1, w2, w3, w4, w5,
                a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3, sbb,
                f0, f1, f2, f3, bf, g0, g1, g2, g3, bb):
@@ -1035,8 +1046,7 @@ def _bwalk_row(gx_base, stride_gx_l, emask, r, t0, t_end, xn, gfn, gbn, w0, w1, 
     a = pending d x of rows r - 3 .. r + 2. Stores d x[r - 3] (if one of this program's rows); returns the window,
     the pending d x and the sums for row r + 1."""
     xn = xn.to(tl.float32)
-    pre_f = bf + f0 * w0 + f1 * w1 + f2 * w2 + f3 * w3
-    pre_b = bb + g0 * xn + g1 * w5 + g2 * w4 + g3 * w3
+    pre_f, pre_b = _walk_pre(w0, w1, w2, w3, w4, w5, xn, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
     s_f = _sigmoid(pre_f)
     s_b = _sigmoid(pre_b)
     gp_f = gfn.to(tl.float32) * s_f * (1.0 + pre_f * (1.0 - s_f))
