@@ -747,17 +747,9 @@ def conv_fwd_walk_kernel(
     (a multiple of 8) of BLOCK_E channels: each row of x is loaded once, into a window of seven rows kept in
     registers (x[t - 3 .. t + 3]), where the tile kernel loads each row seven times, once per tap and direction. The
     walk runs eight rows an iteration while the next eight rows' loads are in flight."""
-    pid_c = tl.program_id(0)
-    pid_e = tl.program_id(1)
-    b = tl.program_id(2)
-    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    emask = offs_e < E
-    f0, f1, f2, f3, bf = _conv_params(w_f, bias_f, offs_e, emask, K, HAS_BIAS)
-    g0, g1, g2, g3, bb = _conv_params(w_b, bias_b, offs_e, emask, K, HAS_BIAS)
-    x_base = x_ptr + b * stride_x_b + offs_e
+    (b, offs_e, emask, t0, t_end, x_base, f0, f1, f2, f3, bf, g0, g1, g2, g3,
+     bb) = _walk_place(x_ptr, w_f, w_b, bias_f, bias_b, L, E, ROWS, stride_x_b, K, BLOCK_E, HAS_BIAS)
     o_base = out_ptr + b * stride_o_b + offs_e
-    t0 = pid_c * ROWS
-    t_end = tl.minimum(t0 + ROWS, L)
     # the window: x[t - 3 .. t + 2] in fp32; x[t + 3 .. t + 10] as loaded
     w0, w1, w2, w3, w4, w5 = _walk_window(x_base, t0, L, stride_x_l, emask)
     p0, p1, p2, p3, p4, p5, p6, p7 = _walk_rows8(x_base, t0 + 3, L, stride_x_l, emask)
@@ -768,6 +760,21 @@ def conv_fwd_walk_kernel(
         w0, w1, w2, w3, w4, w5 = _walk_out4(o_base, t + 4, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3,
                                             w4, w5, p4, p5, p6, p7, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
         p0, p1, p2, p3, p4, p5, p6, p7 = q0, q1, q2, q3, q4, q5, q6, q7
+
+
+@triton.jit
+def _walk_place(x_ptr, w_f, w_b, bias_f, bias_b, L, E, ROWS, stride_x_b, K: tl.constexpr, BLOCK_E: tl.constexpr,
+                HAS_BIAS: tl.constexpr):
+    """A conv walk program's share (grid: rows / ROWS, E blocks, B): its batch, channels and their mask, its rows
+    [t0, t_end), x's row base for it, and both directions' four taps and bias (fp32)."""
+    b = tl.program_id(2)
+    offs_e = tl.program_id(1) * BLOCK_E + tl.arange(0, BLOCK_E)
+    emask = offs_e < E
+    f0, f1, f2, f3, bf = _conv_params(w_f, bias_f, offs_e, emask, K, HAS_BIAS)
+    g0, g1, g2, g3, bb = _conv_params(w_b, bias_b, offs_e, emask, K, HAS_BIAS)
+    t0 = tl.program_id(0) * ROWS
+    return (b, offs_e, emask, t0, tl.minimum(t0 + ROWS, L), x_ptr + b * stride_x_b + offs_e, f0, f1, f2, f3, bf,
+            g0, g1, g2, g3, bb)
 
 
 @triton.jit
@@ -978,19 +985,11 @@ def conv_bwd_walk_kernel(
     ends 3 after its last (d x[t] takes g_pre of rows t - 3 .. t + 3). The sums are added atomically into
     ``part_ptr`` ([2, 5, E] fp32: taps 0-3, then the bias) at the end. Four rows an iteration, the next four
     rows' loads in flight meanwhile."""
-    pid_c = tl.program_id(0)
-    pid_e = tl.program_id(1)
-    b = tl.program_id(2)
-    offs_e = pid_e * BLOCK_E + tl.arange(0, BLOCK_E)
-    emask = offs_e < E
-    f0, f1, f2, f3, bf = _conv_params(w_f, bias_f, offs_e, emask, K, HAS_BIAS)
-    g0, g1, g2, g3, bb = _conv_params(w_b, bias_b, offs_e, emask, K, HAS_BIAS)
-    x_base = x_ptr + b * stride_x_b + offs_e
+    (b, offs_e, emask, t0, t_end, x_base, f0, f1, f2, f3, bf, g0, g1, g2, g3,
+     bb) = _walk_place(x_ptr, w_f, w_b, bias_f, bias_b, L, E, ROWS, stride_x_b, K, BLOCK_E, HAS_BIAS)
     gf_base = gout_ptr + b * stride_g_b + offs_e
     gb_base = gf_base + stride_g_d
     gx_base = gx_ptr + b * stride_gx_b + offs_e
-    t0 = pid_c * ROWS
-    t_end = tl.minimum(t0 + ROWS, L)
     r0 = t0 - 3
     # at the walk's row r: the window x[r - 3 .. r + 2] (fp32), the pending d x of rows r - 3 .. r + 2, the sums
     w0, w1, w2, w3, w4, w5 = _walk_window(x_base, r0, L, stride_x_l, emask)
