@@ -752,14 +752,14 @@ def conv_fwd_walk_kernel(
     o_base = out_ptr + b * stride_o_b + offs_e
     # the window: x[t - 3 .. t + 2] in fp32; x[t + 3 .. t + 10] as loaded
     w0, w1, w2, w3, w4, w5 = _walk_window(x_base, t0, L, stride_x_l, emask)
-    p0, p1, p2, p3, p4, p5, p6, p7 = _walk_rows8(x_base, t0 + 3, L, stride_x_l, emask)
+    p = _walk_rows8(x_base, t0 + 3, L, stride_x_l, emask)
     for t in range(t0, t_end, 8):
-        q0, q1, q2, q3, q4, q5, q6, q7 = _walk_rows8(x_base, t + 11, L, stride_x_l, emask)
-        w0, w1, w2, w3, w4, w5 = _walk_out4(o_base, t, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4, w5,
-                                            p0, p1, p2, p3, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
-        w0, w1, w2, w3, w4, w5 = _walk_out4(o_base, t + 4, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3,
-                                            w4, w5, p4, p5, p6, p7, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
-        p0, p1, p2, p3, p4, p5, p6, p7 = q0, q1, q2, q3, q4, q5, q6, q7
+        q = _walk_rows8(x_base, t + 11, L, stride_x_l, emask)
+        for h in tl.static_range(2):
+            w0, w1, w2, w3, w4, w5 = _walk_out4(o_base, t + 4 * h, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2,
+                                                w3, w4, w5, p[4 * h], p[4 * h + 1], p[4 * h + 2], p[4 * h + 3],
+                                                f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+        p = q
 
 
 @triton.jit
@@ -822,18 +822,11 @@ def _walk_out4(o_base, t, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, 
                f0, f1, f2, f3, bf, g0, g1, g2, g3, bb):
     """Rows t .. t + 3 of both directions (those before ``t_end``) from the window w = x[t - 3 .. t + 2] (fp32) and
     the next rows n = x[t + 3 .. t + 6] (as loaded); returns the window for row t + 4 (x[t + 1 .. t + 6])."""
-    n0 = n0.to(tl.float32)
-    n1 = n1.to(tl.float32)
-    n2 = n2.to(tl.float32)
-    n3 = n3.to(tl.float32)
-    w0, w1, w2, w3, w4, w5 = _walk_out1(o_base, t, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4, w5,
-                                        n0, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
-    w0, w1, w2, w3, w4, w5 = _walk_out1(o_base, t + 1, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4,
-                                        w5, n1, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
-    w0, w1, w2, w3, w4, w5 = _walk_out1(o_base, t + 2, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4,
-                                        w5, n2, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
-    return _walk_out1(o_base, t + 3, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4, w5, n3,
-                      f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+    n = (n0.to(tl.float32), n1.to(tl.float32), n2.to(tl.float32), n3.to(tl.float32))
+    for i in tl.static_range(4):
+        w0, w1, w2, w3, w4, w5 = _walk_out1(o_base, t + i, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, w4,
+                                            w5, n[i], f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+    return w0, w1, w2, w3, w4, w5
 
 
 @triton.jit
@@ -998,32 +991,19 @@ def conv_bwd_walk_kernel(
     sf0, sf1, sf2, sf3, sfb = zero, zero, zero, zero, zero
     sb0, sb1, sb2, sb3, sbb = zero, zero, zero, zero, zero
     # loaded ahead: x[r + 3 .. r + 6], gout[0 / 1, r .. r + 3]
-    px0, px1, px2, px3 = _walk_rows4(x_base, r0 + 3, L, stride_x_l, emask)
-    pf0, pf1, pf2, pf3 = _walk_rows4(gf_base, r0, L, stride_g_l, emask)
-    pb0, pb1, pb2, pb3 = _walk_rows4(gb_base, r0, L, stride_g_l, emask)
+    px = _walk_rows4(x_base, r0 + 3, L, stride_x_l, emask)
+    pf = _walk_rows4(gf_base, r0, L, stride_g_l, emask)
+    pb = _walk_rows4(gb_base, r0, L, stride_g_l, emask)
     for r in range(r0, t_end + 3, 4):
-        qx0, qx1, qx2, qx3 = _walk_rows4(x_base, r + 7, L, stride_x_l, emask)
-        qf0, qf1, qf2, qf3 = _walk_rows4(gf_base, r + 4, L, stride_g_l, emask)
-        qb0, qb1, qb2, qb3 = _walk_rows4(gb_base, r + 4, L, stride_g_l, emask)
-        (w0, w1, w2, w3, w4, w5, a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3,
-         sbb) = _bwalk_row(gx_base, stride_gx_l, emask, r, t0, t_end, px0, pf0, pb0, w0, w1, w2, w3, w4, w5,
-                           a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3, sbb,
-                           f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
-        (w0, w1, w2, w3, w4, w5, a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3,
-         sbb) = _bwalk_row(gx_base, stride_gx_l, emask, r + 1, t0, t_end, px1, pf1, pb1, w0, w1, w2, w3, w4, w5,
-                           a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3, sbb,
-                           f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
-        (w0, w1, w2, w3, w4, w5, a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3,
-         sbb) = _bwalk_row(gx_base, stride_gx_l, emask, r + 2, t0, t_end, px2, pf2, pb2, w0, w1, w2, w3, w4, w5,
-                           a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3, sbb,
-                           f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
-        (w0, w1, w2, w3, w4, w5, a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3,
-         sbb) = _bwalk_row(gx_base, stride_gx_l, emask, r + 3, t0, t_end, px3, pf3, pb3, w0, w1, w2, w3, w4, w5,
-                           a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3, sbb,
-                           f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
-        px0, px1, px2, px3 = qx0, qx1, qx2, qx3
-        pf0, pf1, pf2, pf3 = qf0, qf1, qf2, qf3
-        pb0, pb1, pb2, pb3 = qb0, qb1, qb2, qb3
+        qx = _walk_rows4(x_base, r + 7, L, stride_x_l, emask)
+        qf = _walk_rows4(gf_base, r + 4, L, stride_g_l, emask)
+        qb = _walk_rows4(gb_base, r + 4, L, stride_g_l, emask)
+        for i in tl.static_range(4):
+            (w0, w1, w2, w3, w4, w5, a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3,
+             sbb) = _bwalk_row(gx_base, stride_gx_l, emask, r + i, t0, t_end, px[i], pf[i], pb[i], w0, w1, w2, w3,
+                               w4, w5, a0, a1, a2, a3, a4, a5, sf0, sf1, sf2, sf3, sfb, sb0, sb1, sb2, sb3, sbb,
+                               f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
+        px, pf, pb = qx, qf, qb
     part = part_ptr + offs_e
     tl.atomic_add(part + 0 * E, sf0, mask=emask, sem="relaxed")
     tl.atomic_add(part + 1 * E, sf1, mask=emask, sem="relaxed")
