@@ -231,14 +231,6 @@ def main() -> int:
     for walk in (0, 1):  # two passes over tiles, and one walk down the rows
         ts.conv_backward(x, cw[0], cw[1], cbias[0], cbias[1], torch.randn(2, B, L, E, dtype=bf),
                          dict(cfg, conv_bwd_walk=walk))
-    # inference's out_proj -> Add -> RMSNorm in one kernel, at Vim-Ti's widths (2E = 768 -> 192)
-    from vision_mamba.ops import norm_linear_triton as nl
-
-    norm_linear, cn = nl.linear_add_rms_norm_kernel, _Capture()
-    nl.linear_add_rms_norm_kernel = cn
-    nl.linear_add_rms_norm_triton(torch.randn(B, L, 768, dtype=bf), torch.randn(192, 768, dtype=bf),
-                                  torch.randn(B, L, 192), torch.randn(192), 1e-5, bf, halves=True, config=cfg)
-    nl.linear_add_rms_norm_kernel = norm_linear
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
     print(f"Triton {triton.__version__}, sm_90, delta {cfg['delta']}, prefetch {cfg['prefetch']}, "
@@ -316,8 +308,6 @@ def main() -> int:
         print(report("conv backward (input)", tk.conv_bwd_input_kernel, cbi.calls[0], Path(tmp), args.out, args.sass))
         print(report("conv backward, one walk down the rows (conv_bwd_walk_kernel)", tk.conv_bwd_walk_kernel,
                      cbw.calls[0], Path(tmp), args.out, args.sass))
-        print(report("out_proj -> Add -> RMSNorm (linear_add_rms_norm_kernel)", norm_linear, cn.calls[0], Path(tmp),
-                     args.out, args.sass))
     return 0
 
 

@@ -85,11 +85,6 @@ class BiMambaMixer(nn.Module):
             xz = F.linear(hidden, prepared[0])
         else:
             xz = self.in_proj(hidden)
-        return self.mix(xz, prepared)
-
-    def mix(self, xz: Tensor, prepared=None, epilogue=None):
-        """The mixer after in_proj: xz [B, L, 2E] (in_proj's output, x | z) -> [B, L, D]; or, where the Triton
-        backend's inference takes ``epilogue`` in place of out_proj (``bimamba_inner_fn``), its result."""
         return bimamba_inner_fn(xz, self.direction_params(False), self.direction_params(True),
                                 out_proj_weight=self.out_proj.weight, out_proj_bias=self.out_proj.bias,
-                                prepared=prepared[1:] if prepared is not None else None, epilogue=epilogue)
+                                prepared=prepared[1:] if prepared is not None else None)

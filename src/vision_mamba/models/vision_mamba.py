@@ -25,7 +25,7 @@ from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
 from ..layers import PatchEmbed, RMSNorm, VimBlock, class_token_index, resample_pos_embed
-from ..ops.rms_norm import add_rms_norm, linear_add_rms_norm
+from ..ops.rms_norm import add_rms_norm
 
 __all__ = ["VisionMamba", "checkpoint_filter_fn"]
 
@@ -241,50 +241,12 @@ class VisionMamba(nn.Module):
         hidden, _ = self.embed(x)
         residual = None
         prepared = self._inference_weights(hidden.device)
-        if prepared is not None and self._fusable(prepared):
-            return self._forward_fused(hidden, prepared)
         for i, layer in enumerate(self.layers):
             if prepared is not None:
                 hidden, residual = layer(hidden, residual, prepared=prepared[i])
             else:
                 hidden, residual = self._run_layer(layer, hidden, residual)
         return self._final(hidden, residual)
-
-    def _fusable(self, prepared: list) -> bool:
-        """Whether inference may run :meth:`_forward_fused`: in_proj's weights made in the autocast dtype, Vim's
-        blocks with an fp32 residual and RMSNorms, and no forward hooks on the blocks (which that path does not
-        call one by one)."""
-        if prepared[0][0] is None or not isinstance(self.norm_f, RMSNorm):
-            return False
-        for layer in self.layers:
-            if not (isinstance(layer, VimBlock) and layer.residual_in_fp32 and isinstance(layer.norm, RMSNorm)):
-                return False
-            if any(m._forward_hooks or m._forward_pre_hooks for m in layer.modules()):
-                return False
-        return True
-
-    def _forward_fused(self, hidden: Tensor, prepared: list) -> Tensor:
-        """The blocks' inference with each block's out_proj and the next block's Add -> RMSNorm (the last block's:
-        the final norm) in one kernel where the backend runs it (``ops.rms_norm.linear_add_rms_norm``), else one
-        after the other: the blocks' own computation, with the sums in another order."""
-        layers = self.layers
-        act = prepared[0][0].dtype  # (the autocast dtype, in_proj's weights were made in)
-        first = layers[0].norm
-        normed, residual = add_rms_norm(hidden, None, first.weight, first.eps, out_dtype=act)
-        for i, layer in enumerate(layers):
-            last = i == len(layers) - 1
-            norm = self.norm_f if last else layers[i + 1].norm
-            out_dtype = norm.weight.dtype if last else act
-
-            def epilogue(y2: Tensor, w2: Tensor, residual=residual, norm=norm, out_dtype=out_dtype):
-                return linear_add_rms_norm(y2, w2, residual, norm.weight, norm.eps, out_dtype, halves=True)
-
-            out = layer.mixer.mix(F.linear(normed, prepared[i][0]), prepared[i], epilogue=epilogue)
-            if isinstance(out, tuple):
-                normed, residual = out
-            else:  # (out_proj's output: the norm apart)
-                normed, residual = add_rms_norm(out, residual, norm.weight, norm.eps, out_dtype=out_dtype)
-        return normed
 
     def pool(self, x: Tensor) -> Tensor:
         if self.global_pool == "token":

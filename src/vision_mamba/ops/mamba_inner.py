@@ -55,18 +55,16 @@ def bimamba_inner_composed(xz: Tensor, forward: DirectionParams, backward: Direc
 
 def bimamba_inner_fn(xz: Tensor, forward: DirectionParams, backward: DirectionParams, *,
                      out_proj_weight: Optional[Tensor] = None, out_proj_bias: Optional[Tensor] = None,
-                     backend: Optional[str] = None, prepared=None, epilogue=None):
+                     backend: Optional[str] = None, prepared=None) -> Tensor:
     """xz: [B, L, 2E] (in_proj output) -> out_proj(y): [B, L, D], or y: [B, L, E] when no out_proj weight is
     given; on the configured backend. Passing out_proj lets a backend fold the (forward + backward) / 2 combine
     into it. ``prepared``: weights the Triton backend's inference made for this layer ahead of time
-    (``prepare_inference_weights``); other backends ignore it. ``epilogue``: a function that the Triton backend's
-    inference may call instead of out_proj, as ``epilogue(y2, w2)`` with out_proj's input y2 = [y_f | y_b]
-    [B, L, 2E] and its weight w2 = [W, W] / 2 [D, 2E], returning its result where it is not None."""
+    (``prepare_inference_weights``); other backends ignore it."""
     name = resolve_backend(xz.device, backend)
     if name == "triton":
         from .selective_scan.triton_scan import bimamba_inner_triton
 
-        return bimamba_inner_triton(xz, forward, backward, out_proj_weight, out_proj_bias, prepared, epilogue)
+        return bimamba_inner_triton(xz, forward, backward, out_proj_weight, out_proj_bias, prepared)
     if name == "reference":
         scan = selective_scan_ref
     else:

@@ -20,7 +20,7 @@ from torch import Tensor
 
 from .backend import resolve_backend
 
-__all__ = ["add_rms_norm", "add_rms_norm_ref", "linear_add_rms_norm"]
+__all__ = ["add_rms_norm", "add_rms_norm_ref"]
 
 
 def add_rms_norm_ref(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps: float,
@@ -54,21 +54,3 @@ def add_rms_norm(hidden: Tensor, residual: Optional[Tensor], weight: Tensor, eps
         return add_rms_norm_triton(hidden, residual, weight, eps, residual_in_fp32,
                                    out_dtype or _out_dtype(hidden.device, weight))
     return add_rms_norm_ref(hidden, residual, weight, eps, residual_in_fp32)
-
-
-
-def linear_add_rms_norm(a: Tensor, weight: Tensor, residual: Optional[Tensor], norm_weight: Tensor, eps: float,
-                        out_dtype: torch.dtype, halves: bool = False,
-                        backend: Optional[str] = None) -> Optional[Tuple[Tensor, Tensor]]:
-    """Inference: :func:`add_rms_norm` of ``hidden = F.linear(a, weight)`` (in a's dtype, bf16 or fp16) and
-    ``residual`` (fp32 or None), ``(y in out_dtype, residual')``, with the product in the same Triton kernel
-    (``norm_linear_triton``: hidden never goes through memory), where the backend is ``triton`` and gradients are
-    off; None otherwise (the caller then runs the two). ``halves``: weight is [w', w'] (two equal halves along
-    its inputs, as Vim's out_proj weight [W, W] / 2 for the two directions), and the kernel reads only w'."""
-    if torch.is_grad_enabled() or resolve_backend(a.device, backend) != "triton":
-        return None
-    if residual is not None and residual.dtype != torch.float32:
-        return None
-    from .norm_linear_triton import linear_add_rms_norm_triton
-
-    return linear_add_rms_norm_triton(a, weight, residual, norm_weight, eps, out_dtype, halves=halves)

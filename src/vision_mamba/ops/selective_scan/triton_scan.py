@@ -79,9 +79,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
         "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS", "INTERLEAVE",
         "PREP_WEIGHTS", "CONV_WALK", "CONV_WALK_ROWS", "CONV_WALK_BLOCK_E", "CONV_WALK_WARPS",
-        "CONV_BWD_WALK", "CONV_BWD_WALK_ROWS", "CONV_BWD_WALK_BLOCK_E", "CONV_BWD_WALK_WARPS",
-        "NORM_LINEAR", "NORM_LINEAR_BLOCK_M", "NORM_LINEAR_BLOCK_K", "NORM_LINEAR_WARPS", "NORM_LINEAR_STAGES",
-        "NORM_LINEAR_MAX_WIDTH", "NORM_LINEAR_HALVES"))
+        "CONV_BWD_WALK", "CONV_BWD_WALK_ROWS", "CONV_BWD_WALK_BLOCK_E", "CONV_BWD_WALK_WARPS"))
 _ENV_KEYS_RAW = None
 _CONFIG_CACHE = {}
 
@@ -160,21 +158,6 @@ def _read_config():
         # three launches a layer; 0: a layer at a time. On since session 29 (H100, graphed Vim-Ti: +1.8% at 224 px /
         # batch 128, +3.3% at 1248 px / batch 1, +0.3% at 1248 / 16)
         prep_weights=_env_int("VISION_MAMBA_TRITON_PREP_WEIGHTS", 1),
-        # inference under autocast with those weights: each block's out_proj and the next block's Add -> RMSNorm
-        # (or the final norm) as one kernel (norm_linear_triton.linear_add_rms_norm_kernel: out_proj's output never
-        # goes through memory), for model widths up to norm_linear_max_width (a program holds its rows' whole
-        # width); 0: out_proj through cuBLAS, then the norm kernel. Tiles: block_m rows a program, K in steps of
-        # block_k, pipelined over norm_linear_stages stages; halves: out_proj's weight [W, W] / 2 read as its one
-        # half W / 2, each tile multiplying both directions' inputs (0: the whole [D, 2E] weight read). Off until
-        # a GPU measures it faster than the two kernels (docs/kernels.md, "Session 30"; its first form, the norm
-        # fused into in_proj's product instead, measured slower on an H100: 65 against 46 us at 224 px / batch 128)
-        norm_linear=_env_int("VISION_MAMBA_TRITON_NORM_LINEAR", 0),
-        norm_linear_block_m=_env_int("VISION_MAMBA_TRITON_NORM_LINEAR_BLOCK_M", 64),
-        norm_linear_block_k=_env_int("VISION_MAMBA_TRITON_NORM_LINEAR_BLOCK_K", 64),
-        norm_linear_warps=_env_int("VISION_MAMBA_TRITON_NORM_LINEAR_WARPS", 8),
-        norm_linear_stages=_env_int("VISION_MAMBA_TRITON_NORM_LINEAR_STAGES", 3),
-        norm_linear_max_width=_env_int("VISION_MAMBA_TRITON_NORM_LINEAR_MAX_WIDTH", 384),
-        norm_linear_halves=_env_int("VISION_MAMBA_TRITON_NORM_LINEAR_HALVES", 0),
         # conv backward: rows per tile and warps of the first pass (g_pre, weight gradients; rows of 8 keep its ten
         # accumulators in registers) and of the second (d x; also its tiles per program)
         conv_bwd_rows=_env_int("VISION_MAMBA_TRITON_CONV_BWD_ROWS", 8),
@@ -1837,13 +1820,11 @@ class _OutProjCombine(torch.autograd.Function):
 
 
 def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optional[Tensor] = None,
-                         out_proj_bias: Optional[Tensor] = None, prepared: Optional[Tuple[Tensor, Tensor]] = None,
-                         epilogue=None):
+                         out_proj_bias: Optional[Tensor] = None, prepared: Optional[Tuple[Tensor, Tensor]] = None
+                         ) -> Tensor:
     """Vim's mixer on the Triton kernels. xz: [B, L, 2E] -> [B, L, D] (or [B, L, E] without out_proj).
     ``prepared``: (x_proj's pair, out_proj's [W, W] / 2) from :func:`prepare_inference_weights`, used by inference
-    where their dtype is the activations' (else made here). ``epilogue``: inference with y stored [B, L, 2, E]
-    and no out_proj bias returns ``epilogue(y2 [B, L, 2E], [W, W] / 2)`` in place of out_proj's output where that
-    is not None (``bimamba_inner_fn``)."""
+    where their dtype is the activations' (else made here)."""
     B, L, _ = xz.shape
     x, z = xz.chunk(2, dim=-1)
     E = x.shape[-1]
@@ -1869,11 +1850,6 @@ def bimamba_inner_triton(xz: Tensor, forward, backward, out_proj_weight: Optiona
         del rows  # dead now: not held through out_proj (at 1248 px / batch 16, 36 MiB of the peak)
         if out_proj_weight is None:
             return (ys[0] + ys[1]) / 2
-        if epilogue is not None and out_proj_bias is None and half.shape[1] == 2 * E \
-                and ys.permute(1, 2, 0, 3).is_contiguous():
-            done = epilogue(ys.permute(1, 2, 0, 3).view(B, L, 2 * E), half)
-            if done is not None:
-                return done
         return _out_proj_directions(ys, out_proj_weight, out_proj_bias, half)
     if cfg["delta"] == "fold" and cfg["recompute_conv"]:
         # training: one autograd node from the conv to the scan, which recomputes the conv's output in backward
