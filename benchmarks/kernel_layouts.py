@@ -63,8 +63,6 @@ def _signature(kernel, args, kwargs):
             sig[name] = "i1"
         elif isinstance(value, int) and not param.do_not_specialize and value == 1:
             sig[name], constexprs[name] = "constexpr", 1  # the launcher turns integer arguments equal to 1 into constants
-        elif isinstance(value, float):
-            sig[name] = "fp32"
         elif isinstance(value, int):
             sig[name] = "i32" if abs(value) < 2 ** 31 else "i64"
             if not param.do_not_specialize and value % 16 == 0:

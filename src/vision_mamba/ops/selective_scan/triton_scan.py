@@ -938,8 +938,8 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
     if unroll < 1 or unroll & (unroll - 1) or share < 0 or share & (share - 1):
         raise ValueError(f"the staged kernels' steps a pass must be powers of two, got {unroll} and {share}")
 
-    x, z, rows = args.x, args.z, args.dt[0]
-    B, L, E = args.B, args.L, args.E
+    x, rows = args.x, args.dt[0]
+    B, E = args.B, args.E
     block_e = 64 if tpc == 1 else 32 * cpt // tpc
     common, flags = _onepass_args(args, y, block_e)
     if tpc > 1:
