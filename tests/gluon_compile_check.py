@@ -217,7 +217,7 @@ def main() -> int:
     # the same with the lanes of a channel sharing its work of a step (onepass_share: scan_fwd_lanes_gluon_kernel,
     # onepass_share steps a pass, at least tpc, at most the stage of 16 steps here): per step, delta's sum to every
     # lane of the channel and y's sum over them, log2(TPC) shuffles each, and nothing else crosses lanes; each lane
-    # stores its own steps (predicated)
+    # stores its own steps, once unmasked (a whole pass) and once predicated (the last pass, cut by the end)
     lanes_kernel = gk.scan_fwd_lanes_gluon_kernel
     for tpc, unroll, expect_u in ((2, 1, 2), (2, 4, 4), (4, 4, 4), (4, 8, 8), (2, 16, 16), (2, 32, 16)):
         cap = _Capture()
@@ -230,10 +230,14 @@ def main() -> int:
         assert kwargs["TPC"] == tpc and kwargs["U"] == expect_u and kwargs["BLOCK_E"] == 32 // tpc, kwargs
         ptx = compile_call(lanes_kernel, cap.calls[0])
         assert "cp.async" in ptx and ".entry" in ptx and "ex2.approx" in ptx
-        shuffles = 2 * (tpc.bit_length() - 1) * expect_u
-        assert ptx.count("shfl.sync") == shuffles, (tpc, unroll, ptx.count("shfl.sync"), shuffles)
+        # (delta from its lane: one shfl.idx a step, and a reduction whose butterfly shuffles only keep each lane's
+        # own value: dead, which ptxas removes; y: log2(TPC) butterflies a step)
+        bfly = 2 * (tpc.bit_length() - 1) * expect_u
+        assert ptx.count("shfl.sync.idx") == expect_u and ptx.count("shfl.sync.bfly") == bfly, \
+            (tpc, unroll, ptx.count("shfl.sync.idx"), ptx.count("shfl.sync.bfly"), bfly)
         stores = [line.strip() for line in ptx.splitlines() if "st.global" in line]
-        assert stores and all(re.match(r"@%p\d+ st\.global\.", line) for line in stores), stores
+        masked = [line for line in stores if re.match(r"@%p\d+ st\.global\.", line)]
+        assert len(stores) == 2 * len(masked) == 2 * expect_u // tpc, stores
         checked += 1
     # inference that stays chunked, in chunks of the lanes kernel (lanes_chunk_warps): a first pass that only ends
     # each chunk's state (no output: no y sums, so half the shuffles, and only the end state's and delta's sums
@@ -249,11 +253,13 @@ def main() -> int:
         (args1, first), (args2, second) = cap.calls
         assert not first["WRITE_Y"] and first["WRITE_END"] and not first["HAS_INIT"], first
         assert second["WRITE_Y"] and not second["WRITE_END"] and second["HAS_INIT"], second
-        for call, shuffles in ((cap.calls[0], first["U"]), (cap.calls[1], 2 * second["U"])):
+        for call, bfly in ((cap.calls[0], first["U"]), (cap.calls[1], 2 * second["U"])):
             ptx = compile_call(lanes_kernel, call)
             assert "cp.async" in ptx and ".entry" in ptx and "ex2.approx" in ptx
-            assert ptx.count("shfl.sync") == shuffles + (1 if call is cap.calls[0] else 0), \
-                (B, L, ptx.count("shfl.sync"), shuffles)
+            # (one shfl.idx a step for delta; the butterflies as above, and the first pass's sum of delta)
+            assert ptx.count("shfl.sync.idx") == call[1]["U"], (B, L, ptx.count("shfl.sync.idx"))
+            assert ptx.count("shfl.sync.bfly") == bfly + (1 if call is cap.calls[0] else 0), \
+                (B, L, ptx.count("shfl.sync.bfly"), bfly)
             checked += 1
     print(f"Triton {triton.__version__}: {checked} Gluon launches compiled for sm_90, no layout conversions")
     return 0

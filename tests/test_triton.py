@@ -1302,7 +1302,8 @@ def test_gluon_staged_unroll_matches(length, batch, dtype, tpc, unroll, monkeypa
 @pytest.mark.parametrize("tpc", [2, 4])
 @pytest.mark.parametrize("length,batch,dtype,R", [
     (65, 3, torch.float32, 12), (197, 2, torch.bfloat16, 12), (730, 3, torch.bfloat16, 12),
-    (731, 1, torch.float32, 12), (6085, 1, torch.bfloat16, 12), (730, 2, torch.bfloat16, 24)])
+    (731, 1, torch.float32, 12), (6085, 1, torch.bfloat16, 12), (730, 2, torch.bfloat16, 24),
+    (64, 2, torch.bfloat16, 12), (96, 1, torch.bfloat16, 24), (40, 2, torch.float32, 16)])
 def test_gluon_lanes_share_matches(length, batch, dtype, R, tpc, unroll, monkeypatch):
     # onepass_share: the lanes of a channel share its work of a step (scan_fwd_lanes_gluon_kernel, max(share,
     # tpc) steps a pass, the lengths leaving a partial last pass), against the fp32 reference and the staged
@@ -1364,13 +1365,24 @@ def test_lanes_chunking_plan(monkeypatch):
         assert plan(1, 6085, **off) is None, off
 
 
+def test_rank_split():
+    # the lanes kernel's W_dt dt_low in two parts whose widths are powers of two (R_HI, then R - R_HI >= 4), where
+    # dt's rank is such a sum and not a power of two itself; 0 (one part, padded to a power of two) elsewhere or off
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    cfg = dict(ts._config(), lanes_rank_split=1)
+    got = {R: ts._rank_split(cfg, R) for R in (1, 2, 3, 6, 12, 13, 16, 20, 24, 48, 96)}
+    assert got == {1: 0, 2: 0, 3: 0, 6: 0, 12: 8, 13: 0, 16: 0, 20: 16, 24: 16, 48: 32, 96: 64}, got
+    assert ts._rank_split(dict(cfg, lanes_rank_split=0), 12) == 0
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("share", [8, 16])
 @pytest.mark.parametrize("warps", [4, 16])
 @pytest.mark.parametrize("length,batch,dtype,R", [
     (65, 3, torch.float32, 12), (197, 2, torch.bfloat16, 12), (730, 3, torch.bfloat16, 12),
     (731, 1, torch.float32, 12), (6085, 1, torch.bfloat16, 12), (6085, 2, torch.float32, 12),
-    (730, 2, torch.bfloat16, 24)])
+    (730, 2, torch.bfloat16, 24), (4096, 1, torch.bfloat16, 12)])
 def test_gluon_lanes_chunked_matches(length, batch, dtype, R, warps, share, monkeypatch):
     # lanes_chunk_warps: inference that stays chunked, in chunks of scan_fwd_lanes_gluon_kernel (a first pass to
     # each chunk's end state, the carry, a second pass writing y), against the fp32 reference and the Triton

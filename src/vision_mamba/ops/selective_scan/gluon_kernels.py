@@ -475,6 +475,102 @@ if gluon is not None:
         async_copy.wait_group(0)  # (the copies of the chunk after the last, all masked)
 
     @gluon.jit
+    def _stage_offsets(b, L, rev, stride_x_l, stride_z_l, stride_row: gl.constexpr, STAGE: gl.constexpr,
+                       BLOCK_E: gl.constexpr, RW: gl.constexpr, ROW_END: gl.constexpr, x_ld: gl.constexpr,
+                       r_ld: gl.constexpr):
+        """What _stage_chunk_at needs, computed once a program: the offsets of chunk 0's x and z elements
+        ([STAGE, BLOCK_E]) and x_proj's row elements ([STAGE, RW], batch b's rows) from their bases, step j of the
+        chunk at token j (or L - 1 - j, reversed); the steps j of each copy's rows; the row columns to copy."""
+        jx = gl.expand_dims(gl.arange(0, STAGE, layout=gl.SliceLayout(1, x_ld)), 1)
+        tx = gl.where(rev, L - 1 - jx, jx)
+        cols = gl.expand_dims(gl.arange(0, BLOCK_E, layout=gl.SliceLayout(0, x_ld)), 0)
+        jr = gl.expand_dims(gl.arange(0, STAGE, layout=gl.SliceLayout(1, r_ld)), 1)
+        tr = gl.where(rev, L - 1 - jr, jr)
+        rcols = gl.expand_dims(gl.arange(0, RW, layout=gl.SliceLayout(0, r_ld)), 0)
+        return (tx * stride_x_l + cols, tx * stride_z_l + cols, (b * L + tr) * stride_row + rcols, rcols < ROW_END,
+                jx, jr)
+
+    @gluon.jit
+    def _stage_chunk_at(x_buf, z_buf, r_buf, c, x_base, z_base, row_base, L, rev, stride_x_l, stride_z_l,
+                        stride_row: gl.constexpr, offs):
+        """_stage_chunk from _stage_offsets' offsets: chunk c's copies start a whole chunk of tokens further on (back,
+        reversed) from chunk 0's, and only a chunk that reaches past the sequence's end masks its steps."""
+        STAGE: gl.constexpr = x_buf.shape[1]
+        xo, zo, ro, rok, jx, jr = offs
+        k = c % 2
+        s0 = c * STAGE
+        shift = gl.where(rev, -s0, s0)
+        xp = x_base + shift * stride_x_l + xo
+        zp = z_base + shift * stride_z_l + zo
+        rp = row_base + shift * stride_row + ro
+        if s0 + STAGE <= L:
+            _async_load(x_buf.index(k), xp)
+            _async_load(z_buf.index(k), zp)
+            _async_load(r_buf.index(k), rp, mask=rok)
+        else:  # (the steps from L on: zeros)
+            _async_load(x_buf.index(k), xp, mask=jx < L - s0)
+            _async_load(z_buf.index(k), zp, mask=jx < L - s0)
+            _async_load(r_buf.index(k), rp, mask=(jr < L - s0) & rok)
+        async_copy.commit_group()
+
+    @gluon.jit
+    def _first(a, b):
+        return a
+
+    @gluon.jit
+    def _register(t, k: gl.constexpr):
+        """t[..., k] of a [A, B, W] tensor whose last axis a thread holds whole (W a power of two): halves split off
+        by the bits of k, no instructions."""
+        A: gl.constexpr = t.shape[0]
+        B: gl.constexpr = t.shape[1]
+        W: gl.constexpr = t.shape[2]
+        for i in gl.static_range(W.bit_length() - 1):
+            lo, hi = gl.split(gl.reshape(t, [A, B, W >> (i + 1), 2]))
+            t = hi if (k >> i) & 1 else lo
+        return gl.reshape(t, [A, B])
+
+    @gluon.jit
+    def _lane_of(x, lane: gl.constexpr, TPC: gl.constexpr):
+        """x ([channels, TPC], a value a lane) as lane ``lane`` of each channel's TPC lanes holds it, in all of them:
+        one shfl.idx within segments of TPC lanes (c = (32 - TPC) << 8 | 31)."""
+        src = gl.full(x.shape, lane, gl.int32, layout=x.type.layout)
+        seg = gl.full(x.shape, (32 - TPC) * 256 + 31, gl.int32, layout=x.type.layout)
+        return gl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, $2, $3, -1;", "=r,r,r,r", [x, src, seg],
+                                         dtype=gl.float32, is_pure=True, pack=1)
+
+    @gluon.constexpr_function
+    def _lanes_d3(BLOCK_E, U, TPC, WIDTH):
+        """[channels, U steps, WIDTH]: a lane holds U / TPC steps of its channel, each with WIDTH columns (one
+        warp)."""
+        return gl.BlockedLayout([1, U // TPC, WIDTH], [32 // TPC, TPC, 1], [1, 1, 1], [2, 1, 0])
+
+    @gluon.jit
+    def _w_part(w_ptr, eb, COL: gl.constexpr, WIDTH: gl.constexpr, BLOCK_E: gl.constexpr, U: gl.constexpr,
+                TPC: gl.constexpr, stride_w_e, stride_w_r):
+        """Columns COL .. COL + WIDTH - 1 of W_dt for the program's channels, as [BLOCK_E, 1, WIDTH] in
+        _lanes_d3's layout (each lane the whole part of its channel's row)."""
+        d3: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WIDTH)
+        wl: gl.constexpr = gl.SliceLayout(1, d3)
+        offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=gl.SliceLayout(1, wl))
+        offs_r = COL + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, wl))
+        w = gl.load(w_ptr + gl.expand_dims(offs_e, 1) * stride_w_e + gl.expand_dims(offs_r, 0) * stride_w_r)
+        return gl.expand_dims(w.to(gl.float32), 1)
+
+    @gluon.jit
+    def _dt_parts(r_grp, wa3, wb3, WA: gl.constexpr, WB: gl.constexpr, TPC: gl.constexpr, lanes: gl.constexpr):
+        """W_dt dt_low for a group of U staged rows ([U, RW], dt_low in columns 0 .. WA + WB - 1) as [channels, U]
+        in ``lanes``: the sums over the two parts of the columns (WA, then WB wide), no zero columns."""
+        U: gl.constexpr = r_grp.shape[0]
+        BLOCK_E: gl.constexpr = wa3.shape[0]
+        da: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WA)
+        db: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WB)
+        dta = r_grp.slice(0, WA, dim=1).load(gl.SliceLayout(0, da)).to(gl.float32)
+        dtb = r_grp.slice(WA, WB, dim=1).load(gl.SliceLayout(0, db)).to(gl.float32)
+        sa = gl.convert_layout(gl.sum(wa3 * gl.expand_dims(dta, 0), axis=2), lanes, assert_trivial=True)
+        sb = gl.convert_layout(gl.sum(wb3 * gl.expand_dims(dtb, 0), axis=2), lanes, assert_trivial=True)
+        return sa + sb
+
+    @gluon.jit
     def _steps_view(buf, dtype: gl.constexpr, GROUPS: gl.constexpr, U: gl.constexpr, WIDTH: gl.constexpr,
                     layout: gl.constexpr):
         """The same bytes as ``buf`` (a [2, S, WIDTH] shared buffer) seen as GROUPS = 2 S / U groups of U rows."""
@@ -494,6 +590,7 @@ if gluon is not None:
         B_COL: gl.constexpr, C_COL: gl.constexpr, STAGE: gl.constexpr, RW: gl.constexpr, VX: gl.constexpr,
         VR: gl.constexpr, TPC: gl.constexpr, U: gl.constexpr, CHUNKS: gl.constexpr = False,
         HAS_INIT: gl.constexpr = False, WRITE_END: gl.constexpr = False, WRITE_Y: gl.constexpr = True,
+        R_HI: gl.constexpr = 0, BCAST: gl.constexpr = True,
     ):
         """The staged one-pass inference forward with each channel's states over TPC lanes (as
         ``scan_fwd_staged_gluon_kernel`` with TPC > 1), where the lanes of a channel share its work of a step
@@ -510,7 +607,9 @@ if gluon is not None:
         HAS_INIT: its state starts from hinit [B, 2, chunks, N, E] instead of zero; WRITE_END: it stores its end
         state in hend (same layout) and its sum of delta in dsum [B, 2, chunks, E] (for chunk_carry_kernel; the
         steps from L on, staged as zeros, then leave the state alone); WRITE_Y=False: no output, nor the loads and
-        sums that make it (the chunked forward's first pass)."""
+        sums that make it (the chunked forward's first pass). R_HI (0: off): W_dt dt_low in two parts, columns 0 ..
+        R_HI - 1 and R_HI .. R - 1 (both widths powers of two, _rank_split), instead of over BLOCK_R columns of
+        which those from R on are zeros (Vim-Ti's 12 = 8 + 4 instead of 16)."""
         NW: gl.constexpr = gl.num_warps()
         NS: gl.constexpr = N // TPC
         tile: gl.constexpr = gl.BlockedLayout([1, NS], [32 // TPC, TPC], [NW, 1], [1, 0])
@@ -536,11 +635,18 @@ if gluon is not None:
         bias_l = gl.expand_dims(gl.convert_layout(bias, ch_l, assert_trivial=True), 1)
         dskip_l = gl.expand_dims(gl.convert_layout(dskip, ch_l, assert_trivial=True), 1)
         w3 = gl.expand_dims(w, 1)
+        if R_HI:
+            wa3 = _w_part(_pick(d, w_f, w_b), eb, 0, R_HI, BLOCK_E, U, TPC, stride_w_e, stride_w_r)
+            wb3 = _w_part(_pick(d, w_f, w_b), eb, R_HI, R - R_HI, BLOCK_E, U, TPC, stride_w_e, stride_w_r)
         jj = gl.expand_dims(gl.arange(0, U, layout=gl.SliceLayout(0, lanes)), 0)  # [1, U]: a lane's steps
+        UT: gl.constexpr = U // TPC
+        l3: gl.constexpr = gl.BlockedLayout([1, 1, UT], [32 // TPC, TPC, 1], [NW, 1, 1], [2, 1, 0])
+        kk3 = gl.expand_dims(gl.expand_dims(gl.arange(0, UT, layout=gl.SliceLayout(0, gl.SliceLayout(1, l3))), 0), 1)
         x_base = x_ptr + d * stride_x_d + b * stride_x_b + eb * BLOCK_E
         z_base = z_ptr + b * stride_z_b + eb * BLOCK_E
         offs_el = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch_l)
         y_base = gl.expand_dims(y_ptr + b * stride_y_b + d * stride_y_d + offs_el, 1)
+        y_offs = gl.where(rev, L - 1 - jj, jj) * stride_y_l  # [1, U]: the pass's steps from the first chunk's
         row_base = rows_ptr + d * dir_off
         x_buf, z_buf, r_buf, x_rows, r_rows = _stage_buffers(x_ptr, z_ptr, rows_ptr, STAGE, BLOCK_E, RW, buf_l, row_l)
         # the same buffers as groups of U steps: [U, width] at a time
@@ -563,32 +669,46 @@ if gluon is not None:
             h = gl.zeros([BLOCK_E, N], gl.float32, layout=tile)
         if WRITE_END:
             dacc = gl.zeros([BLOCK_E, U], gl.float32, layout=lanes)
-        _stage_chunk(x_buf, z_buf, r_buf, s_lo // STAGE, x_base, z_base, row_base, b, L, rev, stride_x_l, stride_z_l,
-                     stride_row, C_COL + N, x_ld, r_ld)
+        offs = _stage_offsets(b, L, rev, stride_x_l, stride_z_l, stride_row, STAGE, BLOCK_E, RW, C_COL + N, x_ld, r_ld)
+        _stage_chunk_at(x_buf, z_buf, r_buf, s_lo // STAGE, x_base, z_base, row_base, L, rev, stride_x_l, stride_z_l,
+                        stride_row, offs)
         for s0 in range(s_lo, s_hi, U):
             if s0 % STAGE == 0:  # this chunk's copies are done; the next chunk's start (into the other buffer)
                 async_copy.wait_group(0)
                 _barrier()  # (and every thread is done reading that buffer's previous chunk)
-                _stage_chunk(x_buf, z_buf, r_buf, s0 // STAGE + 1, x_base, z_base, row_base, b, L, rev, stride_x_l,
-                             stride_z_l, stride_row, C_COL + N, x_ld, r_ld)
+                _stage_chunk_at(x_buf, z_buf, r_buf, s0 // STAGE + 1, x_base, z_base, row_base, L, rev, stride_x_l,
+                                stride_z_l, stride_row, offs)
             i = s0 % (2 * STAGE)
             g = i // U
             # delta of the U steps, each in one lane of the channel: [channels, U]
             r_grp = r_steps.index(g)
             x_grp = x_steps.index(g)
-            dt = r_grp.slice(0, BLOCK_R, dim=1).load(gl.SliceLayout(0, d3)).to(gl.float32)
-            delta_l = _softplus(gl.sum(w3 * gl.expand_dims(dt, 0), axis=2) + bias_l)
+            r_grp_rows = _rows_view(r_grp, rows_ptr.dtype.element_ty, U, RW, row_l)
+            x_grp_rows = _rows_view(x_grp, x_ptr.dtype.element_ty, U, BLOCK_E, row_l)
+            if R_HI:
+                delta_l = _dt_parts(r_grp, wa3, wb3, R_HI, R - R_HI, TPC, lanes) + bias_l
+            else:
+                dt = r_grp.slice(0, BLOCK_R, dim=1).load(gl.SliceLayout(0, d3)).to(gl.float32)
+                delta_l = gl.sum(w3 * gl.expand_dims(dt, 0), axis=2) + bias_l
+            delta_l = _softplus(delta_l)
             if WRITE_END:  # (steps from L on: no decay, nothing added, not counted)
                 delta_l = gl.where(s0 + jj < L, delta_l, 0.0)
                 dacc = dacc + delta_l
             yl = gl.zeros([BLOCK_E, U], gl.float32, layout=lanes)
+            if BCAST:  # [channels, lanes, a lane's steps]: a lane's steps u % UT held in its registers
+                delta3 = gl.convert_layout(gl.reshape(delta_l, [BLOCK_E, TPC, UT]), l3, assert_trivial=True)
             for u in gl.static_range(U):
-                delta = gl.convert_layout(gl.sum(gl.where(jj == u, delta_l, 0.0), axis=1), ch, assert_trivial=True)
-                row = r_rows.index(i + u)
+                if BCAST:  # the owner lane's register, read by every lane of the channel (one shfl.idx)
+                    mine = _register(delta3, u % UT)
+                    delta = gl.convert_layout(gl.reduce(_lane_of(mine, u // UT, TPC), 1, _first), ch,
+                                              assert_trivial=True)
+                else:
+                    delta = gl.convert_layout(gl.sum(gl.where(jj == u, delta_l, 0.0), axis=1), ch, assert_trivial=True)
+                row = r_grp_rows.index(u)  # (from the group's view: a constant offset from one address a pass)
                 ba = row.slice(B_COL, N).load(st).to(gl.float32)
                 if WRITE_Y:
                     ca = row.slice(C_COL, N).load(st).to(gl.float32)
-                xv = x_rows.index(i + u).load(ch).to(gl.float32)
+                xv = x_grp_rows.index(u).load(ch).to(gl.float32)
                 h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
                     + gl.expand_dims(delta * xv, 1) * gl.expand_dims(ba, 0)
                 if WRITE_Y:
@@ -598,10 +718,12 @@ if gluon is not None:
                 xl = x_grp.permute((1, 0)).load(lanes).to(gl.float32)
                 zl = z_steps.index(g).permute((1, 0)).load(lanes).to(gl.float32)
                 yv = (yl + dskip_l * xl) * zl * _sigmoid(zl)
-                s = s0 + jj
-                t = gl.where(rev, L - 1 - s, s)
-                gl.store(y_base + t * stride_y_l, yv.to(y_ptr.dtype.element_ty),
-                         mask=(s < L) & (gl.expand_dims(offs_el, 1) >= 0))
+                # (step s0 + j at token s0 + j, or L - 1 - s0 - j reversed: a shift of y_offs; masked in the last pass)
+                yp = y_base + (gl.where(rev, -s0, s0) * stride_y_l + y_offs)
+                if s0 + U <= L:
+                    gl.store(yp, yv.to(y_ptr.dtype.element_ty))
+                else:
+                    gl.store(yp, yv.to(y_ptr.dtype.element_ty), mask=(jj < L - s0) & (gl.expand_dims(offs_el, 1) >= 0))
         async_copy.wait_group(0)  # (the copies of the chunk after the last, all masked)
         if WRITE_END:
             gl.store(hend_ptr + h_off + state_off, h)

@@ -77,7 +77,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
         "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
-        "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS", "INTERLEAVE",
+        "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS", "LANES_RANK_SPLIT", "INTERLEAVE",
         "PREP_WEIGHTS", "CONV_WALK", "CONV_WALK_ROWS", "CONV_WALK_BLOCK_E", "CONV_WALK_WARPS",
         "CONV_BWD_WALK", "CONV_BWD_WALK_ROWS", "CONV_BWD_WALK_BLOCK_E", "CONV_BWD_WALK_WARPS"))
 _ENV_KEYS_RAW = None
@@ -240,6 +240,9 @@ def _read_config():
         # 0.615 -> 0.506, 738 px / batch 8 0.281 -> 0.188 (8 and 16 warps: up to 24% and 7% slower than 24; 32:
         # within 5%). The whole model at 1248 px / batch 1: 247.5 -> 345.4 img/s
         lanes_chunk_warps=_env_int("VISION_MAMBA_TRITON_LANES_CHUNK_WARPS", 24),
+        # that kernel's W_dt dt_low over dt_low's R columns in two parts whose widths are powers of two
+        # (_rank_split: Vim-Ti's 12 = 8 + 4), instead of over the next power of two (16, four of them zeros)
+        lanes_rank_split=_env_int("VISION_MAMBA_TRITON_LANES_RANK_SPLIT", 1),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
         # 4 measured fastest (docs/kernels.md, "Session 17": the kernel at 224 px / batch 128 0.164 ms unstaged,
@@ -562,11 +565,12 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
     tpc = _onepass_tpc(cfg, args, dev) if n_chunks > 1 and not save_states else 0
     if tpc:  # (inference that would be chunked: one pass with a channel's states over several lanes instead)
         _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=tpc, cpt=cfg.get("onepass_cpt", 1),
-                              unroll=cfg.get("onepass_unroll", 1), share=cfg.get("onepass_share", 0))
+                              unroll=cfg.get("onepass_unroll", 1), share=cfg.get("onepass_share", 0),
+                              r_hi=_rank_split(cfg, args.R))
         return y, None
     lanes_plan = _lanes_chunking(cfg, args, dev) if n_chunks > 1 and not save_states else None
     if lanes_plan is not None:  # (inference that stays chunked: in chunks of the lanes kernel)
-        _launch_lanes_chunked(args, y, lanes_plan)
+        _launch_lanes_chunked(args, y, lanes_plan, r_hi=_rank_split(cfg, args.R))
         return y, None
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
@@ -884,6 +888,16 @@ def _lanes_chunking(cfg, args: _ScanArgs, device, tpc: int = 2) -> Optional[Tupl
     return (stage, unroll, n_chunks, steps) if n_chunks > 1 else None
 
 
+def _rank_split(cfg, R: int) -> int:
+    """R_HI for scan_fwd_lanes_gluon_kernel: the width of the first of two parts, both powers of two, that make
+    dt_low's R columns (Vim-Ti 12 = 8 + 4, Vim-S 24 = 16 + 8, Vim-B 48 = 32 + 16); 0 (over the next power of two)
+    where R is one already, or is no such sum with a second part of 4 columns or more, or ``lanes_rank_split`` is
+    off."""
+    hi = 1 << (R.bit_length() - 1)
+    lo = R - hi
+    return hi if cfg.get("lanes_rank_split", 0) and lo >= 4 and not lo & (lo - 1) else 0
+
+
 def _lanes_unroll(share: int, tpc: int, stage: int) -> int:
     """Steps a pass of scan_fwd_lanes_gluon_kernel (its U): ``onepass_share``, at least the lanes a channel (each
     computes a step's delta) and at most the stage (a pass reads one stage's staged rows): 16 for Vim-Ti in bf16
@@ -892,10 +906,11 @@ def _lanes_unroll(share: int, tpc: int, stage: int) -> int:
 
 
 @_gluon_launch
-def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int, int], tpc: int = 2) -> None:
+def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int, int], tpc: int = 2,
+                          r_hi: int = 0) -> None:
     """Inference in chunks of scan_fwd_lanes_gluon_kernel: each chunk but the last from a zero state to its end
     state and its sum of delta (no output), the carry across chunks (:func:`_chunk_carry`), then every chunk again
-    from the state that truly enters it, writing y."""
+    from the state that truly enters it, writing y. ``r_hi``: the kernel's R_HI (:func:`_rank_split`)."""
     from . import gluon_kernels
 
     stage, unroll, n_chunks, steps = plan
@@ -904,7 +919,7 @@ def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int,
     block_e = 32 // tpc
     common, flags = _onepass_args(args, y, block_e)
     rw, vx, vr = _staged_fits(args, stage, args.dt[0], block_e)
-    flags.update(STAGE=stage, RW=rw, VX=vx, VR=vr, TPC=tpc, U=unroll)
+    flags.update(STAGE=stage, RW=rw, VX=vx, VR=vr, TPC=tpc, U=unroll, R_HI=r_hi)
     f32 = dict(device=dev, dtype=torch.float32)
     hend, hinit = _new(B, 2, n_chunks, N, E, **f32), _new(B, 2, n_chunks, N, E, **f32)
     dsum = _new(B, 2, n_chunks, E, **f32)
@@ -923,7 +938,7 @@ def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int,
 @_gluon_launch
 def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Optional[Tensor] = None,
                           save_every: int = 0, maxnreg: int = 0, tpc: int = 1, cpt: int = 1,
-                          unroll: int = 1, share: int = 0) -> bool:
+                          unroll: int = 1, share: int = 0, r_hi: int = 0) -> bool:
     """The one-pass Gluon forward (64 channels a program, one warp): staged (scan_fwd_staged_gluon_kernel) where
     ``stage`` is set and _staged_fits allows, else scan_fwd_onepass_gluon_kernel. With ``hsave`` (the training
     forward: [B, 2, blocks, N, E] views of [..., E, N] storage) only the staged kernel saves states, under the
@@ -932,7 +947,8 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
     ``cpt`` channels a thread (32 * cpt / tpc channels a program; :func:`_onepass_tpc`), staged at the
     stage :func:`_tpc_stage` finds from ``stage`` up. ``unroll`` (inference, staged): steps a pass of the staged
     kernel's loop, a power of two up to the stage. ``share`` (with ``tpc`` > 1, one channel a thread, staged):
-    scan_fwd_lanes_gluon_kernel instead, max(share, tpc) steps a pass (a power of two up to the stage)."""
+    scan_fwd_lanes_gluon_kernel instead, max(share, tpc) steps a pass (a power of two up to the stage), and
+    ``r_hi`` its R_HI (:func:`_rank_split`)."""
     from . import gluon_kernels
 
     if unroll < 1 or unroll & (unroll - 1) or share < 0 or share & (share - 1):
@@ -952,7 +968,7 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
             dummy = _dummy(x.device)  # (one pass: no chunks, start states, end states or sums of delta)
             fast(gluon_kernels.scan_fwd_lanes_gluon_kernel)[(B * (E // block_e), 1, 2)](
                 *common, dummy, dummy, dummy, 0, 0, 0, 0, STAGE=stage, RW=rw, VX=vx, VR=vr,
-                TPC=tpc, U=_lanes_unroll(share, tpc, stage), **flags)
+                TPC=tpc, U=_lanes_unroll(share, tpc, stage), R_HI=r_hi, **flags)
         elif stage:
             rw, vx, vr = _staged_fits(args, stage, rows, block_e)
             fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
