@@ -241,7 +241,9 @@ def _read_config():
         # within 5%). The whole model at 1248 px / batch 1: 247.5 -> 345.4 img/s
         lanes_chunk_warps=_env_int("VISION_MAMBA_TRITON_LANES_CHUNK_WARPS", 24),
         # that kernel's W_dt dt_low over dt_low's R columns in two parts whose widths are powers of two
-        # (_rank_split: Vim-Ti's 12 = 8 + 4), instead of over the next power of two (16, four of them zeros)
+        # (_rank_split: Vim-Ti's 12 = 8 + 4), instead of over the next power of two (16, four of them zeros); 0:
+        # off. Measured on an H100 (docs/kernels.md, "Session 31"; Vim-Ti's scan, off -> on): 738 px / batch 32
+        # 0.381 -> 0.373 ms, 1248 px / batch 8 (chunks) 0.483 -> 0.468
         lanes_rank_split=_env_int("VISION_MAMBA_TRITON_LANES_RANK_SPLIT", 1),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
