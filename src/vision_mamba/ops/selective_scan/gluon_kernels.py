@@ -641,7 +641,6 @@ if gluon is not None:
         jj = gl.expand_dims(gl.arange(0, U, layout=gl.SliceLayout(0, lanes)), 0)  # [1, U]: a lane's steps
         UT: gl.constexpr = U // TPC
         l3: gl.constexpr = gl.BlockedLayout([1, 1, UT], [32 // TPC, TPC, 1], [NW, 1, 1], [2, 1, 0])
-        kk3 = gl.expand_dims(gl.expand_dims(gl.arange(0, UT, layout=gl.SliceLayout(0, gl.SliceLayout(1, l3))), 0), 1)
         x_base = x_ptr + d * stride_x_d + b * stride_x_b + eb * BLOCK_E
         z_base = z_ptr + b * stride_z_b + eb * BLOCK_E
         offs_el = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch_l)

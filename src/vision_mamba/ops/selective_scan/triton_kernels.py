@@ -277,7 +277,6 @@ def scan_fwd_kernel(
     else:
         h = tl.load(hinit_ptr + state_off, mask=smask, other=0.0)
     dsum = tl.zeros([BLOCK_E], dtype=tl.float32)
-    nmask = offs_n < N
     hsave_base = hsave_ptr + b * stride_s_b + d * stride_s_d + state_off
     if SAVE_STATES:  # the state entering the chunk's first block (s_begin is a multiple of SAVE_EVERY)
         tl.store(hsave_base + (s_begin // SAVE_EVERY) * stride_s_c, h, mask=smask)
@@ -449,7 +448,6 @@ def adjoint_chunk_kernel(
                                     N, BLOCK_E, BLOCK_R, B_COL, C_COL, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG,
                                     PARAMS_T, EVEN_E)
     a2 = a * 1.4426950408889634
-    nmask = offs_n < N
     gy_base = gy_ptr + b * stride_y_b + d * stride_y_d + offs_e
     state_off = offs_n[None, :] * E + offs_e[:, None]
     s_begin = chunk * steps_per_chunk
@@ -458,15 +456,16 @@ def adjoint_chunk_kernel(
     # (loaded from a zero [N, E] buffer: the load anchors the adjoint tile's layout like the forward's state)
     mu = tl.load(zero_ptr + state_off, mask=emask[:, None], other=0.0)
     dsum = tl.zeros([BLOCK_E], dtype=tl.float32)
-    xa, za, da, ba, ca = _load_step(s_end - 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
-                                    dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
-                                    rmask, DT_PROJ, HAS_Z, True)
+    # (x and B do not enter the adjoint's carry)
+    _, za, da, _, ca = _load_step(s_end - 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                  dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
+                                  rmask, DT_PROJ, HAS_Z, True)
     ga = tl.load(gy_base + _time_index(s_end - 1, L, rev) * stride_y_l, mask=emask, other=0.0)
     for si in range(s_end - s_begin):
         s = s_end - 1 - si
-        xn, zn, dn, bn, cn = _load_step(s - 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
-                                        dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
-                                        rmask, DT_PROJ, HAS_Z, True)
+        _, zn, dn, _, cn = _load_step(s - 1, s_begin, s_end, L, rev, x_base, stride_x_l, z_base, stride_z_l,
+                                      dt_base, stride_dt_l, bm_base, cm_base, stride_bc_l, offs_e, emask, offs_r,
+                                      rmask, DT_PROJ, HAS_Z, True)
         gn = tl.load(gy_base + _time_index(_clamp(s - 1, s_begin, s_end), L, rev) * stride_y_l, mask=emask,
                      other=0.0)
         delta, raw = _delta_of(da, w, bias, DT_PROJ, HAS_BIAS, SOFTPLUS)
@@ -476,7 +475,7 @@ def adjoint_chunk_kernel(
             gy = gy * zf * _sigmoid(zf)
         mu = tl.exp2(delta[:, None] * a2) * (gy[:, None] * ca.to(tl.float32)[None, :] + mu)
         dsum += tl.where(emask, delta, 0.0)
-        xa, za, da, ba, ca, ga = xn, zn, dn, bn, cn, gn
+        za, da, ca, ga = zn, dn, cn, gn
     tl.store(muend_ptr + off + state_off, mu, mask=emask[:, None])
     tl.store(dsum_ptr + (off // N) + offs_e, dsum, mask=emask)
 
@@ -566,7 +565,6 @@ def scan_bwd_kernel(
                                     N, BLOCK_E, BLOCK_R, B_COL, C_COL, DT_PROJ, HAS_BIAS, HAS_D, A_IS_LOG,
                                     PARAMS_T, EVEN_E)
     n_prog_chunks = tl.num_programs(2)
-    nmask = offs_n < N
     a2 = a * 1.4426950408889634  # exp(x) = exp2(x * log2(e)); a itself is not kept (a = a2 * ln 2)
     gy_base = gy_ptr + b * stride_y_b + d * stride_y_d + offs_e
     gx_base = gx_ptr + d * stride_gx_d + b * stride_gx_b + offs_e
