@@ -539,17 +539,17 @@ if gluon is not None:
                                          dtype=gl.float32, is_pure=True, pack=1)
 
     @gluon.constexpr_function
-    def _lanes_d3(BLOCK_E, U, TPC, WIDTH):
-        """[channels, U steps, WIDTH]: a lane holds U / TPC steps of its channel, each with WIDTH columns (one
-        warp)."""
-        return gl.BlockedLayout([1, U // TPC, WIDTH], [32 // TPC, TPC, 1], [1, 1, 1], [2, 1, 0])
+    def _lanes_d3(BLOCK_E, U, TPC, WIDTH, NW):
+        """[channels, U steps, WIDTH] over NW warps: a lane holds U / TPC steps of its channel, each with WIDTH
+        columns (the kernel's d3 at another width)."""
+        return gl.BlockedLayout([1, U // TPC, WIDTH], [32 // TPC, TPC, 1], [NW, 1, 1], [2, 1, 0])
 
     @gluon.jit
     def _w_part(w_ptr, eb, COL: gl.constexpr, WIDTH: gl.constexpr, BLOCK_E: gl.constexpr, U: gl.constexpr,
                 TPC: gl.constexpr, stride_w_e, stride_w_r):
         """Columns COL .. COL + WIDTH - 1 of W_dt for the program's channels, as [BLOCK_E, 1, WIDTH] in
         _lanes_d3's layout (each lane the whole part of its channel's row)."""
-        d3: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WIDTH)
+        d3: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WIDTH, gl.num_warps())
         wl: gl.constexpr = gl.SliceLayout(1, d3)
         offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=gl.SliceLayout(1, wl))
         offs_r = COL + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, wl))
@@ -562,8 +562,8 @@ if gluon is not None:
         in ``lanes``: the sums over the two parts of the columns (WA, then WB wide), no zero columns."""
         U: gl.constexpr = r_grp.shape[0]
         BLOCK_E: gl.constexpr = wa3.shape[0]
-        da: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WA)
-        db: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WB)
+        da: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WA, gl.num_warps())
+        db: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WB, gl.num_warps())
         dta = r_grp.slice(0, WA, dim=1).load(gl.SliceLayout(0, da)).to(gl.float32)
         dtb = r_grp.slice(WA, WB, dim=1).load(gl.SliceLayout(0, db)).to(gl.float32)
         sa = gl.convert_layout(gl.sum(wa3 * gl.expand_dims(dta, 0), axis=2), lanes, assert_trivial=True)
@@ -590,7 +590,7 @@ if gluon is not None:
         B_COL: gl.constexpr, C_COL: gl.constexpr, STAGE: gl.constexpr, RW: gl.constexpr, VX: gl.constexpr,
         VR: gl.constexpr, TPC: gl.constexpr, U: gl.constexpr, CHUNKS: gl.constexpr = False,
         HAS_INIT: gl.constexpr = False, WRITE_END: gl.constexpr = False, WRITE_Y: gl.constexpr = True,
-        R_HI: gl.constexpr = 0, BCAST: gl.constexpr = True,
+        R_HI: gl.constexpr = 0,
     ):
         """The staged one-pass inference forward with each channel's states over TPC lanes (as
         ``scan_fwd_staged_gluon_kernel`` with TPC > 1), where the lanes of a channel share its work of a step
@@ -645,7 +645,8 @@ if gluon is not None:
         z_base = z_ptr + b * stride_z_b + eb * BLOCK_E
         offs_el = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch_l)
         y_base = gl.expand_dims(y_ptr + b * stride_y_b + d * stride_y_d + offs_el, 1)
-        y_offs = gl.where(rev, L - 1 - jj, jj) * stride_y_l  # [1, U]: the pass's steps from the first chunk's
+        # [1, U]: y's offsets for steps 0 .. U - 1 (token j, or L - 1 - j reversed); a pass adds its shift
+        y_offs = gl.where(rev, L - 1 - jj, jj) * stride_y_l
         row_base = rows_ptr + d * dir_off
         x_buf, z_buf, r_buf, x_rows, r_rows = _stage_buffers(x_ptr, z_ptr, rows_ptr, STAGE, BLOCK_E, RW, buf_l, row_l)
         # the same buffers as groups of U steps: [U, width] at a time
@@ -694,15 +695,13 @@ if gluon is not None:
                 delta_l = gl.where(s0 + jj < L, delta_l, 0.0)
                 dacc = dacc + delta_l
             yl = gl.zeros([BLOCK_E, U], gl.float32, layout=lanes)
-            if BCAST:  # [channels, lanes, a lane's steps]: a lane's steps u % UT held in its registers
-                delta3 = gl.convert_layout(gl.reshape(delta_l, [BLOCK_E, TPC, UT]), l3, assert_trivial=True)
+            # [channels, lanes, a lane's steps]: step u in register u % UT of lane u // UT
+            delta3 = gl.convert_layout(gl.reshape(delta_l, [BLOCK_E, TPC, UT]), l3, assert_trivial=True)
             for u in gl.static_range(U):
-                if BCAST:  # the owner lane's register, read by every lane of the channel (one shfl.idx)
-                    mine = _register(delta3, u % UT)
-                    delta = gl.convert_layout(gl.reduce(_lane_of(mine, u // UT, TPC), 1, _first), ch,
-                                              assert_trivial=True)
-                else:
-                    delta = gl.convert_layout(gl.sum(gl.where(jj == u, delta_l, 0.0), axis=1), ch, assert_trivial=True)
+                # the owner lane's register, read by every lane of the channel (one shfl.idx; the reduction only
+                # drops the lanes' axis, each lane keeping its own value: its shuffles are dead, ptxas removes them)
+                delta = gl.convert_layout(gl.reduce(_lane_of(_register(delta3, u % UT), u // UT, TPC), 1, _first),
+                                          ch, assert_trivial=True)
                 row = r_grp_rows.index(u)  # (from the group's view: a constant offset from one address a pass)
                 ba = row.slice(B_COL, N).load(st).to(gl.float32)
                 if WRITE_Y:
