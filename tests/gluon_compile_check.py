@@ -215,9 +215,9 @@ def main() -> int:
         assert stores and all(re.match(r"@%p\d+ st\.global\.", line) for line in stores), stores
         checked += 1
     # the same with the lanes of a channel sharing its work of a step (onepass_share: scan_fwd_lanes_gluon_kernel,
-    # onepass_share steps a pass, at least tpc, at most the stage of 16 steps here): per step, delta's sum to every
-    # lane of the channel and y's sum over them, log2(TPC) shuffles each, and nothing else crosses lanes; each lane
-    # stores its own steps, once unmasked (a whole pass) and once predicated (the last pass, cut by the end)
+    # onepass_share steps a pass, at least tpc, at most the stage of 16 steps here): per step, delta from its lane to
+    # the channel's other lanes and y's sum over them, and nothing else crosses lanes; each lane stores its own
+    # steps, once unmasked (a whole pass) and once predicated (the last pass, cut by the end)
     lanes_kernel = gk.scan_fwd_lanes_gluon_kernel
     for tpc, unroll, expect_u in ((2, 1, 2), (2, 4, 4), (4, 4, 4), (4, 8, 8), (2, 16, 16), (2, 32, 16)):
         cap = _Capture()
