@@ -6,11 +6,14 @@
 For each kernel: the share of warp-stall samples by reason (long_sb = waiting on a global / local load, short_sb =
 on shared memory or a special-function result, wait = a fixed-latency dependency, mio = the memory-input queue,
 selected = issuing), the executed instruction mix, which opcodes the stalled warps were about to issue, and the
-instructions with the most samples (a load's consumer shows the load's latency)."""
+instructions with the most samples (a load's consumer shows the load's latency). With --shared, also the
+shared-memory wavefronts by opcode (all, the bank-conflict excess, the ideal) and the instructions with the most
+excess (the report must hold the SourceCounters section)."""
 from __future__ import annotations
 
 import argparse
 import csv
+import gzip
 import io
 from collections import Counter
 from pathlib import Path
@@ -70,13 +73,45 @@ def summarize(name: str, rows, top: int) -> str:
     return "\n".join(out)
 
 
+def shared_wavefronts(name: str, rows, top: int) -> str:
+    """Shared-memory wavefronts per opcode (with modifiers) and the instructions with the most bank-conflict excess."""
+    cols = ("L1 Wavefronts Shared", "L1 Wavefronts Shared Excessive", "L1 Wavefronts Shared Ideal",
+            "Instructions Executed")
+    if not rows or cols[0] not in rows[0]:
+        return f"{name}: no shared-memory wavefront counts (profile with --section SourceCounters)"
+    by_op = {}
+    for r in rows:
+        if _int(r.get(cols[0], "")):
+            parts = r["Source"].split()
+            op = parts[1] if parts[0].startswith("@") else parts[0]
+            acc = by_op.setdefault(op, [0, 0, 0, 0])
+            for i, c in enumerate(cols):
+                acc[i] += _int(r.get(c, ""))
+    total, excess = sum(v[0] for v in by_op.values()), sum(v[1] for v in by_op.values())
+    out = [f"{name}: shared wavefronts {total:,}, of them bank-conflict excess {excess:,} "
+           f"({100 * excess / max(total, 1):.0f}%)"]
+    for op, (w, x, ideal, n) in sorted(by_op.items(), key=lambda kv: -kv[1][0]):
+        out.append(f"    {op:28s} {w:>13,} wavefronts, excess {x:>12,}, ideal {ideal:>12,}; "
+                   f"{w / max(n, 1):5.2f} a warp-instruction ({n:,} executed)")
+    for r in sorted(rows, key=lambda r: -_int(r.get(cols[1], "")))[:top]:
+        n = max(_int(r.get(cols[3], "")), 1)
+        w, x = _int(r.get(cols[0], "")) / n, _int(r.get(cols[1], "")) / n
+        out.append(f"    {r['Address'][-5:]}  {r['Source'].strip()[:56]:56s} {w:5.2f} wavefronts a warp-instruction, "
+                   f"{x:5.2f} excess")
+    return "\n".join(out)
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("csv", type=Path, help="ncu --page source --csv --print-source sass output")
     p.add_argument("--top", type=int, default=8, help="instructions listed per kernel")
+    p.add_argument("--shared", action="store_true", help="also the shared-memory wavefronts and bank conflicts")
     args = p.parse_args()
-    for name, rows in kernels(args.csv.read_text()):
+    text = args.csv.read_text() if args.csv.suffix != ".gz" else gzip.open(args.csv, "rt").read()
+    for name, rows in kernels(text):
         print(summarize(name, rows, args.top))
+        if args.shared:
+            print(shared_wavefronts(name, rows, args.top))
         print()
     return 0
 

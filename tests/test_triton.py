@@ -1335,6 +1335,84 @@ def test_gluon_lanes_share_matches(length, batch, dtype, R, tpc, unroll, monkeyp
     assert rel_err(y, y_plain) < (1e-5 if dtype == torch.float32 else 1e-3)
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("warps", [2, 4])
+@pytest.mark.parametrize("tpc", [2, 4])
+@pytest.mark.parametrize("length,batch,dtype,R", [
+    (197, 2, torch.bfloat16, 12), (730, 3, torch.bfloat16, 12), (731, 1, torch.float32, 12),
+    (128, 2, torch.bfloat16, 12), (730, 2, torch.bfloat16, 24), (6085, 1, torch.bfloat16, 12)])
+def test_gluon_lanes_warps_matches(length, batch, dtype, R, tpc, warps, monkeypatch):
+    # lanes_warps: the lanes kernel in programs of several warps (32 warps / tpc channels, the staged copies of a
+    # step spread over the program), against the fp32 reference and one-warp programs
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if not gluon_kernels.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    fits = []
+    original = ts._staged_fits
+
+    def staged_fits(args, stage, rows, block_e=64, num_warps=1):
+        fits.append((block_e, num_warps, stage))
+        return original(args, stage, rows, block_e, num_warps)
+
+    monkeypatch.setattr(ts, "_staged_fits", staged_fits)
+    cfg = dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, gluon_staged=4, onepass_share=16)
+    E, width = (384, 48) if R == 12 else (768, 64)
+    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + tpc + warps, E=E, R=R, width=width)
+    with torch.no_grad():
+        ref = bi_scan_reference(*inputs)
+        y = ts._TritonBiScan.apply(*inputs, False, dict(cfg, lanes_warps=warps))
+        launched = fits[-1]
+        y_one = ts._TritonBiScan.apply(*inputs, False, dict(cfg, lanes_warps=1))
+    assert launched[:2] == (32 * warps // tpc, warps), fits  # (the launch's own check, last before it ran)
+    assert fits[-1][:2] == (32 // tpc, 1), fits
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert rel_err(y, ref) < tol
+    # (the same arithmetic a channel; only the compiler's schedule may differ)
+    assert rel_err(y, y_one) < (1e-5 if dtype == torch.float32 else 1e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("mode", ["onepass2", "onepass4", "chunks"])
+@pytest.mark.parametrize("length,batch,dtype,R", [
+    (197, 2, torch.bfloat16, 12), (730, 3, torch.bfloat16, 12), (731, 1, torch.float32, 12),
+    (128, 2, torch.bfloat16, 12), (730, 2, torch.bfloat16, 24), (6085, 1, torch.bfloat16, 12),
+    (4096, 1, torch.bfloat16, 12)])
+def test_gluon_lanes_high_matches(length, batch, dtype, R, mode, monkeypatch):
+    # lanes_high: the lanes kernel with a channel's lanes 32 / TPC apart in the warp (LANE_HI), in one pass (2
+    # lanes, one-warp programs; 4 lanes, 4-warp programs) and in chunks, against the fp32 reference and the
+    # kernel with a channel's lanes side by side
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    if not gluon_kernels.AVAILABLE:
+        pytest.skip("this Triton has no Gluon")
+    cfg = dict(ts._config(), min_programs=1 << 20, gluon_staged=4, onepass_share=16)
+    if mode == "chunks":
+        cfg.update(onepass_tpc=0, lanes_chunk_warps=16)
+        launches = record_results(monkeypatch, ts, "_lanes_chunking")
+    else:
+        cfg.update(onepass_tpc=2 if mode == "onepass2" else 4)
+        launches = record_onepass_launches(monkeypatch, ts)
+    E, width = (384, 48) if R == 12 else (768, 64)
+    inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + len(mode), E=E, R=R, width=width)
+    with torch.no_grad():
+        ref = bi_scan_reference(*inputs)
+        y = ts._TritonBiScan.apply(*inputs, False, dict(cfg, lanes_high=1))
+        y_side = ts._TritonBiScan.apply(*inputs, False, dict(cfg, lanes_high=0))
+    if mode == "chunks":
+        assert len(launches) == 2 and all(plan is not None for plan in launches), launches
+    else:
+        assert [k.get("high") for k in launches] == [True, False], launches
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert y.dtype == dtype and torch.isfinite(y).all()
+    assert rel_err(y, ref) < tol
+    # (the same arithmetic a lane, the same order of the sums over a channel's lanes)
+    assert rel_err(y, y_side) < (1e-5 if dtype == torch.float32 else 1e-3)
+
+
 def test_lanes_chunking_plan(monkeypatch):
     # where inference that stays chunked runs in chunks of the lanes kernel, and how it cuts the sequence: whole
     # stages a chunk, as many chunks as make lanes_chunk_warps one-warp programs an SM (on the CPU too: the plan
@@ -1363,6 +1441,24 @@ def test_lanes_chunking_plan(monkeypatch):
     assert plan(64, 300) is None  # (the batch alone makes enough programs: one chunk)
     for off in (dict(lanes_chunk_warps=0), dict(onepass_share=0), dict(gluon_staged=0), dict(gluon=0)):
         assert plan(1, 6085, **off) is None, off
+
+
+def test_lanes_tpc_and_warps(monkeypatch):
+    # the lanes a channel of a one-pass launch by the rule (lanes_tpc) and the warps a program that go with them
+    # (lanes_warps -1: one for 2 lanes, 4 for more); host arithmetic, on the CPU too
+    from vision_mamba.ops.selective_scan import gluon_kernels
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    monkeypatch.setattr(gluon_kernels, "AVAILABLE", True)
+    monkeypatch.setattr(ts, "_gluon_device", lambda device: True)
+    args = ts._bi_args(*bi_scan_inputs(16, 300, torch.bfloat16, torch.float32, seed=0, width=48), 12, 16)
+    cfg = dict(ts._config(), onepass_tpc=-1, onepass_min_channels=12288)
+    cpu = torch.device("cpu")
+    assert ts._onepass_tpc(dict(cfg, lanes_tpc=2), args, cpu) == 2  # (16 x 2 x 384 = 12,288 channels)
+    assert ts._onepass_tpc(dict(cfg, lanes_tpc=4), args, cpu) == 4
+    assert ts._onepass_tpc(dict(cfg, lanes_tpc=4, onepass_min_channels=12289), args, cpu) == 0  # (chunked)
+    assert [ts._lanes_warps(dict(cfg, lanes_warps=-1), t) for t in (2, 4, 8)] == [1, 4, 4]
+    assert ts._lanes_warps(dict(cfg, lanes_warps=2), 4) == 2
 
 
 def test_rank_split():

@@ -530,26 +530,44 @@ if gluon is not None:
         return gl.reshape(t, [A, B])
 
     @gluon.jit
-    def _lane_of(x, lane: gl.constexpr, TPC: gl.constexpr):
+    def _lane_of(x, lane: gl.constexpr, TPC: gl.constexpr, HI: gl.constexpr = False):
         """x ([channels, TPC], a value a lane) as lane ``lane`` of each channel's TPC lanes holds it, in all of them:
-        one shfl.idx within segments of TPC lanes (c = (32 - TPC) << 8 | 31)."""
-        src = gl.full(x.shape, lane, gl.int32, layout=x.type.layout)
-        seg = gl.full(x.shape, (32 - TPC) * 256 + 31, gl.int32, layout=x.type.layout)
+        one shfl.idx within segments of TPC lanes (c = (32 - TPC) << 8 | 31). HI: a channel's lanes are instead
+        32 / TPC apart (its lane within the channel in the high bits of the lane index, _lanes_order): the source
+        keeps the low bits (the segment mask 32 / TPC - 1) and takes ``lane`` in the high ones."""
+        if HI:
+            src = gl.full(x.shape, lane * (32 // TPC), gl.int32, layout=x.type.layout)
+            seg = gl.full(x.shape, (32 // TPC - 1) * 256 + 31, gl.int32, layout=x.type.layout)
+        else:
+            src = gl.full(x.shape, lane, gl.int32, layout=x.type.layout)
+            seg = gl.full(x.shape, (32 - TPC) * 256 + 31, gl.int32, layout=x.type.layout)
         return gl.inline_asm_elementwise("shfl.sync.idx.b32 $0, $1, $2, $3, -1;", "=r,r,r,r", [x, src, seg],
                                          dtype=gl.float32, is_pure=True, pack=1)
 
     @gluon.constexpr_function
-    def _lanes_d3(BLOCK_E, U, TPC, WIDTH, NW):
+    def _lanes_order(RANK, HI):
+        """The order of the lanes kernel's layouts ([channels, lanes or states] or [channels, steps, columns]):
+        without HI a channel's TPC lanes are neighbours (the lane index's low bits); with HI its channels are, and
+        its lanes 32 / TPC apart. A quarter of a warp (8 lanes: the threads of one phase of a 16-byte shared load)
+        then holds the same lane of 8 channels: every lane of the quarter reads the same step's row of dt_low (a
+        broadcast) instead of TPC rows whose same columns share banks (Nsight Compute, docs/kernels.md, "Session
+        32": 8 wavefronts a load with 2 lanes, 16 with 4). Not yet run on a GPU."""
+        if RANK == 2:
+            return [0, 1] if HI else [1, 0]
+        return [2, 0, 1] if HI else [2, 1, 0]
+
+    @gluon.constexpr_function
+    def _lanes_d3(BLOCK_E, U, TPC, WIDTH, NW, HI=False):
         """[channels, U steps, WIDTH] over NW warps: a lane holds U / TPC steps of its channel, each with WIDTH
         columns (the kernel's d3 at another width)."""
-        return gl.BlockedLayout([1, U // TPC, WIDTH], [32 // TPC, TPC, 1], [NW, 1, 1], [2, 1, 0])
+        return gl.BlockedLayout([1, U // TPC, WIDTH], [32 // TPC, TPC, 1], [NW, 1, 1], _lanes_order(3, HI))
 
     @gluon.jit
     def _w_part(w_ptr, eb, COL: gl.constexpr, WIDTH: gl.constexpr, BLOCK_E: gl.constexpr, U: gl.constexpr,
-                TPC: gl.constexpr, stride_w_e, stride_w_r):
+                TPC: gl.constexpr, stride_w_e, stride_w_r, HI: gl.constexpr = False):
         """Columns COL .. COL + WIDTH - 1 of W_dt for the program's channels, as [BLOCK_E, 1, WIDTH] in
         _lanes_d3's layout (each lane the whole part of its channel's row)."""
-        d3: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WIDTH, gl.num_warps())
+        d3: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WIDTH, gl.num_warps(), HI)
         wl: gl.constexpr = gl.SliceLayout(1, d3)
         offs_e = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=gl.SliceLayout(1, wl))
         offs_r = COL + gl.arange(0, WIDTH, layout=gl.SliceLayout(0, wl))
@@ -557,13 +575,14 @@ if gluon is not None:
         return gl.expand_dims(w.to(gl.float32), 1)
 
     @gluon.jit
-    def _dt_parts(r_grp, wa3, wb3, WA: gl.constexpr, WB: gl.constexpr, TPC: gl.constexpr, lanes: gl.constexpr):
+    def _dt_parts(r_grp, wa3, wb3, WA: gl.constexpr, WB: gl.constexpr, TPC: gl.constexpr, lanes: gl.constexpr,
+                  HI: gl.constexpr = False):
         """W_dt dt_low for a group of U staged rows ([U, RW], dt_low in columns 0 .. WA + WB - 1) as [channels, U]
         in ``lanes``: the sums over the two parts of the columns (WA, then WB wide), no zero columns."""
         U: gl.constexpr = r_grp.shape[0]
         BLOCK_E: gl.constexpr = wa3.shape[0]
-        da: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WA, gl.num_warps())
-        db: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WB, gl.num_warps())
+        da: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WA, gl.num_warps(), HI)
+        db: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WB, gl.num_warps(), HI)
         dta = r_grp.slice(0, WA, dim=1).load(gl.SliceLayout(0, da)).to(gl.float32)
         dtb = r_grp.slice(WA, WB, dim=1).load(gl.SliceLayout(0, db)).to(gl.float32)
         sa = gl.convert_layout(gl.sum(wa3 * gl.expand_dims(dta, 0), axis=2), lanes, assert_trivial=True)
@@ -590,7 +609,7 @@ if gluon is not None:
         B_COL: gl.constexpr, C_COL: gl.constexpr, STAGE: gl.constexpr, RW: gl.constexpr, VX: gl.constexpr,
         VR: gl.constexpr, TPC: gl.constexpr, U: gl.constexpr, CHUNKS: gl.constexpr = False,
         HAS_INIT: gl.constexpr = False, WRITE_END: gl.constexpr = False, WRITE_Y: gl.constexpr = True,
-        R_HI: gl.constexpr = 0,
+        R_HI: gl.constexpr = 0, LANE_HI: gl.constexpr = False,
     ):
         """The staged one-pass inference forward with each channel's states over TPC lanes (as
         ``scan_fwd_staged_gluon_kernel`` with TPC > 1), where the lanes of a channel share its work of a step
@@ -609,12 +628,13 @@ if gluon is not None:
         steps from L on, staged as zeros, then leave the state alone); WRITE_Y=False: no output, nor the loads and
         sums that make it (the chunked forward's first pass). R_HI (0: off): W_dt dt_low in two parts, columns 0 ..
         R_HI - 1 and R_HI .. R - 1 (both widths powers of two, _rank_split), instead of over BLOCK_R columns of
-        which those from R on are zeros (Vim-Ti's 12 = 8 + 4 instead of 16)."""
+        which those from R on are zeros (Vim-Ti's 12 = 8 + 4 instead of 16). LANE_HI: a channel's lanes 32 / TPC
+        apart instead of neighbours (_lanes_order: no bank conflicts on dt_low's staged rows)."""
         NW: gl.constexpr = gl.num_warps()
         NS: gl.constexpr = N // TPC
-        tile: gl.constexpr = gl.BlockedLayout([1, NS], [32 // TPC, TPC], [NW, 1], [1, 0])
+        tile: gl.constexpr = gl.BlockedLayout([1, NS], [32 // TPC, TPC], [NW, 1], _lanes_order(2, LANE_HI))
         # [channels, U steps, BLOCK_R]: a lane holds U / TPC steps, each with a whole dt_low row
-        d3: gl.constexpr = gl.BlockedLayout([1, U // TPC, BLOCK_R], [32 // TPC, TPC, 1], [NW, 1, 1], [2, 1, 0])
+        d3: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, BLOCK_R, NW, LANE_HI)
         lanes: gl.constexpr = gl.SliceLayout(2, d3)  # [channels, U steps]: the steps of a channel over its lanes
         wfull: gl.constexpr = gl.SliceLayout(1, d3)  # [channels, BLOCK_R]: W_dt's whole row in each lane
         ch: gl.constexpr = gl.SliceLayout(1, tile)
@@ -636,11 +656,11 @@ if gluon is not None:
         dskip_l = gl.expand_dims(gl.convert_layout(dskip, ch_l, assert_trivial=True), 1)
         w3 = gl.expand_dims(w, 1)
         if R_HI:
-            wa3 = _w_part(_pick(d, w_f, w_b), eb, 0, R_HI, BLOCK_E, U, TPC, stride_w_e, stride_w_r)
-            wb3 = _w_part(_pick(d, w_f, w_b), eb, R_HI, R - R_HI, BLOCK_E, U, TPC, stride_w_e, stride_w_r)
+            wa3 = _w_part(_pick(d, w_f, w_b), eb, 0, R_HI, BLOCK_E, U, TPC, stride_w_e, stride_w_r, LANE_HI)
+            wb3 = _w_part(_pick(d, w_f, w_b), eb, R_HI, R - R_HI, BLOCK_E, U, TPC, stride_w_e, stride_w_r, LANE_HI)
         jj = gl.expand_dims(gl.arange(0, U, layout=gl.SliceLayout(0, lanes)), 0)  # [1, U]: a lane's steps
         UT: gl.constexpr = U // TPC
-        l3: gl.constexpr = gl.BlockedLayout([1, 1, UT], [32 // TPC, TPC, 1], [NW, 1, 1], [2, 1, 0])
+        l3: gl.constexpr = gl.BlockedLayout([1, 1, UT], [32 // TPC, TPC, 1], [NW, 1, 1], _lanes_order(3, LANE_HI))
         x_base = x_ptr + d * stride_x_d + b * stride_x_b + eb * BLOCK_E
         z_base = z_ptr + b * stride_z_b + eb * BLOCK_E
         offs_el = eb * BLOCK_E + gl.arange(0, BLOCK_E, layout=ch_l)
@@ -686,7 +706,7 @@ if gluon is not None:
             r_grp_rows = _rows_view(r_grp, rows_ptr.dtype.element_ty, U, RW, row_l)
             x_grp_rows = _rows_view(x_grp, x_ptr.dtype.element_ty, U, BLOCK_E, row_l)
             if R_HI:
-                delta_l = _dt_parts(r_grp, wa3, wb3, R_HI, R - R_HI, TPC, lanes) + bias_l
+                delta_l = _dt_parts(r_grp, wa3, wb3, R_HI, R - R_HI, TPC, lanes, LANE_HI) + bias_l
             else:
                 dt = r_grp.slice(0, BLOCK_R, dim=1).load(gl.SliceLayout(0, d3)).to(gl.float32)
                 delta_l = gl.sum(w3 * gl.expand_dims(dt, 0), axis=2) + bias_l
@@ -700,7 +720,8 @@ if gluon is not None:
             for u in gl.static_range(U):
                 # the owner lane's register, read by every lane of the channel (one shfl.idx; the reduction only
                 # drops the lanes' axis, each lane keeping its own value: its shuffles are dead, ptxas removes them)
-                delta = gl.convert_layout(gl.reduce(_lane_of(_register(delta3, u % UT), u // UT, TPC), 1, _first),
+                delta = gl.convert_layout(gl.reduce(_lane_of(_register(delta3, u % UT), u // UT, TPC, LANE_HI), 1,
+                                                    _first),
                                           ch, assert_trivial=True)
                 row = r_grp_rows.index(u)  # (from the group's view: a constant offset from one address a pass)
                 ba = row.slice(B_COL, N).load(st).to(gl.float32)

@@ -78,6 +78,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
         "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
         "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS", "LANES_RANK_SPLIT",
+        "LANES_TPC", "LANES_WARPS", "LANES_HIGH",
         "INTERLEAVE", "PREP_WEIGHTS", "CONV_WALK", "CONV_WALK_ROWS", "CONV_WALK_BLOCK_E", "CONV_WALK_WARPS",
         "CONV_BWD_WALK", "CONV_BWD_WALK_ROWS", "CONV_BWD_WALK_BLOCK_E", "CONV_BWD_WALK_WARPS"))
 _ENV_KEYS_RAW = None
@@ -245,6 +246,21 @@ def _read_config():
         # off. Measured on an H100 (docs/kernels.md, "Session 31"; Vim-Ti's scan, off -> on): 738 px / batch 32
         # 0.381 -> 0.373 ms, 1248 px / batch 8 (chunks) 0.483 -> 0.468
         lanes_rank_split=_env_int("VISION_MAMBA_TRITON_LANES_RANK_SPLIT", 1),
+        # inference that runs in one pass by the rule above (onepass_tpc -1): lanes_tpc lanes a channel, and
+        # programs of that kernel (onepass_share) of lanes_warps warps (32 lanes_warps / tpc channels; one warp where
+        # E is no multiple of that; -1: one warp for 2 lanes, 4 for more, _lanes_warps). Measured on an H100
+        # (docs/kernels.md, "Session 32"; Vim-Ti's scan at 1248 px / batch 16): 2 lanes in one-warp programs 0.694
+        # ms, in 2-warp programs 0.723; 4 lanes in programs of 1, 2 and 4 warps 1.137, 1.063 and 1.037 (one-warp
+        # programs with 4 lanes need stages of 32 steps: 11 programs an SM by shared memory, two waves). With 2
+        # lanes some schedulers get 2 of the 768 warps and others 1; 4 lanes even that out, but a 4-lane warp waits
+        # on shared memory (61% of its stall samples): 2 lanes and one warp stay the defaults
+        lanes_tpc=_env_int("VISION_MAMBA_TRITON_LANES_TPC", 2),
+        lanes_warps=_env_int("VISION_MAMBA_TRITON_LANES_WARPS", -1),
+        # that kernel with a channel's lanes 32 / TPC apart in the warp instead of neighbours (LANE_HI,
+        # _lanes_order): Nsight Compute on it at 1248 px / batch 16 (docs/kernels.md, "Session 32") counts 32% of
+        # its shared-memory wavefronts as bank-conflict excess, most of them the dt_low rows' 16-byte loads, where
+        # a channel's two lanes read rows 8 steps (2 KB) apart in one phase. Not yet run on a GPU: 0 (off).
+        lanes_high=_env_int("VISION_MAMBA_TRITON_LANES_HIGH", 0),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
         # 4 measured fastest (docs/kernels.md, "Session 17": the kernel at 224 px / batch 128 0.164 ms unstaged,
@@ -568,11 +584,13 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
     if tpc:  # (inference that would be chunked: one pass with a channel's states over several lanes instead)
         _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=tpc, cpt=cfg.get("onepass_cpt", 1),
                               unroll=cfg.get("onepass_unroll", 1), share=cfg.get("onepass_share", 0),
-                              r_hi=_rank_split(cfg, args.R))
+                              r_hi=_rank_split(cfg, args.R), warps=_lanes_warps(cfg, tpc),
+                              high=bool(cfg.get("lanes_high", 0)))
         return y, None
     lanes_plan = _lanes_chunking(cfg, args, dev) if n_chunks > 1 and not save_states else None
     if lanes_plan is not None:  # (inference that stays chunked: in chunks of the lanes kernel)
-        _launch_lanes_chunked(args, y, lanes_plan, r_hi=_rank_split(cfg, args.R))
+        _launch_lanes_chunked(args, y, lanes_plan, r_hi=_rank_split(cfg, args.R),
+                              high=bool(cfg.get("lanes_high", 0)))
         return y, None
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
@@ -727,14 +745,14 @@ def _forward_rule(cfg, block_e: int, n_chunks: int, save_states: bool, gluon_bac
 def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     """The lanes a channel (scan_fwd_onepass_gluon_kernel's TPC; ``onepass_cpt`` channels a thread) with which an
     inference forward that the plan splits into chunks runs instead in one pass, or 0 (chunked): ``onepass_tpc``
-    where set (a power of two from 2 up to N and dt_low's padded width), by default (-1) 2 where the launch has at
-    least ``onepass_min_channels`` channels (``onepass_min_channels_wide`` for a dt rank over 16); E a multiple of
-    the program's channels."""
+    where set (a power of two from 2 up to N and dt_low's padded width), by default (-1) ``lanes_tpc`` where
+    the launch has at least ``onepass_min_channels`` channels (``onepass_min_channels_wide`` for a dt rank over 16);
+    E a multiple of the program's channels."""
     tpc, cpt = cfg.get("onepass_tpc", 0), cfg.get("onepass_cpt", 1)
     if tpc < 0:
         channels, wide = args.B * args.n_dirs * args.E, _next_pow2(args.R) > 16
         least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 12288)
-        tpc = 2 if channels >= least else 0
+        tpc = cfg.get("lanes_tpc", 2) if channels >= least else 0
     if tpc < 2:
         return 0
     if tpc & (tpc - 1) or tpc > min(args.N, max(2, _next_pow2(args.R))) or cpt < 1 or cpt & (cpt - 1):
@@ -743,6 +761,13 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     block_e = 32 * cpt // tpc
     fits = _gluon_common(cfg.get("gluon", -1), args, device) and block_e >= 1 and args.E % block_e == 0
     return tpc if fits else 0
+
+
+def _lanes_warps(cfg, tpc: int) -> int:
+    """Warps a program of the one-pass lanes kernel: ``lanes_warps``, or by default (-1) 1 for 2 lanes a channel and 4
+    for more (a program of one warp with 4 lanes needs a stage of 32 steps: two waves, see _config)."""
+    warps = cfg.get("lanes_warps", -1)
+    return warps if warps > 0 else (1 if tpc <= 2 else 4)
 
 
 def _gluon_backward_applies(cfg, args: _ScanArgs, device) -> bool:
@@ -814,13 +839,14 @@ def _launch_gluon_forward(args: _ScanArgs, y: Tensor, hinit, hend, dsum, hsave, 
         num_warps=num_warps, **FP_FUSION)
 
 
-def _staged_fits(args: _ScanArgs, stage: int, rows: Tensor, block_e: int = 64) -> Optional[Tuple[int, int, int]]:
+def _staged_fits(args: _ScanArgs, stage: int, rows: Tensor, block_e: int = 64,
+                 num_warps: int = 1) -> Optional[Tuple[int, int, int]]:
     """(RW, VX, VR) for scan_fwd_staged_gluon_kernel where its 16-byte asynchronous copies apply: a power-of-two
     stage; x and z of one dtype; x, z and the rows 16-byte aligned, with strides (and direction 1's offset) that
     Triton knows to be multiples of 16 elements; rows whose width and stride are whole 16-byte vectors; programs of
-    ``block_e`` channels (one warp) whose x and z rows are whole 16-byte vectors, and whose copies of a step's
-    x / z / row, 16 bytes a thread, cover at most ``stage`` steps a warp (a copy's layout no larger than its
-    buffer). Else None (the one-pass kernel without staging runs). B and C must start at multiples of N columns
+    ``block_e`` channels (``num_warps`` warps) whose x and z rows are whole 16-byte vectors, and whose copies of a
+    step's x / z / row, 16 bytes a thread, cover at most ``stage`` steps a program (a copy's layout no larger than
+    its buffer). Else None (the one-pass kernel without staging runs). B and C must start at multiples of N columns
     (Gluon slices a shared row only at whole tiles): the model's padded rows (dt_low | zeros | B | C, _rank_cols)
     do."""
     from . import gluon_kernels
@@ -837,18 +863,19 @@ def _staged_fits(args: _ScanArgs, stage: int, rows: Tensor, block_e: int = 64) -
         return None
     if rows.stride(0) % vr or (args.c_col + args.N) % vr or rw // vr > 32 or block_e % vx or block_e // vx > 32:
         return None
-    if 32 // (block_e // vx) > stage or 32 // (rw // vr) > stage:
+    if num_warps * 32 // (block_e // vx) > stage or num_warps * 32 // (rw // vr) > stage:
         return None
     if args.b_col % args.N or args.c_col % args.N:  # (B and C read as whole N-element tiles of a staged row)
         return None
     return rw, vx, vr
 
 
-def _tpc_stage(args: _ScanArgs, stage: int, rows: Tensor, block_e: int) -> int:
+def _tpc_stage(args: _ScanArgs, stage: int, rows: Tensor, block_e: int, num_warps: int = 1) -> int:
     """The smallest power of two from ``stage`` up to 64 at which the staged kernel's copies fit programs of
-    ``block_e`` channels (:func:`_staged_fits`; narrow programs copy more steps at a time), or 0."""
+    ``block_e`` channels over ``num_warps`` warps (:func:`_staged_fits`; narrow programs copy more steps at a
+    time), or 0."""
     while stage <= 64:
-        if _staged_fits(args, stage, rows, block_e) is not None:
+        if _staged_fits(args, stage, rows, block_e, num_warps) is not None:
             return stage
         stage *= 2
     return 0
@@ -909,10 +936,11 @@ def _lanes_unroll(share: int, tpc: int, stage: int) -> int:
 
 @_gluon_launch
 def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int, int], tpc: int = 2,
-                          r_hi: int = 0) -> None:
+                          r_hi: int = 0, high: bool = False) -> None:
     """Inference in chunks of scan_fwd_lanes_gluon_kernel: each chunk but the last from a zero state to its end
     state and its sum of delta (no output), the carry across chunks (:func:`_chunk_carry`), then every chunk again
-    from the state that truly enters it, writing y. ``r_hi``: the kernel's R_HI (:func:`_rank_split`)."""
+    from the state that truly enters it, writing y. ``r_hi``: the kernel's R_HI (:func:`_rank_split`); ``high``:
+    its LANE_HI."""
     from . import gluon_kernels
 
     stage, unroll, n_chunks, steps = plan
@@ -921,7 +949,7 @@ def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int,
     block_e = 32 // tpc
     common, flags = _onepass_args(args, y, block_e)
     rw, vx, vr = _staged_fits(args, stage, args.dt[0], block_e)
-    flags.update(STAGE=stage, RW=rw, VX=vx, VR=vr, TPC=tpc, U=unroll, R_HI=r_hi)
+    flags.update(STAGE=stage, RW=rw, VX=vx, VR=vr, TPC=tpc, U=unroll, R_HI=r_hi, LANE_HI=high)
     f32 = dict(device=dev, dtype=torch.float32)
     hend, hinit = _new(B, 2, n_chunks, N, E, **f32), _new(B, 2, n_chunks, N, E, **f32)
     dsum = _new(B, 2, n_chunks, E, **f32)
@@ -940,7 +968,8 @@ def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int,
 @_gluon_launch
 def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Optional[Tensor] = None,
                           save_every: int = 0, maxnreg: int = 0, tpc: int = 1, cpt: int = 1,
-                          unroll: int = 1, share: int = 0, r_hi: int = 0) -> bool:
+                          unroll: int = 1, share: int = 0, r_hi: int = 0, warps: int = 1,
+                          high: bool = False) -> bool:
     """The one-pass Gluon forward (64 channels a program, one warp): staged (scan_fwd_staged_gluon_kernel) where
     ``stage`` is set and _staged_fits allows, else scan_fwd_onepass_gluon_kernel. With ``hsave`` (the training
     forward: [B, 2, blocks, N, E] views of [..., E, N] storage) only the staged kernel saves states, under the
@@ -950,7 +979,8 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
     stage :func:`_tpc_stage` finds from ``stage`` up. ``unroll`` (inference, staged): steps a pass of the staged
     kernel's loop, a power of two up to the stage. ``share`` (with ``tpc`` > 1, one channel a thread, staged):
     scan_fwd_lanes_gluon_kernel instead, max(share, tpc) steps a pass (a power of two up to the stage), and
-    ``r_hi`` its R_HI (:func:`_rank_split`)."""
+    ``r_hi`` its R_HI (:func:`_rank_split`), in programs of ``warps`` warps (32 ``warps`` / ``tpc`` channels; one
+    warp where E is no multiple of that or the staged copies do not fit), ``high`` its LANE_HI."""
     from . import gluon_kernels
 
     if unroll < 1 or unroll & (unroll - 1) or share < 0 or share & (share - 1):
@@ -963,14 +993,23 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
     if tpc > 1:
         if hsave is not None:
             return False
-        # staged: at least ``stage`` steps a copy, more where a warp's copies of a step cover more rows
-        stage = _tpc_stage(args, stage, rows, block_e) if stage else 0
+        # staged: at least ``stage`` steps a copy, more where a program's copies of a step cover more rows
+        staged = 0
+        if share and cpt == 1 and stage and warps > 1 and args.E % (32 * warps // tpc) == 0:
+            staged = _tpc_stage(args, stage, rows, 32 * warps // tpc, warps)  # (programs of several warps)
+            if staged and tpc <= staged:
+                block_e = 32 * warps // tpc
+                common, flags = _onepass_args(args, y, block_e)
+                flags["num_warps"] = warps
+            else:
+                staged = 0
+        stage = staged or (_tpc_stage(args, stage, rows, block_e) if stage else 0)
         if stage and share and cpt == 1 and tpc <= stage:
-            rw, vx, vr = _staged_fits(args, stage, rows, block_e)
+            rw, vx, vr = _staged_fits(args, stage, rows, block_e, flags["num_warps"])
             dummy = _dummy(x.device)  # (one pass: no chunks, start states, end states or sums of delta)
             fast(gluon_kernels.scan_fwd_lanes_gluon_kernel)[(B * (E // block_e), 1, 2)](
                 *common, dummy, dummy, dummy, 0, 0, 0, 0, STAGE=stage, RW=rw, VX=vx, VR=vr,
-                TPC=tpc, U=_lanes_unroll(share, tpc, stage), R_HI=r_hi, **flags)
+                TPC=tpc, U=_lanes_unroll(share, tpc, stage), R_HI=r_hi, LANE_HI=high, **flags)
         elif stage:
             rw, vx, vr = _staged_fits(args, stage, rows, block_e)
             fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
