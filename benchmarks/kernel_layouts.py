@@ -281,6 +281,8 @@ def main() -> int:
             setattr(gk, kernel.__name__, kernel)
             staged = f", staged {cap.calls[0][1]['STAGE']}" if stage else ""
             staged += f", shared over {cap.calls[0][1]['U']} steps" if share else ""
+            warps = cap.calls[0][1].get("num_warps", 1)
+            staged += f", programs of {warps} warps" if warps > 1 else ""  # (lanes_warps: 4 for 4 lanes)
             inference.append((f"forward, one pass, {tpc} lanes a channel, {cpt} a thread{staged} (inference)", kernel,
                               cap.calls[0]))
         # inference that stays chunked, in chunks of the lanes kernel (lanes_chunk_warps; 132 SMs): the first pass

@@ -989,23 +989,22 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
     x, rows = args.x, args.dt[0]
     B, E = args.B, args.E
     block_e = 64 if tpc == 1 else 32 * cpt // tpc
-    common, flags = _onepass_args(args, y, block_e)
     if tpc > 1:
         if hsave is not None:
             return False
         # staged: at least ``stage`` steps a copy, more where a program's copies of a step cover more rows
-        staged = 0
+        staged, nw = 0, 1
         if share and cpt == 1 and stage and warps > 1 and args.E % (32 * warps // tpc) == 0:
             staged = _tpc_stage(args, stage, rows, 32 * warps // tpc, warps)  # (programs of several warps)
             if staged and tpc <= staged:
-                block_e = 32 * warps // tpc
-                common, flags = _onepass_args(args, y, block_e)
-                flags["num_warps"] = warps
+                block_e, nw = 32 * warps // tpc, warps
             else:
                 staged = 0
         stage = staged or (_tpc_stage(args, stage, rows, block_e) if stage else 0)
+        common, flags = _onepass_args(args, y, block_e)
+        flags["num_warps"] = nw
         if stage and share and cpt == 1 and tpc <= stage:
-            rw, vx, vr = _staged_fits(args, stage, rows, block_e, flags["num_warps"])
+            rw, vx, vr = _staged_fits(args, stage, rows, block_e, nw)
             dummy = _dummy(x.device)  # (one pass: no chunks, start states, end states or sums of delta)
             fast(gluon_kernels.scan_fwd_lanes_gluon_kernel)[(B * (E // block_e), 1, 2)](
                 *common, dummy, dummy, dummy, 0, 0, 0, 0, STAGE=stage, RW=rw, VX=vx, VR=vr,
@@ -1018,6 +1017,7 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
         else:
             fast(gluon_kernels.scan_fwd_onepass_gluon_kernel)[(B * (E // block_e), 1, 2)](*common, TPC=tpc, **flags)
         return True
+    common, flags = _onepass_args(args, y, block_e)
     staged = _staged_fits(args, stage, rows) if stage else None
     if staged is not None:
         rw, vx, vr = staged
