@@ -1457,6 +1457,17 @@ def test_lanes_tpc_and_warps(monkeypatch):
     assert ts._onepass_tpc(dict(cfg, lanes_tpc=2), args, cpu) == 2  # (16 x 2 x 384 = 12,288 channels)
     assert ts._onepass_tpc(dict(cfg, lanes_tpc=4), args, cpu) == 4
     assert ts._onepass_tpc(dict(cfg, lanes_tpc=4, onepass_min_channels=12289), args, cpu) == 0  # (chunked)
+    # lanes_tpc -1: 4 where 2 lanes would make fewer than 2 warps a scheduler (channels < 128 x SMs), for a dt rank
+    # up to 16; else 2
+    monkeypatch.setattr(ts, "_sm_count", lambda device: 132)
+    assert ts._onepass_tpc(dict(cfg, lanes_tpc=-1), args, cpu) == 4  # (12,288 < 16,896)
+    assert ts._onepass_tpc(dict(cfg, lanes_tpc=-1, onepass_min_channels=1), args, cpu) == 4
+    monkeypatch.setattr(ts, "_sm_count", lambda device: 96)
+    assert ts._onepass_tpc(dict(cfg, lanes_tpc=-1), args, cpu) == 2  # (12,288 = 128 x 96)
+    monkeypatch.setattr(ts, "_sm_count", lambda device: 132)
+    wide = ts._bi_args(*bi_scan_inputs(16, 300, torch.bfloat16, torch.float32, seed=0, R=24), 24, 16)
+    assert ts._onepass_tpc(dict(cfg, lanes_tpc=-1), wide, cpu) == 2  # (Vim-S's rank 24: not measured with 4)
+    assert ts._config()["lanes_tpc"] == -1 and ts._config()["lanes_high"] == 1
     assert [ts._lanes_warps(dict(cfg, lanes_warps=-1), t) for t in (2, 4, 8)] == [1, 4, 4]
     assert ts._lanes_warps(dict(cfg, lanes_warps=2), 4) == 2
 

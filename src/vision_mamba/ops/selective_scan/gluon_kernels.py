@@ -551,7 +551,7 @@ if gluon is not None:
         its lanes 32 / TPC apart. A quarter of a warp (8 lanes: the threads of one phase of a 16-byte shared load)
         then holds the same lane of 8 channels: every lane of the quarter reads the same step's row of dt_low (a
         broadcast) instead of TPC rows whose same columns share banks (Nsight Compute, docs/kernels.md, "Session
-        32": 8 wavefronts a load with 2 lanes, 16 with 4). Not yet run on a GPU."""
+        32": 8 wavefronts a load with 2 lanes, 16 with 4; "Session 33": none with HI)."""
         if RANK == 2:
             return [0, 1] if HI else [1, 0]
         return [2, 0, 1] if HI else [2, 1, 0]

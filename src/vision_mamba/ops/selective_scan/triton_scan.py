@@ -248,19 +248,25 @@ def _read_config():
         lanes_rank_split=_env_int("VISION_MAMBA_TRITON_LANES_RANK_SPLIT", 1),
         # inference that runs in one pass by the rule above (onepass_tpc -1): lanes_tpc lanes a channel, and
         # programs of that kernel (onepass_share) of lanes_warps warps (32 lanes_warps / tpc channels; one warp where
-        # E is no multiple of that; -1: one warp for 2 lanes, 4 for more, _lanes_warps). Measured on an H100
-        # (docs/kernels.md, "Session 32"; Vim-Ti's scan at 1248 px / batch 16): 2 lanes in one-warp programs 0.694
-        # ms, in 2-warp programs 0.723; 4 lanes in programs of 1, 2 and 4 warps 1.137, 1.063 and 1.037 (one-warp
-        # programs with 4 lanes need stages of 32 steps: 11 programs an SM by shared memory, two waves). With 2
-        # lanes some schedulers get 2 of the 768 warps and others 1; 4 lanes even that out, but a 4-lane warp waits
-        # on shared memory (61% of its stall samples): 2 lanes and one warp stay the defaults
-        lanes_tpc=_env_int("VISION_MAMBA_TRITON_LANES_TPC", 2),
+        # E is no multiple of that; -1: one warp for 2 lanes, 4 for more, _lanes_warps). lanes_tpc -1 (_lanes_tpc):
+        # 4 where 2 would make fewer than 2 warps a scheduler (channels < 128 x SMs; a dt rank up to 16, Vim-S's 24
+        # not measured), else 2. With 2 lanes at 1248 px / batch 16 some schedulers get 2 of the 768 warps and
+        # others 1; 4 lanes even that out. Measured on an H100 (docs/kernels.md, "Session 33"; Vim-Ti, lanes_high
+        # on), 2 -> 4 lanes at 12,288 channels: the scan at 1248 px / batch 16 0.687 -> 0.648 ms, 1024 / 16 0.465
+        # -> 0.438, 738 / 16 0.242 -> 0.228; the whole model at 1248 / 16 608 -> 629 img/s, 1024 / 16 896 -> 928.
+        # At 24,576 channels (738 px / batch 32) 2 lanes stay: 0.363 against 0.436 ms. Before lanes_high, 4 lanes
+        # lost (1248 / 16: 1.038 ms; session 32: programs of 1, 2, 4 warps 1.137, 1.063, 1.037; one-warp programs
+        # with 4 lanes need stages of 32 steps: 11 programs an SM by shared memory, two waves)
+        lanes_tpc=_env_int("VISION_MAMBA_TRITON_LANES_TPC", -1),
         lanes_warps=_env_int("VISION_MAMBA_TRITON_LANES_WARPS", -1),
         # that kernel with a channel's lanes 32 / TPC apart in the warp instead of neighbours (LANE_HI,
-        # _lanes_order): Nsight Compute on it at 1248 px / batch 16 (docs/kernels.md, "Session 32") counts 32% of
-        # its shared-memory wavefronts as bank-conflict excess, most of them the dt_low rows' 16-byte loads, where
-        # a channel's two lanes read rows 8 steps (2 KB) apart in one phase. Not yet run on a GPU: 0 (off).
-        lanes_high=_env_int("VISION_MAMBA_TRITON_LANES_HIGH", 0),
+        # _lanes_order); 0: neighbours. Nsight Compute at 1248 px / batch 16 (docs/kernels.md, "Session 32" and
+        # "Session 33"): with neighbours the 16-byte loads of dt_low's staged rows conflict (a channel's lanes read
+        # rows 8 or 4 steps apart in one phase: 8 wavefronts a load with 2 lanes, 16 with 4, ideal 4); 32 / TPC
+        # apart they are broadcasts (no excess), 2 lanes' shared wavefronts 138 M -> 96 M, 4 lanes' short-scoreboard
+        # stalls 61% -> 25% of samples. Vim-Ti's scan on an H100, 2 lanes: 1248 px / batch 16 0.695 -> 0.687 ms,
+        # 738 / 32 0.374 -> 0.363, 1248 / 8 (chunks) 0.469 -> 0.460; the whole model at 1248 / 16 +0.7%
+        lanes_high=_env_int("VISION_MAMBA_TRITON_LANES_HIGH", 1),
         # that kernel's inputs staged through shared memory this many steps at a time (asynchronous copies a chunk
         # ahead: scan_fwd_staged_gluon_kernel), where the tensors' alignment allows it (_staged_fits); 0: off.
         # 4 measured fastest (docs/kernels.md, "Session 17": the kernel at 224 px / batch 128 0.164 ms unstaged,
@@ -585,12 +591,12 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
         _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=tpc, cpt=cfg.get("onepass_cpt", 1),
                               unroll=cfg.get("onepass_unroll", 1), share=cfg.get("onepass_share", 0),
                               r_hi=_rank_split(cfg, args.R), warps=_lanes_warps(cfg, tpc),
-                              high=bool(cfg.get("lanes_high", 0)))
+                              high=bool(cfg.get("lanes_high", 1)))
         return y, None
     lanes_plan = _lanes_chunking(cfg, args, dev) if n_chunks > 1 and not save_states else None
     if lanes_plan is not None:  # (inference that stays chunked: in chunks of the lanes kernel)
         _launch_lanes_chunked(args, y, lanes_plan, r_hi=_rank_split(cfg, args.R),
-                              high=bool(cfg.get("lanes_high", 0)))
+                              high=bool(cfg.get("lanes_high", 1)))
         return y, None
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
@@ -745,14 +751,14 @@ def _forward_rule(cfg, block_e: int, n_chunks: int, save_states: bool, gluon_bac
 def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     """The lanes a channel (scan_fwd_onepass_gluon_kernel's TPC; ``onepass_cpt`` channels a thread) with which an
     inference forward that the plan splits into chunks runs instead in one pass, or 0 (chunked): ``onepass_tpc``
-    where set (a power of two from 2 up to N and dt_low's padded width), by default (-1) ``lanes_tpc`` where
+    where set (a power of two from 2 up to N and dt_low's padded width), by default (-1) _lanes_tpc's where
     the launch has at least ``onepass_min_channels`` channels (``onepass_min_channels_wide`` for a dt rank over 16);
     E a multiple of the program's channels."""
     tpc, cpt = cfg.get("onepass_tpc", 0), cfg.get("onepass_cpt", 1)
     if tpc < 0:
         channels, wide = args.B * args.n_dirs * args.E, _next_pow2(args.R) > 16
         least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 12288)
-        tpc = cfg.get("lanes_tpc", 2) if channels >= least else 0
+        tpc = _lanes_tpc(cfg, channels, wide, device) if channels >= least else 0
     if tpc < 2:
         return 0
     if tpc & (tpc - 1) or tpc > min(args.N, max(2, _next_pow2(args.R))) or cpt < 1 or cpt & (cpt - 1):
@@ -761,6 +767,17 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     block_e = 32 * cpt // tpc
     fits = _gluon_common(cfg.get("gluon", -1), args, device) and block_e >= 1 and args.E % block_e == 0
     return tpc if fits else 0
+
+
+def _lanes_tpc(cfg, channels: int, wide: bool, device) -> int:
+    """The lanes a channel of a one-pass launch by the rule (onepass_tpc -1): ``lanes_tpc``, or by default (-1) 4
+    where 2 lanes would make fewer than 2 one-warp programs a scheduler (16 channels a warp, 4 schedulers an SM:
+    channels < 128 x SMs, 16,896 on an H100 or H200) and dt's rank is at most 16 (Vim-Ti's, where it was
+    measured; Vim-S's 24 not yet), else 2 (see _config)."""
+    tpc = cfg.get("lanes_tpc", -1)
+    if tpc > 0:
+        return tpc
+    return 4 if not wide and channels < 128 * _sm_count(device) else 2
 
 
 def _lanes_warps(cfg, tpc: int) -> int:
