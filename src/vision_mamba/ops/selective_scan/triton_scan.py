@@ -758,7 +758,9 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     if tpc < 0:
         channels, wide = args.B * args.n_dirs * args.E, _next_pow2(args.R) > 16
         least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 12288)
-        tpc = _lanes_tpc(cfg, channels, wide, device) if channels >= least else 0
+        if channels < least or not _gluon_common(cfg.get("gluon", -1), args, device):
+            return 0  # (chunked; and no SM count asked of a device without the Gluon kernels)
+        tpc = _lanes_tpc(cfg, channels, wide, device)
     if tpc < 2:
         return 0
     if tpc & (tpc - 1) or tpc > min(args.N, max(2, _next_pow2(args.R))) or cpt < 1 or cpt & (cpt - 1):
