@@ -916,7 +916,7 @@ def test_gluon_dispatch_rule(monkeypatch):
     # inference the plan would chunk, in one pass with a channel's states over onepass_tpc lanes: by default
     # where the launch has at least 12,288 channels (batch x 2 directions x E: Vim-Ti from batch 16), or 9,216
     # where dt_low is wider than 16 (Vim-S's rank 24: from batch 6; Vim-B's 48: from batch 3), else chunked; 4
-    # lanes below 128 x SMs channels (16,896 with 132 SMs: Vim-Ti batches 16 - 21) where the rank is up to 16,
+    # lanes below 128 x SMs channels (16,896 with 132 SMs: Vim-Ti batches 16 - 21) where the rank pads to 16,
     # else 2; where set, a power of two up to N and dt_low's padded width (16 here), 32 * onepass_cpt / tpc
     # channels a program dividing E
     monkeypatch.setattr(ts, "_sm_count", lambda device: 132)
@@ -931,6 +931,7 @@ def test_gluon_dispatch_rule(monkeypatch):
     vim_b = [tpc(-1, B=b, E=1536, R=48) for b in (1, 2, 3)]
     assert vim_s == [0, 0, 0, 0, 2, 2, 2] and vim_b == [0, 0, 2]
     assert tpc(-1, B=12, R=16) == 0 and tpc(-1, B=12, R=17) == 2  # (the rank padded past 16)
+    assert tpc(-1, B=16, R=8) == 2 and tpc(-1, B=16, R=9) == 4  # (4 lanes for a rank padded to 16: measured)
     assert ts._onepass_tpc(dict(cfg, onepass_min_channels=768), args_for(6085), dev) == 4
     assert ts._onepass_tpc(dict(cfg, onepass_min_channels_wide=1 << 20), args_for(6085, B=16, E=768, R=24), dev) == 0
     assert [tpc(0), tpc(0, B=32), tpc(2), tpc(4), tpc(4, 2), tpc(8), tpc(16)] == [0, 0, 2, 4, 4, 8, 16]

@@ -249,8 +249,8 @@ def _read_config():
         # inference that runs in one pass by the rule above (onepass_tpc -1): lanes_tpc lanes a channel, and
         # programs of that kernel (onepass_share) of lanes_warps warps (32 lanes_warps / tpc channels; one warp where
         # E is no multiple of that; -1: one warp for 2 lanes, 4 for more, _lanes_warps). lanes_tpc -1 (_lanes_tpc):
-        # 4 where 2 would make fewer than 2 warps a scheduler (channels < 128 x SMs; a dt rank up to 16, Vim-S's 24
-        # not measured), else 2. With 2 lanes at 1248 px / batch 16 some schedulers get 2 of the 768 warps and
+        # 4 where 2 would make fewer than 2 warps a scheduler (channels < 128 x SMs; a dt rank padded to 16 as
+        # Vim-Ti's: Vim-S's 24 not measured), else 2. With 2 lanes at 1248 px / batch 16 some schedulers get 2 of the 768 warps and
         # others 1; 4 lanes even that out. Measured on an H100 (docs/kernels.md, "Session 33"; Vim-Ti, lanes_high
         # on), 2 -> 4 lanes at 12,288 channels: the scan at 1248 px / batch 16 0.687 -> 0.648 ms, 1024 / 16 0.465
         # -> 0.438, 738 / 16 0.242 -> 0.228; the whole model at 1248 / 16 608 -> 629 img/s, 1024 / 16 896 -> 928.
@@ -760,7 +760,7 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
         least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 12288)
         if channels < least or not _gluon_common(cfg.get("gluon", -1), args, device):
             return 0  # (chunked; and no SM count asked of a device without the Gluon kernels)
-        tpc = _lanes_tpc(cfg, channels, wide, device)
+        tpc = _lanes_tpc(cfg, args, channels, device)
     if tpc < 2:
         return 0
     if tpc & (tpc - 1) or tpc > min(args.N, max(2, _next_pow2(args.R))) or cpt < 1 or cpt & (cpt - 1):
@@ -771,15 +771,16 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     return tpc if fits else 0
 
 
-def _lanes_tpc(cfg, channels: int, wide: bool, device) -> int:
+def _lanes_tpc(cfg, args: _ScanArgs, channels: int, device) -> int:
     """The lanes a channel of a one-pass launch by the rule (onepass_tpc -1): ``lanes_tpc``, or by default (-1) 4
     where 2 lanes would make fewer than 2 one-warp programs a scheduler (16 channels a warp, 4 schedulers an SM:
-    channels < 128 x SMs, 16,896 on an H100 or H200) and dt's rank is at most 16 (Vim-Ti's, where it was
-    measured; Vim-S's 24 not yet), else 2 (see _config)."""
+    channels < 128 x SMs, 16,896 on an H100 or H200) for 16 states and a dt rank that pads to 16 (Vim-Ti's 12,
+    where it was measured and tested; Vim-S's 24 and narrower ranks not yet), else 2 (see _config)."""
     tpc = cfg.get("lanes_tpc", -1)
     if tpc > 0:
         return tpc
-    return 4 if not wide and channels < 128 * _sm_count(device) else 2
+    measured = args.N == 16 and _next_pow2(args.R) == 16
+    return 4 if measured and channels < 128 * _sm_count(device) else 2
 
 
 def _lanes_warps(cfg, tpc: int) -> int:
