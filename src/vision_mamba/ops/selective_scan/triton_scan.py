@@ -755,10 +755,11 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     the launch has at least ``onepass_min_channels`` channels (``onepass_min_channels_wide`` for a dt rank over 16);
     E a multiple of the program's channels."""
     tpc, cpt = cfg.get("onepass_tpc", 0), cfg.get("onepass_cpt", 1)
+    gluon = _gluon_common(cfg.get("gluon", -1), args, device)
     if tpc < 0:
         channels, wide = args.B * args.n_dirs * args.E, _next_pow2(args.R) > 16
         least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 12288)
-        if channels < least or not _gluon_common(cfg.get("gluon", -1), args, device):
+        if channels < least or not gluon:
             return 0  # (chunked; and no SM count asked of a device without the Gluon kernels)
         tpc = _lanes_tpc(cfg, args, channels, device)
     if tpc < 2:
@@ -767,8 +768,7 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
         raise ValueError(f"onepass_tpc must be 0 or a power of two from 2 to min(N, dt_low's padded width) and "
                          f"onepass_cpt a power of two, got {tpc} and {cpt}")
     block_e = 32 * cpt // tpc
-    fits = _gluon_common(cfg.get("gluon", -1), args, device) and block_e >= 1 and args.E % block_e == 0
-    return tpc if fits else 0
+    return tpc if gluon and block_e >= 1 and args.E % block_e == 0 else 0
 
 
 def _lanes_tpc(cfg, args: _ScanArgs, channels: int, device) -> int:
