@@ -914,23 +914,25 @@ def test_gluon_dispatch_rule(monkeypatch):
         ts.scan_forward(args_for(197, B=2, R=R), torch.float32, save_states=False, config=dict(cfg, min_programs=0))
     assert unrolls == [4, 4, 1], unrolls
     # inference the plan would chunk, in one pass with a channel's states over onepass_tpc lanes: by default
-    # where the launch has at least 12,288 channels (batch x 2 directions x E: Vim-Ti from batch 16), or 9,216
+    # where the launch has at least 7,680 channels (batch x 2 directions x E: Vim-Ti from batch 10), or 9,216
     # where dt_low is wider than 16 (Vim-S's rank 24: from batch 6; Vim-B's 48: from batch 3), else chunked; 4
-    # lanes below 128 x SMs channels (16,896 with 132 SMs: Vim-Ti batches 16 - 21) where the rank pads to 16,
-    # else 2; where set, a power of two up to N and dt_low's padded width (16 here), 32 * onepass_cpt / tpc
-    # channels a program dividing E
+    # lanes where their busiest scheduler finishes first (with 132 SMs: 8,449 - 12,672 channels, Vim-Ti batches
+    # 12 - 16) and the rank pads to 16, else 2; where set, a power of two up to N and dt_low's padded width (16
+    # here), 32 * onepass_cpt / tpc channels a program dividing E
     monkeypatch.setattr(ts, "_sm_count", lambda device: 132)
     tpc = lambda t, c=1, **kw: ts._onepass_tpc(dict(cfg, onepass_tpc=t, onepass_cpt=c), args_for(6085, **kw),
                                                dev)  # noqa: E731
-    assert cfg["onepass_tpc"] == -1 and cfg["onepass_min_channels"] == 12288
+    assert cfg["onepass_tpc"] == -1 and cfg["onepass_min_channels"] == 7680
     assert cfg["onepass_min_channels_wide"] == 9216
     assert cfg["onepass_unroll"] == 4 and cfg["gluon_staged_unroll"] == 4 and cfg["onepass_share"] == 16
-    assert [tpc(-1), tpc(-1, B=15), tpc(-1, B=16), tpc(-1, B=17), tpc(-1, B=21), tpc(-1, B=22), tpc(-1, B=32),
-            tpc(-1, B=7, E=768), tpc(-1, B=8, E=768)] == [0, 0, 4, 4, 4, 2, 2, 0, 4]  # (rank 12)
+    vim_ti = [tpc(-1, B=b) for b in (1, 8, 9, 10, 11, 12, 16, 17, 20, 32)]  # (rank 12)
+    assert vim_ti == [0, 0, 0, 2, 2, 4, 4, 2, 2, 2], vim_ti
+    assert [tpc(-1, B=4, E=768), tpc(-1, B=5, E=768), tpc(-1, B=8, E=768), tpc(-1, B=9, E=768)] == [0, 2, 4, 2]
     vim_s = [tpc(-1, B=b, E=768, R=24) for b in (1, 2, 4, 5, 6, 8, 16)]
     vim_b = [tpc(-1, B=b, E=1536, R=48) for b in (1, 2, 3)]
     assert vim_s == [0, 0, 0, 0, 2, 2, 2] and vim_b == [0, 0, 2]
-    assert tpc(-1, B=12, R=16) == 0 and tpc(-1, B=12, R=17) == 2  # (the rank padded past 16)
+    assert tpc(-1, B=10, R=16) == 2 and tpc(-1, B=10, R=17) == 0  # (the rank padded past 16: 9,216 channels)
+    assert tpc(-1, B=12, R=16) == 4 and tpc(-1, B=12, R=17) == 2  # (4 lanes only where measured)
     assert tpc(-1, B=16, R=8) == 2 and tpc(-1, B=16, R=9) == 4  # (4 lanes for a rank padded to 16: measured)
     assert ts._onepass_tpc(dict(cfg, onepass_min_channels=768), args_for(6085), dev) == 4
     assert ts._onepass_tpc(dict(cfg, onepass_min_channels_wide=1 << 20), args_for(6085, B=16, E=768, R=24), dev) == 0
@@ -1460,16 +1462,34 @@ def test_lanes_tpc_and_warps(monkeypatch):
     assert ts._onepass_tpc(dict(cfg, lanes_tpc=2), args, cpu) == 2  # (16 x 2 x 384 = 12,288 channels)
     assert ts._onepass_tpc(dict(cfg, lanes_tpc=4), args, cpu) == 4
     assert ts._onepass_tpc(dict(cfg, lanes_tpc=4, onepass_min_channels=12289), args, cpu) == 0  # (chunked)
-    # lanes_tpc -1: 4 where 2 lanes would make fewer than 2 warps a scheduler (channels < 128 x SMs), for a dt rank
-    # up to 16; else 2
+    # lanes_tpc -1, for a dt rank that pads to 16: 4 where the busiest of the 4 x SMs schedulers, counting whole
+    # warps (16 channels a warp with 2 lanes, 8 with 4), is done first with them, a 4-lane warp at 0.6 of a 2-lane
+    # one; else 2
     monkeypatch.setattr(ts, "_sm_count", lambda device: 132)
-    assert ts._onepass_tpc(dict(cfg, lanes_tpc=-1), args, cpu) == 4  # (12,288 < 16,896)
+    assert ts._onepass_tpc(dict(cfg, lanes_tpc=-1), args, cpu) == 4  # (2 lanes: 768 warps, at most 2 a scheduler;
+    # 4 lanes: 1,536, at most 3; 0.6 x 3 < 2)
     assert ts._onepass_tpc(dict(cfg, lanes_tpc=-1, onepass_min_channels=1), args, cpu) == 4
     monkeypatch.setattr(ts, "_sm_count", lambda device: 96)
-    assert ts._onepass_tpc(dict(cfg, lanes_tpc=-1), args, cpu) == 2  # (12,288 = 128 x 96)
+    assert ts._onepass_tpc(dict(cfg, lanes_tpc=-1), args, cpu) == 2  # (384 schedulers: 2 warps against 4)
+    monkeypatch.setattr(ts, "_sm_count", lambda device: 132)
+
+    def brute(channels, sms):  # the busiest scheduler's warps, dealt out one at a time
+        load = {lanes: [0] * (4 * sms) for lanes in (2, 4)}
+        for lanes in (2, 4):
+            for w in range(-(-channels // (32 // lanes))):
+                load[lanes][w % (4 * sms)] += 1
+        return 4 if 0.6 * max(load[4]) < max(load[2]) else 2
+
+    class Shape:
+        N, R = 16, 12
+
+    for sms in (66, 132):
+        monkeypatch.setattr(ts, "_sm_count", lambda device, n=sms: n)
+        for channels in range(768, 40000, 768):
+            assert ts._lanes_tpc(dict(cfg, lanes_tpc=-1), Shape, channels, cpu) == brute(channels, sms), channels
     monkeypatch.setattr(ts, "_sm_count", lambda device: 132)
     wide = ts._bi_args(*bi_scan_inputs(16, 300, torch.bfloat16, torch.float32, seed=0, R=24), 24, 16)
-    assert ts._onepass_tpc(dict(cfg, lanes_tpc=-1), wide, cpu) == 2  # (Vim-S's rank 24: not measured with 4)
+    assert ts._onepass_tpc(dict(cfg, lanes_tpc=-1), wide, cpu) == 2  # (Vim-S's rank 24: 4 lanes measured slower)
     assert ts._config()["lanes_tpc"] == -1 and ts._config()["lanes_high"] == 1
     assert [ts._lanes_warps(dict(cfg, lanes_warps=-1), t) for t in (2, 4, 8)] == [1, 4, 4]
     assert ts._lanes_warps(dict(cfg, lanes_warps=2), 4) == 2

@@ -198,21 +198,25 @@ def _read_config():
         gluon_onepass=_env_int("VISION_MAMBA_TRITON_GLUON_ONEPASS", 1),
         # inference that the plan would split into chunks (long sequences, small batches) in one pass instead,
         # with each channel's states split over this many lanes (2, 4, 8, ...) and onepass_cpt channels a thread
-        # (_onepass_tpc); 0: off (the chunked launches); -1: 2 lanes where the launch has at least
+        # (_onepass_tpc); 0: off (the chunked launches); -1: _lanes_tpc's lanes where the launch has at least
         # onepass_min_channels channels (batch x directions x E), else chunked. Measured on an H100 (docs/kernels.md,
         # "Session 23" and "Session 24"): Vim-Ti's scan at 512 px / batch 32 0.587 -> 0.268 ms, 738 px / batch 32
         # 1.195 -> 0.549 (24,576 channels), 512 px / batch 24 0.439 -> 0.266 (18,432), 1248 px / batch 20 2.126 ->
         # 1.302 (15,360), batch 17 1.761 -> 1.293 (13,056); at 1024 and 1248 px / batch 16 (12,288 channels) 8%
         # slower than chunked, at batch 1 7x slower. Since session 26 (the kernel below whose lanes share a
         # channel's work, onepass_share) 12,288: 1248 and 1024 px / batch 16 1.187 -> 0.853 and 0.809 -> 0.576 ms
-        # (the smallest measured win); at 6,144 channels (batch 8) 3% slower than chunked.
+        # (the smallest measured win then); at 6,144 channels (batch 8) 3% slower than chunked. Since session 34
+        # 7,680: the whole model at 1248 px (H100, graphed bf16, against the chunked lanes kernel) batch 10 (7,680)
+        # +17.2%, 11 +17.2%, 12 +3.5% (4 lanes), 13 +4.9% (2 lanes) / +7.7% (4); batch 8 +0.8% (one round: a tie, as
+        # the scan alone in session 33); batch 9 not measured. With 2 lanes, batches 10 and 11 make 480 and 528 warps:
+        # at most one a scheduler, and the chunked launch pays a second pass and the carry.
         # onepass_min_channels_wide: the same for a dt rank padded past 16 (Vim-S's 24, Vim-B's 48), whose chunked
         # launches are slower (twice the work for delta a step): Vim-S whole at 1248 px (docs/kernels.md, "Session
         # 25"), one pass against chunked: batch 2 0.61x, 4 and 5 1.00x, 6 (9,216 channels: the smallest measured
         # win) 1.12x, 8 1.57x, 9 1.59x; Vim-B not measured
         onepass_tpc=_env_int("VISION_MAMBA_TRITON_ONEPASS_TPC", -1),
         onepass_cpt=_env_int("VISION_MAMBA_TRITON_ONEPASS_CPT", 1),
-        onepass_min_channels=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS", 12288),
+        onepass_min_channels=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS", 7680),
         onepass_min_channels_wide=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS_WIDE", 9216),
         # steps a pass of the staged kernel's loop (scan_fwd_staged_gluon_kernel's UNROLL: straight code the
         # compiler can overlap, step after step) for those launches with lanes a channel (onepass_unroll), and
@@ -249,11 +253,15 @@ def _read_config():
         # inference that runs in one pass by the rule above (onepass_tpc -1): lanes_tpc lanes a channel, and
         # programs of that kernel (onepass_share) of lanes_warps warps (32 lanes_warps / tpc channels; one warp where
         # E is no multiple of that; -1: one warp for 2 lanes, 4 for more, _lanes_warps). lanes_tpc -1 (_lanes_tpc):
-        # 4 where 2 would make fewer than 2 warps a scheduler (channels < 128 x SMs; a dt rank padded to 16 as
-        # Vim-Ti's: Vim-S's 24 not measured), else 2. With 2 lanes at 1248 px / batch 16 some schedulers get 2 of the 768 warps and
-        # others 1; 4 lanes even that out. Measured on an H100 (docs/kernels.md, "Session 33"; Vim-Ti, lanes_high
-        # on), 2 -> 4 lanes at 12,288 channels: the scan at 1248 px / batch 16 0.687 -> 0.648 ms, 1024 / 16 0.465
-        # -> 0.438, 738 / 16 0.242 -> 0.228; the whole model at 1248 / 16 608 -> 629 img/s, 1024 / 16 896 -> 928.
+        # 4 where the busiest scheduler's warps, counted in whole waves, take less time than with 2 (a 4-lane warp's
+        # pass ~0.6 of a 2-lane one's, _LANES4_COST), for a dt rank padded to 16 as Vim-Ti's (Vim-S's 24: 4 lanes
+        # measured 2% slower at 1248 px / batch 8, 7.5% at 12), else 2: with 132 SMs, 4 lanes at 8,449 - 12,672
+        # channels (Vim-Ti batches 12 - 16; and up to 4,224, kept chunked above). Measured on an H100 (docs/kernels.md, "Session 33" and "Session 34";
+        # Vim-Ti, lanes_high on), 2 -> 4 lanes at 12,288 channels: the scan at 1248 px / batch 16 0.687 -> 0.648 ms,
+        # 1024 / 16 0.465 -> 0.438, 738 / 16 0.242 -> 0.228; the whole model at 1248 / 16 608 -> 629 img/s, 1024 /
+        # 16 896 -> 928; at 1248 px / batches 12, 13, 14 +3.6%, +2.6%, +2.6%; batches 17, 18, 20 -11.6%, -11.3%,
+        # -9.3% (their busiest scheduler: 4 warps of 4 lanes against 2 of 2 lanes), 10 and 11 -0.9% and -1.1% (2
+        # against 1).
         # At 24,576 channels (738 px / batch 32) 2 lanes stay: 0.363 against 0.436 ms. Before lanes_high, 4 lanes
         # lost (1248 / 16: 1.038 ms; session 32: programs of 1, 2, 4 warps 1.137, 1.063, 1.037; one-warp programs
         # with 4 lanes need stages of 32 steps: 11 programs an SM by shared memory, two waves)
@@ -758,7 +766,7 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     gluon = _gluon_common(cfg.get("gluon", -1), args, device)
     if tpc < 0:
         channels, wide = args.B * args.n_dirs * args.E, _next_pow2(args.R) > 16
-        least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 12288)
+        least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 7680)
         if channels < least or not gluon:
             return 0  # (chunked; and no SM count asked of a device without the Gluon kernels)
         tpc = _lanes_tpc(cfg, args, channels, device)
@@ -771,16 +779,28 @@ def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
     return tpc if gluon and block_e >= 1 and args.E % block_e == 0 else 0
 
 
+# A warp's pass of the lanes kernel with 4 lanes a channel (8 channels a warp) against one with 2 (16 channels):
+# 765 against 1,287 SASS instructions (Vim-Ti's launch, Triton 3.6, sm_90; docs/kernels.md, "Session 33")
+_LANES4_COST = 0.6
+
+
 def _lanes_tpc(cfg, args: _ScanArgs, channels: int, device) -> int:
-    """The lanes a channel of a one-pass launch by the rule (onepass_tpc -1): ``lanes_tpc``, or by default (-1) 4
-    where 2 lanes would make fewer than 2 one-warp programs a scheduler (16 channels a warp, 4 schedulers an SM:
-    channels < 128 x SMs, 16,896 on an H100 or H200) for 16 states and a dt rank that pads to 16 (Vim-Ti's 12,
-    where it was measured and tested; Vim-S's 24 and narrower ranks not yet), else 2 (see _config)."""
+    """The lanes a channel of a one-pass launch by the rule (onepass_tpc -1): ``lanes_tpc``, or by default (-1) the
+    one, 2 or 4, whose busiest scheduler (4 an SM) finishes first, counting whole warps: 2 lanes put 16 channels
+    (``onepass_cpt`` 1) in a warp, 4 lanes 8, and a 4-lane warp takes _LANES4_COST of a 2-lane warp's time. Where
+    the last wave is part full the scheduler with one warp more sets the time (Vim-Ti at 1248 px on an H100, the
+    whole model: batch 16, 2 lanes' busiest scheduler 2 warps, 4 lanes' 3, 4 lanes +3.5%; batch 17, 2 against 4,
+    -11.6%; docs/kernels.md, "Session 34"). 4 only for 16 states and a dt rank that pads to 16 (Vim-Ti's 12, where
+    it was measured and tested; Vim-S's 24 measured slower with 4; narrower ranks not measured)."""
     tpc = cfg.get("lanes_tpc", -1)
     if tpc > 0:
         return tpc
-    measured = args.N == 16 and _next_pow2(args.R) == 16
-    return 4 if measured and channels < 128 * _sm_count(device) else 2
+    if not (args.N == 16 and _next_pow2(args.R) == 16):
+        return 2
+    per_warp = 32 * cfg.get("onepass_cpt", 1)  # (channels a warp with one lane a channel)
+    schedulers = 4 * _sm_count(device)
+    busiest2, busiest4 = (_cdiv(channels, per_warp // lanes * schedulers) for lanes in (2, 4))
+    return 4 if _LANES4_COST * busiest4 < busiest2 else 2
 
 
 def _lanes_warps(cfg, tpc: int) -> int:
