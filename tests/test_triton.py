@@ -1472,13 +1472,14 @@ def test_lanes_tpc_and_warps(monkeypatch):
     monkeypatch.setattr(ts, "_sm_count", lambda device: 96)
     assert ts._onepass_tpc(dict(cfg, lanes_tpc=-1), args, cpu) == 2  # (384 schedulers: 2 warps against 4)
     monkeypatch.setattr(ts, "_sm_count", lambda device: 132)
+    assert ts._LANES4_COST == 0.6  # (765 / 1,287 SASS instructions a pass, rounded)
 
     def brute(channels, sms):  # the busiest scheduler's warps, dealt out one at a time
         load = {lanes: [0] * (4 * sms) for lanes in (2, 4)}
         for lanes in (2, 4):
             for w in range(-(-channels // (32 // lanes))):
                 load[lanes][w % (4 * sms)] += 1
-        return 4 if 0.6 * max(load[4]) < max(load[2]) else 2
+        return 4 if ts._LANES4_COST * max(load[4]) < max(load[2]) else 2
 
     class Shape:
         N, R = 16, 12

@@ -256,12 +256,12 @@ def _read_config():
         # 4 where the busiest scheduler's warps, counted in whole waves, take less time than with 2 (a 4-lane warp's
         # pass ~0.6 of a 2-lane one's, _LANES4_COST), for a dt rank padded to 16 as Vim-Ti's (Vim-S's 24: 4 lanes
         # measured 2% slower at 1248 px / batch 8, 7.5% at 12), else 2: with 132 SMs, 4 lanes at 8,449 - 12,672
-        # channels (Vim-Ti batches 12 - 16; and up to 4,224, kept chunked above). Measured on an H100 (docs/kernels.md, "Session 33" and "Session 34";
-        # Vim-Ti, lanes_high on), 2 -> 4 lanes at 12,288 channels: the scan at 1248 px / batch 16 0.687 -> 0.648 ms,
-        # 1024 / 16 0.465 -> 0.438, 738 / 16 0.242 -> 0.228; the whole model at 1248 / 16 608 -> 629 img/s, 1024 /
-        # 16 896 -> 928; at 1248 px / batches 12, 13, 14 +3.6%, +2.6%, +2.6%; batches 17, 18, 20 -11.6%, -11.3%,
-        # -9.3% (their busiest scheduler: 4 warps of 4 lanes against 2 of 2 lanes), 10 and 11 -0.9% and -1.1% (2
-        # against 1).
+        # channels (Vim-Ti batches 12 - 16; and up to 4,224, kept chunked above). Measured on an H100
+        # (docs/kernels.md, "Session 33" and "Session 34"; Vim-Ti, lanes_high on), 2 -> 4 lanes at 12,288 channels:
+        # the scan at 1248 px / batch 16 0.687 -> 0.648 ms, 1024 / 16 0.465 -> 0.438, 738 / 16 0.242 -> 0.228; the
+        # whole model at 1248 / 16 608 -> 629 img/s, 1024 / 16 896 -> 928; at 1248 px / batches 12, 13, 14 +3.6%,
+        # +2.6%, +2.6%; batches 17, 18, 20 -11.6%, -11.3%, -9.3% (their busiest scheduler: 4 warps of 4 lanes against
+        # 2 of 2 lanes), 10 and 11 -0.9% and -1.1% (2 against 1).
         # At 24,576 channels (738 px / batch 32) 2 lanes stay: 0.363 against 0.436 ms. Before lanes_high, 4 lanes
         # lost (1248 / 16: 1.038 ms; session 32: programs of 1, 2, 4 warps 1.137, 1.063, 1.037; one-warp programs
         # with 4 lanes need stages of 32 steps: 11 programs an SM by shared memory, two waves)
