@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The inference option onepass_tpc (session 22: long sequences' scan in one pass, a channel's states over 2 or 4
 # lanes, instead of chunked; by default (-1) where a chunked launch has at least onepass_min_channels channels:
-# 24,576 in session 23, 13,056 in session 24, 12,288 from session 26, 7,680 since session 34, with 2 lanes, or 4
-# since session 33 where triton_scan._lanes_tpc picks them; docs/kernels.md) measured on the device in one call.
+# 24,576 in session 23, 13,056 in session 24, 12,288 from session 26, 7,680 in session 34, 6,144 since session 35
+# (and 1,536 up to 577 tokens), with 2 lanes, or 4 since session 33 where triton_scan._lanes_tpc picks them;
+# docs/kernels.md) measured on the device in one call.
 # PARTS (default all, in this order):
 #   tests  its GPU tests (tests/test_triton.py -k "onepass_tpc");
 #   scan   the scan kernel alone where the plan chunks (1248 / 16, 1024 / 16, 738 / 32, 512 / 32, 1248 / 1): the

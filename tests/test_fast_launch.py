@@ -76,10 +76,10 @@ def test_other_callables_go_through_their_own_path():
     assert fast(kern) is fast(kern)
 
 
-def _conv(x, w_f, w_b, b_f, b_b):
+def _conv(x, w_f, w_b, b_f, b_b, walk=1):
     from vision_mamba.ops.selective_scan.triton_scan import _config, conv_forward
 
-    return conv_forward(x, w_f, w_b, b_f, b_b, _config())
+    return conv_forward(x, w_f, w_b, b_f, b_b, dict(_config(), conv_walk=walk))
 
 
 def _conv_inputs(L, E, dtype):
@@ -91,12 +91,16 @@ def _conv_inputs(L, E, dtype):
 
 
 @pytest.mark.gpu
-def test_cached_launches_match_triton_path(monkeypatch):
-    """The conv kernel launched through the cache, across inputs that change its specialisation, against the
-    same kernel through Triton's path; and the cache is used (one entry per specialisation)."""
-    from vision_mamba.ops.selective_scan.triton_kernels import conv_fwd_kernel
+@pytest.mark.parametrize("walk", [0, 1])
+def test_cached_launches_match_triton_path(walk, monkeypatch):
+    """A conv kernel launched through the cache, across inputs that change its specialisation, against the same
+    kernel through Triton's path; and the cache is used (one entry per specialisation). walk 0: the tile kernel
+    (conv_fwd_kernel, the one this test had before session 35); 1: the walk down the rows, the default since
+    session 29 (conv_fwd_walk_kernel)."""
+    from vision_mamba.ops.selective_scan.triton_kernels import conv_fwd_kernel, conv_fwd_walk_kernel
 
-    fast(conv_fwd_kernel).cache.clear()
+    kernel = conv_fwd_walk_kernel if walk else conv_fwd_kernel
+    fast(kernel).cache.clear()
     E = 64
     for dtype in (torch.float32, torch.bfloat16):
         for L in (16, 17, 48):
@@ -104,12 +108,13 @@ def test_cached_launches_match_triton_path(monkeypatch):
             for view in (x[..., :E], x[..., 1:]):  # aligned, then 2 or 4 bytes off (and an odd row stride)
                 view = view.contiguous() if view.data_ptr() % 16 == 0 else view
                 monkeypatch.setenv("VISION_MAMBA_TRITON_FAST_LAUNCH", "0")
-                want = _conv(view, ws[0], ws[1], bs[0], bs[1])
+                want = _conv(view, ws[0], ws[1], bs[0], bs[1], walk)
                 monkeypatch.setenv("VISION_MAMBA_TRITON_FAST_LAUNCH", "1")
                 for _ in range(3):  # the first call fills the cache, the next ones launch from it
-                    got = _conv(view, ws[0], ws[1], bs[0], bs[1])
+                    got = _conv(view, ws[0], ws[1], bs[0], bs[1], walk)
                     torch.testing.assert_close(got, want, rtol=0, atol=0)
-    assert len(fast(conv_fwd_kernel).cache) >= 6
+    # (at least both dtypes, each aligned and not; the tile kernel also specialises on the lengths)
+    assert len(fast(kernel).cache) >= (4 if walk else 6)
 
 
 @pytest.mark.gpu

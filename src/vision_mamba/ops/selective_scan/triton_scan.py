@@ -78,7 +78,8 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
         "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
         "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS", "LANES_RANK_SPLIT",
-        "LANES_TPC", "LANES_WARPS", "LANES_HIGH",
+        "LANES_TPC", "LANES_WARPS", "LANES_HIGH", "ONEPASS_MIN_CHANNELS_SHORT", "ONEPASS_SHORT_TOKENS", "STAGED_CPT",
+        "LANES_ALWAYS", "STAGED_MIN_PROGRAMS", "SOFTPLUS_POLY", "GATE_TANH",
         "INTERLEAVE", "PREP_WEIGHTS", "CONV_WALK", "CONV_WALK_ROWS", "CONV_WALK_BLOCK_E", "CONV_WALK_WARPS",
         "CONV_BWD_WALK", "CONV_BWD_WALK_ROWS", "CONV_BWD_WALK_BLOCK_E", "CONV_BWD_WALK_WARPS"))
 _ENV_KEYS_RAW = None
@@ -209,14 +210,22 @@ def _read_config():
         # 7,680: the whole model at 1248 px (H100, graphed bf16, against the chunked lanes kernel) batch 10 (7,680)
         # +17.2%, 11 +17.2%, 12 +3.5% (4 lanes), 13 +4.9% (2 lanes) / +7.7% (4); batch 8 +0.8% (one round: a tie, as
         # the scan alone in session 33); batch 9 not measured. With 2 lanes, batches 10 and 11 make 480 and 528 warps:
-        # at most one a scheduler, and the chunked launch pays a second pass and the carry.
+        # at most one a scheduler, and the chunked launch pays a second pass and the carry. Since session 35 6,144
+        # (batch 8), and 1,536 (batch 2) for sequences of up to 577 tokens (384 px; onepass_min_channels_short,
+        # onepass_short_tokens): the whole model, one pass against chunked (H100, graphed bf16; docs/kernels.md,
+        # "Session 35"), at 6,144 channels 224 px +30.2%, 512 px +10.9%, 738 px +4.2%, 1024 px +1.0%, 1248 px +0.8%
+        # (session 34); at 1,536 - 4,608 224 px batch 2 +7.6%, 3 +15.3%, 4 +25.8%, 320 px batch 4 +13.3%, 384 px
+        # batch 4 +8.7%, 6 +3.9%; longer sequences lose there (512 px batch 4 -1.3%, 738 px batch 4 -11.1%), and so
+        # does batch 1 (224 px -1.4%, 512 px -38.8%).
         # onepass_min_channels_wide: the same for a dt rank padded past 16 (Vim-S's 24, Vim-B's 48), whose chunked
         # launches are slower (twice the work for delta a step): Vim-S whole at 1248 px (docs/kernels.md, "Session
         # 25"), one pass against chunked: batch 2 0.61x, 4 and 5 1.00x, 6 (9,216 channels: the smallest measured
         # win) 1.12x, 8 1.57x, 9 1.59x; Vim-B not measured
         onepass_tpc=_env_int("VISION_MAMBA_TRITON_ONEPASS_TPC", -1),
         onepass_cpt=_env_int("VISION_MAMBA_TRITON_ONEPASS_CPT", 1),
-        onepass_min_channels=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS", 7680),
+        onepass_min_channels=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS", 6144),
+        onepass_min_channels_short=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS_SHORT", 1536),
+        onepass_short_tokens=_env_int("VISION_MAMBA_TRITON_ONEPASS_SHORT_TOKENS", 577),
         onepass_min_channels_wide=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS_WIDE", 9216),
         # steps a pass of the staged kernel's loop (scan_fwd_staged_gluon_kernel's UNROLL: straight code the
         # compiler can overlap, step after step) for those launches with lanes a channel (onepass_unroll), and
@@ -226,6 +235,20 @@ def _read_config():
         # Vim-Ti at 224 px / batch 128 0.134 -> 0.132 ms (the whole model +0.6%; Vim-S there, its rank 24, -6%)
         onepass_unroll=_env_int("VISION_MAMBA_TRITON_ONEPASS_UNROLL", 4),
         gluon_staged_unroll=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL", 4),
+        # channels a thread of those one-pass inference launches with a thread a channel (programs of 32 x
+        # staged_cpt channels, one warp): 2 (64 channels a program) or 1 (32, twice the warps)
+        staged_cpt=_env_int("VISION_MAMBA_TRITON_STAGED_CPT", 2),
+        # 1: inference launches that the plan does not split into chunks (short sequences at large batches) also
+        # in the lanes kernel (onepass_tpc lanes a channel, or _lanes_tpc's), not a thread a channel; 0: off
+        lanes_always=_env_int("VISION_MAMBA_TRITON_LANES_ALWAYS", 0),
+        # and by default (-1) where the staged kernel's programs would not fill the SMs once (_staged_underfills); a
+        # count of programs below which they do not; 0: never
+        staged_min_programs=_env_int("VISION_MAMBA_TRITON_STAGED_MIN_PROGRAMS", -1),
+        # one-pass inference launches (the staged and lanes kernels): 1: softplus's log by a polynomial on the FMA
+        # pipe, not the special-function unit's lg2 (gluon_kernels._softplus_fast); 0: off
+        softplus_poly=_env_int("VISION_MAMBA_TRITON_SOFTPLUS_POLY", 0),
+        # likewise, 1: the gate's sigmoid by tanh.approx (one special function, not two), where y is in 16 bits
+        gate_tanh=_env_int("VISION_MAMBA_TRITON_GATE_TANH", 0),
         # those launches with lanes a channel (staged, a channel a thread) in scan_fwd_lanes_gluon_kernel instead,
         # where the lanes of a channel share its work of a step (delta and the gate, a step's lane each), with
         # onepass_share steps a pass (at least the lanes, at most the stage: _lanes_unroll); 0: off. 8 since
@@ -589,17 +612,20 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
     y = out if out is not None else _new(B, L, ND, E, device=dev, dtype=y_dtype)
     n_save = _cdiv(L, save_every)
     kind = _gluon_forward_kind(cfg, args, dev, block_e, n_chunks, save_states)
-    if kind == "onepass" and n_chunks == 1 and not save_states:  # (inference: none of the plan below is needed)
+    onepass = kind == "onepass" and n_chunks == 1 and not save_states  # (inference the plan does not chunk)
+    lanes_always = onepass and (cfg.get("lanes_always", 0) or _staged_underfills(cfg, args, dev))
+    tpc = _onepass_tpc(cfg, args, dev, lanes_always) if (n_chunks > 1 or lanes_always) and not save_states else 0
+    if onepass and not tpc:  # (a thread a channel; none of the plan below is needed)
         # (steps a pass: for a dt rank up to 16, where it was measured faster)
         unroll = cfg.get("gluon_staged_unroll", 1) if _next_pow2(args.R) <= 16 else 1
-        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), unroll=unroll)
+        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), unroll=unroll,
+                              thread_channels=cfg.get("staged_cpt", 2), special=_special(cfg, y_dtype))
         return y, None
-    tpc = _onepass_tpc(cfg, args, dev) if n_chunks > 1 and not save_states else 0
-    if tpc:  # (inference that would be chunked: one pass with a channel's states over several lanes instead)
+    if tpc:  # (inference that would be chunked, or fill the GPU's SMs badly: one pass, a channel over lanes)
         _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=tpc, cpt=cfg.get("onepass_cpt", 1),
                               unroll=cfg.get("onepass_unroll", 1), share=cfg.get("onepass_share", 0),
                               r_hi=_rank_split(cfg, args.R), warps=_lanes_warps(cfg, tpc),
-                              high=bool(cfg.get("lanes_high", 1)))
+                              high=bool(cfg.get("lanes_high", 1)), special=_special(cfg, y_dtype))
         return y, None
     lanes_plan = _lanes_chunking(cfg, args, dev) if n_chunks > 1 and not save_states else None
     if lanes_plan is not None:  # (inference that stays chunked: in chunks of the lanes kernel)
@@ -756,18 +782,52 @@ def _forward_rule(cfg, block_e: int, n_chunks: int, save_states: bool, gluon_bac
     return None
 
 
-def _onepass_tpc(cfg, args: _ScanArgs, device) -> int:
+# One-warp programs of the staged one-pass kernel with a thread a channel that fit an SM at once: 12 at its 167
+# registers (Vim-Ti's launch, Triton 3.6, sm_90; Nsight Compute: docs/kernels.md, "Session 35")
+_STAGED_PROGRAMS_PER_SM = 12
+
+
+def _staged_underfills(cfg, args: _ScanArgs, device) -> bool:
+    """Whether inference that the plan does not chunk runs in the lanes kernel rather than the staged kernel with a
+    thread a channel: where the latter's 64-channel one-warp programs are fewer than ``staged_min_programs``, by
+    default (-1) one of them for each place on the GPU's SMs (_STAGED_PROGRAMS_PER_SM an SM), for 16 states and a
+    dt rank that pads to 16 (Vim-Ti's, where it was measured: the scan at 224 px / batch 96, 0.73 of such a wave,
+    0.136 -> 0.103 ms; batch 128, 0.97 of a wave, 0.137 -> 0.136; batch 256 staged stays: 0.265 against 0.274;
+    docs/kernels.md, "Session 35"); 0: never."""
+    least = cfg.get("staged_min_programs", -1)
+    if least < 0:
+        if not (args.N == 16 and _next_pow2(args.R) == 16):
+            return False
+        try:
+            least = _STAGED_PROGRAMS_PER_SM * _sm_count(device)
+        except (RuntimeError, AssertionError):  # (no CUDA device to count, as in tests that fake one: staged)
+            return False
+    return args.B * args.n_dirs * args.E // 64 < least
+
+
+def _special(cfg, y_dtype: torch.dtype) -> dict:
+    """The one-pass inference kernels' SP_POLY and GATE_TANH (``softplus_poly``, ``gate_tanh``: the latter for 16-bit
+    outputs only)."""
+    return dict(SP_POLY=bool(cfg.get("softplus_poly", 0)),
+                GATE_TANH=bool(cfg.get("gate_tanh", 0)) and y_dtype in (torch.bfloat16, torch.float16))
+
+
+def _onepass_tpc(cfg, args: _ScanArgs, device, always: bool = False) -> int:
     """The lanes a channel (scan_fwd_onepass_gluon_kernel's TPC; ``onepass_cpt`` channels a thread) with which an
     inference forward that the plan splits into chunks runs instead in one pass, or 0 (chunked): ``onepass_tpc``
     where set (a power of two from 2 up to N and dt_low's padded width), by default (-1) _lanes_tpc's where
-    the launch has at least ``onepass_min_channels`` channels (``onepass_min_channels_wide`` for a dt rank over 16);
-    E a multiple of the program's channels."""
+    the launch has at least ``onepass_min_channels`` channels (``onepass_min_channels_wide`` for a dt rank over 16;
+    ``onepass_min_channels_short`` for sequences of up to ``onepass_short_tokens`` and a rank up to 16), or
+    ``always`` (inference that the plan does not chunk, _staged_underfills); E a multiple of the program's
+    channels."""
     tpc, cpt = cfg.get("onepass_tpc", 0), cfg.get("onepass_cpt", 1)
     gluon = _gluon_common(cfg.get("gluon", -1), args, device)
     if tpc < 0:
         channels, wide = args.B * args.n_dirs * args.E, _next_pow2(args.R) > 16
-        least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 7680)
-        if channels < least or not gluon:
+        least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 6144)
+        if not wide and args.L <= cfg.get("onepass_short_tokens", 577):
+            least = min(least, cfg.get("onepass_min_channels_short", 1536))
+        if (channels < least and not always) or not gluon:
             return 0  # (chunked; and no SM count asked of a device without the Gluon kernels)
         tpc = _lanes_tpc(cfg, args, channels, device)
     if tpc < 2:
@@ -1009,7 +1069,7 @@ def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int,
 def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Optional[Tensor] = None,
                           save_every: int = 0, maxnreg: int = 0, tpc: int = 1, cpt: int = 1,
                           unroll: int = 1, share: int = 0, r_hi: int = 0, warps: int = 1,
-                          high: bool = False) -> bool:
+                          high: bool = False, thread_channels: int = 2, special: Optional[dict] = None) -> bool:
     """The one-pass Gluon forward (64 channels a program, one warp): staged (scan_fwd_staged_gluon_kernel) where
     ``stage`` is set and _staged_fits allows, else scan_fwd_onepass_gluon_kernel. With ``hsave`` (the training
     forward: [B, 2, blocks, N, E] views of [..., E, N] storage) only the staged kernel saves states, under the
@@ -1020,7 +1080,10 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
     kernel's loop, a power of two up to the stage. ``share`` (with ``tpc`` > 1, one channel a thread, staged):
     scan_fwd_lanes_gluon_kernel instead, max(share, tpc) steps a pass (a power of two up to the stage), and
     ``r_hi`` its R_HI (:func:`_rank_split`), in programs of ``warps`` warps (32 ``warps`` / ``tpc`` channels; one
-    warp where E is no multiple of that or the staged copies do not fit), ``high`` its LANE_HI."""
+    warp where E is no multiple of that or the staged copies do not fit), ``high`` its LANE_HI. ``thread_channels``
+    (``tpc`` 1, inference, staged): channels a thread, 2 or 1 (programs of 64 or 32 channels; 64 where E is no
+    multiple of 32 x thread_channels, or the staged copies do not fit 32). ``special`` (inference, staged and lanes
+    kernels): their SP_POLY and GATE_TANH (:func:`_special`)."""
     from . import gluon_kernels
 
     if unroll < 1 or unroll & (unroll - 1) or share < 0 or share & (share - 1):
@@ -1048,24 +1111,31 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
             dummy = _dummy(x.device)  # (one pass: no chunks, start states, end states or sums of delta)
             fast(gluon_kernels.scan_fwd_lanes_gluon_kernel)[(B * (E // block_e), 1, 2)](
                 *common, dummy, dummy, dummy, 0, 0, 0, 0, STAGE=stage, RW=rw, VX=vx, VR=vr,
-                TPC=tpc, U=_lanes_unroll(share, tpc, stage), R_HI=r_hi, LANE_HI=high, **flags)
+                TPC=tpc, U=_lanes_unroll(share, tpc, stage), R_HI=r_hi, LANE_HI=high, **(special or {}), **flags)
         elif stage:
             rw, vx, vr = _staged_fits(args, stage, rows, block_e)
             fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
                 *common, _dummy(x.device), 0, 0, 0, STAGE=stage, RW=rw, VX=vx, VR=vr, SAVE_STATES=False,
-                SAVE_EVERY=1, TPC=tpc, UNROLL=min(unroll, stage), **flags)
+                SAVE_EVERY=1, TPC=tpc, UNROLL=min(unroll, stage), **(special or {}), **flags)
         else:
             fast(gluon_kernels.scan_fwd_onepass_gluon_kernel)[(B * (E // block_e), 1, 2)](*common, TPC=tpc, **flags)
         return True
+    staged = None
+    if hsave is None and stage and thread_channels == 1 and E % 32 == 0:  # (programs of 32 channels)
+        narrow = _tpc_stage(args, stage, rows, 32)
+        if narrow:
+            block_e, stage = 32, narrow
+            staged = _staged_fits(args, stage, rows, block_e)
     common, flags = _onepass_args(args, y, block_e)
-    staged = _staged_fits(args, stage, rows) if stage else None
+    if staged is None and stage:
+        staged = _staged_fits(args, stage, rows)
     if staged is not None:
         rw, vx, vr = staged
         if hsave is not None:
             save = dict(SAVE_STATES=True, SAVE_EVERY=save_every, **_maxnreg(maxnreg))
             s_args = (hsave, hsave.stride(0), hsave.stride(1), hsave.stride(2))
         else:
-            save = dict(SAVE_STATES=False, SAVE_EVERY=1, UNROLL=min(unroll, stage))
+            save = dict(SAVE_STATES=False, SAVE_EVERY=1, UNROLL=min(unroll, stage), **(special or {}))
             s_args = (_dummy(x.device), 0, 0, 0)
         fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
             *common, *s_args, STAGE=stage, RW=rw, VX=vx, VR=vr, **save, **flags)
