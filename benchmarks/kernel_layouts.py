@@ -239,13 +239,11 @@ def main() -> int:
         rows48 = torch.randn(2, B * L, ts._rank_cols(R, True) + 2 * N)
         inf_args = ts._bi_args(xs, z, rows48[0], rows48[1], w[0], w[1], bias[0], bias[1], alog[0], alog[1], dd[0],
                                dd[1], R, N)
-        for name, stage, cpt in (("forward, one pass (inference)", 0, 2), ("forward, one pass, staged (inference)", 8, 2),
-                                 ("forward, one pass, staged, 1 channel a thread (inference)", 8, 1)):
+        for name, stage in (("forward, one pass (inference)", 0), ("forward, one pass, staged (inference)", 8)):
             kernel = gk.scan_fwd_staged_gluon_kernel if stage else gk.scan_fwd_onepass_gluon_kernel
             cap = _Capture()
             setattr(gk, kernel.__name__, cap)
-            ts.scan_forward(inf_args, bf, save_states=False,
-                            config=dict(cfg, gluon=-1, gluon_staged=stage, staged_cpt=cpt))
+            ts.scan_forward(inf_args, bf, save_states=False, config=dict(cfg, gluon=-1, gluon_staged=stage))
             setattr(gk, kernel.__name__, kernel)
             inference.append((name, kernel, cap.calls[0]))
         # the training forward of one pass, staged (saving states for the Gluon backward)

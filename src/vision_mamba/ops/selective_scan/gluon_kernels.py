@@ -43,12 +43,6 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
 
 LN2 = 0.6931471805599453
 LOG2E = 1.4426950408889634
-# log1p(q) ~= q p(q) on [0, 1], p's coefficients from the constant term up (degree 8): a Chebyshev fit of log1p(q) / q
-# weighted for relative error (numpy), rounded to fp32. Evaluated in fp32 by Horner's rule it is within 2.2e-7 of
-# log1p(q), relatively (tests/test_triton.py::test_softplus_poly_accuracy). _softplus_fast's POLY form.
-SOFTPLUS_POLY = (0.9999998807907104, -0.49999162554740906, 0.3331443667411804, -0.2481437474489212,
-                 0.19014500081539154, -0.13499107956886292, 0.07656415551900864, -0.028619568794965744,
-                 0.005039826035499573)
 
 if gluon is not None:
     # the CTA barrier is gl.thread_barrier in Triton 3.6 and gl.barrier from 3.8
@@ -56,7 +50,6 @@ if gluon is not None:
     # a shared buffer seen with another shape: shared_memory_descriptor.reinterpret from Triton 3.9, _reinterpret
     # before (a constexpr, so that each release compiles only its own branch of _rows_view)
     _PUBLIC_REINTERPRET = gl.constexpr(hasattr(gl.shared_memory_descriptor, "reinterpret"))
-    _SP0, _SP1, _SP2, _SP3, _SP4, _SP5, _SP6, _SP7, _SP8 = (gl.constexpr(c) for c in SOFTPLUS_POLY)
 
     @gluon.jit
     def _rows_view(buf, dtype: gl.constexpr, ROWS: gl.constexpr, WIDTH: gl.constexpr, layout: gl.constexpr):
@@ -81,26 +74,6 @@ if gluon is not None:
     @gluon.jit
     def _sigmoid(x):
         return _ptx_f32(1.0 + gl.exp2(x * -1.4426950408889634), "rcp.approx.ftz.f32")
-
-    @gluon.jit
-    def _softplus_fast(x, POLY: gl.constexpr):
-        """softplus(x); with POLY its log1p(q) (q = e^-|x| in (0, 1]) as q p(q), p of degree 8 (SOFTPLUS_POLY) in
-        Horner form on the FMA pipe, in place of the special-function unit's lg2: one special function a call
-        instead of two, for eight fused multiply-adds more."""
-        if POLY:
-            q = gl.exp2(gl.abs(x) * -1.4426950408889634)
-            p = q * _SP8 + _SP7
-            p = p * q + _SP6
-            p = p * q + _SP5
-            p = p * q + _SP4
-            p = p * q + _SP3
-            p = p * q + _SP2
-            p = p * q + _SP1
-            p = p * q + _SP0
-            sp = gl.maximum(x, 0.0) + p * q
-        else:
-            sp = _softplus(x)
-        return sp
 
     @gluon.jit
     def _sigmoid_fast(x, TANH: gl.constexpr):
@@ -421,7 +394,7 @@ if gluon is not None:
         stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
         B_COL: gl.constexpr, C_COL: gl.constexpr, STAGE: gl.constexpr, RW: gl.constexpr, VX: gl.constexpr,
         VR: gl.constexpr, SAVE_STATES: gl.constexpr, SAVE_EVERY: gl.constexpr, TPC: gl.constexpr = 1,
-        UNROLL: gl.constexpr = 1, SP_POLY: gl.constexpr = False, GATE_TANH: gl.constexpr = False,
+        UNROLL: gl.constexpr = 1, GATE_TANH: gl.constexpr = False,
     ):
         """The one-pass inference forward of ``scan_fwd_onepass_gluon_kernel`` with its inputs staged through
         shared memory: x, z and x_proj's rows for STAGE steps at a time arrive by asynchronous copies (cp.async)
@@ -439,8 +412,8 @@ if gluon is not None:
         TPC > 1: each channel's states over TPC lanes, as in ``scan_fwd_onepass_gluon_kernel`` (the copies'
         layouts do not change: a warp's copies must not cover more than STAGE rows, _staged_fits).
 
-        SP_POLY / GATE_TANH (inference): softplus with a polynomial in place of its lg2 (_softplus_fast), the
-        gate's sigmoid by tanh.approx (_sigmoid_fast; 16-bit outputs only), each a special function fewer a step.
+        GATE_TANH (inference): the gate's sigmoid by tanh.approx (_sigmoid_fast; 16-bit outputs only), a special
+        function fewer a step.
 
         UNROLL (inference; a divisor of STAGE): that many steps a pass of the loop, in one block of straight code,
         so that the compiler can schedule a step's loads, delta and decays while the step before waits on its
@@ -498,7 +471,7 @@ if gluon is not None:
                 xv = x_rows.index(i).load(ch).to(gl.float32)
                 zv = z_rows.index(i).load(ch).to(gl.float32)
                 raw = gl.convert_layout(gl.sum(w * gl.expand_dims(da, 0), axis=1), ch) + bias
-                delta = _softplus_fast(raw, SP_POLY)
+                delta = _softplus(raw)
                 h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
                     + gl.expand_dims(delta * xv, 1) * gl.expand_dims(ba, 0)
                 if SAVE_STATES:  # the state entering the next block, as it leaves this step
@@ -649,8 +622,7 @@ if gluon is not None:
         B_COL: gl.constexpr, C_COL: gl.constexpr, STAGE: gl.constexpr, RW: gl.constexpr, VX: gl.constexpr,
         VR: gl.constexpr, TPC: gl.constexpr, U: gl.constexpr, CHUNKS: gl.constexpr = False,
         HAS_INIT: gl.constexpr = False, WRITE_END: gl.constexpr = False, WRITE_Y: gl.constexpr = True,
-        R_HI: gl.constexpr = 0, LANE_HI: gl.constexpr = False, SP_POLY: gl.constexpr = False,
-        GATE_TANH: gl.constexpr = False,
+        R_HI: gl.constexpr = 0, LANE_HI: gl.constexpr = False, GATE_TANH: gl.constexpr = False,
     ):
         """The staged one-pass inference forward with each channel's states over TPC lanes (as
         ``scan_fwd_staged_gluon_kernel`` with TPC > 1), where the lanes of a channel share its work of a step
@@ -664,7 +636,7 @@ if gluon is not None:
 
         CHUNKS (program_id(1) = c): the program runs steps c * steps .. c * steps + steps - 1 (``steps`` a multiple
         of STAGE; without CHUNKS the whole sequence, in the code the one pass had before chunks: the same SASS).
-        SP_POLY / GATE_TANH: as in ``scan_fwd_staged_gluon_kernel``.
+        GATE_TANH: as in ``scan_fwd_staged_gluon_kernel``.
         HAS_INIT: its state starts from hinit [B, 2, chunks, N, E] instead of zero; WRITE_END: it stores its end
         state in hend (same layout) and its sum of delta in dsum [B, 2, chunks, E] (for chunk_carry_kernel; the
         steps from L on, staged as zeros, then leave the state alone); WRITE_Y=False: no output, nor the loads and
@@ -752,7 +724,7 @@ if gluon is not None:
             else:
                 dt = r_grp.slice(0, BLOCK_R, dim=1).load(gl.SliceLayout(0, d3)).to(gl.float32)
                 delta_l = gl.sum(w3 * gl.expand_dims(dt, 0), axis=2) + bias_l
-            delta_l = _softplus_fast(delta_l, SP_POLY)
+            delta_l = _softplus(delta_l)
             if WRITE_END:  # (steps from L on: no decay, nothing added, not counted)
                 delta_l = gl.where(s0 + jj < L, delta_l, 0.0)
                 dacc = dacc + delta_l

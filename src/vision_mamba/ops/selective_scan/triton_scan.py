@@ -78,8 +78,8 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
         "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
         "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS", "LANES_RANK_SPLIT",
-        "LANES_TPC", "LANES_WARPS", "LANES_HIGH", "ONEPASS_MIN_CHANNELS_SHORT", "ONEPASS_SHORT_TOKENS", "STAGED_CPT",
-        "LANES_ALWAYS", "STAGED_MIN_PROGRAMS", "SOFTPLUS_POLY", "GATE_TANH",
+        "LANES_TPC", "LANES_WARPS", "LANES_HIGH", "ONEPASS_MIN_CHANNELS_SHORT", "ONEPASS_SHORT_TOKENS",
+        "LANES_ALWAYS", "STAGED_MIN_PROGRAMS", "GATE_TANH",
         "INTERLEAVE", "PREP_WEIGHTS", "CONV_WALK", "CONV_WALK_ROWS", "CONV_WALK_BLOCK_E", "CONV_WALK_WARPS",
         "CONV_BWD_WALK", "CONV_BWD_WALK_ROWS", "CONV_BWD_WALK_BLOCK_E", "CONV_BWD_WALK_WARPS"))
 _ENV_KEYS_RAW = None
@@ -235,19 +235,15 @@ def _read_config():
         # Vim-Ti at 224 px / batch 128 0.134 -> 0.132 ms (the whole model +0.6%; Vim-S there, its rank 24, -6%)
         onepass_unroll=_env_int("VISION_MAMBA_TRITON_ONEPASS_UNROLL", 4),
         gluon_staged_unroll=_env_int("VISION_MAMBA_TRITON_GLUON_STAGED_UNROLL", 4),
-        # channels a thread of those one-pass inference launches with a thread a channel (programs of 32 x
-        # staged_cpt channels, one warp): 2 (64 channels a program) or 1 (32, twice the warps)
-        staged_cpt=_env_int("VISION_MAMBA_TRITON_STAGED_CPT", 2),
         # 1: inference launches that the plan does not split into chunks (short sequences at large batches) also
         # in the lanes kernel (onepass_tpc lanes a channel, or _lanes_tpc's), not a thread a channel; 0: off
         lanes_always=_env_int("VISION_MAMBA_TRITON_LANES_ALWAYS", 0),
         # and by default (-1) where the staged kernel's programs would not fill the SMs once (_staged_underfills); a
         # count of programs below which they do not; 0: never
         staged_min_programs=_env_int("VISION_MAMBA_TRITON_STAGED_MIN_PROGRAMS", -1),
-        # one-pass inference launches (the staged and lanes kernels): 1: softplus's log by a polynomial on the FMA
-        # pipe, not the special-function unit's lg2 (gluon_kernels._softplus_fast); 0: off
-        softplus_poly=_env_int("VISION_MAMBA_TRITON_SOFTPLUS_POLY", 0),
-        # likewise, 1: the gate's sigmoid by tanh.approx (one special function, not two), where y is in 16 bits
+        # one-pass inference launches (the staged and lanes kernels): 1: the gate's sigmoid by tanh.approx (one
+        # special function, not two), where y is in 16 bits; 0: off (measured +0.5 - 1.4% on the whole model, one
+        # round: docs/kernels.md, "Session 35")
         gate_tanh=_env_int("VISION_MAMBA_TRITON_GATE_TANH", 0),
         # those launches with lanes a channel (staged, a channel a thread) in scan_fwd_lanes_gluon_kernel instead,
         # where the lanes of a channel share its work of a step (delta and the gate, a step's lane each), with
@@ -618,8 +614,7 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
     if onepass and not tpc:  # (a thread a channel; none of the plan below is needed)
         # (steps a pass: for a dt rank up to 16, where it was measured faster)
         unroll = cfg.get("gluon_staged_unroll", 1) if _next_pow2(args.R) <= 16 else 1
-        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), unroll=unroll,
-                              thread_channels=cfg.get("staged_cpt", 2), special=_special(cfg, y_dtype))
+        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), unroll=unroll, special=_special(cfg, y_dtype))
         return y, None
     if tpc:  # (inference that would be chunked, or fill the GPU's SMs badly: one pass, a channel over lanes)
         _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=tpc, cpt=cfg.get("onepass_cpt", 1),
@@ -806,10 +801,8 @@ def _staged_underfills(cfg, args: _ScanArgs, device) -> bool:
 
 
 def _special(cfg, y_dtype: torch.dtype) -> dict:
-    """The one-pass inference kernels' SP_POLY and GATE_TANH (``softplus_poly``, ``gate_tanh``: the latter for 16-bit
-    outputs only)."""
-    return dict(SP_POLY=bool(cfg.get("softplus_poly", 0)),
-                GATE_TANH=bool(cfg.get("gate_tanh", 0)) and y_dtype in (torch.bfloat16, torch.float16))
+    """The one-pass inference kernels' GATE_TANH (``gate_tanh``, for 16-bit outputs only)."""
+    return dict(GATE_TANH=bool(cfg.get("gate_tanh", 0)) and y_dtype in (torch.bfloat16, torch.float16))
 
 
 def _onepass_tpc(cfg, args: _ScanArgs, device, always: bool = False) -> int:
@@ -1069,7 +1062,7 @@ def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int,
 def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Optional[Tensor] = None,
                           save_every: int = 0, maxnreg: int = 0, tpc: int = 1, cpt: int = 1,
                           unroll: int = 1, share: int = 0, r_hi: int = 0, warps: int = 1,
-                          high: bool = False, thread_channels: int = 2, special: Optional[dict] = None) -> bool:
+                          high: bool = False, special: Optional[dict] = None) -> bool:
     """The one-pass Gluon forward (64 channels a program, one warp): staged (scan_fwd_staged_gluon_kernel) where
     ``stage`` is set and _staged_fits allows, else scan_fwd_onepass_gluon_kernel. With ``hsave`` (the training
     forward: [B, 2, blocks, N, E] views of [..., E, N] storage) only the staged kernel saves states, under the
@@ -1080,10 +1073,8 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
     kernel's loop, a power of two up to the stage. ``share`` (with ``tpc`` > 1, one channel a thread, staged):
     scan_fwd_lanes_gluon_kernel instead, max(share, tpc) steps a pass (a power of two up to the stage), and
     ``r_hi`` its R_HI (:func:`_rank_split`), in programs of ``warps`` warps (32 ``warps`` / ``tpc`` channels; one
-    warp where E is no multiple of that or the staged copies do not fit), ``high`` its LANE_HI. ``thread_channels``
-    (``tpc`` 1, inference, staged): channels a thread, 2 or 1 (programs of 64 or 32 channels; 64 where E is no
-    multiple of 32 x thread_channels, or the staged copies do not fit 32). ``special`` (inference, staged and lanes
-    kernels): their SP_POLY and GATE_TANH (:func:`_special`)."""
+    warp where E is no multiple of that or the staged copies do not fit), ``high`` its LANE_HI. ``special``
+    (inference, staged and lanes kernels): their GATE_TANH (:func:`_special`)."""
     from . import gluon_kernels
 
     if unroll < 1 or unroll & (unroll - 1) or share < 0 or share & (share - 1):
@@ -1120,15 +1111,8 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
         else:
             fast(gluon_kernels.scan_fwd_onepass_gluon_kernel)[(B * (E // block_e), 1, 2)](*common, TPC=tpc, **flags)
         return True
-    staged = None
-    if hsave is None and stage and thread_channels == 1 and E % 32 == 0:  # (programs of 32 channels)
-        narrow = _tpc_stage(args, stage, rows, 32)
-        if narrow:
-            block_e, stage = 32, narrow
-            staged = _staged_fits(args, stage, rows, block_e)
     common, flags = _onepass_args(args, y, block_e)
-    if staged is None and stage:
-        staged = _staged_fits(args, stage, rows)
+    staged = _staged_fits(args, stage, rows) if stage else None
     if staged is not None:
         rw, vx, vr = staged
         if hsave is not None:
