@@ -189,3 +189,57 @@ def test_pos_embed_that_is_not_a_grid_is_reported(tmp_path):
     torch.save(sd, path)
     with pytest.raises(CheckpointError, match=r"pos_embed: the checkpoint's \(1, 20, 32\) is not a square patch grid.*4x4"):
         load_checkpoint(timm.create_model("test_vim"), path)
+
+
+def test_ema_asked_for_but_absent_is_an_error(tmp_path):
+    path = official_checkpoint(perturbed(), tmp_path / "no_ema.pth", with_ema=False)
+    with pytest.raises(CheckpointError, match="no EMA weights in the checkpoint"):
+        load_checkpoint(timm.create_model("test_vim"), path, use_ema=True)
+
+
+@pytest.mark.parametrize("text", ["hello world", "epoch,loss\n1,0.5\n", "junk", ""])
+def test_text_files_are_not_checkpoints(tmp_path, text):
+    """Whatever the weights-only unpickler raises on a file's first bytes (a memo KeyError for 'h', a pop from an
+    empty stack for most others), the caller gets a CheckpointError naming the file."""
+    path = tmp_path / "notes.pth"
+    path.write_text(text)
+    with pytest.raises(CheckpointError, match="notes.pth: (an empty file|not a readable PyTorch checkpoint)"):
+        read_checkpoint(path)
+
+
+def test_checkpoint_of_another_width_lists_every_mismatch(tmp_path):
+    """A wider variant's checkpoint: the strict load lists the shape mismatches (pos_embed among them) instead of
+    stopping at pos_embed's resize; a non-strict load skips them."""
+    path = tmp_path / "wide.pth"
+    torch.save({"model": timm.create_model("test_vim", embed_dim=48).state_dict()}, path)
+    with pytest.raises(CheckpointError, match=r"shape mismatches: .*pos_embed: checkpoint \(1, 17, 48\) vs model "
+                                               r"\(1, 17, 32\)") as err:
+        load_checkpoint(timm.create_model("test_vim"), path)
+    assert "patch_embed.proj.weight: checkpoint (48, 3, 16, 16)" in str(err.value)
+    model = timm.create_model("test_vim")
+    report = load_checkpoint(model, path, strict=False)
+    assert any(m.startswith("pos_embed:") for m in report["mismatched"])
+    assert model.pos_embed.shape == (1, 17, 32)
+
+
+def test_pretrained_rgb_weights_into_other_channels(tmp_path):
+    """As timm does for its own models: the RGB patch kernel summed for one channel, repeated and rescaled for
+    four; everything else loads unchanged."""
+    source = perturbed()
+    path = official_checkpoint(source, tmp_path / "rgb.pth")
+    weight = source.patch_embed.proj.weight
+    gray = timm.create_model("test_vim", pretrained=True, in_chans=1, pretrained_cfg_overlay=dict(file=str(path)))
+    assert torch.allclose(gray.patch_embed.proj.weight[:, 0], weight.sum(1))
+    four = timm.create_model("test_vim", pretrained=True, in_chans=4, pretrained_cfg_overlay=dict(file=str(path)))
+    assert torch.allclose(four.patch_embed.proj.weight[:, :3], weight * 3 / 4)
+    assert torch.equal(four.layers[1].mixer.A_log, source.layers[1].mixer.A_log)
+    with torch.no_grad():
+        assert four(torch.randn(1, 4, 64, 64)).shape == (1, 10)
+
+
+def test_checkpoint_without_classifier_warns(tmp_path, caplog):
+    path = tmp_path / "backbone.pth"
+    torch.save({"model": perturbed(num_classes=0).state_dict()}, path)
+    with caplog.at_level("WARNING", logger="vision_mamba.models.checkpoint"):
+        timm.create_model("test_vim", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
+    assert "has no classifier 'head'" in caplog.text

@@ -123,6 +123,22 @@ def test_training_dataset_substitutes_and_counts_unreadable_images(tmp_path):
         assert target == ds.samples[(i + 1) % len(ds)][1] or target == ds.samples[(i + 2) % len(ds)][1]
 
 
+def test_streaming_training_counts_each_unreadable_file_once(tmp_path):
+    """Over several epochs the streaming loader meets each broken file again: the count is of files, 2 here."""
+    make_split_root(tmp_path, per_class=4)
+    _corrupt(tmp_path / "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = build_classification_data(str(tmp_path), img_size=32, batch_size=4, workers=0, device="cpu",
+                                         gpu_resident=False, progress=False)
+        for epoch in range(3):
+            for _ in data.train.epoch(epoch):
+                pass
+    assert data.train.unreadable == 2
+    assert {Path(data.train.loader.dataset.samples[i][0]).name for i in data.train.unreadable_indices} == {
+        "garbage.jpg", "truncated.png"}
+
+
 def test_evaluation_leaves_unreadable_images_out(tmp_path):
     make_split_root(tmp_path, per_class=3)
     _corrupt(tmp_path / "val")

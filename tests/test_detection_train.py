@@ -158,7 +158,7 @@ def test_interrupt_saves_checkpoint_and_skips_eval(tmp_path, monkeypatch):
 
     monkeypatch.setattr(trainer, "InterruptGuard", SignalledGuard)
     run = tmp_path / "run"
-    assert cli(["det-train", "--config", str(config), "--output", str(run), "--no-progress"]) == 1
+    assert cli(["det-train", "--config", str(config), "--output", str(run), "--no-progress"]) == 130  # as train
     assert load_state(run / "checkpoint.pt")["iter"] == 1
     assert not (run / "results.json").exists() and not (run / "model.safetensors").exists()
 
@@ -176,3 +176,48 @@ def test_det_train_reports_bad_data_before_training(tmp_path, capsys):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
     assert cli(["det-train", "--config", str(config), "--set", "train.itres=3"]) == 2
     assert "did you mean 'train.iters'" in capsys.readouterr().err
+
+
+def test_det_commands_refuse_bad_runs_checkpoints_images_and_settings(tmp_path, capsys):
+    data = tmp_path / "data"
+    image_dir, ann = make_coco(data, num_images=2)
+    config = _write_config(tmp_path, data, iters=1)
+    run = tmp_path / "run"
+    assert cli(["det-train", "--config", str(config), "--output", str(run), "--no-progress"]) == 0
+    capsys.readouterr()
+    saved = (run / "checkpoint.pt").read_bytes()
+    # the same --output without --resume: refused, the run's checkpoint untouched
+    assert cli(["det-train", "--config", str(config), "--output", str(run), "--no-progress"]) == 2
+    assert "already holds a run (checkpoint.pt): continue it with --resume" in capsys.readouterr().err
+    assert (run / "checkpoint.pt").read_bytes() == saved
+    # settings that used to fail deep inside (or mid-run)
+    for override, message in (("train.precision=fp8", "train.precision must be"),
+                              ("train.log_every=0", "train.log_every must be positive"),
+                              ("model.backbone=test_vimm", "unknown timm model 'test_vimm' (did you mean test_vim"),
+                              ("model.anchor_sizes=[1,", "is not valid YAML")):
+        assert cli(["det-train", "--config", str(config), "--set", override, "--print-config"]) == 2, override
+        assert message in capsys.readouterr().err, override
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("model: [\n")
+    assert cli(["det-train", "--config", str(broken), "--print-config"]) == 2
+    assert "not valid YAML" in capsys.readouterr().err
+    # truncated or foreign checkpoints, a detector with other categories, a device this machine lacks
+    weights = (run / "model.safetensors").read_bytes()
+    (tmp_path / "cut.safetensors").write_bytes(weights[: len(weights) // 2])
+    (tmp_path / "cut.pt").write_bytes(saved[: len(saved) // 2])
+    for bad in ("cut.safetensors", "cut.pt"):
+        assert cli(["det-eval", "--checkpoint", str(tmp_path / bad), "--no-progress", "--device", "cpu"]) == 2
+        assert "det-eval: error:" in capsys.readouterr().err, bad
+    state = load_state(run / "checkpoint.pt")
+    state["categories"] = state["categories"][:-1]
+    torch.save(state, tmp_path / "fewer.pt")
+    assert cli(["det-eval", "--checkpoint", str(tmp_path / "fewer.pt"), "--no-progress", "--device", "cpu"]) == 2
+    assert "does not fit the detector it describes" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert cli(["det-eval", "--checkpoint", str(run / "model.safetensors"), "--device", "cuda"]) == 2
+        assert "usable CUDA device" in capsys.readouterr().err
+    # an image that does not decode: one line naming it, before any training
+    first = sorted(image_dir.iterdir())[0]
+    first.write_bytes(first.read_bytes()[:60])
+    assert cli(["det-train", "--config", str(config), "--output", str(tmp_path / "run2"), "--no-progress"]) == 2
+    assert f"cannot decode image {first}" in capsys.readouterr().err

@@ -141,6 +141,8 @@ def test_forward_head_and_features_api():
     assert model(x).shape == (2, 3)
     model.reset_classifier(0)
     assert model(x).shape == (2, 32)
+    with pytest.raises(ValueError, match="global_pool must be"):
+        model.reset_classifier(5, "max")
 
 
 def test_forward_intermediates():
@@ -165,6 +167,8 @@ def test_features_only_through_timm():
     model = timm.create_model("test_vim", features_only=True, out_indices=(0, 1))
     feats = model(torch.randn(1, 3, 64, 64))
     assert [tuple(f.shape) for f in feats] == [(1, 32, 4, 4)] * 2
+    # timm's default (the last 4 blocks) becomes every block of a 2-block model
+    assert len(timm.create_model("test_vim", features_only=True)(torch.randn(1, 3, 64, 64))) == 2
 
 
 def test_no_class_token_variant():
@@ -225,6 +229,30 @@ def test_bad_input_errors(shape, match):
     model = timm.create_model("test_vim")
     with pytest.raises(ValueError, match=match):
         model(torch.randn(*shape))
+
+
+@pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
+def test_non_float_input_error(dtype):
+    with pytest.raises(TypeError, match=f"floating-point images .*got {dtype}"):
+        timm.create_model("test_vim")(torch.zeros(1, 3, 64, 64, dtype=dtype))
+
+
+def test_meta_device_forward():
+    """Shapes (and FLOP counters) on the meta device: the finite-input check cannot read meta values."""
+    model = timm.create_model("test_vim").to("meta")
+    assert model(torch.empty(2, 3, 64, 64, device="meta")).shape == (2, 10)
+
+
+def test_export_with_a_dynamic_batch():
+    """torch.export of the CPU model: a batch dimension left free, and the program callable with gradients
+    enabled (the chunked scan's in-place buffers and batch-dependent chunk sizes stay out of the graph)."""
+    model = perturb(timm.create_model("test_vim")).eval()
+    x = torch.randn(2, 3, 64, 64)
+    program = torch.export.export(model, (x,), dynamic_shapes={"x": {0: torch.export.Dim("batch", max=64)}})
+    x5 = torch.randn(5, 3, 64, 64)
+    with torch.no_grad():
+        expected = model(x5)
+    assert torch.allclose(program.module()(x5), expected, atol=1e-5)
 
 
 def test_nan_input_error():

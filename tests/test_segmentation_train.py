@@ -220,3 +220,20 @@ def test_commands_end_to_end(data, tmp_path, capsys):
     assert rc == 2 and "not found" in capsys.readouterr().err
     rc = cli.main(["seg-train", "--config", str(config_path), "--set", "weight_decy=0.1"])
     assert rc == 2 and "did you mean" in capsys.readouterr().err
+
+
+def test_user_errors_are_one_line_and_name_what_differs():
+    from vision_mamba.tasks.segmentation.datasets import DatasetError
+    from vision_mamba.tasks.segmentation.eval_command import check_same_classes
+    from vision_mamba.tasks.segmentation.train_command import error_message
+
+    wrapped = DatasetError("Caught DatasetError in DataLoader worker process 0.\nOriginal Traceback (most recent "
+                           "call last):\n  File \"x.py\", line 1, in f\nvision_mamba.tasks.segmentation.datasets."
+                           "DatasetError: img/3.jpg: cannot be read as an image (truncated)\n")
+    assert error_message(wrapped) == "img/3.jpg: cannot be read as an image (truncated)"
+    assert error_message(DatasetError("plain: message")) == "plain: message"
+    check_same_classes(["sky", "road"], ("sky", "road"))
+    with pytest.raises(DatasetError, match="class 1 is 'street' in the dataset and 'road' in the model"):
+        check_same_classes(["sky", "street"], ["sky", "road"])
+    with pytest.raises(DatasetError, match=r"\(3 classes\) .* \(2\): the lists agree for 2 classes"):
+        check_same_classes(["sky", "road", "car"], ["sky", "road"])

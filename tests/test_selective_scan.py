@@ -189,10 +189,13 @@ def test_backend_switch(monkeypatch):
     finally:
         set_scan_backend(None)
     monkeypatch.setenv("VISION_MAMBA_SCAN", "fastest")
-    with pytest.raises(ValueError, match="unknown scan backend 'fastest'"):
+    with pytest.raises(ValueError, match="unknown scan backend 'fastest' .from the environment variable "
+                                         "VISION_MAMBA_SCAN."):
         get_scan_backend()
     with pytest.raises(ValueError, match="unknown scan backend"):
         set_scan_backend("cuda")
+    with pytest.raises(TypeError, match="named by a string"):
+        set_scan_backend(1)
 
 
 def test_triton_on_cpu_is_a_clear_error(monkeypatch):

@@ -143,6 +143,36 @@ def test_sigterm_saves_and_resume_auto_continues(tmp_path, capsys):
     assert "resumed from" in capsys.readouterr().out
 
 
+def test_run_directories_are_not_overwritten_and_refused_resumes_change_nothing(tmp_path, capsys):
+    base = ["--epochs", "2", "--batch-size", "16", "--device", "cpu", "--set", "synthetic_train=32",
+            "--set", "synthetic_val=16", "--set", "progress=false",
+            "--set", "model_kwargs={embed_dim: 32, depth: 2, patch_size: 8}"]
+    run = tmp_path / "run"
+    assert cli.main(["train", *base, "--output", str(run)]) == 0
+    capsys.readouterr()
+    saved = {name: (run / name).read_bytes() for name in ("config.yaml", "last.pth", "metrics.csv")}
+    # the same --output again, without --resume: refused before any work
+    assert cli.main(["train", *base, "--output", str(run), "--lr", "0.01"]) == 2
+    assert "already holds a run (last.pth): continue it with --resume" in capsys.readouterr().err
+    # a resume whose configuration builds another model: a one-line error, and the run left as it was
+    assert cli.main(["train", "--resume", str(run), "--set", "model_kwargs.depth=1", "--epochs", "3"]) == 2
+    assert "its weights do not fit the model built from this configuration" in capsys.readouterr().err
+    assert {name: (run / name).read_bytes() for name in saved} == saved
+    # a file that is not a checkpoint, a file as the output, and EMA weights the run does not have
+    (tmp_path / "notes.pth").write_text("hello")
+    assert cli.main(["train", "--resume", str(tmp_path / "notes.pth")]) == 2
+    assert "not a readable PyTorch checkpoint" in capsys.readouterr().err
+    assert cli.main(["train", *base, "--output", str(tmp_path / "notes.pth")]) == 2
+    assert "is a file, not a run directory" in capsys.readouterr().err
+    assert cli.main(["eval", "--checkpoint", str(run / "last.pth"), "--ema", "--no-progress"]) == 2
+    assert "no EMA weights in the checkpoint" in capsys.readouterr().err
+    # eval with another model than the run's: the run's model_kwargs are not applied to it
+    assert cli.main(["eval", "--checkpoint", str(run / "last.pth"), "--model", "test_vim_stride8",
+                     "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "is not the run's model (test_vim)" in err and "does not fit" in err
+
+
 # ---------------------------------------------------------------------- robustness
 class NaNAt:
     """Wraps a loss: returns NaN at the given calls."""

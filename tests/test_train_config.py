@@ -119,3 +119,29 @@ def test_print_config_shows_the_resolved_values(capsys):
     assert printed["progress"] is True
     assert cli.main(["train", "--print-config", "--no-progress"]) == 0  # as in eval and det-train
     assert yaml.safe_load(capsys.readouterr().out)["progress"] is False
+
+
+@pytest.mark.parametrize("override,match", [
+    ("opt=adamww", r"'opt': not an optimizer timm can make .*did you mean adamw"),
+    ("sched=cosin", r"'sched': not a schedule timm can make"),
+    ("auto_augment=bogus", r"'auto_augment': not an augmentation policy timm knows"),
+    ("device=gpu", r"'device': must be auto, cpu, cuda or cuda:N"),
+])
+def test_timm_choices_and_device_are_checked_before_any_work(override, match):
+    with pytest.raises(ConfigError, match=match):
+        resolve_config(QUICKSTART, parse_overrides([override]))
+
+
+def test_a_bad_override_is_blamed_on_its_source(tmp_path):
+    (tmp_path / "ok.yaml").write_text("data: synthetic\nepochs: 3\n")
+    with pytest.raises(ConfigError, match=r"^--set: config key 'lr' must be a number"):
+        resolve_config(tmp_path / "ok.yaml", parse_overrides(["lr=abc"]), sources=["--set"])
+    with pytest.raises(ConfigError, match=r"add --set warmup_epochs=0"):
+        resolve_config(QUICKSTART, {"epochs": 1})
+
+
+def test_cli_refuses_an_img_size_the_patches_do_not_tile(tmp_path, capsys):
+    out = tmp_path / "run"
+    assert cli.main(["train", "--img-size", "30", "--output", str(out), "--set", "synthetic_train=64"]) == 2
+    assert "do not tile 30 px images; use a size such as 24 or 32" in capsys.readouterr().err
+    assert not out.exists()

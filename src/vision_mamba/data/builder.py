@@ -68,7 +68,7 @@ class StreamTrainLoader(EpochLoaderBase):
     def __init__(self, dataset, sampler: EpochSampler, device: torch.device, workers: int = 4):
         self.sampler = sampler
         self.device = device
-        self.unreadable = 0
+        self.unreadable_indices: set = set()  # dataset indices found unreadable (each counted once)
         # Its own generator: starting an epoch must not draw from the global RNG (the samples carry their seeds).
         self.loader = DataLoader(
             dataset, batch_size=sampler.local_batch_size, sampler=sampler, num_workers=workers,
@@ -76,10 +76,17 @@ class StreamTrainLoader(EpochLoaderBase):
             prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(sampler.seed),
             worker_init_fn=ignore_stop_signals)
 
+    @property
+    def unreadable(self) -> int:
+        return len(self.unreadable_indices)
+
     def epoch(self, epoch: int, start_step: int = 0) -> Iterator[Tuple[Tensor, Tensor]]:
         self.sampler.set_epoch(epoch, start_step)
-        for images, targets, readable in self.loader:
-            self.unreadable += int((readable == 0).sum())
+        pairs = self.sampler.epoch_pairs()  # (index, seed) in the order the loader's batches hold them
+        size = self.sampler.local_batch_size
+        for step, (images, targets, readable) in enumerate(self.loader):
+            for j in (readable == 0).nonzero().flatten().tolist():
+                self.unreadable_indices.add(pairs[step * size + j][0])
             yield (images.to(self.device, non_blocking=True),
                    torch.as_tensor(targets).to(self.device, non_blocking=True))
 
@@ -116,8 +123,10 @@ def check_data_source(source: str, train_split: Optional[str] = "train",
         return list(SYNTHETIC_CLASSES)
     root = Path(source)
     if not root.exists():
-        raise DatasetError(f"dataset folder not found: {root} (give an ImageFolder root with {train_split}/ and "
-                           f"{val_split}/ inside, or 'synthetic' for the built-in dataset)")
+        splits = " and ".join(f"{s}/" for s in (train_split, val_split) if s)
+        where = "" if root.is_absolute() else f", relative to {Path.cwd()}"
+        raise DatasetError(f"dataset folder not found: {root}{where} (give an ImageFolder root with {splits} "
+                           f"inside, or 'synthetic' for the built-in dataset)")
     found = {}
     for split in (train_split, val_split):
         if split is None:

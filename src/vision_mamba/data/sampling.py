@@ -65,8 +65,10 @@ class EpochSampler(Sampler):
             total = num_samples
         self.steps_per_epoch = total // batch_size
         if self.steps_per_epoch == 0:
-            raise ValueError(f"the batch size ({batch_size}) is larger than what one epoch offers ({total} samples"
-                             f" of a dataset of {num_samples}); lower batch_size")
+            from ..engine.config import ConfigError
+
+            raise ConfigError(f"config key 'batch_size': the batch size ({batch_size}) is larger than what one "
+                              f"epoch offers ({total} samples of a dataset of {num_samples}); lower batch_size")
         self.epoch = 0
         self.start_step = 0
 

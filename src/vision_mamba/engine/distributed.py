@@ -51,6 +51,12 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     dev = torch.device(device)
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", local_rank)
+    if dev.type == "cuda" and (not torch.cuda.is_available() or dev.index >= torch.cuda.device_count()):
+        from .config import ConfigError
+
+        seen = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        raise ConfigError(f"device {device!r}: this machine has {seen} usable CUDA device(s); use device auto or "
+                          f"cpu")
     return dev
 
 

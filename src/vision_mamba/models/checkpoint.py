@@ -11,6 +11,7 @@ import logging
 import os
 import pickle
 import re
+import struct
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -45,6 +46,8 @@ def read_checkpoint(path: "str | os.PathLike") -> Any:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
+    if path.stat().st_size == 0:
+        raise CheckpointError(f"{path}: an empty file, not a checkpoint")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -66,8 +69,13 @@ def read_checkpoint(path: "str | os.PathLike") -> Any:
         raise CheckpointError(
             f"{path}: refused. The file holds pickled objects other than tensors and argparse.Namespace, and "
             f"loading them could run code. Only weights are loaded here. ({first})") from e
-    except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({e})") from e
+    except (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError, TypeError, struct.error) as e:
+        # The weights-only unpickler meets a file that is not a pickle (text, a CSV, ...) with whatever its first
+        # opcodes make it raise: a memo KeyError, a pop from an empty stack, ...
+        reason = str(e).strip() or type(e).__name__
+        if not isinstance(e, (RuntimeError, EOFError, OSError)):
+            reason = f"its bytes do not unpickle: {type(e).__name__} {reason}"
+        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from e
 
 
 def read_metadata(path: "str | os.PathLike") -> Dict[str, str]:
@@ -86,10 +94,11 @@ def read_metadata(path: "str | os.PathLike") -> Dict[str, str]:
 
 def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> Dict[str, Tensor]:
     """The state dict inside a checkpoint: 'model' (official / our training), 'state_dict', or the EMA weights
-    when ``use_ema``; DDP 'module.' and torch.compile '_orig_mod.' prefixes stripped."""
+    when ``use_ema`` (an error if the checkpoint has none); DDP 'module.' and torch.compile '_orig_mod.' prefixes
+    stripped."""
     state = checkpoint
     if isinstance(checkpoint, Mapping):
-        keys = (EMA_KEYS + STATE_DICT_KEYS) if use_ema else STATE_DICT_KEYS
+        keys = EMA_KEYS if use_ema else STATE_DICT_KEYS
         for key in keys:
             value = checkpoint.get(key)
             if isinstance(value, Mapping) and value and all(isinstance(v, Tensor) for v in value.values()):
@@ -97,7 +106,9 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> Dict[str, Tens
                 break
         else:
             if use_ema:
-                raise CheckpointError(f"no EMA weights in the checkpoint (keys: {sorted(checkpoint)[:10]})")
+                raise CheckpointError(
+                    f"no EMA weights in the checkpoint (none of {', '.join(EMA_KEYS)}; its keys: "
+                    f"{sorted(map(str, checkpoint))[:10]}); load it without the EMA option")
     if not isinstance(state, Mapping):
         raise CheckpointError(f"the checkpoint holds a {type(state).__name__}, not a state dict")
     non_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
@@ -176,11 +187,14 @@ def load_checkpoint(
                 for k in found:
                     state_dict.pop(k)
                 skipped += sorted(found)
-                _logger.info("classifier %s of another size in the checkpoint: kept as initialised", head)
+                _logger.info("%s: the checkpoint's classifier '%s' is of another size; the model's is kept as "
+                             "initialised", path, head)
             if not found and not expected:
                 continue
             if not found:
                 skipped += sorted(expected)
+                _logger.warning("%s: the checkpoint has no classifier '%s'; the model's is left as initialised "
+                                "(random until trained)", path, head)
     missing, unexpected, mismatched = check_fit(model, state_dict)
     missing = [k for k in missing if k not in skipped]
     if strict and (missing or unexpected or mismatched):

@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Union
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, lecun_normal_, trunc_normal_
-from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import adapt_input_conv, build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -143,6 +143,8 @@ class VisionMamba(nn.Module):
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         self.num_classes = num_classes
         if global_pool is not None:
+            if global_pool not in ("token", "avg", ""):
+                raise ValueError(f"global_pool must be 'token', 'avg' or '', got {global_pool!r}")
             if global_pool == "token" and not self.has_class_token:
                 raise ValueError("global_pool='token' needs a class token")
             self.global_pool = global_pool
@@ -170,6 +172,9 @@ class VisionMamba(nn.Module):
     def _check_input(self, x: Tensor) -> Tuple[int, int]:
         if x.ndim != 4:
             raise ValueError(f"VisionMamba expects images [B, C, H, W]; got a tensor of shape {tuple(x.shape)}")
+        if not x.is_floating_point():
+            raise TypeError(f"VisionMamba expects floating-point images (normalised, as the model's pretrained_cfg "
+                            f"mean / std say); got {x.dtype}. Convert with x.float() and normalise first.")
         _, channels, height, width = x.shape
         pe = self.patch_embed
         if channels != pe.in_chans:
@@ -185,7 +190,8 @@ class VisionMamba(nn.Module):
                 f"VisionMamba was built for {pe.img_size[0]}x{pe.img_size[1]} images; got {height}x{width}. "
                 f"Create it with img_size=({height}, {width}) (checkpoints are resized on load), or with "
                 f"dynamic_img_size=True to resize the position embedding at run time.")
-        if self.check_finite and not _tracing() and not bool(torch.isfinite(x).all()):
+        if (self.check_finite and not _tracing() and x.device.type != "meta"
+                and not bool(torch.isfinite(x).all())):
             raise ValueError("the input images contain NaN or Inf values")
         return pe.dynamic_grid(height, width)
 
@@ -346,17 +352,26 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: VisionMamba) -> D
     state_dict = extract_state_dict(state_dict)
     out = dict(state_dict)
     ckpt_has_cls = "cls_token" in state_dict
-    if "pos_embed" in out and out["pos_embed"].shape != model.pos_embed.shape:
+    weight = out.get("patch_embed.proj.weight")
+    want = model.patch_embed.proj.weight
+    if (isinstance(weight, Tensor) and weight.ndim == 4 and weight.shape[1] != want.shape[1]
+            and weight.shape[0] == want.shape[0] and weight.shape[2:] == want.shape[2:]):
+        # Pretrained RGB weights into a model for other channels, as timm does for its own models.
+        out["patch_embed.proj.weight"] = adapt_input_conv(want.shape[1], weight)
+    # A pos_embed of another width belongs to another variant: it is left for the strict load, which lists it
+    # with every other mismatch (or skips it, when not strict).
+    other_width = "pos_embed" in out and out["pos_embed"].shape[-1] != model.pos_embed.shape[-1]
+    if "pos_embed" in out and not other_width and out["pos_embed"].shape != model.pos_embed.shape:
         pos = out["pos_embed"]
         rows = pos.shape[1]
         patches = rows - (1 if ckpt_has_cls else 0)
         side = int(round(math.sqrt(max(patches, 0))))
-        if pos.ndim != 3 or side * side != patches or pos.shape[-1] != model.pos_embed.shape[-1]:
+        if pos.ndim != 3 or side * side != patches:
             grid = model.patch_embed.grid_size
             raise CheckpointError(
                 f"pos_embed: the checkpoint's {tuple(pos.shape)} is not a square patch grid"
-                f"{' plus a class-token row' if ckpt_has_cls else ''} of width {model.pos_embed.shape[-1]}, so it "
-                f"cannot be resized to the model's {grid[0]}x{grid[1]} grid {tuple(model.pos_embed.shape)}")
+                f"{' plus a class-token row' if ckpt_has_cls else ''}, so it cannot be resized to the model's "
+                f"{grid[0]}x{grid[1]} grid {tuple(model.pos_embed.shape)}")
         pos = resample_pos_embed(pos, model.patch_embed.grid_size, (side, side), "middle" if ckpt_has_cls else None)
         if ckpt_has_cls and not model.has_class_token:
             idx = class_token_index(pos.shape[1] - 1)
@@ -409,7 +424,8 @@ default_cfgs = generate_default_cfgs({
 
 
 def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionMamba:
-    out_indices = kwargs.pop("out_indices", 4)
+    # timm's features_only default (the last 4 blocks), or every block of a shallower model
+    out_indices = kwargs.pop("out_indices", min(4, int(kwargs.get("depth", 4))))
     overlay = kwargs.get("pretrained_cfg_overlay")
     if overlay and overlay.get("file") and "custom_load" not in overlay:
         # A local file goes through load_pretrained: weights-only, official 'model' weights rather than the

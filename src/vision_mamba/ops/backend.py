@@ -25,11 +25,13 @@ ENV_VAR = "VISION_MAMBA_SCAN"
 _override: Optional[str] = None
 
 
-def _check(name: str) -> str:
-    name = name.strip().lower()
-    if name not in BACKENDS:
-        raise ValueError(f"unknown scan backend {name!r}; choose one of {', '.join(BACKENDS)}")
-    return name
+def _check(name: str, source: str = "") -> str:
+    if not isinstance(name, str):
+        raise TypeError(f"a scan backend is named by a string, one of {', '.join(BACKENDS)}; got {name!r}")
+    key = name.strip().lower()
+    if key not in BACKENDS:
+        raise ValueError(f"unknown scan backend {name!r}{source}; choose one of {', '.join(BACKENDS)}")
+    return key
 
 
 def set_scan_backend(name: Optional[str]) -> None:
@@ -42,7 +44,7 @@ def get_scan_backend() -> str:
     """The configured backend name (possibly ``auto``)."""
     if _override is not None:
         return _override
-    return _check(os.environ.get(ENV_VAR, "auto") or "auto")
+    return _check(os.environ.get(ENV_VAR, "auto") or "auto", f" (from the environment variable {ENV_VAR})")
 
 
 @contextlib.contextmanager

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..engine.config import ConfigError, TypedConfig, parse_overrides
+from ..engine.config import ConfigError, TypedConfig, coerce, parse_overrides
 from ..engine.config import check_keys as _check_keys
 from ..engine.config import load_yaml as _load_yaml
 
@@ -173,7 +173,8 @@ class TrainConfig(TypedConfig):
         if self.time_limit_min is not None and self.warmup_epochs < 1:
             raise bad("warmup_epochs", "must be >= 1 with time_limit_min (the epoch count is fixed during warm-up)")
         if self.warmup_epochs >= self.epochs and self.time_limit_min is None:
-            raise bad("warmup_epochs", f"must be smaller than epochs ({self.epochs})")
+            raise bad("warmup_epochs", f"must be smaller than epochs ({self.epochs}); for a run this short add "
+                                       f"--set warmup_epochs={max(self.epochs - 1, 0)}")
         if self.batch_size % 2 and self.mixup_active:
             raise bad("batch_size", "must be even with mixup / cutmix")
         for key in ("scale", "ratio", "opt_betas"):
@@ -201,6 +202,51 @@ class TrainConfig(TypedConfig):
             raise bad("distill_tau", "must be > 0")
         if self.resident_size is not None and self.resident_size < self.img_size:
             raise bad("resident_size", f"must be at least img_size ({self.img_size})")
+        if self.device != "auto":
+            import torch
+
+            try:
+                torch.device(self.device)
+            except (RuntimeError, ValueError):
+                raise bad("device", "must be auto, cpu, cuda or cuda:N") from None
+        self._check_timm_choices(bad)
+
+    def _check_timm_choices(self, bad) -> None:
+        """The optimizer, the schedule and the augmentation policy are timm's: each is built once on a dummy
+        parameter / image here, so a typo is reported before the run starts rather than after the model is built."""
+        import difflib
+
+        import torch
+        from timm.optim import create_optimizer_v2
+        from timm.scheduler import create_scheduler_v2
+
+        dummy = torch.nn.Linear(1, 1)
+        try:
+            optimizer = create_optimizer_v2(dummy, opt=self.opt, lr=self.lr)
+        except (ValueError, AssertionError, KeyError, ImportError) as e:
+            names = []
+            try:
+                from timm.optim import list_optimizers
+
+                names = list_optimizers()
+            except ImportError:
+                pass
+            close = difflib.get_close_matches(str(self.opt).lower(), names, n=3)
+            raise bad("opt", f"not an optimizer timm can make ({e})" +
+                      (f"; did you mean {', '.join(close)}?" if close else "")) from None
+        try:
+            create_scheduler_v2(optimizer, sched=self.sched, num_epochs=max(self.epochs, 2),
+                                warmup_epochs=0, updates_per_epoch=1)
+        except (ValueError, AssertionError, KeyError) as e:
+            raise bad("sched", f"not a schedule timm can make ({e})") from None
+        if self.auto_augment and not self.no_aug:
+            from timm.data import create_transform
+
+            try:
+                create_transform(32, is_training=True, auto_augment=self.auto_augment)
+            except (ValueError, AssertionError, KeyError, IndexError) as e:
+                raise bad("auto_augment", f"not an augmentation policy timm knows ({e or type(e).__name__}); "
+                                          f"e.g. rand-m9-mstd0.5-inc1, augmix-m5-w4-d2, original") from None
 
 
 def check_keys(values: Dict[str, Any], source: str) -> None:
@@ -228,6 +274,9 @@ def apply_overrides(values: Dict[str, Any], overrides: Dict[str, Any], source: s
         else:
             plain[key] = value
     check_keys(plain, source)
+    hints = typing.get_type_hints(TrainConfig)
+    for key, value in plain.items():  # each value checked where it comes from, so an error names its source
+        plain[key] = coerce(key, TrainConfig.normalise(value, hints[key]), hints[key], source)
     values.update(plain)
 
 

@@ -88,6 +88,12 @@ def resolve_eval_config(args: argparse.Namespace, need_data: bool = True):
                 raise ConfigError(f"{checkpoint}: unreadable metadata ({e}); pass --config") from e
     if not loaded and args.model is None and getattr(args, "data", None) is None:
         apply_overrides(values, load_yaml(QUICKSTART), "the quick-start preset")
+    if loaded and args.model is not None and args.model != values["model"] and values.get("model_kwargs"):
+        # The run's model_kwargs (depth, width, ...) belong to its own model: applied to another, they would make a
+        # network that is neither (and report it under the other's name).
+        print(f"warning: --model {args.model} is not the run's model ({values['model']}): its model_kwargs "
+              f"{values['model_kwargs']} are not applied", file=sys.stderr)
+        values["model_kwargs"] = {}
     flags: Dict[str, Any] = {}
     for flag, key in (("model", "model"), ("data", "data"), ("split", "val_split"), ("img_size", "img_size"),
                       ("crop_pct", "crop_pct"), ("device", "device"), ("precision", "precision"),

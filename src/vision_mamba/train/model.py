@@ -42,15 +42,42 @@ def create_classifier(name: str, *, num_classes: int, img_size: Optional[int] = 
         kwargs["drop_rate"] = drop
     if img_size is not None and "img_size" not in kwargs:
         try:
-            return timm.create_model(name, img_size=img_size, **kwargs)
+            model = timm.create_model(name, img_size=img_size, **kwargs)
         except TypeError as e:
             if "img_size" not in str(e):
                 raise ConfigError(f"model {name!r} does not accept these arguments: {e}") from e
             _logger.info("%s takes no img_size argument; created at its own default size", name)
+        except (AssertionError, ValueError) as e:
+            raise ConfigError(f"model {name!r} cannot be built with {kwargs} at img_size {img_size}: "
+                              f"{e or type(e).__name__}") from e
+        else:
+            return _check_patches(model, name, img_size)
     try:
         return timm.create_model(name, **kwargs)
     except TypeError as e:
         raise ConfigError(f"model {name!r} does not accept these arguments: {e}") from e
+    except (AssertionError, ValueError) as e:
+        raise ConfigError(f"model {name!r} cannot be built with {kwargs}: {e or type(e).__name__}") from e
+
+
+def _check_patches(model: nn.Module, name: str, img_size: int) -> nn.Module:
+    """A patch model (Vim, ViT / DeiT) at an image size its patches do not tile would silently drop the last
+    pixels of every image (or fail at the first step, below one patch): a ConfigError before any work instead."""
+    embed = getattr(model, "patch_embed", None)
+    patch = getattr(embed, "patch_size", None)
+    if embed is None or patch is None or getattr(embed, "dynamic_img_pad", False):
+        return model
+    patch = tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
+    stride = tuple(getattr(embed, "stride", None) or patch)
+    stride = stride if len(stride) == 2 else (stride[0], stride[0])
+    if img_size >= patch[0] and (img_size - patch[0]) % stride[0] == 0:
+        return model
+    what = f"config key 'img_size': {name}'s {patch[0]}x{patch[0]} patches at stride {stride[0]}"
+    if img_size < patch[0]:
+        raise ConfigError(f"{what} need images of at least {patch[0]} px, got {img_size}")
+    lower = patch[0] + (img_size - patch[0]) // stride[0] * stride[0]
+    raise ConfigError(f"{what} do not tile {img_size} px images; use a size such as {lower} or {lower + stride[0]} "
+                      f"(the patch size plus a multiple of the stride)")
 
 
 def unwrap(model: nn.Module) -> nn.Module:

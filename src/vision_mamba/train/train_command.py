@@ -158,6 +158,8 @@ def main(args: argparse.Namespace) -> int:
                 f"{result.minutes:.1f} min)")
         if result.final_ema:
             line += f"  | EMA top-1 {result.final_ema['top1']:.2f}%"
+        if result.unreadable_images:
+            line += f"  | {result.unreadable_images} unreadable image(s) left out"
         print(line)
         print(f"run directory: {result.run_dir} (last.pth, final.safetensors, metrics.csv, curves.png, results.json)")
     return 0

@@ -39,7 +39,7 @@ from ..data.builder import check_data_source
 from ..engine import (DistributedContext, InterruptGuard, MetricLogger, NonFiniteGuard,
                       autocast, capture_rng_state, cleanup_distributed, init_distributed, load_state,
                       prepare_run_dir, resolve_precision, restore_rng_state, save_state)
-from ..models.checkpoint import load_checkpoint, save_state_dict
+from ..models.checkpoint import check_fit, load_checkpoint, save_state_dict
 from .budget import StepTimer, plan_epochs
 from .config import ConfigError, TrainConfig
 from .distill import DistillationLoss, Teacher, pack_targets
@@ -147,9 +147,11 @@ class Trainer:
         output = Path(ctx.broadcast_object(str(output)))
         self.run_dir = output
         self.checkpoint_path = output / "last.pth"
-        if ctx.is_main:
-            prepare_run_dir(output, cfg.to_dict())
-        ctx.barrier()
+        if output.exists() and not output.is_dir():
+            raise ConfigError(f"config key 'output': {output} is a file, not a run directory")
+        if not cfg.resume and self.checkpoint_path.exists():
+            raise ConfigError(f"{output} already holds a run ({self.checkpoint_path.name}): continue it with "
+                              f"--resume {output}, or choose another --output")
 
         # ---------------- model, then data (decoding may take a while: errors in the model come first)
         augment = AugmentOptions(
@@ -257,10 +259,16 @@ class Trainer:
         self.best_epoch: Optional[int] = None
         self.train_seconds = 0.0
         self.earlier_wall_seconds = 0.0  # wall time of the processes before a resume (from the checkpoint)
+        self._val_unreadable = 0  # images the last streaming evaluation left out (all processes)
         self._final_reserve = 5.0  # seconds kept for the final evaluation and exports (measured when planning)
         if cfg.resume:
             path = Path(cfg.resume)
             self._resume(path / "last.pth" if path.is_dir() else path)  # a run directory means its last.pth
+        # The run directory and its config.yaml are written only now, once everything above has been checked: a
+        # refused resume or a bad setting leaves an earlier run's directory as it was, and no stray one.
+        if ctx.is_main:
+            prepare_run_dir(output, cfg.to_dict())
+        ctx.barrier()
         self.logger = MetricLogger(self.run_dir, enabled=ctx.is_main, step_key="epoch",
                                    resume_step=self.epoch if cfg.resume else None)
         n_params = sum(p.numel() for p in model.parameters())
@@ -333,6 +341,13 @@ class Trainer:
             raise ConfigError(f"cannot resume from {path} in the middle of an epoch with another epoch length "
                               f"({state['steps_per_epoch']} steps then, {self.steps_per_epoch} now: did batch_size "
                               f"or the dataset change?)")
+        missing, unexpected, mismatched = check_fit(unwrap(self.model), state["model"])
+        if missing or unexpected or mismatched:
+            problems = "; ".join(mismatched[:3] + [f"missing {k}" for k in missing[:3]] +
+                                 [f"unexpected {k}" for k in unexpected[:3]])
+            raise ConfigError(f"cannot resume from {path}: its weights do not fit the model built from this "
+                              f"configuration ({problems}). Resuming needs the run's own model, model_kwargs and "
+                              f"img_size; to start a new run from these weights use finetune instead")
         unwrap(self.model).load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         if self.ema is not None and state.get("model_ema") is not None:
@@ -585,8 +600,11 @@ class Trainer:
         return result
 
     def _stream_unreadable(self) -> int:
+        """Unreadable images met by the streaming loaders: the distinct training files each process met (summed
+        over processes), and the validation images the last evaluation left out. The device-resident path
+        decodes every image once and lists its unreadable ones in ``data.unreadable`` instead."""
         count = torch.tensor([float(getattr(self.data.train, "unreadable", 0))], device=self.device)
-        return int(self.ctx.all_reduce_sum(count).item())
+        return int(self.ctx.all_reduce_sum(count).item()) + (0 if self.data.resident else self._val_unreadable)
 
     def _end_of_epoch(self, force: bool = False) -> Tuple[Dict[str, Any], float, float]:
         """Evaluate (every eval_interval epochs, at the end, or when ``force``), log, checkpoint (likewise).
@@ -606,6 +624,7 @@ class Trainer:
         eval_seconds = 0.0
         if (self.epoch + 1) % cfg.eval_interval == 0 or last or force:
             metrics = self._evaluate("model")
+            self._val_unreadable = int(metrics.get("unreadable", 0))
             record.update(val_loss=metrics["loss"], val_top1=metrics["top1"], val_top5=metrics["top5"],
                           val_images=metrics["images"], val_img_per_s=metrics["img_per_s"])
             if self.ema is not None:

@@ -318,6 +318,11 @@ class _SelectiveScanChunked(torch.autograd.Function):
         return grads + (None, None, None, None, None)
 
 
+def _exporting() -> bool:
+    is_exporting = getattr(getattr(torch, "compiler", None), "is_exporting", None)
+    return bool(is_exporting is not None and is_exporting())
+
+
 def selective_scan_chunked(
     u: Tensor,
     delta: Tensor,
@@ -334,7 +339,15 @@ def selective_scan_chunked(
 ) -> Tensor:
     """Same contract as :func:`selective_scan_ref` (shapes [B, L, E], [E, N], [B, L, N]); fp32 state, output in
     u's dtype, differentiable in every tensor argument. ``compiled``: the forward recurrence through torch.compile
-    (the `compiled` backend); the backward is the same either way."""
+    (the `compiled` backend); the backward is the same either way.
+
+    Under ``torch.export`` the reference's loop over time runs instead: this path's in-place buffers and its
+    chunk sizes, chosen from the batch size, would make the exported program fail when called with gradients
+    enabled and pin its batch dimension."""
+    if _exporting():
+        from .reference import selective_scan_ref
+
+        return selective_scan_ref(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse)
     chunk_elements = chunk_elements or DEFAULT_CHUNK_ELEMENTS
     return _SelectiveScanChunked.apply(u, delta, A, B, C, D, z, delta_bias, delta_softplus, reverse, chunk_elements,
                                        torch.is_grad_enabled(), compiled)

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
+from ...engine.config import ConfigError
 from .amp import AutocastMixin
 
 __all__ = ["SimpleFeaturePyramid", "ViTDetBackbone", "create_trunk", "is_vim_model"]
@@ -133,7 +134,8 @@ class ViTDetBackbone(AutocastMixin, nn.Module):
         info = trunk.feature_info[-1] if isinstance(getattr(trunk, "feature_info", None), list) else {}
         stride = info.get("reduction", 16)
         if stride != 16:
-            raise ValueError(f"the simple feature pyramid expects a stride-16 backbone; this one has stride {stride}")
+            raise ConfigError(f"model.backbone: the simple feature pyramid expects a stride-16 backbone; this one has "
+                              f"stride {stride}")
         self.trunk = trunk
         self.img_size = int(img_size)
         self.embed_dim = int(info.get("num_chs", getattr(trunk, "embed_dim", 0)))

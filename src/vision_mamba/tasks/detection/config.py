@@ -136,6 +136,24 @@ class DetectionConfig:
             raise ConfigError(f"train.betas must be two numbers; got {t.betas}")
         if not 0 < t.layer_decay <= 1:
             raise ConfigError(f"train.layer_decay must be in (0, 1]; got {t.layer_decay}")
+        if t.precision not in ("auto", "bf16", "fp16", "fp32"):
+            raise ConfigError(f"train.precision must be auto, bf16, fp16 or fp32; got {t.precision!r}")
+        if t.log_every <= 0 or t.checkpoint_every < 0:
+            raise ConfigError(f"train.log_every must be positive and train.checkpoint_every >= 0; got "
+                              f"{t.log_every}, {t.checkpoint_every}")
+        if t.device != "auto":
+            import torch
+
+            try:
+                torch.device(t.device)
+            except (RuntimeError, ValueError):
+                raise ConfigError(f"train.device must be auto, cpu, cuda or cuda:N; got {t.device!r}") from None
+        import timm
+
+        if not timm.is_model(m.backbone):
+            close = difflib.get_close_matches(m.backbone, timm.list_models(), n=3)
+            raise ConfigError(f"model.backbone: unknown timm model {m.backbone!r}" +
+                              (f" (did you mean {', '.join(close)}?)" if close else ""))
         return self
 
 
@@ -227,6 +245,10 @@ def _merge(base: Dict[str, Any], update: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _first_line(error: Exception) -> str:
+    return " ".join(str(error).split())[:200]
+
+
 def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
     """``["train.iters=200", "data.scale_range=[0.5, 1.5]"]`` -> nested dict (values parsed as YAML)."""
     nested: Dict[str, Any] = {}
@@ -234,7 +256,10 @@ def parse_overrides(overrides: Sequence[str]) -> Dict[str, Any]:
         key, sep, raw = item.partition("=")
         if not sep or not key.strip():
             raise ConfigError(f"override {item!r} is not of the form section.key=value")
-        value = yaml.safe_load(raw) if raw.strip() else None
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML ({_first_line(e)})") from None
         node = nested
         parts = key.strip().split(".")
         for part in parts[:-1]:
@@ -254,7 +279,12 @@ def load_config(path: "Optional[str | Path]" = None, overrides: Sequence[str] = 
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file not found: {path}")
-        loaded = yaml.safe_load(path.read_text())
+        try:
+            loaded = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"config {path}: not valid YAML ({_first_line(e)})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config {path}: expected a mapping of sections, got a {type(loaded).__name__}")
         DetectionConfig.from_dict(loaded or {}, str(path))  # check keys and types against the file's own names
         values = _merge(values, loaded or {})
     if overrides:

@@ -235,7 +235,11 @@ class CocoInstances(torch.utils.data.Dataset):
 
         self._images: List[Tensor] = []
         for img in tqdm(self.image_infos, desc=f"decode {self.image_dir.name}", disable=not progress, leave=False):
-            tensor = load_image(self.image_dir / img["file_name"])
+            try:
+                tensor = load_image(self.image_dir / img["file_name"])
+            except OSError as e:  # decoded before training, so a broken file stops nothing mid-run
+                raise AnnotationError(f"{e} (image {img['id']} of {self.annotation_file}); replace the file or "
+                                      f"remove the image from the annotations") from None
             if tuple(tensor.shape[1:]) != (img["height"], img["width"]):
                 raise AnnotationError(
                     f"image {img['id']} ({img['file_name']}) is {tensor.shape[1]}x{tensor.shape[2]} pixels but "

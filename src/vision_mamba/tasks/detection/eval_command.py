@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-images", type=int, help="evaluate the first n images only")
     parser.add_argument("--mask-threshold", type=float, default=0.5)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", help="auto (bf16 on CUDA) | bf16 | fp32")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                        help="auto (bf16 on CUDA) | bf16 | fp16 | fp32")
     parser.add_argument("--on-bad-annotation", choices=("error", "skip"), default="error")
     parser.add_argument("--output", help="write the metrics here as JSON")
     parser.add_argument("--no-progress", action="store_true")
@@ -32,6 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def main(args: argparse.Namespace) -> int:
     from vision_mamba.engine import resolve_device, resolve_precision
+    from vision_mamba.engine.config import ConfigError
     from vision_mamba.models.checkpoint import CheckpointError
 
     from .amp import set_autocast
@@ -40,8 +42,8 @@ def main(args: argparse.Namespace) -> int:
     from .model import load_detector
     from .trainer import _data_path
 
-    device = resolve_device(args.device)
     try:
+        device = resolve_device(args.device)
         model, config, categories = load_detector(args.checkpoint, device)
         d = config.data
         root = args.data_root or d.root
@@ -50,7 +52,7 @@ def main(args: argparse.Namespace) -> int:
             _data_path(root, d.val_annotations if args.split == "val" else d.train_annotations))
         dataset = CocoInstances(images, annotations, on_bad_annotation=args.on_bad_annotation,
                                 categories=categories, max_images=args.max_images, progress=not args.no_progress)
-    except (AnnotationError, FileNotFoundError, CheckpointError) as e:
+    except (AnnotationError, ConfigError, FileNotFoundError, CheckpointError) as e:
         print(f"det-eval: error: {e}", file=sys.stderr)
         return 2
     set_autocast(model, resolve_precision(args.precision, device))

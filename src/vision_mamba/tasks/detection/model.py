@@ -158,8 +158,11 @@ def read_detector_checkpoint(path: "str | Path") -> Tuple[Dict[str, Tensor], Dic
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        with safe_open(str(path), framework="pt") as f:
-            metadata = f.metadata() or {}
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                metadata = f.metadata() or {}
+        except Exception as e:  # safetensors raises its own error types
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
         if "config" not in metadata or "categories" not in metadata:
             raise CheckpointError(f"{path} is not a detector checkpoint (no config / categories in its metadata); "
                                   "use the model.safetensors or checkpoint.pt that det-train writes")
@@ -178,10 +181,12 @@ def load_detector(path: "str | Path", device: "str | torch.device" = "cpu",
     state_dict, config_dict, categories = read_detector_checkpoint(path)
     config = load_config(base=config_dict)
     model = build_detector(config.model, num_classes=len(categories), init="")  # weights come from the file
-    missing, unexpected = model.load_state_dict(state_dict, strict=False)
-    if missing or unexpected:
-        from vision_mamba.models.checkpoint import CheckpointError
+    from vision_mamba.models.checkpoint import CheckpointError, check_fit
 
-        raise CheckpointError(f"{path} does not fit the detector it describes: missing {missing[:8]}, "
-                              f"unexpected {unexpected[:8]}")
+    missing, unexpected, mismatched = check_fit(model, state_dict)
+    if missing or unexpected or mismatched:
+        raise CheckpointError(f"{path} does not fit the detector it describes ({len(categories)} categories): "
+                              f"missing {missing[:8]}, unexpected {unexpected[:8]}, shape mismatches "
+                              f"{mismatched[:4]}")
+    model.load_state_dict(state_dict, strict=False)
     return model.to(device).eval(), config, list(categories)

@@ -20,7 +20,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mask-threshold", type=float, default=0.5)
     parser.add_argument("--json", help="also write the drawn detections (COCO-style boxes xywh) to this file")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--precision", default="auto", help="auto (bf16 on CUDA) | bf16 | fp32")
+    parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
+                        help="auto (bf16 on CUDA) | bf16 | fp16 | fp32")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -28,6 +29,7 @@ def main(args: argparse.Namespace) -> int:
     from PIL import Image
 
     from vision_mamba.engine import resolve_device, resolve_precision
+    from vision_mamba.engine.config import ConfigError
     from vision_mamba.models.checkpoint import CheckpointError
 
     from .amp import set_autocast
@@ -38,11 +40,11 @@ def main(args: argparse.Namespace) -> int:
     if not args.output.lower().endswith(".png"):
         print(f"det-predict: error: --output must be a .png file, got {args.output}", file=sys.stderr)
         return 2
-    device = resolve_device(args.device)
     try:
+        device = resolve_device(args.device)
         image = load_image(args.image)
         model, _, categories = load_detector(args.checkpoint, device)
-    except (FileNotFoundError, OSError, CheckpointError) as e:
+    except (ConfigError, FileNotFoundError, OSError, CheckpointError) as e:
         print(f"det-predict: error: {e}", file=sys.stderr)
         return 2
     set_autocast(model, resolve_precision(args.precision, device))

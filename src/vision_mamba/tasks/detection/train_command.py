@@ -70,7 +70,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         command = "vision-mamba " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["det-train"] else None
         summary = train_detector(config, resume=resume, progress=not args.no_progress, command=command)
-    except (AnnotationError, FileNotFoundError, CheckpointError) as e:
+    except (AnnotationError, ConfigError, FileNotFoundError, CheckpointError) as e:
         print(f"det-train: error: {e}", file=sys.stderr)
         return 2
-    return 0 if summary.get("stopped", "").startswith(("completed", "time limit")) else 1
+    stopped = summary.get("stopped", "")
+    if stopped.startswith(("completed", "time limit")):
+        return 0
+    return 130 if stopped.startswith("interrupted") else 1  # as train and seg-train exit after SIGINT / SIGTERM

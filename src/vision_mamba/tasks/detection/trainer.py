@@ -43,8 +43,8 @@ from vision_mamba.engine import (
 )
 
 from .amp import set_autocast
-from .config import DetectionConfig
-from .datasets import CocoInstances, collate_detection
+from .config import ConfigError, DetectionConfig
+from .datasets import AnnotationError, CocoInstances, collate_detection
 from .evaluation import evaluate_model, format_metrics
 from .model import build_detector, save_detector
 from .transforms import LargeScaleJitter
@@ -191,11 +191,19 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # the fp32 parts (predictors) may use TF32
 
+    run_dir = Path(config.output)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ConfigError(f"output: {run_dir} is a file, not a run directory")
+    if resume is None and (run_dir / "checkpoint.pt").is_file():
+        raise ConfigError(f"{run_dir} already holds a run (checkpoint.pt): continue it with --resume {run_dir}, or "
+                          f"choose another --output")
     state = load_state(resume) if resume is not None else None
     train_set, val_set, train_eval_set = build_datasets(config, progress=progress and main)
     categories = train_set.categories
     if state is not None and list(state["categories"]) != categories:
-        raise ValueError(f"{resume} was trained on other categories than {config.data.train_annotations}")
+        raise AnnotationError(f"{resume} was trained on {len(state['categories'])} categories, and "
+                              f"{_data_path(config.data.root, config.data.train_annotations)} has "
+                              f"{len(categories)} others: resume with the run's own data")
 
     model = build_detector(config.model, train_set.num_classes, init="" if state is not None else None)
     model.to(device)
@@ -214,7 +222,6 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
     if start_iter >= tc.iters and main:
         _logger.warning("the checkpoint is at iteration %d of %d: nothing left to train", start_iter, tc.iters)
 
-    run_dir = Path(config.output)
     if main:
         prepare_run_dir(run_dir, config.to_dict())
     logger = MetricLogger(run_dir, enabled=main, step_key="iter", resume_step=start_iter if resume else None)

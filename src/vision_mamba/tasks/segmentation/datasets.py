@@ -257,7 +257,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             raise DatasetError(f"no masks ({'/'.join(MASK_SUFFIXES)}) in {self.masks_dir}")
         skipped = len(images) - len(masks)
         if skipped:
-            _logger.info("%s: %d images without a mask are left out", self.images_dir, skipped)
+            _logger.warning("%s: %d images without a mask are left out", self.images_dir, skipped)
         self.samples: List[Tuple[Path, Path]] = [(images[s], masks[s]) for s in sorted(masks)]
         self._cache: Optional[List[Tuple[Tensor, Tensor]]] = None
         threads = num_threads or min(8, os.cpu_count() or 1)

@@ -15,11 +15,11 @@ from typing import Any, Dict
 
 from ...engine import resolve_device, resolve_precision
 from .config import parse_overrides
-from .datasets import dataset_from_config
+from .datasets import DatasetError, dataset_from_config
 from .inference import InferenceSettings, Predictor, evaluate
 from .metrics import json_safe, per_class_table
 from .model import load_segmentation_model
-from .train_command import USER_ERRORS
+from .train_command import USER_ERRORS, error_message
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--top", type=int, default=20, help="per-class lines to print (0: all)")
 
 
+def check_same_classes(data_names, model_names) -> None:
+    """A DatasetError naming the first class where the dataset's list and the model's differ."""
+    data_names, model_names = tuple(data_names), tuple(model_names)
+    if data_names == model_names:
+        return
+    first = next((i for i, (a, b) in enumerate(zip(data_names, model_names)) if a != b), None)
+    where = (f"class {first} is {data_names[first]!r} in the dataset and {model_names[first]!r} in the model"
+             if first is not None else
+             f"the lists agree for {min(len(data_names), len(model_names))} classes, then one of them ends")
+    raise DatasetError(f"the dataset's class list ({len(data_names)} classes) differs from the one the model was "
+                       f"trained with ({len(model_names)}): {where}")
+
+
 def run_eval(args: argparse.Namespace) -> Dict[str, Any]:
     overrides = parse_overrides(args.overrides)
     if args.data_root:
@@ -45,9 +58,7 @@ def run_eval(args: argparse.Namespace) -> Dict[str, Any]:
     path = Path(args.checkpoint)
     model, config, classes = load_segmentation_model(path, overrides)
     dataset = dataset_from_config(config, args.split)
-    if tuple(dataset.classes.names) != tuple(classes.names):
-        raise ValueError(f"the dataset's class list ({dataset.classes.num_classes} classes) differs from the one the "
-                         f"model was trained with ({classes.num_classes})")
+    check_same_classes(dataset.classes.names, classes.names)
     device = resolve_device(args.device)
     dtype = resolve_precision(args.precision, device)
     predictor = Predictor(model.to(device), InferenceSettings.from_config(config), device, dtype)
@@ -61,7 +72,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = run_eval(args)
     except USER_ERRORS as e:
-        print(f"seg-eval: error: {e}", file=sys.stderr)
+        print(f"seg-eval: error: {error_message(e)}", file=sys.stderr)
         return 2
     print(f"{result['split']} ({result['images']} images, {result['mode']}): mIoU {100 * result['miou']:.2f}, "
           f"pixel acc {100 * result['pixel_acc']:.2f}, mean acc {100 * result['mean_acc']:.2f}, "

@@ -152,8 +152,13 @@ def save_segmentation_model(model: SegmentationModel, path: "str | Path", config
 def _read_metadata(path: Path) -> Dict[str, str]:
     from safetensors import safe_open
 
-    with safe_open(str(path), framework="pt") as f:
-        return f.metadata() or {}
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return f.metadata() or {}
+    except Exception as e:  # safetensors raises its own error types
+        from ...models.checkpoint import CheckpointError
+
+        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
 
 
 def load_segmentation_model(path: "str | Path", overrides: Optional[Dict[str, Any]] = None,

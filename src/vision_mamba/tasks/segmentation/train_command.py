@@ -28,6 +28,16 @@ FLAG_KEYS = {"data_root": "data_root", "output": "output", "init_checkpoint": "i
 USER_ERRORS = (ConfigError, DatasetError, CheckpointError, FileNotFoundError, FileExistsError)
 
 
+def error_message(error: BaseException) -> str:
+    """What a user error says, without the traceback a DataLoader worker wraps around it (an uncached dataset
+    meets a broken file in a worker): its last line, which names the file."""
+    text = str(error)
+    if "Original Traceback" in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        text = lines[-1].split(": ", 1)[-1] if lines else text
+    return text
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config (e.g. configs/segmentation/coco128_vim_tiny.yaml)")
     g = parser.add_argument_group("common settings (each is also a config key)")
@@ -79,6 +89,6 @@ def main(args: argparse.Namespace) -> int:
             return 0
         summary = train(config, resume=args.resume, command=command_line(args))
     except USER_ERRORS as e:
-        print(f"seg-train: error: {e}", file=sys.stderr)
+        print(f"seg-train: error: {error_message(e)}", file=sys.stderr)
         return 2
     return 130 if summary.get("interrupted") else 0
