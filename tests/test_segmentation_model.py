@@ -239,6 +239,11 @@ def test_saved_model_round_trips(tmp_path):
         load_segmentation_model(plain)
     with pytest.raises(FileNotFoundError):
         load_segmentation_model(tmp_path / "missing.safetensors")
+    # inference settings may change; what shapes the network may not (a one-line error, not a shape dump)
+    crop = list(config.crop_size)
+    assert load_segmentation_model(path, {"test_mode": "slide", "crop_size": crop})[1].test_mode == "slide"
+    with pytest.raises(ConfigError, match=r"crop_size: fixed by the trained model .*crop_size=\["):
+        load_segmentation_model(path, {"crop_size": [c * 2 for c in crop]})
 
 
 def test_config_errors_are_named():

@@ -72,7 +72,8 @@ def read_checkpoint(path: "str | os.PathLike") -> Any:
     except (RuntimeError, EOFError, OSError, KeyError, IndexError, ValueError, TypeError, struct.error) as e:
         # The weights-only unpickler meets a file that is not a pickle (text, a CSV, ...) with whatever its first
         # opcodes make it raise: a memo KeyError, a pop from an empty stack, ...
-        reason = str(e).strip() or type(e).__name__
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        reason = lines[0][:200] if lines else type(e).__name__  # torch adds paragraphs of advice after the cause
         if not isinstance(e, (RuntimeError, EOFError, OSError)):
             reason = f"its bytes do not unpickle: {type(e).__name__} {reason}"
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from e
@@ -107,8 +108,8 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> Dict[str, Tens
         else:
             if use_ema:
                 raise CheckpointError(
-                    f"no EMA weights in the checkpoint (none of {', '.join(EMA_KEYS)}; its keys: "
-                    f"{sorted(map(str, checkpoint))[:10]}); load it without the EMA option")
+                    f"no EMA weights in the checkpoint (no state dict under {' or '.join(EMA_KEYS)}; its top-level "
+                    f"keys: {sorted(map(str, checkpoint))[:10]}); load it without the EMA option")
     if not isinstance(state, Mapping):
         raise CheckpointError(f"the checkpoint holds a {type(state).__name__}, not a state dict")
     non_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
@@ -172,7 +173,12 @@ def load_checkpoint(
     (kept as initialised), for fine-tuning on other classes. With ``strict`` (default), any other missing or
     unexpected key or shape mismatch raises :class:`CheckpointError` listing them. Returns what was skipped.
     """
-    state_dict = extract_state_dict(read_checkpoint(path), use_ema=use_ema)
+    try:
+        state_dict = extract_state_dict(read_checkpoint(path), use_ema=use_ema)
+    except CheckpointError as e:
+        if str(path) in str(e):
+            raise
+        raise CheckpointError(f"{path}: {e}") from None
     filter_fn = _filter_for(model)
     if filter_fn is not None:
         state_dict = filter_fn(state_dict, model)

@@ -237,8 +237,11 @@ class TrainConfig(TypedConfig):
         try:
             create_scheduler_v2(optimizer, sched=self.sched, num_epochs=max(self.epochs, 2),
                                 warmup_epochs=0, updates_per_epoch=1)
-        except (ValueError, AssertionError, KeyError) as e:
-            raise bad("sched", f"not a schedule timm can make ({e})") from None
+        except (ValueError, AssertionError, KeyError):
+            known = ["cosine", "tanh", "step", "multistep", "plateau", "poly", "constant"]
+            close = difflib.get_close_matches(str(self.sched).lower(), known, n=2)
+            raise bad("sched", "not a schedule timm can make" +
+                      (f"; did you mean {', '.join(close)}?" if close else f" (e.g. {', '.join(known)})")) from None
         if self.auto_augment and not self.no_aug:
             from timm.data import create_transform
 

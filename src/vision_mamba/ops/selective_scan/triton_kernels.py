@@ -776,9 +776,17 @@ def _walk_place(x_ptr, w_f, w_b, bias_f, bias_b, L, E, ROWS, stride_x_b, K: tl.c
 
 
 @triton.jit
+def _mask_if(emask, cond):
+    """``emask & cond`` for a scalar ``cond``, written as a select: Triton 3.9's interpreter refuses a block mask
+    and'ed with a scalar condition ("mask has unsupported dtype"); compiled, both are the same predicate (the
+    walk kernels' SASS is unchanged under Triton 3.6)."""
+    return tl.where(cond, emask, False)
+
+
+@triton.jit
 def _walk_row(x_base, row, L, stride_x_l, emask):
     """Row ``row`` of x (one channel vector, as stored), zero outside [0, L)."""
-    return tl.load(x_base + row * stride_x_l, mask=emask & (row >= 0) & (row < L), other=0.0)
+    return tl.load(x_base + row * stride_x_l, mask=_mask_if(emask, (row >= 0) & (row < L)), other=0.0)
 
 
 @triton.jit
@@ -833,7 +841,7 @@ def _walk_out1(o_base, t, t_end, stride_o_l, stride_o_d, emask, w0, w1, w2, w3, 
     """Row t of both directions' silu(conv) stored (if before ``t_end``), from the window w = x[t - 3 .. t + 2]
     and xn = x[t + 3] (fp32); returns the window for row t + 1."""
     pre_f, pre_b = _walk_pre(w0, w1, w2, w3, w4, w5, xn, f0, f1, f2, f3, bf, g0, g1, g2, g3, bb)
-    m = emask & (t < t_end)
+    m = _mask_if(emask, t < t_end)
     row = o_base + t * stride_o_l
     tl.store(row, (pre_f * _sigmoid(pre_f)).to(o_base.dtype.element_ty), mask=m)
     tl.store(row + stride_o_d, (pre_b * _sigmoid(pre_b)).to(o_base.dtype.element_ty), mask=m)
@@ -1033,7 +1041,7 @@ def _bwalk_row(gx_base, stride_gx_l, emask, r, t0, t_end, xn, gfn, gbn, w0, w1, 
     ob = tl.where(own, gp_b, 0.0)
     s = r - 3
     tl.store(gx_base + s * stride_gx_l, (a0 + f0 * gp_f).to(gx_base.dtype.element_ty),
-             mask=emask & (s >= t0) & (s < t_end))
+             mask=_mask_if(emask, (s >= t0) & (s < t_end)))
     return (w1, w2, w3, w4, w5, xn,
             a1 + f1 * gp_f, a2 + f2 * gp_f, a3 + f3 * gp_f + g3 * gp_b, a4 + g2 * gp_b, a5 + g1 * gp_b, g0 * gp_b,
             sf0 + of * w0, sf1 + of * w1, sf2 + of * w2, sf3 + of * w3, sfb + of,

@@ -192,7 +192,8 @@ class CocoInstances(torch.utils.data.Dataset):
             shown = "\n  ".join(problems[:10]) + (f"\n  ... ({len(problems)} in all)" if len(problems) > 10 else "")
             raise AnnotationError(
                 f"{self.annotation_file}: {len(problems)} malformed annotation(s):\n  {shown}\n"
-                "Fix them, or set data.on_bad_annotation=skip to drop them (they are counted).")
+                "Fix them, or drop them (they are counted): det-train --set data.on_bad_annotation=skip, "
+                "det-eval --on-bad-annotation skip.")
         self.skipped_annotations = len(problems)
         if problems:
             _logger.warning("%s: skipped %d malformed annotations, e.g. %s", self.annotation_file, len(problems),

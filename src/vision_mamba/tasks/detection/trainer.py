@@ -203,7 +203,7 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
     if state is not None and list(state["categories"]) != categories:
         raise AnnotationError(f"{resume} was trained on {len(state['categories'])} categories, and "
                               f"{_data_path(config.data.root, config.data.train_annotations)} has "
-                              f"{len(categories)} others: resume with the run's own data")
+                              f"{len(categories)} categories that are not the same: resume with the run's own data")
 
     model = build_detector(config.model, train_set.num_classes, init="" if state is not None else None)
     model.to(device)

@@ -136,7 +136,8 @@ class SegConfig(TypedConfig):
             if getattr(self, key) < 0:
                 raise bad(key, "must be >= 0")
         if self.warmup_iters >= self.iters:
-            raise bad("warmup_iters", f"must be smaller than iters ({self.iters})")
+            raise bad("warmup_iters", f"must be smaller than iters ({self.iters}); for a run this short add "
+                                      f"--set warmup_iters={max(self.iters - 1, 0)}")
         if not 0 < self.layer_decay <= 1:
             raise bad("layer_decay", "must be in (0, 1]")
         if not 0 <= self.flip_prob <= 1:

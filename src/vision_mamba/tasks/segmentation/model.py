@@ -161,6 +161,12 @@ def _read_metadata(path: Path) -> Dict[str, str]:
         raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
 
 
+# The keys that shape the network (the backbone's position embedding is made for crop_size, and slide inference
+# runs windows of that size): a trained model's are what they were.
+MODEL_KEYS = ("backbone", "backbone_kwargs", "out_indices", "feature_norm", "norm", "head_channels", "pool_scales",
+              "aux_channels", "aux_weight", "crop_size")
+
+
 def load_segmentation_model(path: "str | Path", overrides: Optional[Dict[str, Any]] = None,
                             ) -> Tuple[SegmentationModel, SegConfig, ClassList]:
     """Rebuild a model from a file written by :func:`save_segmentation_model` (``model.safetensors``) or a training
@@ -172,9 +178,11 @@ def load_segmentation_model(path: "str | Path", overrides: Optional[Dict[str, An
     if path.suffix == ".safetensors":
         meta = _read_metadata(path)
         if meta.get("format") != METADATA_FORMAT:
+            kind = meta.get("format") or ("a classifier exported by train" if meta.get("model") else "")
+            hint = ("" if meta.get("format") else
+                    "; a classification checkpoint goes to init_checkpoint instead")
             raise CheckpointError(f"{path} is not a segmentation model written by seg-train (no "
-                                  f"'{METADATA_FORMAT}' metadata); a classification checkpoint goes to "
-                                  f"init_checkpoint instead")
+                                  f"'{METADATA_FORMAT}' metadata{f'; it is {kind}' if kind else ''}){hint}")
         config_dict, classes = json.loads(meta["config"]), json.loads(meta["classes"])
         state = read_checkpoint(path)
     else:
@@ -184,6 +192,17 @@ def load_segmentation_model(path: "str | Path", overrides: Optional[Dict[str, An
         if not isinstance(saved, dict) or not {"config", "model", "classes"} <= set(saved):
             raise CheckpointError(f"{path} is not a seg-train state (expected 'model', 'config' and 'classes')")
         config_dict, classes, state = saved["config"], saved["classes"], saved["model"]
+    def same(key: str, value: Any) -> bool:
+        saved = config_dict.get(key)
+        if key == "crop_size" and isinstance(value, int):
+            value = [value, value]
+        return value == saved or (isinstance(value, (list, tuple)) and list(value) == list(saved or []))
+
+    fixed = sorted(k for k in (overrides or {}) if k in MODEL_KEYS and not same(k, overrides[k]))
+    if fixed:
+        raise ConfigError(f"{', '.join(fixed)}: fixed by the trained model in {path} "
+                          f"({'; '.join(f'{k}={config_dict.get(k)!r}' for k in fixed)}); evaluation and prediction "
+                          f"can change the data and inference settings (test_scale, test_mode, slide_stride, ...)")
     config_dict = dict(config_dict, **(overrides or {}))
     config = SegConfig.from_dict(config_dict, source=f"{path} (+ overrides)")
     classes = classes_from_dict(classes)
