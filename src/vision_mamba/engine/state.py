@@ -55,9 +55,9 @@ def save_state(path: "str | os.PathLike", state: Dict[str, Any]) -> Path:
     return path
 
 
-def load_state(path: "str | os.PathLike", map_location: "str | torch.device" = "cpu") -> Dict[str, Any]:
-    """Read a state written by :func:`save_state` (weights-only: no pickled code runs). A file that is not such a
-    state (unreadable, refused, or not a mapping) is a ``CheckpointError`` naming it."""
+def load_state(path: "str | os.PathLike") -> Dict[str, Any]:
+    """Read a state written by :func:`save_state` onto the CPU (weights-only: no pickled code runs). A file that is
+    not such a state (unreadable, refused, or not a mapping) is a ``CheckpointError`` naming it."""
     from ..models.checkpoint import CheckpointError, read_checkpoint
 
     path = Path(path)
@@ -66,16 +66,4 @@ def load_state(path: "str | os.PathLike", map_location: "str | torch.device" = "
     state = read_checkpoint(path)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a training checkpoint")
-    if torch.device(map_location).type != "cpu":
-        state = _to_device(state, torch.device(map_location))
     return state
-
-
-def _to_device(value: Any, device: torch.device) -> Any:
-    if isinstance(value, torch.Tensor):
-        return value.to(device)
-    if isinstance(value, dict):
-        return {k: _to_device(v, device) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(_to_device(v, device) for v in value)
-    return value

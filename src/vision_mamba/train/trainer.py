@@ -330,7 +330,7 @@ class Trainer:
         return self.checkpoint_path
 
     def _resume(self, path: Path) -> None:
-        state = load_state(path, map_location="cpu")
+        state = load_state(path)
         if state.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(f"{path} is not a training checkpoint of this command (format {state.get('format')!r});"
                               f" to start from its weights use finetune instead of resume")
