@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 from ...engine import resolve_device, resolve_precision
 from .config import parse_overrides
-from .datasets import DatasetError, dataset_from_config
+from .datasets import DatasetError, dataset_from_config, read_class_list
 from .inference import InferenceSettings, Predictor, evaluate
 from .metrics import json_safe, per_class_table
 from .model import load_segmentation_model
@@ -57,6 +57,11 @@ def run_eval(args: argparse.Namespace) -> Dict[str, Any]:
         overrides["test_mode"] = args.mode
     path = Path(args.checkpoint)
     model, config, classes = load_segmentation_model(path, overrides)
+    if config.dataset == "folders" and config.data_root and config.classes_file:
+        listed = Path(config.data_root) / config.classes_file
+        if listed.is_file():  # before any image is decoded
+            check_same_classes(read_class_list(listed, config.ignore_values, config.ignore_index).names,
+                               classes.names)
     dataset = dataset_from_config(config, args.split)
     check_same_classes(dataset.classes.names, classes.names)
     device = resolve_device(args.device)
