@@ -67,9 +67,11 @@ def _check_patches(model: nn.Module, name: str, img_size: int) -> nn.Module:
     patch = getattr(embed, "patch_size", None)
     if embed is None or patch is None or getattr(embed, "dynamic_img_pad", False):
         return model
-    patch = tuple(patch) if isinstance(patch, (tuple, list)) else (patch, patch)
-    stride = tuple(getattr(embed, "stride", None) or patch)
-    stride = stride if len(stride) == 2 else (stride[0], stride[0])
+    def pair(value) -> tuple:
+        return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+    patch = pair(patch)
+    stride = pair(getattr(embed, "stride", None) or patch)
     if img_size >= patch[0] and (img_size - patch[0]) % stride[0] == 0:
         return model
     what = f"config key 'img_size': {name}'s {patch[0]}x{patch[0]} patches at stride {stride[0]}"
