@@ -79,9 +79,10 @@ def read_checkpoint(path: "str | os.PathLike") -> Any:
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from e
 
 
-def read_metadata(path: "str | os.PathLike") -> Dict[str, str]:
+def read_metadata(path: "str | os.PathLike", strict: bool = False) -> Dict[str, str]:
     """The string metadata of a safetensors file (``vision-mamba train`` stores model, classes and img_size
-    there); {} for other files or when it cannot be read (loading the weights then says why)."""
+    there; seg-train and det-train their config); {} for other files. A file that cannot be read gives {} (loading
+    the weights then says why), or with ``strict`` a :class:`CheckpointError` naming it."""
     if Path(path).suffix != ".safetensors":
         return {}
     try:
@@ -89,7 +90,9 @@ def read_metadata(path: "str | os.PathLike") -> Dict[str, str]:
 
         with safe_open(str(path), framework="pt") as f:
             return dict(f.metadata() or {})
-    except Exception:  # safetensors raises its own error types
+    except Exception as e:  # safetensors raises its own error types
+        if strict:
+            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
         return {}
 
 

@@ -150,19 +150,13 @@ def save_detector(model: nn.Module, path: "str | Path", config: DetectionConfig,
 def read_detector_checkpoint(path: "str | Path") -> Tuple[Dict[str, Tensor], Dict[str, Any], List[Dict[str, Any]]]:
     """(state dict, config dict, categories) from a detector safetensors file or a training state."""
     from vision_mamba.engine import load_state
-    from vision_mamba.models.checkpoint import CheckpointError, read_checkpoint
+    from vision_mamba.models.checkpoint import CheckpointError, read_checkpoint, read_metadata
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                metadata = f.metadata() or {}
-        except Exception as e:  # safetensors raises its own error types
-            raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
+        metadata = read_metadata(path, strict=True)
         if "config" not in metadata or "categories" not in metadata:
             raise CheckpointError(f"{path} is not a detector checkpoint (no config / categories in its metadata); "
                                   "use the model.safetensors or checkpoint.pt that det-train writes")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from timm.models import group_parameters
 from torch import Tensor, nn
 
-from ...models.checkpoint import CheckpointError, check_fit, read_checkpoint, save_state_dict
+from ...models.checkpoint import CheckpointError, check_fit, read_checkpoint, read_metadata, save_state_dict
 from .backbone import PyramidAdapter, create_backbone
 from .config import ConfigError, SegConfig
 from .datasets import ClassList
@@ -149,18 +149,6 @@ def save_segmentation_model(model: SegmentationModel, path: "str | Path", config
     return Path(path)
 
 
-def _read_metadata(path: Path) -> Dict[str, str]:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            return f.metadata() or {}
-    except Exception as e:  # safetensors raises its own error types
-        from ...models.checkpoint import CheckpointError
-
-        raise CheckpointError(f"{path}: not a readable safetensors file ({e})") from e
-
-
 # The keys that shape the network (the backbone's position embedding is made for crop_size, and slide inference
 # runs windows of that size): a trained model's are what they were.
 MODEL_KEYS = ("backbone", "backbone_kwargs", "out_indices", "feature_norm", "norm", "head_channels", "pool_scales",
@@ -176,7 +164,7 @@ def load_segmentation_model(path: "str | Path", overrides: Optional[Dict[str, An
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":
-        meta = _read_metadata(path)
+        meta = read_metadata(path, strict=True)
         if meta.get("format") != METADATA_FORMAT:
             kind = meta.get("format") or ("a classifier exported by train" if meta.get("model") else "")
             hint = ("" if meta.get("format") else
