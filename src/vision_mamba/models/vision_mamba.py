@@ -354,9 +354,10 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: VisionMamba) -> D
     ckpt_has_cls = "cls_token" in state_dict
     weight = out.get("patch_embed.proj.weight")
     want = model.patch_embed.proj.weight
-    if (isinstance(weight, Tensor) and weight.ndim == 4 and weight.shape[1] != want.shape[1]
+    if (isinstance(weight, Tensor) and weight.ndim == 4 and weight.shape[1] == 3 != want.shape[1]
             and weight.shape[0] == want.shape[0] and weight.shape[2:] == want.shape[2:]):
-        # Pretrained RGB weights into a model for other channels, as timm does for its own models.
+        # Pretrained RGB weights into a model for other channels, as timm does for its own models (other
+        # mismatches are left for the strict load to report).
         out["patch_embed.proj.weight"] = adapt_input_conv(want.shape[1], weight)
     # A pos_embed of another width belongs to another variant: it is left for the strict load, which lists it
     # with every other mismatch (or skips it, when not strict).
