@@ -243,3 +243,63 @@ def test_checkpoint_without_classifier_warns(tmp_path, caplog):
     with caplog.at_level("WARNING", logger="vision_mamba.models.checkpoint"):
         timm.create_model("test_vim", pretrained=True, pretrained_cfg_overlay=dict(file=str(path)))
     assert "has no classifier 'head'" in caplog.text
+
+
+def test_a_non_square_grid_is_stored_and_resized_even_when_transposed(tmp_path):
+    """A 4x6 grid has as many rows as a 6x4 one: only the stored grid tells them apart."""
+    source = perturbed(img_size=(64, 96))
+    path = tmp_path / "wide.safetensors"
+    save_state_dict(source, path)
+    tall = timm.create_model("test_vim", img_size=(96, 64))
+    load_checkpoint(tall, path)
+    expected = resample_pos_embed(source.pos_embed.detach(), (6, 4), (4, 6), "middle")
+    assert torch.equal(tall.pos_embed.detach(), expected)
+    assert not torch.equal(tall.pos_embed.detach(), source.pos_embed.detach())
+    square = timm.create_model("test_vim", img_size=128)
+    load_checkpoint(square, path)
+    assert torch.equal(square.pos_embed.detach(), resample_pos_embed(source.pos_embed.detach(), (8, 8), (4, 6),
+                                                                     "middle"))
+    same = timm.create_model("test_vim", img_size=(64, 96))
+    load_checkpoint(same, path)
+    assert torch.equal(same.pos_embed, source.pos_embed)
+    torch.save(source.state_dict(), tmp_path / "wide.pth")  # no grid stored: a non-square grid cannot be guessed
+    with pytest.raises(CheckpointError, match="not a square patch grid.*does not say its grid"):
+        load_checkpoint(square, tmp_path / "wide.pth")
+
+
+def test_a_folder_and_an_empty_ema_get_their_own_messages(tmp_path):
+    save_state_dict(perturbed(), tmp_path / "final.safetensors")
+    with pytest.raises(CheckpointError, match=r"is a folder, not a checkpoint file.*\(final\.safetensors\)"):
+        load_checkpoint(timm.create_model("test_vim"), tmp_path)
+    path = tmp_path / "last.pth"
+    torch.save({"model": perturbed().state_dict(), "model_ema": None}, path)  # a run trained without EMA
+    with pytest.raises(CheckpointError, match="its model_ema is empty"):
+        load_checkpoint(timm.create_model("test_vim"), path, use_ema=True)
+
+
+def test_drop_head_skips_a_classifier_of_the_same_size(tmp_path):
+    source = perturbed(num_classes=10)
+    save_state_dict(source, tmp_path / "w.safetensors", metadata={"classes": '["a", "b"]'})
+    from vision_mamba.models import checkpoint_classes
+
+    assert checkpoint_classes(tmp_path / "w.safetensors") == ["a", "b"]
+    model = timm.create_model("test_vim", num_classes=10)
+    before = model.head.weight.detach().clone()
+    report = load_checkpoint(model, tmp_path / "w.safetensors", drop_head=True)
+    assert report["skipped"] == ["head.bias", "head.weight"] and torch.equal(model.head.weight, before)
+    assert torch.equal(model.pos_embed, source.pos_embed)
+
+
+def test_a_truncated_checkpoint_says_so_and_exports_are_readable_by_all(tmp_path):
+    path = tmp_path / "full.pth"
+    torch.save({"model": perturbed().state_dict()}, path)
+    data = path.read_bytes()
+    (tmp_path / "cut.pth").write_bytes(data[:len(data) // 2])
+    with pytest.raises(CheckpointError, match=r"truncated or damaged: [^\n]*central directory\)$"):
+        read_checkpoint(tmp_path / "cut.pth")
+    umask = os.umask(0o022)
+    try:
+        save_state_dict(perturbed(), tmp_path / "w.safetensors")  # safetensors alone writes 0600
+    finally:
+        os.umask(umask)
+    assert (tmp_path / "w.safetensors").stat().st_mode & 0o777 == 0o644

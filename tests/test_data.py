@@ -85,7 +85,7 @@ def test_empty_class_folder_is_named(tmp_path):
     root = make_folder(tmp_path / "train")
     (root / "zzz_empty").mkdir()
     (root / "zzz_empty" / "notes.txt").write_text("not an image")
-    with pytest.raises(DatasetError, match="zzz_empty"):
+    with pytest.raises(DatasetError, match="zzz_empty"), pytest.warns(UserWarning, match="1 file skipped .*notes"):
         scan_image_folder(root)
 
 
@@ -309,3 +309,61 @@ def test_streaming_augmentation_does_not_depend_on_the_worker_processes(tmp_path
         batches[workers] = [images for images, _ in data.train.epoch(1)]
     assert len(batches[0]) == 2
     assert all(torch.equal(a, b) for a, b in zip(batches[0], batches[2]))
+
+
+def test_high_depth_grey_images_are_scaled_not_clipped(tmp_path):
+    """Pillow's own RGB conversion clips a 16-bit grey PNG at 255 (a white image); the loaders scale it."""
+    from vision_mamba.data.folder import to_rgb
+
+    rng = np.random.default_rng(0)
+    grey8 = rng.integers(0, 256, (12, 10), dtype=np.uint8)
+    Image.fromarray(grey8.astype(np.uint16) * 257).save(tmp_path / "g16.png")
+    with Image.open(tmp_path / "g16.png") as im:
+        assert im.mode.startswith("I")  # I;16 (or I in older Pillow)
+    expected = np.repeat(grey8[:, :, None], 3, axis=2)
+    assert np.array_equal(np.asarray(load_rgb(str(tmp_path / "g16.png"))), expected)
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(grey8.astype(np.float32) / 255, mode="F"))), expected)
+    assert np.array_equal(np.asarray(to_rgb(Image.fromarray(grey8.astype(np.int32), mode="I"))), expected)
+    # the dense tasks' readers share the conversion
+    from vision_mamba.tasks.detection.datasets import load_image
+    from vision_mamba.tasks.segmentation.datasets import read_image
+
+    for reader in (load_image, read_image):
+        assert np.array_equal(reader(tmp_path / "g16.png").permute(1, 2, 0).numpy(), expected)
+
+
+def test_exif_orientation_is_applied_only_when_asked(tmp_path):
+    """Datasets keep the stored pixels (their annotations refer to them, as in torchvision / timm); a user's
+    photo is turned as a viewer turns it."""
+    from vision_mamba.tasks.detection.datasets import load_image
+    from vision_mamba.tasks.segmentation.datasets import read_image
+
+    upright = Image.fromarray(np.random.default_rng(1).integers(0, 256, (20, 8, 3), dtype=np.uint8))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "photo.png"
+    upright.transpose(Image.Transpose.ROTATE_90).save(path, exif=exif.tobytes())
+    assert load_rgb(str(path)).size == (20, 8)
+    assert np.array_equal(np.asarray(load_rgb(str(path), exif=True)), np.asarray(upright))
+    for reader in (load_image, read_image):
+        assert tuple(reader(path).shape) == (3, 8, 20)
+        assert np.array_equal(reader(path, exif=True).permute(1, 2, 0).numpy(), np.asarray(upright))
+
+
+def test_hidden_folders_are_not_classes_and_skipped_files_are_reported(tmp_path):
+    root = make_folder(tmp_path / "train", per_class=3)
+    (root / ".ipynb_checkpoints").mkdir()
+    Image.new("RGB", (8, 8)).save(root / ".ipynb_checkpoints" / "x.png")
+    Image.new("RGB", (8, 8)).save(root / "a" / "._0.png")  # macOS metadata beside an image
+    (root / "a" / ".DS_Store").write_bytes(b"\0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # hidden files are skipped without a word
+        samples, classes = scan_image_folder(root)
+    assert classes == ["a", "b"] and len(samples) == 6
+    Image.new("RGB", (8, 8)).save(root / "b" / "3.gif")
+    Image.new("RGB", (8, 8)).save(root / "b" / "4.jfif", format="JPEG")
+    from vision_mamba.data import IgnoredFilesWarning
+
+    with pytest.warns(IgnoredFilesWarning, match=r"2 files skipped for their ending \(\.gif, \.jfif; e\.g\. "):
+        samples, _ = scan_image_folder(root)
+    assert len(samples) == 6

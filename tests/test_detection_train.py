@@ -84,6 +84,12 @@ def test_det_train_time_limit_resume_eval_predict(tmp_path, capsys):
     logged = [json.loads(line)["iter"] for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert logged == [1, 1, 2, 3, 4, 4]  # iteration 1 and its evaluation, resumed: 2, 3, 4 and the evaluation
     assert load_state(run / "checkpoint.pt")["iter"] == 4
+    # resuming the finished run: nothing trained, evaluated or rewritten (no second final row)
+    files = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "results.json", "checkpoint.pt")}
+    capsys.readouterr()
+    assert cli(["det-train", "--resume", str(run), "--no-progress"]) == 0
+    assert "already complete (4/4 iterations); nothing to do" in capsys.readouterr().out
+    assert {name: (run / name).read_bytes() for name in files} == files
 
     out = tmp_path / "ap.json"
     assert cli(["det-eval", "--checkpoint", str(run / "model.safetensors"), "--output", str(out),
@@ -216,6 +222,13 @@ def test_det_commands_refuse_bad_runs_checkpoints_images_and_settings(tmp_path, 
     if not torch.cuda.is_available():
         assert cli(["det-eval", "--checkpoint", str(run / "model.safetensors"), "--device", "cuda"]) == 2
         assert "usable CUDA device" in capsys.readouterr().err
+    # a checkpoint of another number of processes: refused, naming both and what to do
+    state = load_state(run / "checkpoint.pt")
+    assert state["world_size"] == 1
+    torch.save(dict(state, world_size=2), run / "checkpoint.pt")
+    assert cli(["det-train", "--resume", str(run), "--set", "train.iters=2", "--no-progress"]) == 2
+    assert ("trained on 2 process(es) and this run has 1; resume with the same number (torchrun --nproc_per_node 2)"
+            in capsys.readouterr().err)
     # an image that does not decode: one line naming it, before any training
     first = sorted(image_dir.iterdir())[0]
     first.write_bytes(first.read_bytes()[:60])

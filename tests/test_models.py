@@ -322,3 +322,20 @@ def test_patch_embed_cuda_path(dtype):
         torch.backends.cudnn.allow_tf32 = tf32
     err = ((out.float() - ref.float()).norm() / ref.float().norm()).item()
     assert out.dtype == ref.dtype and err < (1e-5 if dtype == torch.float32 else 1e-2)
+
+
+def test_input_of_another_dtype_is_a_clear_error_outside_autocast():
+    model = timm.create_model("test_vim").eval()
+    x = torch.randn(2, 3, 64, 64)
+    with pytest.raises(TypeError, match="images are torch.bfloat16 but the model's weights are torch.float32"):
+        model(x.bfloat16())
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert model(x.bfloat16()).shape == (2, 10)  # autocast casts it, as it casts the weights
+    with pytest.raises(TypeError, match="images are torch.float32 but the model's weights are torch.bfloat16"):
+        model.bfloat16()(x)
+
+
+def test_intermediates_of_an_empty_batch():
+    model = timm.create_model("test_vim").eval()
+    maps = model.forward_intermediates(torch.randn(0, 3, 64, 64), intermediates_only=True)
+    assert all(tuple(m.shape) == (0, 32, 4, 4) for m in maps)

@@ -91,3 +91,26 @@ def test_weights_without_names_get_numbered_classes_from_their_classifier(overfi
                      "32", "--set", "model_kwargs.patch_size=8", "--json", str(report), str(image)]) == 0
     top = json.loads(report.read_text())["predictions"][0]["top"]
     assert len(top) == 5 and all(t["label"] == str(t["index"]) and 0 <= t["index"] < 1000 for t in top)
+
+
+def test_a_photo_is_seen_as_its_exif_orientation_says(overfit, tmp_path):
+    """A camera stores a portrait photo's pixels sideways with an EXIF orientation tag: predict turns it as a
+    viewer does, so the prediction is the upright image's."""
+    from PIL import Image
+
+    tmp, weights, _ = overfit
+    image = next(p for d in sorted((tmp / "images").iterdir()) for p in sorted(d.iterdir()))
+    upright = Image.open(image).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90 degrees clockwise to display"
+    sideways = tmp_path / "sideways.png"
+    upright.transpose(Image.Transpose.ROTATE_90).save(sideways, exif=exif.tobytes())
+    plain = tmp_path / "plain.png"
+    upright.transpose(Image.Transpose.ROTATE_90).save(plain)  # the same pixels without the tag
+    results = {}
+    for name, path in (("upright", image), ("sideways", sideways), ("plain", plain)):
+        report = tmp_path / f"{name}.json"
+        assert cli.main(["predict", "--checkpoint", str(weights), "--json", str(report), str(path)]) == 0
+        results[name] = json.loads(report.read_text())["predictions"][0]["top"]
+    assert results["sideways"] == results["upright"]
+    assert results["plain"] != results["upright"]  # the tag is what turned it

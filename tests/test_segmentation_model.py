@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import timm
 import torch
@@ -168,6 +169,14 @@ def test_whole_and_slide_inference():
     slide = predictor.logits(image, mode="slide")
     assert tuple(whole.shape) == tuple(slide.shape) == (3, 50, 70)
     assert predictor.predict(image).shape == (50, 70)
+    # what a user may hold instead: a numpy array [H, W, 3] or a PIL image give the same labels
+    from PIL import Image
+
+    array = image.permute(1, 2, 0).numpy()
+    for other in (array, Image.fromarray(array)):
+        assert torch.equal(predictor.predict(other, mode="whole"), whole.argmax(dim=0))
+    with pytest.raises(ValueError, match=r"expected an image array \[H, W, 3\], got shape \(50, 70, 4\)"):
+        predictor.predict(np.zeros((50, 70, 4), dtype=np.uint8))
     # a window that covers the whole (padded) image: sliding is the same as one whole pass
     one_window = Predictor(model, InferenceSettings(mode="slide", crop_size=(64, 96), stride=(64, 96)))
     torch.testing.assert_close(one_window.logits(image), Predictor(model, InferenceSettings()).logits(image))

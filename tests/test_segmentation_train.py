@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 
 import pytest
@@ -15,7 +16,7 @@ from safetensors.torch import load_file
 
 from test_segmentation_fixtures import tiny_config, write_folder_dataset
 from vision_mamba import cli
-from vision_mamba.engine import MetricLogger
+from vision_mamba.engine import MetricLogger, load_state
 from vision_mamba.tasks.segmentation import ConfigError, SegConfig, build_config
 from vision_mamba.tasks.segmentation import trainer as trainer_module
 from vision_mamba.tasks.segmentation.config import parse_overrides
@@ -158,6 +159,33 @@ def test_interrupt_saves_and_resume_continues_exactly(data, tmp_path, monkeypatc
     assert resumed["val_miou"] == pytest.approx(straight["val_miou"])
 
 
+def test_resume_of_a_complete_run_and_on_another_number_of_processes(data, tmp_path, capsys):
+    """A finished, evaluated run resumed: nothing is done or rewritten (no second final row). A checkpoint saved
+    by another number of processes is refused; one from before the count was saved resumes as before."""
+    run = tmp_path / "run"
+    config_path = write_config(tmp_path / "tiny.yaml", tiny_config(data, run, iters=2, checkpoint_every=1))
+    assert cli.main(["seg-train", "--config", str(config_path)]) == 0
+    files = {name: (run / name).read_bytes() for name in ("metrics.jsonl", "metrics.csv", "summary.json")}
+    capsys.readouterr()
+    assert cli.main(["seg-train", "--config", str(config_path), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "already complete (2/2 iterations" in out and "more --iters" in out, out
+    assert {name: (run / name).read_bytes() for name in files} == files
+
+    state = load_state(run / "last.pth")
+    assert state["world_size"] == 1
+    torch.save(dict(state, world_size=2), run / "last.pth")
+    assert cli.main(["seg-train", "--config", str(config_path), "--resume", "--iters", "3"]) == 2
+    err = capsys.readouterr().err
+    assert "trained on 2 process(es) and this run has 1; resume with the same number (torchrun --nproc_per_node 2)" \
+        in err, err
+    del state["world_size"]  # a checkpoint of an earlier version
+    torch.save(state, run / "last.pth")
+    assert cli.main(["seg-train", "--config", str(config_path), "--resume", "--iters", "3"]) == 0
+    evaluated = [r["iter"] for r in MetricLogger.read(run / "metrics.jsonl") if "val_miou" in r]
+    assert evaluated == [2, 3]  # extended: the evaluation at 2 and the final one at 3, once each
+
+
 def test_time_budget_ends_training_and_still_evaluates(data, tmp_path):
     summary = train(tiny_config(data, tmp_path / "run", iters=50, warmup_iters=5, time_budget_s=1e-3))
     assert summary["stopped_by_time_budget"] and summary["iters"] < 50
@@ -204,7 +232,9 @@ def test_commands_end_to_end(data, tmp_path, capsys):
     result = json.loads(metrics_path.read_text())
     assert result["miou"] == pytest.approx(summary["val_miou"]) and set(result["per_class_iou"]) == {
         "red", "green", "blue"}
-    assert "mIoU" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    # seg-train's last line, in percent as seg-eval prints (the files hold fractions)
+    assert re.search(r"val mIoU \d+\.\d\d% \(pixel acc \d+\.\d%\), train mIoU \d+\.\d\d%\.", out), out
 
     overlay = tmp_path / "overlay.png"
     image = data / "images" / "val" / "val_000.png"

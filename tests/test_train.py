@@ -171,6 +171,45 @@ def test_run_directories_are_not_overwritten_and_refused_resumes_change_nothing(
                      "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "is not the run's model (test_vim)" in err and "does not fit" in err
+    # a resume written into another run's directory: refused, that run left as it was
+    other = tmp_path / "other"
+    assert cli.main(["train", *base, "--output", str(other)]) == 0
+    other_saved = {name: (other / name).read_bytes() for name in saved}
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), "--output", str(other), "--epochs", "3"]) == 2
+    assert "already holds another run (last.pth); resuming" in capsys.readouterr().err
+    assert {name: (other / name).read_bytes() for name in saved} == other_saved
+    # a directory another process is writing (held here by a lock of this process): refused
+    from vision_mamba.engine import RunDirLock
+
+    with RunDirLock(run):
+        assert cli.main(["train", "--resume", str(run), "--epochs", "3"]) == 2
+        assert f"{run} is in use by another run (process {os.getpid()})" in capsys.readouterr().err
+        assert cli.main(["train", *base, "--output", str(tmp_path / "fresh")]) == 0  # other directories are free
+    assert {name: (run / name).read_bytes() for name in saved} == saved
+    # a finished run resumed as it is: said so, then evaluated and exported again
+    assert cli.main(["train", "--resume", str(run)]) == 0
+    assert "all 2 epochs are trained; evaluating and exporting" in capsys.readouterr().out
+
+
+def test_tensorboard_points_after_the_resumed_step_are_dropped(tmp_path):
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from vision_mamba.engine import MetricLogger
+
+    logger = MetricLogger(tmp_path, step_key="epoch")
+    for epoch in (1, 2, 3):
+        logger.log(dict(epoch=epoch, train_loss=float(epoch)))
+    logger.close()
+    logger = MetricLogger(tmp_path, step_key="epoch", resume_step=1)  # the checkpoint was epoch 1's
+    for epoch in (2, 3):
+        logger.log(dict(epoch=epoch, train_loss=10.0 + epoch))
+    logger.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("train_loss")] == [(1, 1.0), (2, 12.0), (3, 13.0)]
+    assert [r["train_loss"] for r in MetricLogger.read(tmp_path / "metrics.jsonl")] == [1.0, 12.0, 13.0]
 
 
 # ---------------------------------------------------------------------- robustness
@@ -336,6 +375,30 @@ def test_finetune_at_another_resolution_resizes_pos_embed(tmp_path):
     assert not trainer.run().interrupted
 
 
+def test_finetune_drops_a_classifier_of_other_classes_even_of_the_same_count(tmp_path, capsys):
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from vision_mamba.data import SYNTHETIC_CLASSES
+
+    source = Trainer(tiny_config(tmp_path, "src", synthetic_train=32, epochs=2, model_kwargs={})).run()
+    with safe_open(str(source.weights), framework="pt") as f:
+        metadata = dict(f.metadata())
+    weights = params(source.weights)
+    renamed = tmp_path / "renamed.safetensors"
+    save_file(weights, str(renamed), metadata={**metadata, "classes": json.dumps(
+        [f"other_{c}" for c in SYNTHETIC_CLASSES])})
+    for path, kept in ((source.weights, True), (renamed, False)):
+        capsys.readouterr()
+        trainer = Trainer(tiny_config(tmp_path, f"ft_{kept}", finetune=str(path), synthetic_train=32, epochs=2,
+                                      model_kwargs={}))
+        trainer.setup()
+        loaded = trainer.model.state_dict()
+        assert torch.equal(loaded["head.weight"], weights["head.weight"]) is kept
+        assert torch.equal(loaded["pos_embed"], weights["pos_embed"])
+        assert ("trained on other classes (" in capsys.readouterr().out) is not kept
+
+
 def test_a_timm_baseline_trains_through_the_same_loop(tmp_path):
     cfg = tiny_config(tmp_path, "deit", model="deit_tiny_patch16_224", synthetic_train=32, epochs=2,
                       model_kwargs=dict(patch_size=8, depth=2, embed_dim=32, num_heads=2), mixup=0.8, cutmix=1.0)
@@ -391,3 +454,20 @@ def test_no_weight_decay_on_1d_params_pos_embed_cls_token_a_log_and_d(tmp_path):
     assert {"pos_embed", "cls_token", "layers.0.mixer.A_log", "layers.0.mixer.D"} <= plain
     assert "layers.0.mixer.in_proj.weight" in decayed and "head.weight" in decayed
     trainer.logger.close()
+
+
+def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, monkeypatch):
+    """Where stderr is not a terminal (pytest captures it, as a log file would), no bar with carriage returns:
+    plain lines every PROGRESS_LINE_SECONDS (0 here), whole or small throughputs written readably."""
+    from vision_mamba.train import trainer as trainer_module
+
+    monkeypatch.setattr(trainer_module, "PROGRESS_LINE_SECONDS", 0.0)
+    cfg = tiny_config(tmp_path, "log", synthetic_train=64, epochs=2, progress=True, log_interval=1)
+    Trainer(cfg).run()
+    captured = capsys.readouterr()
+    assert "\r" not in captured.out + captured.err
+    lines = [line for line in captured.out.splitlines() if line.startswith("epoch 1/2, step ")]
+    assert [line.split(":")[0] for line in lines] == ["epoch 1/2, step 1/4", "epoch 1/2, step 2/4",
+                                                      "epoch 1/2, step 3/4"], captured.out
+    assert all(line.endswith(" img/s") and "loss " in line for line in lines)
+    assert trainer_module._rate(0.1509) == "0.15" and trainer_module._rate(1234.4) == "1234"

@@ -7,18 +7,19 @@ image) is replaced by the next readable one, counted, and reported with a warnin
 """
 from __future__ import annotations
 
+import os
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, find_classes, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
 
-__all__ = ["DatasetError", "UnreadableImageWarning", "scan_image_folder", "ImageFolderDataset",
-           "TensorImageDataset", "load_rgb", "ignore_stop_signals"]
+__all__ = ["DatasetError", "UnreadableImageWarning", "IgnoredFilesWarning", "scan_image_folder", "ImageFolderDataset",
+           "TensorImageDataset", "load_rgb", "to_rgb", "ignore_stop_signals"]
 
 # Substitutes tried for an unreadable training image before giving up (a folder of mostly broken files).
 MAX_SUBSTITUTES = 16
@@ -32,6 +33,10 @@ class UnreadableImageWarning(UserWarning):
     """An image file that could not be decoded and was skipped."""
 
 
+class IgnoredFilesWarning(UserWarning):
+    """Files in an image folder that were skipped because their endings are not those of images."""
+
+
 def scan_image_folder(root: "str | Path") -> Tuple[List[Tuple[str, int]], List[str]]:
     """List ``root/<class>/<image>``: (samples [(path, class index)], class names). Raises :class:`DatasetError`
     for a missing path, no class folders, or class folders without images."""
@@ -40,24 +45,48 @@ def scan_image_folder(root: "str | Path") -> Tuple[List[Tuple[str, int]], List[s
         raise DatasetError(f"dataset folder not found: {root}")
     if not root.is_dir():
         raise DatasetError(f"dataset path is not a folder: {root}")
-    try:
-        classes, class_to_idx = find_classes(str(root))
-    except FileNotFoundError:
+    # torchvision's find_classes, less hidden folders (.ipynb_checkpoints, .git, ...), which are not classes
+    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    if not classes:
         raise DatasetError(f"{root}: no class folders found; expected the ImageFolder layout root/<class>/<image> "
-                           f"with images ending in {', '.join(IMG_EXTENSIONS)}") from None
+                           f"with images ending in {', '.join(IMG_EXTENSIONS)}")
+    class_to_idx = {c: i for i, c in enumerate(classes)}
     try:
         samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
     except TypeError:  # torchvision < 0.18 has no allow_empty: it raises on an empty class folder itself
         samples = _make_dataset_strict(root, class_to_idx)
+    samples = [(path, target) for path, target in samples if not _hidden(Path(path).relative_to(root))]
     counts = [0] * len(classes)
     for _, target in samples:
         counts[target] += 1
+    _warn_other_files(root, classes)
     empty = [classes[i] for i, c in enumerate(counts) if c == 0]
     if empty:
         shown = ", ".join(str(root / c) for c in empty[:5]) + (f" ... ({len(empty)} in all)" if len(empty) > 5 else "")
         raise DatasetError(f"{root}: class folder{'s' if len(empty) > 1 else ''} without images: {shown} "
                            f"(image files must end in {', '.join(IMG_EXTENSIONS)})")
     return samples, classes
+
+
+def _hidden(relative: Path) -> bool:
+    return any(part.startswith(".") for part in relative.parts)
+
+
+def _warn_other_files(root: Path, classes: Sequence[str]) -> None:
+    """Warn once about files in the class folders that are skipped for their ending (hidden files aside), so that a
+    folder of .jfif or .gif images does not shrink the dataset unnoticed."""
+    other: List[str] = []
+    for name in classes:
+        for folder, dirs, files in os.walk(root / name, followlinks=True):
+            dirs[:] = [d for d in dirs if not d.startswith(".")]
+            other += [os.path.join(folder, f) for f in files
+                      if not f.startswith(".") and not f.lower().endswith(IMG_EXTENSIONS)]
+    if other:
+        endings = sorted({os.path.splitext(f)[1].lower() or "(none)" for f in other})
+        many = len(other) > 1
+        warnings.warn(f"{root}: {len(other)} file{'s' if many else ''} skipped for {'their' if many else 'its'} "
+                      f"ending ({', '.join(endings[:8])}{' ...' if len(endings) > 8 else ''}; e.g. {other[0]}); "
+                      f"images must end in {', '.join(IMG_EXTENSIONS)}", IgnoredFilesWarning, stacklevel=3)
 
 
 def _make_dataset_strict(root: Path, class_to_idx: Dict[str, int]) -> List[Tuple[str, int]]:
@@ -77,11 +106,37 @@ def ignore_stop_signals(_worker_id: int = 0) -> None:
         signal.signal(s, signal.SIG_IGN)
 
 
-def load_rgb(path: str) -> Image.Image:
-    """Decode an image file fully (``Image.open`` is lazy: ``convert`` forces the decode) as RGB."""
+_SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(img: Image.Image, exif: bool = False) -> Image.Image:
+    """``img`` as an 8-bit RGB image.
+
+    Pillow's own ``convert("RGB")`` clips high-depth grey images at 255 (a 16-bit PNG turns white), so those are
+    scaled first: 16-bit modes by 255 / 65535; 32-bit integer ones (mode I, which older Pillow gives 16-bit PNGs)
+    the same when a value exceeds 255, else as they are; float images (mode F) from [0, 1] when they fit it,
+    else clipped to [0, 255]. ``exif``: turned as the EXIF orientation tag says, i.e. as a viewer shows the photo
+    (for images a user hands in; datasets keep the stored pixels, which their annotations refer to, as
+    torchvision and timm do)."""
+    if exif:
+        img = ImageOps.exif_transpose(img)
+    if img.mode in _SIXTEEN_BIT_MODES or img.mode in ("I", "F"):
+        import numpy as np
+
+        array = np.asarray(img, dtype=np.float64)
+        if img.mode in _SIXTEEN_BIT_MODES or (img.mode == "I" and array.size and array.max() > 255):
+            array = array * (255.0 / 65535.0)
+        elif img.mode == "F" and array.size and array.min() >= 0.0 and array.max() <= 1.0:
+            array = array * 255.0
+        img = Image.fromarray(np.clip(np.rint(array), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
+def load_rgb(path: str, exif: bool = False) -> Image.Image:
+    """Decode an image file fully (``Image.open`` is lazy: the conversion forces the decode) as 8-bit RGB
+    (:func:`to_rgb`: high-depth grey scaled; ``exif``: turned as its EXIF orientation says)."""
     with open(path, "rb") as f:
-        img = Image.open(f)
-        return img.convert("RGB")
+        return to_rgb(Image.open(f), exif=exif)
 
 
 def _warn_unreadable(path: str, error: BaseException) -> None:

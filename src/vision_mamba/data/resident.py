@@ -69,7 +69,8 @@ def decode_images(paths: Sequence[str], transform, size: int, workers: int = 4,
     failures: List[Tuple[str, str]] = []
     loader = DataLoader(_DecodeDataset(paths, transform), batch_size=64, num_workers=workers,
                         collate_fn=_collate, shuffle=False, worker_init_fn=ignore_stop_signals)
-    with tqdm(total=len(paths), desc=desc, unit="img", disable=not progress, mininterval=2.0) as bar:
+    with tqdm(total=len(paths), desc=desc, unit="img", disable=None if progress else True,
+              mininterval=2.0) as bar:  # (None: no bar where stderr is not a terminal)
         for batch in loader:
             for image, index, error in batch:
                 if image is None:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from typing import Any, Optional
 
@@ -60,6 +61,26 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
     return dev
 
 
+def _stop_with_launcher() -> None:
+    """Under torchrun, on Linux: a SIGTERM for this worker when its launcher dies. torchrun starts its workers in
+    sessions of their own, so a launcher killed outright (``kill -9``, the OOM killer, a job's time limit) would
+    leave them training and writing the run directory; with the signal they save and stop as on Ctrl-C."""
+    if "TORCHELASTIC_RUN_ID" not in os.environ or not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+        import signal
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        parent = os.getppid()
+        if libc.prctl(1, int(signal.SIGTERM), 0, 0, 0) != 0:  # PR_SET_PDEATHSIG
+            return
+        if os.getppid() != parent:  # the launcher died before the request was made
+            os.kill(os.getpid(), signal.SIGTERM)
+    except (OSError, AttributeError):
+        pass
+
+
 def init_distributed(device: str = "auto") -> DistributedContext:
     """Read torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); start the process group if there are several."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
@@ -68,6 +89,7 @@ def init_distributed(device: str = "auto") -> DistributedContext:
     dev = resolve_device(device, local_rank)
     backend = None
     if world_size > 1:
+        _stop_with_launcher()
         backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
@@ -81,3 +103,10 @@ def init_distributed(device: str = "auto") -> DistributedContext:
 def cleanup_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()
+
+
+def report_error(message: str) -> None:
+    """Print a command's error to stderr once: under torchrun every process meets the same error, and only the
+    first (RANK 0) says it."""
+    if os.environ.get("RANK", "0") in ("", "0"):
+        print(message, file=sys.stderr)

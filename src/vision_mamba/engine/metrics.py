@@ -34,7 +34,10 @@ class MetricLogger:
             try:
                 from torch.utils.tensorboard import SummaryWriter
 
-                self._tb = SummaryWriter(str(self.run_dir / "tb"))
+                # on resume, TensorBoard's points after resume_step are dropped too (a later event file would
+                # otherwise add a second point for each step logged before the interruption)
+                self._tb = SummaryWriter(str(self.run_dir / "tb"),
+                                         purge_step=resume_step + 1 if resume_step is not None else None)
             except Exception:  # tensorboard not installed: CSV / JSON still written
                 self._tb = None
 

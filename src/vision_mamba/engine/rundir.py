@@ -1,10 +1,13 @@
 """Run directories: created once, with the resolved configuration saved next to the results."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 import yaml
+
+from .config import ConfigError
 
 
 def save_config(config: Dict[str, Any], path: "str | Path") -> Path:
@@ -20,3 +23,67 @@ def prepare_run_dir(output: "str | Path", config: Dict[str, Any], filename: str 
     run_dir.mkdir(parents=True, exist_ok=True)
     save_config(config, run_dir / filename)
     return run_dir
+
+
+class RunDirBusy(ConfigError):
+    """Another process is writing the run directory."""
+
+
+class RunDirLock:
+    """An exclusive lock on a run directory (``run_dir/.lock``, ``fcntl.flock``), held while a run writes there,
+    so that a second run started with the same output (or a resume of a run that is still going, or whose
+    orphaned workers still write) is refused instead of interleaving its files with the first one's. The lock
+    goes with the process, however it ends. Where ``fcntl`` does not exist (Windows) it does nothing."""
+
+    def __init__(self, run_dir: "str | Path"):
+        self.path = Path(run_dir) / ".lock"
+        self._file = None
+
+    def acquire(self) -> "RunDirLock":
+        try:
+            import fcntl
+        except ImportError:
+            return self
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        f = open(self.path, "a+")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.seek(0)
+            holder = f.read().strip()
+            f.close()
+            raise RunDirBusy(f"{self.path.parent} is in use by another run{f' (process {holder})' if holder else ''}"
+                             f"; wait for it to end, stop it, or choose another output directory") from None
+        f.seek(0)
+        f.truncate()
+        f.write(str(os.getpid()))
+        f.flush()
+        self._file = f
+        return self
+
+    def release(self) -> None:
+        if self._file is not None:
+            self._file.close()  # closing the file releases the lock
+            self._file = None
+
+    def __enter__(self) -> "RunDirLock":
+        return self.acquire()
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+
+def hold_run_dir(run_dir: "str | Path", ctx=None, held: Optional[RunDirLock] = None) -> Optional[RunDirLock]:
+    """The run directory's lock, taken by the main process of ``ctx`` (a DistributedContext; None: this process)
+    unless ``held`` already is it; :class:`RunDirBusy` on every process if another run holds it."""
+    busy, lock = None, held
+    if (ctx is None or ctx.is_main) and lock is None:
+        try:
+            lock = RunDirLock(run_dir).acquire()
+        except RunDirBusy as e:
+            busy = str(e)
+    if ctx is not None:
+        busy = ctx.broadcast_object(busy)
+    if busy:
+        raise RunDirBusy(busy)
+    return lock

@@ -1,5 +1,6 @@
 """Vim models in the timm template, registered in timm's registry on import."""
-from .checkpoint import CheckpointError, check_fit, extract_state_dict, load_checkpoint, read_checkpoint, save_state_dict
+from .checkpoint import (CheckpointError, check_fit, checkpoint_classes, extract_state_dict, load_checkpoint,
+                         read_checkpoint, save_state_dict)
 from .vision_mamba import (
     VisionMamba,
     checkpoint_filter_fn,

@@ -7,6 +7,7 @@ carry is ``argparse.Namespace``; anything else is refused before it can execute.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import pickle
@@ -40,10 +41,24 @@ def _pickle_reason(error: Exception) -> str:
     return first[:200]
 
 
+def _shortened(text: str, limit: int = 200) -> str:
+    """``text`` cut to about ``limit`` characters at the end of a sentence or word, marked with an ellipsis."""
+    if len(text) <= limit:
+        return text
+    cut = max(text.rfind(". ", 0, limit), text.rfind("; ", 0, limit))
+    if cut < limit // 2:
+        cut = text.rfind(" ", 0, limit)
+    return text[:cut if cut > 0 else limit].rstrip(" .;,") + " ..."
+
+
 def read_checkpoint(path: "str | os.PathLike") -> Any:
     """Load a checkpoint file onto the CPU, weights only (safetensors, or torch.load with weights_only=True and
     argparse.Namespace as the one allowed class)."""
     path = Path(path)
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
+        raise CheckpointError(f"{path} is a folder, not a checkpoint file; give one of its files" +
+                              (f" ({', '.join(found)})" if found else " (it holds no .safetensors / .pth file)"))
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.stat().st_size == 0:
@@ -73,7 +88,9 @@ def read_checkpoint(path: "str | os.PathLike") -> Any:
         # The weights-only unpickler meets a file that is not a pickle (text, a CSV, ...) with whatever its first
         # opcodes make it raise: a memo KeyError, a pop from an empty stack, ...
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
-        reason = lines[0][:200] if lines else type(e).__name__  # torch adds paragraphs of advice after the cause
+        reason = _shortened(lines[0]) if lines else type(e).__name__  # torch adds paragraphs of advice after it
+        if "zip archive" in reason or "central directory" in reason or isinstance(e, EOFError):
+            reason = f"truncated or damaged: {reason.split('. ')[0].rstrip('. ')}"
         if not isinstance(e, (RuntimeError, EOFError, OSError)):
             reason = f"its bytes do not unpickle: {type(e).__name__} {reason}"
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from e
@@ -96,6 +113,21 @@ def read_metadata(path: "str | os.PathLike", strict: bool = False) -> Dict[str, 
         return {}
 
 
+def checkpoint_classes(path: "str | os.PathLike") -> Optional[List[str]]:
+    """Class names stored with the weights (``vision-mamba train`` keeps them): a safetensors file's 'classes'
+    metadata, or a training checkpoint's 'classes' list; None where there are none or the file cannot be read."""
+    path = Path(path)
+    try:
+        if path.suffix == ".safetensors":
+            meta = read_metadata(path)
+            return [str(c) for c in json.loads(meta["classes"])] if "classes" in meta else None
+        state = read_checkpoint(path)
+        classes = state.get("classes") if isinstance(state, Mapping) else None
+        return [str(c) for c in classes] if classes else None
+    except (ValueError, KeyError, TypeError, OSError):  # CheckpointError and JSON errors are ValueErrors
+        return None
+
+
 def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> Dict[str, Tensor]:
     """The state dict inside a checkpoint: 'model' (official / our training), 'state_dict', or the EMA weights
     when ``use_ema`` (an error if the checkpoint has none); DDP 'module.' and torch.compile '_orig_mod.' prefixes
@@ -110,9 +142,12 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> Dict[str, Tens
                 break
         else:
             if use_ema:
-                raise CheckpointError(
-                    f"no EMA weights in the checkpoint (no state dict under {' or '.join(EMA_KEYS)}; its top-level "
-                    f"keys: {sorted(map(str, checkpoint))[:10]}); load it without the EMA option")
+                empty = [k for k in EMA_KEYS if k in checkpoint and not checkpoint[k]]
+                where = (f"its {' and '.join(empty)} {'is' if len(empty) == 1 else 'are'} empty (a run trained "
+                         f"without EMA saves it so)" if empty else
+                         f"no state dict under {' or '.join(EMA_KEYS)}; its top-level keys: "
+                         f"{sorted(map(str, checkpoint))[:10]}")
+                raise CheckpointError(f"no EMA weights in the checkpoint ({where}); load it without the EMA option")
     if not isinstance(state, Mapping):
         raise CheckpointError(f"the checkpoint holds a {type(state).__name__}, not a state dict")
     non_tensors = [k for k, v in state.items() if not isinstance(v, Tensor)]
@@ -127,6 +162,23 @@ def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> Dict[str, Tens
                 key = key[len(prefix):]
         out[key] = value
     return out
+
+
+def _is_vim(model: nn.Module) -> bool:
+    from .vision_mamba import VisionMamba
+
+    return isinstance(model, VisionMamba)
+
+
+def _stored_grid(path: "str | os.PathLike") -> Optional[Tuple[int, int]]:
+    """The patch grid :func:`save_state_dict` stored with a model's weights (safetensors metadata), if any."""
+    try:
+        grid = json.loads(read_metadata(path).get("patch_grid", "null"))
+    except ValueError:
+        return None
+    if isinstance(grid, list) and len(grid) == 2 and all(isinstance(g, int) and g > 0 for g in grid):
+        return int(grid[0]), int(grid[1])
+    return None
 
 
 def _filter_for(model: nn.Module):
@@ -169,11 +221,13 @@ def load_checkpoint(
     strict: bool = True,
     use_ema: bool = False,
     adapt_head: bool = False,
+    drop_head: bool = False,
 ) -> Dict[str, List[str]]:
     """Load weights from ``path`` into ``model`` (official .pth, plain state dict or safetensors).
 
     pos_embed is resized to the model's patch grid. ``adapt_head``: a classifier of another size is skipped
-    (kept as initialised), for fine-tuning on other classes. With ``strict`` (default), any other missing or
+    (kept as initialised), for fine-tuning on other classes; ``drop_head``: the classifier is skipped whatever its
+    size (other classes, as many). With ``strict`` (default), any other missing or
     unexpected key or shape mismatch raises :class:`CheckpointError` listing them. Returns what was skipped.
     """
     try:
@@ -184,15 +238,20 @@ def load_checkpoint(
         raise CheckpointError(f"{path}: {e}") from None
     filter_fn = _filter_for(model)
     if filter_fn is not None:
-        state_dict = filter_fn(state_dict, model)
+        grid = _stored_grid(path) if _is_vim(model) else None
+        state_dict = filter_fn(state_dict, model, grid=grid) if grid else filter_fn(state_dict, model)
     skipped = []
-    if adapt_head:
+    if adapt_head or drop_head:
         classifier = getattr(model, "get_classifier", lambda: None)()
         head_names = [n for n, m in model.named_modules() if m is classifier and n]
         for head in head_names:
             expected = {k: v for k, v in model.state_dict().items() if k.startswith(head + ".")}
             found = {k: v for k, v in state_dict.items() if k.startswith(head + ".")}
-            if found and (set(found) != set(expected) or any(found[k].shape != expected[k].shape for k in found)):
+            if found and drop_head:
+                for k in found:
+                    state_dict.pop(k)
+                skipped += sorted(expected)
+            elif found and (set(found) != set(expected) or any(found[k].shape != expected[k].shape for k in found)):
                 for k in found:
                     state_dict.pop(k)
                 skipped += sorted(found)
@@ -225,8 +284,13 @@ def load_checkpoint(
 
 def save_state_dict(model_or_state: "nn.Module | Mapping[str, Tensor]", path: "str | os.PathLike",
                     metadata: Optional[Dict[str, str]] = None) -> None:
-    """Write weights as safetensors (by suffix) or a plain torch state dict, atomically (temp file + rename)."""
+    """Write weights as safetensors (by suffix) or a plain torch state dict, atomically (temp file + rename).
+    A model with a patch grid (Vim) has it stored in the safetensors metadata ('patch_grid'), so that its
+    pos_embed can be resized on load even when the grid is not square."""
     path = Path(path)
+    grid = getattr(getattr(model_or_state, "patch_embed", None), "grid_size", None)
+    if isinstance(model_or_state, nn.Module) and grid is not None and path.suffix == ".safetensors":
+        metadata = {"patch_grid": json.dumps([int(g) for g in grid]), **(metadata or {})}
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else dict(model_or_state)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -237,4 +301,16 @@ def save_state_dict(model_or_state: "nn.Module | Mapping[str, Tensor]", path: "s
         save_file(state, str(tmp), metadata=metadata)
     else:
         torch.save(state, tmp)
+    _readable_as_files_are(tmp)
     os.replace(tmp, path)
+
+
+def _readable_as_files_are(path: Path) -> None:
+    """safetensors writes its files readable by their owner only (0600); give them the mode any new file gets
+    under the process's umask (0644 usually), like the rest of a run directory."""
+    umask = os.umask(0)
+    os.umask(umask)
+    try:
+        os.chmod(path, 0o666 & ~umask)
+    except OSError:
+        pass

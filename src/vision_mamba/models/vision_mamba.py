@@ -177,6 +177,13 @@ class VisionMamba(nn.Module):
                             f"mean / std say); got {x.dtype}. Convert with x.float() and normalise first.")
         _, channels, height, width = x.shape
         pe = self.patch_embed
+        weight = pe.proj.weight
+        if x.device != weight.device and x.device.type != "meta" and weight.device.type != "meta":
+            raise ValueError(f"the images are on {x.device} but the model is on {weight.device}; move one to the "
+                             f"other (x.to({str(weight.device)!r}) or model.to({str(x.device)!r}))")
+        if x.dtype != weight.dtype and not torch.is_autocast_enabled(x.device.type):
+            raise TypeError(f"the images are {x.dtype} but the model's weights are {weight.dtype}; convert the "
+                            f"images (x.to({weight.dtype})) or run under torch.autocast({x.device.type!r})")
         if channels != pe.in_chans:
             raise ValueError(f"VisionMamba was built for {pe.in_chans}-channel images; got {channels} channels "
                              f"(input shape {tuple(x.shape)})")
@@ -309,7 +316,8 @@ class VisionMamba(nn.Module):
             features = [torch.cat([f[:, :idx], f[:, idx + 1:]], dim=1) for f in features]
         if output_fmt == "NCHW":
             batch = x.shape[0]
-            features = [f.reshape(batch, grid[0], grid[1], -1).permute(0, 3, 1, 2).contiguous() for f in features]
+            features = [f.reshape(batch, grid[0], grid[1], f.shape[-1]).permute(0, 3, 1, 2).contiguous()
+                        for f in features]
         if return_prefix_tokens and prefix:
             features = list(zip(features, prefix))
         if intermediates_only:
@@ -343,10 +351,13 @@ def _with_img_size(pe: PatchEmbed, img_size) -> PatchEmbed:
 
 
 # ---------------------------------------------------------------------- checkpoints
-def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: VisionMamba) -> Dict[str, Tensor]:
+def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: VisionMamba,
+                         grid: Optional[Tuple[int, int]] = None) -> Dict[str, Tensor]:
     """Make a Vim state dict fit ``model``: unwrap training checkpoints, strip DDP / compile prefixes, resize
     pos_embed to the model's patch grid (class-token row kept apart), drop the class token for models without
-    one. Shape problems that cannot be fixed are left for the strict load to report."""
+    one. ``grid``: the checkpoint's patch grid (rows, columns), which :func:`save_state_dict` stores with a model's
+    weights; without it the grid must be square. Shape problems that cannot be fixed are left for the strict load
+    to report."""
     from .checkpoint import CheckpointError, extract_state_dict
 
     state_dict = extract_state_dict(state_dict)
@@ -362,18 +373,27 @@ def checkpoint_filter_fn(state_dict: Dict[str, Tensor], model: VisionMamba) -> D
     # A pos_embed of another width belongs to another variant: it is left for the strict load, which lists it
     # with every other mismatch (or skips it, when not strict).
     other_width = "pos_embed" in out and out["pos_embed"].shape[-1] != model.pos_embed.shape[-1]
-    if "pos_embed" in out and not other_width and out["pos_embed"].shape != model.pos_embed.shape:
+    target = tuple(model.patch_embed.grid_size)
+    other_grid = grid is not None and tuple(grid) != target  # e.g. 4x6 into 6x4: as many rows, other places
+    if "pos_embed" in out and not other_width and (out["pos_embed"].shape != model.pos_embed.shape or other_grid):
         pos = out["pos_embed"]
         rows = pos.shape[1]
         patches = rows - (1 if ckpt_has_cls else 0)
-        side = int(round(math.sqrt(max(patches, 0))))
-        if pos.ndim != 3 or side * side != patches:
-            grid = model.patch_embed.grid_size
-            raise CheckpointError(
-                f"pos_embed: the checkpoint's {tuple(pos.shape)} is not a square patch grid"
-                f"{' plus a class-token row' if ckpt_has_cls else ''}, so it cannot be resized to the model's "
-                f"{grid[0]}x{grid[1]} grid {tuple(model.pos_embed.shape)}")
-        pos = resample_pos_embed(pos, model.patch_embed.grid_size, (side, side), "middle" if ckpt_has_cls else None)
+        extra = " plus a class-token row" if ckpt_has_cls else ""
+        if grid is not None:
+            source = (int(grid[0]), int(grid[1]))
+            if pos.ndim != 3 or source[0] * source[1] != patches:
+                raise CheckpointError(f"pos_embed: the checkpoint's {tuple(pos.shape)} is not the {source[0]}x"
+                                      f"{source[1]} patch grid{extra} its metadata names")
+        else:
+            side = int(round(math.sqrt(max(patches, 0))))
+            if pos.ndim != 3 or side * side != patches:
+                raise CheckpointError(
+                    f"pos_embed: the checkpoint's {tuple(pos.shape)} is not a square patch grid{extra}, and the "
+                    f"file does not say its grid, so it cannot be resized to the model's {target[0]}x{target[1]} "
+                    f"grid {tuple(model.pos_embed.shape)} (save_state_dict(model, 'weights.safetensors') stores a model's grid)")
+            source = (side, side)
+        pos = resample_pos_embed(pos, target, source, "middle" if ckpt_has_cls else None)
         if ckpt_has_cls and not model.has_class_token:
             idx = class_token_index(pos.shape[1] - 1)
             pos = torch.cat([pos[:, :idx], pos[:, idx + 1:]], dim=1)

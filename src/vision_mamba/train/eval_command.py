@@ -166,6 +166,7 @@ def main(args: argparse.Namespace) -> int:
     import os
 
     from ..data import DatasetError
+    from ..engine import report_error
     from ..models.checkpoint import CheckpointError
     from .config import ConfigError
 
@@ -174,7 +175,7 @@ def main(args: argparse.Namespace) -> int:
         result = run_eval(cfg, args.checkpoint, use_ema=args.ema, progress=not args.no_progress, tta=args.tta,
                           cuda_graph=getattr(args, "cuda_graph", "off") == "on")
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        report_error(f"error: {e}")
         return 2
     if int(os.environ.get("RANK", "0")) != 0:
         return 0

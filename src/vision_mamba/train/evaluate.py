@@ -38,7 +38,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # top1 hits, top5 hits, loss sum, count
     _sync(device)
     start = time.perf_counter()
-    for images, targets, readable in tqdm(loader, desc=desc, disable=not progress, leave=False, mininterval=2.0):
+    # (disable=None: no bar where stderr is not a terminal, whose log its carriage returns would garble)
+    for images, targets, readable in tqdm(loader, desc=desc, disable=None if progress else True, leave=False,
+                                          mininterval=2.0):
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):

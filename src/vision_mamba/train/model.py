@@ -21,10 +21,22 @@ _logger = logging.getLogger(__name__)
 def check_model_name(name: str, key: str = "model") -> None:
     """A :class:`ConfigError` (naming config ``key``) with suggestions unless timm knows ``name``."""
     if not timm.is_model(name):
-        close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.6)
+        close = _similar_model_names(name)
         raise ConfigError(f"config key '{key}': unknown model {name!r}" +
                           (f" (did you mean {', '.join(close)}?)" if close else "") +
                           "; any name from timm.list_models() works, e.g. vim_tiny_patch16_224, deit_tiny_patch16_224")
+
+
+def _similar_model_names(name: str, n: int = 5) -> list:
+    """Known names like ``name``, the closest first: compared whole, and by their beginning (so 'vim_tinyy' finds
+    vim_tiny_patch16_224, which a whole-name comparison ranks below gcvit_tiny)."""
+    def score(known: str) -> float:
+        whole = difflib.SequenceMatcher(None, name, known).ratio()
+        start = difflib.SequenceMatcher(None, name, known[:len(name)]).ratio()
+        return max(whole, start)
+
+    scored = sorted(((score(m), m) for m in timm.list_models()), key=lambda t: (-t[0], t[1]))
+    return [m for r, m in scored[:n] if r >= 0.75]
 
 
 def create_classifier(name: str, *, num_classes: int, img_size: Optional[int] = None, drop_path: float = 0.0,

@@ -63,19 +63,9 @@ def _image_paths(items: Sequence[str]) -> List[Path]:
 
 def _classes_in_checkpoint(path: Path) -> Optional[List[str]]:
     """Class names stored with the weights: safetensors metadata 'classes', or a training checkpoint's list."""
-    try:
-        if path.suffix == ".safetensors":
-            from ..models.checkpoint import read_metadata
+    from ..models.checkpoint import checkpoint_classes
 
-            meta = read_metadata(path)
-            return list(json.loads(meta["classes"])) if "classes" in meta else None
-        from ..models.checkpoint import read_checkpoint
-
-        state = read_checkpoint(path)
-        classes = state.get("classes") if isinstance(state, dict) else None
-        return [str(c) for c in classes] if classes else None
-    except (ValueError, KeyError, OSError):
-        return None
+    return checkpoint_classes(path)
 
 
 def _classes_of_head(path: Path, use_ema: bool) -> Optional[int]:
@@ -145,7 +135,7 @@ def predict(model, classes: List[str], cfg, paths: Sequence[Path], *, top_k: int
     batch: List[Tuple[Path, Any]] = []
     for path in paths:
         try:
-            x = transform(load_rgb(str(path)))
+            x = transform(load_rgb(str(path), exif=True))  # as a viewer shows the photo
         except Exception as e:  # PIL raises many types for a corrupt or unsupported file
             unreadable.append((path, f"{type(e).__name__}: {e}"))
             continue

@@ -11,7 +11,6 @@ Without ``--config`` the quick-start preset is the base. The flags below are sho
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -127,7 +126,7 @@ def main(args: argparse.Namespace) -> int:
     # the time budget counts from the start of the process (interpreter, imports and data loading included)
     start = time.perf_counter() - seconds_since_process_start()
     from ..data import DatasetError
-    from ..engine import NonFiniteLossError
+    from ..engine import NonFiniteLossError, report_error
     from ..models.checkpoint import CheckpointError
     from .config import ConfigError
 
@@ -142,10 +141,10 @@ def main(args: argparse.Namespace) -> int:
 
         result = Trainer(cfg, start_time=start).run()
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
+        report_error(f"error: {e}")
         return 2
     except NonFiniteLossError as e:
-        print(f"error: {e}", file=sys.stderr)
+        report_error(f"error: {e}")
         return 1
     if result.interrupted:
         return 130

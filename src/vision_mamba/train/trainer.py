@@ -36,10 +36,11 @@ from torch import nn
 
 from ..data import AugmentOptions, build_classification_data, mix_seed
 from ..data.builder import check_data_source
-from ..engine import (DistributedContext, InterruptGuard, MetricLogger, NonFiniteGuard,
+from ..engine import (DistributedContext, InterruptGuard, MetricLogger, NonFiniteGuard, RunDirLock,
                       autocast, capture_rng_state, cleanup_distributed, init_distributed, load_state,
                       prepare_run_dir, resolve_precision, restore_rng_state, save_state)
-from ..models.checkpoint import check_fit, load_checkpoint, save_state_dict
+from ..engine.rundir import hold_run_dir
+from ..models.checkpoint import check_fit, checkpoint_classes, load_checkpoint, save_state_dict
 from .budget import StepTimer, plan_epochs
 from .config import ConfigError, TrainConfig
 from .distill import DistillationLoss, Teacher, pack_targets
@@ -52,6 +53,9 @@ __all__ = ["Trainer", "TrainResult", "default_output", "default_output_prefix", 
 CHECKPOINT_FORMAT = "vision_mamba.classification/1"
 _FUSED_OPTS = ("adamw", "adam", "sgd", "momentum")  # timm names of optimizers torch has fused kernels for
 StepHook = Callable[["Trainer", int, int, torch.Tensor], None]
+
+# Seconds between the plain progress lines written where stderr is not a terminal (a log file)
+PROGRESS_LINE_SECONDS = 30.0
 
 
 @dataclass
@@ -100,6 +104,7 @@ class Trainer:
         self.step_hook = step_hook
         self.start_time = time.perf_counter() if start_time is None else start_time
         self.ctx: Optional[DistributedContext] = None
+        self._lock: Optional[RunDirLock] = None  # the run directory's, held by the main process while it runs
 
     # ================================================================== helpers
     def log(self, message: str) -> None:
@@ -107,6 +112,12 @@ class Trainer:
             from tqdm import tqdm
 
             tqdm.write(message)
+
+    def _lock_run_dir(self, output: Path) -> None:
+        """Hold the run directory's lock (the main process, until the run ends): one run writes a directory at a
+        time, so a second run started with the same output, or a resume while the run (or its orphaned workers)
+        still goes, is refused instead of interleaving its files (RunDirBusy, a ConfigError, on every process)."""
+        self._lock = hold_run_dir(output, self.ctx, self._lock)
 
     def _sync(self) -> None:
         if self.device.type == "cuda":
@@ -149,9 +160,16 @@ class Trainer:
         self.checkpoint_path = output / "last.pth"
         if output.exists() and not output.is_dir():
             raise ConfigError(f"config key 'output': {output} is a file, not a run directory")
+        if output.is_dir():  # (a new directory is locked when it is made, below)
+            self._lock_run_dir(output)
         if not cfg.resume and self.checkpoint_path.exists():
             raise ConfigError(f"{output} already holds a run ({self.checkpoint_path.name}): continue it with "
                               f"--resume {output}, or choose another --output")
+        resumed = Path(cfg.resume) / "last.pth" if cfg.resume and Path(cfg.resume).is_dir() else cfg.resume
+        if cfg.resume and self.checkpoint_path.exists() and not _same_file(self.checkpoint_path, resumed):
+            raise ConfigError(f"{output} already holds another run ({self.checkpoint_path.name}); resuming "
+                              f"{cfg.resume} there would overwrite it: choose another --output, or leave it out "
+                              f"to continue in {Path(cfg.resume).parent}")
 
         # ---------------- model, then data (decoding may take a while: errors in the model come first)
         augment = AugmentOptions(
@@ -163,7 +181,16 @@ class Trainer:
         if hasattr(model, "check_finite"):
             model.check_finite = False  # its input check syncs the GPU every forward; the loss guard covers NaNs
         if cfg.finetune and not cfg.resume:
-            report = load_checkpoint(model, cfg.finetune, strict=True, use_ema=cfg.finetune_ema, adapt_head=True)
+            # a classifier of other classes is not kept, even where there are as many (the names are stored with
+            # the weights of our runs; other checkpoints are judged by their classifier's size alone)
+            source_classes = checkpoint_classes(cfg.finetune)
+            other_classes = source_classes is not None and source_classes != list(classes)
+            report = load_checkpoint(model, cfg.finetune, strict=True, use_ema=cfg.finetune_ema, adapt_head=True,
+                                     drop_head=other_classes)
+            if other_classes and len(source_classes) == len(classes):
+                shown = [f"{a} -> {b}" for a, b in zip(source_classes, classes) if a != b]
+                self.log(f"the checkpoint's classifier was trained on other classes ({', '.join(shown[:4])}"
+                         f"{' ...' if len(shown) > 4 else ''}): it is not kept")
             self.log(f"fine-tuning from {cfg.finetune}" +
                      (f" (kept as initialised: {', '.join(report['skipped'])})" if report["skipped"] else ""))
         if cfg.grad_checkpointing and hasattr(model, "set_grad_checkpointing"):
@@ -266,6 +293,7 @@ class Trainer:
             self._resume(path / "last.pth" if path.is_dir() else path)  # a run directory means its last.pth
         # The run directory and its config.yaml are written only now, once everything above has been checked: a
         # refused resume or a bad setting leaves an earlier run's directory as it was, and no stray one.
+        self._lock_run_dir(output)
         if ctx.is_main:
             prepare_run_dir(output, cfg.to_dict())
         ctx.barrier()
@@ -376,7 +404,12 @@ class Trainer:
         else:
             self.log(f"resuming on {self.ctx.world_size} process(es) (saved with {state['world_size']}): sample order "
                      f"and schedule are preserved, per-process random streams differ")
-        self.log(f"resumed from {path}: epoch {self.epoch + 1}, step {self.step}/{self.steps_per_epoch}")
+        total = self.planned_epochs or self.cfg.epochs
+        if self.epoch >= total:
+            self.log(f"resumed from {path}: all {total} epochs are trained; evaluating and exporting the final "
+                     f"weights (to train further: --epochs N with N > {total})")
+        else:
+            self.log(f"resumed from {path}: epoch {self.epoch + 1}, step {self.step}/{self.steps_per_epoch}")
 
     def export_weights(self, name: str, module: nn.Module) -> Path:
         path = self.run_dir / name
@@ -384,10 +417,14 @@ class Trainer:
             dtype = _dtype(self.cfg.export_dtype)
             state = {k: (v.to(dtype) if v.is_floating_point() else v) for k, v in module.state_dict().items()}
             cfg = self.cfg  # enough to rebuild the model and its preprocessing without the run's config.yaml
-            save_state_dict(state, path, metadata={
+            metadata = {
                 "model": cfg.model, "classes": json.dumps(self.data.classes), "img_size": str(cfg.img_size),
                 "model_kwargs": json.dumps(cfg.model_kwargs), "crop_pct": str(cfg.crop_pct),
-                "interpolation": cfg.interpolation, "mean": json.dumps(cfg.mean), "std": json.dumps(cfg.std)})
+                "interpolation": cfg.interpolation, "mean": json.dumps(cfg.mean), "std": json.dumps(cfg.std)}
+            grid = getattr(getattr(module, "patch_embed", None), "grid_size", None)
+            if grid is not None:
+                metadata["patch_grid"] = json.dumps([int(g) for g in grid])
+            save_state_dict(state, path, metadata=metadata)
         return path
 
     # ================================================================== training
@@ -400,9 +437,14 @@ class Trainer:
         self.train_model.train()
         batches = self.data.train.epoch(epoch, self.step)
         total = self.planned_epochs or cfg.epochs
+        # a bar on a terminal; in a log file (nohup, a cluster job) its carriage returns would glue its updates
+        # and the next message into one line, so there a plain line at most every PROGRESS_LINE_SECONDS tells
+        # the progress instead
+        interactive = _interactive()
         bar = tqdm(total=self.steps_per_epoch, initial=self.step, desc=f"epoch {epoch + 1}/{total}",
-                   disable=not (cfg.progress and ctx.is_main), dynamic_ncols=True, leave=False,
-                   mininterval=1.0 if _interactive() else 30.0)
+                   disable=not (cfg.progress and ctx.is_main and interactive), dynamic_ncols=True, leave=False,
+                   mininterval=1.0)
+        t_line = time.perf_counter()
         loss_sum = torch.zeros((), dtype=torch.float64, device=self.device)
         steps_ok = 0
         self._sync()
@@ -455,8 +497,12 @@ class Trainer:
                                                  self.step == self.steps_per_epoch):
                 now = time.perf_counter()
                 rate = (self.step - steps_at_log) * cfg.batch_size / max(now - t_log, 1e-9)
-                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{self._lr():.2e}", img_s=f"{rate:.0f}",
+                bar.set_postfix(loss=f"{float(loss.detach()):.4f}", lr=f"{self._lr():.2e}", img_s=_rate(rate),
                                 refresh=False)
+                if not interactive and now - t_line >= PROGRESS_LINE_SECONDS and self.step < self.steps_per_epoch:
+                    self.log(f"epoch {epoch + 1}/{total}, step {self.step}/{self.steps_per_epoch}: loss "
+                             f"{float(loss.detach()):.4f}, lr {self._lr():.2e}, {_rate(rate)} img/s")
+                    t_line = now
                 t_log, steps_at_log = now, self.step
             if self._stop_requested(interrupt):
                 interrupted = True
@@ -529,6 +575,8 @@ class Trainer:
              torch.backends.cudnn.benchmark) = flags
             if hasattr(self, "logger"):
                 self.logger.close()
+            if self._lock is not None:
+                self._lock.release()
             cleanup_distributed()
 
     def _run(self) -> TrainResult:
@@ -550,7 +598,9 @@ class Trainer:
                 if not self._train_epoch(interrupt, timer):
                     interrupted = True
                     self.save_checkpoint()
-                    self.log(f"stopped by {interrupt.signal_name or 'request'} at epoch {self.epoch + 1}, step "
+                    cause = interrupt.signal_name or ("a signal to another process" if ctx.is_distributed
+                                                      else "request")
+                    self.log(f"stopped by {cause} at epoch {self.epoch + 1}, step "
                              f"{self.step}/{self.steps_per_epoch}: checkpoint {self.checkpoint_path}; continue with "
                              f"--resume {self.checkpoint_path}")
                     break
@@ -644,7 +694,7 @@ class Trainer:
             self.save_checkpoint()
         save_seconds = time.perf_counter() - t1
         msg = (f"epoch {record['epoch']}/{total}: train loss {record['train_loss']:.4f}, lr {record['lr']:.2e}, "
-               f"{record['img_per_s']:.0f} img/s")
+               f"{_rate(record['img_per_s'])} img/s")
         if "val_top1" in record:
             msg += f" | val top-1 {record['val_top1']:.2f}%, top-5 {record['val_top5']:.2f}%"
             if "ema_val_top1" in record:
@@ -687,6 +737,18 @@ class Trainer:
         self.planned_epochs = epochs
         self.scheduler = self._make_scheduler(epochs)
         self.log(plan.describe(cfg.time_limit_min))
+
+
+def _rate(img_per_s: float) -> str:
+    """A throughput for the log: whole numbers, except below 10 (a slow CPU run is not "0 img/s")."""
+    return f"{img_per_s:.0f}" if img_per_s >= 10 else f"{img_per_s:.2g}"
+
+
+def _same_file(a: Path, b: "str | Path") -> bool:
+    try:
+        return Path(a).resolve() == Path(b).resolve()
+    except OSError:
+        return False
 
 
 def _interactive() -> bool:

@@ -26,6 +26,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ...data.folder import to_rgb
+
 __all__ = ["AnnotationError", "CocoInstances", "collate_detection", "load_image"]
 
 _logger = logging.getLogger(__name__)
@@ -37,14 +39,16 @@ class AnnotationError(ValueError):
     """Malformed annotations; the message lists them by annotation and image id."""
 
 
-def load_image(path: "str | Path") -> Tensor:
-    """An image file as a uint8 RGB tensor [3, H, W]."""
+def load_image(path: "str | Path", exif: bool = False) -> Tensor:
+    """An image file as a uint8 RGB tensor [3, H, W] (``to_rgb``: grey and 16-bit images converted; ``exif``:
+    turned as its EXIF orientation says, for a user's photo; annotated images keep their stored pixels, which the
+    annotations' coordinates refer to)."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
     try:
         with Image.open(path) as img:
-            array = np.asarray(img.convert("RGB"))
+            array = np.asarray(to_rgb(img, exif=exif))
     except Exception as e:  # PIL raises several types for unreadable files
         raise OSError(f"cannot decode image {path}: {e}") from e
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 
 
@@ -40,6 +39,7 @@ def main(args: argparse.Namespace) -> int:
     from .datasets import AnnotationError, CocoInstances
     from .evaluation import evaluate_model, format_metrics
     from .model import load_detector
+    from .train_command import print_error
     from .trainer import _data_path
 
     try:
@@ -53,7 +53,7 @@ def main(args: argparse.Namespace) -> int:
         dataset = CocoInstances(images, annotations, on_bad_annotation=args.on_bad_annotation,
                                 categories=categories, max_images=args.max_images, progress=not args.no_progress)
     except (AnnotationError, ConfigError, FileNotFoundError, CheckpointError) as e:
-        print(f"det-eval: error: {e}", file=sys.stderr)
+        print_error("det-eval", e)
         return 2
     set_autocast(model, resolve_precision(args.precision, device))
     metrics = evaluate_model(model, dataset, device, args.batch_size, args.mask_threshold,

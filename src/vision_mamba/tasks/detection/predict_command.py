@@ -42,7 +42,7 @@ def main(args: argparse.Namespace) -> int:
         return 2
     try:
         device = resolve_device(args.device)
-        image = load_image(args.image)
+        image = load_image(args.image, exif=True)  # as a viewer shows the photo
         model, _, categories = load_detector(args.checkpoint, device)
     except (ConfigError, FileNotFoundError, OSError, CheckpointError) as e:
         print(f"det-predict: error: {e}", file=sys.stderr)

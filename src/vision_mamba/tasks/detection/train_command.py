@@ -17,6 +17,14 @@ from .config import ConfigError, load_config
 from .datasets import AnnotationError
 
 
+def print_error(command: str, message: object) -> None:
+    """``COMMAND: error: MESSAGE`` on stderr, once: under torchrun every process meets the same error and exits with
+    the same code, and only the one of RANK 0 prints it."""
+    from ...engine import report_error
+
+    report_error(f"{command}: error: {message}")
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="YAML config, merged over the defaults (see configs/detection/)")
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
@@ -60,7 +68,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         config, resume = resolve_config(args)
     except (ConfigError, FileNotFoundError, CheckpointError) as e:
-        print(f"det-train: error: {e}", file=sys.stderr)
+        print_error("det-train", e)
         return 2
     if args.print_config:
         print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
@@ -71,7 +79,7 @@ def main(args: argparse.Namespace) -> int:
         command = "vision-mamba " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["det-train"] else None
         summary = train_detector(config, resume=resume, progress=not args.no_progress, command=command)
     except (AnnotationError, ConfigError, FileNotFoundError, CheckpointError) as e:
-        print(f"det-train: error: {e}", file=sys.stderr)
+        print_error("det-train", e)
         return 2
     stopped = summary.get("stopped", "")
     if stopped.startswith(("completed", "time limit")):

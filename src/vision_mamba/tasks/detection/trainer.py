@@ -41,7 +41,7 @@ from vision_mamba.engine import (
     restore_rng_state,
     save_state,
 )
-
+from ...engine.rundir import hold_run_dir
 from .amp import set_autocast
 from .config import ConfigError, DetectionConfig
 from .datasets import AnnotationError, CocoInstances, collate_detection
@@ -175,10 +175,36 @@ def train_detector(config: DetectionConfig, resume: "Optional[str | Path]" = Non
 
 
 def _state(model: nn.Module, optimizer, iteration: int, nonfinite: NonFiniteGuard, config: DetectionConfig,
-           categories, train_seconds: float) -> Dict[str, Any]:
+           categories, train_seconds: float, world_size: int) -> Dict[str, Any]:
     return dict(model=model.state_dict(), optimizer=optimizer.state_dict(), iter=iteration,
                 rng=capture_rng_state(), nonfinite=nonfinite.state_dict(), config=config.to_dict(),
-                categories=list(categories), train_seconds=float(train_seconds))
+                categories=list(categories), train_seconds=float(train_seconds), world_size=world_size)
+
+
+def _check_world_size(state: Dict[str, Any], ctx: DistributedContext, path: Path) -> None:
+    """Refuse to resume on another number of processes: the batch is per process and each process's place in the
+    sample stream depends on the count (checkpoints from before the count was stored are accepted)."""
+    saved_world = state.get("world_size")
+    if saved_world is not None and int(saved_world) != ctx.world_size:
+        raise ConfigError(f"--resume: {path} was trained on {saved_world} process(es) and this run has "
+                          f"{ctx.world_size}; resume with the same number (torchrun --nproc_per_node {saved_world}"
+                          f"{', or without torchrun' if saved_world == 1 else ''}), as the global batch and the "
+                          f"data order depend on it")
+
+
+def _already_complete(state: Dict[str, Any], config: DetectionConfig, run_dir: Path) -> Optional[str]:
+    """For a run with nothing left to train that was evaluated at its end: what to tell the user; else None."""
+    done = int(state["iter"])
+    if done < config.train.iters:
+        return None
+    try:
+        results = json.loads((run_dir / "results.json").read_text())
+    except (OSError, ValueError):
+        return None  # stopped before or during the final evaluation: resuming finishes it
+    if results.get("iters") != done:
+        return None
+    return (f"the run in {run_dir} is already complete ({done}/{config.train.iters} iterations); nothing to do. "
+            f"To train longer, resume with --set train.iters=N (N > {done})")
 
 
 def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedContext, progress: bool,
@@ -194,10 +220,19 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
     run_dir = Path(config.output)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output: {run_dir} is a file, not a run directory")
+    # one run writes a directory at a time (a new one is locked when it is made, below)
+    lock = hold_run_dir(run_dir, ctx) if run_dir.is_dir() else None
     if resume is None and (run_dir / "checkpoint.pt").is_file():
         raise ConfigError(f"{run_dir} already holds a run (checkpoint.pt): continue it with --resume {run_dir}, or "
                           f"choose another --output")
     state = load_state(resume) if resume is not None else None
+    if state is not None:
+        complete = _already_complete(state, config, run_dir)
+        if complete is not None:  # resuming would only evaluate again and log a second final row
+            if main:
+                print(f"det-train: {complete}", flush=True)
+            return dict(stopped="completed", already_complete=True, iters=int(state["iter"]), run_dir=str(run_dir))
+        _check_world_size(state, ctx, resume)
     train_set, val_set, train_eval_set = build_datasets(config, progress=progress and main)
     categories = train_set.categories
     if state is not None and list(state["categories"]) != categories:
@@ -218,10 +253,13 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
         nonfinite.load_state_dict(state.get("nonfinite", {}))
         start_iter, previous_seconds = int(state["iter"]), float(state.get("train_seconds", 0.0))
         restore_rng_state(state["rng"])
+        if ctx.is_distributed:  # only rank 0's generators were saved: give each process its own stream again
+            _seed_everything(tc.seed + 1000 * start_iter + ctx.rank)
         del state
     if start_iter >= tc.iters and main:
         _logger.warning("the checkpoint is at iteration %d of %d: nothing left to train", start_iter, tc.iters)
 
+    lock = hold_run_dir(run_dir, ctx, lock)  # held until this function returns
     if main:
         prepare_run_dir(run_dir, config.to_dict())
     logger = MetricLogger(run_dir, enabled=main, step_key="iter", resume_step=start_iter if resume else None)
@@ -283,7 +321,8 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
                 window_start, window_first = time.monotonic(), iteration
             if main and tc.checkpoint_every and iteration % tc.checkpoint_every == 0 and iteration < tc.iters:
                 save_state(run_dir / "checkpoint.pt", _state(model, optimizer, iteration, nonfinite, config,
-                                                              categories, previous_seconds + time.monotonic() - t_start))
+                                                              categories, previous_seconds + time.monotonic() - t_start,
+                                                              ctx.world_size))
             stop = iteration < tc.iters and (interrupt.requested or
                                              (limit is not None and time.monotonic() - t_start > limit))
             if ctx.is_distributed:
@@ -300,7 +339,7 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
         logger.log(record)
     if main:
         save_state(run_dir / "checkpoint.pt", _state(model, optimizer, iteration, nonfinite, config, categories,
-                                                      train_seconds))
+                                                      train_seconds, ctx.world_size))
         try:
             logger.plot(run_dir / "curves.png", title=f"{config.model.backbone} Mask R-CNN")
         except ImportError as e:  # matplotlib is optional where only training runs

@@ -31,6 +31,8 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from ...data.folder import to_rgb
+
 _logger = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
@@ -204,11 +206,13 @@ def _list_files(folder: Path, suffixes: Sequence[str]) -> Dict[str, Path]:
     return files
 
 
-def read_image(path: "str | Path") -> Tensor:
-    """An image file -> uint8 RGB tensor [3, H, W] (grey and RGBA images are converted)."""
+def read_image(path: "str | Path", exif: bool = False) -> Tensor:
+    """An image file -> uint8 RGB tensor [3, H, W] (grey, 16-bit and RGBA images are converted: ``to_rgb``;
+    ``exif``: turned as its EXIF orientation says, for a user's photo; dataset images keep their stored pixels,
+    which their masks match)."""
     try:
         with Image.open(path) as im:
-            array = np.asarray(im.convert("RGB"))
+            array = np.asarray(to_rgb(im, exif=exif))
     except (OSError, ValueError) as e:
         raise DatasetError(f"{path}: cannot be read as an image ({e})") from e
     return torch.from_numpy(array.copy()).permute(2, 0, 1).contiguous()
@@ -240,10 +244,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         classes: the class list (raw value -> train id).
         transform: a callable (image, mask) -> anything, applied on every access.
         cache: decode all pairs now (checked now, fast later); else decode on access (sizes still checked now).
+        verbose: log left-out images and show the reading progress bar (off on all but one DDP process).
     """
 
     def __init__(self, images_dir: "str | Path", masks_dir: "str | Path", classes: ClassList,
-                 transform: Optional[Callable] = None, cache: bool = True, num_threads: Optional[int] = None):
+                 transform: Optional[Callable] = None, cache: bool = True, num_threads: Optional[int] = None,
+                 verbose: bool = True):
         self.images_dir, self.masks_dir = Path(images_dir), Path(masks_dir)
         self.classes = classes
         self.transform = transform
@@ -256,7 +262,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if not masks:
             raise DatasetError(f"no masks ({'/'.join(MASK_SUFFIXES)}) in {self.masks_dir}")
         skipped = len(images) - len(masks)
-        if skipped:
+        if skipped and verbose:
             _logger.warning("%s: %d images without a mask are left out", self.images_dir, skipped)
         self.samples: List[Tuple[Path, Path]] = [(images[s], masks[s]) for s in sorted(masks)]
         self._cache: Optional[List[Tuple[Tensor, Tensor]]] = None
@@ -264,7 +270,8 @@ class SegmentationDataset(torch.utils.data.Dataset):
         if cache:
             with ThreadPoolExecutor(threads) as pool:  # PIL decodes outside the GIL
                 self._cache = list(tqdm(pool.map(self._load, range(len(self.samples))), total=len(self.samples),
-                                        desc=f"reading {self.masks_dir.name}", leave=False, mininterval=2.0))
+                                        desc=f"reading {self.masks_dir.name}", leave=False, mininterval=2.0,
+                                        disable=not verbose))
         else:
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(self._check_size, range(len(self.samples))))
@@ -347,17 +354,19 @@ class ADE20KDataset(SegmentationDataset):
     SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
 
     def __init__(self, root: "str | Path", split: str = "training", transform: Optional[Callable] = None,
-                 cache: bool = False, ignore_index: int = 255):
+                 cache: bool = False, ignore_index: int = 255, verbose: bool = True):
         if split not in self.SPLITS:
             raise DatasetError(f"ADE20K split must be one of {sorted(self.SPLITS)}, got {split!r}")
         root = find_ade20k_root(root)
         folder = self.SPLITS[split]
         super().__init__(root / "images" / folder, root / "annotations" / folder,
-                         ade20k_classes(root, ignore_index), transform=transform, cache=cache)
+                         ade20k_classes(root, ignore_index), transform=transform, cache=cache, verbose=verbose)
 
 
-def dataset_from_config(config, split: str, transform: Optional[Callable] = None) -> SegmentationDataset:
-    """The 'train' or 'val' dataset a :class:`~.config.SegConfig` describes."""
+def dataset_from_config(config, split: str, transform: Optional[Callable] = None,
+                        verbose: bool = True) -> SegmentationDataset:
+    """The 'train' or 'val' dataset a :class:`~.config.SegConfig` describes (``verbose``: warnings and progress
+    bar; only the main process of a DDP run passes True)."""
     if config.data_root is None:
         raise DatasetError("data_root is not set: pass --data-root (or set data_root in the config)")
     root = Path(config.data_root)
@@ -367,10 +376,11 @@ def dataset_from_config(config, split: str, transform: Optional[Callable] = None
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if config.dataset == "ade20k":
         return ADE20KDataset(root, split, transform=transform, cache=config.cache_images,
-                             ignore_index=config.ignore_index)
+                             ignore_index=config.ignore_index, verbose=verbose)
     if config.classes_file is None:
         raise DatasetError("classes_file is not set: the folders layout needs a class list (json / yaml / txt)")
     classes = read_class_list(root / config.classes_file, config.ignore_values, config.ignore_index)
     images = config.train_images if split == "train" else config.val_images
     masks = config.train_masks if split == "train" else config.val_masks
-    return SegmentationDataset(root / images, root / masks, classes, transform=transform, cache=config.cache_images)
+    return SegmentationDataset(root / images, root / masks, classes, transform=transform, cache=config.cache_images,
+                               verbose=verbose)

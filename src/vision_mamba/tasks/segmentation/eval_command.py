@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any, Dict
 
@@ -19,7 +18,7 @@ from .datasets import DatasetError, dataset_from_config, read_class_list
 from .inference import InferenceSettings, Predictor, evaluate
 from .metrics import json_safe, per_class_table
 from .model import load_segmentation_model
-from .train_command import USER_ERRORS, error_message
+from .train_command import USER_ERRORS, error_message, print_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -77,10 +76,10 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = run_eval(args)
     except USER_ERRORS as e:
-        print(f"seg-eval: error: {error_message(e)}", file=sys.stderr)
+        print_error("seg-eval", error_message(e))
         return 2
-    print(f"{result['split']} ({result['images']} images, {result['mode']}): mIoU {100 * result['miou']:.2f}, "
-          f"pixel acc {100 * result['pixel_acc']:.2f}, mean acc {100 * result['mean_acc']:.2f}, "
+    print(f"{result['split']} ({result['images']} images, {result['mode']}): mIoU {100 * result['miou']:.2f}%, "
+          f"pixel acc {100 * result['pixel_acc']:.2f}%, mean acc {100 * result['mean_acc']:.2f}%, "
           f"{result['classes_scored']} classes scored")
     print("\n".join(per_class_table(result, result["class_names"], top=args.top or None)))
     if args.output:

@@ -112,8 +112,10 @@ class Predictor:
         return (total / count)[..., :h, :w]
 
     @torch.no_grad()
-    def logits(self, image: Tensor, mode: Optional[str] = None) -> Tensor:
-        """uint8 image [3, H, W] -> fp32 logits [K, H, W] at the image's own size."""
+    def logits(self, image: "Tensor | Any", mode: Optional[str] = None) -> Tensor:
+        """uint8 image [3, H, W] (or a PIL image, or a numpy uint8 array [H, W, 3]) -> fp32 logits [K, H, W] at
+        the image's own size."""
+        image = as_image_tensor(image)
         x = self._prepare(image)
         mode = mode or self.settings.mode
         out = self._whole(x) if mode == "whole" else self._slide(x)
@@ -122,9 +124,39 @@ class Predictor:
         return out[0]
 
     @torch.no_grad()
-    def predict(self, image: Tensor, mode: Optional[str] = None) -> Tensor:
-        """uint8 image [3, H, W] -> train ids [H, W] (int64, on the device)."""
+    def predict(self, image: "Tensor | Any", mode: Optional[str] = None) -> Tensor:
+        """uint8 image [3, H, W] (or a PIL image, or a numpy uint8 array [H, W, 3]) -> train ids [H, W] (int64,
+        on the device)."""
         return self.logits(image, mode).argmax(dim=0)
+
+
+def as_image_tensor(image: Any) -> Tensor:
+    """A uint8 RGB tensor [3, H, W] from what a user may hold: such a tensor, a PIL image (any mode: converted as
+    the datasets convert files), or a numpy uint8 array [H, W, 3] (or [H, W] grey)."""
+    if isinstance(image, Tensor):
+        return image
+    try:
+        from PIL import Image
+    except ImportError:  # pragma: no cover (Pillow comes with torchvision)
+        Image = None
+    if Image is not None and isinstance(image, Image.Image):
+        import numpy as np
+
+        from ...data.folder import to_rgb
+
+        return torch.from_numpy(np.array(to_rgb(image))).permute(2, 0, 1).contiguous()
+    import numpy as np
+
+    if isinstance(image, np.ndarray):
+        if image.dtype != np.uint8:
+            raise ValueError(f"expected a uint8 image array, got {image.dtype} (scale it to 0-255 and convert)")
+        if image.ndim == 2:
+            image = np.repeat(image[:, :, None], 3, axis=2)
+        if image.ndim != 3 or image.shape[2] != 3:
+            raise ValueError(f"expected an image array [H, W, 3], got shape {image.shape}")
+        return torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).contiguous()
+    raise TypeError(f"expected an image (uint8 tensor [3, H, W], PIL image or numpy array [H, W, 3]), got "
+                    f"{type(image).__name__}")
 
 
 def evaluate(predictor: Predictor, dataset, num_classes: int, ignore_index: int = 255, ctx=None,

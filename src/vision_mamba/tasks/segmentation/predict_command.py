@@ -70,7 +70,8 @@ def run_predict(args: argparse.Namespace) -> Path:
     palette = make_palette(classes.num_classes)
     rows: List[List[Image.Image]] = []
     for i, path in enumerate(images):
-        image = read_image(path)
+        # a photo is shown as a viewer turns it (EXIF); with a ground-truth mask, as stored (the mask's pixels)
+        image = read_image(path, exif=masks is None)
         labels = predictor.predict(image).cpu().numpy()
         rgb = image.permute(1, 2, 0).numpy()
         row = []

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import shlex
-import sys
 from typing import Any, Dict, List
 
 import yaml
@@ -36,6 +35,14 @@ def error_message(error: BaseException) -> str:
         lines = [line.strip() for line in text.splitlines() if line.strip()]
         text = lines[-1].split(": ", 1)[-1] if lines else text
     return text
+
+
+def print_error(command: str, message: str) -> None:
+    """``COMMAND: error: MESSAGE`` on stderr, once: under torchrun every process meets the same error and exits with
+    the same code, and only the one of RANK 0 prints it."""
+    from ...engine import report_error
+
+    report_error(f"{command}: error: {message}")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -89,6 +96,6 @@ def main(args: argparse.Namespace) -> int:
             return 0
         summary = train(config, resume=args.resume, command=command_line(args))
     except USER_ERRORS as e:
-        print(f"seg-train: error: {error_message(e)}", file=sys.stderr)
+        print_error("seg-train", error_message(e))
         return 2
     return 130 if summary.get("interrupted") else 0

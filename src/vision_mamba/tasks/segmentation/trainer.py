@@ -26,6 +26,7 @@ import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import PolyLRScheduler
 from timm.utils import random_seed
+from torch import distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
@@ -33,6 +34,7 @@ from tqdm.auto import tqdm
 from ...engine import (DistributedContext, InterruptGuard, MetricLogger, NonFiniteGuard, autocast,
                        capture_rng_state, cleanup_distributed, init_distributed, load_state, prepare_run_dir,
                        resolve_precision, restore_rng_state, save_state)
+from ...engine.rundir import hold_run_dir
 from .config import ConfigError, SegConfig
 from .datasets import dataset_from_config
 from .inference import InferenceSettings, Predictor, evaluate
@@ -143,6 +145,34 @@ def _check_resume(saved: Dict[str, Any], config: SegConfig) -> None:
                           f"{', '.join(sorted(RESUMABLE_CHANGES))} may change when resuming.")
 
 
+def _check_world_size(saved: Dict[str, Any], ctx: DistributedContext, path: Path) -> None:
+    """Refuse to resume on another number of processes: the batch is per process and each process's place in the
+    sample stream depends on the count (checkpoints from before the count was stored are accepted)."""
+    saved_world = saved.get("world_size")
+    if saved_world is not None and int(saved_world) != ctx.world_size:
+        raise ConfigError(f"--resume: {path} was trained on {saved_world} process(es) and this run has "
+                          f"{ctx.world_size}; resume with the same number (torchrun --nproc_per_node {saved_world}"
+                          f"{', or without torchrun' if saved_world == 1 else ''}), as the global batch and the "
+                          f"data order depend on it")
+
+
+def _already_complete(saved: Dict[str, Any], config: SegConfig, run_dir: Path) -> Optional[str]:
+    """For a run with nothing left to train that was evaluated at its end: what to tell the user; else None."""
+    total = int(saved["total_iters"]) if saved["config"]["iters"] == config.iters else config.iters
+    done, end = int(saved["iter"]), min(total, config.stop_iter or total)
+    if done < end:
+        return None
+    try:
+        summary = json.loads((run_dir / "summary.json").read_text())
+    except (OSError, ValueError):
+        return None  # stopped before or during the final evaluation: resuming finishes it
+    if summary.get("iters") != done or not (run_dir / "model.safetensors").is_file():
+        return None
+    miou = f", val mIoU {100 * summary['val_miou']:.2f}%" if isinstance(summary.get("val_miou"), float) else ""
+    return (f"the run in {run_dir} is already complete ({done}/{end} iterations{miou}); nothing to do. To train "
+            f"longer, resume with more --iters" + (" (or a later stop_iter)" if end < total else ""))
+
+
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
@@ -165,11 +195,19 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
     run_dir = Path(config.output)
     state_path = run_dir / "last.pth"
     saved = None
+    # one run writes a directory at a time (a new one is locked when it is made, below)
+    lock = hold_run_dir(run_dir, ctx) if run_dir.is_dir() else None
     if resume:
         if not state_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint to resume from at {state_path}")
         saved = load_state(state_path)
         _check_resume(saved["config"], config)
+        complete = _already_complete(saved, config, run_dir)
+        if complete is not None:  # resuming would only evaluate again and log a second final row
+            if ctx.is_main:
+                print(f"seg-train: {complete}", flush=True)
+            return {"already_complete": True, "iters": int(saved["iter"]), "run_dir": str(run_dir)}
+        _check_world_size(saved, ctx, state_path)
     elif state_path.is_file():
         raise FileExistsError(f"{run_dir} already holds a run ({state_path.name}); pass --resume to continue it "
                               f"or choose another --output")
@@ -179,8 +217,8 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
     random_seed(config.seed, ctx.rank)
 
     # Data first: bad files are reported before any model is built.
-    train_set = dataset_from_config(config, "train", TrainTransform.from_config(config))
-    val_set = dataset_from_config(config, "val")
+    train_set = dataset_from_config(config, "train", TrainTransform.from_config(config), verbose=ctx.is_main)
+    val_set = dataset_from_config(config, "val", verbose=ctx.is_main)
     classes = train_set.classes
     num_classes, class_names = classes.num_classes, list(classes.names)
 
@@ -207,6 +245,7 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
         model = nn.parallel.DistributedDataParallel(
             model, device_ids=[device.index] if device.type == "cuda" else None)
     scheduler = build_scheduler(optimizer, config, total, warmup)
+    lock = hold_run_dir(run_dir, ctx, lock)  # held until this function returns
     if ctx.is_main:
         prepare_run_dir(run_dir, config.to_dict())
     logger = MetricLogger(run_dir, enabled=ctx.is_main, step_key="iter",
@@ -224,10 +263,13 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
                 "model": unwrapped.state_dict(), "optimizer": optimizer.state_dict(), "iter": iteration,
                 "total_iters": total, "warmup_iters": warmup, "rng": capture_rng_state(),
                 "config": config.to_dict(), "classes": classes_to_dict(classes), "nonfinite": guard.state_dict(),
-                "scaler": scaler.state_dict() if scaler is not None else None})
+                "scaler": scaler.state_dict() if scaler is not None else None, "world_size": ctx.world_size})
         ctx.barrier()
 
     def run_eval(dataset, desc: str) -> Dict[str, Any]:
+        if ctx.is_distributed:  # each process evaluates its share with process 0's BN statistics (the saved model)
+            for buffer in unwrapped.buffers():
+                dist.broadcast(buffer, 0)
         unwrapped.eval()
         benchmark = torch.backends.cudnn.benchmark
         torch.backends.cudnn.benchmark = False  # every image size would be autotuned anew
@@ -250,8 +292,11 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
               f"{len(train_set)} train / {len(val_set)} val images, crop {config.crop_hw}, batch "
               f"{config.batch_size} x {ctx.world_size}, iterations {start_iter} -> {total}, device "
               f"{_device_name(device)}, precision {dtype or 'fp32'}", flush=True)
-    pbar = tqdm(total=total, initial=start_iter, desc="train", disable=not ctx.is_main, dynamic_ncols=True,
-                mininterval=1.0 if interactive else 30.0)
+    # a bar on a terminal; in a log file, about ten plain lines a run instead (a bar's carriage returns there
+    # glue its updates and the next message into one line)
+    pbar = tqdm(total=total, initial=start_iter, desc="train", disable=not (ctx.is_main and interactive),
+                dynamic_ncols=True, mininterval=1.0)
+    print_every = max(1, round(total / (10 * config.log_every)))
     data_iter = iter(loader)  # draws the loader's seed: before restoring, so a resumed run continues exactly
     if saved is not None:
         if ctx.is_distributed:  # only rank 0's generators were saved: give each process its own stream again
@@ -298,6 +343,9 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
                 record["skipped_steps"] = guard.skipped
                 logger.log(record)
                 pbar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}", lr=f"{record['lr']:.2e}")
+                if ctx.is_main and not interactive and ((it // config.log_every) % print_every == 0 or it == total):
+                    print(f"seg-train: iteration {it}/{total}, loss {record.get('loss', float('nan')):.4f}, lr "
+                          f"{record['lr']:.2e}, {record['sec_per_iter']:.3g} s/iteration", flush=True)
                 sums, window_start, window_iters = {}, now, 0
             if config.eval_every and it % config.eval_every == 0 and it < total and it != config.stop_iter:
                 val = run_eval(val_set, f"val @ {it}")
@@ -392,9 +440,9 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
                                 extra={"iters": it, "val_miou": val["miou"]})
         (run_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
         logger.plot(run_dir / "curves.png", title=f"{config.backbone} UperNet")
-        train_text = f", train mIoU {100 * train_metrics['miou']:.2f}" if train_metrics else ""
-        print(f"seg-train: {it} iterations in {train_seconds:.0f} s; val mIoU {100 * val['miou']:.2f} "
-              f"(pixel acc {100 * val['pixel_acc']:.1f}){train_text}. Saved {run_dir / 'model.safetensors'}",
+        train_text = f", train mIoU {100 * train_metrics['miou']:.2f}%" if train_metrics else ""
+        print(f"seg-train: {it} iterations in {train_seconds:.0f} s; val mIoU {100 * val['miou']:.2f}% "
+              f"(pixel acc {100 * val['pixel_acc']:.1f}%){train_text}. Saved {run_dir / 'model.safetensors'}",
               flush=True)
     logger.close()
     ctx.barrier()
