@@ -110,3 +110,16 @@ def report_error(message: str) -> None:
     first (RANK 0) says it."""
     if os.environ.get("RANK", "0") in ("", "0"):
         print(message, file=sys.stderr)
+
+
+def check_resume_world_size(saved: Any, ctx: DistributedContext, path: Any) -> None:
+    """Refuse to resume on another number of processes (for trainers whose batch is per process, and whose
+    processes' places in the sample stream depend on the count): a ConfigError naming both counts. ``saved``:
+    the count the checkpoint recorded (None for checkpoints from before it was stored: accepted)."""
+    from .config import ConfigError
+
+    if saved is not None and int(saved) != ctx.world_size:
+        raise ConfigError(f"--resume: {path} was trained on {saved} process(es) and this run has "
+                          f"{ctx.world_size}; resume with the same number (torchrun --nproc_per_node {saved}"
+                          f"{', or without torchrun' if int(saved) == 1 else ''}), as the global batch and the "
+                          f"data order depend on it")

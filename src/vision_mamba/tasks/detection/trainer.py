@@ -41,6 +41,7 @@ from vision_mamba.engine import (
     restore_rng_state,
     save_state,
 )
+from ...engine.distributed import check_resume_world_size
 from ...engine.rundir import hold_run_dir
 from .amp import set_autocast
 from .config import ConfigError, DetectionConfig
@@ -181,17 +182,6 @@ def _state(model: nn.Module, optimizer, iteration: int, nonfinite: NonFiniteGuar
                 categories=list(categories), train_seconds=float(train_seconds), world_size=world_size)
 
 
-def _check_world_size(state: Dict[str, Any], ctx: DistributedContext, path: Path) -> None:
-    """Refuse to resume on another number of processes: the batch is per process and each process's place in the
-    sample stream depends on the count (checkpoints from before the count was stored are accepted)."""
-    saved_world = state.get("world_size")
-    if saved_world is not None and int(saved_world) != ctx.world_size:
-        raise ConfigError(f"--resume: {path} was trained on {saved_world} process(es) and this run has "
-                          f"{ctx.world_size}; resume with the same number (torchrun --nproc_per_node {saved_world}"
-                          f"{', or without torchrun' if saved_world == 1 else ''}), as the global batch and the "
-                          f"data order depend on it")
-
-
 def _already_complete(state: Dict[str, Any], config: DetectionConfig, run_dir: Path) -> Optional[str]:
     """For a run with nothing left to train that was evaluated at its end: what to tell the user; else None."""
     done = int(state["iter"])
@@ -232,7 +222,7 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
             if main:
                 print(f"det-train: {complete}", flush=True)
             return dict(stopped="completed", already_complete=True, iters=int(state["iter"]), run_dir=str(run_dir))
-        _check_world_size(state, ctx, resume)
+        check_resume_world_size(state.get("world_size"), ctx, resume)
     train_set, val_set, train_eval_set = build_datasets(config, progress=progress and main)
     categories = train_set.categories
     if state is not None and list(state["categories"]) != categories:

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ...engine import (DistributedContext, InterruptGuard, MetricLogger, NonFiniteGuard, autocast,
                        capture_rng_state, cleanup_distributed, init_distributed, load_state, prepare_run_dir,
                        resolve_precision, restore_rng_state, save_state)
+from ...engine.distributed import check_resume_world_size
 from ...engine.rundir import hold_run_dir
 from .config import ConfigError, SegConfig
 from .datasets import dataset_from_config
@@ -145,17 +146,6 @@ def _check_resume(saved: Dict[str, Any], config: SegConfig) -> None:
                           f"{', '.join(sorted(RESUMABLE_CHANGES))} may change when resuming.")
 
 
-def _check_world_size(saved: Dict[str, Any], ctx: DistributedContext, path: Path) -> None:
-    """Refuse to resume on another number of processes: the batch is per process and each process's place in the
-    sample stream depends on the count (checkpoints from before the count was stored are accepted)."""
-    saved_world = saved.get("world_size")
-    if saved_world is not None and int(saved_world) != ctx.world_size:
-        raise ConfigError(f"--resume: {path} was trained on {saved_world} process(es) and this run has "
-                          f"{ctx.world_size}; resume with the same number (torchrun --nproc_per_node {saved_world}"
-                          f"{', or without torchrun' if saved_world == 1 else ''}), as the global batch and the "
-                          f"data order depend on it")
-
-
 def _already_complete(saved: Dict[str, Any], config: SegConfig, run_dir: Path) -> Optional[str]:
     """For a run with nothing left to train that was evaluated at its end: what to tell the user; else None."""
     total = int(saved["total_iters"]) if saved["config"]["iters"] == config.iters else config.iters
@@ -207,7 +197,7 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
             if ctx.is_main:
                 print(f"seg-train: {complete}", flush=True)
             return {"already_complete": True, "iters": int(saved["iter"]), "run_dir": str(run_dir)}
-        _check_world_size(saved, ctx, state_path)
+        check_resume_world_size(saved.get("world_size"), ctx, state_path)
     elif state_path.is_file():
         raise FileExistsError(f"{run_dir} already holds a run ({state_path.name}); pass --resume to continue it "
                               f"or choose another --output")
