@@ -918,8 +918,8 @@ def test_gluon_dispatch_rule(monkeypatch):
                         config=dict(cfg, min_programs=0, staged_min_programs=0))
     assert unrolls == [4, 4, 1], unrolls
     # inference the plan would chunk, in one pass with a channel's states over onepass_tpc lanes: by default
-    # where the launch has at least 6,144 channels (batch x 2 directions x E: Vim-Ti from batch 8), or 9,216
-    # where dt_low is wider than 16 (Vim-S's rank 24: from batch 6; Vim-B's 48: from batch 3), else chunked; 4
+    # where the launch has at least 6,144 channels (batch x 2 directions x E: Vim-Ti from batch 8), as many where
+    # dt_low is wider than 16 (Vim-S's rank 24: from batch 4; Vim-B's 48: from batch 2), else chunked; 4
     # lanes where their busiest scheduler finishes first (with 132 SMs: 8,449 - 12,672 channels, Vim-Ti batches
     # 12 - 16) and the rank pads to 16, else 2; where set, a power of two up to N and dt_low's padded width (16
     # here), 32 * onepass_cpt / tpc channels a program dividing E
@@ -927,7 +927,7 @@ def test_gluon_dispatch_rule(monkeypatch):
     tpc = lambda t, c=1, **kw: ts._onepass_tpc(dict(cfg, onepass_tpc=t, onepass_cpt=c), args_for(6085, **kw),
                                                dev)  # noqa: E731
     assert cfg["onepass_tpc"] == -1 and cfg["onepass_min_channels"] == 6144
-    assert cfg["onepass_min_channels_wide"] == 9216
+    assert cfg["onepass_min_channels_wide"] == 6144
     assert cfg["onepass_min_channels_short"] == 1536 and cfg["onepass_short_tokens"] == 577
     assert cfg["onepass_unroll"] == 4 and cfg["gluon_staged_unroll"] == 4 and cfg["onepass_share"] == 16
     vim_ti = [tpc(-1, B=b) for b in (1, 7, 8, 9, 10, 11, 12, 16, 17, 20, 32)]  # (rank 12)
@@ -937,12 +937,12 @@ def test_gluon_dispatch_rule(monkeypatch):
     short = lambda L, b, R=12: ts._onepass_tpc(cfg, args_for(L, B=b, R=R), dev)  # noqa: E731
     assert [short(197, b) for b in (1, 2, 3, 4, 6, 8)] == [0, 4, 4, 4, 2, 2]
     assert [short(577, 2), short(578, 2), short(578, 7), short(578, 8), short(1025, 4)] == [4, 0, 0, 2, 0]
-    assert [short(197, 2, R=24), short(197, 12, R=24)] == [0, 2]  # (a wide rank: 9,216 channels at any length)
+    assert [short(197, 2, R=24), short(197, 8, R=24)] == [0, 2]  # (a wide rank: 6,144 channels at any length)
     assert ts._onepass_tpc(dict(cfg, onepass_min_channels_short=768), args_for(197), dev) == 4
     vim_s = [tpc(-1, B=b, E=768, R=24) for b in (1, 2, 4, 5, 6, 8, 16)]
     vim_b = [tpc(-1, B=b, E=1536, R=48) for b in (1, 2, 3)]
-    assert vim_s == [0, 0, 0, 0, 2, 2, 2] and vim_b == [0, 0, 2]
-    assert tpc(-1, B=10, R=16) == 2 and tpc(-1, B=10, R=17) == 0  # (the rank padded past 16: 9,216 channels)
+    assert vim_s == [0, 0, 2, 2, 2, 2, 2] and vim_b == [0, 2, 2]
+    assert tpc(-1, B=8, R=17) == 2 and tpc(-1, B=7, R=17) == 0  # (the rank padded past 16: 6,144 channels too)
     assert tpc(-1, B=12, R=16) == 4 and tpc(-1, B=12, R=17) == 2  # (4 lanes only where measured)
     assert tpc(-1, B=16, R=8) == 2 and tpc(-1, B=16, R=9) == 4  # (4 lanes for a rank padded to 16: measured)
     assert ts._onepass_tpc(dict(cfg, onepass_min_channels=768), args_for(6085), dev) == 4

@@ -219,14 +219,16 @@ def _read_config():
         # does batch 1 (224 px -1.4%, 512 px -38.8%).
         # onepass_min_channels_wide: the same for a dt rank padded past 16 (Vim-S's 24, Vim-B's 48), whose chunked
         # launches are slower (twice the work for delta a step): Vim-S whole at 1248 px (docs/kernels.md, "Session
-        # 25"), one pass against chunked: batch 2 0.61x, 4 and 5 1.00x, 6 (9,216 channels: the smallest measured
-        # win) 1.12x, 8 1.57x, 9 1.59x; Vim-B not measured
+        # 25"), one pass against chunked: batch 2 0.61x, 4 and 5 1.00x, 6 (9,216 channels) 1.12x, 8 1.57x, 9 1.59x;
+        # since session 37 from 6,144 channels, where one pass won at every length measured (H100, graphed bf16,
+        # Vim-S batch 4: 224 px +29.7%, 384 px +20.6%, 512 px +13.6%, 738 px +5.2%, 1024 px +3.2%, 1248 px +2.4%;
+        # docs/kernels.md, "Session 37"); Vim-B not measured
         onepass_tpc=_env_int("VISION_MAMBA_TRITON_ONEPASS_TPC", -1),
         onepass_cpt=_env_int("VISION_MAMBA_TRITON_ONEPASS_CPT", 1),
         onepass_min_channels=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS", 6144),
         onepass_min_channels_short=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS_SHORT", 1536),
         onepass_short_tokens=_env_int("VISION_MAMBA_TRITON_ONEPASS_SHORT_TOKENS", 577),
-        onepass_min_channels_wide=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS_WIDE", 9216),
+        onepass_min_channels_wide=_env_int("VISION_MAMBA_TRITON_ONEPASS_MIN_CHANNELS_WIDE", 6144),
         # steps a pass of the staged kernel's loop (scan_fwd_staged_gluon_kernel's UNROLL: straight code the
         # compiler can overlap, step after step) for those launches with lanes a channel (onepass_unroll), and
         # for one-pass inference launches with a thread a channel and a dt rank up to 16 (gluon_staged_unroll;
@@ -817,7 +819,7 @@ def _onepass_tpc(cfg, args: _ScanArgs, device, always: bool = False) -> int:
     gluon = _gluon_common(cfg.get("gluon", -1), args, device)
     if tpc < 0:
         channels, wide = args.B * args.n_dirs * args.E, _next_pow2(args.R) > 16
-        least = cfg.get("onepass_min_channels_wide", 9216) if wide else cfg.get("onepass_min_channels", 6144)
+        least = cfg.get("onepass_min_channels_wide", 6144) if wide else cfg.get("onepass_min_channels", 6144)
         if not wide and args.L <= cfg.get("onepass_short_tokens", 577):
             least = min(least, cfg.get("onepass_min_channels_short", 1536))
         if (channels < least and not always) or not gluon:
