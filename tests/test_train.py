@@ -471,3 +471,33 @@ def test_progress_in_a_log_file_is_plain_lines(tmp_path, capsys, monkeypatch):
                                                       "epoch 1/2, step 3/4"], captured.out
     assert all(line.endswith(" img/s") and "loss " in line for line in lines)
     assert trainer_module._rate(0.1509) == "0.15" and trainer_module._rate(1234.4) == "1234"
+
+
+def test_a_stop_during_the_evaluation_saves_the_epoch_and_resume_finishes(tmp_path, capsys):
+    """torchrun kills its workers 30 s after passing a signal on: an evaluation is abandoned on a stop request
+    (asked every few batches), the epoch's training is saved, and the resumed run evaluates at its end."""
+    from vision_mamba.train.evaluate import STOP_CHECK_BATCHES
+
+    cfg = tiny_config(tmp_path, "evalstop", synthetic_train=32, synthetic_val=40, eval_batch_size=4, epochs=2)
+    trainer = Trainer(cfg)
+    trainer.setup()
+    sent = []
+
+    def signal_in_eval(module, args, output):
+        if not module.training and not sent:
+            sent.append(True)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    trainer.model.register_forward_hook(signal_in_eval)
+    result = trainer.run()
+    assert result.interrupted and sent
+    out = capsys.readouterr().out
+    assert "stopped by SIGTERM during the evaluation after epoch 1" in out
+    state = load_state(tmp_path / "evalstop" / "last.pth")
+    assert (state["epoch"], state["step"]) == (1, 0)
+    records = [json.loads(line) for line in (tmp_path / "evalstop" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1] and "val_top1" not in records[0]
+    assert STOP_CHECK_BATCHES < 10  # (the evaluation has 10 batches: the request was seen within them)
+    assert cli.main(["train", "--resume", str(tmp_path / "evalstop"), "--set", "progress=false"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "evalstop" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in records] == [1, 2] and "val_top1" in records[1]

@@ -111,3 +111,44 @@ def test_two_processes_match_one_process(tmp_path, backend):
     m2 = [json.loads(line) for line in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert [r["train_loss"] for r in m2] == pytest.approx([r["train_loss"] for r in m1], rel=1e-4)
     assert [r["val_images"] for r in m2] == [30, 30]  # the sharded evaluation counts every image once
+
+
+_EVAL_STOP_SCRIPT = """
+import json, os, signal, sys
+from vision_mamba.train import TrainConfig, Trainer
+
+values = json.loads(sys.argv[1])
+trainer = Trainer(TrainConfig.from_dict(values))
+trainer.setup()
+sent = []
+
+def signal_in_eval(module, args, output):  # process 1 alone gets the signal, at its first evaluation batch
+    if not module.training and not sent and int(os.environ["RANK"]) == 1:
+        sent.append(True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+trainer.model.register_forward_hook(signal_in_eval)
+result = trainer.run()
+print(f"rank {os.environ['RANK']} interrupted={result.interrupted} epoch={trainer.epoch}", flush=True)
+"""
+
+
+@pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available")
+def test_a_signal_to_one_process_during_the_evaluation_stops_both(tmp_path):
+    """Shards of 17 and 16 images (5 and 4 batches of 4): the processes agree to abandon the evaluation within the
+    batches both have, save the epoch and stop, instead of one waiting for the other until torchrun kills them."""
+    values = {**TrainConfig().to_dict(), **DETERMINISTIC, "synthetic_val": 33, "eval_batch_size": 4,
+              "output": str(tmp_path / "run")}
+    script = tmp_path / "eval_stop.py"
+    script.write_text(_EVAL_STOP_SCRIPT)
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           str(script), json.dumps(values)], env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "rank 0 interrupted=True epoch=1" in proc.stdout and "rank 1 interrupted=True epoch=1" in proc.stdout
+    assert "stopped by a signal to another process during the evaluation after epoch 1" in proc.stdout
+    state = torch.load(tmp_path / "run" / "last.pth", weights_only=False)
+    assert (state["epoch"], state["step"]) == (1, 0)

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import time
-from typing import Dict, Iterable, Optional
+from typing import Callable, Dict, Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -10,13 +10,16 @@ from torch import nn
 
 from ..engine import DistributedContext, autocast
 
-__all__ = ["evaluate"]
+__all__ = ["evaluate", "STOP_CHECK_BATCHES"]
+
+STOP_CHECK_BATCHES = 4  # an evaluation asks its stop callback every this many batches
 
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype: Optional[torch.dtype] = None,
              ctx: Optional[DistributedContext] = None, progress: bool = False, desc: str = "eval",
-             channels_last: bool = False, hflip_tta: bool = False, cuda_graph: bool = False) -> Dict[str, float]:
+             channels_last: bool = False, hflip_tta: bool = False, cuda_graph: bool = False,
+             stop: Optional[Callable[[], bool]] = None) -> Dict[str, float]:
     """Run ``model`` over ``loader`` (batches (images, targets, readable mask or None)); ``channels_last``:
     images in that memory format (for a model converted to it); ``hflip_tta``: logits averaged over each image
     and its mirror image (test-time augmentation; twice the work); ``cuda_graph``: on CUDA, forwards replayed
@@ -25,6 +28,11 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
     Returns top1 / top5 (percent), loss (cross-entropy, no smoothing), images (counted over all processes),
     img_per_s (images / wall time of the loop, all processes together) and unreadable (images left out).
     Accuracies are summed on the device and read once at the end.
+
+    ``stop``: asked every STOP_CHECK_BATCHES batches whether to abandon the evaluation (a stop request: torchrun
+    kills its workers 30 s after passing a signal on, and a long evaluation must not outlast that); its answer must
+    be the same on every process (the trainer's is agreed by an all-reduce), and it is asked only within the
+    batches every process has. An abandoned evaluation returns {"abandoned": True}.
     """
     from tqdm import tqdm
 
@@ -36,11 +44,21 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
 
         forward = CUDAGraphInference(model, max_graphs=4)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # top1 hits, top5 hits, loss sum, count
+    checked = 0  # the batches within which stop is asked: those every process has
+    if stop is not None:
+        checked = len(loader) if hasattr(loader, "__len__") else 0
+        if ctx is not None and ctx.is_distributed:
+            fewest = torch.tensor([checked], dtype=torch.int64, device=device)
+            torch.distributed.all_reduce(fewest, op=torch.distributed.ReduceOp.MIN)
+            checked = int(fewest)
     _sync(device)
     start = time.perf_counter()
     # (disable=None: no bar where stderr is not a terminal, whose log its carriage returns would garble)
-    for images, targets, readable in tqdm(loader, desc=desc, disable=None if progress else True, leave=False,
-                                          mininterval=2.0):
+    for index, (images, targets, readable) in enumerate(tqdm(
+            loader, desc=desc, disable=None if progress else True, leave=False, mininterval=2.0)):
+        if index < checked and index % STOP_CHECK_BATCHES == STOP_CHECK_BATCHES - 1 and stop():
+            model.train(was_training)
+            return dict(abandoned=True)
         if channels_last:
             images = images.contiguous(memory_format=torch.channels_last)
         with autocast(device, amp_dtype):

@@ -552,11 +552,13 @@ class Trainer:
     def _lr(self) -> float:
         return max(group["lr"] for group in self.optimizer.param_groups)
 
-    def _evaluate(self, which: str = "model") -> Dict[str, float]:
+    def _evaluate(self, which: str = "model", interrupt: Optional[InterruptGuard] = None) -> Dict[str, float]:
+        """Evaluate the model or its EMA; with ``interrupt``, abandoned on a stop request ({"abandoned": True})."""
         module = self.ema.module if which == "ema" else self.model
+        stop = (lambda: self._stop_requested(interrupt)) if interrupt is not None else None
         return evaluate(module, self.data.val, self.device, self.amp_dtype, self.ctx,
                         progress=self.cfg.progress and self.ctx.is_main, desc=f"eval {which}",
-                        channels_last=self.cfg.channels_last)
+                        channels_last=self.cfg.channels_last, stop=stop)
 
     # ================================================================== the run
     def run(self) -> TrainResult:
@@ -605,7 +607,15 @@ class Trainer:
                              f"--resume {self.checkpoint_path}")
                     break
                 epoch_seconds = self.epoch_stats["seconds"]
-                record, eval_seconds, save_seconds = self._end_of_epoch(force=planning)
+                record, eval_seconds, save_seconds = self._end_of_epoch(force=planning, interrupt=interrupt)
+                if record.get("eval_abandoned"):  # a stop request during the evaluation: saved without it
+                    interrupted = True
+                    cause = interrupt.signal_name or ("a signal to another process" if ctx.is_distributed
+                                                      else "request")
+                    self.log(f"stopped by {cause} during the evaluation after epoch {self.epoch}: the epoch's "
+                             f"training is saved in {self.checkpoint_path} (its evaluation is left out); continue "
+                             f"with --resume {self.checkpoint_path}")
+                    break
                 if record.get("val_top1") is not None:
                     final = {k[4:]: v for k, v in record.items() if k.startswith("val_")}
                     final_ema = {k[8:]: v for k, v in record.items() if k.startswith("ema_val_")}
@@ -656,9 +666,11 @@ class Trainer:
         count = torch.tensor([float(getattr(self.data.train, "unreadable", 0))], device=self.device)
         return int(self.ctx.all_reduce_sum(count).item()) + (0 if self.data.resident else self._val_unreadable)
 
-    def _end_of_epoch(self, force: bool = False) -> Tuple[Dict[str, Any], float, float]:
+    def _end_of_epoch(self, force: bool = False,
+                      interrupt: Optional[InterruptGuard] = None) -> Tuple[Dict[str, Any], float, float]:
         """Evaluate (every eval_interval epochs, at the end, or when ``force``), log, checkpoint (likewise).
-        Returns the epoch's record and the seconds spent evaluating and saving."""
+        Returns the epoch's record and the seconds spent evaluating and saving. A stop request (``interrupt``)
+        during the evaluation abandons it: the record then has eval_abandoned, and the checkpoint is written."""
         cfg, ctx = self.cfg, self.ctx
         stats = torch.tensor([self.epoch_stats["loss_sum"], self.epoch_stats["steps"]], dtype=torch.float64,
                              device=self.device)
@@ -672,17 +684,20 @@ class Trainer:
         last = self.epoch + 1 >= total
         t0 = time.perf_counter()
         eval_seconds = 0.0
+        abandoned = False
         if (self.epoch + 1) % cfg.eval_interval == 0 or last or force:
-            metrics = self._evaluate("model")
-            self._val_unreadable = int(metrics.get("unreadable", 0))
-            record.update(val_loss=metrics["loss"], val_top1=metrics["top1"], val_top5=metrics["top5"],
-                          val_images=metrics["images"], val_img_per_s=metrics["img_per_s"])
-            if self.ema is not None:
-                ema = self._evaluate("ema")
-                record.update(ema_val_loss=ema["loss"], ema_val_top1=ema["top1"], ema_val_top5=ema["top5"])
-            if self.best_top1 is None or metrics["top1"] > self.best_top1:
-                self.best_top1, self.best_epoch = metrics["top1"], self.epoch + 1
-                self.export_weights("best.safetensors", unwrap(self.model))
+            metrics = self._evaluate("model", interrupt)
+            ema = self._evaluate("ema", interrupt) if self.ema is not None and not metrics.get("abandoned") else {}
+            abandoned = bool(metrics.get("abandoned") or ema.get("abandoned"))
+            if not abandoned:
+                self._val_unreadable = int(metrics.get("unreadable", 0))
+                record.update(val_loss=metrics["loss"], val_top1=metrics["top1"], val_top5=metrics["top5"],
+                              val_images=metrics["images"], val_img_per_s=metrics["img_per_s"])
+                if ema:
+                    record.update(ema_val_loss=ema["loss"], ema_val_top1=ema["top1"], ema_val_top5=ema["top5"])
+                if self.best_top1 is None or metrics["top1"] > self.best_top1:
+                    self.best_top1, self.best_epoch = metrics["top1"], self.epoch + 1
+                    self.export_weights("best.safetensors", unwrap(self.model))
             eval_seconds = time.perf_counter() - t0
         record["unreadable_images"] = self._stream_unreadable() + len(self.data.unreadable)
         self.logger.log(record)
@@ -690,9 +705,11 @@ class Trainer:
         self.step = 0
         self.epoch_stats = dict(loss_sum=0.0, steps=0, seconds=0.0)
         t1 = time.perf_counter()
-        if self.epoch % cfg.save_interval == 0 or self.epoch >= total or force:
+        if self.epoch % cfg.save_interval == 0 or self.epoch >= total or force or abandoned:
             self.save_checkpoint()
         save_seconds = time.perf_counter() - t1
+        if abandoned:
+            record["eval_abandoned"] = True
         msg = (f"epoch {record['epoch']}/{total}: train loss {record['train_loss']:.4f}, lr {record['lr']:.2e}, "
                f"{_rate(record['img_per_s'])} img/s")
         if "val_top1" in record:
