@@ -501,3 +501,24 @@ def test_a_stop_during_the_evaluation_saves_the_epoch_and_resume_finishes(tmp_pa
     assert cli.main(["train", "--resume", str(tmp_path / "evalstop"), "--set", "progress=false"]) == 0
     records = [json.loads(line) for line in (tmp_path / "evalstop" / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in records] == [1, 2] and "val_top1" in records[1]
+
+
+def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from vision_mamba.engine import RunDirBusy, RunDirLock
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.warns(RuntimeWarning, match="cannot lock the run directory"):
+        RunDirLock(tmp_path).acquire()
+
+    def busy(fd, op):
+        raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")
+
+    monkeypatch.setattr(fcntl, "flock", busy)
+    with pytest.raises(RunDirBusy, match="is in use by another run"):
+        RunDirLock(tmp_path).acquire()

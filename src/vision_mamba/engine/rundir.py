@@ -1,7 +1,9 @@
 """Run directories: created once, with the resolved configuration saved next to the results."""
 from __future__ import annotations
 
+import errno
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -48,7 +50,13 @@ class RunDirLock:
         f = open(self.path, "a+")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as e:
+            if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                # a file system without locks (some network mounts): the run goes on unguarded, as before locks
+                f.close()
+                warnings.warn(f"{self.path.parent}: cannot lock the run directory ({e.strerror}); nothing stops a "
+                              f"second run from writing there at the same time", RuntimeWarning, stacklevel=3)
+                return self
             f.seek(0)
             holder = f.read().strip()
             f.close()
