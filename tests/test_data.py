@@ -367,3 +367,18 @@ def test_hidden_folders_are_not_classes_and_skipped_files_are_reported(tmp_path)
     with pytest.warns(IgnoredFilesWarning, match=r"2 files skipped for their ending \(\.gif, \.jfif; e\.g\. "):
         samples, _ = scan_image_folder(root)
     assert len(samples) == 6
+
+
+def test_the_sample_order_is_torchvisions(tmp_path):
+    """One walk of our own (hidden files out, other endings counted) keeps ImageFolder's order, so a run's
+    sample order does not depend on which lister built it."""
+    from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+
+    root = make_folder(tmp_path / "train", classes=("b", "a", "c"), per_class=3)
+    (root / "a" / "nested" / "deeper").mkdir(parents=True)
+    for name in ("z.png", "A.PNG", "m.jpg"):
+        Image.new("RGB", (8, 8)).save(root / "a" / "nested" / "deeper" / name)
+    Image.new("RGB", (8, 8)).save(root / "c" / "0b.webp")
+    samples, classes = scan_image_folder(root)
+    expected = make_dataset(str(root), {c: i for i, c in enumerate(classes)}, extensions=IMG_EXTENSIONS)
+    assert samples == expected and len(samples) == 13

@@ -10,13 +10,13 @@ from __future__ import annotations
 import os
 import warnings
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, List, Optional, Sequence, Tuple
 
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.datasets.folder import IMG_EXTENSIONS, make_dataset
+from torchvision.datasets.folder import IMG_EXTENSIONS
 
 __all__ = ["DatasetError", "UnreadableImageWarning", "IgnoredFilesWarning", "scan_image_folder", "ImageFolderDataset",
            "TensorImageDataset", "load_rgb", "to_rgb", "ignore_stop_signals"]
@@ -50,16 +50,11 @@ def scan_image_folder(root: "str | Path") -> Tuple[List[Tuple[str, int]], List[s
     if not classes:
         raise DatasetError(f"{root}: no class folders found; expected the ImageFolder layout root/<class>/<image> "
                            f"with images ending in {', '.join(IMG_EXTENSIONS)}")
-    class_to_idx = {c: i for i, c in enumerate(classes)}
-    try:
-        samples = make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS, allow_empty=True)
-    except TypeError:  # torchvision < 0.18 has no allow_empty: it raises on an empty class folder itself
-        samples = _make_dataset_strict(root, class_to_idx)
-    samples = [(path, target) for path, target in samples if not _hidden(Path(path).relative_to(root))]
+    samples, other = _walk_classes(root, classes)
+    _warn_other_files(root, other)
     counts = [0] * len(classes)
     for _, target in samples:
         counts[target] += 1
-    _warn_other_files(root, classes)
     empty = [classes[i] for i, c in enumerate(counts) if c == 0]
     if empty:
         shown = ", ".join(str(root / c) for c in empty[:5]) + (f" ... ({len(empty)} in all)" if len(empty) > 5 else "")
@@ -68,32 +63,35 @@ def scan_image_folder(root: "str | Path") -> Tuple[List[Tuple[str, int]], List[s
     return samples, classes
 
 
-def _hidden(relative: Path) -> bool:
-    return any(part.startswith(".") for part in relative.parts)
+def _walk_classes(root: Path, classes: Sequence[str]) -> Tuple[List[Tuple[str, int]], List[str]]:
+    """One walk of the class folders: (samples in torchvision's ImageFolder order, other files). Hidden files and
+    folders are neither; files with image endings (IMG_EXTENSIONS, any case) are samples."""
+    samples: List[Tuple[str, int]] = []
+    other: List[str] = []
+    for target, name in enumerate(classes):
+        for folder, _, files in sorted(os.walk(os.path.join(str(root), name), followlinks=True)):
+            if any(part.startswith(".") for part in Path(folder).relative_to(root).parts):
+                continue
+            for file in sorted(files):
+                if file.startswith("."):
+                    continue
+                path = os.path.join(folder, file)
+                if file.lower().endswith(IMG_EXTENSIONS):
+                    samples.append((path, target))
+                else:
+                    other.append(path)
+    return samples, other
 
 
-def _warn_other_files(root: Path, classes: Sequence[str]) -> None:
+def _warn_other_files(root: Path, other: Sequence[str]) -> None:
     """Warn once about files in the class folders that are skipped for their ending (hidden files aside), so that a
     folder of .jfif or .gif images does not shrink the dataset unnoticed."""
-    other: List[str] = []
-    for name in classes:
-        for folder, dirs, files in os.walk(root / name, followlinks=True):
-            dirs[:] = [d for d in dirs if not d.startswith(".")]
-            other += [os.path.join(folder, f) for f in files
-                      if not f.startswith(".") and not f.lower().endswith(IMG_EXTENSIONS)]
     if other:
         endings = sorted({os.path.splitext(f)[1].lower() or "(none)" for f in other})
         many = len(other) > 1
         warnings.warn(f"{root}: {len(other)} file{'s' if many else ''} skipped for {'their' if many else 'its'} "
                       f"ending ({', '.join(endings[:8])}{' ...' if len(endings) > 8 else ''}; e.g. {other[0]}); "
                       f"images must end in {', '.join(IMG_EXTENSIONS)}", IgnoredFilesWarning, stacklevel=3)
-
-
-def _make_dataset_strict(root: Path, class_to_idx: Dict[str, int]) -> List[Tuple[str, int]]:
-    try:
-        return make_dataset(str(root), class_to_idx, extensions=IMG_EXTENSIONS)
-    except FileNotFoundError as e:
-        raise DatasetError(f"{root}: {e}") from None
 
 
 def ignore_stop_signals(_worker_id: int = 0) -> None:
