@@ -483,3 +483,24 @@ def test_coco128_lsj_samples(shared_data):
         assert max(image.shape[-2:]) <= 512
         assert torch.equal(boxes_from_masks(target["masks"]), target["boxes"])
         assert math.isfinite(float(target["boxes"].sum()))
+
+
+def test_builder_and_command_options_are_checked(capsys):
+    from vision_mamba import cli
+
+    with pytest.raises(ValueError, match="num_classes .* must be a whole number >= 1, got 0"):
+        build_detector(ModelConfig(**TINY_MODEL), num_classes=0)
+    with pytest.raises(TypeError, match=r"takes the model section of a config \(config.model\)"):
+        build_detector(DetectionConfig(), num_classes=2)
+    with pytest.raises(ConfigError, match=r"constructor refused the configured arguments \['foo'\]"):
+        build_detector(ModelConfig(**{**TINY_MODEL, "backbone_args": {"foo": 1}}), num_classes=2)
+    for argv, message in (
+            (["det-eval", "--checkpoint", "x", "--batch-size", "0"], "--batch-size: expected a whole number >= 1"),
+            (["det-eval", "--checkpoint", "x", "--max-images", "-1"], "--max-images: expected a whole number >= 1"),
+            (["det-predict", "--checkpoint", "x", "--image", "y", "--output", "z.png", "--score-thresh", "2"],
+             "--score-thresh: expected a number in [0, 1], got 2"),
+            (["det-predict", "--checkpoint", "x", "--image", "y", "--output", "z.png", "--max-detections", "-1"],
+             "--max-detections: expected a whole number >= 1")):
+        with pytest.raises(SystemExit) as info:
+            cli.main(argv)
+        assert info.value.code == 2 and message in capsys.readouterr().err

@@ -177,6 +177,17 @@ def test_whole_and_slide_inference():
         assert torch.equal(predictor.predict(other, mode="whole"), whole.argmax(dim=0))
     with pytest.raises(ValueError, match=r"expected an image array \[H, W, 3\], got shape \(50, 70, 4\)"):
         predictor.predict(np.zeros((50, 70, 4), dtype=np.uint8))
+    with pytest.raises(TypeError, match="expected a uint8 image"):
+        predictor.predict(image.float() / 255)  # would be divided by 255 again
+    with pytest.raises(ValueError, match="must be 'whole' or 'slide', got 'wholee'"):
+        predictor.predict(image, mode="wholee")
+    for bad in (dict(stride=(0, 0)), dict(stride=(-10, -10)), dict(crop_size=(64,)), dict(windows_per_batch=0)):
+        with pytest.raises(ValueError, match="must be"):
+            InferenceSettings(**bad)
+    with pytest.raises(ValueError, match="num_classes must be a whole number >= 1, got 0"):
+        build_segmentation_model(config, num_classes=0)
+    with pytest.raises(ConfigError, match=r"constructor refused the configured arguments \['foo'\]"):
+        build_segmentation_model(small_config(backbone_kwargs={"foo": 1}), num_classes=3)
     # a window that covers the whole (padded) image: sliding is the same as one whole pass
     one_window = Predictor(model, InferenceSettings(mode="slide", crop_size=(64, 96), stride=(64, 96)))
     torch.testing.assert_close(one_window.logits(image), Predictor(model, InferenceSettings()).logits(image))

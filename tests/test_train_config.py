@@ -145,3 +145,9 @@ def test_cli_refuses_an_img_size_the_patches_do_not_tile(tmp_path, capsys):
     assert cli.main(["train", "--img-size", "30", "--output", str(out), "--set", "synthetic_train=64"]) == 2
     assert "do not tile 30 px images; use a size such as 24 or 32" in capsys.readouterr().err
     assert not out.exists()
+
+
+def test_print_config_refuses_an_unknown_model(capsys):
+    assert cli.main(["train", "--model", "vim_tinyy", "--print-config"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown model 'vim_tinyy' (did you mean vim_tiny_patch16_224" in err

@@ -11,7 +11,7 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import yaml
 
-__all__ = ["ConfigError", "TypedConfig", "check_keys", "coerce", "load_yaml", "parse_overrides"]
+__all__ = ["ConfigError", "TypedConfig", "check_keys", "coerce", "constructed", "load_yaml", "parse_overrides"]
 
 
 class ConfigError(ValueError):
@@ -163,3 +163,12 @@ def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
         except yaml.YAMLError as e:
             raise ConfigError(f"--set {key}: cannot read the value {text!r} ({e})") from e
     return out
+
+
+def constructed(make, name: str, kwargs: Dict[str, Any]):
+    """``make()`` (a model's constructor with configured keyword arguments), its TypeError (an argument it does
+    not take) turned into a ConfigError naming the model and the arguments."""
+    try:
+        return make()
+    except TypeError as e:
+        raise ConfigError(f"{name}: its constructor refused the configured arguments {sorted(kwargs)} ({e})") from None

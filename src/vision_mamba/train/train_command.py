@@ -135,6 +135,10 @@ def main(args: argparse.Namespace) -> int:
         if args.print_config:
             import yaml
 
+            from .model import check_model_name
+
+            check_model_name(cfg.model)  # (what a run would refuse first, before printing a config it cannot run)
+
             print(yaml.safe_dump(cfg.to_dict(), sort_keys=False), end="")
             return 0
         from .trainer import Trainer

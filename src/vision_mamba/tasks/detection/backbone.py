@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from timm.layers import LayerNorm2d
 from torch import Tensor, nn
 
-from ...engine.config import ConfigError
+from ...engine.config import ConfigError, constructed
 from .amp import AutocastMixin
 
 __all__ = ["SimpleFeaturePyramid", "ViTDetBackbone", "create_trunk", "is_vim_model"]
@@ -60,12 +60,13 @@ def create_trunk(name: str, img_size: int, drop_path_rate: float = 0.0, init: Op
     if is_vim_model(name):
         # Through the registered constructor: timm.create_model drops keyword arguments that are None, and
         # class_token=None would silently give a model *with* the class token.
-        trunk = timm.models.model_entrypoint(name)(**common, **{"class_token": None, "global_pool": "avg",
-                                                                **kwargs})
+        trunk = constructed(lambda: timm.models.model_entrypoint(name)(**common, **{"class_token": None,
+                                                                               "global_pool": "avg", **kwargs}),
+                       name, kwargs)
         if trunk.has_class_token:
             raise ValueError(f"{name}: asked for a Vim without class token but got one")
     else:
-        trunk = timm.create_model(name, **common, **kwargs)
+        trunk = constructed(lambda: timm.create_model(name, **common, **kwargs), name, kwargs)
     if not hasattr(trunk, "forward_intermediates"):
         raise ValueError(f"timm model {name!r} has no forward_intermediates(); a plain ViT-like backbone is needed")
     if init:

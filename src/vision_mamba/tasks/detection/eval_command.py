@@ -11,6 +11,8 @@ import argparse
 import json
 from pathlib import Path
 
+from ...engine.argtypes import fraction, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="model.safetensors or checkpoint.pt from det-train")
@@ -19,9 +21,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which of the config's datasets to evaluate (default val)")
     parser.add_argument("--images", help="image folder (instead of the config's)")
     parser.add_argument("--annotations", help="COCO instances json (instead of the config's)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-images", type=int, help="evaluate the first n images only")
-    parser.add_argument("--mask-threshold", type=float, default=0.5)
+    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--max-images", type=positive_int, help="evaluate the first n images only")
+    parser.add_argument("--mask-threshold", type=fraction, default=0.5)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),
                         help="auto (bf16 on CUDA) | bf16 | fp16 | fp32")

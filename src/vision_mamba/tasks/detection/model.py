@@ -87,6 +87,12 @@ def build_detector(cfg: ModelConfig, num_classes: int, init: Optional[str] = Non
     ``init`` (default ``cfg.init``): classification checkpoint for the backbone. Images go in as a list of float
     tensors [3, H, W] in [0, 1]; the model normalises them with the backbone's mean / std.
     """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes (object categories, background not counted) must be a whole number >= 1, "
+                         f"got {num_classes!r}")
+    if not hasattr(cfg, "backbone_args"):
+        raise TypeError(f"build_detector takes the model section of a config (config.model), got "
+                        f"{type(cfg).__name__}")
     init = cfg.init if init is None else init
     trunk = create_trunk(cfg.backbone, cfg.img_size, drop_path_rate=cfg.drop_path_rate, init=init or None,
                          **cfg.backbone_args)

@@ -10,14 +10,16 @@ import json
 import sys
 from pathlib import Path
 
+from ...engine.argtypes import fraction, positive_int
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="model.safetensors or checkpoint.pt from det-train")
     parser.add_argument("--image", required=True, help="an image file (any format PIL reads)")
     parser.add_argument("--output", required=True, help="the PNG to write")
-    parser.add_argument("--score-thresh", type=float, default=0.5, help="draw detections scoring at least this")
-    parser.add_argument("--max-detections", type=int, default=50, help="draw at most this many (best first)")
-    parser.add_argument("--mask-threshold", type=float, default=0.5)
+    parser.add_argument("--score-thresh", type=fraction, default=0.5, help="draw detections scoring at least this")
+    parser.add_argument("--max-detections", type=positive_int, default=50, help="draw at most this many (best first)")
+    parser.add_argument("--mask-threshold", type=fraction, default=0.5)
     parser.add_argument("--json", help="also write the drawn detections (COCO-style boxes xywh) to this file")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", default="auto", choices=("auto", "bf16", "fp16", "fp32"),

@@ -18,6 +18,7 @@ from typing import List, Optional, Sequence
 import timm
 from torch import Tensor, nn
 
+from ...engine.config import constructed
 from ...models.checkpoint import CheckpointError, load_checkpoint
 
 __all__ = ["default_out_indices", "make_norm", "PyramidAdapter", "create_backbone"]
@@ -124,12 +125,12 @@ def create_backbone(name: str, img_size, *, init_checkpoint: Optional[str] = Non
     if any(v is None for v in kwargs.values()):
         # timm.create_model drops None-valued arguments (class_token=None would give a Vim *with* a class
         # token), so such a model is built through its registered constructor.
-        model = timm.models.model_entrypoint(name.split(".")[0])(**args)
+        model = constructed(lambda: timm.models.model_entrypoint(name.split(".")[0])(**args), name, kwargs)
         wanted_no_token = "class_token" in kwargs and kwargs["class_token"] is None
         if wanted_no_token and getattr(model, "has_class_token", False):
             raise ValueError(f"{name}: asked for class_token=None but the model has a class token")
     else:
-        model = timm.create_model(name, **args)
+        model = constructed(lambda: timm.create_model(name, **args), name, kwargs)
     if init_checkpoint is not None:
         try:
             load_checkpoint(model, init_checkpoint, strict=True, adapt_head=True)

@@ -40,6 +40,12 @@ class InferenceSettings:
     def __post_init__(self):
         if self.mode not in ("whole", "slide"):
             raise ValueError(f"inference mode must be 'whole' or 'slide', got {self.mode!r}")
+        for name in ("crop_size", "stride") + (("scale",) if self.scale is not None else ()):
+            value = getattr(self, name)
+            if len(value) != 2 or not all(isinstance(v, int) and v > 0 for v in value):
+                raise ValueError(f"inference {name} must be two whole numbers > 0, got {value!r}")
+        if self.windows_per_batch < 1:
+            raise ValueError(f"windows_per_batch must be >= 1, got {self.windows_per_batch}")
 
     @classmethod
     def from_config(cls, config, mode: Optional[str] = None) -> "InferenceSettings":
@@ -116,8 +122,13 @@ class Predictor:
         """uint8 image [3, H, W] (or a PIL image, or a numpy uint8 array [H, W, 3]) -> fp32 logits [K, H, W] at
         the image's own size."""
         image = as_image_tensor(image)
-        x = self._prepare(image)
+        if image.dtype != torch.uint8:
+            raise TypeError(f"expected a uint8 image (values 0 - 255), got {image.dtype}; e.g. "
+                            f"(image * 255).round().to(torch.uint8) for one in [0, 1]")
         mode = mode or self.settings.mode
+        if mode not in ("whole", "slide"):
+            raise ValueError(f"inference mode must be 'whole' or 'slide', got {mode!r}")
+        x = self._prepare(image)
         out = self._whole(x) if mode == "whole" else self._slide(x)
         if tuple(out.shape[-2:]) != tuple(image.shape[-2:]):
             out = F.interpolate(out, size=image.shape[-2:], mode="bilinear", align_corners=False)

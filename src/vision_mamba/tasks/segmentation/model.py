@@ -105,6 +105,8 @@ def build_segmentation_model(config: SegConfig, num_classes: int, load_init: boo
     """The model a config describes. ``load_init``: load ``config.init_checkpoint`` into the backbone (off when
     the whole model's weights are loaded next)."""
     crop = config.crop_hw
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a whole number >= 1, got {num_classes!r}")
     if not timm.is_model(config.backbone.split(".")[0]):
         raise ConfigError(f"backbone {config.backbone!r} is not a registered timm model (e.g. vim_tiny_patch16_224, "
                           f"deit_tiny_patch16_224)")
