@@ -494,6 +494,13 @@ def test_builder_and_command_options_are_checked(capsys):
         build_detector(DetectionConfig(), num_classes=2)
     with pytest.raises(ConfigError, match=r"constructor refused the configured arguments \['foo'\]"):
         build_detector(ModelConfig(**{**TINY_MODEL, "backbone_args": {"foo": 1}}), num_classes=2)
+    model = tiny_detector().eval()
+    for images, error, message in (([], ValueError, "non-empty list of images"),
+                                   ([torch.rand(32, 48, 3)], ValueError, r"image 0: expected an RGB tensor \[3, H, W\]"),
+                                   ([torch.rand(3, 0, 8)], ValueError, "with H, W >= 1, got \\(3, 0, 8\\)"),
+                                   ([torch.zeros(3, 8, 8, dtype=torch.uint8)], TypeError, "divide uint8 images")):
+        with pytest.raises(error, match=message), torch.no_grad():
+            model(images)
     for argv, message in (
             (["det-eval", "--checkpoint", "x", "--batch-size", "0"], "--batch-size: expected a whole number >= 1"),
             (["det-eval", "--checkpoint", "x", "--max-images", "-1"], "--max-images: expected a whole number >= 1"),

@@ -61,6 +61,18 @@ class FixedSizeTransform(GeneralizedRCNNTransform):
                          size_divisible=size)
         self.size = int(size)
 
+    def forward(self, images, targets=None):
+        if not isinstance(images, (list, tuple)) or not images:
+            raise ValueError(f"the detector takes a non-empty list of images, got {type(images).__name__}"
+                             f"{' (empty)' if isinstance(images, (list, tuple)) else ''}")
+        for i, img in enumerate(images):
+            if not isinstance(img, Tensor) or img.ndim != 3 or img.shape[0] != 3 or min(img.shape[1:]) < 1:
+                shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
+                raise ValueError(f"image {i}: expected an RGB tensor [3, H, W] with H, W >= 1, got {shape}")
+            if not img.is_floating_point():
+                raise TypeError(f"image {i}: expected floats in [0, 1], got {img.dtype} (divide uint8 images by 255)")
+        return super().forward(images, targets)
+
     def resize(self, image: Tensor, target: Optional[Dict[str, Tensor]] = None):
         h, w = image.shape[-2:]
         if self.training and h <= self.size and w <= self.size:
