@@ -600,21 +600,15 @@ class Trainer:
                 if not self._train_epoch(interrupt, timer):
                     interrupted = True
                     self.save_checkpoint()
-                    cause = interrupt.signal_name or ("a signal to another process" if ctx.is_distributed
-                                                      else "request")
-                    self.log(f"stopped by {cause} at epoch {self.epoch + 1}, step "
-                             f"{self.step}/{self.steps_per_epoch}: checkpoint {self.checkpoint_path}; continue with "
-                             f"--resume {self.checkpoint_path}")
+                    self._log_stop(interrupt, f"at epoch {self.epoch + 1}, step {self.step}/{self.steps_per_epoch}: "
+                                              f"checkpoint {self.checkpoint_path}")
                     break
                 epoch_seconds = self.epoch_stats["seconds"]
                 record, eval_seconds, save_seconds = self._end_of_epoch(force=planning, interrupt=interrupt)
                 if record.get("eval_abandoned"):  # a stop request during the evaluation: saved without it
                     interrupted = True
-                    cause = interrupt.signal_name or ("a signal to another process" if ctx.is_distributed
-                                                      else "request")
-                    self.log(f"stopped by {cause} during the evaluation after epoch {self.epoch}: the epoch's "
-                             f"training is saved in {self.checkpoint_path} (its evaluation is left out); continue "
-                             f"with --resume {self.checkpoint_path}")
+                    self._log_stop(interrupt, f"during the evaluation after epoch {self.epoch}: the epoch's training "
+                                              f"is saved in {self.checkpoint_path} (its evaluation is left out)")
                     break
                 if record.get("val_top1") is not None:
                     final = {k[4:]: v for k, v in record.items() if k.startswith("val_")}
@@ -665,6 +659,10 @@ class Trainer:
         decodes every image once and lists its unreadable ones in ``data.unreadable`` instead."""
         count = torch.tensor([float(getattr(self.data.train, "unreadable", 0))], device=self.device)
         return int(self.ctx.all_reduce_sum(count).item()) + (0 if self.data.resident else self._val_unreadable)
+
+    def _log_stop(self, interrupt: InterruptGuard, where: str) -> None:
+        cause = interrupt.signal_name or ("a signal to another process" if self.ctx.is_distributed else "request")
+        self.log(f"stopped by {cause} {where}; continue with --resume {self.checkpoint_path}")
 
     def _end_of_epoch(self, force: bool = False,
                       interrupt: Optional[InterruptGuard] = None) -> Tuple[Dict[str, Any], float, float]:
