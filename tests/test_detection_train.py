@@ -229,6 +229,14 @@ def test_det_commands_refuse_bad_runs_checkpoints_images_and_settings(tmp_path, 
     assert cli(["det-train", "--resume", str(run), "--set", "train.iters=2", "--no-progress"]) == 2
     assert ("trained on 2 process(es) and this run has 1; resume with the same number (torchrun --nproc_per_node 2)"
             in capsys.readouterr().err)
+    # a bare --resume is the run in --output (the same refusal shows it found the run); into another directory, or
+    # with neither, refused
+    assert cli(["det-train", "--resume", "--output", str(run), "--set", "train.iters=2", "--no-progress"]) == 2
+    assert "trained on 2 process(es)" in capsys.readouterr().err
+    assert cli(["det-train", "--resume", str(run), "--output", str(tmp_path / "elsewhere"), "--no-progress"]) == 2
+    assert "a run resumes in its own directory" in capsys.readouterr().err
+    assert cli(["det-train", "--resume", "--no-progress"]) == 2
+    assert "pass --resume DIR or --output DIR" in capsys.readouterr().err
     # an image that does not decode: one line naming it, before any training
     first = sorted(image_dir.iterdir())[0]
     first.write_bytes(first.read_bytes()[:60])

@@ -114,3 +114,20 @@ def test_a_photo_is_seen_as_its_exif_orientation_says(overfit, tmp_path):
         results[name] = json.loads(report.read_text())["predictions"][0]["top"]
     assert results["sideways"] == results["upright"]
     assert results["plain"] != results["upright"]  # the tag is what turned it
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["predict", "--checkpoint", "x", "y.jpg", "--top-k", "0"], "--top-k: expected a whole number >= 1, got 0"),
+    (["predict", "--checkpoint", "x", "y.jpg", "--batch-size", "-2"], "--batch-size: expected a whole number >= 1"),
+    (["eval", "--checkpoint", "x", "--img-size", "0"], "--img-size: expected a whole number >= 1"),
+    (["eval", "--checkpoint", "x", "--workers", "-1"], "--workers: expected a whole number >= 0"),
+    (["seg-predict", "--checkpoint", "x", "--image", "y", "--output", "z.png", "--width", "-5"],
+     "--width: expected a whole number >= 0, got -5"),
+    (["seg-predict", "--checkpoint", "x", "--image", "y", "--output", "z.png", "--alpha", "1.5"],
+     "--alpha: expected a number in [0, 1], got 1.5"),
+    (["seg-eval", "--checkpoint", "x", "--top", "-1"], "--top: expected a whole number >= 0")])
+def test_numeric_options_are_checked_by_the_parser(argv, message, capsys):
+    """A bad number is argparse's one-line usage error naming the option (exit 2), before anything is loaded."""
+    with pytest.raises(SystemExit) as info:
+        cli.main(argv)
+    assert info.value.code == 2 and message in capsys.readouterr().err

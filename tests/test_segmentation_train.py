@@ -144,7 +144,7 @@ def test_interrupt_saves_and_resume_continues_exactly(data, tmp_path, monkeypatc
     assert stopped == {"interrupted": True, "iters": 3, "checkpoint": str(tmp_path / "resumed" / "last.pth")}
     assert not (tmp_path / "resumed" / "model.safetensors").exists()
     monkeypatch.undo()
-    with pytest.raises(FileExistsError, match="pass --resume"):
+    with pytest.raises(FileExistsError, match="continue it with --resume"):
         train(tiny_config(data, tmp_path / "resumed", iters=4))
     with pytest.raises(ConfigError, match="lr: 0.001 -> 0.002"):
         train(tiny_config(data, tmp_path / "resumed", iters=4, lr=2e-3), resume=True)
@@ -181,7 +181,14 @@ def test_resume_of_a_complete_run_and_on_another_number_of_processes(data, tmp_p
         in err, err
     del state["world_size"]  # a checkpoint of an earlier version
     torch.save(state, run / "last.pth")
-    assert cli.main(["seg-train", "--config", str(config_path), "--resume", "--iters", "3"]) == 0
+    # --resume RUN: the saved config is the base (no --config repeated), the flags apply on top
+    assert cli.main(["seg-train", "--resume", str(run), "--output", str(tmp_path / "other")]) == 2
+    assert "a run resumes in its own directory" in capsys.readouterr().err
+    assert cli.main(["seg-train", "--resume", str(tmp_path / "nothing")]) == 2
+    assert "no run directory or checkpoint at" in capsys.readouterr().err
+    assert cli.main(["seg-train", "--resume", str(run / "last.pth"), "--set", "lr=0.5"]) == 2
+    assert "the config differs from the saved run in lr" in capsys.readouterr().err
+    assert cli.main(["seg-train", "--resume", str(run), "--iters", "3"]) == 0
     evaluated = [r["iter"] for r in MetricLogger.read(run / "metrics.jsonl") if "val_miou" in r]
     assert evaluated == [2, 3]  # extended: the evaluation at 2 and the final one at 3, once each
 

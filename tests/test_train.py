@@ -190,6 +190,11 @@ def test_run_directories_are_not_overwritten_and_refused_resumes_change_nothing(
     # a finished run resumed as it is: said so, then evaluated and exported again
     assert cli.main(["train", "--resume", str(run)]) == 0
     assert "all 2 epochs are trained; evaluating and exporting" in capsys.readouterr().out
+    # a bare --resume: the run in --output (as seg-train and det-train take it); without --output, refused
+    assert cli.main(["train", "--resume", "--output", str(run)]) == 0
+    assert "all 2 epochs are trained; evaluating and exporting" in capsys.readouterr().out
+    assert cli.main(["train", "--resume"]) == 2
+    assert "pass --resume PATH or --output DIR" in capsys.readouterr().err
 
 
 def test_tensorboard_points_after_the_resumed_step_are_dropped(tmp_path):
@@ -522,3 +527,24 @@ def test_a_file_system_without_locks_runs_unguarded_with_a_warning(tmp_path, mon
     monkeypatch.setattr(fcntl, "flock", busy)
     with pytest.raises(RunDirBusy, match="is in use by another run"):
         RunDirLock(tmp_path).acquire()
+
+
+def test_a_run_on_a_relative_data_path_resumes_from_another_directory(tmp_path, monkeypatch, capsys):
+    """The data path a run was started with relative to its working directory is recorded absolute, so --resume
+    from elsewhere finds the data."""
+    from vision_mamba.data import export_image_folder, synthetic_split
+
+    for split, count in (("train", 32), ("val", 32)):
+        images, labels = synthetic_split(split, count, 32, seed=0)
+        export_image_folder(images, labels, tmp_path / "work" / "imgs" / split)
+    monkeypatch.chdir(tmp_path / "work")
+    argv = ["--model", "test_vim", "--img-size", "32", "--batch-size", "8", "--device", "cpu", "--workers", "0",
+            "--set", "model_kwargs={patch_size: 8, embed_dim: 32, depth: 2}", "--set", "progress=false",
+            "--set", "crop_pct=1.0", "--set", "warmup_epochs=0"]
+    assert cli.main(["train", *argv, "--data", "imgs", "--epochs", "1", "--output", str(tmp_path / "run")]) == 0
+    state = load_state(tmp_path / "run" / "last.pth")
+    assert state["config"]["data"] == str(tmp_path / "work" / "imgs")
+    monkeypatch.chdir(tmp_path)
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 0
+    assert load_state(tmp_path / "run" / "last.pth")["epoch"] == 2

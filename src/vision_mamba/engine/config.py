@@ -11,7 +11,8 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import yaml
 
-__all__ = ["ConfigError", "TypedConfig", "check_keys", "coerce", "constructed", "load_yaml", "parse_overrides"]
+__all__ = ["ConfigError", "TypedConfig", "absolute_path", "check_keys", "coerce", "constructed", "load_yaml",
+           "parse_overrides"]
 
 
 class ConfigError(ValueError):
@@ -41,6 +42,12 @@ class TypedConfig:
         config = cls(**{k: coerce(k, cls.normalise(v, hints[k]), hints[k], source) for k, v in values.items()})
         config.validate()
         return config
+
+
+def absolute_path(path: Optional[str]) -> Optional[str]:
+    """``path`` made absolute (``~`` expanded), None as None: a run's config records the data it read that way, so
+    that the run resumes, and its weights evaluate, from any working directory."""
+    return None if path is None else str(Path(path).expanduser().resolve())
 
 
 def check_keys(values: Dict[str, Any], known: Sequence[str], source: str) -> None:

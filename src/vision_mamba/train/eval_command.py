@@ -17,6 +17,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict
 
+from ..engine.argtypes import non_negative_int, positive_int
+
 __all__ = ["add_arguments", "main", "run_eval", "resolve_eval_config", "NO_DATA"]
 
 NO_DATA = "(no dataset)"  # the data of a configuration resolved with need_data=False that named none
@@ -30,12 +32,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help="timm model name (default: from the config)")
     parser.add_argument("--data", help="ImageFolder root (default: from the config), or 'synthetic'")
     parser.add_argument("--split", help="the folder under --data to evaluate (default: the config's val_split)")
-    parser.add_argument("--img-size", type=int)
+    parser.add_argument("--img-size", type=positive_int)
     parser.add_argument("--crop-pct", type=float)
-    parser.add_argument("--batch-size", type=int, help="evaluation batch per process")
+    parser.add_argument("--batch-size", type=positive_int, help="evaluation batch per process")
     parser.add_argument("--device")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
-    parser.add_argument("--workers", type=int)
+    parser.add_argument("--workers", type=non_negative_int)
     parser.add_argument("--ema", action="store_true", help="evaluate the EMA weights of a training checkpoint")
     parser.add_argument("--tta", choices=["none", "hflip"], default="none",
                         help="test-time augmentation: hflip averages the logits of each image and its mirror")

@@ -18,6 +18,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
+from ..engine.argtypes import positive_int
+
 __all__ = ["add_arguments", "main", "predict", "load_classifier"]
 
 
@@ -29,12 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="weights: final.safetensors / last.pth of a training run, or other weights with --model")
     parser.add_argument("--config", metavar="YAML", help="the run's config (default: as vision-mamba eval finds it)")
     parser.add_argument("--model", help="timm model name (default: from the config)")
-    parser.add_argument("--num-classes", type=int, help="classes of the weights when nothing names them "
+    parser.add_argument("--num-classes", type=positive_int, help="classes of the weights when nothing names them "
                         "(default: read from the checkpoint's classifier)")
-    parser.add_argument("--img-size", type=int)
+    parser.add_argument("--img-size", type=positive_int)
     parser.add_argument("--crop-pct", type=float)
-    parser.add_argument("--top-k", type=int, default=5)
-    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--top-k", type=positive_int, default=5)
+    parser.add_argument("--batch-size", type=positive_int, default=32)
     parser.add_argument("--ema", action="store_true", help="the EMA weights of a training checkpoint")
     parser.add_argument("--device")
     parser.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"])
@@ -154,9 +156,6 @@ def main(args: argparse.Namespace) -> int:
     from ..models.checkpoint import CheckpointError
     from .config import ConfigError
 
-    if args.top_k < 1 or args.batch_size < 1:
-        print("error: --top-k and --batch-size must be at least 1", file=sys.stderr)
-        return 2
     try:
         paths = _image_paths(args.images)
         model, classes, cfg = load_classifier(args)

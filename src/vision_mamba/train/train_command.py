@@ -41,9 +41,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--lr", type=float)
     group.add_argument("--img-size", type=int)
     group.add_argument("--output", help="run directory (default runs/<model>-<data>-<time>)")
-    group.add_argument("--resume", metavar="PATH|auto",
-                       help="continue from a checkpoint, a run directory, or 'auto' (the run in --output if it has a "
-                            "checkpoint, else the newest matching run under runs/; starts fresh when there is none)")
+    group.add_argument("--resume", metavar="PATH|auto", nargs="?", const="",
+                       help="continue from a checkpoint, a run directory (alone: the run in --output), or 'auto' (the "
+                            "run in --output if it has a checkpoint, else the newest matching run under runs/; starts "
+                            "fresh when there is none)")
     group.add_argument("--finetune", metavar="CKPT", help="start from these weights (pos_embed resized, a classifier "
                        "of another size re-initialised)")
     group.add_argument("--teacher", metavar="MODEL", help="distill from this trained timm classifier (with "
@@ -94,6 +95,11 @@ def resolve_from_args(args: argparse.Namespace):
     from ..engine import load_state
     from .config import QUICKSTART, ConfigError, TrainConfig, apply_overrides, load_yaml, resolve_config
 
+    if args.resume == "":  # a bare --resume: the run in --output
+        if not args.output:
+            raise ConfigError("--resume without a path continues the run in --output: pass --resume PATH or "
+                              "--output DIR")
+        args.resume = args.output
     overrides = _overrides(args)
     base = Path(args.config) if args.config else QUICKSTART
     cfg = resolve_config(base, *overrides, sources=["--set", "command line"])

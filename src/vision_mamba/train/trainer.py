@@ -39,6 +39,7 @@ from ..data.builder import check_data_source
 from ..engine import (DistributedContext, InterruptGuard, MetricLogger, NonFiniteGuard, RunDirLock,
                       autocast, capture_rng_state, cleanup_distributed, init_distributed, load_state,
                       prepare_run_dir, resolve_precision, restore_rng_state, save_state)
+from ..engine.config import absolute_path
 from ..engine.rundir import hold_run_dir
 from ..models.checkpoint import check_fit, checkpoint_classes, load_checkpoint, save_state_dict
 from .budget import StepTimer, plan_epochs
@@ -137,6 +138,10 @@ class Trainer:
     def setup(self) -> None:
         cfg = self.cfg
         classes = check_data_source(cfg.data, cfg.train_split, cfg.val_split)  # fails before any work
+        if cfg.data != "synthetic":  # (recorded absolute: a resume reads it again, maybe from elsewhere)
+            cfg.data = absolute_path(cfg.data)
+        if cfg.teacher_checkpoint and Path(cfg.teacher_checkpoint).expanduser().exists():
+            cfg.teacher_checkpoint = absolute_path(cfg.teacher_checkpoint)
         check_model_name(cfg.model)
         self.ctx = ctx = init_distributed(cfg.device)
         self.device = ctx.device

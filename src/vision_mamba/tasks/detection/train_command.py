@@ -30,10 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. train.iters=500 model.img_size=512 (values are YAML)")
     parser.add_argument("--data-root", help="folder the data paths are relative to (sets data.root)")
-    parser.add_argument("--init", help="classification checkpoint for the backbone (sets model.init)")
+    parser.add_argument("--init", "--init-checkpoint", dest="init",
+                        help="classification checkpoint for the backbone (sets model.init)")
     parser.add_argument("--output", help="run directory (sets output)")
-    parser.add_argument("--resume", help="a checkpoint.pt, or the run directory holding it, to continue from; "
-                                         "its stored config is the base, --config / --set apply on top")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
+                        help="continue a run: RUN is its directory or its checkpoint.pt (alone: the run in --output); "
+                             "its stored config is the base, --config / --set apply on top")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -46,14 +48,20 @@ def resolve_config(args: argparse.Namespace):
     if args.init:
         overrides.append(f"model.init={args.init}")
     resume, base = None, None
-    if args.resume:
+    if args.resume is not None:
         from vision_mamba.engine import load_state
 
-        resume = Path(args.resume)
+        if not args.resume and not args.output:
+            raise ConfigError("--resume without a run directory continues the run in --output: pass --resume DIR "
+                              "or --output DIR")
+        resume = Path(args.resume or args.output)
         if resume.is_dir():
             resume = resume / "checkpoint.pt"
         if not resume.is_file():
             raise FileNotFoundError(f"no checkpoint to resume at {resume}")
+        if args.output and Path(args.output).resolve() != resume.parent.resolve():
+            raise ConfigError(f"--resume {args.resume} continues the run in {resume.parent}; --output {args.output} "
+                              "names another directory (a run resumes in its own directory)")
         base = load_state(resume)["config"]
         base["output"] = str(resume.parent)
     if args.output:

@@ -41,6 +41,7 @@ from vision_mamba.engine import (
     restore_rng_state,
     save_state,
 )
+from ...engine.config import absolute_path
 from ...engine.distributed import check_resume_world_size
 from ...engine.rundir import hold_run_dir
 from .amp import set_autocast
@@ -207,6 +208,9 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
     if device.type == "cuda":
         torch.set_float32_matmul_precision("high")  # the fp32 parts (predictors) may use TF32
 
+    # the data's paths are relative to data.root, else to this directory: recorded absolute, since a resume or
+    # det-eval reads them again, maybe from elsewhere
+    config.data.root = absolute_path(config.data.root or ".")
     run_dir = Path(config.output)
     if run_dir.exists() and not run_dir.is_dir():
         raise ConfigError(f"output: {run_dir} is a file, not a run directory")

@@ -198,9 +198,13 @@ def _as_list(value: Any, hint: Any) -> Any:
     return value
 
 
-def build_config(path: "str | Path | None" = None, *overrides: Dict[str, Any]) -> SegConfig:
-    """Defaults <- YAML file (with its bases) <- each override mapping in turn, checked and validated."""
+def build_config(path: "str | Path | None" = None, *overrides: Dict[str, Any],
+                 base: Optional[Dict[str, Any]] = None) -> SegConfig:
+    """Defaults <- ``base`` (a resumed run's saved config) <- YAML file (with its bases) <- each override mapping in
+    turn, checked and validated."""
     values: Dict[str, Any] = SegConfig().to_dict()
+    if base is not None:
+        values.update({key: value for key, value in base.items() if key in values})
     if path is not None:
         values.update(load_config(path))
     for override in overrides:

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Dict
 
 from ...engine import resolve_device, resolve_precision
+from ...engine.argtypes import non_negative_int
 from .config import parse_overrides
 from .datasets import DatasetError, dataset_from_config, read_class_list
 from .inference import InferenceSettings, Predictor, evaluate
@@ -30,9 +31,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="change a config key, e.g. --set test_scale=[1024,256]")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
-    parser.add_argument("--num-workers", type=int, default=0, help="decoding processes (uncached datasets)")
+    parser.add_argument("--num-workers", type=non_negative_int, default=0, help="decoding processes (uncached datasets)")
     parser.add_argument("--output", help="write the metrics (with per-class IoU by name) to this JSON file")
-    parser.add_argument("--top", type=int, default=20, help="per-class lines to print (0: all)")
+    parser.add_argument("--top", type=non_negative_int, default=20, help="per-class lines to print (0: all)")
 
 
 def check_same_classes(data_names, model_names) -> None:
@@ -55,6 +56,8 @@ def run_eval(args: argparse.Namespace) -> Dict[str, Any]:
     if args.mode:
         overrides["test_mode"] = args.mode
     path = Path(args.checkpoint)
+    device = resolve_device(args.device)  # (a device this machine lacks: said before anything is loaded)
+    dtype = resolve_precision(args.precision, device)
     model, config, classes = load_segmentation_model(path, overrides)
     if config.dataset == "folders" and config.data_root and config.classes_file:
         listed = Path(config.data_root) / config.classes_file
@@ -63,8 +66,6 @@ def run_eval(args: argparse.Namespace) -> Dict[str, Any]:
                                classes.names)
     dataset = dataset_from_config(config, args.split)
     check_same_classes(dataset.classes.names, classes.names)
-    device = resolve_device(args.device)
-    dtype = resolve_precision(args.precision, device)
     predictor = Predictor(model.to(device), InferenceSettings.from_config(config), device, dtype)
     metrics = evaluate(predictor, dataset, classes.num_classes, config.ignore_index, desc=args.split,
                        num_workers=args.num_workers, class_names=classes.names)

@@ -54,13 +54,14 @@ class InferenceSettings:
 
 
 class Predictor:
-    """``model`` (a SegmentationModel) with its inference settings on ``device`` under autocast ``dtype``."""
+    """``model`` (a SegmentationModel) with its inference settings on ``device`` under autocast ``dtype``. The model
+    is moved to ``device`` (``Module.to``, in place) and put in eval mode."""
 
     def __init__(self, model: nn.Module, settings: InferenceSettings, device: "torch.device | str" = "cpu",
                  dtype: Optional[torch.dtype] = None):
-        self.model = model.eval()
-        self.settings = settings
         self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.settings = settings
         self.dtype = dtype
         self.size_divisor = int(model.size_divisor)
         self._mean = torch.tensor(settings.mean, device=self.device).view(3, 1, 1)

@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from ...engine import resolve_device, resolve_precision
+from ...engine.argtypes import fraction, non_negative_int
 from .config import parse_overrides
 from .datasets import read_image, read_raw_mask
 from .inference import InferenceSettings, Predictor
@@ -35,9 +36,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--mode", choices=("whole", "slide"), help="inference mode (default: the config's test_mode)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="change an inference key, e.g. --set test_scale=[1024,256]")
-    parser.add_argument("--alpha", type=float, default=0.55, help="opacity of the colours")
-    parser.add_argument("--legend", type=int, default=8, help="classes in the legend (0: no legend)")
-    parser.add_argument("--width", type=int, default=384, help="width of each panel in pixels (0: image size)")
+    parser.add_argument("--alpha", type=fraction, default=0.55, help="opacity of the colours")
+    parser.add_argument("--legend", type=non_negative_int, default=8, help="classes in the legend (0: no legend)")
+    parser.add_argument("--width", type=non_negative_int, default=384, help="width of each panel in pixels (0: image size)")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp16", "fp32"), default="auto")
 
@@ -58,8 +59,6 @@ def run_predict(args: argparse.Namespace) -> Path:
             raise FileNotFoundError(f"not found: {p}")
     if masks is not None and len(masks) != len(images):
         raise ValueError(f"--mask needs one mask per image: {len(images)} images, {len(masks)} masks")
-    if not 0 <= args.alpha <= 1:
-        raise ValueError(f"--alpha must be in [0, 1], got {args.alpha}")
     overrides = parse_overrides(args.overrides)
     if args.mode:
         overrides["test_mode"] = args.mode

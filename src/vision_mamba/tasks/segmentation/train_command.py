@@ -4,14 +4,16 @@
         --output runs/seg_vim --init-checkpoint vim_tiny_imagenette.safetensors --set iters=2000
 
 Settings come from the defaults, then the YAML file, then the flags, then ``--set KEY=VALUE`` (any config key;
-values read as YAML). ``--resume`` continues the run in --output from its last.pth. Under torchrun each process
-trains on its own share (batch_size is per process).
+values read as YAML). ``--resume RUN`` continues the run in RUN from its last.pth, its saved config the base (a
+bare ``--resume``: the run in --output). Under torchrun each process trains on its own share (batch_size is per
+process).
 """
 from __future__ import annotations
 
 import argparse
 import shlex
-from typing import Any, Dict, List
+from pathlib import Path
+from typing import Any, Dict, List, Optional
 
 import yaml
 
@@ -50,7 +52,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("common settings (each is also a config key)")
     g.add_argument("--data-root", help="dataset folder (data_root)")
     g.add_argument("--output", help="run directory (output)")
-    g.add_argument("--init-checkpoint", help="classification checkpoint for the backbone (init_checkpoint)")
+    g.add_argument("--init-checkpoint", "--init", dest="init_checkpoint",
+                   help="classification checkpoint for the backbone (init_checkpoint)")
     g.add_argument("--iters", type=int, help="training iterations (iters)")
     g.add_argument("--batch-size", type=int, help="images per process and iteration (batch_size)")
     g.add_argument("--time-budget", type=float, help="seconds for the training loop; the schedule is fitted to it "
@@ -60,14 +63,49 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--num-workers", type=int, help="data loading processes (num_workers)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="set any config key, e.g. --set lr=2e-4 --set crop_size=[256,256]")
-    parser.add_argument("--resume", action="store_true", help="continue the run in --output from its last.pth")
+    parser.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
+                        help="continue a run from its last.pth: RUN is its directory (or that file); alone, the run "
+                             "in --output. Its saved config is the base; --config, flags and --set apply on top")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+
+
+def resume_dir(args: argparse.Namespace) -> Optional[Path]:
+    """The run directory --resume names (None without --resume; --output's with a bare --resume)."""
+    if args.resume is None:
+        return None
+    if not args.resume:
+        return None  # (the output the config resolves to)
+    path = Path(args.resume)
+    if path.is_file():
+        if path.name != "last.pth":
+            raise ConfigError(f"--resume: {path} is not a run's last.pth; pass the run directory")
+        path = path.parent
+    elif not path.is_dir():
+        raise FileNotFoundError(f"--resume: no run directory or checkpoint at {path}")
+    if args.output is not None and Path(args.output).resolve() != path.resolve():
+        raise ConfigError(f"--resume {args.resume} continues the run in {path}; --output {args.output} names another "
+                          "directory (a run resumes in its own directory)")
+    return path
 
 
 def config_from_args(args: argparse.Namespace) -> SegConfig:
     flags: Dict[str, Any] = {key: getattr(args, dest) for dest, key in FLAG_KEYS.items()
                              if getattr(args, dest, None) is not None}
-    return build_config(args.config, flags, parse_overrides(args.overrides))
+    overrides = parse_overrides(args.overrides)
+    run_dir = resume_dir(args)
+    if args.resume is None:
+        return build_config(args.config, flags, overrides)
+    if run_dir is None:  # a bare --resume: the run in the output the flags name
+        run_dir = Path(build_config(args.config, flags, overrides).output)
+    state_path = run_dir / "last.pth"
+    if not state_path.is_file():
+        raise FileNotFoundError(f"--resume: no checkpoint to resume from at {state_path}")
+    from ...engine import load_state
+
+    saved = load_state(state_path).get("config")
+    if not isinstance(saved, dict):
+        raise ConfigError(f"--resume: {state_path} holds no segmentation config; is it a seg-train checkpoint?")
+    return build_config(args.config, flags, overrides, {"output": str(run_dir)}, base=saved)
 
 
 def command_line(args: argparse.Namespace, name: str = "seg-train") -> str:
@@ -81,8 +119,8 @@ def command_line(args: argparse.Namespace, name: str = "seg-train") -> str:
             parts += ["--" + dest.replace("_", "-"), str(value)]
     for item in args.overrides:
         parts += ["--set", item]
-    if args.resume:
-        parts.append("--resume")
+    if args.resume is not None:
+        parts += ["--resume"] + ([args.resume] if args.resume else [])
     return shlex.join(parts)
 
 
@@ -94,7 +132,7 @@ def main(args: argparse.Namespace) -> int:
         if args.print_config:
             print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
             return 0
-        summary = train(config, resume=args.resume, command=command_line(args))
+        summary = train(config, resume=args.resume is not None, command=command_line(args))
     except USER_ERRORS as e:
         print_error("seg-train", error_message(e))
         return 2

@@ -34,6 +34,7 @@ from tqdm.auto import tqdm
 from ...engine import (DistributedContext, InterruptGuard, MetricLogger, NonFiniteGuard, autocast,
                        capture_rng_state, cleanup_distributed, init_distributed, load_state, prepare_run_dir,
                        resolve_precision, restore_rng_state, save_state)
+from ...engine.config import absolute_path
 from ...engine.distributed import check_resume_world_size
 from ...engine.rundir import hold_run_dir
 from .config import ConfigError, SegConfig
@@ -182,6 +183,7 @@ def train(config: SegConfig, resume: bool = False, command: str = "") -> Dict[st
 def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: str) -> Dict[str, Any]:
     device = ctx.device
     dtype = resolve_precision(config.precision, device)
+    config.data_root = absolute_path(config.data_root)  # (recorded absolute: a resume or seg-eval reads it again)
     run_dir = Path(config.output)
     state_path = run_dir / "last.pth"
     saved = None
@@ -199,7 +201,7 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
             return {"already_complete": True, "iters": int(saved["iter"]), "run_dir": str(run_dir)}
         check_resume_world_size(saved.get("world_size"), ctx, state_path)
     elif state_path.is_file():
-        raise FileExistsError(f"{run_dir} already holds a run ({state_path.name}); pass --resume to continue it "
+        raise FileExistsError(f"{run_dir} already holds a run ({state_path.name}); continue it with --resume {run_dir} "
                               f"or choose another --output")
     if config.norm == "bn" and config.batch_size < 2:
         raise ConfigError("batch_size must be >= 2 per process with norm 'bn' (batch norm of the 1x1 pooled map "
@@ -379,7 +381,7 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
     save(it)
     if stop_reason is not None and stop_reason.startswith("interrupted"):
         if ctx.is_main:
-            print(f"seg-train: {stop_reason} at iteration {it}; saved {state_path}. Continue with --resume.",
+            print(f"seg-train: {stop_reason} at iteration {it}; saved {state_path}. Continue with --resume {run_dir}.",
                   flush=True)
         logger.close()
         return {"interrupted": True, "iters": it, "checkpoint": str(state_path)}
