@@ -3,7 +3,7 @@ resize + centre crop used when images are decoded once into memory."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 from timm.data import create_transform
 from torchvision import transforms as T
@@ -60,8 +60,3 @@ def resize_crop_uint8(resize: int, crop: int, interpolation: str = "bicubic"):
         raise ValueError(f"interpolation must be one of {', '.join(_INTERPOLATION)}, got {interpolation!r}")
     return T.Compose([T.Resize(resize, interpolation=_INTERPOLATION[interpolation]), T.CenterCrop(crop),
                       T.PILToTensor()])
-
-
-def as_pair(values: Sequence[float]) -> Tuple[float, float]:
-    lo, hi = values
-    return float(lo), float(hi)

@@ -41,9 +41,6 @@ except ImportError:  # pragma: no cover - depends on the installed Triton
     gluon = gl = async_copy = _async_load = None
     AVAILABLE = False
 
-LN2 = 0.6931471805599453
-LOG2E = 1.4426950408889634
-
 if gluon is not None:
     # the CTA barrier is gl.thread_barrier in Triton 3.6 and gl.barrier from 3.8
     _barrier = getattr(gl, "barrier", None) or getattr(gl, "thread_barrier")

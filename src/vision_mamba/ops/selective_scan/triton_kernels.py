@@ -20,8 +20,6 @@ import os
 import triton
 import triton.language as tl
 
-LOG2E = 1.4426950408889634
-
 # Triton specialises integer arguments divisible by 16, and a tile's register layout follows from what the compiler
 # can prove about its addresses. With the channel count E known to be a multiple of 16 (384 for Vim-Ti), it
 # vectorises the [N, E] state loads over 4 channels and lays the [channels, states] tiles out as 4 channels x 4

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from typing import Any, List, Optional
+from typing import Any, Optional
 
 import timm
 import torch.nn.functional as F
@@ -158,8 +158,3 @@ class ViTDetBackbone(AutocastMixin, nn.Module):
     def set_grad_checkpointing(self, enable: bool = True) -> None:
         if hasattr(self.trunk, "set_grad_checkpointing"):
             self.trunk.set_grad_checkpointing(enable)
-
-    def feature_shapes(self) -> List[int]:
-        """The side of each level P2..P6 for the fixed input size."""
-        s = self.img_size
-        return [s // 4, s // 8, s // 16, s // 32, s // 64]

@@ -117,11 +117,6 @@ class ClassList:
             text += f"; ignored: {_ranges(sorted(self.ignore_values))}"
         return text
 
-    @classmethod
-    def from_names(cls, names: Sequence[str], ignore_index: int = 255) -> "ClassList":
-        """Masks already hold train ids 0..K-1."""
-        return cls(tuple(names), tuple(range(len(names))), (), ignore_index, "names")
-
 
 def _ranges(values: Sequence[int]) -> str:
     """[1, 2, 3, 5] -> '1-3, 5'."""
