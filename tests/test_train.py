@@ -64,12 +64,20 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys):
     # eval of the exported weights with the run's own config reproduces the final evaluation
     report = tmp_path / "eval.json"
     assert cli.main(["eval", "--checkpoint", str(run / "final.safetensors"), "--json", str(report),
-                     "--no-progress"]) == 0
+                     "--no-progress", "--plot", str(tmp_path / "confusion.png")]) == 0
     evaluated = json.loads(report.read_text())
     assert evaluated["images"] == 32
     assert evaluated["top1"] == pytest.approx(results["top1"]) and evaluated["top5"] == pytest.approx(results["top5"])
     assert evaluated["img_per_s"] > 0
-    assert "top-1" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "top-1" in out and "lowest per-class top-1: " in out and "confusion matrix: " in out
+    # per class: the confusion matrix's rows are the classes' images, its diagonal their top-1 hits
+    matrix, per_class = evaluated["confusion"], evaluated["per_class"]
+    assert [c["name"] for c in per_class] == evaluated["classes"] and len(matrix) == len(per_class)
+    assert sum(map(sum, matrix)) == 32 and [c["images"] for c in per_class] == [sum(row) for row in matrix]
+    hits = sum(matrix[i][i] for i in range(len(matrix)))
+    assert 100.0 * hits / 32 == pytest.approx(evaluated["top1"])
+    assert (tmp_path / "confusion.png").stat().st_size > 1000
     # at a larger test size (pos_embed resized; the run's resident_size, a training setting, does not object)
     assert cli.main(["eval", "--checkpoint", str(run / "final.safetensors"), "--img-size", "48", "--json",
                      str(report), "--no-progress"]) == 0

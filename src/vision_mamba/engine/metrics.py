@@ -125,3 +125,40 @@ def plot_curves(records: List[Dict], path: "str | Path", x: str = "epoch",
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], path: "str | Path",
+                   title: str = "") -> Path:
+    """A PNG of a confusion matrix (rows: true class, columns: predicted), each row as a share of its images, with
+    the percentages written in the cells where there are at most 20 classes."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    counts = np.asarray(matrix, dtype=np.float64)
+    shares = 100.0 * counts / np.maximum(counts.sum(axis=1, keepdims=True), 1.0)
+    k = len(names)
+    side = min(max(4.0, 0.45 * k + 2.0), 24.0)
+    fig, ax = plt.subplots(figsize=(side + 1.2, side))
+    image = ax.imshow(shares, cmap="Blues", vmin=0.0, vmax=100.0)
+    fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04, label="% of the true class's images")
+    ax.set_xticks(range(k), labels=names, rotation=90, fontsize=8 if k <= 40 else 5)
+    ax.set_yticks(range(k), labels=names, fontsize=8 if k <= 40 else 5)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    if k <= 20:
+        for i in range(k):
+            for j in range(k):
+                if counts[i, j]:
+                    ax.text(j, i, f"{shares[i, j]:.0f}", ha="center", va="center", fontsize=7,
+                            color="white" if shares[i, j] > 60 else "black")
+    if title:
+        ax.set_title(title, fontsize=10)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

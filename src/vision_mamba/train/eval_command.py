@@ -22,6 +22,7 @@ from ..engine.argtypes import non_negative_int, positive_int
 __all__ = ["add_arguments", "main", "run_eval", "resolve_eval_config", "NO_DATA"]
 
 NO_DATA = "(no dataset)"  # the data of a configuration resolved with need_data=False that named none
+CONFUSION_MAX_CLASSES = 100  # a confusion matrix is kept in the results and drawn up to this many classes
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -48,7 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cuda-graph", choices=["on", "off"], default="off",
                         help="on CUDA, replay each batch's forward from a CUDA graph (one capture per batch shape: "
                              "pays off over many batches; default off)")
-    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON")
+    parser.add_argument("--json", metavar="PATH", help="also write the results as JSON (with per-class accuracy, and "
+                        f"the confusion matrix up to {CONFUSION_MAX_CLASSES} classes)")
+    parser.add_argument("--plot", metavar="PNG", help="also draw the confusion matrix (up to "
+                        f"{CONFUSION_MAX_CLASSES} classes)")
     parser.add_argument("--no-progress", action="store_true")
 
 
@@ -152,8 +156,15 @@ def run_eval(cfg, checkpoint: "str | Path", use_ema: bool = False, progress: boo
             progress=progress and ctx.is_main)
         metrics = evaluate(model, data.val, ctx.device, resolve_precision(cfg.precision, ctx.device), ctx,
                            progress=progress and ctx.is_main, channels_last=cfg.channels_last,
-                           hflip_tta=tta == "hflip", cuda_graph=cuda_graph)
+                           hflip_tta=tta == "hflip", cuda_graph=cuda_graph, confusion=len(classes))
         metrics["unreadable"] += len(data.unreadable)
+        matrix = metrics.pop("confusion")
+        metrics["per_class"] = [
+            dict(name=name, images=sum(row), top1=100.0 * row[i] / sum(row) if sum(row) else None)
+            for i, (name, row) in enumerate(zip(classes, matrix))]
+        metrics["classes"] = list(classes)
+        if len(classes) <= CONFUSION_MAX_CLASSES:
+            metrics["confusion"] = matrix
         return dict(model=cfg.model, checkpoint=str(checkpoint), ema=use_ema, tta=tta, data=cfg.data,
                     cuda_graph=cuda_graph and ctx.device.type == "cuda",
                     split=cfg.val_split,
@@ -186,6 +197,20 @@ def main(args: argparse.Namespace) -> int:
           f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
           f"loss {result['loss']:.4f}  {result['img_per_s']:.0f} img/s"
           + (f"  ({result['unreadable']} unreadable images left out)" if result["unreadable"] else ""))
+    scored = sorted((c for c in result["per_class"] if c["top1"] is not None), key=lambda c: c["top1"])
+    if len(scored) > 1:
+        print("lowest per-class top-1: " + ", ".join(f"{c['name']} {c['top1']:.1f}% ({c['images']})"
+                                                     for c in scored[:3]))
+    if args.plot:
+        if "confusion" not in result:
+            print(f"warning: no confusion matrix drawn: {len(result['classes'])} classes (more than "
+                  f"{CONFUSION_MAX_CLASSES})", file=sys.stderr)
+        else:
+            from ..engine.metrics import plot_confusion
+
+            title = (f"{result['model']} on {Path(str(result['data'])).name} [{result['split']}]: top-1 "
+                     f"{result['top1']:.2f}%")
+            print(f"confusion matrix: {plot_confusion(result['confusion'], result['classes'], args.plot, title)}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
