@@ -99,6 +99,19 @@ def test_seg_train_on_two_gloo_processes(tmp_path):
     other = (probe / "stderr_1.txt").read_text()
     assert "without a mask" not in other and "reading" not in other, other
 
+    # seg-eval under torchrun: each process evaluates its share, the matrices are summed, process 0 reports
+    # what one process finds on its own
+    single = run / "eval_1.json"
+    assert cli.main(["seg-eval", "--checkpoint", str(run / "model.safetensors"), "--output", str(single)]) == 0
+    proc = torchrun(["seg-eval", "--checkpoint", str(run / "model.safetensors"), "--output",
+                     str(run / "eval_2.json")], tmp_path)
+    assert proc.stdout.count("mIoU") == 1, proc.stdout
+    one, two = (json.loads(p.read_text()) for p in (single, run / "eval_2.json"))
+    assert two["images"] == one["images"] == 2
+    assert two["num_pixels"] == one["num_pixels"] > 0  # every pixel counted once: the processes share the images
+    assert two["miou"] == pytest.approx(one["miou"]) and two["per_class_iou"] == pytest.approx(one["per_class_iou"],
+                                                                                               nan_ok=True)
+
     # the checkpoint records the number of processes; another number is refused (the batch is per process)
     assert load_state(run / "last.pth")["world_size"] == 2
     with pytest.raises(ConfigError, match=r"trained on 2 process\(es\) and this run has 1; resume with the same "

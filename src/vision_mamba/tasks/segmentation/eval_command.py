@@ -3,16 +3,18 @@
     vision-mamba seg-eval --checkpoint runs/seg_vim/model.safetensors --data-root DATA/coco128 --mode slide
 
 The checkpoint (model.safetensors or last.pth of seg-train) carries its config and class list; ``--set`` changes
-data or inference keys (test_scale, slide_stride, val_images, ...).
+data or inference keys (test_scale, slide_stride, val_images, ...). Under torchrun each process evaluates every
+world_size-th image and the confusion matrices are summed; process 0 prints and writes the results.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import os
 from pathlib import Path
 from typing import Any, Dict
 
-from ...engine import resolve_device, resolve_precision
+from ...engine import cleanup_distributed, init_distributed, resolve_precision
 from ...engine.argtypes import non_negative_int
 from .config import parse_overrides
 from .datasets import DatasetError, dataset_from_config, read_class_list
@@ -56,7 +58,16 @@ def run_eval(args: argparse.Namespace) -> Dict[str, Any]:
     if args.mode:
         overrides["test_mode"] = args.mode
     path = Path(args.checkpoint)
-    device = resolve_device(args.device)  # (a device this machine lacks: said before anything is loaded)
+    # (a device this machine lacks: said before anything is loaded)
+    ctx = init_distributed(args.device)
+    try:
+        return _run_eval(args, path, overrides, ctx)
+    finally:
+        cleanup_distributed()
+
+
+def _run_eval(args: argparse.Namespace, path: Path, overrides: Dict[str, Any], ctx) -> Dict[str, Any]:
+    device = ctx.device
     dtype = resolve_precision(args.precision, device)
     model, config, classes = load_segmentation_model(path, overrides)
     if config.dataset == "folders" and config.data_root and config.classes_file:
@@ -64,11 +75,11 @@ def run_eval(args: argparse.Namespace) -> Dict[str, Any]:
         if listed.is_file():  # before any image is decoded
             check_same_classes(read_class_list(listed, config.ignore_values, config.ignore_index).names,
                                classes.names)
-    dataset = dataset_from_config(config, args.split)
+    dataset = dataset_from_config(config, args.split, verbose=ctx.is_main)
     check_same_classes(dataset.classes.names, classes.names)
     predictor = Predictor(model.to(device), InferenceSettings.from_config(config), device, dtype)
-    metrics = evaluate(predictor, dataset, classes.num_classes, config.ignore_index, desc=args.split,
-                       num_workers=args.num_workers, class_names=classes.names)
+    metrics = evaluate(predictor, dataset, classes.num_classes, config.ignore_index, ctx if ctx.is_distributed else None,
+                       desc=args.split, num_workers=args.num_workers, progress=ctx.is_main, class_names=classes.names)
     return {"checkpoint": str(path), "split": args.split, "mode": config.test_mode, "images": len(dataset),
             "backbone": config.backbone, **metrics}
 
@@ -79,6 +90,8 @@ def main(args: argparse.Namespace) -> int:
     except USER_ERRORS as e:
         print_error("seg-eval", error_message(e))
         return 2
+    if os.environ.get("RANK", "0") not in ("", "0"):
+        return 0  # (process 0 reports)
     print(f"{result['split']} ({result['images']} images, {result['mode']}): mIoU {100 * result['miou']:.2f}%, "
           f"pixel acc {100 * result['pixel_acc']:.2f}%, mean acc {100 * result['mean_acc']:.2f}%, "
           f"{result['classes_scored']} classes scored")
