@@ -128,6 +128,20 @@ def test_det_train_on_two_gloo_processes(tmp_path):
     results = json.loads((run / "results.json").read_text())
     assert results["iters"] == 2 and results["batch_size"] == 4  # 2 per process x 2 processes
     assert 0.0 <= results["val"]["bbox_AP"] <= 1.0
+    # det-eval under torchrun: each process predicts its share, process 0 gathers and scores them all, as one
+    # process does alone (the final evaluation of det-train was sharded the same way)
+    single = tmp_path / "eval_1.json"
+    assert cli.main(["det-eval", "--checkpoint", str(run / "model.safetensors"), "--device", "cpu",
+                     "--no-progress", "--batch-size", "1", "--output", str(single)]) == 0
+    proc = torchrun(["det-eval", "--checkpoint", str(run / "model.safetensors"), "--device", "cpu", "--no-progress",
+                     "--batch-size", "1", "--output", str(tmp_path / "eval_2.json")], tmp_path)
+    assert proc.stdout.count("det-eval:") == 1, proc.stdout
+    one, two = (json.loads(p.read_text()) for p in (single, tmp_path / "eval_2.json"))
+    assert two["num_images"] == one["num_images"] == 4 and one["num_detections"] > 0, one
+    assert two["num_detections"] == one["num_detections"]
+    for key in ("bbox_AP", "bbox_AP50", "segm_AP"):
+        assert two[key] == pytest.approx(one[key], abs=1e-6), key
+    assert results["val"]["num_detections"] == one["num_detections"]
 
 
 def test_det_train_resumed_on_two_processes_reseeds_each(tmp_path):

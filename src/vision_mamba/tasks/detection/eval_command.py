@@ -3,7 +3,8 @@
     vision-mamba det-eval --checkpoint runs/det_vim/model.safetensors --data-root DATA/coco128 [--split train]
     vision-mamba det-eval --checkpoint ckpt.safetensors --images DIR --annotations instances.json --output ap.json
 
-The checkpoint carries its config, so by default the images and annotations are that config's (val) paths.
+The checkpoint carries its config, so by default the images and annotations are that config's (val) paths. Under
+torchrun each process predicts every world_size-th image, and process 0 scores them all and reports.
 """
 from __future__ import annotations
 
@@ -33,7 +34,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def main(args: argparse.Namespace) -> int:
-    from vision_mamba.engine import resolve_device, resolve_precision
+    from vision_mamba.engine import cleanup_distributed, init_distributed
+
+    try:
+        ctx = init_distributed(args.device)
+    except (ValueError, RuntimeError) as e:  # a device this machine lacks (ConfigError), or no device name
+        from .train_command import print_error
+
+        print_error("det-eval", e)
+        return 2
+    try:
+        return _main(args, ctx)
+    finally:
+        cleanup_distributed()
+
+
+def _main(args: argparse.Namespace, ctx) -> int:
+    from vision_mamba.engine import resolve_precision
     from vision_mamba.engine.config import ConfigError
     from vision_mamba.models.checkpoint import CheckpointError
 
@@ -44,8 +61,8 @@ def main(args: argparse.Namespace) -> int:
     from .train_command import print_error
     from .trainer import _data_path
 
+    device = ctx.device
     try:
-        device = resolve_device(args.device)
         model, config, categories = load_detector(args.checkpoint, device)
         d = config.data
         root = args.data_root or d.root
@@ -53,13 +70,16 @@ def main(args: argparse.Namespace) -> int:
         annotations = args.annotations or str(
             _data_path(root, d.val_annotations if args.split == "val" else d.train_annotations))
         dataset = CocoInstances(images, annotations, on_bad_annotation=args.on_bad_annotation,
-                                categories=categories, max_images=args.max_images, progress=not args.no_progress)
+                                categories=categories, max_images=args.max_images,
+                                progress=not args.no_progress and ctx.is_main)
     except (AnnotationError, ConfigError, FileNotFoundError, CheckpointError) as e:
         print_error("det-eval", e)
         return 2
     set_autocast(model, resolve_precision(args.precision, device))
     metrics = evaluate_model(model, dataset, device, args.batch_size, args.mask_threshold,
-                             progress=not args.no_progress)
+                             progress=not args.no_progress and ctx.is_main, ctx=ctx)
+    if metrics is None:
+        return 0  # (process 0 reports)
     metrics.update(checkpoint=str(args.checkpoint), images=images, annotations=annotations)
     print(f"det-eval: {len(dataset)} images: {format_metrics(metrics)}")
     if args.output:

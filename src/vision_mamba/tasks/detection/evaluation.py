@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from typing import Any, Dict, Iterable, List, Optional, Sequence
+from typing import Any, Dict, Iterable, List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor, nn
@@ -110,17 +110,19 @@ def evaluate_coco(coco_gt, results: List[Dict[str, Any]], image_ids: Optional[It
 @torch.no_grad()
 def predict_dataset(model: nn.Module, dataset, device: "str | torch.device", batch_size: int = 8,
                     mask_threshold: float = 0.5, max_images: Optional[int] = None, progress: bool = True,
-                    desc: str = "predict") -> List[Dict[str, Any]]:
-    """Run ``model`` (a torchvision detector) over a CocoInstances dataset's original images -> COCO results."""
+                    desc: str = "predict", shard: Tuple[int, int] = (0, 1)) -> List[Dict[str, Any]]:
+    """Run ``model`` (a torchvision detector) over a CocoInstances dataset's original images -> COCO results;
+    ``shard`` (rank, world size): only every world_size-th image from the rank-th."""
     device = torch.device(device)
     was_training = model.training
     model.eval()
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
+    mine = list(range(shard[0], n, shard[1]))
     results: List[Dict[str, Any]] = []
     try:
-        for start in tqdm(range(0, n, batch_size), desc=desc, disable=not progress, leave=False,
+        for start in tqdm(range(0, len(mine), batch_size), desc=desc, disable=not progress, leave=False,
                           mininterval=1.0):
-            indices = range(start, min(start + batch_size, n))
+            indices = mine[start:start + batch_size]
             images = [dataset.image(i).to(device, non_blocking=True).float().div_(255) for i in indices]
             outputs = model(images)
             results += detections_to_coco(outputs, [dataset.image_ids[i] for i in indices], dataset.category_ids,
@@ -132,10 +134,21 @@ def predict_dataset(model: nn.Module, dataset, device: "str | torch.device", bat
 
 def evaluate_model(model: nn.Module, dataset, device: "str | torch.device", batch_size: int = 8,
                    mask_threshold: float = 0.5, max_images: Optional[int] = None, progress: bool = True,
-                   desc: str = "evaluate") -> Dict[str, Optional[float]]:
-    """Box and mask AP of ``model`` on a CocoInstances dataset (every image, or the first ``max_images``)."""
+                   desc: str = "evaluate", ctx=None) -> Optional[Dict[str, Optional[float]]]:
+    """Box and mask AP of ``model`` on a CocoInstances dataset (every image, or the first ``max_images``).
+
+    Under DDP (``ctx``, a DistributedContext of several processes; every process calls this) each process predicts
+    every world_size-th image, process 0 gathers the predictions and scores them, and the others get None."""
     n = len(dataset) if max_images is None else min(max_images, len(dataset))
-    results = predict_dataset(model, dataset, device, batch_size, mask_threshold, max_images, progress, desc)
+    rank, world = (ctx.rank, ctx.world_size) if ctx is not None and ctx.is_distributed else (0, 1)
+    results = predict_dataset(model, dataset, device, batch_size, mask_threshold, max_images,
+                              progress and rank == 0, desc, shard=(rank, world))
+    if world > 1:
+        parts: Optional[List[List[Dict[str, Any]]]] = [[] for _ in range(world)] if rank == 0 else None
+        torch.distributed.gather_object(results, parts, dst=0)
+        if rank != 0:
+            return None
+        results = [r for part in parts for r in part]
     metrics = evaluate_coco(dataset.coco, results, dataset.image_ids[:n])
     metrics["num_images"] = n
     metrics["num_detections"] = len(results)

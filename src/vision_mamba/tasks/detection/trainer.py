@@ -355,19 +355,22 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
     )
     if main:
         save_detector(model, run_dir / "model.safetensors", config, categories)
-        ec = config.eval
-        eval_record: Dict[str, Any] = {"iter": iteration}
-        for name, dataset in (("val", val_set), ("train", train_eval_set)):
-            if dataset is None:
-                continue
-            t0 = time.monotonic()
-            metrics = evaluate_model(model, dataset, device, ec.batch_size, ec.mask_threshold, ec.max_images,
-                                     progress=progress, desc=f"evaluate {name}")
+    # every process evaluates its share of the images; process 0 scores them and reports
+    ec = config.eval
+    eval_record: Dict[str, Any] = {"iter": iteration}
+    for name, dataset in (("val", val_set), ("train", train_eval_set)):
+        if dataset is None:
+            continue
+        t0 = time.monotonic()
+        metrics = evaluate_model(model, dataset, device, ec.batch_size, ec.mask_threshold, ec.max_images,
+                                 progress=progress and main, desc=f"evaluate {name}", ctx=ctx)
+        if main:
             metrics["seconds"] = round(time.monotonic() - t0, 1)
             summary[name] = metrics
             print(f"det-train: {name} ({metrics['num_images']} images): {format_metrics(metrics)}", flush=True)
             eval_record.update({f"{name}_{k}": v for k, v in metrics.items()
                                 if isinstance(v, float) and k.endswith(("_AP", "_AP50"))})
+    if main:
         logger.log(eval_record)
         (run_dir / "results.json").write_text(json.dumps(summary, indent=2))
     ctx.barrier()
