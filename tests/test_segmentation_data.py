@@ -222,7 +222,7 @@ def test_coco128_semantic_masks(shared_data):
     """The real COCO-128 semantic masks through the coco128 config: 133 classes, every value in the class list."""
     from vision_mamba.tasks.segmentation import build_config
 
-    config = build_config(Path(__file__).parents[1] / "configs" / "segmentation" / "coco128_vim_tiny.yaml",
+    config = build_config("configs/segmentation/coco128_vim_tiny.yaml",
                           {"data_root": str(shared_data / "coco128"), "cache_images": False})
     train = dataset_from_config(config, "train")  # image and mask sizes are checked here
     val = dataset_from_config(config, "val")

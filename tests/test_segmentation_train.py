@@ -62,9 +62,9 @@ def test_config_layers_and_unknown_keys(tmp_path):
 
 
 def test_shipped_configs_resolve():
-    from pathlib import Path
+    from vision_mamba.engine.config import BUILTIN_CONFIGS
 
-    folder = Path(__file__).parents[1] / "configs" / "segmentation"
+    folder = BUILTIN_CONFIGS / "segmentation"
     configs = {p.stem: build_config(p) for p in sorted(folder.glob("*.yaml"))}
     assert {"coco128_vim_tiny", "coco128_deit_tiny", "ade20k_vim_tiny", "ade20k_deit_tiny"} <= set(configs)
     vim, deit = configs["coco128_vim_tiny"], configs["coco128_deit_tiny"]

@@ -556,3 +556,22 @@ def test_a_run_on_a_relative_data_path_resumes_from_another_directory(tmp_path, 
     capsys.readouterr()
     assert cli.main(["train", "--resume", str(tmp_path / "run"), "--epochs", "2"]) == 0
     assert load_state(tmp_path / "run" / "last.pth")["epoch"] == 2
+
+
+def test_a_run_finishes_without_matplotlib_and_python_m_runs_the_cli(tmp_path, monkeypatch, capsys):
+    """Without matplotlib a run still finishes and writes its results (only curves.png is missing, with a warning);
+    `python -m vision_mamba` is the vision-mamba command."""
+    import subprocess
+    import sys
+
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # (an import of it raises ImportError)
+    cfg = tiny_config(tmp_path, "nomp", epochs=1, warmup_epochs=0)
+    with pytest.warns(UserWarning, match="no curves.png: matplotlib is not installed"):
+        result = Trainer(cfg).run()
+    assert result.final["top1"] >= 0 and (tmp_path / "nomp" / "results.json").is_file()
+    assert not (tmp_path / "nomp" / "curves.png").exists()
+    proc = subprocess.run([sys.executable, "-m", "vision_mamba", "--version"], capture_output=True, text=True,
+                          timeout=120)
+    import vision_mamba
+
+    assert proc.returncode == 0 and proc.stdout.strip() == vision_mamba.__version__, proc.stderr

@@ -1,16 +1,15 @@
 """Training configuration: files, overrides, clear errors; every shipped config resolves."""
 from __future__ import annotations
 
-from pathlib import Path
 
 import pytest
 import yaml
 
 from vision_mamba import cli
+from vision_mamba.engine.config import BUILTIN_CONFIGS
 from vision_mamba.train.config import QUICKSTART, ConfigError, TrainConfig, parse_overrides, resolve_config
 
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = sorted((REPO / "configs").glob("**/*.yaml"))
+CONFIGS = sorted(BUILTIN_CONFIGS.glob("**/*.yaml"))
 TRAIN_CONFIGS = [p for p in CONFIGS if p.parts[-2] in ("imagenette", "imagenet", "synthetic")]
 
 
@@ -55,21 +54,21 @@ def test_precedence_base_chain_and_dotted_mapping_keys(tmp_path):
         resolve_config(tmp_path / "loop.yaml")
 
 
-@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(REPO)))
+@pytest.mark.parametrize("path", TRAIN_CONFIGS, ids=lambda p: str(p.relative_to(BUILTIN_CONFIGS)))
 def test_every_shipped_training_config_resolves(path):
     cfg = resolve_config(path, {"data": "synthetic"})
     assert cfg.model
 
 
-def test_synthetic_config_is_the_quickstart_preset():
-    assert resolve_config(REPO / "configs" / "synthetic" / "vim.yaml") == resolve_config(QUICKSTART)
+def test_the_quickstart_preset_is_a_shipped_config():
+    assert QUICKSTART.is_file() and resolve_config("configs/synthetic/vim") == resolve_config(QUICKSTART)
 
 
 @pytest.mark.parametrize("vim_name,deit_name", [("vim_tiny", "deit_tiny"), ("vim_tiny_distill", "deit_tiny_distill"),
                                                  ("vim_tiny_distill_soft", "deit_tiny_distill_soft")])
 def test_imagenette_baselines_share_the_vim_recipe(vim_name, deit_name):
-    vim = resolve_config(REPO / "configs" / "imagenette" / f"{vim_name}.yaml").to_dict()
-    deit = resolve_config(REPO / "configs" / "imagenette" / f"{deit_name}.yaml").to_dict()
+    vim = resolve_config(BUILTIN_CONFIGS / "imagenette" / f"{vim_name}.yaml").to_dict()
+    deit = resolve_config(BUILTIN_CONFIGS / "imagenette" / f"{deit_name}.yaml").to_dict()
     different = {k for k in vim if vim[k] != deit[k]}
     assert different == {"model"}
 
@@ -77,8 +76,8 @@ def test_imagenette_baselines_share_the_vim_recipe(vim_name, deit_name):
 def test_deit_token_matched_finetune_shares_the_vim_stride8_finetune_recipe():
     # DeiT-Ti fine-tuned at 240 px has Vim-Ti's stride-8 token count at 128 px (15 x 15 + 1); all else is equal,
     # and the teacher keeps the size both students started at
-    vim = resolve_config(REPO / "configs" / "imagenette" / "vim_tiny_stride8_ft_distill.yaml").to_dict()
-    deit = resolve_config(REPO / "configs" / "imagenette" / "deit_tiny_ft240_distill.yaml").to_dict()
+    vim = resolve_config(BUILTIN_CONFIGS / "imagenette" / "vim_tiny_stride8_ft_distill.yaml").to_dict()
+    deit = resolve_config(BUILTIN_CONFIGS / "imagenette" / "deit_tiny_ft240_distill.yaml").to_dict()
     assert {k for k in vim if vim[k] != deit[k]} == {"model", "img_size", "resident_size",
                                                      "teacher_img_size"}
     assert deit["resident_size"] / deit["img_size"] == vim["resident_size"] / vim["img_size"]
@@ -89,9 +88,9 @@ def test_deit_token_matched_finetune_shares_the_vim_stride8_finetune_recipe():
 def test_third_stage_at_160_px_matches_tokens_and_recipe():
     # the third stage: Vim-Ti at stride 8 and the images' own 160 px (19 x 19 + 1 tokens), DeiT-Ti at 304 px (as
     # many); both keep the second stage's recipe, the stored images at 1.25 x img_size and the teacher at 128 px
-    stage2 = resolve_config(REPO / "configs" / "imagenette" / "vim_tiny_stride8_ft_distill.yaml").to_dict()
-    vim = resolve_config(REPO / "configs" / "imagenette" / "vim_tiny_stride8_ft160_distill.yaml").to_dict()
-    deit = resolve_config(REPO / "configs" / "imagenette" / "deit_tiny_ft304_distill.yaml").to_dict()
+    stage2 = resolve_config(BUILTIN_CONFIGS / "imagenette" / "vim_tiny_stride8_ft_distill.yaml").to_dict()
+    vim = resolve_config(BUILTIN_CONFIGS / "imagenette" / "vim_tiny_stride8_ft160_distill.yaml").to_dict()
+    deit = resolve_config(BUILTIN_CONFIGS / "imagenette" / "deit_tiny_ft304_distill.yaml").to_dict()
     assert {k for k in vim if vim[k] != stage2[k]} == {"epochs", "img_size", "resident_size", "teacher_img_size"}
     assert {k for k in vim if vim[k] != deit[k]} == {"model", "img_size", "resident_size"}
     assert vim["img_size"] == 160 and deit["img_size"] // 16 == (vim["img_size"] - 16) // 8 + 1 == 19
@@ -151,3 +150,29 @@ def test_print_config_refuses_an_unknown_model(capsys):
     assert cli.main(["train", "--model", "vim_tinyy", "--print-config"]) == 2
     err = capsys.readouterr().err
     assert "unknown model 'vim_tinyy' (did you mean vim_tiny_patch16_224" in err
+
+
+def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypatch, capsys):
+    """The recipes ship inside the package: `--config configs/imagenette/vim_tiny.yaml` (the docs' form), or
+    without `configs/` and `.yaml`, finds them from a directory that has no configs/ folder (an installed package);
+    a name that is neither a file nor a shipped config lists the shipped ones."""
+    from vision_mamba import cli
+    from vision_mamba.engine.config import builtin_configs, find_config
+
+    monkeypatch.chdir(tmp_path)
+    expected = BUILTIN_CONFIGS / "imagenette" / "vim_tiny.yaml"
+    for name in ("configs/imagenette/vim_tiny.yaml", "imagenette/vim_tiny.yaml", "imagenette/vim_tiny"):
+        assert find_config(name) == expected
+    assert "configs/segmentation/coco128_vim_tiny.yaml" in builtin_configs()
+    (tmp_path / "configs" / "imagenette").mkdir(parents=True)  # a file of the user's own wins
+    own = tmp_path / "configs" / "imagenette" / "vim_tiny.yaml"
+    own.write_text("epochs: 3\n")
+    assert find_config("configs/imagenette/vim_tiny.yaml") == own.relative_to(tmp_path)
+    with pytest.raises(ConfigError, match=r"nor a shipped config of that name; shipped: configs/imagenette/"):
+        find_config("configs/imagenette/vim_huge.yaml")
+    assert cli.main(["train", "--config", "configs/imagenet/vim_small.yaml", "--print-config"]) == 0
+    assert "model: vim_small_patch16_224" in capsys.readouterr().out
+    assert cli.main(["seg-train", "--config", "configs/segmentation/coco128_vim_tiny.yaml", "--print-config"]) == 0
+    assert cli.main(["det-train", "--config", "configs/detection/coco128_vim_tiny.yaml", "--print-config"]) == 0
+    assert cli.main(["train", "--config", "configs/nothing.yaml"]) == 2
+    assert "config file not found: configs/nothing.yaml" in capsys.readouterr().err

@@ -11,8 +11,11 @@ from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import yaml
 
-__all__ = ["ConfigError", "TypedConfig", "absolute_path", "check_keys", "coerce", "constructed", "load_yaml",
-           "parse_overrides"]
+__all__ = ["BUILTIN_CONFIGS", "ConfigError", "TypedConfig", "absolute_path", "builtin_configs", "check_keys",
+           "coerce", "constructed", "find_config", "load_yaml", "parse_overrides"]
+
+# The recipes shipped with the package (one YAML per model and dataset), named as configs/<dataset>/<name>.yaml
+BUILTIN_CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 
 
 class ConfigError(ValueError):
@@ -130,10 +133,36 @@ def coerce(key: str, value: Any, hint: Any, source: str) -> Any:
     return value
 
 
+def builtin_configs(group: str = "") -> List[str]:
+    """The shipped configs' names (``configs/imagenette/vim_tiny.yaml``, ...), those under ``group`` if given."""
+    return sorted(f"configs/{p.relative_to(BUILTIN_CONFIGS).as_posix()}"
+                  for p in (BUILTIN_CONFIGS / group).rglob("*.yaml"))
+
+
+def find_config(path: "str | Path") -> Path:
+    """The YAML file ``path`` names: that file where it exists, else the shipped config of that name
+    (``configs/imagenette/vim_tiny.yaml``, also without ``configs/`` or ``.yaml``), so that the recipes' names work
+    from any directory and in an installed package. A ConfigError lists the shipped ones otherwise."""
+    given = Path(path).expanduser()
+    if given.is_file():
+        return given
+    if not given.is_absolute():
+        parts = given.parts[1:] if given.parts[:1] == ("configs",) else given.parts
+        if parts:
+            name = Path(*parts)
+            for candidate in (BUILTIN_CONFIGS / name, BUILTIN_CONFIGS / name.with_name(name.name + ".yaml")):
+                if candidate.is_file():
+                    return candidate
+    group = given.parts[1] if given.parts[:1] == ("configs",) and len(given.parts) > 2 else ""
+    shipped = builtin_configs(group if (BUILTIN_CONFIGS / group).is_dir() else "")
+    raise ConfigError(f"config file not found: {path} (nor a shipped config of that name; shipped: "
+                      f"{', '.join(shipped)})")
+
+
 def load_yaml(path: "str | Path", known: Sequence[str], _seen: Optional[List[Path]] = None) -> Dict[str, Any]:
-    """Read a YAML config file, its ``base:`` chain first (paths relative to the file); keys checked against
-    ``known``. Returns the merged raw mapping."""
-    path = Path(path)
+    """Read a YAML config file (a path, or a shipped config's name: :func:`find_config`), its ``base:`` chain first
+    (paths relative to the file); keys checked against ``known``. Returns the merged raw mapping."""
+    path = find_config(path) if _seen is None else Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     seen = list(_seen or [])

@@ -2,8 +2,10 @@
 from __future__ import annotations
 
 import csv
+import importlib
 import json
 import math
+import warnings
 from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Sequence
 
@@ -81,8 +83,14 @@ class MetricLogger:
             self._tb.flush()
 
     def plot(self, path: "str | Path", groups: Optional[Sequence[Iterable[str]]] = None, title: str = "") -> Optional[Path]:
-        """One panel per group of keys (default: losses, accuracies, learning rate), x = the step key."""
+        """One panel per group of keys (default: losses, accuracies, learning rate), x = the step key. Without
+        matplotlib, a warning and no plot: a finished run's results matter more than its picture."""
         if not self.enabled or not self.records:
+            return None
+        try:
+            importlib.import_module("matplotlib")
+        except ImportError as e:
+            warnings.warn(f"no {Path(path).name}: matplotlib is not installed ({e})", stacklevel=2)
             return None
         return plot_curves(self.records, path, self.step_key, groups, title)
 

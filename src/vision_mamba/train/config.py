@@ -8,8 +8,8 @@ error naming the key and the nearest known ones, raised before anything is built
 ``config.yaml`` in the run directory and inside every checkpoint.
 
 The defaults are the paper's ImageNet recipe for Vim-Ti. ``vision-mamba train`` without ``--config`` starts from
-the built-in quick-start preset instead (``presets/quickstart.yaml``: a small Vim on the synthetic shapes, a few
-minutes on a laptop CPU). ``configs/`` holds the recipes per model and dataset.
+the built-in quick-start preset instead (``configs/synthetic/vim.yaml``: a small Vim on the synthetic shapes, a few
+minutes on a laptop CPU). ``configs/`` (shipped in the package) holds the recipes per model and dataset.
 """
 from __future__ import annotations
 
@@ -19,13 +19,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Union
 
-from ..engine.config import ConfigError, TypedConfig, coerce, parse_overrides
+from ..engine.config import BUILTIN_CONFIGS, ConfigError, TypedConfig, coerce, parse_overrides
 from ..engine.config import check_keys as _check_keys
 from ..engine.config import load_yaml as _load_yaml
 
 __all__ = ["TrainConfig", "ConfigError", "load_yaml", "parse_overrides", "apply_overrides", "resolve_config", "QUICKSTART"]
 
-QUICKSTART = Path(__file__).with_name("presets") / "quickstart.yaml"
+QUICKSTART = BUILTIN_CONFIGS / "synthetic" / "vim.yaml"
 
 
 @dataclass

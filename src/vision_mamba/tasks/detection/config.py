@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from ...engine.config import ConfigError
+from ...engine.config import ConfigError, find_config
 
 __all__ = [
     "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "EvalConfig", "DetectionConfig", "load_config",
@@ -276,9 +276,7 @@ def load_config(path: "Optional[str | Path]" = None, overrides: Sequence[str] = 
     values = DetectionConfig().to_dict() if base is None else _merge(DetectionConfig().to_dict(), base)
     DetectionConfig.from_dict(values, "base config")  # unknown keys in a stored config are errors too
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+        path = find_config(path)  # (a path, or a shipped config's name)
         try:
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:

@@ -1,0 +1,6 @@
+"""``python -m vision_mamba``: the ``vision-mamba`` command."""
+import sys
+
+from .cli import main
+
+sys.exit(main())
