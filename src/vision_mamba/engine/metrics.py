@@ -127,12 +127,7 @@ def plot_curves(records: List[Dict], path: "str | Path", x: str = "epoch",
         ax.legend(fontsize=8)
     if title:
         fig.suptitle(title)
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return _save_figure(fig, path)
 
 
 def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], path: "str | Path",
@@ -164,6 +159,13 @@ def plot_confusion(matrix: Sequence[Sequence[int]], names: Sequence[str], path: 
                             color="white" if shares[i, j] > 60 else "black")
     if title:
         ax.set_title(title, fontsize=10)
+    return _save_figure(fig, path)
+
+
+def _save_figure(fig, path: "str | Path") -> Path:
+    """Lay ``fig`` out, write it as a PNG at ``path`` (folders made) and close it."""
+    import matplotlib.pyplot as plt
+
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
