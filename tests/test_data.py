@@ -89,6 +89,37 @@ def test_empty_class_folder_is_named(tmp_path):
         scan_image_folder(root)
 
 
+def test_a_folder_that_cannot_be_listed_is_an_error_not_a_smaller_dataset(tmp_path, monkeypatch):
+    """os.walk skips a folder it cannot list (and its images with it): a sub-folder without read permission would
+    shrink the dataset unnoticed. It is a DatasetError naming the folder; so is a root that cannot be listed.
+    (Permissions do not bind root, so the refusal is simulated where os.walk and the scan list folders.)"""
+    import os
+
+    root = make_folder(tmp_path / "train")
+    (root / "a" / "more").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "a" / "more" / "x.png")
+    (root / "a" / ".hidden").mkdir()
+    listing = os.scandir
+
+    def scandir(path="."):
+        if Path(path).name in ("more", ".hidden") or (Path(path) == root and refuse_root):
+            raise PermissionError(13, "Permission denied", str(path))
+        return listing(path)
+
+    monkeypatch.setattr(os, "scandir", scandir)
+    refuse_root = False
+    with pytest.raises(DatasetError, match=r"cannot list .*a/more: Permission denied"):
+        scan_image_folder(root)
+    refuse_root = True
+    with pytest.raises(DatasetError, match=r"cannot list the dataset folder .*train: Permission denied"):
+        scan_image_folder(root)
+    refuse_root = False
+    (root / "a" / "more" / "x.png").unlink()
+    (root / "a" / "more").rmdir()
+    samples, _ = scan_image_folder(root)  # an unreadable hidden folder is skipped, as hidden folders are
+    assert len(samples) == 8
+
+
 def test_missing_split_and_class_mismatch(tmp_path):
     make_folder(tmp_path / "train")
     with pytest.raises(DatasetError, match="no 'val' folder"):

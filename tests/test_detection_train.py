@@ -237,6 +237,11 @@ def test_det_commands_refuse_bad_runs_checkpoints_images_and_settings(tmp_path, 
     assert "a run resumes in its own directory" in capsys.readouterr().err
     assert cli(["det-train", "--resume", "--no-progress"]) == 2
     assert "pass --resume DIR or --output DIR" in capsys.readouterr().err
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pt")  # a state dict, not a det-train checkpoint
+    assert cli(["det-train", "--resume", str(tmp_path / "plain.pt"), "--no-progress"]) == 2
+    assert "holds no detection config; is it a det-train checkpoint.pt?" in capsys.readouterr().err
+    assert cli(["det-train", "--config", str(config), "--device", "cpu", "--print-config"]) == 0
+    assert "device: cpu" in capsys.readouterr().out
     # an image that does not decode: one line naming it, before any training
     first = sorted(image_dir.iterdir())[0]
     first.write_bytes(first.read_bytes()[:60])

@@ -191,6 +191,13 @@ def test_resume_of_a_complete_run_and_on_another_number_of_processes(data, tmp_p
     assert cli.main(["seg-train", "--resume", str(run), "--iters", "3"]) == 0
     evaluated = [r["iter"] for r in MetricLogger.read(run / "metrics.jsonl") if "val_miou" in r]
     assert evaluated == [2, 3]  # extended: the evaluation at 2 and the final one at 3, once each
+    # a bare --resume: the run in --output, whose saved config is the base (the defaults' warmup_iters, 1500, would
+    # not fit --iters 3); without any output named, refused
+    capsys.readouterr()
+    assert cli.main(["seg-train", "--resume", "--output", str(run), "--iters", "3"]) == 0
+    assert "already complete (3/3 iterations" in capsys.readouterr().out
+    assert cli.main(["seg-train", "--resume"]) == 2
+    assert "pass --resume DIR or --output DIR" in capsys.readouterr().err
 
 
 def test_time_budget_ends_training_and_still_evaluates(data, tmp_path):

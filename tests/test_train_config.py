@@ -176,3 +176,12 @@ def test_shipped_configs_are_found_by_name_from_any_directory(tmp_path, monkeypa
     assert cli.main(["det-train", "--config", "configs/detection/coco128_vim_tiny.yaml", "--print-config"]) == 0
     assert cli.main(["train", "--config", "configs/nothing.yaml"]) == 2
     assert "config file not found: configs/nothing.yaml" in capsys.readouterr().err
+    # a file of the user's own builds on a shipped recipe by its name
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("base: imagenette/vim_tiny.yaml\nepochs: 7\n")  # (configs/... beside it is the own file above)
+    cfg = resolve_config(mine, {"data": "synthetic"})
+    assert cfg.to_dict() == dict(resolve_config(expected, {"data": "synthetic"}).to_dict(), epochs=7)
+    assert cfg.epochs == 7 != resolve_config(expected, {"data": "synthetic"}).epochs
+    mine.write_text("base: imagenette/vim_tinyy.yaml\n")
+    with pytest.raises(ConfigError, match=r"mine.yaml: its base imagenette/vim_tinyy.yaml is neither a file beside"):
+        resolve_config(mine)

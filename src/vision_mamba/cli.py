@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import List, Optional
 
 COMMANDS = {
     "bench": ("vision_mamba.bench.command", "Vim vs DeiT feature-extraction speed and memory (the paper's Figure 1)"),
     "train": ("vision_mamba.train.train_command", "train a classifier (Vim or any timm model) from a YAML config"),
-    "eval": ("vision_mamba.train.eval_command", "evaluate a classifier checkpoint: top-1, top-5, throughput"),
+    "eval": ("vision_mamba.train.eval_command", "evaluate a classifier checkpoint: top-1, top-5, per class, speed"),
     "predict": ("vision_mamba.train.predict_command", "top classes of a trained classifier for some images"),
     "seg-train": ("vision_mamba.tasks.segmentation.train_command", "train an UperNet segmentation model"),
     "seg-eval": ("vision_mamba.tasks.segmentation.eval_command", "evaluate a segmentation checkpoint (mIoU)"),
@@ -54,7 +55,30 @@ def main(argv: Optional[List[str]] = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    return int(_load(args.command).main(args) or 0)
+    if os.environ.get("VISION_MAMBA_SCAN"):  # a misspelt backend: said now, not at the first forward pass
+        from .ops.backend import get_scan_backend
+
+        try:
+            get_scan_backend()
+        except ValueError as e:
+            _report(f"vision-mamba {args.command}: error: {e}")
+            return 2
+    try:
+        return int(_load(args.command).main(args) or 0)
+    except KeyboardInterrupt:  # Ctrl-C where a command has no stop of its own (train saves and stops by itself)
+        _report(f"vision-mamba {args.command}: interrupted")
+        return 130
+    except OSError as e:  # what the system refused (a full disk, a folder without permission, ...), in one line
+        if os.environ.get("VISION_MAMBA_TRACEBACK", "") not in ("", "0"):
+            raise
+        _report(f"vision-mamba {args.command}: error: {e} (VISION_MAMBA_TRACEBACK=1 shows where)")
+        return 1
+
+
+def _report(message: str) -> None:
+    from .engine import report_error
+
+    report_error(message)
 
 
 if __name__ == "__main__":

@@ -705,11 +705,9 @@ def describe(record: Dict[str, Any]) -> str:
 # ---------------------------------------------------------------------------------------------- files
 def write_records(records: List[Dict[str, Any]], path: Path) -> None:
     """The JSON list, written atomically (a partial run leaves a readable file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(records, indent=1, default=str) + "\n")
-    os.replace(tmp, path)
+    from ..engine.files import write_json
+
+    write_json(path, records, indent=1, default=str)
 
 
 def read_records(path: Path) -> List[Dict[str, Any]]:

@@ -46,7 +46,10 @@ def scan_image_folder(root: "str | Path") -> Tuple[List[Tuple[str, int]], List[s
     if not root.is_dir():
         raise DatasetError(f"dataset path is not a folder: {root}")
     # torchvision's find_classes, less hidden folders (.ipynb_checkpoints, .git, ...), which are not classes
-    classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    try:
+        classes = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    except OSError as e:
+        raise DatasetError(f"cannot list the dataset folder {root}: {e.strerror or e}") from None
     if not classes:
         raise DatasetError(f"{root}: no class folders found; expected the ImageFolder layout root/<class>/<image> "
                            f"with images ending in {', '.join(IMG_EXTENSIONS)}")
@@ -68,8 +71,13 @@ def _walk_classes(root: Path, classes: Sequence[str]) -> Tuple[List[Tuple[str, i
     folders are neither; files with image endings (IMG_EXTENSIONS, any case) are samples."""
     samples: List[Tuple[str, int]] = []
     other: List[str] = []
+
+    def unreadable(error: OSError) -> None:  # (os.walk would skip a folder it cannot list, and its images with it)
+        if not any(part.startswith(".") for part in Path(error.filename).relative_to(root).parts):
+            raise DatasetError(f"cannot list {error.filename}: {error.strerror or error}")
+
     for target, name in enumerate(classes):
-        for folder, _, files in sorted(os.walk(os.path.join(str(root), name), followlinks=True)):
+        for folder, _, files in sorted(os.walk(os.path.join(str(root), name), onerror=unreadable, followlinks=True)):
             if any(part.startswith(".") for part in Path(folder).relative_to(root).parts):
                 continue
             for file in sorted(files):

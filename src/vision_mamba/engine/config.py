@@ -161,7 +161,8 @@ def find_config(path: "str | Path") -> Path:
 
 def load_yaml(path: "str | Path", known: Sequence[str], _seen: Optional[List[Path]] = None) -> Dict[str, Any]:
     """Read a YAML config file (a path, or a shipped config's name: :func:`find_config`), its ``base:`` chain first
-    (paths relative to the file); keys checked against ``known``. Returns the merged raw mapping."""
+    (a path relative to the file, or a shipped config's name, e.g. ``base: configs/imagenette/vim_tiny.yaml``);
+    keys checked against ``known``. Returns the merged raw mapping."""
     path = find_config(path) if _seen is None else Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -178,8 +179,15 @@ def load_yaml(path: "str | Path", known: Sequence[str], _seen: Optional[List[Pat
         raise ConfigError(f"config {path}: expected a mapping of keys to values, got {type(data).__name__}")
     base = data.pop("base", None)
     merged: Dict[str, Any] = {}
-    if base is not None:
-        merged.update(load_yaml(path.parent / str(base), known, seen))
+    if base is not None:  # relative to this file; else a shipped config of that name (a recipe to build on)
+        beside = path.parent / str(base)
+        if not beside.is_file():
+            try:
+                beside = find_config(str(base))
+            except ConfigError:
+                raise ConfigError(f"config {path}: its base {base} is neither a file beside it ({beside}) nor a "
+                                  f"shipped config (vision_mamba.engine.config.builtin_configs() lists them)") from None
+        merged.update(load_yaml(beside, known, seen))
     check_keys(data, known, f"config {path}")
     merged.update(data)
     return merged

@@ -13,10 +13,9 @@ from .config import ConfigError
 
 
 def save_config(config: Dict[str, Any], path: "str | Path") -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    return path
+    from .files import write_text
+
+    return write_text(path, yaml.safe_dump(config, sort_keys=False))
 
 
 def prepare_run_dir(output: "str | Path", config: Dict[str, Any], filename: str = "config.yaml") -> Path:

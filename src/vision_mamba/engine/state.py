@@ -44,15 +44,9 @@ def _as_tuple(x):
 
 def save_state(path: "str | os.PathLike", state: Dict[str, Any]) -> Path:
     """torch.save ``state`` to ``path`` atomically: a crash mid-write never leaves a truncated checkpoint."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        torch.save(state, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    return path
+    from .files import atomic_write
+
+    return atomic_write(path, lambda tmp: torch.save(state, tmp), fsync=True)
 
 
 def load_state(path: "str | os.PathLike") -> Dict[str, Any]:

@@ -293,16 +293,18 @@ def save_state_dict(model_or_state: "nn.Module | Mapping[str, Tensor]", path: "s
         metadata = {"patch_grid": json.dumps([int(g) for g in grid]), **(metadata or {})}
     state = model_or_state.state_dict() if isinstance(model_or_state, nn.Module) else dict(model_or_state)
     state = {k: v.detach().contiguous().cpu() for k, v in state.items()}
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import save_file
+    from ..engine.files import atomic_write
 
-        save_file(state, str(tmp), metadata=metadata)
-    else:
-        torch.save(state, tmp)
-    _readable_as_files_are(tmp)
-    os.replace(tmp, path)
+    def write(tmp: Path) -> None:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import save_file
+
+            save_file(state, str(tmp), metadata=metadata)
+        else:
+            torch.save(state, tmp)
+        _readable_as_files_are(tmp)
+
+    atomic_write(path, write)
 
 
 def _readable_as_files_are(path: Path) -> None:

@@ -1,7 +1,8 @@
-"""``vision-mamba eval``: top-1, top-5 and throughput of a classifier checkpoint on an ImageFolder split.
+"""``vision-mamba eval``: top-1, top-5, per-class accuracy, the confusion matrix and throughput of a classifier
+checkpoint on an ImageFolder split.
 
     vision-mamba eval --checkpoint runs/vim/final.safetensors            # config.yaml of the run next to it
-    vision-mamba eval --checkpoint runs/vim/last.pth --ema --json out.json
+    vision-mamba eval --checkpoint runs/vim/last.pth --ema --json out.json --plot confusion.png
     vision-mamba eval --model vim_tiny_patch16_224 --checkpoint vim_t_midclstok_76p1acc.pth \
         --data /data/imagenet --img-size 224
 
@@ -212,6 +213,7 @@ def main(args: argparse.Namespace) -> int:
                      f"{result['top1']:.2f}%")
             print(f"confusion matrix: {plot_confusion(result['confusion'], result['classes'], args.plot, title)}")
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        from ..engine.files import write_json
+
+        write_json(args.json, result)
     return 0

@@ -13,7 +13,6 @@ exit status is then 1.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -171,10 +170,10 @@ def main(args: argparse.Namespace) -> int:
     for path, reason in unreadable:
         print(f"warning: skipped {path}: cannot read the image ({reason})", file=sys.stderr)
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(dict(checkpoint=str(args.checkpoint), model=cfg.model,
-                                                   img_size=cfg.img_size, predictions=results,
-                                                   unreadable=[str(p) for p, _ in unreadable]), indent=2) + "\n")
+        from ..engine.files import write_json
+
+        write_json(args.json, dict(checkpoint=str(args.checkpoint), model=cfg.model, img_size=cfg.img_size,
+                                   predictions=results, unreadable=[str(p) for p, _ in unreadable]))
     if unreadable:
         print(f"{len(unreadable)} of {len(paths)} image(s) could not be read", file=sys.stderr)
         return 1

@@ -40,6 +40,7 @@ from ..engine import (DistributedContext, InterruptGuard, MetricLogger, NonFinit
                       autocast, capture_rng_state, cleanup_distributed, init_distributed, load_state,
                       prepare_run_dir, resolve_precision, restore_rng_state, save_state)
 from ..engine.config import absolute_path
+from ..engine.files import write_json
 from ..engine.rundir import hold_run_dir
 from ..models.checkpoint import check_fit, checkpoint_classes, load_checkpoint, save_state_dict
 from .budget import StepTimer, plan_epochs
@@ -655,7 +656,7 @@ class Trainer:
                                distill_alpha=cfg.distill_alpha)
                 if cfg.teacher_img_size:
                     summary.update(teacher_img_size=cfg.teacher_img_size)
-            (self.run_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+            write_json(self.run_dir / "results.json", summary)
         return result
 
     def _stream_unreadable(self) -> int:

@@ -9,10 +9,9 @@ torchrun each process predicts every world_size-th image, and process 0 scores t
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 
 from ...engine.argtypes import fraction, positive_int
+from ...engine.files import write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -83,6 +82,5 @@ def _main(args: argparse.Namespace, ctx) -> int:
     metrics.update(checkpoint=str(args.checkpoint), images=images, annotations=annotations)
     print(f"det-eval: {len(dataset)} images: {format_metrics(metrics)}")
     if args.output:
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(metrics, indent=2))
+        write_json(args.output, metrics)
     return 0

@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -63,5 +62,7 @@ def main(args: argparse.Namespace) -> int:
                   for i in keep.tolist()]
     print(f"det-predict: {len(detections)} detections with score >= {args.score_thresh} drawn into {args.output}")
     if args.json:
-        Path(args.json).write_text(json.dumps(detections, indent=2))
+        from ...engine.files import write_json
+
+        write_json(args.json, detections)
     return 0

@@ -26,16 +26,18 @@ def print_error(command: str, message: object) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", help="YAML config, merged over the defaults (see configs/detection/)")
+    parser.add_argument("--config", help="YAML config, merged over the defaults (shipped: "
+                        "configs/detection/coco128_vim_tiny.yaml, coco128_deit_tiny.yaml)")
     parser.add_argument("--set", dest="overrides", action="extend", nargs="+", default=[], metavar="KEY=VALUE",
                         help="config overrides, e.g. train.iters=500 model.img_size=512 (values are YAML)")
     parser.add_argument("--data-root", help="folder the data paths are relative to (sets data.root)")
     parser.add_argument("--init", "--init-checkpoint", dest="init",
                         help="classification checkpoint for the backbone (sets model.init)")
     parser.add_argument("--output", help="run directory (sets output)")
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:1 (sets train.device)")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
                         help="continue a run: RUN is its directory or its checkpoint.pt (alone: the run in --output); "
-                             "its stored config is the base, --config / --set apply on top")
+                             "its stored config is the base; --config, --set and the other flags apply on top")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -47,6 +49,8 @@ def resolve_config(args: argparse.Namespace):
         overrides.append(f"data.root={args.data_root}")
     if args.init:
         overrides.append(f"model.init={args.init}")
+    if args.device:
+        overrides.append(f"train.device={args.device}")
     resume, base = None, None
     if args.resume is not None:
         from vision_mamba.engine import load_state
@@ -62,7 +66,9 @@ def resolve_config(args: argparse.Namespace):
         if args.output and Path(args.output).resolve() != resume.parent.resolve():
             raise ConfigError(f"--resume {args.resume} continues the run in {resume.parent}; --output {args.output} "
                               "names another directory (a run resumes in its own directory)")
-        base = load_state(resume)["config"]
+        base = load_state(resume).get("config")
+        if not isinstance(base, dict):
+            raise ConfigError(f"--resume: {resume} holds no detection config; is it a det-train checkpoint.pt?")
         base["output"] = str(resume.parent)
     if args.output:
         overrides.append(f"output={args.output}")

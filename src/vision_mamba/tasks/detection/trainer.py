@@ -42,6 +42,7 @@ from vision_mamba.engine import (
     save_state,
 )
 from ...engine.config import absolute_path
+from ...engine.files import write_json
 from ...engine.distributed import check_resume_world_size
 from ...engine.rundir import hold_run_dir
 from .amp import set_autocast
@@ -372,7 +373,7 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
                                 if isinstance(v, float) and k.endswith(("_AP", "_AP50"))})
     if main:
         logger.log(eval_record)
-        (run_dir / "results.json").write_text(json.dumps(summary, indent=2))
+        write_json(run_dir / "results.json", summary)
     ctx.barrier()
     logger.close()
     summary["run_dir"] = str(run_dir)

@@ -9,13 +9,13 @@ world_size-th image and the confusion matrices are summed; process 0 prints and 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 from pathlib import Path
 from typing import Any, Dict
 
 from ...engine import cleanup_distributed, init_distributed, resolve_precision
 from ...engine.argtypes import non_negative_int
+from ...engine.files import write_json
 from .config import parse_overrides
 from .datasets import DatasetError, dataset_from_config, read_class_list
 from .inference import InferenceSettings, Predictor, evaluate
@@ -101,6 +101,5 @@ def main(args: argparse.Namespace) -> int:
         out["per_class_iou"] = dict(zip(result["class_names"], result["per_class_iou"]))
         out["per_class_acc"] = dict(zip(result["class_names"], result["per_class_acc"]))
         out.pop("class_names")
-        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.output).write_text(json.dumps(json_safe(out), indent=2))
+        write_json(args.output, json_safe(out))
     return 0

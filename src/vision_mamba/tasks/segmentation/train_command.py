@@ -18,7 +18,7 @@ from typing import Any, Dict, List, Optional
 import yaml
 
 from ...models.checkpoint import CheckpointError
-from .config import ConfigError, SegConfig, build_config, parse_overrides
+from .config import ConfigError, SegConfig, build_config, load_config, parse_overrides
 from .datasets import DatasetError
 
 # flag dest -> config key (a flag left out changes nothing)
@@ -65,7 +65,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="set any config key, e.g. --set lr=2e-4 --set crop_size=[256,256]")
     parser.add_argument("--resume", nargs="?", const="", default=None, metavar="RUN",
                         help="continue a run from its last.pth: RUN is its directory (or that file); alone, the run "
-                             "in --output. Its saved config is the base; --config, flags and --set apply on top")
+                             "in --output. Its saved config is the base; --config, flags and --set apply on top "
+                             "(the keys a resume may change, e.g. --iters; others are refused)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
 
 
@@ -95,8 +96,13 @@ def config_from_args(args: argparse.Namespace) -> SegConfig:
     run_dir = resume_dir(args)
     if args.resume is None:
         return build_config(args.config, flags, overrides)
-    if run_dir is None:  # a bare --resume: the run in the output the flags name
-        run_dir = Path(build_config(args.config, flags, overrides).output)
+    if run_dir is None:  # a bare --resume: the run in --output (or the output --set or the YAML names)
+        output = args.output or overrides.get("output") or (load_config(args.config).get("output")
+                                                            if args.config else None)
+        if not output:
+            raise ConfigError("--resume without a run directory continues the run in --output: pass --resume DIR "
+                              "or --output DIR")
+        run_dir = Path(str(output))
     state_path = run_dir / "last.pth"
     if not state_path.is_file():
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {state_path}")

@@ -35,6 +35,7 @@ from ...engine import (DistributedContext, InterruptGuard, MetricLogger, NonFini
                        capture_rng_state, cleanup_distributed, init_distributed, load_state, prepare_run_dir,
                        resolve_precision, restore_rng_state, save_state)
 from ...engine.config import absolute_path
+from ...engine.files import write_json
 from ...engine.distributed import check_resume_world_size
 from ...engine.rundir import hold_run_dir
 from .config import ConfigError, SegConfig
@@ -430,7 +431,7 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
     if ctx.is_main:
         save_segmentation_model(unwrapped, run_dir / "model.safetensors", config, classes,
                                 extra={"iters": it, "val_miou": val["miou"]})
-        (run_dir / "summary.json").write_text(json.dumps(json_safe(summary), indent=2))
+        write_json(run_dir / "summary.json", json_safe(summary))
         logger.plot(run_dir / "curves.png", title=f"{config.backbone} UperNet")
         train_text = f", train mIoU {100 * train_metrics['miou']:.2f}%" if train_metrics else ""
         print(f"seg-train: {it} iterations in {train_seconds:.0f} s; val mIoU {100 * val['miou']:.2f}% "
