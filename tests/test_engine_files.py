@@ -3,6 +3,7 @@ presses Ctrl-C."""
 from __future__ import annotations
 
 import errno
+from pathlib import Path
 
 import pytest
 import torch
@@ -67,3 +68,24 @@ def test_a_misspelt_scan_backend_is_refused_before_the_command_runs(monkeypatch,
     assert cli.main(["eval", "--checkpoint", "x"]) == 2
     assert ("vision-mamba eval: error: unknown scan backend 'trition' (from the environment variable "
             "VISION_MAMBA_SCAN); choose one of reference, torch, compiled, triton, auto") in capsys.readouterr().err
+
+
+def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, monkeypatch, capsys):
+    """--json / --plot / --output are checked before a command's work (an evaluation would otherwise run to the
+    end, then fail on its report). Permissions do not bind root, so the refusal is simulated in os.access."""
+    import os
+
+    from vision_mamba.engine.files import unwritable
+
+    (tmp_path / "file").write_text("x")
+    assert unwritable(tmp_path / "new" / "deeper" / "r.json") is None
+    assert unwritable(tmp_path / "file" / "r.json") == f"{tmp_path / 'file'} is a file, not a folder"
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode: False if Path(p) == locked else real(p, mode))
+    assert cli.main(["eval", "--checkpoint", "x", "--json", str(locked / "sub" / "r.json")]) == 2
+    assert f"vision-mamba eval: error: --json {locked / 'sub' / 'r.json'}: no permission to write in {locked}" \
+        in capsys.readouterr().err
+    assert cli.main(["seg-eval", "--checkpoint", "x", "--output", str(tmp_path / "file" / "r.json")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

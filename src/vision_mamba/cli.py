@@ -63,6 +63,14 @@ def main(argv: Optional[List[str]] = None) -> int:
         except ValueError as e:
             _report(f"vision-mamba {args.command}: error: {e}")
             return 2
+    from .engine.files import unwritable
+
+    for option in ("json", "plot", "output"):  # where the results go, checked before the work that makes them
+        value = getattr(args, option, None)
+        reason = unwritable(value) if isinstance(value, str) and value else None
+        if reason:
+            _report(f"vision-mamba {args.command}: error: --{option} {value}: {reason}")
+            return 2
     try:
         return int(_load(args.command).main(args) or 0)
     except KeyboardInterrupt:  # Ctrl-C where a command has no stop of its own (train saves and stops by itself)

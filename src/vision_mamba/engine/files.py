@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 from typing import Any, Callable
 
-__all__ = ["atomic_write", "write_json", "write_text"]
+__all__ = ["atomic_write", "unwritable", "write_json", "write_text"]
 
 
 def atomic_write(path: "str | os.PathLike", write: Callable[[Path], None], fsync: bool = False) -> Path:
@@ -36,3 +36,17 @@ def write_text(path: "str | os.PathLike", text: str) -> Path:
 def write_json(path: "str | os.PathLike", data: Any, indent: int = 2, **dumps_kwargs: Any) -> Path:
     """``data`` as JSON (a final newline), atomically."""
     return write_text(path, json.dumps(data, indent=indent, **dumps_kwargs) + "\n")
+
+
+def unwritable(path: "str | os.PathLike") -> "str | None":
+    """Why ``path`` (a file or a folder to be written, maybe not there yet) cannot be written, or None: the nearest
+    folder that exists on its way must be writable. Checked before a command's work, not after it."""
+    target = Path(path).expanduser().absolute()
+    folder = target if target.is_dir() else target.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        return f"{folder} is a file, not a folder"
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return f"no permission to write in {folder}"
+    return None
