@@ -124,6 +124,9 @@ def test_print_config_shows_the_resolved_values(capsys):
     ("opt=adamww", r"'opt': not an optimizer timm can make .*did you mean adamw"),
     ("sched=cosin", r"'sched': not a schedule timm can make"),
     ("auto_augment=bogus", r"'auto_augment': not an augmentation policy timm knows"),
+    ("auto_augment=rand-xyz", r"'auto_augment': section 'xyz' of 'rand-xyz' has no number"),
+    ("auto_augment=rand-m9-msdt", r"'auto_augment': section 'msdt' .* has no number"),
+    ("auto_augment=rand-m9-mstdd0.5", r"'auto_augment': not an augmentation policy timm knows"),
     ("device=gpu", r"'device': must be auto, cpu, cuda or cuda:N"),
 ])
 def test_timm_choices_and_device_are_checked_before_any_work(override, match):

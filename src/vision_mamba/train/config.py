@@ -14,6 +14,7 @@ minutes on a laptop CPU). ``configs/`` (shipped in the package) holds the recipe
 from __future__ import annotations
 
 import dataclasses
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -245,6 +246,13 @@ class TrainConfig(TypedConfig):
         if self.auto_augment and not self.no_aug:
             from timm.data import create_transform
 
+            # timm skips a section without a number ('rand-xyz' is its default RandAugment): refused here
+            policy, *sections = self.auto_augment.split("-")
+            for section in sections:
+                if not re.search(r"\d", section) and not (policy == "rand" and section.startswith("t")):
+                    raise bad("auto_augment", f"section {section!r} of {self.auto_augment!r} has no number, so timm "
+                                              "would ignore it; sections are a key and a value, e.g. "
+                                              "rand-m9-mstd0.5-inc1 or augmix-m5-w4-d2")
             try:
                 create_transform(32, is_training=True, auto_augment=self.auto_augment)
             except (ValueError, AssertionError, KeyError, IndexError) as e:
