@@ -3,6 +3,7 @@ pickle-payload checkpoint refused; errors that say what does not fit; pos_embed 
 from __future__ import annotations
 
 import argparse
+import logging
 import os
 
 import pytest
@@ -207,7 +208,7 @@ def test_text_files_are_not_checkpoints(tmp_path, text):
         read_checkpoint(path)
 
 
-def test_checkpoint_of_another_width_lists_every_mismatch(tmp_path):
+def test_checkpoint_of_another_width_lists_every_mismatch(tmp_path, caplog):
     """A wider variant's checkpoint: the strict load lists the shape mismatches (pos_embed among them) instead of
     stopping at pos_embed's resize; a non-strict load skips them."""
     path = tmp_path / "wide.pth"
@@ -217,9 +218,22 @@ def test_checkpoint_of_another_width_lists_every_mismatch(tmp_path):
         load_checkpoint(timm.create_model("test_vim"), path)
     assert "patch_embed.proj.weight: checkpoint (48, 3, 16, 16)" in str(err.value)
     model = timm.create_model("test_vim")
-    report = load_checkpoint(model, path, strict=False)
+    with caplog.at_level(logging.WARNING, logger="vision_mamba"):
+        report = load_checkpoint(model, path, strict=False)
     assert any(m.startswith("pos_embed:") for m in report["mismatched"])
     assert model.pos_embed.shape == (1, 17, 32)
+    assert "partial load into VisionMamba; keys of another shape, left as initialised: " in caplog.text
+    assert "cls_token, head.weight" in caplog.text
+    # the same through timm: pretrained_strict=False reaches the model's own loader (strict by default)
+    overlay = dict(file=str(path))
+    with pytest.raises(CheckpointError, match="shape mismatches"):
+        timm.create_model("test_vim", pretrained=True, pretrained_cfg_overlay=overlay)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vision_mamba"):
+        partial = timm.create_model("test_vim", pretrained=True, pretrained_strict=False, pretrained_cfg_overlay=overlay)
+    assert "partial load" in caplog.text and partial.pos_embed.shape == (1, 17, 32)
+    with pytest.raises(CheckpointError, match="shape mismatches"):  # (the flag does not outlive its call)
+        timm.create_model("test_vim", pretrained=True, pretrained_cfg_overlay=overlay)
 
 
 def test_pretrained_rgb_weights_into_other_channels(tmp_path):

@@ -278,6 +278,15 @@ def load_checkpoint(
     if mismatched:
         bad = {m.split(":")[0] for m in mismatched}
         state_dict = {k: v for k, v in state_dict.items() if k not in bad}
+    if missing or unexpected or mismatched:  # (not strict) a partial load is said once, not done silently
+        parts = []
+        if mismatched:
+            parts.append(f"of another shape, left as initialised: {_listing(m.split(':')[0] for m in mismatched)}")
+        if missing:
+            parts.append(f"missing, left as initialised: {_listing(missing)}")
+        if unexpected:
+            parts.append(f"unexpected, ignored: {_listing(unexpected)}")
+        _logger.warning("%s: partial load into %s; keys %s", path, type(model).__name__, "; ".join(parts))
     model.load_state_dict(state_dict, strict=False)
     return dict(missing=missing, unexpected=unexpected, mismatched=mismatched, skipped=skipped)
 

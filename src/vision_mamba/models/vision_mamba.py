@@ -11,6 +11,7 @@ Written from the paper and the facts of the official code; no code of the offici
 """
 from __future__ import annotations
 
+import contextvars
 import math
 from typing import Any, Dict, List, Optional, Set, Tuple, Union
 
@@ -159,10 +160,12 @@ class VisionMamba(nn.Module):
 
     @torch.jit.ignore
     def load_pretrained(self, checkpoint_path: str, prefix: str = "") -> None:
-        """What ``timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=PATH))`` calls."""
+        """What ``timm.create_model(..., pretrained=True, pretrained_cfg_overlay=dict(file=PATH))`` calls; strict
+        unless that call says ``pretrained_strict=False`` (then what does not fit is left as initialised, with a
+        warning that names it)."""
         from .checkpoint import load_checkpoint
 
-        load_checkpoint(self, checkpoint_path, strict=True, adapt_head=True)
+        load_checkpoint(self, checkpoint_path, strict=_PRETRAINED_STRICT.get(), adapt_head=True)
 
     # ------------------------------------------------------------------ forward
     @property
@@ -444,6 +447,10 @@ default_cfgs = generate_default_cfgs({
 })
 
 
+# timm calls a model's own load_pretrained (a local file) without its pretrained_strict: _create passes it this way
+_PRETRAINED_STRICT: "contextvars.ContextVar[bool]" = contextvars.ContextVar("vim_pretrained_strict", default=True)
+
+
 def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionMamba:
     # timm's features_only default (the last 4 blocks), or every block of a shallower model
     out_indices = kwargs.pop("out_indices", min(4, int(kwargs.get("depth", 4))))
@@ -453,12 +460,16 @@ def _create(variant: str, pretrained: bool = False, **kwargs) -> VisionMamba:
         # 'model_ema' that timm's generic loader would pick, pos_embed resized. (Recent timm resets custom_load
         # for file overlays.)
         kwargs["pretrained_cfg_overlay"] = dict(overlay, custom_load=True)
-    return build_model_with_cfg(
-        VisionMamba, variant, pretrained,
-        pretrained_filter_fn=checkpoint_filter_fn,
-        feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
-        **kwargs,
-    )
+    token = _PRETRAINED_STRICT.set(bool(kwargs.get("pretrained_strict", True)))
+    try:
+        return build_model_with_cfg(
+            VisionMamba, variant, pretrained,
+            pretrained_filter_fn=checkpoint_filter_fn,
+            feature_cfg=dict(out_indices=out_indices, feature_cls="getter"),
+            **kwargs,
+        )
+    finally:
+        _PRETRAINED_STRICT.reset(token)
 
 
 @register_model
