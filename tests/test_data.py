@@ -187,6 +187,30 @@ def test_evaluation_leaves_unreadable_images_out(tmp_path):
         assert (data.val.unreadable + len(data.unreadable)) == 2
 
 
+def test_each_unreadable_image_is_reported_once_whatever_the_data_workers(tmp_path):
+    """Streaming training with 2 DataLoader workers (each evaluation starting its own): the warning about a corrupt
+    file reaches the terminal once per run, not once per worker, and the count at the end stays that of files.
+    In a subprocess, as a user runs it: pytest's warning capture would swallow what the workers warn."""
+    import json
+    import subprocess
+    import sys
+
+    root = make_split_root(tmp_path / "data", per_class=4)
+    for split in ("train", "val"):
+        (root / split / "a" / "garbage.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    sets = ["model_kwargs.patch_size=8", "warmup_epochs=0", "auto_augment=null", "reprob=0", "mixup=0", "cutmix=0",
+            "ema=false", "gpu_resident=false", "cpu_threads=1"]
+    proc = subprocess.run([sys.executable, "-m", "vision_mamba", "train", "--data", str(root), "--model", "test_vim",
+                           "--img-size", "32", "--epochs", "3", "--batch-size", "4", "--workers", "2", "--device",
+                           "cpu", "--output", str(tmp_path / "run"), "--no-progress"] +
+                          [a for kv in sets for a in ("--set", kv)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    for split in ("train", "val"):
+        assert proc.stderr.count(f"unreadable image skipped: {root / split / 'a' / 'garbage.jpg'}") == 1, proc.stderr
+    assert "| 2 unreadable image(s) left out" in proc.stdout, proc.stdout
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["unreadable_images"] == 2
+
+
 def test_resident_decode_drops_and_reports_corrupt_files(tmp_path):
     root = make_folder(tmp_path / "x", per_class=2)
     garbage, _ = _corrupt(root)

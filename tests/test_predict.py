@@ -76,6 +76,52 @@ def test_a_corrupt_image_is_skipped_and_reported_and_bad_paths_are_errors(overfi
     assert "checkpoint not found" in capsys.readouterr().err
 
 
+def test_a_broken_symbolic_link_is_skipped_with_a_warning(tmp_path, capsys):
+    """A link whose target is gone, in a folder or named itself (a shell glob names it too): not silently left out
+    but one warning line naming it, the other images predicted, exit 1 as for an unreadable image. Only broken
+    links: the error of nothing to predict."""
+    import numpy as np
+    import timm
+    import torch
+    from PIL import Image
+
+    model = timm.create_model("test_vim", num_classes=3, patch_size=8, img_size=32)
+    torch.save({"model": model.state_dict()}, tmp_path / "weights.pth")
+    args = ["predict", "--checkpoint", str(tmp_path / "weights.pth"), "--model", "test_vim", "--img-size", "32",
+            "--set", "model_kwargs.patch_size=8"]
+    folder = tmp_path / "images"
+    folder.mkdir()
+    good = folder / "good.png"
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(good)
+    broken = folder / "broken.png"
+    broken.symlink_to(tmp_path / "gone.png")
+    report = tmp_path / "pred.json"
+    for given in ([folder], [good, broken]):
+        assert cli.main(args + ["--json", str(report)] + [str(p) for p in given]) == 1, given
+        captured = capsys.readouterr()
+        assert captured.out.startswith(f"{good}: ") and str(broken) not in captured.out
+        warning = [line for line in captured.err.splitlines() if str(broken) in line]
+        assert len(warning) == 1 and warning[0].startswith("warning: skipped 1 broken symbolic link"), captured.err
+        assert "1 of 2 image(s) could not be read" in captured.err
+        saved = json.loads(report.read_text())
+        assert [p["image"] for p in saved["predictions"]] == [str(good)] and saved["unreadable"] == [str(broken)]
+
+    many = tmp_path / "many"
+    many.mkdir()
+    for i in range(7):
+        (many / f"{i}.jpg").symlink_to(tmp_path / f"gone{i}.jpg")
+    shutil.copy(good, many / "good.png")
+    assert cli.main(args + [str(many)]) == 1
+    err = capsys.readouterr().err
+    assert "warning: skipped 7 broken symbolic links" in err and str(many / "4.jpg") in err
+    assert str(many / "5.jpg") not in err and "(7 in all)" in err  # a few named, and the count
+    (many / "good.png").unlink()
+    assert cli.main(args + [str(many)]) == 2
+    assert "error: nothing to predict: 7 broken symbolic links" in capsys.readouterr().err
+    assert cli.main(args + [str(broken)]) == 2
+    assert f"error: nothing to predict: 1 broken symbolic link (target missing): {broken}" in capsys.readouterr().err
+
+
 def test_weights_without_names_get_numbered_classes_from_their_classifier(overfit, tmp_path, capsys):
     """Weights from elsewhere (here a state dict with a 1000-way head, as the official checkpoints have): no
     class names anywhere, so the classes are numbered and their count read from the classifier."""

@@ -266,6 +266,41 @@ def test_commands_end_to_end(data, tmp_path, capsys):
     assert rc == 2 and "did you mean" in capsys.readouterr().err
 
 
+def test_no_progress_draws_no_bar_in_seg_train_its_resume_and_seg_eval(data, tmp_path, monkeypatch):
+    """--no-progress, as train, eval and det-train have it: no bar from seg-train (training, reading the images,
+    evaluating), nor from a run resumed from its saved config, nor from seg-eval, even on a terminal."""
+    import sys
+
+    from tqdm.auto import tqdm as real_tqdm
+
+    from vision_mamba.tasks.segmentation import datasets as datasets_module
+    from vision_mamba.tasks.segmentation import inference as inference_module
+
+    drawn = []  # one entry per bar made: would it have been drawn?
+
+    def recording_tqdm(*args, **kwargs):
+        drawn.append(not kwargs.get("disable"))
+        return real_tqdm(*args, **dict(kwargs, disable=True))
+
+    for module in (trainer_module, datasets_module, inference_module):
+        monkeypatch.setattr(module, "tqdm", recording_tqdm)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)  # a terminal: bars unless told otherwise
+    run = tmp_path / "run"
+    config_path = write_config(tmp_path / "tiny.yaml", tiny_config(data, run, iters=2, checkpoint_every=1))
+
+    def bars(argv):
+        drawn.clear()
+        assert cli.main(argv) == 0
+        assert drawn, argv  # (the bars were made, and are seen here)
+        return any(drawn)
+
+    assert not bars(["seg-train", "--config", str(config_path), "--no-progress"])
+    assert not bars(["seg-train", "--resume", str(run), "--iters", "3", "--no-progress"])
+    evaluate = ["seg-eval", "--checkpoint", str(run / "model.safetensors"), "--device", "cpu"]
+    assert not bars(evaluate + ["--no-progress"])
+    assert bars(evaluate)  # without it, the bar of a terminal
+
+
 def test_user_errors_are_one_line_and_name_what_differs():
     from vision_mamba.tasks.segmentation.datasets import DatasetError
     from vision_mamba.tasks.segmentation.eval_command import check_same_classes

@@ -169,6 +169,11 @@ class ImageFolderDataset(Dataset):
         self.transform = transform
         self.substitute = substitute
         self.loader = loader
+        # The unreadable images already reported, in shared memory: the DataLoader workers (forked or spawned, and
+        # new ones for each evaluation) each keep their own warnings registry, so each used to repeat a warning;
+        # this way a file is reported once per dataset. (Two workers failing on one file at the same instant may
+        # both report it.) The count of unreadable images does not come from here but from the items' flag.
+        self._reported = torch.zeros(len(self.samples), dtype=torch.uint8).share_memory_()
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -180,7 +185,9 @@ class ImageFolderDataset(Dataset):
         except (KeyboardInterrupt, SystemExit):
             raise
         except BaseException as e:  # PIL raises OSError, SyntaxError, ValueError, DecompressionBombError, ...
-            _warn_unreadable(path, e)
+            if not self._reported[index]:
+                self._reported[index] = 1
+                _warn_unreadable(path, e)
             return None, target, 0
 
     def __getitem__(self, item):

@@ -8,7 +8,8 @@ The model and its preprocessing (resolution, crop, normalisation) come from the 
 flags). Class names come from the checkpoint (the weights this command's training exports carry them; a
 ``last.pth`` keeps them too), else from the configured dataset's folders, else they are numbered. A folder given
 as an image means the image files directly inside it. An image that cannot be read is reported and skipped; the
-exit status is then 1.
+exit status is then 1. So is a broken symbolic link (its target gone), as training counts it: all of them in one
+warning line.
 """
 from __future__ import annotations
 
@@ -44,22 +45,43 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", metavar="PATH", help="also write the predictions as JSON")
 
 
-def _image_paths(items: Sequence[str]) -> List[Path]:
+def _is_broken_link(path: Path) -> bool:
+    return path.is_symlink() and not path.exists()  # (a loop of links, too)
+
+
+def _image_paths(items: Sequence[str]) -> Tuple[List[Path], List[Path]]:
+    """The image files ``items`` name (a folder: the image files directly inside it), and the broken symbolic links
+    among them, which are left out. Raises FileNotFoundError when nothing is left to predict."""
     from torchvision.datasets.folder import IMG_EXTENSIONS
 
     paths: List[Path] = []
+    broken: List[Path] = []
     for item in items:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in IMG_EXTENSIONS)
-            if not found:
+            entries = sorted(p for p in path.iterdir() if p.suffix.lower() in IMG_EXTENSIONS)
+            found = [p for p in entries if p.is_file()]
+            links = [p for p in entries if _is_broken_link(p)]
+            if not found and not links:
                 raise FileNotFoundError(f"no image files directly inside {path} (endings {', '.join(IMG_EXTENSIONS)})")
             paths += found
+            broken += links
         elif path.is_file():
             paths.append(path)
+        elif _is_broken_link(path):  # e.g. named by a shell glob, which lists such links too
+            broken.append(path)
         else:
             raise FileNotFoundError(f"image not found: {path}")
-    return paths
+    if broken and not paths:
+        raise FileNotFoundError(f"nothing to predict: {_broken_links(broken)}")
+    return paths, broken
+
+
+def _broken_links(links: Sequence[Path]) -> str:
+    """'N broken symbolic link(s) (target(s) missing): X, Y, ...', the first five named."""
+    s = "s" if len(links) > 1 else ""
+    shown = ", ".join(map(str, links[:5])) + (f" ... ({len(links)} in all)" if len(links) > 5 else "")
+    return f"{len(links)} broken symbolic link{s} (target{s} missing): {shown}"
 
 
 def _classes_in_checkpoint(path: Path) -> Optional[List[str]]:
@@ -156,7 +178,7 @@ def main(args: argparse.Namespace) -> int:
     from .config import ConfigError
 
     try:
-        paths = _image_paths(args.images)
+        paths, broken = _image_paths(args.images)
         model, classes, cfg = load_classifier(args)
         device = resolve_device(args.device or cfg.device)
         results, unreadable = predict(model, classes, cfg, paths, top_k=args.top_k, batch_size=args.batch_size,
@@ -169,12 +191,16 @@ def main(args: argparse.Namespace) -> int:
         print(f"{r['image']}: " + ", ".join(f"{t['label']} {100 * t['prob']:.1f}%" for t in r["top"]))
     for path, reason in unreadable:
         print(f"warning: skipped {path}: cannot read the image ({reason})", file=sys.stderr)
+    if broken:  # one line, however many
+        print(f"warning: skipped {_broken_links(broken)}", file=sys.stderr)
     if args.json:
         from ..engine.files import write_json
 
         write_json(args.json, dict(checkpoint=str(args.checkpoint), model=cfg.model, img_size=cfg.img_size,
-                                   predictions=results, unreadable=[str(p) for p, _ in unreadable]))
-    if unreadable:
-        print(f"{len(unreadable)} of {len(paths)} image(s) could not be read", file=sys.stderr)
+                                   predictions=results, unreadable=[str(p) for p, _ in unreadable] +
+                                   [str(p) for p in broken]))
+    if unreadable or broken:
+        print(f"{len(unreadable) + len(broken)} of {len(paths) + len(broken)} image(s) could not be read",
+              file=sys.stderr)
         return 1
     return 0

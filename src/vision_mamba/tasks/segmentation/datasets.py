@@ -240,11 +240,12 @@ class SegmentationDataset(torch.utils.data.Dataset):
         transform: a callable (image, mask) -> anything, applied on every access.
         cache: decode all pairs now (checked now, fast later); else decode on access (sizes still checked now).
         verbose: log left-out images and show the reading progress bar (off on all but one DDP process).
+        progress: False turns the reading progress bar off (--no-progress) but not the log.
     """
 
     def __init__(self, images_dir: "str | Path", masks_dir: "str | Path", classes: ClassList,
                  transform: Optional[Callable] = None, cache: bool = True, num_threads: Optional[int] = None,
-                 verbose: bool = True):
+                 verbose: bool = True, progress: bool = True):
         self.images_dir, self.masks_dir = Path(images_dir), Path(masks_dir)
         self.classes = classes
         self.transform = transform
@@ -266,7 +267,7 @@ class SegmentationDataset(torch.utils.data.Dataset):
             with ThreadPoolExecutor(threads) as pool:  # PIL decodes outside the GIL
                 self._cache = list(tqdm(pool.map(self._load, range(len(self.samples))), total=len(self.samples),
                                         desc=f"reading {self.masks_dir.name}", leave=False, mininterval=2.0,
-                                        disable=not verbose))
+                                        disable=not (verbose and progress)))
         else:
             with ThreadPoolExecutor(threads) as pool:
                 list(pool.map(self._check_size, range(len(self.samples))))
@@ -349,19 +350,20 @@ class ADE20KDataset(SegmentationDataset):
     SPLITS = {"train": "training", "val": "validation", "training": "training", "validation": "validation"}
 
     def __init__(self, root: "str | Path", split: str = "training", transform: Optional[Callable] = None,
-                 cache: bool = False, ignore_index: int = 255, verbose: bool = True):
+                 cache: bool = False, ignore_index: int = 255, verbose: bool = True, progress: bool = True):
         if split not in self.SPLITS:
             raise DatasetError(f"ADE20K split must be one of {sorted(self.SPLITS)}, got {split!r}")
         root = find_ade20k_root(root)
         folder = self.SPLITS[split]
         super().__init__(root / "images" / folder, root / "annotations" / folder,
-                         ade20k_classes(root, ignore_index), transform=transform, cache=cache, verbose=verbose)
+                         ade20k_classes(root, ignore_index), transform=transform, cache=cache, verbose=verbose,
+                         progress=progress)
 
 
 def dataset_from_config(config, split: str, transform: Optional[Callable] = None,
-                        verbose: bool = True) -> SegmentationDataset:
+                        verbose: bool = True, progress: bool = True) -> SegmentationDataset:
     """The 'train' or 'val' dataset a :class:`~.config.SegConfig` describes (``verbose``: warnings and progress
-    bar; only the main process of a DDP run passes True)."""
+    bar; only the main process of a DDP run passes True; ``progress``: False turns the bar off alone)."""
     if config.data_root is None:
         raise DatasetError("data_root is not set: pass --data-root (or set data_root in the config)")
     root = Path(config.data_root)
@@ -371,11 +373,11 @@ def dataset_from_config(config, split: str, transform: Optional[Callable] = None
         raise ValueError(f"split must be 'train' or 'val', got {split!r}")
     if config.dataset == "ade20k":
         return ADE20KDataset(root, split, transform=transform, cache=config.cache_images,
-                             ignore_index=config.ignore_index, verbose=verbose)
+                             ignore_index=config.ignore_index, verbose=verbose, progress=progress)
     if config.classes_file is None:
         raise DatasetError("classes_file is not set: the folders layout needs a class list (json / yaml / txt)")
     classes = read_class_list(root / config.classes_file, config.ignore_values, config.ignore_index)
     images = config.train_images if split == "train" else config.val_images
     masks = config.train_masks if split == "train" else config.val_masks
     return SegmentationDataset(root / images, root / masks, classes, transform=transform, cache=config.cache_images,
-                               verbose=verbose)
+                               verbose=verbose, progress=progress)

@@ -36,6 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=non_negative_int, default=0, help="decoding processes (uncached datasets)")
     parser.add_argument("--output", help="write the metrics (with per-class IoU by name) to this JSON file")
     parser.add_argument("--top", type=non_negative_int, default=20, help="per-class lines to print (0: all)")
+    parser.add_argument("--no-progress", action="store_true")
 
 
 def check_same_classes(data_names, model_names) -> None:
@@ -75,11 +76,12 @@ def _run_eval(args: argparse.Namespace, path: Path, overrides: Dict[str, Any], c
         if listed.is_file():  # before any image is decoded
             check_same_classes(read_class_list(listed, config.ignore_values, config.ignore_index).names,
                                classes.names)
-    dataset = dataset_from_config(config, args.split, verbose=ctx.is_main)
+    dataset = dataset_from_config(config, args.split, verbose=ctx.is_main, progress=not args.no_progress)
     check_same_classes(dataset.classes.names, classes.names)
     predictor = Predictor(model.to(device), InferenceSettings.from_config(config), device, dtype)
     metrics = evaluate(predictor, dataset, classes.num_classes, config.ignore_index, ctx if ctx.is_distributed else None,
-                       desc=args.split, num_workers=args.num_workers, progress=ctx.is_main, class_names=classes.names)
+                       desc=args.split, num_workers=args.num_workers, progress=not args.no_progress and ctx.is_main,
+                       class_names=classes.names)
     return {"checkpoint": str(path), "split": args.split, "mode": config.test_mode, "images": len(dataset),
             "backbone": config.backbone, **metrics}
 

@@ -68,6 +68,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "in --output. Its saved config is the base; --config, flags and --set apply on top "
                              "(the keys a resume may change, e.g. --iters; others are refused)")
     parser.add_argument("--print-config", action="store_true", help="print the resolved config and exit")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def resume_dir(args: argparse.Namespace) -> Optional[Path]:
@@ -138,7 +139,9 @@ def main(args: argparse.Namespace) -> int:
         if args.print_config:
             print(yaml.safe_dump(config.to_dict(), sort_keys=False), end="")
             return 0
-        summary = train(config, resume=args.resume is not None, command=command_line(args))
+        # (not a config key: a resumed run follows this flag, not the saved config)
+        summary = train(config, resume=args.resume is not None, command=command_line(args),
+                        progress=not args.no_progress)
     except USER_ERRORS as e:
         print_error("seg-train", error_message(e))
         return 2

@@ -171,17 +171,19 @@ def _device_name(device: torch.device) -> str:
     return device.type
 
 
-def train(config: SegConfig, resume: bool = False, command: str = "") -> Dict[str, Any]:
+def train(config: SegConfig, resume: bool = False, command: str = "", progress: bool = True) -> Dict[str, Any]:
     """Train (or continue, with ``resume``) the run ``config`` describes; returns its summary (also written to
-    summary.json). Under torchrun each process trains on its share of every batch."""
+    summary.json). Under torchrun each process trains on its share of every batch. ``progress``: False draws no
+    bars (--no-progress), the plain log lines instead."""
     ctx = init_distributed(config.device)
     try:
-        return _train(config, ctx, resume, command)
+        return _train(config, ctx, resume, command, progress)
     finally:
         cleanup_distributed()
 
 
-def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: str) -> Dict[str, Any]:
+def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: str,
+           progress: bool = True) -> Dict[str, Any]:
     device = ctx.device
     dtype = resolve_precision(config.precision, device)
     config.data_root = absolute_path(config.data_root)  # (recorded absolute: a resume or seg-eval reads it again)
@@ -210,8 +212,9 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
     random_seed(config.seed, ctx.rank)
 
     # Data first: bad files are reported before any model is built.
-    train_set = dataset_from_config(config, "train", TrainTransform.from_config(config), verbose=ctx.is_main)
-    val_set = dataset_from_config(config, "val", verbose=ctx.is_main)
+    train_set = dataset_from_config(config, "train", TrainTransform.from_config(config), verbose=ctx.is_main,
+                                    progress=progress)
+    val_set = dataset_from_config(config, "val", verbose=ctx.is_main, progress=progress)
     classes = train_set.classes
     num_classes, class_names = classes.num_classes, list(classes.names)
 
@@ -268,12 +271,12 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
         torch.backends.cudnn.benchmark = False  # every image size would be autotuned anew
         predictor = Predictor(unwrapped, InferenceSettings.from_config(config), device, dtype)
         metrics = evaluate(predictor, dataset, num_classes, config.ignore_index, ctx, desc=desc,
-                           num_workers=config.num_workers, class_names=class_names)
+                           num_workers=config.num_workers, progress=progress, class_names=class_names)
         torch.backends.cudnn.benchmark = benchmark
         unwrapped.train()
         return metrics
 
-    interactive = sys.stderr.isatty()
+    bar = progress and sys.stderr.isatty()
     budget = TimeBudget(config.time_budget_s) if config.time_budget_s else None
     it, stop_reason = start_iter, None
     sums: Dict[str, torch.Tensor] = {}
@@ -286,8 +289,8 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
               f"{config.batch_size} x {ctx.world_size}, iterations {start_iter} -> {total}, device "
               f"{_device_name(device)}, precision {dtype or 'fp32'}", flush=True)
     # a bar on a terminal; in a log file, about ten plain lines a run instead (a bar's carriage returns there
-    # glue its updates and the next message into one line)
-    pbar = tqdm(total=total, initial=start_iter, desc="train", disable=not (ctx.is_main and interactive),
+    # glue its updates and the next message into one line); with --no-progress, those lines on a terminal too
+    pbar = tqdm(total=total, initial=start_iter, desc="train", disable=not (ctx.is_main and bar),
                 dynamic_ncols=True, mininterval=1.0)
     print_every = max(1, round(total / (10 * config.log_every)))
     data_iter = iter(loader)  # draws the loader's seed: before restoring, so a resumed run continues exactly
@@ -336,7 +339,7 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
                 record["skipped_steps"] = guard.skipped
                 logger.log(record)
                 pbar.set_postfix(loss=f"{record.get('loss', float('nan')):.3f}", lr=f"{record['lr']:.2e}")
-                if ctx.is_main and not interactive and ((it // config.log_every) % print_every == 0 or it == total):
+                if ctx.is_main and not bar and ((it // config.log_every) % print_every == 0 or it == total):
                     print(f"seg-train: iteration {it}/{total}, loss {record.get('loss', float('nan')):.4f}, lr "
                           f"{record['lr']:.2e}, {record['sec_per_iter']:.3g} s/iteration", flush=True)
                 sums, window_start, window_iters = {}, now, 0
