@@ -211,6 +211,30 @@ def test_each_unreadable_image_is_reported_once_whatever_the_data_workers(tmp_pa
     assert json.loads((tmp_path / "run" / "results.json").read_text())["unreadable_images"] == 2
 
 
+def test_a_script_with_a_live_streaming_loader_exits(tmp_path):
+    """The training loader's persistent workers ignore SIGTERM (so that a stop signal lets the main process save
+    first); a script whose loader is still alive at its end (a module-level one, an epoch read whole or in part)
+    must still exit, not wait for ever on workers that multiprocessing tries to terminate."""
+    import subprocess
+    import sys
+
+    root = make_split_root(tmp_path / "data", per_class=4, size=24)
+    script = tmp_path / "script.py"
+    script.write_text(
+        "import sys\n"
+        "from vision_mamba.data import build_classification_data\n"
+        f"data = build_classification_data({str(root)!r}, img_size=16, batch_size=2, workers=2, gpu_resident=False,"
+        " progress=False)\n"
+        "for i, batch in enumerate(data.train.epoch(0)):\n"
+        "    if sys.argv[1] == 'part' and i == 1:\n"
+        "        break\n"
+        "print('read', i + 1)\n")
+    for how in ("whole", "part"):
+        proc = subprocess.run([sys.executable, str(script), how], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 0, proc.stderr
+        assert proc.stdout.strip() == ("read 2" if how == "part" else "read 4")
+
+
 def test_resident_decode_drops_and_reports_corrupt_files(tmp_path):
     root = make_folder(tmp_path / "x", per_class=2)
     garbage, _ = _corrupt(root)

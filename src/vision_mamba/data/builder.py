@@ -10,6 +10,9 @@ an eval loader yields (images, targets, readable mask or None)):
 """
 from __future__ import annotations
 
+import atexit
+import importlib
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple, Union
@@ -62,6 +65,30 @@ class ClassificationData:
 
 
 # ---------------------------------------------------------------------- streaming loaders
+_PERSISTENT_LOADERS: "weakref.WeakSet[DataLoader]" = weakref.WeakSet()
+_exit_hook_registered = False
+
+
+def _stop_persistent_workers() -> None:
+    """At exit: the workers of persistent loaders still alive are stopped as a loader stops them when freed.
+    They ignore SIGTERM (``ignore_stop_signals``), so multiprocessing's own exit handler, which terminates and then
+    joins them, would wait for ever where a loader outlives the end of a script (a module-level one)."""
+    for loader in list(_PERSISTENT_LOADERS):
+        shutdown = getattr(getattr(loader, "_iterator", None), "_shutdown_workers", None)
+        if shutdown is not None:
+            shutdown()
+
+
+def _track_persistent(loader: DataLoader) -> None:
+    global _exit_hook_registered
+    if not _exit_hook_registered:
+        # multiprocessing.util registers its exit handler when imported: first, so that ours runs before it
+        importlib.import_module("multiprocessing.util")
+        atexit.register(_stop_persistent_workers)
+        _exit_hook_registered = True
+    _PERSISTENT_LOADERS.add(loader)
+
+
 class StreamTrainLoader(EpochLoaderBase):
     """timm transforms in DataLoader workers; batches moved to ``device`` (pinned memory, non-blocking)."""
 
@@ -75,6 +102,8 @@ class StreamTrainLoader(EpochLoaderBase):
             pin_memory=device.type == "cuda", drop_last=True, persistent_workers=workers > 0,
             prefetch_factor=4 if workers > 0 else None, generator=torch.Generator().manual_seed(sampler.seed),
             worker_init_fn=ignore_stop_signals)
+        if workers > 0:
+            _track_persistent(self.loader)
 
     @property
     def unreadable(self) -> int:
