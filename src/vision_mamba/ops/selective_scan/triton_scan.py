@@ -75,7 +75,8 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "CONV_BWD_INPUT_WARPS", "CONV_BWD_INPUT_TILES", "CONV_BWD_PROGRAMS", "MAXNREG", "BWD_MAXNREG", "PARAMS_T",
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
-        "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_ATOMIC_BC", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
+        "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_PART_MAX", "GLUON_BWD_STAGED_STEPS", "GLUON_BWD_ATOMIC_BC",
+        "GLUON_BWD_STAGED_STEPS_WIDE", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
         "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
         "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS", "LANES_RANK_SPLIT",
         "LANES_TPC", "LANES_WARPS", "LANES_HIGH", "ONEPASS_MIN_CHANNELS_SHORT", "ONEPASS_SHORT_TOKENS",
@@ -311,6 +312,19 @@ def _read_config():
         # 15.4 instead of 24.6 KB of shared memory a program (12 programs an SM instead of 8) for ~11% more
         # instructions; H100, the kernel at 224 px / batch 128: 1 part 0.669 ms, 2 parts 0.616, 4 parts 0.732
         gluon_bwd_parts=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_PARTS", 2),
+        # ... and a part is at most this many steps (0: no cap), so that the long sequences' 16- and 32-step blocks
+        # keep 8 steps of states in shared memory: 2 and 4 parts (docs/kernels.md, "Session 39": H100, the kernel
+        # at 1248 px / batch 16 in 4 parts 5.27 ms, in 8 parts 7.0; at 512 px / batch 32 in 2 parts 1.35, in 4 1.44)
+        gluon_bwd_part_max=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_PART_MAX", 8),
+        # the staged backward (which holds a part of a block's states in shared memory, not the block's) runs for
+        # save intervals up to this, powers of two, whatever gluon_smem_steps says; the long sequences' 16- and
+        # 32-step blocks took the Triton backward before session 39 (H100, that kernel at 1248 px / batch 16
+        # 6.64 -> 5.27 ms, at 512 px / batch 32 2.07 -> 1.35 ms; the graphed Vim-Ti training step at 1248 px /
+        # batch 8 60.7 -> 79.8 img/s, at 512 px / batch 32 401 -> 508 img/s); 8: as before
+        gluon_bwd_staged_steps=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_STAGED_STEPS", 32),
+        # the same for a dt rank padded past 16 (Vim-S's 24, Vim-B's 48): 8 (as before) until a GPU has measured and
+        # tested it there (tests/test_triton.py, test_gluon_staged_backward_long_blocks_at_vim_s_widths)
+        gluon_bwd_staged_steps_wide=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_STAGED_STEPS_WIDE", 8),
         # that kernel adds its d B / d C sums over its channels into one fp32 [2, B, L, 2N] gradient by atomic adds
         # (in an order that varies from run to run, as for d A, d D and the delta bias), instead of writing a
         # partial per block of channels for a separate sum over them (E / 32 partials: 77 MB at Vim-Ti's 224 px /
@@ -867,13 +881,15 @@ def _lanes_warps(cfg, tpc: int) -> int:
 
 def _gluon_backward_applies(cfg, args: _ScanArgs, device) -> bool:
     return (_gluon_common(cfg.get("gluon_bwd", -1), args, device)
-            and _gluon_backward_rule(cfg, args.L, args.E, args.N))
+            and _gluon_backward_rule(cfg, args.L, args.E, args.N, args.R))
 
 
-def _gluon_backward_rule(cfg, L: int, E: int, N: int) -> bool:
+def _gluon_backward_rule(cfg, L: int, E: int, N: int, R: int) -> bool:
     setting = cfg.get("gluon_bwd", -1)
-    if setting == 0 or (setting < 0 and not _gluon_smem(cfg, _save_every(cfg, L))):
-        return False  # (by default only where the block's states stay in shared memory)
+    save_every = _save_every(cfg, L)
+    if setting == 0 or (setting < 0 and not (_gluon_smem(cfg, save_every)
+                                             or _bwd_staged_interval(cfg, save_every, R))):
+        return False  # (by default only where the block's states, or a part's, stay in shared memory)
     return not cfg.get("bwd_block_e") and N == 16 and E % GLUON_BWD_BLOCK_E == 0
 
 
@@ -883,8 +899,17 @@ def _gluon_smem(cfg, save_every: int) -> bool:
     return save_every <= cfg.get("gluon_smem_steps", 8) and save_every & (save_every - 1) == 0
 
 
-def rows_in_fp32(cfg, device, dtype, B: int, L: int, E: int, N: int, training: bool) -> bool:
-    """Whether x_proj's rows are made in fp32 for Vim's mixer ([B, L, E] activations, N states; see
+def _bwd_staged_interval(cfg, save_every: int, R: int) -> bool:
+    """Whether the staged Gluon backward is on for blocks of ``save_every`` steps: up to gluon_bwd_staged_steps
+    (gluon_bwd_staged_steps_wide for a dt rank ``R`` padded past 16), powers of two. (Where its copies do not fit
+    the tensors, ``_bwd_staged_fits``, the unstaged Gluon backward runs, with a global scratch above
+    gluon_smem_steps.)"""
+    most = cfg.get("gluon_bwd_staged_steps" if _next_pow2(R) <= 16 else "gluon_bwd_staged_steps_wide", 8)
+    return bool(cfg.get("gluon_bwd_staged", 0)) and save_every <= most and save_every & (save_every - 1) == 0
+
+
+def rows_in_fp32(cfg, device, dtype, B: int, L: int, E: int, N: int, training: bool, R: int = 16) -> bool:
+    """Whether x_proj's rows are made in fp32 for Vim's mixer ([B, L, E] activations, N states, dt rank R; see
     :func:`_x_proj_pair`): as configured, or by default where a Gluon kernel reads them (half-precision activations on
     CUDA: the forward's kernel by :func:`_gluon_forward_kind`, or in training the Gluon backward); the Triton
     kernels read bf16 rows faster (224 px / batch 128: 0.189 against 0.195 ms)."""
@@ -895,7 +920,7 @@ def rows_in_fp32(cfg, device, dtype, B: int, L: int, E: int, N: int, training: b
     if not (gluon_kernels.AVAILABLE and _gluon_device(device) and dtype in (torch.bfloat16, torch.float16)
             and N in (4, 8, 16, 32)):
         return False
-    backward = training and _gluon_backward_rule(cfg, L, E, N)
+    backward = training and _gluon_backward_rule(cfg, L, E, N, R)
     if backward:
         return True
     if cfg.get("gluon", -1) == 0 or cfg.get("block_e"):
@@ -1161,7 +1186,8 @@ def _scan_backward(args: _ScanArgs, hsave: Tensor, gy: Tensor, config=None):
     gz = _new(ND, B, L, E, device=dev, dtype=args.z.dtype) if args.z is not None else _dummy(dev)
     save_every = _save_every(cfg, L)
     staged = None
-    if use_gluon and _gluon_smem(cfg, save_every) and cfg.get("gluon_bwd_staged", 0):
+    if use_gluon and cfg.get("gluon_bwd_staged", 0) and (_gluon_smem(cfg, save_every)
+                                                         or _bwd_staged_interval(cfg, save_every, args.R)):
         staged = _bwd_staged_fits(args, gy, save_every)
     atomic_bc = staged is not None and bool(cfg.get("gluon_bwd_atomic_bc", 0))
     # the sums added atomically, zeroed in one launch: d A, d D, the delta bias and (with atomic_bc) d (B | C);
@@ -1280,11 +1306,15 @@ def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, 
 
 def _bwd_part(cfg, save_every: int) -> int:
     """Steps of a part for scan_bwd_staged_gluon_kernel: its blocks of ``save_every`` steps split into
-    ``gluon_bwd_parts`` parts (a power of two, at most the block)."""
+    ``gluon_bwd_parts`` parts (a power of two, at most the block), or more where a part would exceed
+    ``gluon_bwd_part_max`` steps (a power of two; 0: no cap)."""
     parts = max(1, cfg.get("gluon_bwd_parts", 1))
-    if parts & (parts - 1):
-        raise ValueError(f"gluon_bwd_parts must be a power of two, not {parts}")
-    return max(1, save_every // parts)
+    cap = cfg.get("gluon_bwd_part_max", 0)
+    for name, value in (("gluon_bwd_parts", parts), ("gluon_bwd_part_max", cap)):
+        if value & (value - 1) or value < 0:
+            raise ValueError(f"{name} must be a power of two, not {value}")
+    part = max(1, save_every // parts)
+    return min(part, cap) if cap > 0 else part
 
 
 def _bwd_staged_fits(args: _ScanArgs, gy: Tensor, save_every: int) -> Optional[Tuple[int, int, int, int]]:
@@ -1801,8 +1831,8 @@ class _TritonBiMixer(torch.autograd.Function):
         x, z = xz[..., :E], xz[..., E:]
         # x_proj in the activations' dtype, as autocast runs F.linear on bf16 activations and fp32 weights (with
         # its output in fp32 where the Gluon kernels read it: _x_proj_pair), its rows padded for aligned products
-        fp32_rows = rows_in_fp32(cfg, x.device, x.dtype, *z.shape, alog_f.shape[1], training=True)
         R, N = w_f.shape[1], alog_f.shape[1]
+        fp32_rows = rows_in_fp32(cfg, x.device, x.dtype, *z.shape, N, training=True, R=R)
         pair = mixer_weights(xw_f, xw_b, None, R, _rank_cols(R, cfg["rows_pad"], N), x.dtype)[0]  # one launch
         xs, rows, xw_pair = _conv_and_rows(x, (xw_f, cw_f, cb_f), (xw_b, cw_b, cb_b), R, fp32_rows, cfg, weights=pair)
         args = _bi_args(xs, z, rows[0], rows[1], w_f, w_b, bias_f, bias_b, alog_f, alog_b, d_f, d_b, R, N)
