@@ -1764,6 +1764,27 @@ def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype
         assert rel_err(a, c) < same, (name, rel_err(a, c))
 
 
+def _staged_backward_matches(monkeypatch, inputs, staged_cfg, dtype):
+    """The fused scan's twelve gradients with ``staged_cfg`` (which must launch the staged Gluon backward, once)
+    against the fp32 reference and the Triton backward."""
+    from vision_mamba.ops.selective_scan import triton_scan as ts
+
+    staged = record_results(monkeypatch, ts, "_bwd_staged_fits")
+    ref = bi_scan_reference(*inputs)
+    grad = torch.randn_like(ref)
+    g_ref = torch.autograd.grad(ref, inputs, grad)
+    results = []
+    for config in (staged_cfg, dict(staged_cfg, gluon_bwd=0)):
+        y = ts._TritonBiScan.apply(*inputs, True, config)
+        results.append(torch.autograd.grad(y, inputs, grad.to(y.dtype)))
+    assert len(staged) == 1 and staged[0] is not None  # (the staged kernel ran, once)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    for name, a, b, c in zip(BI_NAMES, results[0], g_ref, results[1]):
+        assert torch.isfinite(a).all(), name
+        assert rel_err(a, b) < tol, (name, rel_err(a, b))
+        assert rel_err(a, c) < 2 * tol, (name, rel_err(a, c))
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("save_every,parts", [(16, 2), (16, 4), (32, 4), (32, 8)], ids=lambda v: str(v))
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
@@ -1778,23 +1799,10 @@ def test_gluon_staged_backward_long_blocks_matches(length, batch, min_programs, 
 
     if not gluon_kernels.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    staged = record_results(monkeypatch, ts, "_bwd_staged_fits")
-    cfg = dict(ts._config(), min_programs=min_programs, save_every=save_every)
+    cfg = dict(ts._config(), min_programs=min_programs, save_every=save_every, gluon=1, gluon_bwd=1,
+               gluon_bwd_staged=1, gluon_bwd_parts=parts, gluon_bwd_part_max=0)
     inputs = bi_scan_inputs(batch, length, dtype, torch.float32, seed=length + save_every + parts)
-    ref = bi_scan_reference(*inputs)
-    grad = torch.randn_like(ref)
-    g_ref = torch.autograd.grad(ref, inputs, grad)
-    results = []
-    for config in (dict(cfg, gluon=1, gluon_bwd=1, gluon_bwd_staged=1, gluon_bwd_parts=parts, gluon_bwd_part_max=0),
-                   dict(cfg, gluon_bwd=0)):
-        y = ts._TritonBiScan.apply(*inputs, True, config)
-        results.append(torch.autograd.grad(y, inputs, grad.to(y.dtype)))
-    assert len(staged) == 1 and staged[0] is not None  # (the staged kernel ran, once)
-    tol = 1e-4 if dtype == torch.float32 else 1e-2
-    for name, a, b, c in zip(BI_NAMES, results[0], g_ref, results[1]):
-        assert torch.isfinite(a).all(), name
-        assert rel_err(a, b) < tol, (name, rel_err(a, b))
-        assert rel_err(a, c) < 2 * tol, (name, rel_err(a, c))
+    _staged_backward_matches(monkeypatch, inputs, cfg, dtype)
 
 
 @pytest.mark.gpu
@@ -1802,8 +1810,7 @@ def test_gluon_staged_backward_long_blocks_matches(length, batch, min_programs, 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 def test_gluon_staged_backward_long_blocks_at_vim_s_widths(save_every, dtype, monkeypatch):
     # the default rule's parts (of 8 steps) on long blocks at Vim-S's widths (E = 768, dt_rank 24 in padded rows;
-    # not on by default for them yet: gluon_bwd_staged_steps_wide), chunk-parallel, against the fp32 reference and
-    # the Triton backward
+    # not on by default for them yet: gluon_bwd_staged_steps_wide), chunk-parallel
     from vision_mamba.ops.selective_scan import gluon_kernels
     from vision_mamba.ops.selective_scan import triton_scan as ts
 
@@ -1811,22 +1818,9 @@ def test_gluon_staged_backward_long_blocks_at_vim_s_widths(save_every, dtype, mo
         pytest.skip("this Triton has no Gluon")
     E, R, N = 768, 24, 16
     width = ts._rank_cols(R, True, N) + 2 * N
-    staged = record_results(monkeypatch, ts, "_bwd_staged_fits")
     cfg = dict(ts._config(), min_programs=-1, save_every=save_every, gluon_bwd_staged_steps_wide=32)
     inputs = bi_scan_inputs(1, 1100, dtype, torch.float32, seed=save_every, E=E, R=R, width=width)
-    ref = bi_scan_reference(*inputs)
-    grad = torch.randn_like(ref)
-    g_ref = torch.autograd.grad(ref, inputs, grad)
-    results = []
-    for config in (cfg, dict(cfg, gluon_bwd=0)):
-        y = ts._TritonBiScan.apply(*inputs, True, config)
-        results.append(torch.autograd.grad(y, inputs, grad.to(y.dtype)))
-    assert len(staged) == 1 and staged[0] is not None  # (the staged kernel ran)
-    tol = 1e-4 if dtype == torch.float32 else 1e-2
-    for name, a, b, c in zip(BI_NAMES, results[0], g_ref, results[1]):
-        assert torch.isfinite(a).all(), name
-        assert rel_err(a, b) < tol, (name, rel_err(a, b))
-        assert rel_err(a, c) < 2 * tol, (name, rel_err(a, c))
+    _staged_backward_matches(monkeypatch, inputs, cfg, dtype)
 
 
 @pytest.mark.gpu
