@@ -36,7 +36,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=non_negative_int, default=0, help="decoding processes (uncached datasets)")
     parser.add_argument("--output", help="write the metrics (with per-class IoU by name) to this JSON file")
     parser.add_argument("--top", type=non_negative_int, default=20, help="per-class lines to print (0: all)")
-    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def check_same_classes(data_names, model_names) -> None:
