@@ -181,6 +181,27 @@ def main() -> int:
             check_backward("scan_bwd_staged_gluon_kernel", ptx)
             checked += 1
     assert atomics[True] == atomics[False] + 2, atomics
+    # the sums over a channel's states (and, in the backward, over dt_low's columns) by gl.sum or as one chain of
+    # adds (gluon_chain): both compile, with no layout conversions the other does not have
+    for chain in (0, 1):
+        cfg = dict(ts._config(), min_programs=0, gluon_staged=4, gluon_train_staged=4, gluon_chain=chain)
+        for save in (False, True):
+            cap = _Capture()
+            gk.scan_fwd_staged_gluon_kernel = cap
+            ts.scan_forward(padded_args(2, 197), torch.bfloat16, save_states=save, config=cfg)
+            gk.scan_fwd_staged_gluon_kernel = staged_kernel
+            assert len(cap.calls) == 1 and cap.calls[0][1]["CHAIN"] == bool(chain), cap.calls
+            ptx = compile_call(staged_kernel, cap.calls[0])
+            assert "cp.async" in ptx and "ex2.approx" in ptx and "shfl.sync" not in ptx
+            checked += 1
+        cap = _Capture()
+        gk.scan_bwd_staged_gluon_kernel = cap
+        hsave = torch.zeros(2, 2, triton.cdiv(197, ts._save_every(cfg, 197)), 384, 16).transpose(-1, -2)
+        ts.scan_backward(padded_args(2, 197), hsave, torch.randn(2, 197, 2, 384, dtype=torch.bfloat16), config=cfg)
+        gk.scan_bwd_staged_gluon_kernel = staged_bwd
+        assert len(cap.calls) == 1 and cap.calls[0][1]["CHAIN"] == bool(chain), cap.calls
+        check_backward("scan_bwd_staged_gluon_kernel", compile_call(staged_bwd, cap.calls[0]))
+        checked += 1
     # inference the plan would chunk, in one pass with each channel's states over TPC lanes (onepass_tpc), staged
     # or not: the only shuffles are those of its two sums a channel and step (over dt_low's columns and over the
     # states), log2(TPC) each; y is stored by one lane of a channel's TPC (predicated stores). Staged, narrow

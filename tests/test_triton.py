@@ -1725,18 +1725,20 @@ def test_gluon_staged_training_forward_matches(length, batch, dtype, stage, save
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("parts,atomic_bc", [(1, 0), (2, 0), (4, 0), (2, 1)], ids=["1", "2", "4", "2-atomic"])
+@pytest.mark.parametrize("parts,atomic_bc,chain", [(1, 0, 0), (2, 0, 0), (4, 0, 0), (2, 1, 0), (2, 1, 1)],
+                         ids=["1", "2", "4", "2-atomic", "2-atomic-chain"])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
 @pytest.mark.parametrize("length,batch,min_programs,width", [
     (1, 1, 0, 48), (7, 2, 0, 48), (8, 1, 0, 48), (9, 3, 0, 48), (63, 3, 0, 48), (197, 2, 0, 48), (197, 1, -1, 48),
     (730, 2, -1, 48), (197, 2, 0, 44), (63, 1, -1, 44)])
-def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype, parts, atomic_bc, monkeypatch):
+def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype, parts, atomic_bc, chain,
+                                      monkeypatch):
     # the Gluon backward with each block's inputs staged through shared memory (scan_bwd_staged_gluon_kernel):
     # partial and whole 8-step blocks, each differentiated in 1, 2 or 4 parts (partial blocks: fewer, the last one
     # short), one pass and chunk-parallel (min_programs -1: the adjoint carried into the chunks), the model's
     # padded rows (48: dt_low | zeros | B | C) and unpadded ones (44: B at column 12), d B / d C as partials per
-    # block of channels or added atomically, against the fp32 reference and the unstaged Gluon backward, all
-    # twelve gradients
+    # block of channels or added atomically, the walk's sums over states by gl.sum or as chains, against the fp32
+    # reference and the unstaged Gluon backward, all twelve gradients
     from vision_mamba.ops.selective_scan import gluon_kernels
     from vision_mamba.ops.selective_scan import triton_scan as ts
 
@@ -1749,7 +1751,8 @@ def test_gluon_staged_backward_matches(length, batch, min_programs, width, dtype
     grad = torch.randn_like(ref)
     g_ref = torch.autograd.grad(ref, inputs, grad)
     results = []
-    for config in (dict(cfg, gluon_bwd_staged=1, gluon_bwd_parts=parts, gluon_bwd_atomic_bc=atomic_bc),
+    for config in (dict(cfg, gluon_bwd_staged=1, gluon_bwd_parts=parts, gluon_bwd_atomic_bc=atomic_bc,
+                        gluon_chain=chain),
                    dict(cfg, gluon_bwd_staged=0)):
         y = ts._TritonBiScan.apply(*inputs, True, config)
         results.append(torch.autograd.grad(y, inputs, grad.to(y.dtype)))
@@ -1808,18 +1811,19 @@ def test_gluon_staged_backward_long_blocks_matches(length, batch, min_programs, 
 @pytest.mark.gpu
 @pytest.mark.parametrize("save_every", [16, 32])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32], ids=["bf16", "fp32"])
-def test_gluon_staged_backward_long_blocks_at_vim_s_widths(save_every, dtype, monkeypatch):
-    # the default rule's parts (of 8 steps) on long blocks at Vim-S's widths (E = 768, dt_rank 24 in padded rows;
-    # not on by default for them yet: gluon_bwd_staged_steps_wide), chunk-parallel
+@pytest.mark.parametrize("E,R", [(384, 12), (768, 24)], ids=["vim_ti", "vim_s"])
+def test_gluon_staged_backward_long_blocks_by_default_rule(E, R, save_every, dtype, monkeypatch):
+    # the default rule (parts of at most 8 steps) on long blocks, chunk-parallel, at Vim-Ti's widths and Vim-S's
+    # (E = 768, dt_rank 24 in padded rows; for them the rule's wide threshold is raised to 32 here)
     from vision_mamba.ops.selective_scan import gluon_kernels
     from vision_mamba.ops.selective_scan import triton_scan as ts
 
     if not gluon_kernels.AVAILABLE:
         pytest.skip("this Triton has no Gluon")
-    E, R, N = 768, 24, 16
+    N = 16
     width = ts._rank_cols(R, True, N) + 2 * N
     cfg = dict(ts._config(), min_programs=-1, save_every=save_every, gluon_bwd_staged_steps_wide=32)
-    inputs = bi_scan_inputs(1, 1100, dtype, torch.float32, seed=save_every, E=E, R=R, width=width)
+    inputs = bi_scan_inputs(1, 1100, dtype, torch.float32, seed=save_every + E, E=E, R=R, width=width)
     _staged_backward_matches(monkeypatch, inputs, cfg, dtype)
 
 

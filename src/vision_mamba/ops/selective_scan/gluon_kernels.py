@@ -91,9 +91,15 @@ if gluon is not None:
         return p
 
     @gluon.jit
-    def _raw_delta(w, dt_low, bias, ch: gl.constexpr):
-        """W_dt @ dt_low + bias for the program's channels ([BLOCK_E] in layout ``ch``)."""
-        return gl.convert_layout(gl.sum(w * gl.expand_dims(dt_low.to(gl.float32), 0), axis=1), ch) + bias
+    def _raw_delta(w, dt_low, bias, ch: gl.constexpr, CHAIN: gl.constexpr = False):
+        """W_dt @ dt_low + bias for the program's channels ([BLOCK_E] in layout ``ch``); with CHAIN (for a dt rank
+        padded to 16) the sum as _chain_sum16's chain."""
+        p = w * gl.expand_dims(dt_low.to(gl.float32), 0)
+        if CHAIN and w.shape[1] == 16:
+            r = _chain_sum16(p, bias, ch)
+        else:
+            r = gl.convert_layout(gl.sum(p, axis=1), ch) + bias
+        return r
 
     @gluon.jit
     def _program_place(E, BLOCK_E: gl.constexpr, N: gl.constexpr, BLOCK_R: gl.constexpr, R: gl.constexpr,
@@ -392,7 +398,7 @@ if gluon is not None:
         stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
         B_COL: gl.constexpr, C_COL: gl.constexpr, STAGE: gl.constexpr, RW: gl.constexpr, VX: gl.constexpr,
         VR: gl.constexpr, SAVE_STATES: gl.constexpr, SAVE_EVERY: gl.constexpr, TPC: gl.constexpr = 1,
-        UNROLL: gl.constexpr = 1, GATE_TANH: gl.constexpr = False,
+        UNROLL: gl.constexpr = 1, GATE_TANH: gl.constexpr = False, CHAIN: gl.constexpr = False,
     ):
         """The one-pass inference forward of ``scan_fwd_onepass_gluon_kernel`` with its inputs staged through
         shared memory: x, z and x_proj's rows for STAGE steps at a time arrive by asynchronous copies (cp.async)
@@ -468,6 +474,7 @@ if gluon is not None:
                 ca = row.slice(C_COL, N).load(st).to(gl.float32)
                 xv = x_rows.index(i).load(ch).to(gl.float32)
                 zv = z_rows.index(i).load(ch).to(gl.float32)
+                # (W_dt dt_low in a chain too, _raw_delta's CHAIN: 130 -> 147 registers here)
                 raw = gl.convert_layout(gl.sum(w * gl.expand_dims(da, 0), axis=1), ch) + bias
                 delta = _softplus(raw)
                 h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
@@ -476,7 +483,7 @@ if gluon is not None:
                     s1 = s + 1
                     if (s1 % SAVE_EVERY == 0) & (s1 < L):
                         gl.store(hsave_base + (s1 // SAVE_EVERY) * stride_s_c, h)
-                yv = gl.sum(h * gl.expand_dims(ca, 0), axis=1) + dskip * xv
+                yv = _state_sum(h * gl.expand_dims(ca, 0), dskip * xv, CHAIN and TPC == 1 and N == 16, ch)
                 yv = yv * zv * _sigmoid_fast(zv, GATE_TANH)
                 t = gl.where(rev, L - 1 - s, s)
                 if UNROLL == 1:
@@ -761,19 +768,79 @@ if gluon is not None:
             gl.store(dsum_ptr + h_off // N + offs_el, gl.sum(dacc, axis=1))
 
     @gluon.jit
-    def _walk_step(hv, delta, xf, zf, gout, gy, sig, bf, cf, mu, a2, dskip):
+    def _pairs(x, W: gl.constexpr):
+        """A [BLOCK_E, W] tensor held whole by its threads as its even and odd columns ([BLOCK_E, W / 2] each, or
+        [BLOCK_E] for W = 2): register renames, no data moves."""
+        if W == 2:
+            even, odd = gl.split(x)
+        else:
+            even, odd = gl.split(gl.reshape(x, [x.shape[0], W // 2, 2]))
+        return even, odd
+
+    @gluon.jit
+    def _chain_sum16(p, acc, layout: gl.constexpr):
+        """acc + the sum over axis 1 of ``p`` ([BLOCK_E, 16], each row in one thread) as one chain of adds, so
+        that the products that make ``p`` fuse into it (FFMA; gl.sum adds in a tree from Triton 3.7 on, whose
+        leaves alone fuse: 8 FMUL + 8 FFMA + 7 FADD for a dot product of 16, against 16 FFMA here). ``acc`` and the
+        result are [BLOCK_E] in ``layout``. (Two chains, interleaved, took more registers: the staged inference
+        forward 130 -> 147.)"""
+        e, o = _pairs(p, 16)
+        e0, e1 = _pairs(e, 8)
+        o0, o1 = _pairs(o, 8)
+        e00, e01 = _pairs(e0, 4)
+        e10, e11 = _pairs(e1, 4)
+        o00, o01 = _pairs(o0, 4)
+        o10, o11 = _pairs(o1, 4)
+        a0, a1 = _pairs(e00, 2)
+        a2, a3 = _pairs(e01, 2)
+        a4, a5 = _pairs(e10, 2)
+        a6, a7 = _pairs(e11, 2)
+        b0, b1 = _pairs(o00, 2)
+        b2, b3 = _pairs(o01, 2)
+        b4, b5 = _pairs(o10, 2)
+        b6, b7 = _pairs(o11, 2)
+        r = gl.convert_layout(a0, layout) + acc
+        r += gl.convert_layout(b0, layout)
+        r += gl.convert_layout(a1, layout)
+        r += gl.convert_layout(b1, layout)
+        r += gl.convert_layout(a2, layout)
+        r += gl.convert_layout(b2, layout)
+        r += gl.convert_layout(a3, layout)
+        r += gl.convert_layout(b3, layout)
+        r += gl.convert_layout(a4, layout)
+        r += gl.convert_layout(b4, layout)
+        r += gl.convert_layout(a5, layout)
+        r += gl.convert_layout(b5, layout)
+        r += gl.convert_layout(a6, layout)
+        r += gl.convert_layout(b6, layout)
+        r += gl.convert_layout(a7, layout)
+        r += gl.convert_layout(b7, layout)
+        return r
+
+    @gluon.jit
+    def _state_sum(p, acc, CHAIN: gl.constexpr, layout: gl.constexpr):
+        """acc + p summed over its states (axis 1): by _chain_sum16 with CHAIN (N = 16), else by gl.sum."""
+        if CHAIN:
+            r = _chain_sum16(p, acc, layout)
+        else:
+            r = gl.sum(p, axis=1) + acc
+        return r
+
+    @gluon.jit
+    def _walk_step(hv, delta, xf, zf, gout, gy, sig, bf, cf, mu, a2, dskip, CHAIN: gl.constexpr = False,
+                   ch: gl.constexpr = None):
         """One step of the backward's walk for a program's channels, from the state h_t (``hv``), delta, the
         step's x, z, output gradient, gy (= d loss / d the output before the gate) and sigmoid(z), B_t and C_t
         ([1, N]) and the adjoint ``mu`` carried in from the step after: (d z, d x, d loss / d delta, lam = d loss /
         d h_t, delta x, the step's term of d A)."""
-        yv = gl.sum(hv * cf, axis=1) + dskip * xf
+        yv = _state_sum(hv * cf, dskip * xf, CHAIN, ch)
         gz = gout * sig * (1.0 + zf * (1.0 - sig)) * yv
         lam = gl.expand_dims(gy, 1) * cf + mu  # d loss / d h_t
         dx = delta * xf
         # d loss / d (delta A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
         gdec = lam * (hv - gl.expand_dims(dx, 1) * bf)
-        lam_b = gl.sum(lam * bf, axis=1)
-        g_delta = gl.sum(gdec * a2, axis=1) * 0.6931471805599453 + xf * lam_b
+        lam_b = _state_sum(lam * bf, gl.zeros_like(xf), CHAIN, ch)
+        g_delta = _state_sum(gdec * a2, gl.zeros_like(xf), CHAIN, ch) * 0.6931471805599453 + xf * lam_b
         gx = delta * lam_b + gy * dskip
         return gz, gx, g_delta, lam, dx, gdec * gl.expand_dims(delta, 1)
 
@@ -1043,7 +1110,7 @@ if gluon is not None:
         stride_row: gl.constexpr, R: gl.constexpr, N: gl.constexpr, BLOCK_E: gl.constexpr, BLOCK_R: gl.constexpr,
         B_COL: gl.constexpr, SAVE_EVERY: gl.constexpr, PART: gl.constexpr, HAS_MU_INIT: gl.constexpr,
         ATOMIC_BC: gl.constexpr, STATES_EN: gl.constexpr, VX: gl.constexpr, VZ: gl.constexpr, VG: gl.constexpr,
-        VR: gl.constexpr,
+        VR: gl.constexpr, CHAIN: gl.constexpr = False,
     ):
         """The Gluon backward with its inputs staged through shared memory and its sums over channels taken a
         part of a block at a time.
@@ -1177,11 +1244,11 @@ if gluon is not None:
                 # 1. the part's states, raw deltas and gy, recomputed from the block's saved state (the steps
                 # before the part: states only)
                 h = gl.load(hsave_ptr + b * stride_s_b + d * stride_s_d + c * stride_s_c + save_off)
-                raw_next = _raw_delta(w, d_rows.index(s_begin + first).load(wr), bias, ch)
+                raw_next = _raw_delta(w, d_rows.index(s_begin + first).load(wr), bias, ch, CHAIN)
                 for s in range(s_begin, lo):
                     j = s + first
                     h = _recompute_step(h, raw_next, x_rows, bc_rows, j, a2, N, ch, st)
-                    raw_next = _raw_delta(w, d_rows.index(j + 1).load(wr), bias, ch)  # (j + 1 <= lo + first)
+                    raw_next = _raw_delta(w, d_rows.index(j + 1).load(wr), bias, ch, CHAIN)  # (j + 1 <= lo + first)
                 for s in range(lo, hi):
                     j = s + first
                     raw = raw_next
@@ -1193,7 +1260,7 @@ if gluon is not None:
                     gout = g_rows.index(j).load(ch).to(gl.float32)
                     gy_buf.index(i).store(gout * zf * _sigmoid(zf))  # d loss / d (the output before the gate)
                     # (a step ahead: off the next step's critical path; the last step reads its own row again)
-                    raw_next = _raw_delta(w, d_rows.index(gl.minimum(j + 1, hi - 1 + first)).load(wr), bias, ch)
+                    raw_next = _raw_delta(w, d_rows.index(gl.minimum(j + 1, hi - 1 + first)).load(wr), bias, ch, CHAIN)
                 _barrier()
                 # 2. d C_t = sum over channels of h_t gy_t, for the part's steps
                 for i in range(hi - lo):
@@ -1217,7 +1284,7 @@ if gluon is not None:
                     bf = gl.expand_dims(bc_row.slice(0, N).load(st).to(gl.float32), 0)
                     cf = gl.expand_dims(bc_row.slice(N, N).load(st).to(gl.float32), 0)
                     gz, gx, g_delta, lam, dx, ga_t = _walk_step(hv, delta, xf, zf, gout, gy, _sigmoid(zf), bf, cf, mu,
-                                                                a2, dskip)
+                                                                a2, dskip, CHAIN, ch)
                     gl.store(gz_base + t * stride_gx_l, gz.to(gz_ptr.dtype.element_ty))
                     gl.store(gx_base + t * stride_gx_l, gx.to(gx_ptr.dtype.element_ty))
                     g_d += gy * xf

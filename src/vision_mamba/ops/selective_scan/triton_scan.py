@@ -76,7 +76,7 @@ _ENV_KEYS = ("VISION_MAMBA_POISON",) + tuple(
         "BWD_PARAMS_T", "MIN_PROGRAMS", "SAVE_EVERY", "RECOMPUTE_CONV", "GLUON", "GLUON_BWD", "ROWS_FP32",
         "GLUON_SMEM_STEPS", "GLUON_ONEPASS", "GLUON_WALK_PREFETCH", "ROWS_PAD", "GLUON_STAGED",
         "GLUON_BWD_STAGED", "GLUON_BWD_PARTS", "GLUON_BWD_PART_MAX", "GLUON_BWD_STAGED_STEPS", "GLUON_BWD_ATOMIC_BC",
-        "GLUON_BWD_STAGED_STEPS_WIDE", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG",
+        "GLUON_BWD_STAGED_STEPS_WIDE", "GLUON_TRAIN_STAGED", "TRAIN_STAGED_MAXNREG", "GLUON_CHAIN",
         "ONEPASS_TPC", "ONEPASS_CPT", "ONEPASS_MIN_CHANNELS", "ONEPASS_MIN_CHANNELS_WIDE",
         "ONEPASS_UNROLL", "GLUON_STAGED_UNROLL", "ONEPASS_SHARE", "LANES_CHUNK_WARPS", "LANES_RANK_SPLIT",
         "LANES_TPC", "LANES_WARPS", "LANES_HIGH", "ONEPASS_MIN_CHANNELS_SHORT", "ONEPASS_SHORT_TOKENS",
@@ -332,11 +332,20 @@ def _read_config():
         # 20"; H100: the backward at 224 px / batch 128 0.609 -> 0.585 ms with the sum, the graphed Vim-Ti training
         # step +2%, Vim-S +2.4%)
         gluon_bwd_atomic_bc=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_ATOMIC_BC", 1),
+
         # the training forward of a sequence in one pass (64 channels a program, states saved for the Gluon
         # backward) in scan_fwd_staged_gluon_kernel with this many steps staged at a time, where _staged_fits
         # allows (else scan_fwd_gluon_kernel); 0: off. 4 since session 18 (docs/kernels.md, "Session 18"; H100:
         # the kernel at 224 px / batch 128 0.249 -> 0.221 ms, 8 steps 0.224; the graphed training step +1.5%)
         gluon_train_staged=_env_int("VISION_MAMBA_TRITON_GLUON_TRAIN_STAGED", 4),
+        # the staged one-pass forward (a channel a thread: its sum over a channel's 16 states) and the staged
+        # backward (those and over 16 dt_low columns) add as one chain into which the products fuse (FFMA), not by
+        # gl.sum; -1: where gl.sum adds a thread's elements in a tree (Triton 3.7 on, whose tree's leaves alone
+        # fuse: sm_90, the staged backward's walk 279 instructions a step against 257 chained, kernel_layouts.py
+        # --gluon --sass), so that those Tritons compile the order of 3.6, on which these kernels were tuned.
+        # 0 (gl.sum) until a GPU has run its tests (tests/test_triton.py, the "chain" cases; docs/kernels.md,
+        # "Session 40")
+        gluon_chain=_env_int("VISION_MAMBA_TRITON_GLUON_CHAIN", 0),
         # that launch's register cap: ptxas gives the kernel 168 registers by itself (12 warps an SM), 136 with this
         # cap and no spills (15 warps; 128: a 4-byte spill); 0: no cap (the three measured within 1% of each other)
         train_staged_maxnreg=_env_int("VISION_MAMBA_TRITON_TRAIN_STAGED_MAXNREG", 136),
@@ -385,6 +394,12 @@ def _params_t_default(backward: bool) -> bool:
     # direct loads are conversion-free up to 3.6, transposed loads from 3.7 on (the other choice puts shuffles and
     # shared-memory round trips into the time loop; on 3.6 that doubled the forward's time).
     return _TRITON_VERSION >= (3, 7)
+
+
+def _chain_sums(cfg) -> bool:
+    """The Gluon kernels' CHAIN (see gluon_chain in :func:`_config`)."""
+    value = cfg.get("gluon_chain", -1)
+    return bool(value) if value >= 0 else _TRITON_VERSION >= (3, 7)
 
 
 def _version(text: str) -> Tuple[int, int]:
@@ -630,7 +645,8 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
     if onepass and not tpc:  # (a thread a channel; none of the plan below is needed)
         # (steps a pass: for a dt rank up to 16, where it was measured faster)
         unroll = cfg.get("gluon_staged_unroll", 1) if _next_pow2(args.R) <= 16 else 1
-        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), unroll=unroll, special=_special(cfg, y_dtype))
+        _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), unroll=unroll, special=_special(cfg, y_dtype),
+                              chain=_chain_sums(cfg))
         return y, None
     if tpc:  # (inference that would be chunked, or fill the GPU's SMs badly: one pass, a channel over lanes)
         _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=tpc, cpt=cfg.get("onepass_cpt", 1),
@@ -674,12 +690,12 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
 
     if (n_chunks == 1 and save_states and states_en and block_e == 64 and cfg["num_warps"] == 1
             and _launch_gluon_onepass(args, y, cfg.get("gluon_train_staged", 0), hsave, save_every,
-                                      cfg.get("train_staged_maxnreg", 0))):
+                                      cfg.get("train_staged_maxnreg", 0), chain=_chain_sums(cfg))):
         return y, hsave  # (the training forward in one pass, staged: where it applies)
 
     def launch(hinit, hend, dsum, write_y, write_end, save):
         if kind == "onepass":
-            return _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0))
+            return _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), chain=_chain_sums(cfg))
         if use_gluon:
             return _launch_gluon_forward(args, y, hinit, hend, dsum, hs, n_chunks, steps, block_e, save_every,
                                          write_y, write_end, save, ahead, cfg["num_warps"], states_en)
@@ -1089,7 +1105,7 @@ def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int,
 def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Optional[Tensor] = None,
                           save_every: int = 0, maxnreg: int = 0, tpc: int = 1, cpt: int = 1,
                           unroll: int = 1, share: int = 0, r_hi: int = 0, warps: int = 1,
-                          high: bool = False, special: Optional[dict] = None) -> bool:
+                          high: bool = False, special: Optional[dict] = None, chain: bool = False) -> bool:
     """The one-pass Gluon forward (64 channels a program, one warp): staged (scan_fwd_staged_gluon_kernel) where
     ``stage`` is set and _staged_fits allows, else scan_fwd_onepass_gluon_kernel. With ``hsave`` (the training
     forward: [B, 2, blocks, N, E] views of [..., E, N] storage) only the staged kernel saves states, under the
@@ -1101,7 +1117,8 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
     scan_fwd_lanes_gluon_kernel instead, max(share, tpc) steps a pass (a power of two up to the stage), and
     ``r_hi`` its R_HI (:func:`_rank_split`), in programs of ``warps`` warps (32 ``warps`` / ``tpc`` channels; one
     warp where E is no multiple of that or the staged copies do not fit), ``high`` its LANE_HI. ``special``
-    (inference, staged and lanes kernels): their GATE_TANH (:func:`_special`)."""
+    (inference, staged and lanes kernels): their GATE_TANH (:func:`_special`). ``chain``: the staged kernel's CHAIN
+    (:func:`_chain_sums`; a channel a thread only)."""
     from . import gluon_kernels
 
     if unroll < 1 or unroll & (unroll - 1) or share < 0 or share & (share - 1):
@@ -1142,6 +1159,7 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
     staged = _staged_fits(args, stage, rows) if stage else None
     if staged is not None:
         rw, vx, vr = staged
+        flags["CHAIN"] = chain
         if hsave is not None:
             save = dict(SAVE_STATES=True, SAVE_EVERY=save_every, **_maxnreg(maxnreg))
             s_args = (hsave, hsave.stride(0), hsave.stride(1), hsave.stride(2))
@@ -1286,7 +1304,8 @@ def _launch_gluon_backward(args, cfg, gy, hsave, muinit, gx, gz, graw, gbc, ga, 
             stride_row=rows.stride(0), R=R, N=N, BLOCK_E=block_e, BLOCK_R=max(2, _next_pow2(R)),
             B_COL=args.b_col, SAVE_EVERY=save_every, PART=_bwd_part(cfg, save_every), HAS_MU_INIT=muinit is not None,
             ATOMIC_BC=atomic_bc,
-            STATES_EN=hsave.stride(-1) != 1, VX=vx, VZ=vz, VG=vg, VR=vr, num_warps=1, **FP_FUSION,
+            STATES_EN=hsave.stride(-1) != 1, VX=vx, VZ=vz, VG=vg, VR=vr, CHAIN=_chain_sums(cfg),
+            num_warps=1, **FP_FUSION,
             **_maxnreg(cfg.get("bwd_maxnreg")))
         return
     fast(gluon_kernels.scan_bwd_gluon_kernel)[(B * n_eb, 2, n_chunks)](
