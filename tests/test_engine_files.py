@@ -89,3 +89,20 @@ def test_an_output_that_cannot_be_written_is_refused_before_the_work(tmp_path, m
         in capsys.readouterr().err
     assert cli.main(["seg-eval", "--checkpoint", "x", "--output", str(tmp_path / "file" / "r.json")]) == 2
     assert "is a file, not a folder" in capsys.readouterr().err
+
+
+def test_a_state_read_for_its_configuration_maps_its_tensors_and_reads_legacy_files_whole(tmp_path, monkeypatch):
+    # (the configuration a resume starts from is read with mmap: the trainer reads the whole state afterwards)
+    from vision_mamba.engine import load_state
+
+    state = {"config": {"model": "vim_tiny"}, "model": {"w": torch.arange(6.0)}}
+    save_state(tmp_path / "last.pth", state)
+    torch.save(state, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    load, mapped = torch.load, []
+    monkeypatch.setattr(torch, "load", lambda *a, **k: mapped.append(k.get("mmap", False)) or load(*a, **k))
+    for name in ("last.pth", "legacy.pth"):
+        for mmap in (False, True):
+            read = load_state(tmp_path / name, mmap=mmap)
+            assert read["config"] == state["config"] and torch.equal(read["model"]["w"], state["model"]["w"])
+    # mapped where asked and where the format allows it (torch refuses mmap for the legacy format)
+    assert mapped == [False, True, False, False]

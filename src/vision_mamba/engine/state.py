@@ -49,15 +49,17 @@ def save_state(path: "str | os.PathLike", state: Dict[str, Any]) -> Path:
     return atomic_write(path, lambda tmp: torch.save(state, tmp), fsync=True)
 
 
-def load_state(path: "str | os.PathLike") -> Dict[str, Any]:
+def load_state(path: "str | os.PathLike", mmap: bool = False) -> Dict[str, Any]:
     """Read a state written by :func:`save_state` onto the CPU (weights-only: no pickled code runs). A file that is
-    not such a state (unreadable, refused, or not a mapping) is a ``CheckpointError`` naming it."""
+    not such a state (unreadable, refused, or not a mapping) is a ``CheckpointError`` naming it. ``mmap``: its
+    tensors mapped from the file rather than read, for a look at its other entries (the configuration a resume
+    starts from: the trainer reads the whole state afterwards)."""
     from ..models.checkpoint import CheckpointError, read_checkpoint
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
-    state = read_checkpoint(path)
+    state = read_checkpoint(path, mmap=mmap)
     if not isinstance(state, dict):
         raise CheckpointError(f"{path}: holds a {type(state).__name__}, not a training checkpoint")
     return state

@@ -13,6 +13,7 @@ import os
 import pickle
 import re
 import struct
+import zipfile
 from pathlib import Path
 from typing import Any, Dict, Iterable, List, Mapping, Optional, Tuple
 
@@ -51,9 +52,10 @@ def _shortened(text: str, limit: int = 200) -> str:
     return text[:cut if cut > 0 else limit].rstrip(" .;,") + " ..."
 
 
-def read_checkpoint(path: "str | os.PathLike") -> Any:
+def read_checkpoint(path: "str | os.PathLike", mmap: bool = False) -> Any:
     """Load a checkpoint file onto the CPU, weights only (safetensors, or torch.load with weights_only=True and
-    argparse.Namespace as the one allowed class)."""
+    argparse.Namespace as the one allowed class). ``mmap``: a torch.save file's tensors are mapped from the file, not
+    read (for a caller that wants its other entries; a file in the legacy format is read whole)."""
     path = Path(path)
     if path.is_dir():
         found = sorted(p.name for p in path.iterdir() if p.suffix in (".safetensors", ".pth", ".pt", ".bin"))
@@ -73,9 +75,9 @@ def read_checkpoint(path: "str | os.PathLike") -> Any:
     try:
         if hasattr(torch.serialization, "safe_globals"):
             with torch.serialization.safe_globals([argparse.Namespace]):
-                return torch.load(path, map_location="cpu", weights_only=True)
+                return _torch_load(path, mmap)
         torch.serialization.add_safe_globals([argparse.Namespace])
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return _torch_load(path, mmap)
     except pickle.UnpicklingError as e:
         lines = [line.strip() for line in str(e).splitlines() if "global" in line.lower()]
         if not lines:  # not a refused class: the file is not a pickle torch can read at all
@@ -94,6 +96,12 @@ def read_checkpoint(path: "str | os.PathLike") -> Any:
         if not isinstance(e, (RuntimeError, EOFError, OSError)):
             reason = f"its bytes do not unpickle: {type(e).__name__} {reason}"
         raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({reason})") from e
+
+
+def _torch_load(path: Path, mmap: bool) -> Any:
+    if mmap and zipfile.is_zipfile(path):  # (torch.save's format since 1.6; mmap refuses the legacy one)
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def read_metadata(path: "str | os.PathLike", strict: bool = False) -> Dict[str, str]:

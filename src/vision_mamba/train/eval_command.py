@@ -76,7 +76,7 @@ def resolve_eval_config(args: argparse.Namespace, need_data: bool = True):
         apply_overrides(values, load_yaml(beside), f"config {beside}")
     elif checkpoint.suffix in (".pth", ".pt"):
         try:
-            saved = load_state(checkpoint).get("config")
+            saved = load_state(checkpoint, mmap=True).get("config")
         except Exception:  # an official or foreign checkpoint: no configuration inside
             saved = None
         if isinstance(saved, dict):

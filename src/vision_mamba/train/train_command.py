@@ -109,7 +109,7 @@ def resolve_from_args(args: argparse.Namespace):
     if path is None:  # 'auto' with nothing to resume: a fresh run
         cfg.resume = None
         return cfg
-    saved = load_state(path).get("config")
+    saved = load_state(path, mmap=True).get("config")
     if not isinstance(saved, dict):
         raise ConfigError(f"resume: {path} holds no training configuration; is it a checkpoint of this command?")
     values = TrainConfig().to_dict()

@@ -66,7 +66,7 @@ def resolve_config(args: argparse.Namespace):
         if args.output and Path(args.output).resolve() != resume.parent.resolve():
             raise ConfigError(f"--resume {args.resume} continues the run in {resume.parent}; --output {args.output} "
                               "names another directory (a run resumes in its own directory)")
-        base = load_state(resume).get("config")
+        base = load_state(resume, mmap=True).get("config")
         if not isinstance(base, dict):
             raise ConfigError(f"--resume: {resume} holds no detection config; is it a det-train checkpoint.pt?")
         base["output"] = str(resume.parent)

@@ -109,7 +109,7 @@ def config_from_args(args: argparse.Namespace) -> SegConfig:
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {state_path}")
     from ...engine import load_state
 
-    saved = load_state(state_path).get("config")
+    saved = load_state(state_path, mmap=True).get("config")
     if not isinstance(saved, dict):
         raise ConfigError(f"--resume: {state_path} holds no segmentation config; is it a seg-train checkpoint?")
     return build_config(args.config, flags, overrides, {"output": str(run_dir)}, base=saved)
