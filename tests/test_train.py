@@ -575,3 +575,16 @@ def test_a_run_finishes_without_matplotlib_and_python_m_runs_the_cli(tmp_path, m
     import vision_mamba
 
     assert proc.returncode == 0 and proc.stdout.strip() == vision_mamba.__version__, proc.stderr
+
+
+def test_top5_of_fewer_than_five_classes_is_reported_as_top_k():
+    # (top-5 of 3 classes is always 100%: the result says which k it counted, and the messages print top-3)
+    from vision_mamba.train.evaluate import evaluate
+
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 3))
+    g = torch.Generator().manual_seed(0)
+    loader = [(torch.randn(4, 3, 2, 2, generator=g), torch.tensor([0, 1, 2, 1]), None) for _ in range(2)]
+    result = evaluate(model, loader, torch.device("cpu"))
+    assert result["top5_k"] == 3 and result["top5"] == 100.0 and result["images"] == 8
+    wide = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(12, 7))
+    assert evaluate(wide, loader, torch.device("cpu"))["top5_k"] == 5

@@ -195,7 +195,7 @@ def main(args: argparse.Namespace) -> int:
         return 0
     print(f"{result['model']} on {result['data']} [{result['split']}], {result['images']} images at "
           f"{result['img_size']} px{' (hflip TTA)' if result['tta'] == 'hflip' else ''}: "
-          f"top-1 {result['top1']:.2f}%  top-5 {result['top5']:.2f}%  "
+          f"top-1 {result['top1']:.2f}%  top-{result.get('top5_k', 5)} {result['top5']:.2f}%  "
           f"loss {result['loss']:.4f}  {result['img_per_s']:.0f} img/s"
           + (f"  ({result['unreadable']} unreadable images left out)" if result["unreadable"] else ""))
     scored = sorted((c for c in result["per_class"] if c["top1"] is not None), key=lambda c: c["top1"])

@@ -25,8 +25,9 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
     and its mirror image (test-time augmentation; twice the work); ``cuda_graph``: on CUDA, forwards replayed
     from CUDA graphs (:class:`vision_mamba.CUDAGraphInference`, a graph per batch shape) instead of eager calls.
 
-    Returns top1 / top5 (percent), loss (cross-entropy, no smoothing), images (counted over all processes),
-    img_per_s (images / wall time of the loop, all processes together) and unreadable (images left out).
+    Returns top1 / top5 (percent; top5 is top-``top5_k``, min(5, classes)), loss (cross-entropy, no smoothing),
+    images (counted over all processes), img_per_s (images / wall time of the loop, all processes together) and
+    unreadable (images left out).
     Accuracies are summed on the device and read once at the end. ``confusion``: the number of classes K (the
     logits' width), to return the K x K confusion matrix too (``confusion[true][predicted]``: image counts).
 
@@ -45,6 +46,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
 
         forward = CUDAGraphInference(model, max_graphs=4)
     sums = torch.zeros(4, dtype=torch.float64, device=device)  # top1 hits, top5 hits, loss sum, count
+    top_k = 5  # (top-5 counts the k = min(5, classes) best: with fewer than 5 classes it is top-k)
     cells = (confusion or 0) ** 2
     matrix = torch.zeros(cells, dtype=torch.float64, device=device)  # [K * K] counts, true class major
     checked = 0  # the batches within which stop is asked: those every process has
@@ -68,7 +70,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
             logits = forward(images).float()
             if hflip_tta:
                 logits = (logits + forward(images.flip(-1)).float()) / 2
-        k = min(5, logits.shape[1])
+        k = top_k = min(5, logits.shape[1])
         top = logits.topk(k, dim=1).indices
         hits = top == targets[:, None]
         losses = F.cross_entropy(logits, targets, reduction="none")
@@ -93,7 +95,7 @@ def evaluate(model: nn.Module, loader: Iterable, device: torch.device, amp_dtype
     top1, top5, loss, count = sums.tolist()
     model.train(was_training)
     count = max(count, 1.0)
-    result: Dict[str, Any] = dict(top1=100.0 * top1 / count, top5=100.0 * top5 / count, loss=loss / count,
+    result: Dict[str, Any] = dict(top1=100.0 * top1 / count, top5=100.0 * top5 / count, top5_k=top_k, loss=loss / count,
                                   images=int(count), img_per_s=count / max(elapsed, 1e-9),
                                   unreadable=int(unreadable.item()))
     if confusion:

@@ -717,7 +717,8 @@ class Trainer:
         msg = (f"epoch {record['epoch']}/{total}: train loss {record['train_loss']:.4f}, lr {record['lr']:.2e}, "
                f"{_rate(record['img_per_s'])} img/s")
         if "val_top1" in record:
-            msg += f" | val top-1 {record['val_top1']:.2f}%, top-5 {record['val_top5']:.2f}%"
+            top_k = min(5, len(self.data.classes))  # (top-5 of fewer classes is top-k)
+            msg += f" | val top-1 {record['val_top1']:.2f}%, top-{top_k} {record['val_top5']:.2f}%"
             if "ema_val_top1" in record:
                 msg += f" (EMA {record['ema_val_top1']:.2f}%)"
         if self.guard.skipped:
