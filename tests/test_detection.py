@@ -185,6 +185,30 @@ def test_malformed_annotation_errors(coco, field, value, message):
         CocoInstances(image_dir, ann, progress=False)
 
 
+@pytest.mark.parametrize("edit,message", [
+    (lambda d: d.clear() or d.update(x=[]), "has no 'images' list"),
+    (lambda d: d["annotations"].append(7), "1 entries of 'annotations' are not mappings, e.g. 7"),
+    (lambda d: d["images"][0].update(height="48"), "1 image entries lack an integer id, a file_name, or a positive"),
+    (lambda d: d["images"][0].update(file_name=None), "1 image entries lack an integer id, a file_name"),
+    (lambda d: d["categories"][0].pop("id"), "1 category entries have no integer id, e.g. entry 0 of 'categories'"),
+    (lambda d: d["annotations"][2].pop("id"), "1 annotation entries have no integer id, e.g. entry 2"),
+    (lambda d: d["images"].append(dict(d["images"][0])), r"image ids \[100\] occur more than once"),
+    (lambda d: d["categories"].append(dict(d["categories"][0])), r"category ids \[3\] occur more than once"),
+    (lambda d: d["annotations"][1].update(id=1), r"annotation ids \[1\] occur more than once"),
+])
+def test_malformed_coco_structure_is_an_annotation_error(coco, edit, message):
+    # (these used to be an AttributeError / KeyError / TypeError deep inside, or, for repeated ids, a silently
+    # doubled image or category and a ground truth that lost an object)
+    image_dir, ann = coco
+    _rewrite(ann, edit)
+    with pytest.raises(AnnotationError, match=message):
+        CocoInstances(image_dir, ann, progress=False)
+    for content in ("[]", "null"):
+        ann.write_text(content)
+        with pytest.raises(AnnotationError, match="not a COCO instances file"):
+            CocoInstances(image_dir, ann, progress=False)
+
+
 def test_skip_bad_annotations_counts_them(coco):
     image_dir, ann = coco
     def corrupt(d):
@@ -454,6 +478,25 @@ def test_config_merging_and_errors(tmp_path):
         load_config(None, ["data.on_bad_annotation=ignore"])
     with pytest.raises(ConfigError, match="not of the form"):
         load_config(None, ["train.iters"])
+
+
+@pytest.mark.parametrize("override,message", [
+    ("eval.batch_size=0", "eval.batch_size must be at least 1; got 0"),  # was a traceback after training
+    ("eval.max_images=0", "eval.max_images must be at least 1; got 0"),  # was an evaluation of no images
+    ("eval.mask_threshold=2", r"eval.mask_threshold must be in \[0, 1\]; got 2.0"),
+    ("data.workers=-1", "data.workers must be at least 0; got -1"),
+    ("data.hflip_prob=1.5", r"data.hflip_prob must be in \[0, 1\]"),
+    ("model.pyramid_channels=0", "model.pyramid_channels must be at least 1"),
+    ("model.box_detections_per_img=0", "model.box_detections_per_img must be at least 1"),  # never detects
+    ("model.aspect_ratios=[]", r"model.aspect_ratios must be positive numbers; got \[\]"),
+    ("model.anchor_sizes=[8, 16, 0, 64, 128]", "model.anchor_sizes must be positive numbers"),
+    ("train.warmup_iters=-5", "train.warmup_iters must be at least 0"),
+    ("train.lr=-1e-4", "train.lr must be positive"),
+])
+def test_config_ranges_are_checked(override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [override])
+    load_config(None, ["eval.max_images=null", "model.box_head_convs=0", "train.warmup_iters=0"])  # allowed
 
 
 # ---------------------------------------------------------------------- real data

@@ -169,6 +169,29 @@ def test_interrupt_saves_checkpoint_and_skips_eval(tmp_path, monkeypatch):
     assert not (run / "results.json").exists() and not (run / "model.safetensors").exists()
 
 
+def test_ctrl_c_during_the_final_evaluation_says_how_to_finish(tmp_path, monkeypatch, capsys):
+    # (was the bare "vision-mamba det-train: interrupted" of the command line, with no word on the saved weights)
+    data = tmp_path / "data"
+    make_coco(data, num_images=2)
+    config = _write_config(tmp_path, data, iters=1)
+    evaluate = trainer.evaluate_model
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(trainer, "evaluate_model", interrupted)
+    run = tmp_path / "run"
+    assert cli(["det-train", "--config", str(config), "--output", str(run), "--no-progress"]) == 130
+    out = capsys.readouterr().out
+    assert (f"interrupted during the evaluation after iteration 1; the trained weights are saved in "
+            f"{run / 'model.safetensors'}. Evaluate them with --resume {run}") in out
+    assert (run / "model.safetensors").is_file() and not (run / "results.json").exists()
+    monkeypatch.setattr(trainer, "evaluate_model", evaluate)
+    assert cli(["det-train", "--resume", str(run), "--no-progress"]) == 0  # evaluates, trains nothing more
+    results = json.loads((run / "results.json").read_text())
+    assert results["iters"] == 1 and 0.0 <= results["val"]["bbox_AP"] <= 1.0
+
+
 def test_det_train_reports_bad_data_before_training(tmp_path, capsys):
     data = tmp_path / "data"
     _, ann = make_coco(data, num_images=2)
@@ -182,6 +205,22 @@ def test_det_train_reports_bad_data_before_training(tmp_path, capsys):
     assert not (tmp_path / "run" / "checkpoint.pt").exists()
     assert cli(["det-train", "--config", str(config), "--set", "train.itres=3"]) == 2
     assert "did you mean 'train.iters'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("keep", ["none", "crowd"])
+def test_det_train_refuses_training_data_without_objects(tmp_path, capsys, keep):
+    # (images only, or only a crowd region: used to be a ValueError traceback, or with data.keep_empty a run that
+    # trained on nothing at all)
+    data = tmp_path / "data"
+    _, ann = make_coco(data, num_images=2)
+    content = json.loads(ann.read_text())
+    content["annotations"] = [a for a in content["annotations"] if keep == "crowd" and a["iscrowd"]]
+    ann.write_text(json.dumps(content))
+    for keep_empty in ("true", "false"):
+        assert cli(["det-train", "--config", str(_write_config(tmp_path, data)), "--output", str(tmp_path / "run"),
+                    "--no-progress", "--set", f"data.keep_empty={keep_empty}"]) == 2
+        assert "no objects to train on: none of its" in capsys.readouterr().err
+        assert not (tmp_path / "run").exists()
 
 
 def test_det_commands_refuse_bad_runs_checkpoints_images_and_settings(tmp_path, capsys):

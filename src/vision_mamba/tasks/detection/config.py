@@ -124,6 +124,32 @@ class DetectionConfig:
                               f"got {m.img_size}")
         if m.anchor_sizes is not None and len(m.anchor_sizes) != 5:
             raise ConfigError(f"model.anchor_sizes needs one size per level P2..P6 (5); got {m.anchor_sizes}")
+        # sizes and counts that would fail deep inside torch (or at the evaluation after training), or make a model
+        # that silently detects nothing
+        e = self.eval
+        least = {"model.pyramid_channels": (m.pyramid_channels, 1), "model.box_head_fc": (m.box_head_fc, 1),
+                 "model.box_batch_size_per_image": (m.box_batch_size_per_image, 1),
+                 "model.box_detections_per_img": (m.box_detections_per_img, 1),
+                 "model.rpn_pre_nms_top_n_train": (m.rpn_pre_nms_top_n_train, 1),
+                 "model.rpn_post_nms_top_n_train": (m.rpn_post_nms_top_n_train, 1),
+                 "model.rpn_pre_nms_top_n_test": (m.rpn_pre_nms_top_n_test, 1),
+                 "model.rpn_post_nms_top_n_test": (m.rpn_post_nms_top_n_test, 1),
+                 "model.rpn_conv_depth": (m.rpn_conv_depth, 0), "model.box_head_convs": (m.box_head_convs, 0),
+                 "model.mask_head_convs": (m.mask_head_convs, 0), "data.workers": (d.workers, 0),
+                 "train.warmup_iters": (t.warmup_iters, 0), "eval.batch_size": (e.batch_size, 1),
+                 "eval.max_images": (1 if e.max_images is None else e.max_images, 1)}
+        for key, (value, lowest) in least.items():
+            if value < lowest:
+                raise ConfigError(f"{key} must be at least {lowest}; got {value}")
+        for key, values in (("model.aspect_ratios", m.aspect_ratios), ("model.anchor_sizes", m.anchor_sizes or [1])):
+            if not values or min(values) <= 0:
+                raise ConfigError(f"{key} must be positive numbers; got {values}")
+        for key, value in (("data.hflip_prob", d.hflip_prob), ("eval.mask_threshold", e.mask_threshold),
+                           ("model.drop_path_rate", m.drop_path_rate)):
+            if not 0 <= value <= 1:
+                raise ConfigError(f"{key} must be in [0, 1]; got {value}")
+        if t.lr <= 0 or t.weight_decay < 0:
+            raise ConfigError(f"train.lr must be positive and train.weight_decay >= 0; got {t.lr}, {t.weight_decay}")
         if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:
             raise ConfigError(f"data.scale_range must be [min, max] with 0 < min <= max; got {d.scale_range}")
         if d.on_bad_annotation not in ("error", "skip"):

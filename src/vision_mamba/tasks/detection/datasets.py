@@ -11,6 +11,7 @@ Images are decoded once and kept as uint8 tensors; masks are kept as compressed 
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import copy
 import io
@@ -110,6 +111,41 @@ def _annotation_problem(ann: Dict[str, Any], image: Optional[Dict[str, Any]], ca
     return _segmentation_problem(ann.get("segmentation"), height, width, bool(crowd))
 
 
+def _is_id(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _check_structure(data: Any, path: Path) -> None:
+    """The parts of a COCO instances file that the per-annotation checks rely on, else AnnotationError: a mapping
+    of 'images', 'annotations' and 'categories' lists of mappings; images with a unique integer id, a file name and
+    a positive integer height and width; categories and annotations with unique integer ids (pycocotools indexes
+    by id: a repeated one would drop or double an object, a category or an image)."""
+    if not isinstance(data, dict):
+        raise AnnotationError(f"{path} holds a {type(data).__name__}, not a COCO instances file (a mapping with "
+                              "'images', 'annotations' and 'categories')")
+    for key in ("images", "annotations", "categories"):
+        if not isinstance(data.get(key), list):
+            raise AnnotationError(f"{path} has no '{key}' list: not a COCO instances file")
+        odd = [entry for entry in data[key] if not isinstance(entry, dict)]
+        if odd:
+            raise AnnotationError(f"{path}: {len(odd)} entries of '{key}' are not mappings, e.g. {odd[0]!r}")
+    bad_images = [img for img in data["images"] if not (
+        _is_id(img.get("id")) and isinstance(img.get("file_name"), str) and img["file_name"]
+        and all(_is_id(img.get(k)) and img[k] > 0 for k in ("height", "width")))]
+    if bad_images:
+        raise AnnotationError(f"{path}: {len(bad_images)} image entries lack an integer id, a file_name, or a "
+                              f"positive integer height and width, e.g. {bad_images[0]}")
+    for key, what in (("images", "image"), ("categories", "category"), ("annotations", "annotation")):
+        ids = [entry.get("id") for entry in data[key]]
+        unnamed = [n for n, i in enumerate(ids) if not _is_id(i)]
+        if unnamed:
+            raise AnnotationError(f"{path}: {len(unnamed)} {what} entries have no integer id, e.g. entry "
+                                  f"{unnamed[0]} of '{key}'")
+        repeated = sorted(i for i, n in collections.Counter(ids).items() if n > 1)
+        if repeated:
+            raise AnnotationError(f"{path}: {what} ids {repeated[:10]} occur more than once (ids must be unique)")
+
+
 class CocoInstances(torch.utils.data.Dataset):
     """Images and instance targets from a COCO json.
 
@@ -154,15 +190,9 @@ class CocoInstances(torch.utils.data.Dataset):
             data = json.loads(self.annotation_file.read_text())
         except json.JSONDecodeError as e:
             raise AnnotationError(f"{self.annotation_file} is not valid JSON: {e}") from e
-        for key in ("images", "annotations", "categories"):
-            if not isinstance(data.get(key), list):
-                raise AnnotationError(f"{self.annotation_file} has no '{key}' list: not a COCO instances file")
+        _check_structure(data, self.annotation_file)
 
         images = data["images"]
-        bad_images = [img for img in images if not all(k in img for k in ("id", "file_name", "height", "width"))]
-        if bad_images:
-            raise AnnotationError(f"{self.annotation_file}: {len(bad_images)} image entries lack id, file_name, "
-                                  f"height or width, e.g. {bad_images[0]}")
         if max_images is not None:
             images = images[:max_images]
         missing = [img["file_name"] for img in images if not (self.image_dir / img["file_name"]).is_file()]
@@ -255,6 +285,11 @@ class CocoInstances(torch.utils.data.Dataset):
     def num_classes(self) -> int:
         """K, the number of object categories (the model predicts K + 1 classes with background)."""
         return len(self.categories)
+
+    @property
+    def num_objects(self) -> int:
+        """The training targets: non-crowd instances of the model's categories, over all images."""
+        return sum(len(inst["labels"]) for inst in self._instances)
 
     def __len__(self) -> int:
         return len(self.image_infos)

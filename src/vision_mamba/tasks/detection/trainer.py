@@ -73,8 +73,10 @@ def build_datasets(config: DetectionConfig, progress: bool = True,
     train_images, train_ann = _data_path(d.root, d.train_images), _data_path(d.root, d.train_annotations)
     train = CocoInstances(train_images, train_ann, transform=lsj, keep_empty=d.keep_empty,
                           on_bad_annotation=d.on_bad_annotation, progress=progress)
-    if len(train) == 0:
-        raise ValueError(f"{train_ann}: no training images with objects")
+    if train.num_objects == 0:  # (with keep_empty, images without objects alone would train on nothing)
+        raise AnnotationError(f"{train_ann}: no objects to train on: none of its {len(train)} images has a "
+                              f"non-crowd annotation" + (f" ({train.skipped_annotations} malformed ones skipped)"
+                                                         if train.skipped_annotations else ""))
     val = CocoInstances(_data_path(d.root, d.val_images), _data_path(d.root, d.val_annotations),
                         on_bad_annotation=d.on_bad_annotation, categories=train.categories,
                         max_images=config.eval.max_images, progress=progress)
@@ -359,18 +361,26 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
     # every process evaluates its share of the images; process 0 scores them and reports
     ec = config.eval
     eval_record: Dict[str, Any] = {"iter": iteration}
-    for name, dataset in (("val", val_set), ("train", train_eval_set)):
-        if dataset is None:
-            continue
-        t0 = time.monotonic()
-        metrics = evaluate_model(model, dataset, device, ec.batch_size, ec.mask_threshold, ec.max_images,
-                                 progress=progress and main, desc=f"evaluate {name}", ctx=ctx)
+    try:
+        for name, dataset in (("val", val_set), ("train", train_eval_set)):
+            if dataset is None:
+                continue
+            t0 = time.monotonic()
+            metrics = evaluate_model(model, dataset, device, ec.batch_size, ec.mask_threshold, ec.max_images,
+                                     progress=progress and main, desc=f"evaluate {name}", ctx=ctx)
+            if main:
+                metrics["seconds"] = round(time.monotonic() - t0, 1)
+                summary[name] = metrics
+                print(f"det-train: {name} ({metrics['num_images']} images): {format_metrics(metrics)}", flush=True)
+                eval_record.update({f"{name}_{k}": v for k, v in metrics.items()
+                                    if isinstance(v, float) and k.endswith(("_AP", "_AP50"))})
+    except KeyboardInterrupt:  # Ctrl-C during the evaluation: training is saved, a resume only evaluates
+        logger.close()
         if main:
-            metrics["seconds"] = round(time.monotonic() - t0, 1)
-            summary[name] = metrics
-            print(f"det-train: {name} ({metrics['num_images']} images): {format_metrics(metrics)}", flush=True)
-            eval_record.update({f"{name}_{k}": v for k, v in metrics.items()
-                                if isinstance(v, float) and k.endswith(("_AP", "_AP50"))})
+            print(("\n" if progress else "") +  # (a line of its own, not the end of the progress bar's)
+                  f"det-train: interrupted during the evaluation after iteration {iteration}; the trained weights "
+                  f"are saved in {run_dir / 'model.safetensors'}. Evaluate them with --resume {run_dir}", flush=True)
+        return dict(stopped="interrupted (during the evaluation)", iters=iteration, run_dir=str(run_dir))
     if main:
         logger.log(eval_record)
         write_json(run_dir / "results.json", summary)
