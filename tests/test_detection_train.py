@@ -278,7 +278,7 @@ def test_det_commands_refuse_bad_runs_checkpoints_images_and_settings(tmp_path, 
     assert "pass --resume DIR or --output DIR" in capsys.readouterr().err
     torch.save({"weight": torch.zeros(2)}, tmp_path / "plain.pt")  # a state dict, not a det-train checkpoint
     assert cli(["det-train", "--resume", str(tmp_path / "plain.pt"), "--no-progress"]) == 2
-    assert "holds no detection config; is it a det-train checkpoint.pt?" in capsys.readouterr().err
+    assert "plain.pt is not a det-train checkpoint.pt (it holds no detection config)" in capsys.readouterr().err
     assert cli(["det-train", "--config", str(config), "--device", "cpu", "--print-config"]) == 0
     assert "device: cpu" in capsys.readouterr().out
     # an image that does not decode: one line naming it, before any training
@@ -286,3 +286,73 @@ def test_det_commands_refuse_bad_runs_checkpoints_images_and_settings(tmp_path, 
     first.write_bytes(first.read_bytes()[:60])
     assert cli(["det-train", "--config", str(config), "--output", str(tmp_path / "run2"), "--no-progress"]) == 2
     assert f"cannot decode image {first}" in capsys.readouterr().err
+
+
+def _untrained_detector_run(tmp_path: Path) -> Path:
+    """A run directory holding only model.safetensors (a tiny untrained detector on make_coco's data): enough
+    for the commands that read a detector, without training one."""
+    from vision_mamba.tasks.detection.config import load_config
+    from vision_mamba.tasks.detection.model import save_detector
+
+    data = tmp_path / "data"
+    image_dir, ann = make_coco(data, num_images=2)
+    run = tmp_path / "det_run"
+    config = load_config(str(_write_config(tmp_path, data)), [f"output={run}"])
+    run.mkdir()
+    save_detector(tiny_detector(), run / "model.safetensors", config,
+                  CocoInstances(image_dir, ann, progress=False).categories)
+    return run
+
+
+def test_det_eval_and_predict_take_a_run_directory(tmp_path, capsys):
+    run = _untrained_detector_run(tmp_path)
+    image = str(tmp_path / "data" / "images" / "img_000.png")
+    assert cli(["det-eval", "--checkpoint", str(run), "--no-progress", "--device", "cpu"]) == 0
+    assert "det-eval: 2 images" in capsys.readouterr().out
+    assert cli(["det-predict", "--checkpoint", str(run), "--image", image, "--output", str(tmp_path / "p.png"),
+                "--device", "cpu"]) == 0
+    # a directory without final weights (a run stopped before its end): what is missing, and what to pass instead
+    (run / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    (run / "checkpoint.pt").write_bytes(b"")
+    predict = ["det-predict", "--image", image, "--output", str(tmp_path / "q.png")]
+    for command in (["det-eval", "--no-progress"], predict):
+        assert cli(command + ["--checkpoint", str(run), "--device", "cpu"]) == 2
+        assert f"{run} holds no model.safetensors (the final weights of a det-train run); pass its checkpoint.pt" \
+            in capsys.readouterr().err, command
+
+
+def test_det_train_resume_says_which_command_wrote_a_foreign_checkpoint(tmp_path, capsys):
+    from vision_mamba.tasks.segmentation import SegConfig
+    from vision_mamba.train.config import TrainConfig
+    from vision_mamba.train.trainer import CHECKPOINT_FORMAT
+
+    run = _untrained_detector_run(tmp_path)
+    # --resume with another command's training state (the entries that tell them apart) or a detector's final weights
+    # (used to be "base config: unknown config key 'model_kwargs'" and the like)
+    torch.save({"format": CHECKPOINT_FORMAT, "model": {}, "config": TrainConfig().to_dict(), "classes": ["a"]},
+               tmp_path / "last.pth")
+    seg_run = tmp_path / "seg_run"
+    seg_run.mkdir()
+    torch.save({"model": {}, "config": SegConfig().to_dict(), "classes": {"names": ["a"]}}, seg_run / "last.pth")
+    for resume, message in (
+            (tmp_path / "last.pth", "last.pth is not a det-train checkpoint.pt; it is train's training checkpoint"),
+            (seg_run / "last.pth", "last.pth is not a det-train checkpoint.pt; it is seg-train's training checkpoint"),
+            (seg_run, "seg_run is not a det-train run (no checkpoint.pt); its last.pth is seg-train's training "
+                      "checkpoint"),
+            (run / "model.safetensors", "model.safetensors is not a det-train checkpoint.pt; it is det-train's final "
+                                        "weights (a whole detector); pass the run directory")):
+        assert cli(["det-train", "--resume", str(resume), "--print-config"]) == 2
+        assert message in capsys.readouterr().err, resume
+
+
+def test_det_train_init_refuses_a_whole_detector_in_one_line(tmp_path, capsys):
+    run = _untrained_detector_run(tmp_path)
+    config = tmp_path / "det.yaml"
+    # --init with a whole detector: one line naming it and how to train it further (used to be lists of the keys
+    # that do not fit the backbone)
+    assert cli(["det-train", "--config", str(config), "--output", str(tmp_path / "new"), "--no-progress",
+                "--init", str(run / "model.safetensors")]) == 2
+    err = capsys.readouterr().err
+    assert (f"model.init (--init): {run / 'model.safetensors'} is det-train's final weights (a whole detector), not a "
+            f"classification checkpoint for the backbone; to train that detector further, resume its run: --resume "
+            f"{run}") in err and "missing keys" not in err and len(err.strip().splitlines()) == 1, err

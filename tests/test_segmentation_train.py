@@ -316,3 +316,51 @@ def test_user_errors_are_one_line_and_name_what_differs():
         check_same_classes(["sky", "street"], ["sky", "road"])
     with pytest.raises(DatasetError, match=r"\(3 classes\) .* \(2\): the lists agree for 2 classes"):
         check_same_classes(["sky", "road", "car"], ["sky", "road"])
+
+
+def test_seg_eval_and_predict_take_a_run_directory(data, tmp_path, capsys):
+    from vision_mamba.tasks.segmentation.datasets import read_class_list
+    from vision_mamba.tasks.segmentation.model import build_segmentation_model, save_segmentation_model
+
+    run = tmp_path / "run"
+    run.mkdir()
+    config = tiny_config(data, run)
+    classes = read_class_list(data / "classes.json", config.ignore_values, config.ignore_index)
+    torch.manual_seed(0)
+    save_segmentation_model(build_segmentation_model(config, classes.num_classes), run / "model.safetensors", config,
+                            classes)  # (untrained: these commands only need to find it)
+    image = str(data / "images" / "val" / "val_000.png")
+    assert cli.main(["seg-eval", "--checkpoint", str(run), "--device", "cpu", "--no-progress"]) == 0
+    assert cli.main(["seg-predict", "--checkpoint", str(run), "--image", image, "--output", str(tmp_path / "o.png"),
+                     "--device", "cpu"]) == 0
+    capsys.readouterr()
+    # a directory without final weights (a run stopped before its end): what is missing, and what to pass instead
+    (run / "model.safetensors").rename(tmp_path / "elsewhere.safetensors")
+    (run / "last.pth").write_bytes(b"")
+    assert cli.main(["seg-eval", "--checkpoint", str(run), "--device", "cpu"]) == 2
+    assert f"{run} holds no model.safetensors (the final weights of a seg-train run); pass its last.pth" \
+        in capsys.readouterr().err
+
+
+def test_seg_train_resume_says_which_command_wrote_a_foreign_checkpoint(tmp_path, capsys):
+    from vision_mamba.train.config import TrainConfig
+    from vision_mamba.train.trainer import CHECKPOINT_FORMAT
+
+    # a train run's last.pth (used to be "config key 'color_jitter': must be null or [...]"), a det-train run and
+    # its checkpoint.pt (used to be "not a run's last.pth; pass the run directory", then "no checkpoint ... at
+    # RUN/last.pth")
+    train_run, det_run = tmp_path / "train_run", tmp_path / "det_run"
+    train_run.mkdir()
+    det_run.mkdir()
+    torch.save({"format": CHECKPOINT_FORMAT, "model": {}, "config": TrainConfig().to_dict(), "classes": ["a"]},
+               train_run / "last.pth")
+    torch.save({"model": {}, "config": {"model": {"backbone": "test_vim"}}, "categories": [{"id": 1, "name": "a"}]},
+               det_run / "checkpoint.pt")
+    for resume, message in (
+            (train_run, "last.pth is not a seg-train checkpoint; it is train's training checkpoint"),
+            (det_run / "checkpoint.pt", "checkpoint.pt is not a seg-train last.pth; it is det-train's training "
+                                        "checkpoint"),
+            (det_run, "det_run is not a seg-train run (no last.pth); its checkpoint.pt is det-train's training "
+                      "checkpoint")):
+        assert cli.main(["seg-train", "--resume", str(resume), "--print-config"]) == 2
+        assert message in capsys.readouterr().err, resume

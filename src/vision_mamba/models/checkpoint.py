@@ -136,6 +136,31 @@ def checkpoint_classes(path: "str | os.PathLike") -> Optional[List[str]]:
         return None
 
 
+def written_by(path: "str | os.PathLike") -> Optional[str]:
+    """Which command of this package wrote the checkpoint at ``path``, in words for an error message (e.g.
+    "seg-train's training checkpoint"); None for other files and for files that cannot be read. Tells them apart by the
+    'format' tag (train's last.pth, seg-train's and det-train's model.safetensors) or the entries a state holds."""
+    path = Path(path)
+    if path.suffix == ".safetensors":
+        meta = read_metadata(path)
+        return {"vision_mamba.detection/1": "det-train's final weights (a whole detector)",
+                "vision_mamba.segmentation/1": "seg-train's final weights (a whole segmentation model)"}.get(
+            meta.get("format", ""), "classifier weights exported by train" if meta.get("model") else None)
+    try:
+        state = read_checkpoint(path, mmap=True)
+    except (CheckpointError, OSError):
+        return None
+    if not isinstance(state, Mapping) or not isinstance(state.get("config"), Mapping):
+        return None
+    if state.get("format") == "vision_mamba.classification/1":
+        return "train's training checkpoint"
+    if "categories" in state:
+        return "det-train's training checkpoint (a whole detector)"
+    if isinstance(state.get("classes"), Mapping):
+        return "seg-train's training checkpoint (a whole segmentation model)"
+    return None
+
+
 def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> Dict[str, Tensor]:
     """The state dict inside a checkpoint: 'model' (official / our training), 'state_dict', or the EMA weights
     when ``use_ema`` (an error if the checkpoint has none); DDP 'module.' and torch.compile '_orig_mod.' prefixes

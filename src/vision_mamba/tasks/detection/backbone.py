@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
+from pathlib import Path
 from typing import Any, Optional
 
 import timm
@@ -54,7 +55,7 @@ def create_trunk(name: str, img_size: int, drop_path_rate: float = 0.0, init: Op
     head and (for Vim) its class token are dropped.
     """
     import vision_mamba  # noqa: F401
-    from vision_mamba.models.checkpoint import load_checkpoint
+    from vision_mamba.models.checkpoint import CheckpointError, load_checkpoint, written_by
 
     common = dict(pretrained=False, img_size=img_size, num_classes=0, drop_path_rate=drop_path_rate)
     if is_vim_model(name):
@@ -70,7 +71,17 @@ def create_trunk(name: str, img_size: int, drop_path_rate: float = 0.0, init: Op
     if not hasattr(trunk, "forward_intermediates"):
         raise ValueError(f"timm model {name!r} has no forward_intermediates(); a plain ViT-like backbone is needed")
     if init:
-        report = load_checkpoint(trunk, init, strict=True, adapt_head=True)
+        try:
+            report = load_checkpoint(trunk, init, strict=True, adapt_head=True)
+        except CheckpointError:
+            kind = written_by(init)  # a whole detector or segmentation model: one line, not its lists of keys
+            if kind and kind.startswith(("det-train", "seg-train")):
+                raise CheckpointError(
+                    f"model.init (--init): {init} is {kind}, not a classification checkpoint for the backbone"
+                    + (f"; to train that detector further, resume its run: --resume {Path(init).parent} "
+                       "(with --set train.iters=N for more iterations)" if kind.startswith("det-train") else "")
+                ) from None
+            raise
         _logger.info("backbone initialised from %s (left out: %s)", init, report.get("skipped"))
     depth = len(trunk.feature_info) if isinstance(getattr(trunk, "feature_info", None), list) else None
     if hasattr(trunk, "prune_intermediate_layers") and depth:

@@ -15,7 +15,8 @@ from ...engine.files import write_json
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="model.safetensors or checkpoint.pt from det-train")
+    parser.add_argument("--checkpoint", required=True, help="model.safetensors or checkpoint.pt from det-train, "
+                        "or its run directory (for its model.safetensors)")
     parser.add_argument("--data-root", help="folder the config's data paths are relative to")
     parser.add_argument("--split", choices=("val", "train"), default="val",
                         help="which of the config's datasets to evaluate (default val)")

@@ -166,11 +166,17 @@ def save_detector(model: nn.Module, path: "str | Path", config: DetectionConfig,
 
 
 def read_detector_checkpoint(path: "str | Path") -> Tuple[Dict[str, Tensor], Dict[str, Any], List[Dict[str, Any]]]:
-    """(state dict, config dict, categories) from a detector safetensors file or a training state."""
+    """(state dict, config dict, categories) from a detector safetensors file or a training state (a run directory:
+    its model.safetensors)."""
     from vision_mamba.engine import load_state
     from vision_mamba.models.checkpoint import CheckpointError, read_checkpoint, read_metadata
 
     path = Path(path)
+    if path.is_dir():  # a run directory: its final weights
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path} holds no model.safetensors (the final weights of a det-train run)"
+                                    + ("; pass its checkpoint.pt" if (path / "checkpoint.pt").is_file() else ""))
+        path = path / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":

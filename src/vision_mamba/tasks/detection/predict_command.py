@@ -13,7 +13,8 @@ from ...engine.argtypes import fraction, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="model.safetensors or checkpoint.pt from det-train")
+    parser.add_argument("--checkpoint", required=True, help="model.safetensors or checkpoint.pt from det-train, "
+                        "or its run directory (for its model.safetensors)")
     parser.add_argument("--image", required=True, help="an image file (any format PIL reads)")
     parser.add_argument("--output", required=True, help="the PNG to write")
     parser.add_argument("--score-thresh", type=fraction, default=0.5, help="draw detections scoring at least this")

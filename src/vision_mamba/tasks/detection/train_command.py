@@ -54,21 +54,29 @@ def resolve_config(args: argparse.Namespace):
     resume, base = None, None
     if args.resume is not None:
         from vision_mamba.engine import load_state
+        from vision_mamba.models.checkpoint import written_by
 
         if not args.resume and not args.output:
             raise ConfigError("--resume without a run directory continues the run in --output: pass --resume DIR "
                               "or --output DIR")
         resume = Path(args.resume or args.output)
         if resume.is_dir():
+            if not (resume / "checkpoint.pt").is_file() and (resume / "last.pth").is_file():
+                raise ConfigError(f"--resume: {resume} is not a det-train run (no checkpoint.pt); its last.pth is "
+                                  f"{written_by(resume / 'last.pth') or 'no det-train checkpoint'}")
             resume = resume / "checkpoint.pt"
         if not resume.is_file():
             raise FileNotFoundError(f"no checkpoint to resume at {resume}")
         if args.output and Path(args.output).resolve() != resume.parent.resolve():
             raise ConfigError(f"--resume {args.resume} continues the run in {resume.parent}; --output {args.output} "
                               "names another directory (a run resumes in its own directory)")
-        base = load_state(resume, mmap=True).get("config")
-        if not isinstance(base, dict):
-            raise ConfigError(f"--resume: {resume} holds no detection config; is it a det-train checkpoint.pt?")
+        state = load_state(resume, mmap=True)
+        base = state.get("config")
+        if not isinstance(base, dict) or "categories" not in state:  # (train's and seg-train's hold a config too)
+            kind = written_by(resume)
+            raise ConfigError(f"--resume: {resume} is not a det-train checkpoint.pt"
+                              + (f"; it is {kind}" if kind else " (it holds no detection config)")
+                              + ("; pass the run directory" if kind and kind.startswith("det-train") else ""))
         base["output"] = str(resume.parent)
     if args.output:
         overrides.append(f"output={args.output}")

@@ -25,7 +25,8 @@ from .train_command import USER_ERRORS, error_message, print_error
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="model.safetensors (or last.pth) written by seg-train")
+    parser.add_argument("--checkpoint", required=True, help="model.safetensors (or last.pth) written by seg-train, "
+                        "or its run directory (for its model.safetensors)")
     parser.add_argument("--data-root", help="dataset folder (default: the one the model was trained on)")
     parser.add_argument("--split", choices=("val", "train"), default="val")
     parser.add_argument("--mode", choices=("whole", "slide"), help="inference mode (default: the config's test_mode)")

@@ -159,10 +159,15 @@ MODEL_KEYS = ("backbone", "backbone_kwargs", "out_indices", "feature_norm", "nor
 
 def load_segmentation_model(path: "str | Path", overrides: Optional[Dict[str, Any]] = None,
                             ) -> Tuple[SegmentationModel, SegConfig, ClassList]:
-    """Rebuild a model from a file written by :func:`save_segmentation_model` (``model.safetensors``) or a training
-    state (``last.pth``). ``overrides``: config keys to change (data paths, inference settings). Returns
-    (model on CPU in eval mode, config, class list)."""
+    """Rebuild a model from a file written by :func:`save_segmentation_model` (``model.safetensors``), a training
+    state (``last.pth``) or a run directory (its model.safetensors). ``overrides``: config keys to change (data
+    paths, inference settings). Returns (model on CPU in eval mode, config, class list)."""
     path = Path(path)
+    if path.is_dir():  # a run directory: its final weights
+        if not (path / "model.safetensors").is_file():
+            raise FileNotFoundError(f"{path} holds no model.safetensors (the final weights of a seg-train run)"
+                                    + ("; pass its last.pth" if (path / "last.pth").is_file() else ""))
+        path = path / "model.safetensors"
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.suffix == ".safetensors":

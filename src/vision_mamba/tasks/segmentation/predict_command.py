@@ -29,7 +29,8 @@ from .visualize import grid, legend, make_palette, overlay
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", required=True, help="model.safetensors (or last.pth) written by seg-train")
+    parser.add_argument("--checkpoint", required=True, help="model.safetensors (or last.pth) written by seg-train, "
+                        "or its run directory (for its model.safetensors)")
     parser.add_argument("--image", nargs="+", required=True, help="one or more images")
     parser.add_argument("--output", required=True, help="the PNG to write")
     parser.add_argument("--mask", nargs="+", help="ground-truth masks (raw values), one per image, shown beside")

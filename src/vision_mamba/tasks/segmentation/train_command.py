@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional
 
 import yaml
 
-from ...models.checkpoint import CheckpointError
+from ...models.checkpoint import CheckpointError, written_by
 from .config import ConfigError, SegConfig, build_config, load_config, parse_overrides
 from .datasets import DatasetError
 
@@ -80,7 +80,9 @@ def resume_dir(args: argparse.Namespace) -> Optional[Path]:
     path = Path(args.resume)
     if path.is_file():
         if path.name != "last.pth":
-            raise ConfigError(f"--resume: {path} is not a run's last.pth; pass the run directory")
+            kind = written_by(path)
+            raise ConfigError(f"--resume: {path} is not a seg-train last.pth" + (f"; it is {kind}" if kind else "")
+                              + ("" if kind and not kind.startswith("seg-train") else "; pass the run directory"))
         path = path.parent
     elif not path.is_dir():
         raise FileNotFoundError(f"--resume: no run directory or checkpoint at {path}")
@@ -106,12 +108,19 @@ def config_from_args(args: argparse.Namespace) -> SegConfig:
         run_dir = Path(str(output))
     state_path = run_dir / "last.pth"
     if not state_path.is_file():
+        other = run_dir / "checkpoint.pt"
+        if other.is_file():
+            raise ConfigError(f"--resume: {run_dir} is not a seg-train run (no last.pth); its checkpoint.pt is "
+                              f"{written_by(other) or 'no seg-train checkpoint'}")
         raise FileNotFoundError(f"--resume: no checkpoint to resume from at {state_path}")
     from ...engine import load_state
 
-    saved = load_state(state_path, mmap=True).get("config")
-    if not isinstance(saved, dict):
-        raise ConfigError(f"--resume: {state_path} holds no segmentation config; is it a seg-train checkpoint?")
+    state = load_state(state_path, mmap=True)
+    saved = state.get("config")
+    if not isinstance(saved, dict) or not isinstance(state.get("classes"), dict):  # (train's holds a config too)
+        kind = written_by(state_path)
+        raise ConfigError(f"--resume: {state_path} is not a seg-train checkpoint"
+                          + (f"; it is {kind}" if kind else " (it holds no segmentation config)"))
     return build_config(args.config, flags, overrides, {"output": str(run_dir)}, base=saved)
 
 
