@@ -332,7 +332,6 @@ def _read_config():
         # 20"; H100: the backward at 224 px / batch 128 0.609 -> 0.585 ms with the sum, the graphed Vim-Ti training
         # step +2%, Vim-S +2.4%)
         gluon_bwd_atomic_bc=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_ATOMIC_BC", 1),
-
         # the training forward of a sequence in one pass (64 channels a program, states saved for the Gluon
         # backward) in scan_fwd_staged_gluon_kernel with this many steps staged at a time, where _staged_fits
         # allows (else scan_fwd_gluon_kernel); 0: off. 4 since session 18 (docs/kernels.md, "Session 18"; H100:
