@@ -782,7 +782,7 @@ if gluon is not None:
         """acc + the sum over axis 1 of ``p`` ([BLOCK_E, 16], each row in one thread) as one chain of adds, so
         that the products that make ``p`` fuse into it (FFMA; gl.sum adds in a tree from Triton 3.7 on, whose
         leaves alone fuse: 8 FMUL + 8 FFMA + 7 FADD for a dot product of 16, against 16 FFMA here). ``acc`` and the
-        result are [BLOCK_E] in ``layout``. (Two chains, interleaved, took more registers: the staged inference
+        result are [BLOCK_E] in ``layout`` (``acc`` None: nothing added). (Two chains, interleaved, took more registers: the staged inference
         forward 130 -> 147.)"""
         e, o = _pairs(p, 16)
         e0, e1 = _pairs(e, 8)
@@ -800,7 +800,9 @@ if gluon is not None:
         b4, b5 = _pairs(o10, 2)
         b6, b7 = _pairs(o11, 2)
         # (columns 0, 1, ..., 15 in order: a0 b0 are 0 1, a4 b4 2 3, a2 b2 4 5, ...)
-        r = gl.convert_layout(a0, layout) + acc
+        r = gl.convert_layout(a0, layout)
+        if acc is not None:
+            r += acc
         r += gl.convert_layout(b0, layout)
         r += gl.convert_layout(a4, layout)
         r += gl.convert_layout(b4, layout)
@@ -820,11 +822,14 @@ if gluon is not None:
 
     @gluon.jit
     def _state_sum(p, acc, CHAIN: gl.constexpr, layout: gl.constexpr):
-        """acc + p summed over its states (axis 1): by _chain_sum16 with CHAIN (N = 16), else by gl.sum."""
+        """acc + p summed over its states (axis 1): by _chain_sum16 with CHAIN (N = 16), else by gl.sum (``acc``
+        None: the sum alone)."""
         if CHAIN:
             r = _chain_sum16(p, acc, layout)
         else:
-            r = gl.sum(p, axis=1) + acc
+            r = gl.sum(p, axis=1)
+            if acc is not None:
+                r += acc
         return r
 
     @gluon.jit
@@ -840,8 +845,8 @@ if gluon is not None:
         dx = delta * xf
         # d loss / d (delta A) through the decay: lam * decay * h_{t-1} = lam * (h_t - delta x B)
         gdec = lam * (hv - gl.expand_dims(dx, 1) * bf)
-        lam_b = _state_sum(lam * bf, gl.zeros_like(xf), CHAIN, ch)
-        g_delta = _state_sum(gdec * a2, gl.zeros_like(xf), CHAIN, ch) * 0.6931471805599453 + xf * lam_b
+        lam_b = _state_sum(lam * bf, None, CHAIN, ch)
+        g_delta = _state_sum(gdec * a2, None, CHAIN, ch) * 0.6931471805599453 + xf * lam_b
         gx = delta * lam_b + gy * dskip
         return gz, gx, g_delta, lam, dx, gdec * gl.expand_dims(delta, 1)
 

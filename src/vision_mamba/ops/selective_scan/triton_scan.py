@@ -340,7 +340,7 @@ def _read_config():
         # the staged one-pass forward (a channel a thread: its sum over a channel's 16 states) and the staged
         # backward (those and over 16 dt_low columns) add as one chain into which the products fuse (FFMA), not by
         # gl.sum; -1: where gl.sum adds a thread's elements in a tree (Triton 3.7 on, whose tree's leaves alone
-        # fuse: sm_90, the staged backward's walk 279 instructions a step against 259 chained, kernel_layouts.py
+        # fuse: sm_90, the staged backward's walk 278 instructions a step against 258 chained, kernel_layouts.py
         # --gluon --sass), so that those Tritons compile the order of 3.6, on which these kernels were tuned.
         # 0 (gl.sum) until a GPU has run its tests (tests/test_triton.py, the "chain" cases; docs/kernels.md,
         # "Session 40")
