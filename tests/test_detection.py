@@ -492,11 +492,23 @@ def test_config_merging_and_errors(tmp_path):
     ("model.anchor_sizes=[8, 16, 0, 64, 128]", "model.anchor_sizes must be positive numbers"),
     ("train.warmup_iters=-5", "train.warmup_iters must be at least 0"),
     ("train.lr=-1e-4", "train.lr must be positive"),
+    ("train.gamma=0", "train.gamma must be positive; got 0.0"),  # was an lr of 0 after the first milestone
+    ("train.milestones=[0.9, 0.5]", r"train.milestones must be ascending fractions of train.iters in \(0, 1\)"),
+    ("train.milestones=[800, 900]", r"train.milestones must be .*; got \[800.0, 900.0\]"),  # iterations: never reached
+    ("train.betas=[0.9, 1.0]", r"train.betas must be two numbers in \[0, 1\); got \[0.9, 1.0\]"),
+    ("train.clip_grad=-1", r"train.clip_grad must be positive \(or null: no clipping\); got -1.0"),  # flipped grads
+    ("train.clip_grad=0", "train.clip_grad must be positive"),  # was silently no clipping
+    ("train.warmup_factor=0", r"train.warmup_factor must be in \(0, 1\]; got 0.0"),
+    ("train.warmup_factor=2", r"train.warmup_factor must be in \(0, 1\]"),
+    ("train.time_limit_minutes=-1", r"train.time_limit_minutes must be at least 0 \(or null: no limit\)"),
+    ("data.min_box_size=-1", "data.min_box_size must be at least 0; got -1.0"),
 ])
 def test_config_ranges_are_checked(override, message):
     with pytest.raises(ConfigError, match=message):
         load_config(None, [override])
-    load_config(None, ["eval.max_images=null", "model.box_head_convs=0", "train.warmup_iters=0"])  # allowed
+    load_config(None, ["eval.max_images=null", "model.box_head_convs=0", "train.warmup_iters=0", "train.milestones=[]",
+                       "train.clip_grad=1.0", "train.time_limit_minutes=0", "train.warmup_factor=1",
+                       "data.min_box_size=0", "train.betas=[0, 0.999]"])  # allowed
 
 
 # ---------------------------------------------------------------------- real data

@@ -242,6 +242,27 @@ def test_backbone_initialised_from_a_classification_checkpoint(kind, tmp_path):
         build_segmentation_model(small_config(kind, init_checkpoint=str(tmp_path / "incomplete.safetensors")), 3)
 
 
+def test_backbone_init_refuses_a_whole_model_in_one_line(tmp_path):
+    # a segmentation model's final weights or training state, a detector's training state: one line naming it (used
+    # to be the lists of keys that do not fit the backbone)
+    config = small_config()
+    save_segmentation_model(build_segmentation_model(config, 3), tmp_path / "model.safetensors", config,
+                            ClassList(("a", "b", "c"), (1, 2, 5), (0,)))
+    torch.save({"model": {}, "config": config.to_dict(), "classes": {"names": ["a"]}}, tmp_path / "last.pth")
+    torch.save({"model": {}, "config": {"model": {"backbone": "test_vim"}}, "categories": [{"id": 1, "name": "a"}]},
+               tmp_path / "checkpoint.pt")
+    backbone = ", not a classification checkpoint for the backbone"
+    resume = f"; to train that segmentation model further, resume its run: --resume {tmp_path} (with --iters N for " \
+             "more iterations)"
+    for name, kind in (("model.safetensors", "seg-train's final weights (a whole segmentation model)" + backbone
+                        + resume),
+                       ("last.pth", "seg-train's training checkpoint (a whole segmentation model)" + backbone + resume),
+                       ("checkpoint.pt", "det-train's training checkpoint (a whole detector)" + backbone)):
+        with pytest.raises(CheckpointError) as error:
+            build_segmentation_model(small_config(init_checkpoint=str(tmp_path / name)), 3)
+        assert str(error.value) == f"init_checkpoint (--init-checkpoint): {tmp_path / name} is {kind}"
+
+
 def test_saved_model_round_trips(tmp_path):
     torch.manual_seed(0)
     config = small_config()

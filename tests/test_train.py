@@ -94,6 +94,38 @@ def test_train_then_eval_through_the_cli(tmp_path, capsys):
     assert json.loads(report.read_text())["top1"] == pytest.approx(results["top1"])
 
 
+def test_eval_and_predict_take_a_run_directory(tmp_path, capsys):
+    """A run directory means its final.safetensors (with --ema its last.pth); used to be "checkpoint not found"."""
+    import yaml
+    from PIL import Image
+
+    from vision_mamba.models.checkpoint import save_state_dict
+    from vision_mamba.train.model import create_classifier
+
+    cfg = tiny_config(tmp_path, "run", synthetic_val=10, model_kwargs={"patch_size": 8, "embed_dim": 32, "depth": 2})
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict()))
+    model = create_classifier(cfg.model, num_classes=10, img_size=cfg.img_size, model_kwargs=cfg.model_kwargs)
+    save_state_dict(model, run / "final.safetensors")  # (untrained: these commands only need to find it)
+    torch.save({"model": model.state_dict(), "model_ema": model.state_dict(), "config": cfg.to_dict()},
+               run / "last.pth")
+    report, image = tmp_path / "out.json", tmp_path / "photo.png"
+    Image.new("RGB", (32, 32), (200, 40, 40)).save(image)
+    for command, weights in ((["eval", "--no-progress"], run / "final.safetensors"),
+                             (["eval", "--no-progress", "--ema"], run / "last.pth"),
+                             (["predict", str(image)], run / "final.safetensors")):
+        assert cli.main(command + ["--checkpoint", str(run), "--json", str(report)]) == 0
+        assert json.loads(report.read_text())["checkpoint"] == str(weights), command
+    capsys.readouterr()
+    # a directory without final weights (a run stopped before its end): what is missing, and what to pass instead
+    (run / "final.safetensors").unlink()
+    for command in (["eval", "--no-progress"], ["predict", str(image)]):
+        assert cli.main(command + ["--checkpoint", str(run)]) == 2
+        assert f"{run} holds no final.safetensors (the final weights of a train run); pass its last.pth" \
+            in capsys.readouterr().err, command
+
+
 def test_loss_goes_down_when_overfitting_a_tiny_set(tmp_path):
     cfg = tiny_config(tmp_path, synthetic_train=32, batch_size=32, epochs=30, warmup_epochs=2, lr=4e-3,
                       no_aug=True, smoothing=0.0, weight_decay=0.0, eval_interval=30, save_interval=30,

@@ -161,6 +161,23 @@ def written_by(path: "str | os.PathLike") -> Optional[str]:
     return None
 
 
+def whole_model_error(path: "str | os.PathLike", setting: str, command: str, more_iters: str,
+                      ) -> Optional[CheckpointError]:
+    """A one-line error for a backbone initialisation ``setting`` (e.g. "model.init (--init)") given a whole
+    detector or segmentation model, whose loading fails with lists of keys; None for other files. ``command``
+    ("det-train" / "seg-train") reads the setting: a model it wrote itself gets the hint to resume its run instead,
+    ``more_iters`` saying how to ask for more iterations."""
+    kind = written_by(path)
+    if not kind or not kind.startswith(("det-train", "seg-train")):
+        return None
+    hint = ""
+    if kind.startswith(command):
+        model = "detector" if command == "det-train" else "segmentation model"
+        hint = (f"; to train that {model} further, resume its run: --resume {Path(path).parent} "
+                f"({more_iters} for more iterations)")
+    return CheckpointError(f"{setting}: {path} is {kind}, not a classification checkpoint for the backbone{hint}")
+
+
 def extract_state_dict(checkpoint: Any, use_ema: bool = False) -> Dict[str, Tensor]:
     """The state dict inside a checkpoint: 'model' (official / our training), 'state_dict', or the EMA weights
     when ``use_ema`` (an error if the checkpoint has none); DDP 'module.' and torch.compile '_orig_mod.' prefixes

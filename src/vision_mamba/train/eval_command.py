@@ -2,6 +2,7 @@
 checkpoint on an ImageFolder split.
 
     vision-mamba eval --checkpoint runs/vim/final.safetensors            # config.yaml of the run next to it
+    vision-mamba eval --checkpoint runs/vim                              # the same: a run's final.safetensors
     vision-mamba eval --checkpoint runs/vim/last.pth --ema --json out.json --plot confusion.png
     vision-mamba eval --model vim_tiny_patch16_224 --checkpoint vim_t_midclstok_76p1acc.pth \
         --data /data/imagenet --img-size 224
@@ -20,7 +21,7 @@ from typing import Any, Dict
 
 from ..engine.argtypes import non_negative_int, positive_int
 
-__all__ = ["add_arguments", "main", "run_eval", "resolve_eval_config", "NO_DATA"]
+__all__ = ["add_arguments", "main", "run_eval", "resolve_eval_config", "run_checkpoint", "NO_DATA"]
 
 NO_DATA = "(no dataset)"  # the data of a configuration resolved with need_data=False that named none
 CONFUSION_MAX_CLASSES = 100  # a confusion matrix is kept in the results and drawn up to this many classes
@@ -28,7 +29,8 @@ CONFUSION_MAX_CLASSES = 100  # a confusion matrix is kept in the results and dra
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
-                        help="weights: a training checkpoint (last.pth), safetensors, or an official .pth")
+                        help="weights: a training checkpoint (last.pth), safetensors, or an official .pth; or a run "
+                        "directory of train (its final.safetensors; with --ema its last.pth)")
     parser.add_argument("--config", metavar="YAML", help="training config or a run's config.yaml "
                         "(default: the config.yaml next to the checkpoint, or the one inside it)")
     parser.add_argument("--model", help="timm model name (default: from the config)")
@@ -55,6 +57,21 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PNG", help="also draw the confusion matrix (up to "
                         f"{CONFUSION_MAX_CLASSES} classes)")
     parser.add_argument("--no-progress", action="store_true")
+
+
+def run_checkpoint(path: "str | Path", use_ema: bool = False) -> Path:
+    """The weights file ``path`` names: the file itself, or in a run directory of ``vision-mamba train`` its final
+    weights, final.safetensors (with ``use_ema``: its last.pth, the training state that holds the EMA weights)."""
+    path = Path(path)
+    if not path.is_dir():
+        return path
+    name, what = (("last.pth", "the training state with the EMA weights --ema reads") if use_ema else
+                  ("final.safetensors", "the final weights of a train run"))
+    if not (path / name).is_file():
+        others = [] if use_ema else [n for n in ("last.pth", "best.safetensors") if (path / n).is_file()]
+        raise FileNotFoundError(f"{path} holds no {name} ({what})" + (f"; pass its {' or '.join(others)}"
+                                                                       if others else ""))
+    return path / name
 
 
 def resolve_eval_config(args: argparse.Namespace, need_data: bool = True):
@@ -185,6 +202,7 @@ def main(args: argparse.Namespace) -> int:
     from .config import ConfigError
 
     try:
+        args.checkpoint = str(run_checkpoint(args.checkpoint, args.ema))
         cfg = resolve_eval_config(args)
         result = run_eval(cfg, args.checkpoint, use_ema=args.ema, progress=not args.no_progress, tta=args.tta,
                           cuda_graph=getattr(args, "cuda_graph", "off") == "on")

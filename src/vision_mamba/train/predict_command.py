@@ -28,7 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.epilog = __doc__.split("\n\n", 1)[1]
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, or folders of them")
     parser.add_argument("--checkpoint", required=True, metavar="PATH",
-                        help="weights: final.safetensors / last.pth of a training run, or other weights with --model")
+                        help="weights: final.safetensors / last.pth of a training run, or its run directory (its "
+                        "final.safetensors; with --ema its last.pth), or other weights with --model")
     parser.add_argument("--config", metavar="YAML", help="the run's config (default: as vision-mamba eval finds it)")
     parser.add_argument("--model", help="timm model name (default: from the config)")
     parser.add_argument("--num-classes", type=positive_int, help="classes of the weights when nothing names them "
@@ -106,10 +107,11 @@ def load_classifier(args: argparse.Namespace) -> Tuple[Any, List[str], Any]:
     """(model in eval mode, class names, configuration) for ``args``; raises the CLI's user errors."""
     from ..data import DatasetError, check_data_source
     from ..models.checkpoint import CheckpointError, load_checkpoint
-    from .eval_command import NO_DATA, resolve_eval_config
+    from .eval_command import NO_DATA, resolve_eval_config, run_checkpoint
     from .model import create_classifier
 
-    checkpoint = Path(args.checkpoint)
+    checkpoint = run_checkpoint(args.checkpoint, args.ema)
+    args.checkpoint = str(checkpoint)
     cfg = resolve_eval_config(args, need_data=False)
     classes = _classes_in_checkpoint(checkpoint)
     if classes is None and cfg.data != NO_DATA:  # the configured dataset's classes, if it is here

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any, Optional
 
 import timm
@@ -55,7 +54,7 @@ def create_trunk(name: str, img_size: int, drop_path_rate: float = 0.0, init: Op
     head and (for Vim) its class token are dropped.
     """
     import vision_mamba  # noqa: F401
-    from vision_mamba.models.checkpoint import CheckpointError, load_checkpoint, written_by
+    from vision_mamba.models.checkpoint import CheckpointError, load_checkpoint, whole_model_error
 
     common = dict(pretrained=False, img_size=img_size, num_classes=0, drop_path_rate=drop_path_rate)
     if is_vim_model(name):
@@ -74,13 +73,10 @@ def create_trunk(name: str, img_size: int, drop_path_rate: float = 0.0, init: Op
         try:
             report = load_checkpoint(trunk, init, strict=True, adapt_head=True)
         except CheckpointError:
-            kind = written_by(init)  # a whole detector or segmentation model: one line, not its lists of keys
-            if kind and kind.startswith(("det-train", "seg-train")):
-                raise CheckpointError(
-                    f"model.init (--init): {init} is {kind}, not a classification checkpoint for the backbone"
-                    + (f"; to train that detector further, resume its run: --resume {Path(init).parent} "
-                       "(with --set train.iters=N for more iterations)" if kind.startswith("det-train") else "")
-                ) from None
+            # a whole detector or segmentation model: one line, not its lists of keys
+            error = whole_model_error(init, "model.init (--init)", "det-train", "with --set train.iters=N")
+            if error:
+                raise error from None
             raise
         _logger.info("backbone initialised from %s (left out: %s)", init, report.get("skipped"))
     depth = len(trunk.feature_info) if isinstance(getattr(trunk, "feature_info", None), list) else None

@@ -136,6 +136,7 @@ class DetectionConfig:
                  "model.rpn_post_nms_top_n_test": (m.rpn_post_nms_top_n_test, 1),
                  "model.rpn_conv_depth": (m.rpn_conv_depth, 0), "model.box_head_convs": (m.box_head_convs, 0),
                  "model.mask_head_convs": (m.mask_head_convs, 0), "data.workers": (d.workers, 0),
+                 "data.min_box_size": (d.min_box_size, 0),
                  "train.warmup_iters": (t.warmup_iters, 0), "eval.batch_size": (e.batch_size, 1),
                  "eval.max_images": (1 if e.max_images is None else e.max_images, 1)}
         for key, (value, lowest) in least.items():
@@ -150,6 +151,19 @@ class DetectionConfig:
                 raise ConfigError(f"{key} must be in [0, 1]; got {value}")
         if t.lr <= 0 or t.weight_decay < 0:
             raise ConfigError(f"train.lr must be positive and train.weight_decay >= 0; got {t.lr}, {t.weight_decay}")
+        if t.gamma <= 0:  # (0 would zero the lr from the first milestone on)
+            raise ConfigError(f"train.gamma must be positive; got {t.gamma}")
+        # fractions of train.iters: at 0 the decay would apply from the start, at 1 or more never
+        if not all(0 < f < 1 for f in t.milestones) or t.milestones != sorted(t.milestones):
+            raise ConfigError(f"train.milestones must be ascending fractions of train.iters in (0, 1); got "
+                              f"{t.milestones}")
+        if not 0 < t.warmup_factor <= 1:  # the lr factor the warm-up starts from
+            raise ConfigError(f"train.warmup_factor must be in (0, 1]; got {t.warmup_factor}")
+        if t.clip_grad is not None and t.clip_grad <= 0:  # (0 would silently not clip, < 0 flip the gradients)
+            raise ConfigError(f"train.clip_grad must be positive (or null: no clipping); got {t.clip_grad}")
+        if t.time_limit_minutes is not None and t.time_limit_minutes < 0:  # (0: stop after the first iteration)
+            raise ConfigError(f"train.time_limit_minutes must be at least 0 (or null: no limit); got "
+                              f"{t.time_limit_minutes}")
         if len(d.scale_range) != 2 or not 0 < d.scale_range[0] <= d.scale_range[1]:
             raise ConfigError(f"data.scale_range must be [min, max] with 0 < min <= max; got {d.scale_range}")
         if d.on_bad_annotation not in ("error", "skip"):
@@ -158,8 +172,8 @@ class DetectionConfig:
             raise ConfigError(f"train.schedule must be 'step' or 'cosine'; got {t.schedule!r}")
         if t.iters <= 0 or t.batch_size <= 0:
             raise ConfigError(f"train.iters and train.batch_size must be positive; got {t.iters}, {t.batch_size}")
-        if len(t.betas) != 2:
-            raise ConfigError(f"train.betas must be two numbers; got {t.betas}")
+        if len(t.betas) != 2 or not all(0 <= b < 1 for b in t.betas):
+            raise ConfigError(f"train.betas must be two numbers in [0, 1); got {t.betas}")
         if not 0 < t.layer_decay <= 1:
             raise ConfigError(f"train.layer_decay must be in (0, 1]; got {t.layer_decay}")
         if t.precision not in ("auto", "bf16", "fp16", "fp32"):

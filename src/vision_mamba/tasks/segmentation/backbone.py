@@ -19,7 +19,7 @@ import timm
 from torch import Tensor, nn
 
 from ...engine.config import constructed
-from ...models.checkpoint import CheckpointError, load_checkpoint
+from ...models.checkpoint import CheckpointError, load_checkpoint, whole_model_error
 
 __all__ = ["default_out_indices", "make_norm", "PyramidAdapter", "create_backbone"]
 
@@ -135,5 +135,10 @@ def create_backbone(name: str, img_size, *, init_checkpoint: Optional[str] = Non
         try:
             load_checkpoint(model, init_checkpoint, strict=True, adapt_head=True)
         except CheckpointError as e:
+            # a whole segmentation model or detector: one line, not its lists of keys
+            error = whole_model_error(init_checkpoint, "init_checkpoint (--init-checkpoint)", "seg-train",
+                                      "with --iters N")
+            if error:
+                raise error from None
             raise CheckpointError(f"cannot initialise the {name} backbone from {init_checkpoint}:\n{e}") from e
     return model
