@@ -136,6 +136,13 @@ def checkpoint_classes(path: "str | os.PathLike") -> Optional[List[str]]:
         return None
 
 
+# the format tags of the files this package's commands write: train's training state (last.pth), and the final
+# weights of det-train and seg-train (model.safetensors metadata)
+CLASSIFICATION_FORMAT = "vision_mamba.classification/1"
+DETECTION_FORMAT = "vision_mamba.detection/1"
+SEGMENTATION_FORMAT = "vision_mamba.segmentation/1"
+
+
 def written_by(path: "str | os.PathLike") -> Optional[str]:
     """Which command of this package wrote the checkpoint at ``path``, in words for an error message (e.g.
     "seg-train's training checkpoint"); None for other files and for files that cannot be read. Tells them apart by the
@@ -143,8 +150,8 @@ def written_by(path: "str | os.PathLike") -> Optional[str]:
     path = Path(path)
     if path.suffix == ".safetensors":
         meta = read_metadata(path)
-        return {"vision_mamba.detection/1": "det-train's final weights (a whole detector)",
-                "vision_mamba.segmentation/1": "seg-train's final weights (a whole segmentation model)"}.get(
+        return {DETECTION_FORMAT: "det-train's final weights (a whole detector)",
+                SEGMENTATION_FORMAT: "seg-train's final weights (a whole segmentation model)"}.get(
             meta.get("format", ""), "classifier weights exported by train" if meta.get("model") else None)
     try:
         state = read_checkpoint(path, mmap=True)
@@ -152,7 +159,7 @@ def written_by(path: "str | os.PathLike") -> Optional[str]:
         return None
     if not isinstance(state, Mapping) or not isinstance(state.get("config"), Mapping):
         return None
-    if state.get("format") == "vision_mamba.classification/1":
+    if state.get("format") == CLASSIFICATION_FORMAT:
         return "train's training checkpoint"
     if "categories" in state:
         return "det-train's training checkpoint (a whole detector)"

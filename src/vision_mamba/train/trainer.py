@@ -42,7 +42,8 @@ from ..engine import (DistributedContext, InterruptGuard, MetricLogger, NonFinit
 from ..engine.config import absolute_path
 from ..engine.files import write_json
 from ..engine.rundir import hold_run_dir
-from ..models.checkpoint import check_fit, checkpoint_classes, load_checkpoint, save_state_dict
+from ..models.checkpoint import (CLASSIFICATION_FORMAT, check_fit, checkpoint_classes, load_checkpoint,
+                                 save_state_dict)
 from .budget import StepTimer, plan_epochs
 from .config import ConfigError, TrainConfig
 from .distill import DistillationLoss, Teacher, pack_targets
@@ -52,7 +53,7 @@ from .model import EmaWeights, check_model_name, create_classifier, unwrap
 
 __all__ = ["Trainer", "TrainResult", "default_output", "default_output_prefix", "CHECKPOINT_FORMAT"]
 
-CHECKPOINT_FORMAT = "vision_mamba.classification/1"
+CHECKPOINT_FORMAT = CLASSIFICATION_FORMAT
 _FUSED_OPTS = ("adamw", "adam", "sgd", "momentum")  # timm names of optimizers torch has fused kernels for
 StepHook = Callable[["Trainer", int, int, torch.Tensor], None]
 

@@ -156,11 +156,11 @@ def save_detector(model: nn.Module, path: "str | Path", config: DetectionConfig,
                   categories: Sequence[Dict[str, Any]]) -> Path:
     """Final weights as safetensors, with the resolved config and the categories (label i+1 = categories[i])
     in the metadata; written atomically."""
-    from vision_mamba.models.checkpoint import save_state_dict
+    from vision_mamba.models.checkpoint import DETECTION_FORMAT, save_state_dict
 
     path = Path(path)
     metadata = {"config": json.dumps(config.to_dict()), "categories": json.dumps(list(categories)),
-                "format": "vision_mamba.detection/1"}
+                "format": DETECTION_FORMAT}
     save_state_dict(model, path, metadata=metadata)
     return path
 

@@ -16,7 +16,8 @@ import torch.nn.functional as F
 from timm.models import group_parameters
 from torch import Tensor, nn
 
-from ...models.checkpoint import CheckpointError, check_fit, read_checkpoint, read_metadata, save_state_dict
+from ...models.checkpoint import (SEGMENTATION_FORMAT, CheckpointError, check_fit, read_checkpoint, read_metadata,
+                                  save_state_dict)
 from .backbone import PyramidAdapter, create_backbone
 from .config import ConfigError, SegConfig
 from .datasets import ClassList
@@ -25,7 +26,7 @@ from .heads import FCNHead, UperNetHead
 __all__ = ["SegmentationModel", "segmentation_loss", "build_segmentation_model", "save_segmentation_model",
            "load_segmentation_model"]
 
-METADATA_FORMAT = "vision_mamba.segmentation/1"
+METADATA_FORMAT = SEGMENTATION_FORMAT
 
 
 class SegmentationModel(nn.Module):
