@@ -241,20 +241,21 @@ def main() -> int:
     # steps, once unmasked (a whole pass) and once predicated (the last pass, cut by the end)
     lanes_kernel = gk.scan_fwd_lanes_gluon_kernel
     # (and programs of several warps, lanes_warps: 32 warps / tpc channels, staged 16 or 32 steps at a time; and a
-    # channel's lanes 32 / tpc apart, lanes_high)
-    for tpc, unroll, expect_u, warps, high in (
-            (2, 1, 2, 1, 0), (2, 4, 4, 1, 0), (4, 4, 4, 1, 0), (4, 8, 8, 1, 0), (2, 16, 16, 1, 0), (2, 32, 16, 1, 0),
-            (2, 16, 16, 2, 0), (4, 16, 16, 2, 0), (4, 16, 16, 4, 0), (2, 16, 16, 1, 1), (4, 16, 16, 4, 1)):
+    # channel's lanes 32 / tpc apart, lanes_high; and its sums as chains of adds, gluon_chain: no more shuffles)
+    for tpc, unroll, expect_u, warps, high, chain in (
+            (2, 1, 2, 1, 0, 0), (2, 4, 4, 1, 0, 0), (4, 4, 4, 1, 0, 0), (4, 8, 8, 1, 0, 0), (2, 16, 16, 1, 0, 0),
+            (2, 32, 16, 1, 0, 0), (2, 16, 16, 2, 0, 0), (4, 16, 16, 2, 0, 0), (4, 16, 16, 4, 0, 0), (2, 16, 16, 1, 1, 0),
+            (4, 16, 16, 4, 1, 0), (2, 16, 16, 1, 1, 1), (4, 16, 16, 4, 1, 1), (2, 4, 4, 1, 0, 1)):
         cap = _Capture()
         gk.scan_fwd_lanes_gluon_kernel = cap
         ts.scan_forward(padded_args(1, 300), torch.bfloat16, save_states=False,
                         config=dict(ts._config(), min_programs=1 << 20, onepass_tpc=tpc, onepass_share=unroll,
-                                    lanes_warps=warps, lanes_high=high))
+                                    lanes_warps=warps, lanes_high=high, gluon_chain=chain))
         gk.scan_fwd_lanes_gluon_kernel = lanes_kernel
         assert len(cap.calls) == 1, len(cap.calls)
         kwargs = cap.calls[0][1]
         assert kwargs["TPC"] == tpc and kwargs["U"] == expect_u and kwargs["BLOCK_E"] == 32 * warps // tpc, kwargs
-        assert kwargs["LANE_HI"] == bool(high), kwargs
+        assert kwargs["LANE_HI"] == bool(high) and kwargs["CHAIN"] == bool(chain), kwargs
         assert kwargs["num_warps"] == warps and kwargs["STAGE"] >= 32 * warps // (kwargs["BLOCK_E"] // 8), kwargs
         ptx = compile_call(lanes_kernel, cap.calls[0])
         assert "cp.async" in ptx and ".entry" in ptx and "ex2.approx" in ptx
@@ -271,18 +272,19 @@ def main() -> int:
     # each chunk's state (no output: no y sums, so half the shuffles, and only the end state's and delta's sums
     # stored), then a pass from each chunk's start state that writes y; the carry between them is a Triton kernel
     ts._sm_count = lambda device: 132
-    for B, L, high in ((1, 300, 0), (1, 6085, 0), (1, 6085, 1)):
+    for B, L, high, chain in ((1, 300, 0, 0), (1, 6085, 0, 0), (1, 6085, 1, 0), (1, 6085, 1, 1)):
         cap = _Capture()
         gk.scan_fwd_lanes_gluon_kernel = cap
         ts.scan_forward(padded_args(B, L), torch.bfloat16, save_states=False,
                         config=dict(ts._config(), min_programs=1 << 20, onepass_tpc=0, lanes_chunk_warps=16,
-                                    lanes_high=high))
+                                    lanes_high=high, gluon_chain=chain))
         gk.scan_fwd_lanes_gluon_kernel = lanes_kernel
         assert len(cap.calls) == 2, len(cap.calls)
         (args1, first), (args2, second) = cap.calls
         assert not first["WRITE_Y"] and first["WRITE_END"] and not first["HAS_INIT"], first
         assert second["WRITE_Y"] and not second["WRITE_END"] and second["HAS_INIT"], second
         assert first["LANE_HI"] == second["LANE_HI"] == bool(high), (first, second)
+        assert first["CHAIN"] == second["CHAIN"] == bool(chain), (first, second)
         for call, bfly in ((cap.calls[0], first["U"]), (cap.calls[1], 2 * second["U"])):
             ptx = compile_call(lanes_kernel, call)
             assert "cp.async" in ptx and ".entry" in ptx and "ex2.approx" in ptx

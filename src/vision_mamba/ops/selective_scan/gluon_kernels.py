@@ -594,18 +594,26 @@ if gluon is not None:
 
     @gluon.jit
     def _dt_parts(r_grp, wa3, wb3, WA: gl.constexpr, WB: gl.constexpr, TPC: gl.constexpr, lanes: gl.constexpr,
-                  HI: gl.constexpr = False):
-        """W_dt dt_low for a group of U staged rows ([U, RW], dt_low in columns 0 .. WA + WB - 1) as [channels, U]
-        in ``lanes``: the sums over the two parts of the columns (WA, then WB wide), no zero columns."""
+                  HI: gl.constexpr = False, bias=None, CHAIN: gl.constexpr = False):
+        """bias + W_dt dt_low for a group of U staged rows ([U, RW], dt_low in columns 0 .. WA + WB - 1) as
+        [channels, U] in ``lanes``: the sums over the two parts of the columns (WA, then WB wide), no zero columns;
+        with CHAIN (parts of at most 16) one chain from the bias through both parts (_chain_sum)."""
         U: gl.constexpr = r_grp.shape[0]
         BLOCK_E: gl.constexpr = wa3.shape[0]
         da: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WA, gl.num_warps(), HI)
         db: gl.constexpr = _lanes_d3(BLOCK_E, U, TPC, WB, gl.num_warps(), HI)
         dta = r_grp.slice(0, WA, dim=1).load(gl.SliceLayout(0, da)).to(gl.float32)
         dtb = r_grp.slice(WA, WB, dim=1).load(gl.SliceLayout(0, db)).to(gl.float32)
-        sa = gl.convert_layout(gl.sum(wa3 * gl.expand_dims(dta, 0), axis=2), lanes, assert_trivial=True)
-        sb = gl.convert_layout(gl.sum(wb3 * gl.expand_dims(dtb, 0), axis=2), lanes, assert_trivial=True)
-        return sa + sb
+        if CHAIN and WA <= 16 and WB <= 16:
+            r = _chain_sum(wb3 * gl.expand_dims(dtb, 0), _chain_sum(wa3 * gl.expand_dims(dta, 0), bias, WA, lanes),
+                           WB, lanes)
+        else:
+            sa = gl.convert_layout(gl.sum(wa3 * gl.expand_dims(dta, 0), axis=2), lanes, assert_trivial=True)
+            sb = gl.convert_layout(gl.sum(wb3 * gl.expand_dims(dtb, 0), axis=2), lanes, assert_trivial=True)
+            r = sa + sb
+            if bias is not None:
+                r += bias
+        return r
 
     @gluon.jit
     def _steps_view(buf, dtype: gl.constexpr, GROUPS: gl.constexpr, U: gl.constexpr, WIDTH: gl.constexpr,
@@ -628,6 +636,7 @@ if gluon is not None:
         VR: gl.constexpr, TPC: gl.constexpr, U: gl.constexpr, CHUNKS: gl.constexpr = False,
         HAS_INIT: gl.constexpr = False, WRITE_END: gl.constexpr = False, WRITE_Y: gl.constexpr = True,
         R_HI: gl.constexpr = 0, LANE_HI: gl.constexpr = False, GATE_TANH: gl.constexpr = False,
+        CHAIN: gl.constexpr = False,
     ):
         """The staged one-pass inference forward with each channel's states over TPC lanes (as
         ``scan_fwd_staged_gluon_kernel`` with TPC > 1), where the lanes of a channel share its work of a step
@@ -641,7 +650,8 @@ if gluon is not None:
 
         CHUNKS (program_id(1) = c): the program runs steps c * steps .. c * steps + steps - 1 (``steps`` a multiple
         of STAGE; without CHUNKS the whole sequence, in the code the one pass had before chunks: the same SASS).
-        GATE_TANH: as in ``scan_fwd_staged_gluon_kernel``.
+        GATE_TANH: as in ``scan_fwd_staged_gluon_kernel``. CHAIN: W_dt dt_low + bias and a lane's part of C_t . h_t
+        as chains of adds (_chain_sum; parts of W_dt's row up to 16 wide), not gl.sum's trees (Triton 3.7 on).
         HAS_INIT: its state starts from hinit [B, 2, chunks, N, E] instead of zero; WRITE_END: it stores its end
         state in hend (same layout) and its sum of delta in dsum [B, 2, chunks, E] (for chunk_carry_kernel; the
         steps from L on, staged as zeros, then leave the state alone); WRITE_Y=False: no output, nor the loads and
@@ -725,10 +735,13 @@ if gluon is not None:
             r_grp_rows = _rows_view(r_grp, rows_ptr.dtype.element_ty, U, RW, row_l)
             x_grp_rows = _rows_view(x_grp, x_ptr.dtype.element_ty, U, BLOCK_E, row_l)
             if R_HI:
-                delta_l = _dt_parts(r_grp, wa3, wb3, R_HI, R - R_HI, TPC, lanes, LANE_HI) + bias_l
+                delta_l = _dt_parts(r_grp, wa3, wb3, R_HI, R - R_HI, TPC, lanes, LANE_HI, bias_l, CHAIN)
             else:
                 dt = r_grp.slice(0, BLOCK_R, dim=1).load(gl.SliceLayout(0, d3)).to(gl.float32)
-                delta_l = gl.sum(w3 * gl.expand_dims(dt, 0), axis=2) + bias_l
+                if CHAIN and BLOCK_R <= 16:
+                    delta_l = _chain_sum(w3 * gl.expand_dims(dt, 0), bias_l, BLOCK_R, lanes)
+                else:
+                    delta_l = gl.sum(w3 * gl.expand_dims(dt, 0), axis=2) + bias_l
             delta_l = _softplus(delta_l)
             if WRITE_END:  # (steps from L on: no decay, nothing added, not counted)
                 delta_l = gl.where(s0 + jj < L, delta_l, 0.0)
@@ -750,7 +763,13 @@ if gluon is not None:
                 h = gl.exp2(gl.expand_dims(delta, 1) * a2) * h \
                     + gl.expand_dims(delta * xv, 1) * gl.expand_dims(ba, 0)
                 if WRITE_Y:
-                    yu = gl.convert_layout(gl.sum(h * gl.expand_dims(ca, 0), axis=1), ch_l, assert_trivial=True)
+                    if CHAIN:  # (a lane's NS states in a chain, then the sum over the channel's lanes)
+                        yu = _chain_sum(h * gl.expand_dims(ca, 0), None, NS, None)
+                        if TPC > 1:
+                            yu = gl.sum(yu, axis=1)
+                    else:
+                        yu = gl.sum(h * gl.expand_dims(ca, 0), axis=1)
+                    yu = gl.convert_layout(yu, ch_l, assert_trivial=True)
                     yl = gl.where(jj == u, gl.expand_dims(yu, 1), yl)
             if WRITE_Y:  # each step's lane: D x, the gate and the store
                 xl = x_grp.permute((1, 0)).load(lanes).to(gl.float32)
@@ -818,6 +837,68 @@ if gluon is not None:
         r += gl.convert_layout(b3, layout)
         r += gl.convert_layout(a7, layout)
         r += gl.convert_layout(b7, layout)
+        return r
+
+    @gluon.jit
+    def _halves(x):
+        """``x`` ([..., W], 2-D or 3-D, the last axis's pairs of neighbours in one thread) as its even and its odd
+        columns ([..., W / 2]; for W = 2 the last axis dropped): register renames, no data moves."""
+        W: gl.constexpr = x.shape[len(x.shape) - 1]
+        if W == 2:
+            even, odd = gl.split(x)
+        elif len(x.shape) == 2:
+            even, odd = gl.split(gl.reshape(x, [x.shape[0], W // 2, 2]))
+        else:
+            even, odd = gl.split(gl.reshape(x, [x.shape[0], x.shape[1], W // 2, 2]))
+        return even, odd
+
+    @gluon.jit
+    def _link(acc, x, layout: gl.constexpr):
+        """acc + x (x converted to ``layout`` unless it is None; ``acc`` None: x alone): one link of a chain."""
+        if layout is not None:
+            x = gl.convert_layout(x, layout)
+        if acc is not None:
+            x = acc + x
+        return x
+
+    @gluon.jit
+    def _chain2(p, acc, layout: gl.constexpr):
+        e, o = _halves(p)
+        return _link(_link(acc, e, layout), o, layout)
+
+    @gluon.jit
+    def _chain4(p, acc, layout: gl.constexpr):
+        e, o = _halves(p)
+        return _chain2(o, _chain2(e, acc, layout), layout)
+
+    @gluon.jit
+    def _chain8(p, acc, layout: gl.constexpr):
+        e, o = _halves(p)
+        return _chain4(o, _chain4(e, acc, layout), layout)
+
+    @gluon.jit
+    def _chain16(p, acc, layout: gl.constexpr):
+        e, o = _halves(p)
+        return _chain8(o, _chain8(e, acc, layout), layout)
+
+    @gluon.jit
+    def _chain_sum(p, acc, K: gl.constexpr, layout: gl.constexpr):
+        """acc + the sum of ``p`` over its last axis's K elements in a thread (K = 1, 2, 4, 8 or 16), as one
+        chain of adds (the leaves' order: even columns before odd ones, at every level) rather than gl.sum's tree
+        (Triton 3.7 on; see _chain_sum16). Where the last axis is K wide it is summed away; where it is wider (a
+        row over lanes: [..., K x lanes] with K neighbours a thread), the result keeps it, each lane's partial
+        sum, for a gl.sum over the lanes. Each leaf is converted to ``layout`` (None: as it comes)."""
+        if K == 1:
+            r = _link(acc, gl.sum(p, axis=len(p.shape) - 1), layout)
+        elif K == 2:
+            r = _chain2(p, acc, layout)
+        elif K == 4:
+            r = _chain4(p, acc, layout)
+        elif K == 8:
+            r = _chain8(p, acc, layout)
+        else:
+            gl.static_assert(K == 16, "_chain_sum: K must be 1, 2, 4, 8 or 16")
+            r = _chain16(p, acc, layout)
         return r
 
     @gluon.jit

@@ -651,12 +651,13 @@ def _scan_forward(args: _ScanArgs, y_dtype: torch.dtype, save_states: bool, conf
         _launch_gluon_onepass(args, y, cfg.get("gluon_staged", 0), tpc=tpc, cpt=cfg.get("onepass_cpt", 1),
                               unroll=cfg.get("onepass_unroll", 1), share=cfg.get("onepass_share", 0),
                               r_hi=_rank_split(cfg, args.R), warps=_lanes_warps(cfg, tpc),
-                              high=bool(cfg.get("lanes_high", 1)), special=_special(cfg, y_dtype))
+                              high=bool(cfg.get("lanes_high", 1)), special=_special(cfg, y_dtype),
+                              chain=_chain_sums(cfg))
         return y, None
     lanes_plan = _lanes_chunking(cfg, args, dev) if n_chunks > 1 and not save_states else None
     if lanes_plan is not None:  # (inference that stays chunked: in chunks of the lanes kernel)
         _launch_lanes_chunked(args, y, lanes_plan, r_hi=_rank_split(cfg, args.R),
-                              high=bool(cfg.get("lanes_high", 1)))
+                              high=bool(cfg.get("lanes_high", 1)), chain=_chain_sums(cfg))
         return y, None
     use_gluon = kind is not None
     ahead = _forward_ahead(cfg, block_e, save_states, gluon=use_gluon)
@@ -1071,11 +1072,11 @@ def _lanes_unroll(share: int, tpc: int, stage: int) -> int:
 
 @_gluon_launch
 def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int, int], tpc: int = 2,
-                          r_hi: int = 0, high: bool = False) -> None:
+                          r_hi: int = 0, high: bool = False, chain: bool = False) -> None:
     """Inference in chunks of scan_fwd_lanes_gluon_kernel: each chunk but the last from a zero state to its end
     state and its sum of delta (no output), the carry across chunks (:func:`_chunk_carry`), then every chunk again
     from the state that truly enters it, writing y. ``r_hi``: the kernel's R_HI (:func:`_rank_split`); ``high``:
-    its LANE_HI."""
+    its LANE_HI; ``chain`` its CHAIN (:func:`_chain_sums`)."""
     from . import gluon_kernels
 
     stage, unroll, n_chunks, steps = plan
@@ -1084,7 +1085,7 @@ def _launch_lanes_chunked(args: _ScanArgs, y: Tensor, plan: Tuple[int, int, int,
     block_e = 32 // tpc
     common, flags = _onepass_args(args, y, block_e)
     rw, vx, vr = _staged_fits(args, stage, args.dt[0], block_e)
-    flags.update(STAGE=stage, RW=rw, VX=vx, VR=vr, TPC=tpc, U=unroll, R_HI=r_hi, LANE_HI=high)
+    flags.update(STAGE=stage, RW=rw, VX=vx, VR=vr, TPC=tpc, U=unroll, R_HI=r_hi, LANE_HI=high, CHAIN=chain)
     f32 = dict(device=dev, dtype=torch.float32)
     hend, hinit = _new(B, 2, n_chunks, N, E, **f32), _new(B, 2, n_chunks, N, E, **f32)
     dsum = _new(B, 2, n_chunks, E, **f32)
@@ -1116,8 +1117,8 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
     scan_fwd_lanes_gluon_kernel instead, max(share, tpc) steps a pass (a power of two up to the stage), and
     ``r_hi`` its R_HI (:func:`_rank_split`), in programs of ``warps`` warps (32 ``warps`` / ``tpc`` channels; one
     warp where E is no multiple of that or the staged copies do not fit), ``high`` its LANE_HI. ``special``
-    (inference, staged and lanes kernels): their GATE_TANH (:func:`_special`). ``chain``: the staged kernel's CHAIN
-    (:func:`_chain_sums`; a channel a thread only)."""
+    (inference, staged and lanes kernels): their GATE_TANH (:func:`_special`). ``chain``: the CHAIN of the staged
+    kernel with a channel a thread, and of the lanes kernel (:func:`_chain_sums`)."""
     from . import gluon_kernels
 
     if unroll < 1 or unroll & (unroll - 1) or share < 0 or share & (share - 1):
@@ -1145,7 +1146,8 @@ def _launch_gluon_onepass(args: _ScanArgs, y: Tensor, stage: int = 0, hsave: Opt
             dummy = _dummy(x.device)  # (one pass: no chunks, start states, end states or sums of delta)
             fast(gluon_kernels.scan_fwd_lanes_gluon_kernel)[(B * (E // block_e), 1, 2)](
                 *common, dummy, dummy, dummy, 0, 0, 0, 0, STAGE=stage, RW=rw, VX=vx, VR=vr,
-                TPC=tpc, U=_lanes_unroll(share, tpc, stage), R_HI=r_hi, LANE_HI=high, **(special or {}), **flags)
+                TPC=tpc, U=_lanes_unroll(share, tpc, stage), R_HI=r_hi, LANE_HI=high, CHAIN=chain,
+                **(special or {}), **flags)
         elif stage:
             rw, vx, vr = _staged_fits(args, stage, rows, block_e)
             fast(gluon_kernels.scan_fwd_staged_gluon_kernel)[(B * (E // block_e), 1, 2)](
