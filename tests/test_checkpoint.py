@@ -236,6 +236,28 @@ def test_checkpoint_of_another_width_lists_every_mismatch(tmp_path, caplog):
         timm.create_model("test_vim", pretrained=True, pretrained_cfg_overlay=overlay)
 
 
+@pytest.mark.parametrize("saved,target,first_line", [
+    (("vim_small_patch16_224", dict(img_size=32)), ("vim_tiny_patch16_224", dict(img_size=32)),
+     "the checkpoint's Vim is 384 wide with 24 blocks of 16x16 patches, the model 192 wide with 24 blocks of 16x16 "
+     "patches; create the model the checkpoint was trained as (vim_small_patch16_224, or its stride-8 variant)"),
+    (("test_vim", dict(depth=3)), ("test_vim", {}),
+     "the checkpoint's Vim is 32 wide with 3 blocks of 16x16 patches, the model 32 wide with 2 blocks of 16x16 "
+     "patches; create the model the checkpoint was trained as"),
+    (("test_vim", dict(class_token=False, global_pool="avg")), ("test_vim", {}),
+     "the checkpoint's Vim is 32 wide with 2 blocks of 16x16 patches and no class token, the model 32 wide with 2 "
+     "blocks of 16x16 patches; create the model the checkpoint was trained as (class_token=False, global_pool='avg')"),
+    (("test_vim", dict(num_classes=5)), ("test_vim", {}), "its classifier has 5 classes, the model's 10"),
+], ids=["width", "depth", "class-token", "classes"])
+def test_the_first_line_of_a_misfit_says_how_the_checkpoint_differs(tmp_path, saved, target, first_line):
+    """A checkpoint of another build: the error's first line says what it is and what to do (the lists of keys and
+    shapes follow); it only listed them."""
+    path = tmp_path / "other.pth"
+    torch.save({"model": timm.create_model(saved[0], **saved[1]).state_dict()}, path)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(timm.create_model(target[0], **target[1]), path)
+    assert str(err.value).splitlines()[0] == f"checkpoint {path} does not fit VisionMamba: {first_line}"
+
+
 def test_pretrained_rgb_weights_into_other_channels(tmp_path):
     """As timm does for its own models: the RGB patch kernel summed for one channel, repeated and rescaled for
     four; everything else loads unchanged."""

@@ -235,6 +235,45 @@ def test_a_script_with_a_live_streaming_loader_exits(tmp_path):
         assert proc.stdout.strip() == ("read 2" if how == "part" else "read 4")
 
 
+def test_a_split_of_unreadable_images_is_one_line_and_eval_exits(tmp_path):
+    """Every image of the split unreadable, read by DataLoader workers: `vision-mamba eval` says so in one line and
+    exits 2. It printed the worker's traceback as the message, then waited for ever at exit on the evaluation
+    loader's workers (they ignore SIGTERM). Training's loader gives the same one line; the count is of the images
+    there are, not the 17 a longer run of broken files is cut at."""
+    import multiprocessing
+    import subprocess
+    import sys
+
+    import timm
+
+    root = tmp_path / "data"
+    for split in ("train", "val"):
+        for name in ("a", "b"):
+            (root / split / name).mkdir(parents=True)
+            (root / split / name / "x.jpg").write_bytes(b"\xff\xd8\xff not a jpeg")
+    torch.save({"model": timm.create_model("test_vim", num_classes=2, img_size=32, patch_size=8).state_dict()},
+               tmp_path / "w.pth")
+    proc = subprocess.run([sys.executable, "-m", "vision_mamba", "eval", "--checkpoint", str(tmp_path / "w.pth"),
+                           "--model", "test_vim", "--img-size", "32", "--set", "model_kwargs.patch_size=8", "--data",
+                           str(root), "--workers", "2", "--gpu-resident", "false", "--device", "cpu",
+                           "--no-progress"], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith(
+        f"error: {root / 'val'}: none of its 2 image(s) could be read, starting at {root / 'val'}"), proc.stderr
+    before = set(multiprocessing.active_children())
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        data = build_classification_data(str(root), img_size=32, batch_size=2, workers=2, device="cpu",
+                                         gpu_resident=False, progress=False)
+        with pytest.raises(DatasetError) as info:
+            next(iter(data.train.epoch(0)))
+    message = str(info.value)
+    assert message.startswith(f"{root / 'train'}: none of its 2 image(s) could be read") and "\n" not in message
+    # its persistent workers are stopped with the error, not left to outlive the loader and block the exit
+    assert set(multiprocessing.active_children()) <= before
+
+
 def test_resident_decode_drops_and_reports_corrupt_files(tmp_path):
     root = make_folder(tmp_path / "x", per_class=2)
     garbage, _ = _corrupt(root)

@@ -478,6 +478,9 @@ def test_config_merging_and_errors(tmp_path):
         load_config(None, ["data.on_bad_annotation=ignore"])
     with pytest.raises(ConfigError, match="not of the form"):
         load_config(None, ["train.iters"])
+    path.write_bytes(b"\x89PNG\r\n\x1a\n")  # an image given as the config: one line, not a UnicodeDecodeError
+    with pytest.raises(ConfigError, match=r"c.yaml: not a YAML file \(not UTF-8 text: invalid start byte at byte 0\)"):
+        load_config(path)
 
 
 @pytest.mark.parametrize("override,message", [

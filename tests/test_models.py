@@ -231,6 +231,66 @@ def test_bad_input_errors(shape, match):
         model(torch.randn(*shape))
 
 
+@pytest.mark.parametrize("images", [[torch.zeros(3, 64, 64)], torch.zeros(1, 3, 64, 64).numpy()],
+                         ids=["list", "numpy"])
+def test_input_that_is_not_a_tensor_error(images):
+    with pytest.raises(TypeError, match=r"expects a torch.Tensor of images \[B, C, H, W\]; got a "
+                                        r"(builtins.list|numpy.ndarray) \(torch.as_tensor converts"):
+        timm.create_model("test_vim")(images)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(img_size=8), "img_size 8x8 is smaller than one 16x16 patch; use at least img_size=16"),
+    (dict(img_size=(64, 15)), "img_size 64x15 is smaller than one 16x16 patch"),
+    (dict(img_size=0), "img_size must be a positive int or a pair of them"),
+    (dict(img_size=-64), "img_size must be a positive int or a pair of them"),
+    (dict(img_size=(64,)), r"img_size must be .* got \(64,\)"),
+    (dict(img_size=64.0), "img_size must be .* got 64.0"),
+    (dict(img_size="64"), "img_size must be .* got '64'"),
+    (dict(patch_size=0), "patch_size must be a positive int"),
+    (dict(stride=0), "stride must be a positive int"),
+    (dict(in_chans=0), "in_chans must be a positive int; got 0"),
+    (dict(embed_dim=0), "embed_dim must be a positive int; got 0"),
+])
+def test_impossible_geometry_is_refused_when_the_model_is_built(kwargs, match):
+    """Sizes that leave no patch, or are not sizes, are a ValueError naming the argument when the model is made
+    (they used to build a model with no tokens that failed at its first forward, or fail with IndexError /
+    ZeroDivisionError); set_input_size checks the same."""
+    with pytest.raises(ValueError, match=match):
+        timm.create_model("test_vim", **kwargs)
+    with pytest.raises(ValueError, match="img_size 8x8 is smaller than one 16x16 patch"):
+        timm.create_model("test_vim").set_input_size(8)
+    import numpy as np
+
+    assert timm.create_model("test_vim", img_size=(np.int64(32), 48)).patch_embed.grid_size == (2, 3)
+
+
+def test_the_official_model_names_make_the_registered_variants(tmp_path):
+    """The official code's --model names (kept in its checkpoints' args) build the same models, official-format
+    weights load through them, timm warns which name they map to, and timm.list_models() lists the short names."""
+    from vision_mamba.models.vision_mamba import OFFICIAL_NAMES
+
+    assert len(OFFICIAL_NAMES) == 5 and set(OFFICIAL_NAMES.values()) <= set(MODEL_NAMES)
+    for official, name in OFFICIAL_NAMES.items():
+        with pytest.warns(UserWarning, match=f"to current {name}"):
+            model = timm.create_model(official, img_size=32, depth=1, num_classes=3)
+        reference = timm.create_model(name, img_size=32, depth=1, num_classes=3)
+        assert {k: v.shape for k, v in model.state_dict().items()} == \
+            {k: v.shape for k, v in reference.state_dict().items()}
+        assert model.patch_embed.stride == reference.patch_embed.stride
+    assert not [n for n in timm.list_models("vim*") if "bimamba" in n]
+    source = perturb(timm.create_model("vim_tiny_patch16_224", img_size=32, depth=2, num_classes=3)).eval()
+    path = tmp_path / "official.pth"
+    torch.save({"model": source.state_dict(), "epoch": 299}, path)
+    with pytest.warns(UserWarning, match="to current vim_tiny_patch16_224"):
+        loaded = timm.create_model("vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2",
+                                   pretrained=True, pretrained_cfg_overlay=dict(file=str(path)), img_size=32,
+                                   depth=2, num_classes=3).eval()
+    x = torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(loaded(x), source(x))
+
+
 @pytest.mark.parametrize("dtype", [torch.uint8, torch.int64, torch.bool])
 def test_non_float_input_error(dtype):
     with pytest.raises(TypeError, match=f"floating-point images .*got {dtype}"):

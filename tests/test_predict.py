@@ -56,6 +56,25 @@ def test_predictions_use_the_stored_class_names_and_the_training_preprocessing(o
     assert json.loads(again.read_text())["predictions"] == predictions
 
 
+def test_a_run_directory_is_resolved_without_changing_the_callers_arguments(overfit, tmp_path):
+    """--checkpoint RUN_DIR: its final.safetensors is loaded and named in the JSON, but load_classifier and the
+    command only read their argparse Namespace (it used to come back with args.checkpoint rewritten)."""
+    from vision_mamba.train import predict_command
+
+    tmp, weights, _ = overfit
+    image = next(p for d in sorted((tmp / "images").iterdir()) for p in sorted(d.iterdir()))
+    report = tmp_path / "pred.json"
+    argv = ["predict", "--checkpoint", str(weights.parent), "--json", str(report), str(image)]
+    args = cli.build_parser(argv).parse_args(argv)
+    given = vars(args).copy()
+    model, classes, cfg = predict_command.load_classifier(args)
+    assert vars(args) == given
+    assert classes == list(SYNTHETIC_CLASSES) and cfg.img_size == 32 and not model.training
+    assert predict_command.main(args) == 0
+    assert vars(args) == given
+    assert json.loads(report.read_text())["checkpoint"] == str(weights)
+
+
 def test_a_corrupt_image_is_skipped_and_reported_and_bad_paths_are_errors(overfit, tmp_path, capsys):
     tmp, weights, _ = overfit
     good = next((tmp / "images" / SYNTHETIC_CLASSES[0]).iterdir(), None) or \

@@ -149,6 +149,48 @@ def test_cli_refuses_an_img_size_the_patches_do_not_tile(tmp_path, capsys):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("command", [["train"], ["eval", "--checkpoint", "CKPT"],
+                                     ["predict", "--checkpoint", "CKPT", "IMAGE"], ["seg-train"]])
+def test_a_config_that_is_not_text_is_a_one_line_error(tmp_path, capsys, command):
+    """An image (or a checkpoint) passed as --config: a one-line error naming it, not a UnicodeDecodeError
+    traceback."""
+    from PIL import Image
+
+    picture = tmp_path / "photo.png"
+    Image.new("RGB", (8, 8)).save(picture)
+    (tmp_path / "w.pth").write_bytes(b"weights")
+    argv = [{"CKPT": str(tmp_path / "w.pth"), "IMAGE": str(picture)}.get(a, a) for a in command]
+    assert cli.main(argv + ["--config", str(picture)]) == 2
+    err = capsys.readouterr().err
+    assert f"config {picture}: not a YAML file (not UTF-8 text: invalid start byte at byte 0)" in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1, err
+
+
+@pytest.mark.parametrize("name,message", [
+    ("confusion.txt", "matplotlib does not write .txt files; give a .png file"),
+    ("confusion", "the file has no ending; give a .png file")])
+def test_eval_refuses_a_plot_it_cannot_write_before_evaluating(tmp_path, capsys, name, message):
+    """eval --plot with an ending matplotlib does not write: one line before anything is loaded (it was
+    matplotlib's traceback after the whole evaluation)."""
+    plot = tmp_path / name
+    assert cli.main(["eval", "--checkpoint", str(tmp_path / "missing.pth"), "--plot", str(plot)]) == 2
+    assert capsys.readouterr().err.strip() == f"error: --plot {plot}: {message} (or .pdf, .svg, .jpg)"
+
+
+def test_an_img_size_among_the_model_arguments_must_be_the_images_size():
+    """model_kwargs.img_size other than img_size built a model for another size than its images: a traceback at
+    the first batch of train, eval or predict. The same for a teacher; the same size is accepted."""
+    with pytest.raises(ConfigError, match=r"^config key 'model_kwargs': its img_size is not the 32 px the images are "
+                                          r"resized to; set img_size instead"):
+        resolve_config(QUICKSTART, parse_overrides(["model_kwargs.img_size=8"]))
+    teacher = ["teacher=test_vim", "teacher_checkpoint=t.pth", "teacher_img_size=48"]
+    with pytest.raises(ConfigError, match=r"^config key 'teacher_kwargs': its img_size is not the 48 px the images "
+                                          r"are resized to; set teacher_img_size instead"):
+        resolve_config(QUICKSTART, parse_overrides(teacher + ["teacher_kwargs.img_size=32"]))
+    assert resolve_config(QUICKSTART, parse_overrides(["model_kwargs.img_size=32"])).model_kwargs["img_size"] == 32
+    assert resolve_config(QUICKSTART, parse_overrides(teacher + ["teacher_kwargs.img_size=48"]))
+
+
 def test_print_config_refuses_an_unknown_model(capsys):
     assert cli.main(["train", "--model", "vim_tinyy", "--print-config"]) == 2
     err = capsys.readouterr().err

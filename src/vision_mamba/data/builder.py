@@ -74,9 +74,14 @@ def _stop_persistent_workers() -> None:
     They ignore SIGTERM (``ignore_stop_signals``), so multiprocessing's own exit handler, which terminates and then
     joins them, would wait for ever where a loader outlives the end of a script (a module-level one)."""
     for loader in list(_PERSISTENT_LOADERS):
-        shutdown = getattr(getattr(loader, "_iterator", None), "_shutdown_workers", None)
-        if shutdown is not None:
-            shutdown()
+        _stop_workers(getattr(loader, "_iterator", None))
+
+
+def _stop_workers(batches) -> None:
+    """Stop the worker processes of a DataLoader iterator ``batches`` now, as freeing it would (if it has any)."""
+    shutdown = getattr(batches, "_shutdown_workers", None)
+    if shutdown is not None:
+        shutdown()
 
 
 def _track_persistent(loader: DataLoader) -> None:
@@ -87,6 +92,17 @@ def _track_persistent(loader: DataLoader) -> None:
         atexit.register(_stop_persistent_workers)
         _exit_hook_registered = True
     _PERSISTENT_LOADERS.add(loader)
+
+
+def _worker_error(error: DatasetError) -> DatasetError:
+    """A DatasetError as its own message. One raised in a DataLoader worker (every image of a stretch unreadable)
+    reaches the main process as a DatasetError whose message is the worker's whole traceback; its last line is
+    the original error."""
+    text = str(error)
+    if "Original Traceback" in text:
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
+        text = lines[-1].split(": ", 1)[-1] if lines else text
+    return DatasetError(text)
 
 
 class StreamTrainLoader(EpochLoaderBase):
@@ -113,11 +129,19 @@ class StreamTrainLoader(EpochLoaderBase):
         self.sampler.set_epoch(epoch, start_step)
         pairs = self.sampler.epoch_pairs()  # (index, seed) in the order the loader's batches hold them
         size = self.sampler.local_batch_size
-        for step, (images, targets, readable) in enumerate(self.loader):
-            for j in (readable == 0).nonzero().flatten().tolist():
-                self.unreadable_indices.add(pairs[step * size + j][0])
-            yield (images.to(self.device, non_blocking=True),
-                   torch.as_tensor(targets).to(self.device, non_blocking=True))
+        try:
+            for step, (images, targets, readable) in enumerate(self.loader):
+                for j in (readable == 0).nonzero().flatten().tolist():
+                    self.unreadable_indices.add(pairs[step * size + j][0])
+                yield (images.to(self.device, non_blocking=True),
+                       torch.as_tensor(targets).to(self.device, non_blocking=True))
+        except DatasetError as e:
+            # The persistent workers stopped now (the next epoch starts new ones): after the error the loader may
+            # be freed before the iterator that the traceback keeps, and then nothing stops them before the exit
+            # handler of multiprocessing waits for them (they ignore SIGTERM).
+            _stop_workers(getattr(self.loader, "_iterator", None))
+            self.loader._iterator = None
+            raise _worker_error(e) from None
 
 
 class StreamEvalLoader:
@@ -136,11 +160,20 @@ class StreamEvalLoader:
 
     def __iter__(self) -> Iterator[Tuple[Tensor, Tensor, Optional[Tensor]]]:
         self.unreadable = 0
-        for images, targets, readable in self.loader:
-            self.unreadable += int((readable == 0).sum())
-            yield (images.to(self.device, non_blocking=True),
-                   torch.as_tensor(targets).to(self.device, non_blocking=True),
-                   readable.bool().to(self.device, non_blocking=True))
+        batches = iter(self.loader)
+        try:
+            for images, targets, readable in batches:
+                self.unreadable += int((readable == 0).sum())
+                yield (images.to(self.device, non_blocking=True),
+                       torch.as_tensor(targets).to(self.device, non_blocking=True),
+                       readable.bool().to(self.device, non_blocking=True))
+        except DatasetError as e:
+            raise _worker_error(e) from None
+        finally:
+            # The workers stopped now, not when the iterator is freed: after an error the traceback's frames keep
+            # it, and the workers ignore SIGTERM, so the exit handler of multiprocessing, which terminates and then
+            # joins them, waited for ever.
+            _stop_workers(batches)
 
 
 # ---------------------------------------------------------------------- building

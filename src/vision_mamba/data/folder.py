@@ -196,13 +196,16 @@ class ImageFolderDataset(Dataset):
         if image is None:
             tries = 0
             substitute = index
-            while image is None and tries < MAX_SUBSTITUTES:
+            others = min(MAX_SUBSTITUTES, len(self.samples) - 1)  # (each image tried once)
+            while image is None and tries < others:
                 substitute = (substitute + 1) % len(self.samples)
                 image, sub_target, _ = self._load(substitute)
                 tries += 1
             if image is None:
-                raise DatasetError(f"{self.root}: {MAX_SUBSTITUTES + 1} images in a row could not be read, starting "
-                                   f"at {self.samples[index][0]}; is the dataset intact?")
+                what = (f"none of its {len(self.samples)} image(s) could be read" if others < MAX_SUBSTITUTES else
+                        f"{MAX_SUBSTITUTES + 1} images in a row could not be read")
+                raise DatasetError(f"{self.root}: {what}, starting at {self.samples[index][0]}; is the dataset "
+                                   f"intact?")
             if self.substitute:
                 target = sub_target
         return _transformed(self.transform, image, seed), target, readable

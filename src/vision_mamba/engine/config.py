@@ -175,6 +175,8 @@ def load_yaml(path: "str | Path", known: Sequence[str], _seen: Optional[List[Pat
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path}: not valid YAML ({e})") from e
+    except UnicodeDecodeError as e:  # an image, a checkpoint, ... given as the config
+        raise ConfigError(f"config {path}: not a YAML file (not UTF-8 text: {e.reason} at byte {e.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: expected a mapping of keys to values, got {type(data).__name__}")
     base = data.pop("base", None)

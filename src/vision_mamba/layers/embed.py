@@ -2,6 +2,7 @@
 class token that sits in the middle of the sequence."""
 from __future__ import annotations
 
+import numbers
 from typing import Optional, Sequence, Tuple, Union
 
 import torch
@@ -13,6 +14,18 @@ Size2 = Union[int, Tuple[int, int]]
 
 def _pair(x: Size2) -> Tuple[int, int]:
     return (x, x) if isinstance(x, int) else (int(x[0]), int(x[1]))
+
+
+def _checked_pair(name: str, value) -> Tuple[int, int]:
+    """``value`` (an int, or a pair of ints) as (rows, columns), both at least 1; else a ValueError naming ``name``."""
+    pair = (value, value) if _is_int(value) else tuple(value) if isinstance(value, (tuple, list)) else ()
+    if len(pair) != 2 or not all(_is_int(v) for v in pair) or min(pair) < 1:
+        raise ValueError(f"{name} must be a positive int or a pair of them (height, width); got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
 
 
 def grid_size(img_size: Size2, patch_size: Size2, stride: Size2) -> Tuple[int, int]:
@@ -27,9 +40,17 @@ class PatchEmbed(nn.Module):
     def __init__(self, img_size: Size2 = 224, patch_size: Size2 = 16, stride: Optional[Size2] = None,
                  in_chans: int = 3, embed_dim: int = 192):
         super().__init__()
-        self.img_size = _pair(img_size)
-        self.patch_size = _pair(patch_size)
-        self.stride = _pair(stride if stride is not None else patch_size)
+        self.img_size = _checked_pair("img_size", img_size)
+        self.patch_size = _checked_pair("patch_size", patch_size)
+        self.stride = _checked_pair("stride", stride if stride is not None else patch_size)
+        for name, value in (("in_chans", in_chans), ("embed_dim", embed_dim)):
+            if not _is_int(value) or value < 1:
+                raise ValueError(f"{name} must be a positive int; got {value!r}")
+        if self.img_size[0] < self.patch_size[0] or self.img_size[1] < self.patch_size[1]:
+            # the conv would leave no token (and fail at the first forward)
+            raise ValueError(f"img_size {self.img_size[0]}x{self.img_size[1]} is smaller than one "
+                             f"{self.patch_size[0]}x{self.patch_size[1]} patch; use at least img_size="
+                             f"{self.patch_size[0] if self.patch_size[0] == self.patch_size[1] else self.patch_size}")
         self.in_chans = in_chans
         self.grid_size = grid_size(self.img_size, self.patch_size, self.stride)
         self.num_patches = self.grid_size[0] * self.grid_size[1]

@@ -260,6 +260,47 @@ def _listing(names: Iterable[str], limit: int = 12) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > limit else "")
 
 
+# the registered Vim of each released width (24 blocks of 16x16 patches)
+_VIM_OF_WIDTH = {192: "vim_tiny_patch16_224", 384: "vim_small_patch16_224", 768: "vim_base_patch16_224"}
+
+
+def _how_it_differs(model: nn.Module, state_dict: Mapping[str, Tensor]) -> str:
+    """For the first line of the error that lists the mismatches: for a Vim model and a Vim checkpoint of another
+    build (width, blocks, patch size, class token), the two builds in words and what to do; else a classifier of
+    another size (:func:`_other_classes`), or ''."""
+    weight = state_dict.get("patch_embed.proj.weight")
+    blocks = {int(k.split(".")[1]) for k in state_dict if re.match(r"layers\.\d+\.", k)}
+    if not _is_vim(model) or not isinstance(weight, Tensor) or weight.ndim != 4 or not blocks:
+        return _other_classes(model, state_dict)
+
+    def build(width: int, depth: int, patch: Tuple[int, ...], token: bool) -> str:
+        return (f"{width} wide with {depth} blocks of {patch[0]}x{patch[1]} patches"
+                + ("" if token else " and no class token"))
+
+    theirs = (int(weight.shape[0]), max(blocks) + 1, tuple(int(n) for n in weight.shape[2:]), "cls_token" in state_dict)
+    ours = (model.embed_dim, len(model.layers), tuple(model.patch_embed.patch_size), model.has_class_token)
+    if theirs == ours:
+        return _other_classes(model, state_dict)
+    fix = "create the model the checkpoint was trained as"
+    if theirs[0] != ours[0] and theirs[0] in _VIM_OF_WIDTH and theirs[1:3] == (24, (16, 16)):
+        fix += f" ({_VIM_OF_WIDTH[theirs[0]]}, or its stride-8 variant)"
+    elif theirs[:3] == ours[:3] and not theirs[3]:  # (a class token the model lacks is dropped on load)
+        fix += " (class_token=False, global_pool='avg')"
+    return f" the checkpoint's Vim is {build(*theirs)}, the model {build(*ours)}; {fix}"
+
+
+def _other_classes(model: nn.Module, state_dict: Mapping[str, Tensor]) -> str:
+    """' its classifier has N classes, the model's M' where the classifiers' weights differ in rows only, else ''."""
+    classifier = getattr(model, "get_classifier", lambda: None)()
+    weight = getattr(classifier, "weight", None)
+    name = next((n for n, m in model.named_modules() if m is classifier and n), None)
+    theirs = state_dict.get(f"{name}.weight") if name else None
+    if (isinstance(weight, Tensor) and isinstance(theirs, Tensor) and weight.ndim == theirs.ndim == 2
+            and theirs.shape[1] == weight.shape[1] and theirs.shape[0] != weight.shape[0]):
+        return f" its classifier has {theirs.shape[0]} classes, the model's {weight.shape[0]}"
+    return ""
+
+
 def check_fit(model: nn.Module, state_dict: Mapping[str, Tensor]) -> Tuple[List[str], List[str], List[str]]:
     """(missing keys, unexpected keys, shape mismatches described) of ``state_dict`` against ``model``."""
     expected = model.state_dict()
@@ -323,7 +364,7 @@ def load_checkpoint(
     missing, unexpected, mismatched = check_fit(model, state_dict)
     missing = [k for k in missing if k not in skipped]
     if strict and (missing or unexpected or mismatched):
-        lines = [f"checkpoint {path} does not fit {type(model).__name__}:"]
+        lines = [f"checkpoint {path} does not fit {type(model).__name__}:{_how_it_differs(model, state_dict)}"]
         if mismatched:
             lines.append("  shape mismatches: " + "; ".join(mismatched[:12])
                          + (f"; ... ({len(mismatched)} in all)" if len(mismatched) > 12 else ""))

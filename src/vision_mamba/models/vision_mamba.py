@@ -18,7 +18,8 @@ from typing import Any, Dict, List, Optional, Set, Tuple, Union
 import torch
 from timm.data import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD
 from timm.layers import DropPath, lecun_normal_, trunc_normal_
-from timm.models import adapt_input_conv, build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models import (adapt_input_conv, build_model_with_cfg, generate_default_cfgs, register_model,
+                         register_model_deprecations)
 from timm.models._features import feature_take_indices
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
@@ -173,6 +174,10 @@ class VisionMamba(nn.Module):
         return "middle" if self.has_class_token else None
 
     def _check_input(self, x: Tensor) -> Tuple[int, int]:
+        if not isinstance(x, Tensor):
+            raise TypeError(f"VisionMamba expects a torch.Tensor of images [B, C, H, W]; got a "
+                            f"{type(x).__module__}.{type(x).__name__} (torch.as_tensor converts an array, "
+                            f"torch.stack a list of [C, H, W] images)")
         if x.ndim != 4:
             raise ValueError(f"VisionMamba expects images [B, C, H, W]; got a tensor of shape {tuple(x.shape)}")
         if not x.is_floating_point():
@@ -516,3 +521,18 @@ def test_vim_stride8(pretrained: bool = False, **kwargs) -> VisionMamba:
     """A tiny stride-8 Vim for tests: 64x64 input, 7x7 tokens."""
     return _create("test_vim_stride8", pretrained,
                    **dict(dict(img_size=64, embed_dim=32, depth=2, stride=8, num_classes=10), **kwargs))
+
+
+# The official code's names for the released variants (its --model values, which its checkpoints' 'args' keep) map
+# to these models through timm's alias mechanism: they work, with a warning naming the model they map to, and stay
+# out of timm.list_models().
+OFFICIAL_NAMES = {
+    "vim_tiny_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2": "vim_tiny_patch16_224",
+    "vim_tiny_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2":
+        "vim_tiny_patch16_stride8_224",
+    "vim_small_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2": "vim_small_patch16_224",
+    "vim_small_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2":
+        "vim_small_patch16_stride8_224",
+    "vim_base_patch16_224_bimambav2_final_pool_mean_abs_pos_embed_with_middle_cls_token_div2": "vim_base_patch16_224",
+}
+register_model_deprecations(__name__, OFFICIAL_NAMES)

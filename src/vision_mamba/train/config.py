@@ -203,6 +203,14 @@ class TrainConfig(TypedConfig):
             raise bad("distill_tau", "must be > 0")
         if self.resident_size is not None and self.resident_size < self.img_size:
             raise bad("resident_size", f"must be at least img_size ({self.img_size})")
+        sizes = [("model_kwargs", "img_size", self.img_size)]
+        if self.teacher:
+            sizes.append(("teacher_kwargs", "teacher_img_size", self.teacher_img_size or self.img_size))
+        for key, size_key, size in sizes:
+            # the model would be built for another size than the images it is given (an error at its first batch)
+            if (getattr(self, key) or {}).get("img_size", size) not in (size, [size, size], (size, size)):
+                raise bad(key, f"its img_size is not the {size} px the images are resized to; set {size_key} "
+                               f"instead")
         if self.device != "auto":
             import torch
 

@@ -74,16 +74,18 @@ def run_checkpoint(path: "str | Path", use_ema: bool = False) -> Path:
     return path / name
 
 
-def resolve_eval_config(args: argparse.Namespace, need_data: bool = True):
-    """The configuration of an evaluation (or prediction) of ``args.checkpoint``: the run's config.yaml beside
-    it, or the one inside a last.pth, then ``--config``, then the flags that ``args`` has. Without ``need_data``
-    a configuration that names no dataset is accepted (prediction reads its own images)."""
+def resolve_eval_config(args: argparse.Namespace, need_data: bool = True,
+                        checkpoint: "str | Path | None" = None):
+    """The configuration of an evaluation (or prediction) of ``checkpoint`` (default ``args.checkpoint``; a weights
+    file, as :func:`run_checkpoint` gives it): the run's config.yaml beside it, or the one inside a last.pth, then
+    ``--config``, then the flags that ``args`` has. Without ``need_data`` a configuration that names no dataset is
+    accepted (prediction reads its own images). ``args`` is only read."""
     from ..engine import load_state
     from ..models.checkpoint import read_metadata
     from .config import QUICKSTART, ConfigError, TrainConfig, apply_overrides, load_yaml, parse_overrides
 
     values = TrainConfig().to_dict()
-    checkpoint = Path(args.checkpoint)
+    checkpoint = Path(args.checkpoint if checkpoint is None else checkpoint)
     if not checkpoint.is_file():
         raise FileNotFoundError(f"checkpoint not found: {checkpoint}")
     beside = checkpoint.parent / "config.yaml"
@@ -193,6 +195,22 @@ def run_eval(cfg, checkpoint: "str | Path", use_ema: bool = False, progress: boo
         cleanup_distributed()
 
 
+def check_plot_path(path: str) -> None:
+    """A ConfigError unless ``path`` ends in a format matplotlib writes: checked before the evaluation, which an
+    ending such as .txt used to end with matplotlib's traceback (and a path without an ending got '.png' added)."""
+    from .config import ConfigError
+
+    try:
+        from matplotlib.backend_bases import FigureCanvasBase
+    except ImportError:  # (no matplotlib: nothing to ask)
+        return
+    ending = Path(path).suffix.lower()
+    if ending.lstrip(".") not in FigureCanvasBase.get_supported_filetypes():
+        raise ConfigError(f"--plot {path}: " + (f"matplotlib does not write {ending} files" if ending else
+                                                "the file has no ending") +
+                          "; give a .png file (or .pdf, .svg, .jpg)")
+
+
 def main(args: argparse.Namespace) -> int:
     import os
 
@@ -202,9 +220,11 @@ def main(args: argparse.Namespace) -> int:
     from .config import ConfigError
 
     try:
-        args.checkpoint = str(run_checkpoint(args.checkpoint, args.ema))
-        cfg = resolve_eval_config(args)
-        result = run_eval(cfg, args.checkpoint, use_ema=args.ema, progress=not args.no_progress, tta=args.tta,
+        if args.plot:
+            check_plot_path(args.plot)
+        checkpoint = run_checkpoint(args.checkpoint, args.ema)
+        cfg = resolve_eval_config(args, checkpoint=checkpoint)
+        result = run_eval(cfg, checkpoint, use_ema=args.ema, progress=not args.no_progress, tta=args.tta,
                           cuda_graph=getattr(args, "cuda_graph", "off") == "on")
     except (ConfigError, DatasetError, CheckpointError, FileNotFoundError) as e:
         report_error(f"error: {e}")

@@ -103,16 +103,17 @@ def _classes_of_head(path: Path, use_ema: bool) -> Optional[int]:
     return None
 
 
-def load_classifier(args: argparse.Namespace) -> Tuple[Any, List[str], Any]:
-    """(model in eval mode, class names, configuration) for ``args``; raises the CLI's user errors."""
+def load_classifier(args: argparse.Namespace, checkpoint: "str | Path | None" = None) -> Tuple[Any, List[str], Any]:
+    """(model in eval mode, class names, configuration) for ``args`` (only read); raises the CLI's user errors.
+    ``checkpoint``: the weights file, where the caller has resolved it already (default: what ``args.checkpoint``
+    names, a run directory's weights file included)."""
     from ..data import DatasetError, check_data_source
     from ..models.checkpoint import CheckpointError, load_checkpoint
     from .eval_command import NO_DATA, resolve_eval_config, run_checkpoint
     from .model import create_classifier
 
-    checkpoint = run_checkpoint(args.checkpoint, args.ema)
-    args.checkpoint = str(checkpoint)
-    cfg = resolve_eval_config(args, need_data=False)
+    checkpoint = run_checkpoint(args.checkpoint if checkpoint is None else checkpoint, args.ema)
+    cfg = resolve_eval_config(args, need_data=False, checkpoint=checkpoint)
     classes = _classes_in_checkpoint(checkpoint)
     if classes is None and cfg.data != NO_DATA:  # the configured dataset's classes, if it is here
         try:
@@ -178,10 +179,12 @@ def main(args: argparse.Namespace) -> int:
     from ..engine import resolve_device, resolve_precision
     from ..models.checkpoint import CheckpointError
     from .config import ConfigError
+    from .eval_command import run_checkpoint
 
     try:
         paths, broken = _image_paths(args.images)
-        model, classes, cfg = load_classifier(args)
+        checkpoint = run_checkpoint(args.checkpoint, args.ema)
+        model, classes, cfg = load_classifier(args, checkpoint)
         device = resolve_device(args.device or cfg.device)
         results, unreadable = predict(model, classes, cfg, paths, top_k=args.top_k, batch_size=args.batch_size,
                                       device=device, amp_dtype=resolve_precision(args.precision or cfg.precision,
@@ -198,7 +201,7 @@ def main(args: argparse.Namespace) -> int:
     if args.json:
         from ..engine.files import write_json
 
-        write_json(args.json, dict(checkpoint=str(args.checkpoint), model=cfg.model, img_size=cfg.img_size,
+        write_json(args.json, dict(checkpoint=str(checkpoint), model=cfg.model, img_size=cfg.img_size,
                                    predictions=results, unreadable=[str(p) for p, _ in unreadable] +
                                    [str(p) for p in broken]))
     if unreadable or broken:

@@ -321,6 +321,9 @@ def load_config(path: "Optional[str | Path]" = None, overrides: Sequence[str] = 
             loaded = yaml.safe_load(path.read_text())
         except yaml.YAMLError as e:
             raise ConfigError(f"config {path}: not valid YAML ({_first_line(e)})") from None
+        except UnicodeDecodeError as e:  # an image, a checkpoint, ... given as the config
+            raise ConfigError(f"config {path}: not a YAML file (not UTF-8 text: {e.reason} at byte {e.start})") \
+                from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config {path}: expected a mapping of sections, got a {type(loaded).__name__}")
         DetectionConfig.from_dict(loaded or {}, str(path))  # check keys and types against the file's own names
