@@ -322,9 +322,10 @@ def _read_config():
         # 6.64 -> 5.27 ms, at 512 px / batch 32 2.07 -> 1.35 ms; the graphed Vim-Ti training step at 1248 px /
         # batch 8 60.7 -> 79.8 img/s, at 512 px / batch 32 401 -> 508 img/s); 8: as before
         gluon_bwd_staged_steps=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_STAGED_STEPS", 32),
-        # the same for a dt rank padded past 16 (Vim-S's 24, Vim-B's 48): 8 (as before) until a GPU has measured and
-        # tested it there (tests/test_triton.py, test_gluon_staged_backward_long_blocks_at_vim_s_widths)
-        gluon_bwd_staged_steps_wide=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_STAGED_STEPS_WIDE", 8),
+        # the same for a dt rank padded past 16 (Vim-S's 24, Vim-B's 48): 16 since session 41 (H100, the graphed
+        # Vim-S training step at 512 px / batch 32, 16-step blocks, 210 -> 258 img/s; at 1248 px / batch 8,
+        # 32-step blocks, the staged kernel lost: 32.2 -> 29.8 img/s with 32 here; docs/kernels.md, "Session 41")
+        gluon_bwd_staged_steps_wide=_env_int("VISION_MAMBA_TRITON_GLUON_BWD_STAGED_STEPS_WIDE", 16),
         # that kernel adds its d B / d C sums over its channels into one fp32 [2, B, L, 2N] gradient by atomic adds
         # (in an order that varies from run to run, as for d A, d D and the delta bias), instead of writing a
         # partial per block of channels for a separate sum over them (E / 32 partials: 77 MB at Vim-Ti's 224 px /
@@ -337,14 +338,14 @@ def _read_config():
         # allows (else scan_fwd_gluon_kernel); 0: off. 4 since session 18 (docs/kernels.md, "Session 18"; H100:
         # the kernel at 224 px / batch 128 0.249 -> 0.221 ms, 8 steps 0.224; the graphed training step +1.5%)
         gluon_train_staged=_env_int("VISION_MAMBA_TRITON_GLUON_TRAIN_STAGED", 4),
-        # the staged one-pass forward (a channel a thread: its sum over a channel's 16 states) and the staged
-        # backward (those and over 16 dt_low columns) add as one chain into which the products fuse (FFMA), not by
-        # gl.sum; -1: where gl.sum adds a thread's elements in a tree (Triton 3.7 on, whose tree's leaves alone
-        # fuse: sm_90, the staged backward's walk 278 instructions a step against 258 chained, kernel_layouts.py
-        # --gluon --sass), so that those Tritons compile the order of 3.6, on which these kernels were tuned.
-        # 0 (gl.sum) until a GPU has run its tests (tests/test_triton.py, the "chain" cases; docs/kernels.md,
-        # "Session 40")
-        gluon_chain=_env_int("VISION_MAMBA_TRITON_GLUON_CHAIN", 0),
+        # the staged one-pass forward (a channel a thread: its sum over a channel's 16 states), the staged
+        # backward (those and over 16 dt_low columns) and the lanes kernel (W_dt dt_low + bias, a lane's part of
+        # C . h) add as one chain into which the products fuse (FFMA), not by gl.sum; -1: where gl.sum adds a
+        # thread's elements in a tree (Triton 3.7 on, whose tree's leaves alone fuse: sm_90, the staged backward's
+        # walk 278 instructions a step against 258 chained, the lanes kernel 1,345 against 1,248 a pass of 16
+        # steps; kernel_layouts.py --gluon --sass), so that those Tritons compile the order of 3.6, on which these
+        # kernels were tuned. On Triton 3.6 (H100) chained or not times within 1% (docs/kernels.md, "Session 41")
+        gluon_chain=_env_int("VISION_MAMBA_TRITON_GLUON_CHAIN", -1),
         # that launch's register cap: ptxas gives the kernel 168 registers by itself (12 warps an SM), 136 with this
         # cap and no spills (15 warps; 128: a 4-byte spill); 0: no cap (the three measured within 1% of each other)
         train_staged_maxnreg=_env_int("VISION_MAMBA_TRITON_TRAIN_STAGED_MAXNREG", 136),
