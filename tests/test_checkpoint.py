@@ -52,6 +52,25 @@ def test_official_format_round_trip(tmp_path):
     assert torch.equal(ema.head.bias, source.head.bias + 1.0)
 
 
+def test_a_stride8_checkpoint_in_a_model_of_another_stride_is_warned_of(tmp_path, caplog):
+    # the official fine-tuned (stride-8) weights have the shapes of the stride-16 model's but for pos_embed, which
+    # is resized: the load succeeds, and the outputs are not the checkpoint's, so it is said
+    path = official_checkpoint(perturbed("test_vim_stride8"), tmp_path / "vim_t_midclstok_ft.pth")
+    state = torch.load(path, weights_only=False)
+    state["args"].model = "vim_tiny_patch16_stride8_224_bimambav2_final_pool_mean_abs_pos_embed_with_midclstok_div2"
+    torch.save(state, path)
+    with caplog.at_level(logging.WARNING, logger="vision_mamba.models.checkpoint"):
+        load_checkpoint(timm.create_model("test_vim"), path)
+    assert "trained as vim_tiny_patch16_stride8_224_bimambav2" in caplog.text and "stride 16x16" in caplog.text
+    assert "4x4 patch grid" in caplog.text and "vim_tiny_patch16_stride8_224)" in caplog.text
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="vision_mamba.models.checkpoint"):
+        load_checkpoint(timm.create_model("test_vim_stride8"), path)  # its own stride: nothing to say
+        # stride 16 into stride 8: the long-sequence fine-tune's start, not warned of
+        load_checkpoint(timm.create_model("test_vim_stride8"), official_checkpoint(perturbed(), tmp_path / "s16.pth"))
+    assert caplog.text == ""
+
+
 def test_timm_pretrained_file(tmp_path):
     source = perturbed()
     path = official_checkpoint(source, tmp_path / "ckpt.pth")

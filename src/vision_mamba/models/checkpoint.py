@@ -301,6 +301,30 @@ def _other_classes(model: nn.Module, state_dict: Mapping[str, Tensor]) -> str:
     return ""
 
 
+def _trained_as(checkpoint: Any) -> Optional[str]:
+    """The model name a training checkpoint gives for itself (the official code's ``args.model``, or the
+    ``model`` of our runs' config), if any."""
+    if not isinstance(checkpoint, Mapping):
+        return None
+    args = checkpoint.get("args", checkpoint.get("config"))
+    name = args.get("model") if isinstance(args, Mapping) else getattr(args, "model", None)
+    return name if isinstance(name, str) else None
+
+
+def _warn_of_stride(model: nn.Module, trained_as: Optional[str], path) -> None:
+    """A warning where a checkpoint of a stride-8 Vim (the paper's long-sequence fine-tune) is loaded into a Vim of
+    another stride: the weights have the same shapes but for pos_embed, which is resized, so the load succeeds and
+    the model's outputs are not the checkpoint's. (The other way round, stride 16 into stride 8, is that
+    fine-tune's start, and not warned of.)"""
+    stride = tuple(getattr(getattr(model, "patch_embed", None), "stride", ()))
+    if not _is_vim(model) or not trained_as or "stride8" not in trained_as or stride == (8, 8):
+        return
+    _logger.warning("%s was trained as %s (stride 8), and this model has stride %s: its pos_embed is resized to "
+                    "the model's %dx%d patch grid, and its outputs will not be the checkpoint's; for those, create "
+                    "the stride-8 variant (e.g. vim_tiny_patch16_stride8_224)", path, trained_as,
+                    "x".join(map(str, stride)), *model.patch_embed.grid_size)
+
+
 def check_fit(model: nn.Module, state_dict: Mapping[str, Tensor]) -> Tuple[List[str], List[str], List[str]]:
     """(missing keys, unexpected keys, shape mismatches described) of ``state_dict`` against ``model``."""
     expected = model.state_dict()
@@ -329,11 +353,13 @@ def load_checkpoint(
     unexpected key or shape mismatch raises :class:`CheckpointError` listing them. Returns what was skipped.
     """
     try:
-        state_dict = extract_state_dict(read_checkpoint(path), use_ema=use_ema)
+        checkpoint = read_checkpoint(path)
+        state_dict = extract_state_dict(checkpoint, use_ema=use_ema)
     except CheckpointError as e:
         if str(path) in str(e):
             raise
         raise CheckpointError(f"{path}: {e}") from None
+    _warn_of_stride(model, _trained_as(checkpoint), path)
     filter_fn = _filter_for(model)
     if filter_fn is not None:
         grid = _stored_grid(path) if _is_vim(model) else None
