@@ -90,7 +90,12 @@ def test_a_corrupt_image_is_skipped_and_reported_and_bad_paths_are_errors(overfi
     assert "image not found" in capsys.readouterr().err
     (tmp_path / "empty").mkdir()
     assert cli.main(["predict", "--checkpoint", str(weights), str(tmp_path / "empty")]) == 2
-    assert "no image files directly inside" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "no image files directly inside" in err and "hold images" not in err
+    # a dataset's folder (its images a class folder down): the error names the class folders that hold them
+    assert cli.main(["predict", "--checkpoint", str(weights), str(tmp / "images")]) == 2
+    err = capsys.readouterr().err
+    assert "no image files directly inside" in err and f"e.g. {tmp / 'images' / min(SYNTHETIC_CLASSES)}" in err
     assert cli.main(["predict", "--checkpoint", str(tmp_path / "nope.safetensors"), str(good)]) == 2
     assert "checkpoint not found" in capsys.readouterr().err
 

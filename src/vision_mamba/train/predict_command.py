@@ -50,6 +50,14 @@ def _is_broken_link(path: Path) -> bool:
     return path.is_symlink() and not path.exists()  # (a loop of links, too)
 
 
+def _holds_images(folder: Path, endings) -> bool:
+    """Whether ``folder`` is a readable folder with an image file (by its ending) directly inside."""
+    try:
+        return folder.is_dir() and any(p.suffix.lower() in endings for p in folder.iterdir())
+    except OSError:
+        return False
+
+
 def _image_paths(items: Sequence[str]) -> Tuple[List[Path], List[Path]]:
     """The image files ``items`` name (a folder: the image files directly inside it), and the broken symbolic links
     among them, which are left out. Raises FileNotFoundError when nothing is left to predict."""
@@ -64,7 +72,12 @@ def _image_paths(items: Sequence[str]) -> Tuple[List[Path], List[Path]]:
             found = [p for p in entries if p.is_file()]
             links = [p for p in entries if _is_broken_link(p)]
             if not found and not links:
-                raise FileNotFoundError(f"no image files directly inside {path} (endings {', '.join(IMG_EXTENSIONS)})")
+                # (a dataset split's folder holds its images a class folder down: name those, or their images)
+                below = sorted(d.name for d in path.iterdir() if _holds_images(d, IMG_EXTENSIONS))
+                hint = (f"; its folders {', '.join(below[:5])}{', ...' if len(below) > 5 else ''} hold images: name "
+                        f"them (e.g. {path / below[0]}), or {path}/*/* in the shell") if below else ""
+                raise FileNotFoundError(f"no image files directly inside {path} (endings {', '.join(IMG_EXTENSIONS)})"
+                                        f"{hint}")
             paths += found
             broken += links
         elif path.is_file():
