@@ -345,6 +345,30 @@ def test_det_train_resume_says_which_command_wrote_a_foreign_checkpoint(tmp_path
         assert message in capsys.readouterr().err, resume
 
 
+def test_det_train_does_not_write_over_a_train_or_seg_train_run(tmp_path, capsys):
+    """An --output holding train's or seg-train's run (their last.pth, no checkpoint.pt) is refused before any work;
+    det-train used to write its config.yaml, metrics and curves (and results.json) there."""
+    from vision_mamba.tasks.segmentation import SegConfig
+    from vision_mamba.train.config import TrainConfig
+    from vision_mamba.train.trainer import CHECKPOINT_FORMAT
+
+    data = tmp_path / "data"
+    make_coco(data, num_images=2)
+    config = _write_config(tmp_path, data, iters=1)
+    train_run, seg_run = tmp_path / "train_run", tmp_path / "seg_run"
+    train_run.mkdir()
+    seg_run.mkdir()
+    torch.save({"format": CHECKPOINT_FORMAT, "model": {}, "config": TrainConfig().to_dict(), "classes": ["a"]},
+               train_run / "last.pth")
+    torch.save({"model": {}, "config": SegConfig().to_dict(), "classes": {"names": ["a"]}}, seg_run / "last.pth")
+    for run, kind in ((train_run, "train's training checkpoint"), (seg_run, "seg-train's training checkpoint")):
+        (run / "config.yaml").write_text("the other command's\n")
+        assert cli(["det-train", "--config", str(config), "--output", str(run), "--no-progress"]) == 2
+        assert f"holds the run of another command (last.pth: {kind}" in capsys.readouterr().err
+        assert (run / "config.yaml").read_text() == "the other command's\n"
+        assert sorted(p.name for p in run.iterdir() if p.name != ".lock") == ["config.yaml", "last.pth"]
+
+
 def test_det_train_init_refuses_a_whole_detector_in_one_line(tmp_path, capsys):
     run = _untrained_detector_run(tmp_path)
     config = tmp_path / "det.yaml"

@@ -342,6 +342,29 @@ def test_seg_eval_and_predict_take_a_run_directory(data, tmp_path, capsys):
         in capsys.readouterr().err
 
 
+def test_seg_train_does_not_write_over_a_det_train_or_train_run(data, tmp_path, capsys):
+    """An --output holding det-train's run (checkpoint.pt, no last.pth) used to get seg-train's config.yaml, metrics
+    and curves; train's (its last.pth) was refused with the advice to resume it. Both are refused, naming the run."""
+    from vision_mamba.train.config import TrainConfig
+    from vision_mamba.train.trainer import CHECKPOINT_FORMAT
+
+    train_run, det_run = tmp_path / "train_run", tmp_path / "det_run"
+    train_run.mkdir()
+    det_run.mkdir()
+    torch.save({"format": CHECKPOINT_FORMAT, "model": {}, "config": TrainConfig().to_dict(), "classes": ["a"]},
+               train_run / "last.pth")
+    torch.save({"model": {}, "config": {"model": {"backbone": "test_vim"}}, "categories": [{"id": 1, "name": "a"}]},
+               det_run / "checkpoint.pt")
+    for run, message in ((det_run, "(checkpoint.pt: det-train's training checkpoint"),
+                         (train_run, "(last.pth: train's training checkpoint)")):
+        (run / "config.yaml").write_text("the other command's\n")
+        config = write_config(tmp_path / "seg.yaml", tiny_config(data, run, iters=1, warmup_iters=0))
+        assert cli.main(["seg-train", "--config", str(config), "--no-progress"]) == 2
+        assert f"holds the run of another command {message}" in capsys.readouterr().err
+        assert (run / "config.yaml").read_text() == "the other command's\n"
+        assert not (run / "metrics.jsonl").exists() and not (run / "curves.png").exists()
+
+
 def test_seg_train_resume_says_which_command_wrote_a_foreign_checkpoint(tmp_path, capsys):
     from vision_mamba.train.config import TrainConfig
     from vision_mamba.train.trainer import CHECKPOINT_FORMAT

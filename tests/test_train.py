@@ -237,6 +237,44 @@ def test_run_directories_are_not_overwritten_and_refused_resumes_change_nothing(
     assert "pass --resume PATH or --output DIR" in capsys.readouterr().err
 
 
+def test_runs_and_checkpoints_of_seg_train_and_det_train_are_refused(tmp_path, capsys):
+    """A seg-train or det-train run directory as --output is not written over (det-train's, with no last.pth, used to
+    get train's config.yaml, metrics and curves), and resuming their checkpoints is refused in one line (it used to
+    list every key of their configuration as unknown)."""
+    from vision_mamba.tasks.segmentation import SegConfig
+
+    seg_run, det_run = tmp_path / "seg_run", tmp_path / "det_run"
+    seg_run.mkdir()
+    det_run.mkdir()
+    torch.save({"model": {}, "config": SegConfig().to_dict(), "classes": {"names": ["a"]}}, seg_run / "last.pth")
+    torch.save({"model": {}, "config": {"model": {"backbone": "test_vim"}}, "categories": [{"id": 1, "name": "a"}]},
+               det_run / "checkpoint.pt")
+    for run in (seg_run, det_run):
+        (run / "config.yaml").write_text("the other command's\n")
+    base = ["--epochs", "2", "--batch-size", "16", "--device", "cpu", "--set", "synthetic_train=32",
+            "--set", "synthetic_val=16", "--set", "progress=false",
+            "--set", "model_kwargs={embed_dim: 32, depth: 2, patch_size: 8}"]
+    for run, message in ((seg_run, "holds the run of another command (last.pth: seg-train's training checkpoint"),
+                         (det_run, "holds the run of another command (checkpoint.pt: det-train's training checkpoint")):
+        assert cli.main(["train", *base, "--output", str(run)]) == 2
+        assert message in capsys.readouterr().err
+        assert (run / "config.yaml").read_text() == "the other command's\n"
+        assert not (run / "metrics.csv").exists() and not (run / "results.json").exists()
+    assert not (det_run / "last.pth").exists()
+    assert cli.main(["train", "--resume", str(seg_run)]) == 2
+    err = capsys.readouterr().err
+    assert ("last.pth is seg-train's training checkpoint (a whole segmentation model), not a checkpoint of train; "
+            f"continue that run with vision-mamba seg-train --resume {seg_run}") in err
+    assert len(err.strip().splitlines()) == 1
+    # a train run resumed into det-train's directory: refused as well
+    run = tmp_path / "run"
+    assert cli.main(["train", *base, "--output", str(run)]) == 0
+    capsys.readouterr()
+    assert cli.main(["train", "--resume", str(run), "--output", str(det_run), "--epochs", "3"]) == 2
+    assert "holds the run of another command (checkpoint.pt" in capsys.readouterr().err
+    assert not (det_run / "last.pth").exists()
+
+
 def test_tensorboard_points_after_the_resumed_step_are_dropped(tmp_path):
     pytest.importorskip("tensorboard")
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

@@ -26,6 +26,29 @@ def prepare_run_dir(output: "str | Path", config: Dict[str, Any], filename: str 
     return run_dir
 
 
+RUN_CHECKPOINTS = ("last.pth", "checkpoint.pt")  # the training states: train's and seg-train's, det-train's
+
+
+def refuse_other_commands_run(run_dir: "str | Path", command: str) -> None:
+    """A ConfigError where ``run_dir`` holds the run of another command of this package (``command``: "train",
+    "seg-train" or "det-train"), found by its training state (``last.pth`` of train or seg-train, ``checkpoint.pt``
+    of det-train): a run of ``command`` there would overwrite that run's config.yaml, metrics and curves, which each
+    command refuses for a run of its own only. A state of ``command`` itself, or one that cannot be read under its
+    own file name, is left to the command's own checks."""
+    from ..models.checkpoint import written_by
+
+    own = "checkpoint.pt" if command == "det-train" else "last.pth"
+    for name in RUN_CHECKPOINTS:
+        path = Path(run_dir) / name
+        if not path.is_file():
+            continue
+        kind = written_by(path)
+        if (kind is None and name == own) or (kind is not None and kind.startswith(f"{command}'s")):
+            continue
+        raise ConfigError(f"{run_dir} holds the run of another command ({name}: {kind or f'not a {command} checkpoint'}"
+                          f"); a {command} run there would overwrite its files: choose another --output")
+
+
 class RunDirBusy(ConfigError):
     """Another process is writing the run directory."""
 

@@ -93,6 +93,7 @@ def resolve_from_args(args: argparse.Namespace):
     """The run's configuration: the preset or --config, then overrides; on resume the checkpoint's saved
     configuration is the base (then --config and the overrides, so e.g. --epochs can extend a run)."""
     from ..engine import load_state
+    from ..models.checkpoint import written_by
     from .config import QUICKSTART, ConfigError, TrainConfig, apply_overrides, load_yaml, resolve_config
 
     if args.resume == "":  # a bare --resume: the run in --output
@@ -109,6 +110,11 @@ def resolve_from_args(args: argparse.Namespace):
     if path is None:  # 'auto' with nothing to resume: a fresh run
         cfg.resume = None
         return cfg
+    kind = written_by(path)
+    if kind is not None and kind.startswith(("seg-train's", "det-train's")):  # (its config: another command's keys)
+        command = kind.split("'", 1)[0]
+        raise ConfigError(f"resume: {path} is {kind}, not a checkpoint of train; continue that run with "
+                          f"vision-mamba {command} --resume {path.parent}")
     saved = load_state(path, mmap=True).get("config")
     if not isinstance(saved, dict):
         raise ConfigError(f"resume: {path} holds no training configuration; is it a checkpoint of this command?")

@@ -41,7 +41,7 @@ from ..engine import (DistributedContext, InterruptGuard, MetricLogger, NonFinit
                       prepare_run_dir, resolve_precision, restore_rng_state, save_state)
 from ..engine.config import absolute_path
 from ..engine.files import write_json
-from ..engine.rundir import hold_run_dir
+from ..engine.rundir import hold_run_dir, refuse_other_commands_run
 from ..models.checkpoint import (CLASSIFICATION_FORMAT, check_fit, checkpoint_classes, load_checkpoint,
                                  save_state_dict)
 from .budget import StepTimer, plan_epochs
@@ -169,6 +169,7 @@ class Trainer:
             raise ConfigError(f"config key 'output': {output} is a file, not a run directory")
         if output.is_dir():  # (a new directory is locked when it is made, below)
             self._lock_run_dir(output)
+            refuse_other_commands_run(output, "train")  # (seg-train's last.pth, det-train's checkpoint.pt)
         if not cfg.resume and self.checkpoint_path.exists():
             raise ConfigError(f"{output} already holds a run ({self.checkpoint_path.name}): continue it with "
                               f"--resume {output}, or choose another --output")

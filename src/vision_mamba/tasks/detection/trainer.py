@@ -44,7 +44,7 @@ from vision_mamba.engine import (
 from ...engine.config import absolute_path
 from ...engine.files import write_json
 from ...engine.distributed import check_resume_world_size
-from ...engine.rundir import hold_run_dir
+from ...engine.rundir import hold_run_dir, refuse_other_commands_run
 from .amp import set_autocast
 from .config import ConfigError, DetectionConfig
 from .datasets import AnnotationError, CocoInstances, collate_detection
@@ -219,6 +219,8 @@ def _train(config: DetectionConfig, resume: Optional[Path], ctx: DistributedCont
         raise ConfigError(f"output: {run_dir} is a file, not a run directory")
     # one run writes a directory at a time (a new one is locked when it is made, below)
     lock = hold_run_dir(run_dir, ctx) if run_dir.is_dir() else None
+    if run_dir.is_dir():  # a run of train or seg-train (their last.pth) is not written over either
+        refuse_other_commands_run(run_dir, "det-train")
     if resume is None and (run_dir / "checkpoint.pt").is_file():
         raise ConfigError(f"{run_dir} already holds a run (checkpoint.pt): continue it with --resume {run_dir}, or "
                           f"choose another --output")

@@ -37,7 +37,7 @@ from ...engine import (DistributedContext, InterruptGuard, MetricLogger, NonFini
 from ...engine.config import absolute_path
 from ...engine.files import write_json
 from ...engine.distributed import check_resume_world_size
-from ...engine.rundir import hold_run_dir
+from ...engine.rundir import hold_run_dir, refuse_other_commands_run
 from .config import ConfigError, SegConfig
 from .datasets import dataset_from_config
 from .inference import InferenceSettings, Predictor, evaluate
@@ -192,6 +192,8 @@ def _train(config: SegConfig, ctx: DistributedContext, resume: bool, command: st
     saved = None
     # one run writes a directory at a time (a new one is locked when it is made, below)
     lock = hold_run_dir(run_dir, ctx) if run_dir.is_dir() else None
+    if run_dir.is_dir():  # a run of train (its last.pth) or det-train (checkpoint.pt) is not written over either
+        refuse_other_commands_run(run_dir, "seg-train")
     if resume:
         if not state_path.is_file():
             raise FileNotFoundError(f"--resume: no checkpoint to resume from at {state_path}")
