@@ -342,9 +342,8 @@ def test_seg_eval_and_predict_take_a_run_directory(data, tmp_path, capsys):
         in capsys.readouterr().err
 
 
-def test_seg_train_does_not_write_over_a_det_train_or_train_run(data, tmp_path, capsys):
-    """An --output holding det-train's run (checkpoint.pt, no last.pth) used to get seg-train's config.yaml, metrics
-    and curves; train's (its last.pth) was refused with the advice to resume it. Both are refused, naming the run."""
+def _runs_of_the_other_commands(tmp_path):
+    """(a train run's directory, a det-train run's directory), each with its training state (a stand-in)."""
     from vision_mamba.train.config import TrainConfig
     from vision_mamba.train.trainer import CHECKPOINT_FORMAT
 
@@ -355,6 +354,13 @@ def test_seg_train_does_not_write_over_a_det_train_or_train_run(data, tmp_path, 
                train_run / "last.pth")
     torch.save({"model": {}, "config": {"model": {"backbone": "test_vim"}}, "categories": [{"id": 1, "name": "a"}]},
                det_run / "checkpoint.pt")
+    return train_run, det_run
+
+
+def test_seg_train_does_not_write_over_a_det_train_or_train_run(data, tmp_path, capsys):
+    """An --output holding det-train's run (checkpoint.pt, no last.pth) used to get seg-train's config.yaml, metrics
+    and curves; train's (its last.pth) was refused with the advice to resume it. Both are refused, naming the run."""
+    train_run, det_run = _runs_of_the_other_commands(tmp_path)
     for run, message in ((det_run, "(checkpoint.pt: det-train's training checkpoint"),
                          (train_run, "(last.pth: train's training checkpoint)")):
         (run / "config.yaml").write_text("the other command's\n")
@@ -366,19 +372,10 @@ def test_seg_train_does_not_write_over_a_det_train_or_train_run(data, tmp_path, 
 
 
 def test_seg_train_resume_says_which_command_wrote_a_foreign_checkpoint(tmp_path, capsys):
-    from vision_mamba.train.config import TrainConfig
-    from vision_mamba.train.trainer import CHECKPOINT_FORMAT
-
     # a train run's last.pth (used to be "config key 'color_jitter': must be null or [...]"), a det-train run and
     # its checkpoint.pt (used to be "not a run's last.pth; pass the run directory", then "no checkpoint ... at
     # RUN/last.pth")
-    train_run, det_run = tmp_path / "train_run", tmp_path / "det_run"
-    train_run.mkdir()
-    det_run.mkdir()
-    torch.save({"format": CHECKPOINT_FORMAT, "model": {}, "config": TrainConfig().to_dict(), "classes": ["a"]},
-               train_run / "last.pth")
-    torch.save({"model": {}, "config": {"model": {"backbone": "test_vim"}}, "categories": [{"id": 1, "name": "a"}]},
-               det_run / "checkpoint.pt")
+    train_run, det_run = _runs_of_the_other_commands(tmp_path)
     for resume, message in (
             (train_run, "last.pth is not a seg-train checkpoint; it is train's training checkpoint"),
             (det_run / "checkpoint.pt", "checkpoint.pt is not a seg-train last.pth; it is det-train's training "
