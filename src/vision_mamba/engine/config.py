@@ -159,6 +159,15 @@ def find_config(path: "str | Path") -> Path:
                       f"{', '.join(shipped)})")
 
 
+def config_text(path: Path) -> str:
+    """The text of the config file ``path``; a ConfigError where it is no UTF-8 text (an image, a checkpoint, ...
+    given as the config)."""
+    try:
+        return path.read_text()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"config {path}: not a YAML file (not UTF-8 text: {e.reason} at byte {e.start})") from None
+
+
 def load_yaml(path: "str | Path", known: Sequence[str], _seen: Optional[List[Path]] = None) -> Dict[str, Any]:
     """Read a YAML config file (a path, or a shipped config's name: :func:`find_config`), its ``base:`` chain first
     (a path relative to the file, or a shipped config's name, e.g. ``base: configs/imagenette/vim_tiny.yaml``);
@@ -171,12 +180,11 @@ def load_yaml(path: "str | Path", known: Sequence[str], _seen: Optional[List[Pat
         raise ConfigError(f"config {path}: its 'base' chain loops back to itself "
                           f"({' -> '.join(map(str, seen + [path.resolve()]))})")
     seen.append(path.resolve())
+    text = config_text(path)
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
         raise ConfigError(f"config {path}: not valid YAML ({e})") from e
-    except UnicodeDecodeError as e:  # an image, a checkpoint, ... given as the config
-        raise ConfigError(f"config {path}: not a YAML file (not UTF-8 text: {e.reason} at byte {e.start})") from None
     if not isinstance(data, dict):
         raise ConfigError(f"config {path}: expected a mapping of keys to values, got {type(data).__name__}")
     base = data.pop("base", None)

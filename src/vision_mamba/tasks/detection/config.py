@@ -17,7 +17,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import yaml
 
-from ...engine.config import ConfigError, find_config
+from ...engine.config import ConfigError, config_text, find_config
 
 __all__ = [
     "ConfigError", "ModelConfig", "DataConfig", "TrainConfig", "EvalConfig", "DetectionConfig", "load_config",
@@ -317,13 +317,11 @@ def load_config(path: "Optional[str | Path]" = None, overrides: Sequence[str] = 
     DetectionConfig.from_dict(values, "base config")  # unknown keys in a stored config are errors too
     if path is not None:
         path = find_config(path)  # (a path, or a shipped config's name)
+        text = config_text(path)
         try:
-            loaded = yaml.safe_load(path.read_text())
+            loaded = yaml.safe_load(text)
         except yaml.YAMLError as e:
             raise ConfigError(f"config {path}: not valid YAML ({_first_line(e)})") from None
-        except UnicodeDecodeError as e:  # an image, a checkpoint, ... given as the config
-            raise ConfigError(f"config {path}: not a YAML file (not UTF-8 text: {e.reason} at byte {e.start})") \
-                from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"config {path}: expected a mapping of sections, got a {type(loaded).__name__}")
         DetectionConfig.from_dict(loaded or {}, str(path))  # check keys and types against the file's own names
