@@ -883,21 +883,19 @@ if gluon is not None:
 
     @gluon.jit
     def _chain_sum(p, acc, K: gl.constexpr, layout: gl.constexpr):
-        """acc + the sum of ``p`` over its last axis's K elements in a thread (K = 1, 2, 4, 8 or 16), as one
+        """acc + the sum of ``p`` over its last axis's K elements in a thread (K = 2, 4, 8 or 16), as one
         chain of adds (the leaves' order: even columns before odd ones, at every level) rather than gl.sum's tree
         (Triton 3.7 on; see _chain_sum16). Where the last axis is K wide it is summed away; where it is wider (a
         row over lanes: [..., K x lanes] with K neighbours a thread), the result keeps it, each lane's partial
         sum, for a gl.sum over the lanes. Each leaf is converted to ``layout`` (None: as it comes)."""
-        if K == 1:
-            r = _link(acc, gl.sum(p, axis=len(p.shape) - 1), layout)
-        elif K == 2:
+        if K == 2:
             r = _chain2(p, acc, layout)
         elif K == 4:
             r = _chain4(p, acc, layout)
         elif K == 8:
             r = _chain8(p, acc, layout)
         else:
-            gl.static_assert(K == 16, "_chain_sum: K must be 1, 2, 4, 8 or 16")
+            gl.static_assert(K == 16, "_chain_sum: K must be 2, 4, 8 or 16")
             r = _chain16(p, acc, layout)
         return r
 
